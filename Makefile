@@ -1,0 +1,54 @@
+# Datacreek: `make demo` runs the main job, `make test` runs every test.
+SHELL := /bin/bash
+PYTHON ?= $(shell pyenv which python 2>/dev/null || command -v python3.12)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export DATACREEK_STATE_DIR ?= $(CURDIR)/.datacreek
+export DAGSTER_HOME ?= $(DATACREEK_STATE_DIR)/dagster_home
+# Two shared cores: keep native thread pools from oversubscribing them.
+export OMP_NUM_THREADS ?= 1
+export MKL_NUM_THREADS ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: help venv prereqs demo test bench dev services-up services-down services-status clean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+prereqs: ## system packages the services need (Java 17, Maven), installed when missing
+	@bash scripts/install-prereqs.sh
+
+$(STAMP): pyproject.toml requirements.lock requirements-nodeps.txt
+	@test -n "$(PYTHON)" || { echo "Python 3.12 is required (pyenv install 3.12)"; exit 3; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q --no-deps -r requirements-nodeps.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+venv: $(STAMP) ## create .venv and install the pinned dependencies
+
+demo: prereqs venv ## set up, start services, build every asset for the demo tenant
+	$(BIN)/datacreek demo
+
+test: prereqs venv ## set up and run the whole test suite against real services
+	$(BIN)/python -m pytest -p no:cacheprovider -ra $(PYTEST_ARGS)
+
+bench: prereqs venv ## run every benchmark side by side with its baseline
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+dev: venv ## Dagster UI on http://127.0.0.1:3000
+	$(BIN)/datacreek services up
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+services-up: venv
+	$(BIN)/datacreek services up
+services-down: venv
+	$(BIN)/datacreek services down
+services-status: venv
+	$(BIN)/datacreek services status
+
+clean: services-down ## stop services and delete local state
+	rm -rf $(DATACREEK_STATE_DIR)

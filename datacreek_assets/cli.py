@@ -1,0 +1,300 @@
+"""The `datacreek` command.
+
+Exit codes: 0 done; 1 a run or step failed; 2 bad input (usage, invalid tenant
+id, unknown tenant or document); 3 a service or the configuration is not
+usable; 4 refused to destroy data without --force.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from datacreek_assets.settings import ConfigError, LocalSettings, current_profile, ensure_dagster_home
+from datacreek_assets.tenancy import InvalidTenantId, validate_tenant_id
+
+EXIT_FAILED, EXIT_BAD_INPUT, EXIT_UNAVAILABLE, EXIT_REFUSED = 1, 2, 3, 4
+
+
+class Context:
+    """What every command needs, built lazily from the environment at run time."""
+
+    def __init__(self, profile: str):
+        self.profile = profile
+        self.settings = LocalSettings.from_env()
+
+    def resources(self):
+        from resources.factory import build_resources, initialized
+
+        return initialized(build_resources(self.profile, self.settings))
+
+    def instance(self):
+        from dagster import DagsterInstance
+
+        if "DAGSTER_HOME" not in os.environ:
+            if self.profile != "local":
+                raise ConfigError("DAGSTER_HOME must point at the prod Dagster instance config")
+            os.environ["DAGSTER_HOME"] = str(self.settings.dagster_home)
+        if self.profile == "local":
+            ensure_dagster_home(Path(os.environ["DAGSTER_HOME"]))
+        return DagsterInstance.get()
+
+    def definitions(self):
+        from datacreek_assets.defs import build_definitions
+
+        return build_definitions(self.profile, self.settings)
+
+
+def handle_errors(func):
+    """Turn known failures into one clear line and a meaningful exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from datacreek_assets.local_services import ServiceError
+        from datacreek_assets.tenant_lifecycle import TenantHasData, UnknownTenant
+
+        try:
+            return func(*args, **kwargs)
+        except (InvalidTenantId, UnknownTenant, ValueError) as err:
+            if isinstance(err, ConfigError):
+                _fail(err, EXIT_UNAVAILABLE)
+            _fail(err, EXIT_BAD_INPUT)
+        except (ServiceError, ConfigError) as err:
+            _fail(err, EXIT_UNAVAILABLE)
+        except TenantHasData as err:
+            _fail(err, EXIT_REFUSED)
+
+    return wrapper
+
+
+def _fail(err: Exception, code: int) -> None:
+    click.secho(f"error: {err}", fg="red", err=True)
+    sys.exit(code)
+
+
+def tenant_argument(func):
+    def check(_ctx, _param, value):
+        try:
+            return validate_tenant_id(value)
+        except InvalidTenantId as err:
+            raise click.BadParameter(str(err)) from None
+
+    return click.argument("tenant_id", callback=check)(func)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--profile",
+    type=click.Choice(["local", "prod"]),
+    default=None,
+    help="Resource profile (default: $DATACREEK_PROFILE or 'local').",
+)
+@click.pass_context
+def cli(ctx: click.Context, profile: str | None) -> None:
+    """Datacreek: turn each tenant's documents into a fine-tuned, served model.
+
+    Local state lives under $DATACREEK_STATE_DIR (default ./.datacreek).
+    Exit codes: 0 ok, 1 run failed, 2 bad input, 3 service/config unavailable,
+    4 refused without --force.
+    """
+    try:
+        ctx.obj = Context(profile or current_profile())
+    except ConfigError as err:
+        _fail(err, EXIT_UNAVAILABLE)
+
+
+# ---------------------------------------------------------------- services
+@cli.group()
+def services() -> None:
+    """Start, stop and inspect the local services (Neo4j, FalkorDB).
+
+    Ports: $DATACREEK_NEO4J_PORT (7687) and $DATACREEK_FALKORDB_PORT (6380).
+    """
+
+
+@services.command("up")
+@click.option("--timeout", default=180.0, show_default=True, help="Seconds to wait for each service.")
+@click.pass_obj
+@handle_errors
+def services_up_cmd(obj: Context, timeout: float) -> None:
+    """Start every local service (idempotent); fetch Neo4j on first use."""
+    from datacreek_assets.local_services import services_up
+
+    _local_only(obj)
+    started = time.monotonic()
+    services_up(obj.settings, timeout=timeout, progress=lambda msg: click.echo(f"  {msg}"))
+    click.echo(f"services up in {time.monotonic() - started:.1f}s")
+
+
+@services.command("down")
+@click.pass_obj
+@handle_errors
+def services_down_cmd(obj: Context) -> None:
+    """Stop the services that `up` started (and nothing else)."""
+    from datacreek_assets.local_services import services_down
+
+    _local_only(obj)
+    services_down(obj.settings, progress=lambda msg: click.echo(f"  {msg}"))
+
+
+@services.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_obj
+@handle_errors
+def services_status_cmd(obj: Context, as_json: bool) -> None:
+    """Show each service, its address and whether it answers (exit 3 if any does not)."""
+    from datacreek_assets.local_services import services_status
+
+    _local_only(obj)
+    statuses = services_status(obj.settings)
+    if as_json:
+        click.echo(json.dumps([s.as_dict() for s in statuses], indent=2))
+    else:
+        for s in statuses:
+            state = "answers" if s.answers else "not answering"
+            owner = f"pid {s.pid}" if s.started_by_us else "not started by datacreek"
+            click.echo(f"{s.name:<10} {s.address:<18} {state:<14} {owner}")
+    if not all(s.answers for s in statuses):
+        sys.exit(EXIT_UNAVAILABLE)
+
+
+def _local_only(obj: Context) -> None:
+    if obj.profile != "local":
+        raise ConfigError("`datacreek services` manages local services only; prod services are external")
+
+
+# ------------------------------------------------------------------ tenant
+@cli.group()
+def tenant() -> None:
+    """Onboard, list and remove tenants."""
+
+
+@tenant.command("add")
+@tenant_argument
+@click.pass_obj
+@handle_errors
+def tenant_add(obj: Context, tenant_id: str) -> None:
+    """Register TENANT_ID and create its scope in every store (idempotent)."""
+    from datacreek_assets.tenant_lifecycle import add_tenant
+    from resources.factory import open_tenant_stores
+
+    with open_tenant_stores(obj.resources()) as stores:
+        report = add_tenant(tenant_id, stores, obj.instance())
+    verb = "added" if report.created else "already present; scopes verified"
+    click.echo(f"tenant {tenant_id}: {verb} ({', '.join(report.steps)})")
+
+
+@tenant.command("list")
+@click.pass_obj
+@handle_errors
+def tenant_list(obj: Context) -> None:
+    """List registered tenants."""
+    registry = obj.resources()["tenant_registry"].registry()
+    for t in registry.list():
+        click.echo(f"{t.tenant_id}\t{t.created_at:%Y-%m-%d %H:%M:%S}")
+
+
+@tenant.command("remove")
+@tenant_argument
+@click.option("--force", is_flag=True, help="Delete the tenant even if it holds data, in every store.")
+@click.pass_obj
+@handle_errors
+def tenant_remove(obj: Context, tenant_id: str, force: bool) -> None:
+    """Remove TENANT_ID: its partition, its data in every store, its registry entry."""
+    from datacreek_assets.tenant_lifecycle import remove_tenant
+    from resources.factory import open_tenant_stores
+
+    with open_tenant_stores(obj.resources()) as stores:
+        report = remove_tenant(tenant_id, stores, obj.instance(), force=force)
+    click.echo(f"tenant {tenant_id}: removed ({', '.join(report.steps)})")
+
+
+# ------------------------------------------------------------- materialize
+@cli.command()
+@click.option("--tenant", "tenant_id", required=True, help="Tenant whose partition to materialize.")
+@click.option("--select", default="", help="Comma-separated asset keys (default: every asset).")
+@click.pass_obj
+@handle_errors
+def materialize(obj: Context, tenant_id: str, select: str) -> None:
+    """Materialize a tenant's assets in one run recorded in the Dagster instance."""
+    validate_tenant_id(tenant_id)
+    summary = _materialize(obj, tenant_id, [s for s in select.split(",") if s] or None)
+    if not summary.success:
+        _fail(RuntimeError(summary.error), EXIT_FAILED)
+
+
+def _materialize(obj: Context, tenant_id: str, selection):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from datacreek_assets.partitions import TENANTS_PARTITION
+    from datacreek_assets.runner import materialize_tenant
+    from datacreek_assets.tenant_lifecycle import UnknownTenant
+
+    instance = obj.instance()
+    if not instance.has_dynamic_partition(TENANTS_PARTITION, tenant_id):
+        raise UnknownTenant(f"tenant {tenant_id!r} has no partition; run `datacreek tenant add {tenant_id}` first")
+    defs = obj.definitions()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
+        total = len(selection) if selection else len(defs.resolve_asset_graph().get_all_asset_keys())
+        task = bar.add_task(f"materializing {tenant_id}", total=total)
+
+        def progress(key: str, done: int, _total: int) -> None:
+            bar.update(task, completed=done, description=f"materialized {key}")
+
+        summary = materialize_tenant(defs, tenant_id, instance, selection, on_progress=progress)
+    status = "succeeded" if summary.success else "FAILED"
+    click.echo(f"run {summary.run_id} {status} in {summary.seconds:.1f}s")
+    return summary
+
+
+# -------------------------------------------------------------------- demo
+@cli.command()
+@click.option("--tenant", "tenant_id", default="demo", show_default=True, help="Demo tenant id.")
+@click.option("--max-docs", default=40, show_default=True, help="Documents in the demo corpus.")
+@click.pass_obj
+@handle_errors
+def demo(obj: Context, tenant_id: str, max_docs: int) -> None:
+    """Start services, onboard a demo tenant, feed it a corpus and build every asset."""
+    from datacreek_assets.demo_corpus import write_demo_corpus
+    from datacreek_assets.local_services import services_up
+    from datacreek_assets.tenant_lifecycle import add_tenant
+    from resources.factory import open_tenant_stores
+
+    validate_tenant_id(tenant_id)
+    started = time.monotonic()
+    click.echo("[1/4] services")
+    if obj.profile == "local":
+        services_up(obj.settings, progress=lambda msg: click.echo(f"  {msg}"))
+    resources = obj.resources()
+    click.echo(f"[2/4] tenant {tenant_id}")
+    with open_tenant_stores(resources) as stores:
+        add_tenant(tenant_id, stores, obj.instance())
+    click.echo("[3/4] demo corpus")
+    written = write_demo_corpus(resources["object_store"].for_tenant(tenant_id), max_docs=max_docs)
+    click.echo(f"  {len(written)} documents in tenants/{tenant_id}/inbox/")
+    click.echo("[4/4] assets")
+    summary = _materialize(obj, tenant_id, None)
+    click.echo("")
+    click.echo(f"summary for tenant {tenant_id} ({time.monotonic() - started:.1f}s in all)")
+    for key in summary.materialized:
+        meta = summary.metadata.get(key, {})
+        shown = ", ".join(f"{k}={v}" for k, v in meta.items() if isinstance(v, (int, float, str)) and len(str(v)) < 60)
+        click.echo(f"  {key:<18} {shown[:160]}")
+    click.echo(f"  state dir: {obj.settings.state_dir}")
+    click.echo(f"  UI: DAGSTER_HOME={obj.settings.dagster_home} .venv/bin/dagster dev -w workspace.yaml")
+    if not summary.success:
+        _fail(RuntimeError(summary.error), EXIT_FAILED)
+
+
+def main() -> None:
+    cli(prog_name="datacreek")
+
+
+if __name__ == "__main__":
+    main()

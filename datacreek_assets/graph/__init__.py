@@ -1,0 +1,1 @@
+"""Knowledge graph: extraction and incremental sync. No Dagster here."""

@@ -1,0 +1,394 @@
+"""The one way Datacreek talks Cypher to Neo4j.
+
+Neo4j Community (what runs locally) has a single user database, so every node
+carries ``tenant_id`` and every query executed for a tenant goes through
+:meth:`TenantGraph._execute`, which refuses Cypher that does not mention
+``$tenant`` and binds that parameter itself. On Neo4j Enterprise/Aura the same
+repository also opens its sessions on the tenant's own database
+(``isolation="database"``): the label scope stays as a second line of defence.
+
+A test scans the code base for Cypher executed anywhere else.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Iterable, TypeVar
+
+from datacreek_assets.tenancy import validate_tenant_id
+
+ISOLATION_MODES = ("label", "database")
+
+# Uniqueness constraints on tenant-scoped keys back every MERGE (composite
+# uniqueness constraints are available in Community Edition).
+SCHEMA_STATEMENTS = [
+    "CREATE CONSTRAINT tenant_key IF NOT EXISTS FOR (t:Tenant) REQUIRE t.tenant_id IS UNIQUE",
+    "CREATE CONSTRAINT document_key IF NOT EXISTS FOR (d:Document) REQUIRE (d.tenant_id, d.doc_id) IS UNIQUE",
+    "CREATE CONSTRAINT chunk_key IF NOT EXISTS FOR (c:Chunk) REQUIRE (c.tenant_id, c.chunk_id) IS UNIQUE",
+    "CREATE CONSTRAINT entity_key IF NOT EXISTS FOR (e:Entity) REQUIRE (e.tenant_id, e.entity_id) IS UNIQUE",
+    "CREATE CONSTRAINT fact_key IF NOT EXISTS FOR (f:Fact) REQUIRE (f.tenant_id, f.fact_id) IS UNIQUE",
+    "CREATE INDEX chunk_document IF NOT EXISTS FOR (c:Chunk) ON (c.tenant_id, c.doc_id)",
+    "CREATE INDEX fact_document IF NOT EXISTS FOR (f:Fact) ON (f.tenant_id, f.doc_id)",
+]
+
+TENANT_LABELS = ("Document", "Chunk", "Entity", "Fact")
+
+
+T = TypeVar("T")
+
+
+class UnscopedQuery(ValueError):
+    """Cypher handed to the repository without the ``$tenant`` scope."""
+
+
+def _check_scoped(cypher: str, params: dict) -> None:
+    if "$tenant" not in cypher:
+        raise UnscopedQuery("tenant Cypher must constrain every match on tenant_id: $tenant")
+    if "tenant" in params:
+        raise UnscopedQuery("the repository binds $tenant itself")
+
+
+_COUNTER_FIELDS = ("nodes_created", "nodes_deleted", "relationships_created", "relationships_deleted",
+                   "properties_set", "labels_added", "labels_removed")
+
+
+class ScopedTransaction:
+    """A write transaction that can only run tenant-scoped Cypher; it tallies what it changed."""
+
+    def __init__(self, tx, tenant_id: str):
+        self._tx = tx
+        self._tenant_id = tenant_id
+        self.counters: Counter = Counter()
+
+    def run(self, cypher: str, **params: Any) -> list[dict]:
+        _check_scoped(cypher, params)
+        result = self._tx.run(cypher, {**params, "tenant": self._tenant_id})
+        rows = [record.data() for record in result]
+        summary = result.consume().counters
+        for name in _COUNTER_FIELDS:
+            self.counters[name] += getattr(summary, name)
+        return rows
+
+
+def tenant_database_name(tenant_id: str) -> str:
+    # Neo4j database names must start with a letter; tenant ids may start with a digit.
+    return f"tenant-{validate_tenant_id(tenant_id)}"
+
+
+class GraphAdmin:
+    """Schema and per-tenant scope management (not tenant data)."""
+
+    def __init__(self, driver, isolation: str = "label"):
+        if isolation not in ISOLATION_MODES:
+            raise ValueError(f"isolation must be one of {ISOLATION_MODES}, got {isolation!r}")
+        self.driver = driver
+        self.isolation = isolation
+
+    def ensure_schema(self, database: str | None = None) -> None:
+        for statement in SCHEMA_STATEMENTS:
+            self.driver.execute_query(statement, database_=database)
+
+    def tenant(self, tenant_id: str) -> "TenantGraph":
+        return TenantGraph(self.driver, tenant_id, self.isolation)
+
+    def create_scope(self, tenant_id: str) -> None:
+        graph = self.tenant(tenant_id)
+        if self.isolation == "database":
+            self.driver.execute_query(
+                "CREATE DATABASE $name IF NOT EXISTS WAIT", name=graph.database, database_="system"
+            )
+        self.ensure_schema(graph.database)
+        graph.touch_scope()
+
+    def drop_scope(self, tenant_id: str) -> int:
+        graph = self.tenant(tenant_id)
+        deleted = graph.delete_everything()
+        if self.isolation == "database":
+            self.driver.execute_query("DROP DATABASE $name IF EXISTS", name=graph.database, database_="system")
+        return deleted
+
+
+@dataclass
+class GraphCounts:
+    nodes: dict[str, int]
+    relationships: dict[str, int]
+
+    def total_nodes(self) -> int:
+        return sum(self.nodes.values())
+
+
+class TenantGraph:
+    """Everything one tenant may do in the graph. Nothing here can name another tenant."""
+
+    def __init__(self, driver, tenant_id: str, isolation: str = "label"):
+        self.driver = driver
+        self.tenant_id = validate_tenant_id(tenant_id)
+        self.isolation = isolation
+        self.database = tenant_database_name(tenant_id) if isolation == "database" else None
+
+    # The two choke points for tenant Cypher: single statements and write transactions.
+    def _execute(self, cypher: str, **params: Any) -> list[dict]:
+        _check_scoped(cypher, params)
+        records, _, _ = self.driver.execute_query(cypher, {**params, "tenant": self.tenant_id}, database_=self.database)
+        return [record.data() for record in records]
+
+    def _write(self, work: Callable[[ScopedTransaction], T]) -> tuple[T, Counter]:
+        """Run ``work`` in one write transaction: all of it lands, or none of it."""
+        box: dict = {}
+
+        def unit(tx):
+            scoped = ScopedTransaction(tx, self.tenant_id)  # fresh tally on each retry
+            box["counters"] = scoped.counters
+            return work(scoped)
+
+        with self.driver.session(database=self.database) as session:
+            value = session.execute_write(unit)
+        return value, box["counters"]
+
+    # -- scope -------------------------------------------------------------
+    def touch_scope(self) -> None:
+        self._execute("MERGE (t:Tenant {tenant_id: $tenant}) ON CREATE SET t.created_at = datetime()")
+
+    def scope_exists(self) -> bool:
+        return bool(self._execute("MATCH (t:Tenant {tenant_id: $tenant}) RETURN t.tenant_id AS id"))
+
+    def has_data(self) -> bool:
+        rows = self._execute(
+            "MATCH (d:Document {tenant_id: $tenant}) RETURN count(d) AS n"
+        )
+        return rows[0]["n"] > 0
+
+    def delete_everything(self, batch: int = 5000) -> int:
+        deleted = 0
+        for label in (*TENANT_LABELS, "Tenant"):
+            while True:
+                rows = self._execute(
+                    f"MATCH (n:{label} {{tenant_id: $tenant}}) WITH n LIMIT $batch DETACH DELETE n RETURN count(*) AS n",
+                    batch=batch,
+                )
+                deleted += rows[0]["n"]
+                if rows[0]["n"] < batch:
+                    break
+        return deleted
+
+    def counts(self) -> GraphCounts:
+        nodes = {}
+        for label in TENANT_LABELS:
+            rows = self._execute(
+                f"MATCH (n:{label} {{tenant_id: $tenant}}) WHERE n.deleted_at IS NULL RETURN count(n) AS n"
+            )
+            nodes[label] = rows[0]["n"]
+        rels = {
+            row["type"]: row["n"]
+            for row in self._execute(
+                "MATCH (a {tenant_id: $tenant})-[r]->(b {tenant_id: $tenant}) "
+                "WHERE a.deleted_at IS NULL AND b.deleted_at IS NULL "
+                "RETURN type(r) AS type, count(r) AS n ORDER BY type"
+            )
+        }
+        return GraphCounts(nodes, rels)
+
+
+    # -- documents: incremental writes ----------------------------------------
+    def document_states(self) -> dict[str, dict]:
+        """doc_id -> {signature, deleted_at, deleted_by} for every document, live or soft-deleted."""
+        rows = self._execute(
+            "MATCH (d:Document {tenant_id: $tenant}) "
+            "RETURN d.doc_id AS doc_id, d.signature AS signature, d.deleted_at AS deleted_at, d.deleted_by AS deleted_by"
+        )
+        return {r["doc_id"]: r for r in rows}
+
+    def replace_documents(self, docs: list[dict], batch_size: int = 500) -> Counter:
+        """Replace each document's subgraph (chunks, mentions, facts) in one transaction.
+
+        ``docs`` items: {doc_id, props, chunks:[{chunk_id, props}], next:[(a,b)],
+        entities:[{entity_id,name,type}], mentions:[{chunk_id, entity_id, count}],
+        facts:[{fact_id, chunk_id, subject, predicate, object, sentence}]}.
+        """
+        doc_ids = [d["doc_id"] for d in docs]
+        flat = {key: [row for d in docs for row in d[key]] for key in ("chunks", "next", "entities", "mentions", "facts")}
+        entities = list({e["entity_id"]: e for e in flat["entities"]}.values())
+
+        def work(tx: ScopedTransaction) -> None:
+            for ids in batched(doc_ids, batch_size):
+                tx.run("UNWIND $ids AS id MATCH (c:Chunk {tenant_id: $tenant, doc_id: id}) DETACH DELETE c", ids=ids)
+                tx.run("UNWIND $ids AS id MATCH (f:Fact {tenant_id: $tenant, doc_id: id}) DETACH DELETE f", ids=ids)
+            for rows in batched([{"doc_id": d["doc_id"], "props": d["props"]} for d in docs], batch_size):
+                tx.run(
+                    "UNWIND $rows AS row MERGE (d:Document {tenant_id: $tenant, doc_id: row.doc_id}) "
+                    "SET d += row.props, d.deleted_at = null, d.deleted_by = null",
+                    rows=rows,
+                )
+            for rows in batched(flat["chunks"], batch_size):
+                tx.run(
+                    "UNWIND $rows AS row MATCH (d:Document {tenant_id: $tenant, doc_id: row.doc_id}) "
+                    "MERGE (c:Chunk {tenant_id: $tenant, chunk_id: row.chunk_id}) SET c += row.props "
+                    "MERGE (d)-[:HAS_CHUNK]->(c)",
+                    rows=rows,
+                )
+            for rows in batched([{"a": a, "b": b} for a, b in flat["next"]], batch_size):
+                tx.run(
+                    "UNWIND $rows AS row MATCH (a:Chunk {tenant_id: $tenant, chunk_id: row.a}) "
+                    "MATCH (b:Chunk {tenant_id: $tenant, chunk_id: row.b}) MERGE (a)-[:NEXT]->(b)",
+                    rows=rows,
+                )
+            for rows in batched(entities, batch_size):
+                tx.run(
+                    "UNWIND $rows AS row MERGE (e:Entity {tenant_id: $tenant, entity_id: row.entity_id}) "
+                    "ON CREATE SET e.name = row.name, e.type = row.type",
+                    rows=rows,
+                )
+            for rows in batched(flat["mentions"], batch_size):
+                tx.run(
+                    "UNWIND $rows AS row MATCH (c:Chunk {tenant_id: $tenant, chunk_id: row.chunk_id}) "
+                    "MATCH (e:Entity {tenant_id: $tenant, entity_id: row.entity_id}) "
+                    "MERGE (c)-[m:MENTIONS]->(e) SET m.count = row.count",
+                    rows=rows,
+                )
+            for rows in batched(flat["facts"], batch_size):
+                tx.run(
+                    "UNWIND $rows AS row MATCH (c:Chunk {tenant_id: $tenant, chunk_id: row.chunk_id}) "
+                    "MATCH (s:Entity {tenant_id: $tenant, entity_id: row.subject}) "
+                    "MATCH (o:Entity {tenant_id: $tenant, entity_id: row.object}) "
+                    "MERGE (f:Fact {tenant_id: $tenant, fact_id: row.fact_id}) "
+                    "SET f.predicate = row.predicate, f.sentence = row.sentence, f.doc_id = row.doc_id "
+                    "MERGE (f)-[:SUBJECT]->(s) MERGE (f)-[:OBJECT]->(o) MERGE (f)-[:SOURCE]->(c)",
+                    rows=rows,
+                )
+            _refresh_entities(tx)
+
+        _, counters = self._write(work)
+        return counters
+
+    def merge_rows_one_by_one(self, docs: list[dict]) -> None:
+        """Baseline for the writer benchmark: one transaction per row, no UNWIND."""
+        for d in docs:
+            self._execute("MERGE (x:Document {tenant_id: $tenant, doc_id: $id}) SET x += $props", id=d["doc_id"], props=d["props"])
+            for c in d["chunks"]:
+                self._execute(
+                    "MATCH (x:Document {tenant_id: $tenant, doc_id: $doc}) "
+                    "MERGE (c:Chunk {tenant_id: $tenant, chunk_id: $id}) SET c += $props MERGE (x)-[:HAS_CHUNK]->(c)",
+                    doc=d["doc_id"], id=c["chunk_id"], props=c["props"],
+                )
+            for e in d["entities"]:
+                self._execute("MERGE (e:Entity {tenant_id: $tenant, entity_id: $id}) ON CREATE SET e.name = $name, e.type = $type",
+                              id=e["entity_id"], name=e["name"], type=e["type"])
+            for m in d["mentions"]:
+                self._execute(
+                    "MATCH (c:Chunk {tenant_id: $tenant, chunk_id: $c}) MATCH (e:Entity {tenant_id: $tenant, entity_id: $e}) "
+                    "MERGE (c)-[m:MENTIONS]->(e) SET m.count = $n",
+                    c=m["chunk_id"], e=m["entity_id"], n=m["count"],
+                )
+
+    # -- soft delete, undo, purge -------------------------------------------------
+    def soft_delete_documents(self, doc_ids: list[str], by: str, now: datetime | None = None) -> int:
+        now = now or datetime.now(timezone.utc)
+
+        def work(tx: ScopedTransaction) -> int:
+            rows = tx.run(
+                "UNWIND $ids AS id MATCH (d:Document {tenant_id: $tenant, doc_id: id}) WHERE d.deleted_at IS NULL "
+                "SET d.deleted_at = $now, d.deleted_by = $by "
+                "WITH d OPTIONAL MATCH (n {tenant_id: $tenant, doc_id: d.doc_id}) WHERE (n:Chunk OR n:Fact) "
+                "SET n.deleted_at = $now RETURN count(DISTINCT d) AS n",
+                ids=doc_ids, now=now, by=by,
+            )
+            _refresh_entities(tx, now)
+            return rows[0]["n"] if rows else 0
+
+        return self._write(work)[0]
+
+    def restore_document(self, doc_id: str, max_age: timedelta, now: datetime | None = None) -> bool:
+        now = now or datetime.now(timezone.utc)
+
+        def work(tx: ScopedTransaction) -> bool:
+            rows = tx.run(
+                "MATCH (d:Document {tenant_id: $tenant, doc_id: $id}) WHERE d.deleted_at >= $cutoff "
+                "SET d.deleted_at = null, d.deleted_by = null "
+                "WITH d OPTIONAL MATCH (n {tenant_id: $tenant, doc_id: d.doc_id}) WHERE (n:Chunk OR n:Fact) "
+                "SET n.deleted_at = null RETURN count(DISTINCT d) AS n",
+                id=doc_id, cutoff=now - max_age,
+            )
+            _refresh_entities(tx, now)
+            return bool(rows and rows[0]["n"])
+
+        return self._write(work)[0]
+
+    def purge_deleted(self, older_than: timedelta, now: datetime | None = None) -> int:
+        """Hard-delete what was soft-deleted before ``now - older_than``."""
+        now = now or datetime.now(timezone.utc)
+
+        def work(tx: ScopedTransaction) -> int:
+            purged = 0
+            for label in ("Chunk", "Fact", "Document"):
+                purged += tx.run(
+                    f"MATCH (n:{label} {{tenant_id: $tenant}}) WHERE n.deleted_at < $cutoff "
+                    "DETACH DELETE n RETURN count(*) AS n",
+                    cutoff=now - older_than,
+                )[0]["n"]
+            _refresh_entities(tx, now)
+            return purged
+
+        return self._write(work)[0]
+
+    # -- reads for downstream assets (soft-deleted data is invisible) ------------
+    def live_chunks(self) -> list[dict]:
+        return self._execute(
+            "MATCH (d:Document {tenant_id: $tenant})-[:HAS_CHUNK]->(c:Chunk {tenant_id: $tenant}) "
+            "WHERE d.deleted_at IS NULL AND c.deleted_at IS NULL "
+            "RETURN c.chunk_id AS chunk_id, d.doc_id AS doc_id, c.position AS position, c.text AS text "
+            "ORDER BY doc_id, position"
+        )
+
+    def live_facts(self) -> list[dict]:
+        return self._execute(
+            "MATCH (f:Fact {tenant_id: $tenant})-[:SUBJECT]->(s:Entity), (f)-[:OBJECT]->(o:Entity), "
+            "(f)-[:SOURCE]->(c:Chunk) WHERE f.deleted_at IS NULL AND c.deleted_at IS NULL "
+            "RETURN f.fact_id AS fact_id, s.name AS subject, f.predicate AS predicate, o.name AS object, "
+            "f.sentence AS sentence, c.chunk_id AS chunk_id, f.doc_id AS doc_id ORDER BY fact_id"
+        )
+
+    def document_subgraph(self, doc_id: str, limit: int = 60) -> list[dict]:
+        """Edges (source, type, target) around one live document, for pictures."""
+        return self._execute(
+            "MATCH (d:Document {tenant_id: $tenant, doc_id: $id})-[:HAS_CHUNK]->(c:Chunk) WHERE c.deleted_at IS NULL "
+            "OPTIONAL MATCH (c)-[:MENTIONS]->(e:Entity {tenant_id: $tenant}) "
+            "RETURN c.position AS chunk, e.name AS entity ORDER BY chunk LIMIT $limit",
+            id=doc_id, limit=limit,
+        )
+
+    def fingerprint(self) -> list[tuple]:
+        """A canonical listing of the tenant's graph, to prove a rerun changed nothing."""
+        nodes = self._execute(
+            "MATCH (n {tenant_id: $tenant}) RETURN labels(n) AS labels, properties(n) AS props"
+        )
+        rels = self._execute(
+            "MATCH (a {tenant_id: $tenant})-[r]->(b {tenant_id: $tenant}) "
+            "RETURN type(r) AS type, coalesce(a.chunk_id, a.doc_id, a.entity_id, a.fact_id) AS a, "
+            "coalesce(b.chunk_id, b.doc_id, b.entity_id, b.fact_id) AS b, properties(r) AS props"
+        )
+        return sorted(repr(sorted(n.items())) for n in nodes) + sorted(repr(sorted(r.items())) for r in rels)
+
+
+def _refresh_entities(tx: ScopedTransaction, now: datetime | None = None) -> None:
+    """Entities follow the chunks and facts that mention them: orphans go, entities
+    mentioned only by soft-deleted data are hidden, re-mentioned ones come back.
+    Only entities whose state changes are written, so a no-op sync writes nothing."""
+    tx.run("MATCH (e:Entity {tenant_id: $tenant}) WHERE NOT (e)--() DELETE e")
+    tx.run(
+        "MATCH (e:Entity {tenant_id: $tenant}) "
+        "OPTIONAL MATCH (c:Chunk)-[:MENTIONS]->(e) WHERE c.deleted_at IS NULL "
+        "WITH e, count(c) AS live_mentions "
+        "OPTIONAL MATCH (f:Fact)-->(e) WHERE f.deleted_at IS NULL "
+        "WITH e, live_mentions, count(f) AS live_facts "
+        "WITH e, live_mentions + live_facts AS live "
+        "WITH e, live WHERE (live > 0 AND e.deleted_at IS NOT NULL) OR (live = 0 AND e.deleted_at IS NULL) "
+        "SET e.deleted_at = CASE WHEN live > 0 THEN null ELSE $now END",
+        now=now or datetime.now(timezone.utc),
+    )
+
+
+def batched(rows: list, size: int) -> Iterable[list]:
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]

@@ -1,0 +1,1 @@
+"""Ingest: parse a tenant's inbox, chunk, screen. No Dagster here."""

@@ -1,0 +1,126 @@
+"""Turn inbox files into text with real parsers, or quarantine them with a reason.
+
+Supported: plain text (.txt), Markdown (.md), HTML (.html/.htm), PDF (.pdf).
+Everything that cannot be parsed is quarantined, never raised: one bad file
+must not fail a tenant's run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import unicodedata
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+DEFAULT_MAX_BYTES = 5 * 1024 * 1024
+
+FORMATS = {".txt": "text", ".text": "text", ".md": "markdown", ".markdown": "markdown",
+           ".html": "html", ".htm": "html", ".pdf": "pdf"}
+
+
+@dataclass(frozen=True)
+class ParsedDocument:
+    doc_id: str  # the file's path relative to the inbox
+    format: str
+    text: str  # normalised
+    content_hash: str  # SHA-256 of the raw bytes
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    doc_id: str
+    reason: str
+    size_bytes: int
+
+
+def normalise_text(text: str) -> str:
+    """NFKC, no control characters, single spaces inside lines, at most one blank line."""
+    text = unicodedata.normalize("NFKC", text).replace("\r\n", "\n").replace("\r", "\n")
+    text = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch)[0] != "C")
+    lines = [" ".join(line.split()) for line in text.split("\n")]
+    out: list[str] = []
+    for line in lines:
+        if line or (out and out[-1]):
+            out.append(line)
+    return "\n".join(out).strip()
+
+
+def _looks_binary(data: bytes) -> bool:
+    if b"\0" in data[:8192]:
+        return True
+    sample = data[:8192]
+    controls = sum(1 for b in sample if b < 32 and b not in (9, 10, 12, 13))
+    return controls > len(sample) * 0.05
+
+
+def _decode(data: bytes) -> str:
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    return data.decode("utf-8")  # strict: invalid encodings are quarantined
+
+
+def _html_to_text(html: str) -> str:
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(html, "html.parser")
+    for tag in soup(["script", "style", "noscript", "template", "head"]):
+        tag.decompose()
+    return soup.get_text("\n")
+
+
+def _markdown_to_text(source: str) -> str:
+    from markdown_it import MarkdownIt
+
+    # Render with raw HTML disabled, then take the text: code, lists and headings keep their words.
+    return _html_to_text(MarkdownIt("commonmark", {"html": False}).render(source))
+
+
+def _pdf_to_text(data: bytes) -> str:
+    from pypdf import PdfReader
+
+    reader = PdfReader(io.BytesIO(data))
+    if reader.is_encrypted:
+        raise _Refused("encrypted PDF")
+    return "\n".join((page.extract_text() or "") for page in reader.pages)
+
+
+class _Refused(Exception):
+    pass
+
+
+def parse_document(doc_id: str, data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> ParsedDocument | Quarantined:
+    size = len(data)
+
+    def quarantine(reason: str) -> Quarantined:
+        return Quarantined(doc_id, reason, size)
+
+    fmt = FORMATS.get(PurePosixPath(doc_id).suffix.lower())
+    if fmt is None:
+        return quarantine(f"unsupported file type {PurePosixPath(doc_id).suffix or '(none)'!r}")
+    if size == 0:
+        return quarantine("empty file")
+    if size > max_bytes:
+        return quarantine(f"oversized: {size} bytes > limit {max_bytes}")
+    try:
+        if fmt == "pdf":
+            if not data.startswith(b"%PDF-"):
+                return quarantine("not a PDF (missing %PDF- header)")
+            raw_text = _pdf_to_text(data)
+        else:
+            if _looks_binary(data):
+                return quarantine("binary content in a text document")
+            try:
+                source = _decode(data)
+            except UnicodeDecodeError as err:
+                return quarantine(f"invalid UTF-8 at byte {err.start}")
+            raw_text = {"text": lambda s: s, "markdown": _markdown_to_text, "html": _html_to_text}[fmt](source)
+    except _Refused as err:
+        return quarantine(str(err))
+    except Exception as err:  # a hostile or broken file: any parser failure is a quarantine reason
+        return quarantine(f"unreadable {fmt}: {err.__class__.__name__}: {str(err)[:200]}")
+    text = normalise_text(raw_text)
+    if not text:
+        return quarantine("no extractable text")
+    return ParsedDocument(doc_id, fmt, text, hashlib.sha256(data).hexdigest(), size)

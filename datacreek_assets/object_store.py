@@ -1,0 +1,189 @@
+"""Object storage: a local directory or S3, always addressed through a tenant scope.
+
+Keys under a tenant are ``tenants/<id>/...`` (and ``ingest-toxic/<id>/...`` for
+screened-out items). Tenant ids are never parsed out of keys: callers name the
+tenant, and the scope refuses keys that try to leave it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import Iterator, Protocol
+
+from datacreek_assets.tenancy import validate_tenant_id
+
+
+class InvalidObjectKey(ValueError):
+    pass
+
+
+def _check_relative_key(key: str) -> str:
+    path = PurePosixPath(key)
+    if not key or key.startswith("/") or "\\" in key or "\0" in key or any(p in ("..", ".", "") for p in key.split("/")):
+        raise InvalidObjectKey(f"object key {key!r} must be a relative path without '.', '..' or empty parts")
+    return str(path)
+
+
+class ObjectStore(Protocol):
+    def put(self, key: str, data: bytes) -> None: ...
+    def get(self, key: str) -> bytes: ...
+    def exists(self, key: str) -> bool: ...
+    def list(self, prefix: str) -> Iterator[str]: ...
+    def delete(self, key: str) -> None: ...
+
+
+class LocalObjectStore:
+    """A directory tree standing in for a bucket (the local profile's store)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        return self.root / _check_relative_key(key)
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write-then-rename: a crash never leaves a half-written object behind.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str) -> Iterator[str]:
+        base = self._path(prefix.rstrip("/"))
+        if not base.is_dir():
+            return
+        for path in sorted(base.rglob("*")):
+            if path.is_file() and not path.name.startswith(".tmp-"):
+                yield path.relative_to(self.root).as_posix()
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        # prune empty directories up to the root
+        for parent in path.parents:
+            if parent == self.root or not parent.is_relative_to(self.root):
+                break
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+
+
+class S3ObjectStore:
+    """An S3 bucket (prod; moto's server in tests)."""
+
+    def __init__(self, bucket: str, endpoint_url: str | None = None, region: str = "us-east-1", client=None):
+        import boto3
+
+        self.bucket = bucket
+        self.client = client or boto3.client("s3", endpoint_url=endpoint_url or None, region_name=region)
+
+    def put(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=_check_relative_key(key), Body=data)
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=_check_relative_key(key))["Body"].read()
+        except self.client.exceptions.NoSuchKey:
+            raise FileNotFoundError(key) from None
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=_check_relative_key(key))
+            return True
+        except ClientError as err:
+            if err.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+
+    def list(self, prefix: str) -> Iterator[str]:
+        prefix = _check_relative_key(prefix.rstrip("/")) + "/"
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                yield item["Key"]
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=_check_relative_key(key))
+
+
+class TenantObjectStore:
+    """One tenant's view of an object store. Every key is relative to its scope."""
+
+    AREAS = {"tenant": "tenants/{id}", "toxic": "ingest-toxic/{id}"}
+
+    def __init__(self, store: ObjectStore, tenant_id: str):
+        self.store = store
+        self.tenant_id = validate_tenant_id(tenant_id)
+
+    def _prefix(self, area: str) -> str:
+        return self.AREAS[area].format(id=self.tenant_id)
+
+    def key(self, relative: str, area: str = "tenant") -> str:
+        return f"{self._prefix(area)}/{_check_relative_key(relative)}"
+
+    def put(self, relative: str, data: bytes, area: str = "tenant") -> str:
+        key = self.key(relative, area)
+        self.store.put(key, data)
+        return key
+
+    def get(self, relative: str, area: str = "tenant") -> bytes:
+        return self.store.get(self.key(relative, area))
+
+    def exists(self, relative: str, area: str = "tenant") -> bool:
+        return self.store.exists(self.key(relative, area))
+
+    def list(self, relative_prefix: str = "", area: str = "tenant") -> list[str]:
+        """Keys relative to the scope, e.g. ``inbox/a.txt``."""
+        base = self._prefix(area)
+        prefix = f"{base}/{_check_relative_key(relative_prefix)}" if relative_prefix else base
+        return [key[len(base) + 1 :] for key in self.store.list(prefix)]
+
+    def delete(self, relative: str, area: str = "tenant") -> None:
+        self.store.delete(self.key(relative, area))
+
+    def delete_all(self) -> int:
+        count = 0
+        for area in self.AREAS:
+            for rel in self.list(area=area):
+                self.delete(rel, area=area)
+                count += 1
+        return count
+
+    # JSON helpers: the hand-off format between assets.
+    def put_json(self, relative: str, value, area: str = "tenant") -> str:
+        import json
+
+        return self.put(relative, json.dumps(value, sort_keys=True).encode(), area)
+
+    def get_json(self, relative: str, area: str = "tenant"):
+        import json
+
+        return json.loads(self.get(relative, area))
+
+    def put_jsonl(self, relative: str, rows: list[dict]) -> str:
+        import json
+
+        return self.put(relative, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
+
+    def get_jsonl(self, relative: str) -> list[dict]:
+        import json
+
+        return [json.loads(line) for line in self.get(relative).decode().splitlines() if line]

@@ -1,0 +1,102 @@
+"""Materialize a tenant's assets in-process against the persistent Dagster
+instance (so the runs show up in the UI), with progress read back from the
+instance's event log while the run executes."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable
+
+import dagster as dg
+
+TENANT_TAG = "datacreek/tenant"
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    success: bool
+    seconds: float
+    materialized: list[str] = field(default_factory=list)
+    metadata: dict[str, dict] = field(default_factory=dict)
+    error: str | None = None
+
+
+def tenant_tags(tenant_id: str, launched_by: str) -> dict[str, str]:
+    return {TENANT_TAG: tenant_id, "datacreek/launched-by": launched_by}
+
+
+def _materializations(instance: dg.DagsterInstance, run_id: str) -> list[dg.EventLogEntry]:
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+    return [r.event_log_entry for r in records]
+
+
+def materialize_tenant(
+    defs: dg.Definitions,
+    tenant_id: str,
+    instance: dg.DagsterInstance,
+    selection: list[str] | None = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
+    launched_by: str = "cli",
+) -> RunSummary:
+    job = defs.resolve_implicit_global_asset_job_def()
+    all_keys = sorted(k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys())
+    wanted = selection or all_keys
+    unknown = sorted(set(wanted) - set(all_keys))
+    if unknown:
+        raise ValueError(f"unknown asset(s): {', '.join(unknown)}; known: {', '.join(all_keys)}")
+    token = uuid.uuid4().hex
+    tags = {**tenant_tags(tenant_id, launched_by), "datacreek/launch-token": token}
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = job.execute_in_process(
+                partition_key=tenant_id,
+                instance=instance,
+                tags=tags,
+                asset_selection=[dg.AssetKey.from_user_string(k) for k in wanted],
+                raise_on_error=False,
+                # the event log keeps everything; the terminal shows warnings and the progress bar
+                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            )
+        except Exception as err:  # surfaced to the caller below
+            outcome["error"] = err
+
+    started = time.monotonic()
+    worker = threading.Thread(target=run, name=f"materialize-{tenant_id}")
+    worker.start()
+    run_id = None
+    done: set[str] = set()
+    while worker.is_alive():
+        worker.join(0.5)
+        if run_id is None:
+            runs = instance.get_runs(filters=dg.RunsFilter(tags={"datacreek/launch-token": token}), limit=1)
+            run_id = runs[0].run_id if runs else None
+        if run_id and on_progress:
+            for entry in _materializations(instance, run_id):
+                key = entry.dagster_event.asset_key.to_user_string()
+                if key not in done:
+                    done.add(key)
+                    on_progress(key, len(done), len(wanted))
+    if "error" in outcome:
+        raise outcome["error"]
+    result = outcome["result"]
+    summary = RunSummary(result.run_id, result.success, time.monotonic() - started)
+    for entry in _materializations(instance, result.run_id):
+        mat = entry.dagster_event.event_specific_data.materialization
+        key = mat.asset_key.to_user_string()
+        summary.materialized.append(key)
+        summary.metadata[key] = {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
+        if on_progress and key not in done:
+            done.add(key)
+            on_progress(key, len(done), len(wanted))
+    if not result.success:
+        failures = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+        summary.error = "; ".join(
+            f"{e.step_key}: {e.event_specific_data.error.message.strip()}" for e in failures
+        ) or "run failed"
+    return summary

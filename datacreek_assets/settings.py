@@ -1,0 +1,101 @@
+"""Where local state lives and which ports the local services use.
+
+Read from the environment only when called (CLI start, definition build),
+never at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROFILES = ("local", "prod")
+
+
+class ConfigError(ValueError):
+    """Configuration that cannot work (unknown profile, bad port...)."""
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    """Everything the local profile needs to find its state and services."""
+
+    state_dir: Path
+    neo4j_port: int = 7687
+    falkordb_port: int = 6380
+    cache_dir: Path | None = None
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.state_dir / "dagster_home"
+
+    @property
+    def object_store_root(self) -> Path:
+        return self.state_dir / "objects"
+
+    @property
+    def registry_url(self) -> str:
+        return f"sqlite:///{self.state_dir / 'registry.db'}"
+
+    @property
+    def neo4j_uri(self) -> str:
+        return f"bolt://127.0.0.1:{self.neo4j_port}"
+
+    @property
+    def download_cache(self) -> Path:
+        return self.cache_dir or Path.home() / ".cache" / "datacreek"
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "LocalSettings":
+        env = os.environ if environ is None else environ
+        state_dir = Path(env.get("DATACREEK_STATE_DIR", ".datacreek")).resolve()
+        cache = env.get("DATACREEK_CACHE_DIR")
+        return cls(
+            state_dir=state_dir,
+            neo4j_port=_port(env, "DATACREEK_NEO4J_PORT", 7687),
+            falkordb_port=_port(env, "DATACREEK_FALKORDB_PORT", 6380),
+            cache_dir=Path(cache).resolve() if cache else None,
+        )
+
+
+def current_profile(environ: dict[str, str] | None = None) -> str:
+    env = os.environ if environ is None else environ
+    profile = env.get("DATACREEK_PROFILE", "local")
+    if profile not in PROFILES:
+        raise ConfigError(f"DATACREEK_PROFILE={profile!r} is not one of {', '.join(PROFILES)}")
+    return profile
+
+
+def _port(env, name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    try:
+        port = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{name}={port} is outside 1..65535")
+    return port
+
+
+def ensure_dagster_home(home: Path) -> Path:
+    """Create a local Dagster home (SQLite storage in that directory) if missing."""
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(
+            "# Local profile: SQLite run/event/schedule storage in this directory.\n"
+            "telemetry:\n  enabled: false\n"
+            "run_coordinator:\n"
+            "  module: dagster.core.run_coordinator\n"
+            "  class: QueuedRunCoordinator\n"
+            "  config:\n"
+            "    max_concurrent_runs: 4\n"
+            "    tag_concurrency_limits:\n"
+            "      - key: datacreek/tenant\n"
+            "        value:\n          applyLimitPerUniqueValue: true\n"
+            "        limit: 1\n"
+        )
+    return home

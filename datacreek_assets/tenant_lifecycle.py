@@ -1,0 +1,103 @@
+"""Adding and removing a tenant across every store.
+
+Order matters: on add, every store's scope is created first and the Dagster
+partition last, so a half-onboarded tenant never shows up as runnable; every
+step is idempotent, so rerunning a failed add completes it. On remove, the
+partition goes first (no new runs), then the data, then the registry row.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from dagster import DagsterInstance
+
+from datacreek_assets.graph_store import GraphAdmin
+from datacreek_assets.hot_graph import HotGraphStore
+from datacreek_assets.object_store import ObjectStore, TenantObjectStore
+from datacreek_assets.partitions import TENANTS_PARTITION
+from datacreek_assets.tenancy import validate_tenant_id
+from datacreek_assets.tenant_registry import TenantRegistry
+
+SCOPE_MARKER = "tenant.json"
+
+
+class TenantHasData(RuntimeError):
+    pass
+
+
+class UnknownTenant(LookupError):
+    pass
+
+
+@dataclass
+class TenantStores:
+    registry: TenantRegistry
+    graph: GraphAdmin
+    hot_graph: HotGraphStore
+    objects: ObjectStore
+
+
+@dataclass
+class LifecycleReport:
+    tenant_id: str
+    created: bool = False
+    removed: bool = False
+    steps: list[str] = field(default_factory=list)
+
+
+def add_tenant(tenant_id: str, stores: TenantStores, instance: DagsterInstance) -> LifecycleReport:
+    tenant_id = validate_tenant_id(tenant_id)
+    report = LifecycleReport(tenant_id)
+    stores.graph.create_scope(tenant_id)
+    report.steps.append("neo4j scope")
+    stores.hot_graph.create_scope(tenant_id)
+    report.steps.append("falkordb graph")
+    objects = TenantObjectStore(stores.objects, tenant_id)
+    if not objects.exists(SCOPE_MARKER):
+        objects.put(SCOPE_MARKER, json.dumps({"tenant_id": tenant_id, "created_at": datetime.now(timezone.utc).isoformat()}).encode())
+    report.steps.append("object-store prefix")
+    report.created = stores.registry.add(tenant_id)
+    report.steps.append("registry")
+    if not instance.has_dynamic_partition(TENANTS_PARTITION, tenant_id):
+        instance.add_dynamic_partitions(TENANTS_PARTITION, [tenant_id])
+    report.steps.append("dagster partition")
+    return report
+
+
+def tenant_data_summary(tenant_id: str, stores: TenantStores) -> dict[str, int]:
+    """How much data a tenant holds in each store (scope markers excluded)."""
+    objects = TenantObjectStore(stores.objects, tenant_id)
+    object_count = sum(1 for area in TenantObjectStore.AREAS for key in objects.list(area=area) if key != SCOPE_MARKER)
+    return {
+        "neo4j_nodes": stores.graph.tenant(tenant_id).counts().total_nodes(),
+        "falkordb_nodes": max(0, stores.hot_graph.node_count(tenant_id) - 1),  # minus the scope node
+        "objects": object_count,
+    }
+
+
+def remove_tenant(tenant_id: str, stores: TenantStores, instance: DagsterInstance, force: bool = False) -> LifecycleReport:
+    tenant_id = validate_tenant_id(tenant_id)
+    report = LifecycleReport(tenant_id)
+    known = stores.registry.get(tenant_id) is not None or instance.has_dynamic_partition(TENANTS_PARTITION, tenant_id)
+    if not known:
+        raise UnknownTenant(f"tenant {tenant_id!r} is not registered")
+    summary = tenant_data_summary(tenant_id, stores)
+    if any(summary.values()) and not force:
+        held = ", ".join(f"{v} {k}" for k, v in summary.items() if v)
+        raise TenantHasData(f"tenant {tenant_id!r} holds data ({held}); pass --force to delete it all")
+    if instance.has_dynamic_partition(TENANTS_PARTITION, tenant_id):
+        instance.delete_dynamic_partition(TENANTS_PARTITION, tenant_id)
+    report.steps.append("dagster partition")
+    stores.graph.drop_scope(tenant_id)
+    report.steps.append("neo4j scope")
+    stores.hot_graph.drop_scope(tenant_id)
+    report.steps.append("falkordb graph")
+    TenantObjectStore(stores.objects, tenant_id).delete_all()
+    report.steps.append("object-store prefix")
+    stores.registry.remove(tenant_id)
+    report.steps.append("registry")
+    report.removed = True
+    return report

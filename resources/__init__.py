@@ -1,0 +1,17 @@
+"""Dagster resources: configuration of the stores, and the local-vs-prod factory."""
+
+from resources.stores import (
+    GraphStoreResource,
+    HotGraphResource,
+    ObjectStoreResource,
+    TenantRegistryResource,
+)
+from resources.factory import build_resources
+
+__all__ = [
+    "GraphStoreResource",
+    "HotGraphResource",
+    "ObjectStoreResource",
+    "TenantRegistryResource",
+    "build_resources",
+]

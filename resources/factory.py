@@ -1,0 +1,72 @@
+"""One factory: the profile decides where each store lives.
+
+Called at definition-build time (and by the CLI), never at import.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import dagster as dg
+
+from datacreek_assets.settings import ConfigError, LocalSettings
+from datacreek_assets.tenant_lifecycle import TenantStores
+from resources.stores import GraphStoreResource, HotGraphResource, ObjectStoreResource, TenantRegistryResource
+
+
+def build_resources(profile: str, settings: LocalSettings | None = None) -> dict[str, dg.ConfigurableResource]:
+    if profile == "local":
+        settings = settings or LocalSettings.from_env()
+        return {
+            "graph_store": GraphStoreResource(uri=settings.neo4j_uri, isolation="label"),
+            "hot_graph": HotGraphResource(host="127.0.0.1", port=settings.falkordb_port),
+            "object_store": ObjectStoreResource(backend="local", root=str(settings.object_store_root)),
+            "tenant_registry": TenantRegistryResource(url=settings.registry_url),
+        }
+    if profile == "prod":
+        # Real endpoints; values are resolved by Dagster when a run starts.
+        return {
+            "graph_store": GraphStoreResource(
+                uri=dg.EnvVar("DATACREEK_NEO4J_URI"),
+                user=dg.EnvVar("DATACREEK_NEO4J_USER"),
+                password=dg.EnvVar("DATACREEK_NEO4J_PASSWORD"),
+                isolation=dg.EnvVar("DATACREEK_NEO4J_ISOLATION"),
+            ),
+            "hot_graph": HotGraphResource(
+                host=dg.EnvVar("DATACREEK_FALKORDB_HOST"),
+                port=dg.EnvVar.int("DATACREEK_FALKORDB_PORT"),
+                password=dg.EnvVar("DATACREEK_FALKORDB_PASSWORD"),
+            ),
+            "object_store": ObjectStoreResource(
+                backend="s3",
+                bucket=dg.EnvVar("DATACREEK_S3_BUCKET"),
+                endpoint_url=dg.EnvVar("DATACREEK_S3_ENDPOINT_URL"),
+            ),
+            "tenant_registry": TenantRegistryResource(url=dg.EnvVar("DATACREEK_POSTGRES_URL")),
+        }
+    raise ConfigError(f"unknown profile {profile!r}")
+
+
+def initialized(resources: dict[str, dg.ConfigurableResource]) -> dict[str, dg.ConfigurableResource]:
+    """Resolve EnvVars outside a Dagster run (the CLI)."""
+    try:
+        return {name: res.process_config_and_initialize() for name, res in resources.items()}
+    except dg.DagsterError as err:
+        raise ConfigError(f"resource configuration is incomplete: {err}") from None
+
+
+@contextmanager
+def open_tenant_stores(resources: dict[str, dg.ConfigurableResource]) -> Iterator[TenantStores]:
+    """Open every store a tenant lives in (for the CLI and onboarding)."""
+    registry = resources["tenant_registry"].registry()
+    try:
+        with resources["graph_store"].admin() as graph:
+            yield TenantStores(
+                registry=registry,
+                graph=graph,
+                hot_graph=resources["hot_graph"].store(),
+                objects=resources["object_store"].store(),
+            )
+    finally:
+        registry.close()

@@ -1,0 +1,112 @@
+"""ConfigurableResources for the stores. They hold configuration and open
+clients; what is done with the clients lives in ``datacreek_assets``."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import dagster as dg
+
+from datacreek_assets.graph_store import ISOLATION_MODES, GraphAdmin, TenantGraph
+from datacreek_assets.hot_graph import HotGraphStore
+from datacreek_assets.local_services import ServiceError
+from datacreek_assets.object_store import LocalObjectStore, S3ObjectStore, TenantObjectStore
+from datacreek_assets.tenant_registry import TenantRegistry
+
+
+class GraphStoreResource(dg.ConfigurableResource):
+    """Neo4j. ``isolation='label'`` for Community (one user database),
+    ``'database'`` for Enterprise/Aura (one database per tenant)."""
+
+    uri: str
+    user: str = ""
+    password: str = ""
+    isolation: str = "label"
+
+    @contextmanager
+    def admin(self) -> Iterator[GraphAdmin]:
+        from neo4j import GraphDatabase
+        from neo4j.exceptions import ServiceUnavailable, AuthError
+
+        if self.isolation not in ISOLATION_MODES:
+            raise dg.DagsterInvalidConfigError(
+                f"graph store isolation must be one of {ISOLATION_MODES}", [], self.isolation
+            )
+        auth = (self.user, self.password) if self.user else None
+        # Unknown-property notices ("deleted_at is not in the database" on a fresh
+        # graph) are expected for optional properties: keep the log readable.
+        driver = GraphDatabase.driver(self.uri, auth=auth, notifications_min_severity="OFF")
+        try:
+            try:
+                driver.verify_connectivity()
+            except (ServiceUnavailable, OSError) as err:
+                raise ServiceError(
+                    f"Neo4j is not reachable at {self.uri} ({err.__class__.__name__}); "
+                    "locally, start it with `datacreek services up`"
+                ) from None
+            except AuthError:
+                raise ServiceError(f"Neo4j at {self.uri} refused the configured credentials") from None
+            yield GraphAdmin(driver, self.isolation)
+        finally:
+            driver.close()
+
+    @contextmanager
+    def tenant(self, tenant_id: str) -> Iterator[TenantGraph]:
+        with self.admin() as admin:
+            yield admin.tenant(tenant_id)
+
+
+class HotGraphResource(dg.ConfigurableResource):
+    """FalkorDB (one graph per tenant)."""
+
+    host: str = "127.0.0.1"
+    port: int = 6380
+    password: str = ""
+
+    def store(self) -> HotGraphStore:
+        import falkordb
+        import redis
+
+        try:
+            client = falkordb.FalkorDB(host=self.host, port=self.port, password=self.password or None)
+            client.connection.ping()
+        except (redis.RedisError, OSError) as err:
+            raise ServiceError(
+                f"FalkorDB is not reachable at {self.host}:{self.port} ({err.__class__.__name__}); "
+                "locally, start it with `datacreek services up`"
+            ) from None
+        return HotGraphStore(client)
+
+
+class ObjectStoreResource(dg.ConfigurableResource):
+    """``backend='local'`` (a directory) or ``'s3'`` (a bucket, any S3 endpoint)."""
+
+    backend: str = "local"
+    root: str = ".datacreek/objects"
+    bucket: str = ""
+    endpoint_url: str = ""
+    region: str = "us-east-1"
+
+    def store(self):
+        if self.backend == "local":
+            return LocalObjectStore(self.root)
+        if self.backend == "s3":
+            if not self.bucket:
+                raise dg.DagsterInvalidConfigError("the s3 object store needs a bucket", [], self.bucket)
+            return S3ObjectStore(self.bucket, self.endpoint_url or None, self.region)
+        raise dg.DagsterInvalidConfigError(
+            f"object store backend must be 'local' or 's3', not {self.backend!r}", [], self.backend
+        )
+
+    def for_tenant(self, tenant_id: str) -> TenantObjectStore:
+        return TenantObjectStore(self.store(), tenant_id)
+
+
+class TenantRegistryResource(dg.ConfigurableResource):
+    """SQLAlchemy URL of the tenant registry (SQLite locally, Postgres in prod)."""
+
+    url: str
+
+    def registry(self) -> TenantRegistry:
+        return TenantRegistry(self.url)
