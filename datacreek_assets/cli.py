@@ -215,6 +215,38 @@ def tenant_remove(obj: Context, tenant_id: str, force: bool) -> None:
     click.echo(f"tenant {tenant_id}: removed ({', '.join(report.steps)})")
 
 
+@tenant.command("delete-document")
+@tenant_argument
+@click.argument("doc_id")
+@click.pass_obj
+@handle_errors
+def tenant_delete_document(obj: Context, tenant_id: str, doc_id: str) -> None:
+    """Soft-delete DOC_ID (its path under the inbox) of TENANT_ID; `undo` restores it within 30 days."""
+    from datacreek_assets.graph.sync import OPERATOR
+    from datacreek_assets.tenant_lifecycle import UnknownTenant
+
+    with obj.resources()["graph_store"].tenant(tenant_id) as graph:
+        if graph.soft_delete_documents([doc_id], by=OPERATOR) == 0:
+            raise UnknownTenant(f"tenant {tenant_id!r} has no live document {doc_id!r}")
+    click.echo(f"{tenant_id}/{doc_id}: deleted (undo within 30 days: datacreek tenant undo {tenant_id} {doc_id})")
+
+
+@tenant.command("undo")
+@tenant_argument
+@click.argument("doc_id")
+@click.pass_obj
+@handle_errors
+def tenant_undo(obj: Context, tenant_id: str, doc_id: str) -> None:
+    """Restore a document soft-deleted less than 30 days ago."""
+    from datacreek_assets.defs.graph.schedules import UNDO_WINDOW
+    from datacreek_assets.tenant_lifecycle import UnknownTenant
+
+    with obj.resources()["graph_store"].tenant(tenant_id) as graph:
+        if not graph.restore_document(doc_id, UNDO_WINDOW):
+            raise UnknownTenant(f"tenant {tenant_id!r} has no document {doc_id!r} deleted within the last 30 days")
+    click.echo(f"{tenant_id}/{doc_id}: restored")
+
+
 # ------------------------------------------------------------- materialize
 @cli.command()
 @click.option("--tenant", "tenant_id", required=True, help="Tenant whose partition to materialize.")

@@ -104,8 +104,19 @@ def chunk_text(
     return chunks
 
 
+def _join(sentences: list[str]) -> str:
+    """Rejoin sentences; a block without closing punctuation (a heading, a list
+    item) keeps its paragraph break so it is not read as part of the next sentence."""
+    text = ""
+    for sentence in sentences:
+        if text:
+            text += " " if text[-1] in ".!?;:" else "\n\n"
+        text += sentence
+    return text
+
+
 def _make(doc_id: str, position: int, sentences: list[tuple[str, int]]) -> Chunk:
-    text = " ".join(s for s, _ in sentences)
+    text = _join([s for s, _ in sentences])
     return Chunk(chunk_id_for(doc_id, text), doc_id, position, text, sum(n for _, n in sentences))
 
 

@@ -61,13 +61,20 @@ def _decode(data: bytes) -> str:
     return data.decode("utf-8")  # strict: invalid encodings are quarantined
 
 
+BLOCK_TAGS = ["p", "div", "br", "li", "tr", "pre", "blockquote", "section", "article", "table", "ul", "ol",
+              "h1", "h2", "h3", "h4", "h5", "h6", "dt", "dd", "hr", "title", "header", "footer"]
+
+
 def _html_to_text(html: str) -> str:
     from bs4 import BeautifulSoup
 
     soup = BeautifulSoup(html, "html.parser")
     for tag in soup(["script", "style", "noscript", "template", "head"]):
         tag.decompose()
-    return soup.get_text("\n")
+    # Block elements end a line; inline ones (em, code, a) stay inside their sentence.
+    for tag in soup(BLOCK_TAGS):
+        tag.append("\n")
+    return soup.get_text()
 
 
 def _markdown_to_text(source: str) -> str:

@@ -1,0 +1,1 @@
+"""Benchmarks: each compares a candidate with its baseline side by side in one process."""

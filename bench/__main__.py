@@ -1,0 +1,48 @@
+"""`python -m bench [--only NAME] [--json PATH]`: run every benchmark and print ratios."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from bench.harness import format_table, run_comparison, write_json
+
+SUITES = ["bench.graph_writer", "bench.tenant_registry"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--only", help="run only benchmarks whose name contains this text")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--quick", action="store_true", help="smaller inputs, one round (a smoke run)")
+    args = parser.parse_args(argv)
+    console = Console(stderr=True)
+    results = []
+    import importlib
+
+    for module_name in SUITES:
+        module = importlib.import_module(module_name)
+        with console.status(f"preparing {module_name}") as status:
+            comparisons = module.comparisons(quick=args.quick)
+            for comparison in comparisons:
+                if args.only and args.only not in comparison.name:
+                    continue
+                results.append(run_comparison(comparison, progress=lambda m: status.update(m)))
+            getattr(module, "teardown", lambda: None)()
+    if not results:
+        console.print("no benchmark matched")
+        return 2
+    print(format_table(results))
+    for r in results:
+        if r.notes:
+            print(f"  {r.name}: {r.notes}")
+    if args.json:
+        write_json(results, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

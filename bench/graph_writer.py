@@ -1,0 +1,67 @@
+"""Batched, UNWIND-based graph writer vs one transaction per row, same data, same Neo4j."""
+
+from __future__ import annotations
+
+import random
+
+from bench.harness import Comparison
+from datacreek_assets.local_services import services_up
+from datacreek_assets.settings import LocalSettings
+from resources.factory import build_resources
+
+TENANT = "bench-writer"
+_admin_cm = None
+
+
+def synthetic_docs(n_docs: int, chunks_per_doc: int, seed: int = 7) -> list[dict]:
+    rng = random.Random(seed)
+    vocabulary = [f"entity {i}" for i in range(400)]
+    docs = []
+    for d in range(n_docs):
+        chunks, mentions, entities = [], [], {}
+        for c in range(chunks_per_doc):
+            chunk_id = f"d{d}-c{c}"
+            chunks.append({"doc_id": f"doc{d}", "chunk_id": chunk_id,
+                           "props": {"doc_id": f"doc{d}", "position": c, "text": "lorem ipsum " * 40, "n_tokens": 80}})
+            for name in rng.sample(vocabulary, 3):
+                entities[name] = {"entity_id": name, "name": name, "type": "name"}
+                mentions.append({"chunk_id": chunk_id, "entity_id": name, "count": 1})
+        docs.append({"doc_id": f"doc{d}", "props": {"doc_id": f"doc{d}", "signature": str(d)}, "chunks": chunks,
+                     "next": [], "entities": list(entities.values()), "mentions": mentions, "facts": []})
+    return docs
+
+
+def rows(docs: list[dict]) -> int:
+    return sum(1 + len(d["chunks"]) + len(d["entities"]) + len(d["mentions"]) for d in docs)
+
+
+def comparisons(quick: bool = False) -> list[Comparison]:
+    global _admin_cm
+    settings = LocalSettings.from_env()
+    services_up(settings, progress=lambda m: None)
+    _admin_cm = build_resources("local", settings)["graph_store"].admin()
+    admin = _admin_cm.__enter__()
+    admin.create_scope(TENANT)
+    graph = admin.tenant(TENANT)
+    docs = synthetic_docs(10 if quick else 40, 10)
+    n = rows(docs)
+
+    def batched() -> int:
+        graph.replace_documents(docs)
+        return n
+
+    def one_by_one() -> int:
+        graph.merge_rows_one_by_one(docs)
+        return n
+
+    return [Comparison(
+        name=f"graph writer: UNWIND batches vs 1 tx/row ({n} rows)",
+        candidate=batched, baseline=one_by_one, unit="rows", repeats=1 if quick else 3,
+        setup=graph.delete_everything,
+        notes="Neo4j Community 5.26 on 127.0.0.1, both write documents, chunks, entities, mentions into an empty tenant",
+    )]
+
+
+def teardown() -> None:
+    if _admin_cm is not None:
+        _admin_cm.__exit__(None, None, None)

@@ -1,0 +1,97 @@
+"""Test session fixtures: the real services, started once per session on
+test-only ports under a temporary state dir, and stopped afterwards."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from datacreek_assets.settings import LocalSettings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config):
+    # Two shared cores: no native thread pool may assume more.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def settings(tmp_path_factory) -> LocalSettings:
+    return LocalSettings(
+        state_dir=tmp_path_factory.mktemp("state"),
+        neo4j_port=int(os.environ.get("DATACREEK_TEST_NEO4J_PORT", "17687")),
+        falkordb_port=int(os.environ.get("DATACREEK_TEST_FALKORDB_PORT", "16380")),
+    )
+
+
+@pytest.fixture(scope="session")
+def services(settings):
+    from datacreek_assets.local_services import services_down, services_up
+
+    services_up(settings, timeout=240, progress=lambda msg: None)
+    yield settings
+    services_down(settings, progress=lambda msg: None)
+
+
+@pytest.fixture(scope="session")
+def local_resources(services):
+    from resources.factory import build_resources
+
+    return build_resources("local", services)
+
+
+@pytest.fixture
+def instance():
+    import dagster as dg
+
+    with dg.DagsterInstance.ephemeral() as inst:
+        yield inst
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto's real S3 server (server mode) on a free loopback port."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint, request):
+    import boto3
+
+    name = "datacreek-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def cli_env(services) -> dict[str, str]:
+    """Environment for running the `datacreek` CLI against the test services."""
+    env = dict(os.environ)
+    env.update({
+        "DATACREEK_STATE_DIR": str(services.state_dir),
+        "DATACREEK_NEO4J_PORT": str(services.neo4j_port),
+        "DATACREEK_FALKORDB_PORT": str(services.falkordb_port),
+        "DATACREEK_PROFILE": "local",
+    })
+    env.pop("DAGSTER_HOME", None)
+    return env
+
+
+@pytest.fixture(scope="session")
+def datacreek() -> str:
+    """Path of the installed `datacreek` console script."""
+    import sys
+
+    return str(Path(sys.executable).parent / "datacreek")

@@ -1,0 +1,125 @@
+"""Incremental, idempotent, tenant-isolated graph writes against the real Neo4j."""
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from datacreek_assets.graph.sync import OPERATOR, sync_documents
+from datacreek_assets.ingest.chunking import chunk_text
+from datacreek_assets.ingest.parsing import parse_document
+
+pytestmark = pytest.mark.integration
+
+CORPUS = {
+    "rivers.txt": "The Danube flows through Vienna and Budapest. The Rhine is a river that rises in the Swiss Alps.",
+    "tools.md": "# Tools\n\nGit is a distributed version control system. Neo4j stores data as nodes and relationships.",
+    "langs.html": "<p>Python is a programming language. The json module provides functions for encoding JSON.</p>",
+}
+
+
+def inputs(corpus: dict[str, str]):
+    docs, chunks = [], {}
+    for doc_id, text in corpus.items():
+        parsed = parse_document(doc_id, text.encode())
+        docs.append({"doc_id": doc_id, "content_hash": parsed.content_hash, "format": parsed.format,
+                     "size_bytes": parsed.size_bytes})
+        chunks[doc_id] = [c.__dict__ for c in chunk_text(doc_id, parsed.text)]
+    return docs, chunks
+
+
+@pytest.fixture
+def graphs(local_resources, request):
+    """Two tenants with the same document names; wiped before and after."""
+    names = [f"kg-{request.node.name[-20:].lower().replace('_', '-').strip('-')}-{i}" for i in (1, 2)]
+    with local_resources["graph_store"].admin() as admin:
+        for name in names:
+            admin.create_scope(name)
+        yield [admin.tenant(n) for n in names]
+        for name in names:
+            admin.drop_scope(name)
+
+
+def test_rerun_writes_nothing_and_leaves_an_identical_graph(graphs):
+    graph, _ = graphs
+    first = sync_documents(graph, *inputs(CORPUS))
+    assert sorted(first.written) == sorted(CORPUS) and first.facts > 0
+    before = graph.fingerprint()
+    second = sync_documents(graph, *inputs(CORPUS))
+    assert second.written == [] and sorted(second.unchanged) == sorted(CORPUS)
+    assert sum(second.counters.values()) == 0
+    assert graph.fingerprint() == before
+    counts = graph.counts()
+    assert counts.nodes["Document"] == 3 and counts.nodes["Fact"] >= 4
+    assert {"HAS_CHUNK", "MENTIONS", "SUBJECT", "OBJECT", "SOURCE"} <= set(counts.relationships)
+
+
+def test_editing_one_document_replaces_only_its_subgraph(graphs):
+    graph, _ = graphs
+    sync_documents(graph, *inputs(CORPUS))
+    untouched = {c["chunk_id"] for c in graph.live_chunks() if c["doc_id"] != "rivers.txt"}
+    facts_elsewhere = {f["fact_id"] for f in graph.live_facts() if f["doc_id"] != "rivers.txt"}
+    edited = {**CORPUS, "rivers.txt": "The Amazon River carries more water than any other river."}
+    report = sync_documents(graph, *inputs(edited))
+    assert report.written == ["rivers.txt"] and sorted(report.unchanged) == ["langs.html", "tools.md"]
+    assert {c["chunk_id"] for c in graph.live_chunks() if c["doc_id"] != "rivers.txt"} == untouched
+    assert {f["fact_id"] for f in graph.live_facts() if f["doc_id"] != "rivers.txt"} == facts_elsewhere
+    river_facts = {(f["subject"], f["object"]) for f in graph.live_facts() if f["doc_id"] == "rivers.txt"}
+    assert river_facts == {("Amazon River", "more water")}
+    entities = {row["entity"] for row in graph.document_subgraph("rivers.txt")}
+    assert "Danube" not in entities and "Amazon River" in entities
+
+
+def test_removed_document_is_soft_deleted_invisible_and_restorable(graphs):
+    graph, _ = graphs
+    sync_documents(graph, *inputs(CORPUS))
+    smaller = {k: v for k, v in CORPUS.items() if k != "tools.md"}
+    report = sync_documents(graph, *inputs(smaller))
+    assert report.soft_deleted == ["tools.md"]
+    assert all(c["doc_id"] != "tools.md" for c in graph.live_chunks())
+    assert all(f["doc_id"] != "tools.md" for f in graph.live_facts())
+    assert graph.counts().nodes["Document"] == 2
+    # coming back to the inbox restores it
+    back = sync_documents(graph, *inputs(CORPUS))
+    assert back.written == ["tools.md"] and graph.counts().nodes["Document"] == 3
+
+
+def test_operator_delete_undo_and_purge(graphs):
+    graph, _ = graphs
+    sync_documents(graph, *inputs(CORPUS))
+    assert graph.soft_delete_documents(["tools.md"], by=OPERATOR) == 1
+    # still in the inbox, but an operator's delete holds
+    report = sync_documents(graph, *inputs(CORPUS))
+    assert report.held_by_operator == ["tools.md"] and report.written == []
+    assert "Git" not in {f["subject"] for f in graph.live_facts()}
+    assert graph.restore_document("tools.md", timedelta(days=30))
+    assert "Git" in {f["subject"] for f in graph.live_facts()}
+    # a deletion older than the undo window cannot be undone and is purged
+    long_ago = datetime.now(timezone.utc) - timedelta(days=31)
+    graph.soft_delete_documents(["tools.md"], by=OPERATOR, now=long_ago)
+    assert not graph.restore_document("tools.md", timedelta(days=30))
+    assert graph.purge_deleted(timedelta(days=30)) > 0
+    assert "tools.md" not in graph.document_states()
+    assert graph.purge_deleted(timedelta(days=30)) == 0  # nothing left to purge
+    assert {"langs.html", "rivers.txt"} == set(graph.document_states())
+
+
+def test_tenants_never_see_each_other(graphs):
+    a, b = graphs
+    sync_documents(a, *inputs(CORPUS))
+    other = {"rivers.txt": "Lyon is a city in France known for its cuisine."}
+    sync_documents(b, *inputs(other))
+    # every read method, from both sides
+    assert set(a.document_states()) == set(CORPUS) and set(b.document_states()) == {"rivers.txt"}
+    assert {c["doc_id"] for c in b.live_chunks()} == {"rivers.txt"}
+    assert "Lyon" not in {f["subject"] for f in a.live_facts()}
+    assert {f["subject"] for f in b.live_facts()} == {"Lyon"}
+    assert "Danube" not in {r["entity"] for r in b.document_subgraph("rivers.txt")}
+    assert b.counts().nodes["Document"] == 1 and a.counts().nodes["Document"] == 3
+    assert all(f"'tenant_id', '{b.tenant_id}'" not in line for line in a.fingerprint())
+    # every write method: b's writes and deletes leave a untouched
+    before = a.fingerprint()
+    b.soft_delete_documents(["rivers.txt", "tools.md"], by=OPERATOR)
+    assert not b.restore_document("tools.md", timedelta(days=30))
+    b.purge_deleted(timedelta(days=0))
+    b.delete_everything()
+    assert a.fingerprint() == before

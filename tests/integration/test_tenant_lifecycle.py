@@ -1,0 +1,97 @@
+"""Tenant add/remove across every real store: Neo4j, FalkorDB, object store (local and S3), registry, Dagster."""
+
+import subprocess
+
+import pytest
+
+from datacreek_assets.object_store import S3ObjectStore, TenantObjectStore
+from datacreek_assets.partitions import TENANTS_PARTITION
+from datacreek_assets.tenancy import InvalidTenantId
+from datacreek_assets.tenant_lifecycle import TenantHasData, UnknownTenant, add_tenant, remove_tenant
+from resources.factory import open_tenant_stores
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def stores(local_resources):
+    with open_tenant_stores(local_resources) as opened:
+        yield opened
+
+
+def scope_state(stores, instance, tenant):
+    return {
+        "registry": stores.registry.get(tenant) is not None,
+        "partition": instance.has_dynamic_partition(TENANTS_PARTITION, tenant),
+        "neo4j": stores.graph.tenant(tenant).scope_exists(),
+        "falkordb": stores.hot_graph.scope_exists(tenant),
+        "objects": TenantObjectStore(stores.objects, tenant).exists("tenant.json"),
+    }
+
+
+def test_add_creates_every_scope_and_twice_is_harmless(stores, instance):
+    first = add_tenant("life-a", stores, instance)
+    second = add_tenant("life-a", stores, instance)
+    assert first.created and not second.created
+    assert scope_state(stores, instance, "life-a") == dict.fromkeys(
+        ["registry", "partition", "neo4j", "falkordb", "objects"], True)
+    assert instance.get_dynamic_partitions(TENANTS_PARTITION).count("life-a") == 1
+    remove_tenant("life-a", stores, instance)
+    assert not any(scope_state(stores, instance, "life-a").values())
+
+
+def test_removing_a_tenant_with_data_needs_force_and_removes_everything(stores, instance):
+    add_tenant("life-b", stores, instance)
+    add_tenant("life-c", stores, instance)
+    objects = TenantObjectStore(stores.objects, "life-b")
+    objects.put("inbox/a.txt", b"The json module provides functions.")
+    stores.hot_graph.graph("life-b").query("CREATE (:Chunk {x: 1})")
+    stores.graph.tenant("life-b").replace_documents([{
+        "doc_id": "a.txt", "props": {"signature": "s"}, "chunks": [], "next": [], "entities": [], "mentions": [], "facts": []}])
+    with pytest.raises(TenantHasData, match="--force"):
+        remove_tenant("life-b", stores, instance)
+    assert all(scope_state(stores, instance, "life-b").values())  # refused: nothing touched
+    remove_tenant("life-b", stores, instance, force=True)
+    assert not any(scope_state(stores, instance, "life-b").values())
+    assert objects.list() == [] and stores.graph.tenant("life-b").counts().total_nodes() == 0
+    assert all(scope_state(stores, instance, "life-c").values())  # the neighbour is untouched
+    remove_tenant("life-c", stores, instance)
+    with pytest.raises(UnknownTenant):
+        remove_tenant("life-c", stores, instance)
+
+
+@pytest.mark.parametrize("bad", ["../x", "A", "a_b", "-a", "a;b", "ünicode", "a" * 41, ""])
+def test_hostile_ids_never_reach_a_store(stores, instance, bad):
+    before = (stores.hot_graph.tenants(), [t.tenant_id for t in stores.registry.list()])
+    with pytest.raises(InvalidTenantId):
+        add_tenant(bad, stores, instance)
+    assert (stores.hot_graph.tenants(), [t.tenant_id for t in stores.registry.list()]) == before
+    assert instance.get_dynamic_partitions(TENANTS_PARTITION) == []
+
+
+def test_s3_object_store_scope_against_moto_server(s3_endpoint, s3_bucket):
+    store = S3ObjectStore(s3_bucket, endpoint_url=s3_endpoint)
+    a, b = TenantObjectStore(store, "acme"), TenantObjectStore(store, "acme-2")
+    a.put("inbox/x.txt", b"A")
+    b.put("inbox/x.txt", b"B")
+    a.put("d/c.json", b"{}", area="toxic")
+    assert a.list("inbox") == ["inbox/x.txt"] and a.get("inbox/x.txt") == b"A"
+    assert b.list() == ["inbox/x.txt"]  # 'acme' is a prefix of 'acme-2' but not of its scope
+    assert a.exists("inbox/x.txt") and not a.exists("inbox/y.txt")
+    with pytest.raises(FileNotFoundError):
+        a.get("inbox/y.txt")
+    assert a.delete_all() == 2 and a.list() == [] and b.get("inbox/x.txt") == b"B"
+
+
+def test_cli_tenant_lifecycle(cli_env, datacreek):
+    def run(*args):
+        return subprocess.run([datacreek, "tenant", *args], env=cli_env, capture_output=True, text=True)
+
+    assert run("add", "cli-tenant").returncode == 0
+    again = run("add", "cli-tenant")
+    assert again.returncode == 0 and "already present" in again.stdout
+    assert "cli-tenant" in run("list").stdout
+    assert run("remove", "cli-tenant").returncode == 0
+    assert "cli-tenant" not in run("list").stdout
+    missing = run("remove", "cli-tenant")
+    assert missing.returncode == 2 and "not registered" in missing.stderr

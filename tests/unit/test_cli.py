@@ -1,0 +1,53 @@
+import subprocess
+import sys
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from datacreek_assets.cli import cli
+
+
+def all_commands(group: click.Group, prefix=()):
+    yield prefix
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from all_commands(command, prefix + (name,))
+        else:
+            yield prefix + (name,)
+
+
+@pytest.mark.parametrize("path", list(all_commands(cli)), ids=lambda p: " ".join(p) or "datacreek")
+def test_every_command_has_help(path):
+    result = CliRunner().invoke(cli, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output and len(result.output.splitlines()) > 3
+
+
+@pytest.mark.parametrize("bad", ["../x", "A", "a_b", "-a", "a;b", "ünï", "a" * 41, ""])
+def test_tenant_commands_refuse_hostile_ids_before_touching_any_store(bad, tmp_path):
+    # Ports point at nothing: a command that got past validation would fail with exit 3.
+    env = {"DATACREEK_STATE_DIR": str(tmp_path), "DATACREEK_NEO4J_PORT": "1", "DATACREEK_FALKORDB_PORT": "1"}
+    for command in (["tenant", "add", "--", bad], ["tenant", "remove", "--force", "--", bad]):
+        result = CliRunner().invoke(cli, command, env=env)
+        assert result.exit_code == 2, result.output
+        assert "lowercase DNS label" in result.output
+    assert not (tmp_path / "registry.db").exists()
+
+
+def test_unknown_profile_is_a_config_error(tmp_path):
+    result = CliRunner().invoke(cli, ["tenant", "list"], env={"DATACREEK_PROFILE": "staging"})
+    assert result.exit_code == 3 and "DATACREEK_PROFILE" in result.output
+
+
+def test_missing_services_give_one_clear_line(tmp_path):
+    env = {"DATACREEK_STATE_DIR": str(tmp_path), "DATACREEK_NEO4J_PORT": "1", "DATACREEK_FALKORDB_PORT": "1"}
+    result = CliRunner().invoke(cli, ["tenant", "add", "acme"], env=env)
+    assert result.exit_code == 3
+    assert "Neo4j is not reachable" in result.output and "datacreek services up" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_console_script_runs():
+    out = subprocess.run([sys.executable, "-m", "datacreek_assets.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "Exit codes" in " ".join(out.stdout.split())

@@ -1,0 +1,48 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from datacreek_assets.defs import build_definitions
+from datacreek_assets.settings import ConfigError, LocalSettings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_asset_graph_is_grouped_by_concept(tmp_path):
+    defs = build_definitions("local", LocalSettings(state_dir=tmp_path))
+    graph = defs.resolve_asset_graph()
+    groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
+    assert groups == {"raw_documents": "ingest", "parsed_chunks": "ingest", "knowledge_graph": "graph"}
+    for key in graph.get_all_asset_keys():
+        assert graph.get(key).partitions_def.name == "tenants"
+    assert defs.resolve_job_def("purge_job") is not None
+
+
+def test_prod_profile_uses_env_vars_not_local_paths():
+    defs = build_definitions("prod")
+    graph_store = defs.resources["graph_store"]
+    assert isinstance(graph_store.uri, dg.EnvVar) and graph_store.uri.env_var_name == "DATACREEK_NEO4J_URI"
+    assert defs.resources["object_store"].backend == "s3"
+
+
+def test_nothing_is_read_from_the_environment_at_import():
+    env = {**os.environ, "DATACREEK_PROFILE": "no-such-profile"}
+    code = "import definitions, datacreek_assets.defs, resources; print('imported')"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and "imported" in out.stdout, out.stderr
+    with pytest.raises(ConfigError):
+        build_definitions(None) if os.environ.update(DATACREEK_PROFILE="no-such-profile") is None else None
+    os.environ.pop("DATACREEK_PROFILE")
+
+
+def test_dagster_definitions_validate(tmp_path):
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "DATACREEK_STATE_DIR": str(tmp_path / "state")}
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=REPO, env=env, capture_output=True, text=True,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
