@@ -123,3 +123,55 @@ def test_tenants_never_see_each_other(graphs):
     b.purge_deleted(timedelta(days=0))
     b.delete_everything()
     assert a.fingerprint() == before
+
+
+def test_a_failed_write_leaves_nothing_behind(graphs):
+    graph, _ = graphs
+    sync_documents(graph, *inputs(CORPUS))
+    before = graph.fingerprint()
+    docs, chunks = inputs({"new.txt": "Redis keeps its dataset in memory."})
+    from datacreek_assets.graph.sync import build_document_rows
+
+    rows = build_document_rows(docs[0], chunks["new.txt"])
+    rows["chunks"][0]["props"]["text"] = {"nested": "maps are not valid property values"}
+    with pytest.raises(Exception):
+        graph.replace_documents([rows])
+    assert graph.fingerprint() == before  # the whole transaction rolled back
+
+
+def test_cli_delete_document_and_undo(graphs, cli_env, datacreek):
+    import subprocess
+
+    graph, _ = graphs
+    sync_documents(graph, *inputs(CORPUS))
+
+    def run(*args):
+        return subprocess.run([datacreek, "tenant", *args], env=cli_env, capture_output=True, text=True)
+
+    deleted = run("delete-document", graph.tenant_id, "tools.md")
+    assert deleted.returncode == 0, deleted.stderr
+    assert "tools.md" not in {c["doc_id"] for c in graph.live_chunks()}
+    again = run("delete-document", graph.tenant_id, "tools.md")
+    assert again.returncode == 2 and "no live document" in again.stderr
+    assert run("undo", graph.tenant_id, "tools.md").returncode == 0
+    assert "tools.md" in {c["doc_id"] for c in graph.live_chunks()}
+    assert run("undo", graph.tenant_id, "tools.md").returncode == 2
+    assert run("delete-document", "../" + graph.tenant_id, "tools.md").returncode == 2
+
+
+def test_purge_job_runs_over_registered_tenants(graphs, local_resources):
+    from datacreek_assets.defs import build_definitions
+
+    graph, _ = graphs
+    sync_documents(graph, *inputs(CORPUS))
+    graph.soft_delete_documents(["tools.md"], by=OPERATOR, now=datetime.now(timezone.utc) - timedelta(days=40))
+    registry = local_resources["tenant_registry"].registry()
+    registry.add(graph.tenant_id)
+    try:
+        job = build_definitions("local", None).resolve_job_def("purge_job")
+        result = job.execute_in_process(resources=local_resources)
+    finally:
+        registry.remove(graph.tenant_id)
+        registry.close()
+    assert result.success
+    assert "tools.md" not in graph.document_states() and "rivers.txt" in graph.document_states()

@@ -29,14 +29,14 @@ def test_prod_profile_uses_env_vars_not_local_paths():
     assert defs.resources["object_store"].backend == "s3"
 
 
-def test_nothing_is_read_from_the_environment_at_import():
+def test_nothing_is_read_from_the_environment_at_import(monkeypatch):
     env = {**os.environ, "DATACREEK_PROFILE": "no-such-profile"}
     code = "import definitions, datacreek_assets.defs, resources; print('imported')"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
     assert out.returncode == 0 and "imported" in out.stdout, out.stderr
-    with pytest.raises(ConfigError):
-        build_definitions(None) if os.environ.update(DATACREEK_PROFILE="no-such-profile") is None else None
-    os.environ.pop("DATACREEK_PROFILE")
+    monkeypatch.setenv("DATACREEK_PROFILE", "no-such-profile")
+    with pytest.raises(ConfigError):  # read when the definitions are built
+        build_definitions()
 
 
 def test_dagster_definitions_validate(tmp_path):

@@ -1,0 +1,41 @@
+import pytest
+
+from datacreek_assets.local_services import FalkorDBService, Neo4jService, ServiceError, services_status
+from datacreek_assets.settings import ConfigError, LocalSettings
+
+
+def test_missing_java_is_one_line_with_the_install_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no java, no mvn on this PATH
+    with pytest.raises(ServiceError) as err:
+        Neo4jService(LocalSettings(state_dir=tmp_path, neo4j_port=29687)).up(timeout=1, progress=lambda m: None)
+    message = str(err.value)
+    assert "Java 17 is required" in message and "apt-get install" in message and "\n" not in message
+
+
+def test_missing_maven_is_explained_when_jars_must_be_fetched(tmp_path, monkeypatch):
+    java_only = tmp_path / "bin"
+    java_only.mkdir()
+    (java_only / "java").symlink_to("/bin/true")
+    monkeypatch.setenv("PATH", str(java_only))
+    settings = LocalSettings(state_dir=tmp_path, neo4j_port=29687, cache_dir=tmp_path / "empty-cache")
+    with pytest.raises(ServiceError, match="Maven is required"):
+        Neo4jService(settings).up(timeout=1, progress=lambda m: None)
+
+
+def test_status_of_services_that_were_never_started(tmp_path):
+    statuses = services_status(LocalSettings(state_dir=tmp_path, neo4j_port=29687, falkordb_port=29380))
+    assert [(s.name, s.answers, s.started_by_us) for s in statuses] == [("neo4j", False, False), ("falkordb", False, False)]
+
+
+def test_a_stale_pid_file_is_not_trusted(tmp_path):
+    svc = FalkorDBService(LocalSettings(state_dir=tmp_path, falkordb_port=29380))
+    svc.home.mkdir(parents=True)
+    svc.pid_file.write_text('{"pid": 1, "port": 29380}')  # pid 1 is not our redis-server
+    assert svc.our_pid() is None
+    assert svc.down(progress=lambda m: None) is False
+
+
+@pytest.mark.parametrize("env", [{"DATACREEK_NEO4J_PORT": "x"}, {"DATACREEK_FALKORDB_PORT": "70000"}])
+def test_bad_ports_are_config_errors(env):
+    with pytest.raises(ConfigError):
+        LocalSettings.from_env(env)
