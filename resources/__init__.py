@@ -1,6 +1,7 @@
 """Dagster resources: configuration of the stores, and the local-vs-prod factory."""
 
 from resources.stores import (
+    FeatureStoreResource,
     GraphStoreResource,
     HotGraphResource,
     ObjectStoreResource,
@@ -9,6 +10,7 @@ from resources.stores import (
 from resources.factory import build_resources
 
 __all__ = [
+    "FeatureStoreResource",
     "GraphStoreResource",
     "HotGraphResource",
     "ObjectStoreResource",

@@ -12,7 +12,13 @@ import dagster as dg
 
 from datacreek_assets.settings import ConfigError, LocalSettings
 from datacreek_assets.tenant_lifecycle import TenantStores
-from resources.stores import GraphStoreResource, HotGraphResource, ObjectStoreResource, TenantRegistryResource
+from resources.stores import (
+    FeatureStoreResource,
+    GraphStoreResource,
+    HotGraphResource,
+    ObjectStoreResource,
+    TenantRegistryResource,
+)
 
 
 def build_resources(profile: str, settings: LocalSettings | None = None) -> dict[str, dg.ConfigurableResource]:
@@ -23,6 +29,12 @@ def build_resources(profile: str, settings: LocalSettings | None = None) -> dict
             "hot_graph": HotGraphResource(host="127.0.0.1", port=settings.falkordb_port),
             "object_store": ObjectStoreResource(backend="local", root=str(settings.object_store_root)),
             "tenant_registry": TenantRegistryResource(url=settings.registry_url),
+            "feature_store": FeatureStoreResource(
+                registry=str(settings.state_dir / "feast" / "registry.db"),
+                offline_dir=str(settings.state_dir / "feast" / "offline"),
+                online_type="sqlite",
+                online_path=str(settings.state_dir / "feast" / "online.db"),
+            ),
         }
     if profile == "prod":
         # Real endpoints; values are resolved by Dagster when a run starts.
@@ -44,6 +56,12 @@ def build_resources(profile: str, settings: LocalSettings | None = None) -> dict
                 endpoint_url=dg.EnvVar("DATACREEK_S3_ENDPOINT_URL"),
             ),
             "tenant_registry": TenantRegistryResource(url=dg.EnvVar("DATACREEK_POSTGRES_URL")),
+            "feature_store": FeatureStoreResource(
+                registry=dg.EnvVar("DATACREEK_FEAST_REGISTRY"),  # s3://bucket/feast/registry.db
+                offline_dir=dg.EnvVar("DATACREEK_FEAST_OFFLINE_URI"),  # s3://bucket/feast/offline
+                online_type="redis",
+                online_connection=dg.EnvVar("DATACREEK_FEAST_REDIS"),
+            ),
         }
     raise ConfigError(f"unknown profile {profile!r}")
 

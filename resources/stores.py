@@ -110,3 +110,31 @@ class TenantRegistryResource(dg.ConfigurableResource):
 
     def registry(self) -> TenantRegistry:
         return TenantRegistry(self.url)
+
+
+class FeatureStoreResource(dg.ConfigurableResource):
+    """Feast. Local: parquet offline store and SQLite online store under the state dir.
+    Prod: S3 offline prefix and Redis online store."""
+
+    registry: str
+    offline_dir: str
+    online_type: str = "sqlite"  # sqlite | redis
+    online_path: str = ""  # sqlite file
+    online_connection: str = ""  # redis "host:port[,password=...]"
+
+    def settings(self):
+        from datacreek_assets.embeddings.feature_store import FeatureStoreSettings
+
+        if self.online_type == "sqlite":
+            online = {"type": "sqlite", "path": self.online_path}
+        elif self.online_type == "redis":
+            online = {"type": "redis", "connection_string": self.online_connection}
+        else:
+            raise dg.DagsterInvalidConfigError(f"online store must be sqlite or redis, not {self.online_type!r}", [], self.online_type)
+        return FeatureStoreSettings(registry=self.registry, offline_dir=self.offline_dir, online=online)
+
+    def for_tenant(self, tenant_id: str, metrics=None):
+        from datacreek_assets.embeddings.feature_store import TenantFeatures, open_feature_store
+
+        settings = self.settings()
+        return TenantFeatures(open_feature_store(settings), settings, tenant_id, metrics)

@@ -9,6 +9,8 @@ from datacreek_assets.settings import LocalSettings, current_profile
 
 def build_definitions(profile: str | None = None, settings: LocalSettings | None = None) -> dg.Definitions:
     """Build the code location. Reads the environment now (definition-build time), not at import."""
+    from datacreek_assets.defs.datasets import definitions as dataset_defs
+    from datacreek_assets.defs.embeddings import definitions as embedding_defs
     from datacreek_assets.defs.graph import definitions as graph_defs
     from datacreek_assets.defs.ingest import definitions as ingest_defs
     from resources.factory import build_resources
@@ -17,5 +19,7 @@ def build_definitions(profile: str | None = None, settings: LocalSettings | None
     return dg.Definitions.merge(
         ingest_defs(),
         graph_defs(),
+        dataset_defs(),
+        embedding_defs(),
         dg.Definitions(resources=build_resources(profile, settings)),
     )

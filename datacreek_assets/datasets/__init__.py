@@ -1,0 +1,1 @@
+"""Supervised fine-tuning datasets generated from a tenant's graph. No Dagster here."""

@@ -1,0 +1,143 @@
+"""chunk_embeddings (MiniLM vectors, computed only for new text) and
+embedding_features (fp8 vectors in the Feast offline and online stores)."""
+
+import io
+import time
+
+import dagster as dg
+import numpy as np
+
+from datacreek_assets.defs.graph.assets import knowledge_graph
+from datacreek_assets.embeddings.embedder import MODEL_ID, embedding_hash
+from datacreek_assets.partitions import tenant_partitions
+from datacreek_assets.tenancy import validate_tenant_id
+from resources.stores import FeatureStoreResource, GraphStoreResource, ObjectStoreResource
+
+VECTORS_KEY = "embeddings/vectors.parquet"
+REFERENCE_KEY = "embeddings/reference/latest.npz"
+
+
+class EmbeddingConfig(dg.Config):
+    threads: int = 1  # torch intra-op threads; two cores are shared by everything here
+    token_budget: int = 8192  # tokens per batch (batch size x longest sequence)
+
+
+def read_vectors(store):
+    """The tenant's stored embeddings: (frame without vectors, float32 matrix)."""
+    import pandas as pd
+
+    if not store.exists(VECTORS_KEY):
+        return pd.DataFrame(columns=["embedding_hash", "chunk_id", "doc_id", "vector"]), np.zeros((0, 384), np.float32)
+    frame = pd.read_parquet(io.BytesIO(store.get(VECTORS_KEY)))
+    matrix = np.frombuffer(b"".join(frame["vector"]), dtype=np.float32).reshape(len(frame), -1) if len(frame) else np.zeros((0, 384), np.float32)
+    return frame, matrix
+
+
+@dg.asset(
+    partitions_def=tenant_partitions,
+    group_name="embeddings",
+    kinds={"pytorch"},
+    deps=[knowledge_graph],
+    description="all-MiniLM-L6-v2 vectors of the tenant's live chunks; only hashes not yet stored are "
+    "computed. Reference statistics for drift are stored with each materialization.",
+)
+def chunk_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfig, graph_store: GraphStoreResource, object_store: ObjectStoreResource) -> dg.MaterializeResult:
+    import pandas as pd
+
+    from datacreek_assets.embeddings.embedder import embed_texts
+    from datacreek_assets.embeddings.fp8 import dequantize, quantize
+    from datacreek_assets.embeddings.stats import recall_at_k, reference_statistics, to_npz
+
+    tenant = validate_tenant_id(context.partition_key)
+    store = object_store.for_tenant(tenant)
+    timings = {}
+    started = time.perf_counter()
+    with graph_store.tenant(tenant) as graph:
+        chunks = graph.live_chunks()
+    hashes = [embedding_hash(c["text"]) for c in chunks]
+    old, old_matrix = read_vectors(store)
+    known = {h: i for i, h in enumerate(old["embedding_hash"])}
+    todo = sorted({h: c for h, c in zip(hashes, chunks) if h not in known}.items())
+    timings["read_s"] = round(time.perf_counter() - started, 3)
+    t = time.perf_counter()
+    new_vectors = embed_texts([c["text"] for _, c in todo], threads=config.threads, token_budget=config.token_budget)
+    timings["embed_s"] = round(time.perf_counter() - t, 3)
+    fresh = {h: new_vectors[i] for i, (h, _) in enumerate(todo)}
+    rows, vectors, seen = [], [], set()
+    for h, c in zip(hashes, chunks):
+        if h in seen:
+            continue
+        seen.add(h)
+        vector = fresh[h] if h in fresh else old_matrix[known[h]]
+        rows.append({"embedding_hash": h, "chunk_id": c["chunk_id"], "doc_id": c["doc_id"]})
+        vectors.append(vector)
+    matrix = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1)
+    frame = pd.DataFrame(rows)
+    frame["vector"] = [v.tobytes() for v in matrix]
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    store.put(VECTORS_KEY, buffer.getvalue())
+    stats = reference_statistics(matrix)
+    run_key = f"embeddings/reference/{context.run.run_id}.npz"
+    store.put(run_key, to_npz(stats))
+    store.put(REFERENCE_KEY, to_npz(stats))
+    t = time.perf_counter()
+    blobs, scales = quantize(matrix) if len(matrix) else ([], np.zeros(0))
+    recall = recall_at_k(matrix, dequantize(blobs, scales), k=10) if len(matrix) > 10 else 1.0
+    timings["recall_s"] = round(time.perf_counter() - t, 3)
+    return dg.MaterializeResult(
+        metadata={
+            "model": MODEL_ID,
+            "vectors": len(matrix),
+            "computed": len(todo),
+            "reused": len(matrix) - len([h for h in fresh if h in seen]),
+            "dropped_not_live": len(set(known) - seen),
+            "recall_at_10_fp8_vs_fp32": round(recall, 4),
+            "bytes_per_vector_fp32": int(matrix.shape[1] * 4) if len(matrix) else 1536,
+            "bytes_per_vector_fp8": int(matrix.shape[1] + 4) if len(matrix) else 388,  # + float32 scale
+            "reference_stats": store.key(run_key),
+            "timings": timings,
+        }
+    )
+
+
+@dg.asset(
+    partitions_def=tenant_partitions,
+    group_name="embeddings",
+    kinds={"feast"},
+    deps=[chunk_embeddings],
+    description="fp8 (e4m3) vectors with per-vector scales in Feast, keyed by (tenant_id, embedding_hash); "
+    "written to the offline parquet store and materialized into the online store. Vectors of chunks "
+    "that are no longer live are marked deleted and excluded from lookups.",
+)
+def embedding_features(context: dg.AssetExecutionContext, object_store: ObjectStoreResource, feature_store: FeatureStoreResource) -> dg.MaterializeResult:
+    import pandas as pd
+
+    from datacreek_assets.embeddings.fp8 import quantize
+
+    tenant = validate_tenant_id(context.partition_key)
+    frame, matrix = read_vectors(object_store.for_tenant(tenant))
+    features = feature_store.for_tenant(tenant)
+    stored = features.stored_rows()
+    live_stored = set(stored.loc[~stored["deleted"].astype(bool), "embedding_hash"]) if len(stored) else set()
+    new_mask = ~frame["embedding_hash"].isin(live_stored)
+    blobs, scales = quantize(matrix[new_mask.to_numpy()]) if new_mask.any() else ([], [])
+    upserts = frame.loc[new_mask, ["embedding_hash", "chunk_id", "doc_id"]].assign(
+        vector_fp8=blobs, scale=np.asarray(scales, dtype=np.float32), deleted=False)
+    gone = sorted(live_stored - set(frame["embedding_hash"]))
+    tombstones = stored[stored["embedding_hash"].isin(gone)][["embedding_hash", "chunk_id", "doc_id", "vector_fp8", "scale"]].assign(deleted=True)
+    written = features.write(pd.concat([upserts, tombstones], ignore_index=True))
+    # read a few back through the online store and compare with the float32 vectors
+    probe = list(frame["embedding_hash"][:8])
+    found = features.lookup(probe)
+    errors = [float(np.abs(found[h] - matrix[i]).max()) for i, h in enumerate(probe) if found[h] is not None]
+    return dg.MaterializeResult(
+        metadata={
+            "rows_written": written,
+            "new_vectors": int(new_mask.sum()),
+            "marked_deleted": len(gone),
+            "online_probe_found": f"{len(errors)}/{len(probe)}",
+            "online_probe_max_abs_error": round(max(errors), 5) if errors else 0.0,
+            "offline_path": features.offline_path,
+        }
+    )

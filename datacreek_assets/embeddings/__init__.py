@@ -1,0 +1,1 @@
+"""Chunk embeddings, fp8 vectors and the Feast feature store. No Dagster here."""

@@ -1,0 +1,154 @@
+"""Feast, tenant-scoped: writing fp8 vectors and looking them up.
+
+Local: parquet offline store (one file per tenant under one directory) and a
+SQLite online store. Prod: the same definitions with S3 offline and Redis
+online settings. Writes go to the offline file and straight into the online
+store (Feast's write_to_online_store), so materialization is part of the asset.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from datacreek_assets.embeddings.fp8 import dequantize
+from datacreek_assets.metrics import FeatureCacheMetrics
+from datacreek_assets.tenancy import validate_tenant_id
+
+PROJECT = "datacreek"
+
+
+@dataclass(frozen=True)
+class FeatureStoreSettings:
+    registry: str  # file path or s3:// URI of the Feast registry
+    offline_dir: str  # directory (or s3:// prefix) holding one parquet file per tenant
+    online: dict = field(default_factory=dict)  # Feast online_store config
+
+    def repo_config(self):
+        from feast.repo_config import RepoConfig
+
+        return RepoConfig(
+            project=PROJECT,
+            provider="local",
+            registry=self.registry,
+            online_store=self.online,
+            offline_store={"type": "file"},
+            entity_key_serialization_version=3,
+        )
+
+
+_applied: dict[str, object] = {}
+
+
+def open_feature_store(settings: FeatureStoreSettings):
+    """A FeatureStore with Datacreek's definitions applied (once per process and registry)."""
+    from feast import FeatureStore
+
+    from feature_repo.features import definitions
+
+    if not settings.offline_dir.startswith("s3://"):
+        Path(settings.offline_dir).mkdir(parents=True, exist_ok=True)
+        Path(settings.registry).parent.mkdir(parents=True, exist_ok=True)
+    key = repr(settings)
+    if key not in _applied:
+        store = FeatureStore(config=settings.repo_config(), repo_path=str(Path(__file__).resolve().parents[2] / "feature_repo"))
+        store.apply(definitions(settings.offline_dir))
+        _applied[key] = store
+    return _applied[key]
+
+
+class TenantFeatures:
+    """One tenant's vectors in the feature store. The tenant id is injected into
+    every key, so no call can read or write another tenant's rows."""
+
+    def __init__(self, store, settings: FeatureStoreSettings, tenant_id: str,
+                 metrics: FeatureCacheMetrics | None = None, cache_size: int = 100_000):
+        self.store = store
+        self.settings = settings
+        self.tenant_id = validate_tenant_id(tenant_id)
+        self.metrics = metrics or FeatureCacheMetrics.for_registry()
+        self._cache: OrderedDict[str, np.ndarray | None] = OrderedDict()
+        self._cache_size = cache_size
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def offline_path(self) -> str:
+        return f"{self.settings.offline_dir.rstrip('/')}/{self.tenant_id}.parquet"
+
+    def stored_rows(self):
+        """The tenant's offline rows (an empty frame before the first write)."""
+        import pandas as pd
+
+        try:
+            return pd.read_parquet(self.offline_path)
+        except FileNotFoundError:
+            return pd.DataFrame(columns=["tenant_id", "embedding_hash", "vector_fp8", "scale", "deleted",
+                                         "chunk_id", "doc_id", "event_timestamp"])
+
+    def write(self, rows) -> int:
+        """Upsert rows (embedding_hash, vector_fp8, scale, deleted, chunk_id, doc_id) offline and online."""
+        import pandas as pd
+
+        if rows.empty:
+            return 0
+        rows = rows.copy()
+        rows["tenant_id"] = self.tenant_id
+        rows["event_timestamp"] = datetime.now(timezone.utc)
+        current = self.stored_rows()
+        merged = pd.concat([current[~current["embedding_hash"].isin(rows["embedding_hash"])], rows], ignore_index=True)
+        _write_parquet_atomically(merged, self.offline_path)
+        self.store.write_to_online_store("chunk_embeddings", rows)
+        for h in rows["embedding_hash"]:
+            self._cache.pop(h, None)
+        return len(rows)
+
+    def lookup(self, hashes: list[str]) -> dict[str, np.ndarray | None]:
+        """Vectors (dequantized float32) for hashes; None for unknown or soft-deleted ones.
+        A hash looked up before is served from the cache (a hit)."""
+        result: dict[str, np.ndarray | None] = {}
+        missing = []
+        for h in hashes:
+            if h in self._cache:
+                self._cache.move_to_end(h)
+                result[h] = self._cache[h]
+                self.hits += 1
+                self.metrics.hits.labels(tenant=self.tenant_id).inc()
+            else:
+                missing.append(h)
+        if missing:
+            self.misses += len(missing)
+            self.metrics.misses.labels(tenant=self.tenant_id).inc(len(missing))
+            online = self.store.get_online_features(
+                features=["chunk_embeddings:vector_fp8", "chunk_embeddings:scale", "chunk_embeddings:deleted"],
+                entity_rows=[{"tenant_id": self.tenant_id, "embedding_hash": h} for h in missing],
+            ).to_dict()
+            for h, blob, scale, deleted in zip(missing, online["vector_fp8"], online["scale"], online["deleted"]):
+                vector = None if blob is None or deleted else dequantize([blob], [scale])[0]
+                result[h] = vector
+                self._cache[h] = vector
+                if len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        return result
+
+    @property
+    def hit_rate(self) -> float:
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+
+def _write_parquet_atomically(frame, path: str) -> None:
+    if path.startswith("s3://"):
+        frame.to_parquet(path, index=False)  # an S3 PUT replaces the object atomically
+        return
+    target = Path(path)
+    tmp = target.parent / f".{target.name}.tmp"  # dot files are ignored by parquet readers
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    tmp.write_bytes(buffer.getvalue())
+    tmp.replace(target)

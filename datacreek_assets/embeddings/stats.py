@@ -1,0 +1,54 @@
+"""Reference statistics of a tenant's embeddings and retrieval quality figures."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+REFERENCE_SAMPLE = 256
+
+
+def reference_statistics(vectors: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
+    """What the drift sensor compares new embeddings against: the centroid, the
+    per-dimension variance, the count and a fixed-size random sample (for MMD)."""
+    rng = np.random.default_rng(seed)
+    take = min(REFERENCE_SAMPLE, len(vectors))
+    sample = vectors[np.sort(rng.choice(len(vectors), size=take, replace=False))] if take else vectors
+    return {
+        "n": np.array(len(vectors)),
+        "centroid": vectors.mean(axis=0) if len(vectors) else np.zeros(vectors.shape[1]),
+        "variance": vectors.var(axis=0) if len(vectors) else np.zeros(vectors.shape[1]),
+        "sample": sample.astype(np.float32),
+    }
+
+
+def to_npz(stats: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **stats)
+    return buffer.getvalue()
+
+
+def from_npz(data: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(data)) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def top_k(vectors: np.ndarray, k: int) -> np.ndarray:
+    """Indices of each vector's k nearest neighbours by cosine (itself excluded)."""
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
+    sims = unit @ unit.T
+    np.fill_diagonal(sims, -np.inf)
+    k = min(k, len(vectors) - 1)
+    part = np.argpartition(-sims, k, axis=1)[:, :k]
+    order = np.take_along_axis(sims, part, axis=1).argsort(axis=1)[:, ::-1]
+    return np.take_along_axis(part, order, axis=1)
+
+
+def recall_at_k(reference: np.ndarray, approximate: np.ndarray, k: int = 10) -> float:
+    """Share of the exact top-k neighbours (by ``reference``) that ``approximate`` also finds."""
+    if len(reference) <= 1:
+        return 1.0
+    exact, approx = top_k(reference, k), top_k(approximate, k)
+    hits = sum(len(set(a) & set(b)) for a, b in zip(exact, approx))
+    return hits / exact.size

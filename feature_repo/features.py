@@ -1,0 +1,38 @@
+"""Datacreek's Feast feature repository: what the feature store holds.
+
+Vectors are keyed by (tenant_id, embedding_hash): two entities, so a lookup
+must name the tenant and one tenant's key never matches another's vector.
+The data source path is the deployment's (a local directory or an S3 prefix),
+so the objects are built by a function rather than at import.
+"""
+
+from datetime import timedelta
+
+from feast import Entity, FeatureView, Field, FileSource, ValueType
+from feast.types import Bool, Bytes, Float32, String
+
+FEATURE_VIEW = "chunk_embeddings"
+FEATURES = ("vector_fp8", "scale", "deleted", "chunk_id", "doc_id")
+
+
+def definitions(offline_path: str) -> list:
+    tenant = Entity(name="tenant", join_keys=["tenant_id"], value_type=ValueType.STRING,
+                    description="validated tenant id")
+    embedding = Entity(name="embedding", join_keys=["embedding_hash"], value_type=ValueType.STRING,
+                       description="SHA-256 of the embedding model id and the chunk's normalised text")
+    source = FileSource(name="chunk_embeddings_source", path=offline_path, timestamp_field="event_timestamp")
+    view = FeatureView(
+        name=FEATURE_VIEW,
+        entities=[tenant, embedding],
+        ttl=timedelta(0),  # vectors do not expire
+        schema=[
+            Field(name="vector_fp8", dtype=Bytes, description="384 float8 e4m3 values, raw bytes"),
+            Field(name="scale", dtype=Float32, description="per-vector scale: value = fp8 * scale"),
+            Field(name="deleted", dtype=Bool, description="soft-deleted chunk: excluded from lookups"),
+            Field(name="chunk_id", dtype=String),
+            Field(name="doc_id", dtype=String),
+        ],
+        source=source,
+        online=True,
+    )
+    return [tenant, embedding, view]
