@@ -24,7 +24,7 @@ class Comparison:
     unit: str = "items"
     repeats: int = 3
     setup: Callable[[], None] | None = None  # run before every timed call, untimed
-    notes: str = ""
+    notes: str | Callable[[], str] = ""  # a callable is read after the runs (e.g. percentiles)
 
 
 @dataclass
@@ -58,8 +58,9 @@ def run_comparison(c: Comparison, progress: Callable[[str], None] = lambda m: No
         if units_c != units_b:
             raise AssertionError(f"{c.name}: candidate did {units_c} {c.unit}, baseline {units_b}: not the same work")
     cand_rate, base_rate = statistics.median(cand), statistics.median(base)
+    notes = c.notes() if callable(c.notes) else c.notes
     return Result(c.name, c.unit, cand_rate, base_rate, cand_rate / base_rate,
-                  [round(x, 2) for x in cand], [round(x, 2) for x in base], c.notes)
+                  [round(x, 2) for x in cand], [round(x, 2) for x in base], notes)
 
 
 def format_table(results: list[Result]) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Callable
 
 from dagster import DagsterInstance
 
@@ -38,6 +39,7 @@ class TenantStores:
     graph: GraphAdmin
     hot_graph: HotGraphStore
     objects: ObjectStore
+    features: Callable[[str], "object"] | None = None  # tenant id -> TenantFeatures
 
 
 @dataclass
@@ -75,6 +77,7 @@ def tenant_data_summary(tenant_id: str, stores: TenantStores) -> dict[str, int]:
         "neo4j_nodes": stores.graph.tenant(tenant_id).counts().total_nodes(),
         "falkordb_nodes": max(0, stores.hot_graph.node_count(tenant_id) - 1),  # minus the scope node
         "objects": object_count,
+        "feature_vectors": stores.features(tenant_id).live_count() if stores.features else 0,
     }
 
 
@@ -97,6 +100,9 @@ def remove_tenant(tenant_id: str, stores: TenantStores, instance: DagsterInstanc
     report.steps.append("falkordb graph")
     TenantObjectStore(stores.objects, tenant_id).delete_all()
     report.steps.append("object-store prefix")
+    if stores.features:
+        stores.features(tenant_id).drop_all()
+        report.steps.append("feature store")
     stores.registry.remove(tenant_id)
     report.steps.append("registry")
     report.removed = True

@@ -85,6 +85,7 @@ def open_tenant_stores(resources: dict[str, dg.ConfigurableResource]) -> Iterato
                 graph=graph,
                 hot_graph=resources["hot_graph"].store(),
                 objects=resources["object_store"].store(),
+                features=resources["feature_store"].for_tenant if "feature_store" in resources else None,
             )
     finally:
         registry.close()

@@ -43,7 +43,7 @@ def _load(threads: int):
     return tokenizer, model
 
 
-def embed_texts(texts: list[str], threads: int = 1, token_budget: int = 8192) -> np.ndarray:
+def embed_texts(texts: list[str], threads: int = 1, token_budget: int = 2048) -> np.ndarray:
     """Unit-length float32 embeddings, in the order of ``texts``."""
     import torch
 

@@ -101,12 +101,29 @@ class TenantFeatures:
         rows["tenant_id"] = self.tenant_id
         rows["event_timestamp"] = datetime.now(timezone.utc)
         current = self.stored_rows()
-        merged = pd.concat([current[~current["embedding_hash"].isin(rows["embedding_hash"])], rows], ignore_index=True)
+        kept = current[~current["embedding_hash"].isin(rows["embedding_hash"])]
+        merged = pd.concat([kept, rows], ignore_index=True) if len(kept) else rows
         _write_parquet_atomically(merged, self.offline_path)
         self.store.write_to_online_store("chunk_embeddings", rows)
         for h in rows["embedding_hash"]:
             self._cache.pop(h, None)
         return len(rows)
+
+    def live_count(self) -> int:
+        rows = self.stored_rows()
+        return int((~rows["deleted"].astype(bool)).sum()) if len(rows) else 0
+
+    def drop_all(self) -> int:
+        """Tenant removal: tombstone every vector online, then delete the offline file."""
+        rows = self.stored_rows()
+        live = rows[~rows["deleted"].astype(bool)] if len(rows) else rows
+        if len(live):
+            tombstones = live.drop(columns=["tenant_id", "event_timestamp"]).assign(deleted=True)
+            self.write(tombstones)
+        if not self.offline_path.startswith("s3://"):
+            Path(self.offline_path).unlink(missing_ok=True)
+        self._cache.clear()
+        return len(live)
 
     def lookup(self, hashes: list[str]) -> dict[str, np.ndarray | None]:
         """Vectors (dequantized float32) for hashes; None for unknown or soft-deleted ones.

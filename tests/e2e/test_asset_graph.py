@@ -24,6 +24,8 @@ def tenant(local_resources, instance):
         add_tenant(TENANT, stores, instance)
         yield stores
         remove_tenant(TENANT, stores, instance, force=True)
+        features = local_resources["feature_store"].for_tenant(TENANT)
+        assert features.live_count() == 0 and features.stored_rows().empty
 
 
 def test_every_asset_materializes_for_a_small_tenant(services, local_resources, instance, tenant):
@@ -59,3 +61,35 @@ def test_every_asset_materializes_for_a_small_tenant(services, local_resources, 
 
     partitions = instance.get_materialized_partitions(dg.AssetKey("knowledge_graph"))
     assert partitions == {TENANT}
+
+    # dataset, embeddings and features
+    sft = first.metadata["sft_dataset"]
+    assert sft["records"] > 20 and sft["new_version"] and len(sft["template_sha"]) == 64
+    assert sum(sft["splits"].values()) == sft["records"]
+    assert objects.get(f"datasets/sft/{sft['version']}/chat.jsonl").count(b"\n") == sft["records"]
+    assert second.metadata["sft_dataset"]["version"] == sft["version"]
+    assert not second.metadata["sft_dataset"]["new_version"]
+    emb = first.metadata["chunk_embeddings"]
+    assert emb["vectors"] == first.metadata["parsed_chunks"]["chunks"] and emb["computed"] == emb["vectors"]
+    assert emb["recall_at_10_fp8_vs_fp32"] >= 0.95
+    assert second.metadata["chunk_embeddings"]["computed"] == 0
+    feats = first.metadata["embedding_features"]
+    assert feats["rows_written"] == emb["vectors"] and feats["online_probe_found"] == "8/8"
+    assert second.metadata["embedding_features"]["rows_written"] == 0
+
+    # a document leaves the inbox: its graph data, vectors and dataset records go with it
+    from datacreek_assets.defs.embeddings.assets import read_vectors
+
+    frame, _ = read_vectors(objects)
+    gone_doc = sorted(set(frame["doc_id"]))[0]
+    gone_hashes = list(frame.loc[frame["doc_id"] == gone_doc, "embedding_hash"])
+    objects.delete(f"inbox/{gone_doc}")
+    third = materialize_tenant(defs, TENANT, instance)
+    assert third.success, third.error
+    assert third.metadata["knowledge_graph"]["documents_soft_deleted"] == 1
+    assert third.metadata["embedding_features"]["marked_deleted"] == len(gone_hashes)
+    assert third.metadata["sft_dataset"]["version"] != sft["version"]
+    features = local_resources["feature_store"].for_tenant(TENANT)
+    assert set(features.lookup(gone_hashes).values()) == {None}
+    others = list(frame.loc[frame["doc_id"] != gone_doc, "embedding_hash"][:3])
+    assert all(v is not None for v in features.lookup(others).values())

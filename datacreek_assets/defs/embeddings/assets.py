@@ -19,7 +19,7 @@ REFERENCE_KEY = "embeddings/reference/latest.npz"
 
 class EmbeddingConfig(dg.Config):
     threads: int = 1  # torch intra-op threads; two cores are shared by everything here
-    token_budget: int = 8192  # tokens per batch (batch size x longest sequence)
+    token_budget: int = 2048  # tokens per batch (batch x longest); small batches stay in CPU cache (bench/embeddings.py)
 
 
 def read_vectors(store):
@@ -126,7 +126,8 @@ def embedding_features(context: dg.AssetExecutionContext, object_store: ObjectSt
         vector_fp8=blobs, scale=np.asarray(scales, dtype=np.float32), deleted=False)
     gone = sorted(live_stored - set(frame["embedding_hash"]))
     tombstones = stored[stored["embedding_hash"].isin(gone)][["embedding_hash", "chunk_id", "doc_id", "vector_fp8", "scale"]].assign(deleted=True)
-    written = features.write(pd.concat([upserts, tombstones], ignore_index=True))
+    changes = [frame for frame in (upserts, tombstones) if len(frame)]
+    written = features.write(pd.concat(changes, ignore_index=True)) if changes else 0
     # read a few back through the online store and compare with the float32 vectors
     probe = list(frame["embedding_hash"][:8])
     found = features.lookup(probe)

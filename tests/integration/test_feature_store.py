@@ -1,0 +1,81 @@
+"""fp8 vectors through real Feast stores: SQLite online (local) and Redis online (prod setting)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from prometheus_client import CollectorRegistry
+
+from datacreek_assets.embeddings.embedder import embedding_hash
+from datacreek_assets.embeddings.feature_store import FeatureStoreSettings, TenantFeatures, open_feature_store
+from datacreek_assets.embeddings.fp8 import quantize
+from datacreek_assets.metrics import FeatureCacheMetrics
+
+pytestmark = pytest.mark.integration
+
+
+def rows_for(texts, seed):
+    vectors = np.random.default_rng(seed).normal(size=(len(texts), 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    blobs, scales = quantize(vectors)
+    frame = pd.DataFrame({
+        "embedding_hash": [embedding_hash(t) for t in texts], "chunk_id": [f"c{i}" for i in range(len(texts))],
+        "doc_id": ["d.txt"] * len(texts), "vector_fp8": blobs, "scale": scales, "deleted": False,
+    })
+    return frame, vectors
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def feast_settings(request, tmp_path, services):
+    online = ({"type": "sqlite", "path": str(tmp_path / "online.db")} if request.param == "sqlite"
+              else {"type": "redis", "connection_string": f"127.0.0.1:{services.falkordb_port}"})
+    return FeatureStoreSettings(registry=str(tmp_path / "registry.db"), offline_dir=str(tmp_path / "offline"), online=online)
+
+
+def test_lookups_return_the_right_vectors_and_never_cross_tenants(feast_settings):
+    settings = feast_settings
+    store = open_feature_store(settings)
+    registry = CollectorRegistry()
+    metrics = FeatureCacheMetrics.for_registry(registry)
+    a = TenantFeatures(store, settings, "feat-a", metrics)
+    b = TenantFeatures(store, settings, "feat-b", metrics)
+    texts = ["shared text", "only in a", "also in a"]
+    frame_a, vectors_a = rows_for(texts, 1)
+    frame_b, vectors_b = rows_for(["shared text"], 2)  # same hash as a's first row, other vector
+    assert a.write(frame_a) == 3 and b.write(frame_b) == 1
+    got = a.lookup(list(frame_a["embedding_hash"]))
+    for i, h in enumerate(frame_a["embedding_hash"]):
+        assert np.abs(got[h] - vectors_a[i]).max() < 0.01
+    shared = frame_b["embedding_hash"][0]
+    assert np.abs(b.lookup([shared])[shared] - vectors_b[0]).max() < 0.01
+    # b knows nothing of a's other hashes, and a's copy of the shared text is a's own
+    assert b.lookup(list(frame_a["embedding_hash"][1:])) == {h: None for h in frame_a["embedding_hash"][1:]}
+    assert np.abs(a.lookup([shared])[shared] - vectors_a[0]).max() < 0.01
+    offline = pd.read_parquet(a.offline_path)
+    assert set(offline["tenant_id"]) == {"feat-a"} and len(offline) == 3
+
+
+def test_cache_hits_misses_and_hit_rate(feast_settings):
+    settings = feast_settings
+    store = open_feature_store(settings)
+    registry = CollectorRegistry()
+    features = TenantFeatures(store, settings, "feat-c", FeatureCacheMetrics.for_registry(registry))
+    frame, _ = rows_for(["x", "y"], 3)
+    features.write(frame)
+    hashes = list(frame["embedding_hash"])
+    features.lookup(hashes)
+    features.lookup(hashes[:1])  # the same hash twice is a hit
+    assert (features.hits, features.misses) == (1, 2) and features.hit_rate == pytest.approx(1 / 3)
+    assert registry.get_sample_value("feature_cache_hits_total", {"tenant": "feat-c"}) == 1
+    assert registry.get_sample_value("feature_cache_misses_total", {"tenant": "feat-c"}) == 2
+
+
+def test_soft_deleted_vectors_are_excluded(feast_settings):
+    settings = feast_settings
+    store = open_feature_store(settings)
+    features = TenantFeatures(store, settings, "feat-d", FeatureCacheMetrics.for_registry(CollectorRegistry()))
+    frame, _ = rows_for(["keep", "drop"], 4)
+    features.write(frame)
+    features.write(frame.iloc[[1]].assign(deleted=True))
+    result = features.lookup(list(frame["embedding_hash"]))
+    assert result[frame["embedding_hash"][0]] is not None and result[frame["embedding_hash"][1]] is None
+    assert features.stored_rows().set_index("embedding_hash").loc[frame["embedding_hash"][1], "deleted"]

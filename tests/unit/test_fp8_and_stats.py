@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+import torch
+
+from datacreek_assets.embeddings.embedder import MODEL_ID, embedding_hash
+from datacreek_assets.embeddings.fp8 import E4M3_MAX, dequantize, quantize
+from datacreek_assets.embeddings.stats import recall_at_k, reference_statistics, top_k
+
+
+def test_fp8_bytes_are_e4m3_bit_patterns():
+    vectors = np.array([[448.0, 1.0, -2.0, 0.0]], dtype=np.float32)
+    blobs, scales = quantize(vectors)
+    assert scales[0] == pytest.approx(1.0)  # max |v| is already e4m3's max
+    # e4m3: 1.0 = 0x38, -2.0 = 0xC0, 448 = 0x7E, 0 = 0x00
+    assert list(blobs[0]) == [0x7E, 0x38, 0xC0, 0x00]
+    assert list(blobs[0]) == list(torch.tensor(vectors[0]).to(torch.float8_e4m3fn).view(torch.uint8).numpy())
+
+
+def test_round_trip_error_is_within_e4m3_precision():
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(200, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    blobs, scales = quantize(vectors)
+    assert all(len(b) == 384 for b in blobs)
+    back = dequantize(blobs, scales)
+    # 3 mantissa bits: relative error at most 2^-4 of each value (values above the subnormal range)
+    rel = np.abs(back - vectors) / np.maximum(np.abs(vectors), scales[:, None] * 2.0**-6)
+    assert rel.max() <= 2.0**-4 + 1e-6
+    assert np.allclose(np.abs(vectors).max(axis=1) / scales, E4M3_MAX)
+
+
+def test_embedding_hash_is_model_and_normalised_text():
+    assert embedding_hash("Hello   world") == embedding_hash("Hello world\n")
+    assert embedding_hash("Hello world") != embedding_hash("hello world")
+    assert embedding_hash("x") != embedding_hash("x", model_id=MODEL_ID + "-v2")
+
+
+def test_top_k_and_recall():
+    points = np.array([[1, 0], [0.99, 0.1], [0, 1], [0.1, 0.99], [-1, 0]], dtype=np.float32)
+    assert top_k(points, 1)[:, 0].tolist() == [1, 0, 3, 2, 2]  # [-1, 0] is closest to [0, 1] (cos 0)
+    assert recall_at_k(points, points, k=2) == 1.0
+    shuffled = points[[4, 3, 2, 1, 0]]
+    assert recall_at_k(points, shuffled, k=1) < 1.0
+
+
+def test_reference_statistics_are_deterministic_and_bounded():
+    vectors = np.random.default_rng(2).normal(size=(1000, 8)).astype(np.float32)
+    a, b = reference_statistics(vectors), reference_statistics(vectors)
+    assert a["sample"].shape == (256, 8) and int(a["n"]) == 1000
+    assert np.array_equal(a["sample"], b["sample"])
+    assert np.allclose(a["centroid"], vectors.mean(axis=0))
