@@ -57,20 +57,32 @@ def handle_errors(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         from datacreek_assets.local_services import ServiceError
+        from datacreek_assets.object_store import InvalidObjectKey
+        from datacreek_assets.runner import UnknownAsset
         from datacreek_assets.tenant_lifecycle import TenantHasData, UnknownTenant
 
         try:
             return func(*args, **kwargs)
-        except (InvalidTenantId, UnknownTenant, ValueError) as err:
-            if isinstance(err, ConfigError):
-                _fail(err, EXIT_UNAVAILABLE)
+        except (InvalidTenantId, UnknownTenant, UnknownAsset, InvalidObjectKey) as err:
             _fail(err, EXIT_BAD_INPUT)
-        except (ServiceError, ConfigError) as err:
-            _fail(err, EXIT_UNAVAILABLE)
         except TenantHasData as err:
             _fail(err, EXIT_REFUSED)
+        except (ServiceError, ConfigError) as err:
+            _fail(err, EXIT_UNAVAILABLE)
+        except SystemExit:
+            raise
+        except Exception as err:  # a store or driver said no: one line, not a stack trace
+            code = EXIT_UNAVAILABLE if _is_service_error(err) else EXIT_FAILED
+            _fail(RuntimeError(f"{err.__class__.__name__}: {str(err).splitlines()[0] if str(err) else ''}"), code)
 
     return wrapper
+
+
+def _is_service_error(err: Exception) -> bool:
+    """Errors raised by a store's client (Neo4j, Redis/FalkorDB, S3, SQL, Dagster config)."""
+    module = type(err).__module__.split(".")[0]
+    return module in {"neo4j", "redis", "botocore", "boto3", "sqlalchemy", "falkordb"} or (
+        type(err).__name__ == "DagsterInvalidConfigError")
 
 
 def _fail(err: Exception, code: int) -> None:
@@ -127,6 +139,7 @@ def services_up_cmd(obj: Context, timeout: float) -> None:
     from datacreek_assets.local_services import services_up
 
     _local_only(obj)
+    ensure_dagster_home(Path(os.environ.get("DAGSTER_HOME", obj.settings.dagster_home)))
     started = time.monotonic()
     services_up(obj.settings, timeout=timeout, progress=lambda msg: click.echo(f"  {msg}"))
     click.echo(f"services up in {time.monotonic() - started:.1f}s")

@@ -34,6 +34,15 @@ SCHEMA_STATEMENTS = [
 ]
 
 TENANT_LABELS = ("Document", "Chunk", "Entity", "Fact")
+# relationship type -> (start label, end label): every pattern names both ends' labels
+RELATIONSHIPS = {
+    "HAS_CHUNK": ("Document", "Chunk"),
+    "NEXT": ("Chunk", "Chunk"),
+    "MENTIONS": ("Chunk", "Entity"),
+    "SUBJECT": ("Fact", "Entity"),
+    "OBJECT": ("Fact", "Entity"),
+    "SOURCE": ("Fact", "Chunk"),
+}
 
 
 T = TypeVar("T")
@@ -180,15 +189,22 @@ class TenantGraph:
                 f"MATCH (n:{label} {{tenant_id: $tenant}}) WHERE n.deleted_at IS NULL RETURN count(n) AS n"
             )
             nodes[label] = rows[0]["n"]
-        rels = {
-            row["type"]: row["n"]
-            for row in self._execute(
-                "MATCH (a {tenant_id: $tenant})-[r]->(b {tenant_id: $tenant}) "
-                "WHERE a.deleted_at IS NULL AND b.deleted_at IS NULL "
-                "RETURN type(r) AS type, count(r) AS n ORDER BY type"
+        rels = {}
+        for rel, (a, b) in RELATIONSHIPS.items():
+            rows = self._execute(
+                f"MATCH (a:{a} {{tenant_id: $tenant}})-[r:{rel}]->(b:{b} {{tenant_id: $tenant}}) "
+                "WHERE a.deleted_at IS NULL AND b.deleted_at IS NULL RETURN count(r) AS n"
             )
-        }
+            if rows[0]["n"]:
+                rels[rel] = rows[0]["n"]
         return GraphCounts(nodes, rels)
+
+    def total_node_count(self) -> int:
+        """Every node of the tenant, soft-deleted ones included (what removal would destroy)."""
+        return sum(
+            self._execute(f"MATCH (n:{label} {{tenant_id: $tenant}}) RETURN count(n) AS n")[0]["n"]
+            for label in TENANT_LABELS
+        )
 
 
     # -- documents: incremental writes ----------------------------------------
@@ -200,67 +216,71 @@ class TenantGraph:
         )
         return {r["doc_id"]: r for r in rows}
 
-    def replace_documents(self, docs: list[dict], batch_size: int = 500) -> Counter:
-        """Replace each document's subgraph (chunks, mentions, facts) in one transaction.
+    def replace_documents(self, docs: list[dict], batch_size: int = 500, docs_per_transaction: int = 50) -> Counter:
+        """Replace each document's subgraph (chunks, mentions, facts); a document is never half
+        written: groups of ``docs_per_transaction`` documents commit together, which bounds
+        transaction memory on large first loads.
 
         ``docs`` items: {doc_id, props, chunks:[{chunk_id, props}], next:[(a,b)],
         entities:[{entity_id,name,type}], mentions:[{chunk_id, entity_id, count}],
         facts:[{fact_id, chunk_id, subject, predicate, object, sentence}]}.
         """
+        counters: Counter = Counter()
+        for group in batched(docs, docs_per_transaction):
+            counters += self._write(lambda tx, group=group: self._replace_group(tx, group, batch_size))[1]
+        if docs:
+            counters += self._write(_refresh_entities)[1]
+        return counters
+
+    def _replace_group(self, tx: "ScopedTransaction", docs: list[dict], batch_size: int) -> None:
         doc_ids = [d["doc_id"] for d in docs]
         flat = {key: [row for d in docs for row in d[key]] for key in ("chunks", "next", "entities", "mentions", "facts")}
         entities = list({e["entity_id"]: e for e in flat["entities"]}.values())
-
-        def work(tx: ScopedTransaction) -> None:
-            for ids in batched(doc_ids, batch_size):
-                tx.run("UNWIND $ids AS id MATCH (c:Chunk {tenant_id: $tenant, doc_id: id}) DETACH DELETE c", ids=ids)
-                tx.run("UNWIND $ids AS id MATCH (f:Fact {tenant_id: $tenant, doc_id: id}) DETACH DELETE f", ids=ids)
-            for rows in batched([{"doc_id": d["doc_id"], "props": d["props"]} for d in docs], batch_size):
-                tx.run(
-                    "UNWIND $rows AS row MERGE (d:Document {tenant_id: $tenant, doc_id: row.doc_id}) "
-                    "SET d += row.props, d.deleted_at = null, d.deleted_by = null",
-                    rows=rows,
-                )
-            for rows in batched(flat["chunks"], batch_size):
-                tx.run(
-                    "UNWIND $rows AS row MATCH (d:Document {tenant_id: $tenant, doc_id: row.doc_id}) "
-                    "MERGE (c:Chunk {tenant_id: $tenant, chunk_id: row.chunk_id}) SET c += row.props "
-                    "MERGE (d)-[:HAS_CHUNK]->(c)",
-                    rows=rows,
-                )
-            for rows in batched([{"a": a, "b": b} for a, b in flat["next"]], batch_size):
-                tx.run(
-                    "UNWIND $rows AS row MATCH (a:Chunk {tenant_id: $tenant, chunk_id: row.a}) "
-                    "MATCH (b:Chunk {tenant_id: $tenant, chunk_id: row.b}) MERGE (a)-[:NEXT]->(b)",
-                    rows=rows,
-                )
-            for rows in batched(entities, batch_size):
-                tx.run(
-                    "UNWIND $rows AS row MERGE (e:Entity {tenant_id: $tenant, entity_id: row.entity_id}) "
-                    "ON CREATE SET e.name = row.name, e.type = row.type",
-                    rows=rows,
-                )
-            for rows in batched(flat["mentions"], batch_size):
-                tx.run(
-                    "UNWIND $rows AS row MATCH (c:Chunk {tenant_id: $tenant, chunk_id: row.chunk_id}) "
-                    "MATCH (e:Entity {tenant_id: $tenant, entity_id: row.entity_id}) "
-                    "MERGE (c)-[m:MENTIONS]->(e) SET m.count = row.count",
-                    rows=rows,
-                )
-            for rows in batched(flat["facts"], batch_size):
-                tx.run(
-                    "UNWIND $rows AS row MATCH (c:Chunk {tenant_id: $tenant, chunk_id: row.chunk_id}) "
-                    "MATCH (s:Entity {tenant_id: $tenant, entity_id: row.subject}) "
-                    "MATCH (o:Entity {tenant_id: $tenant, entity_id: row.object}) "
-                    "MERGE (f:Fact {tenant_id: $tenant, fact_id: row.fact_id}) "
-                    "SET f.predicate = row.predicate, f.sentence = row.sentence, f.doc_id = row.doc_id "
-                    "MERGE (f)-[:SUBJECT]->(s) MERGE (f)-[:OBJECT]->(o) MERGE (f)-[:SOURCE]->(c)",
-                    rows=rows,
-                )
-            _refresh_entities(tx)
-
-        _, counters = self._write(work)
-        return counters
+        for ids in batched(doc_ids, batch_size):
+            tx.run("UNWIND $ids AS id MATCH (c:Chunk {tenant_id: $tenant, doc_id: id}) DETACH DELETE c", ids=ids)
+            tx.run("UNWIND $ids AS id MATCH (f:Fact {tenant_id: $tenant, doc_id: id}) DETACH DELETE f", ids=ids)
+        for rows in batched([{"doc_id": d["doc_id"], "props": d["props"]} for d in docs], batch_size):
+            tx.run(
+                "UNWIND $rows AS row MERGE (d:Document {tenant_id: $tenant, doc_id: row.doc_id}) "
+                "SET d += row.props, d.deleted_at = null, d.deleted_by = null",
+                rows=rows,
+            )
+        for rows in batched(flat["chunks"], batch_size):
+            tx.run(
+                "UNWIND $rows AS row MATCH (d:Document {tenant_id: $tenant, doc_id: row.doc_id}) "
+                "MERGE (c:Chunk {tenant_id: $tenant, chunk_id: row.chunk_id}) SET c += row.props "
+                "MERGE (d)-[:HAS_CHUNK]->(c)",
+                rows=rows,
+            )
+        for rows in batched([{"a": a, "b": b} for a, b in flat["next"]], batch_size):
+            tx.run(
+                "UNWIND $rows AS row MATCH (a:Chunk {tenant_id: $tenant, chunk_id: row.a}) "
+                "MATCH (b:Chunk {tenant_id: $tenant, chunk_id: row.b}) MERGE (a)-[:NEXT]->(b)",
+                rows=rows,
+            )
+        for rows in batched(entities, batch_size):
+            tx.run(
+                "UNWIND $rows AS row MERGE (e:Entity {tenant_id: $tenant, entity_id: row.entity_id}) "
+                "ON CREATE SET e.name = row.name, e.type = row.type",
+                rows=rows,
+            )
+        for rows in batched(flat["mentions"], batch_size):
+            tx.run(
+                "UNWIND $rows AS row MATCH (c:Chunk {tenant_id: $tenant, chunk_id: row.chunk_id}) "
+                "MATCH (e:Entity {tenant_id: $tenant, entity_id: row.entity_id}) "
+                "MERGE (c)-[m:MENTIONS]->(e) SET m.count = row.count",
+                rows=rows,
+            )
+        for rows in batched(flat["facts"], batch_size):
+            tx.run(
+                "UNWIND $rows AS row MATCH (c:Chunk {tenant_id: $tenant, chunk_id: row.chunk_id}) "
+                "MATCH (s:Entity {tenant_id: $tenant, entity_id: row.subject}) "
+                "MATCH (o:Entity {tenant_id: $tenant, entity_id: row.object}) "
+                "MERGE (f:Fact {tenant_id: $tenant, fact_id: row.fact_id}) "
+                "SET f.predicate = row.predicate, f.sentence = row.sentence, f.doc_id = row.doc_id "
+                "MERGE (f)-[:SUBJECT]->(s) MERGE (f)-[:OBJECT]->(o) MERGE (f)-[:SOURCE]->(c)",
+                rows=rows,
+            )
 
     def merge_rows_one_by_one(self, docs: list[dict]) -> None:
         """Baseline for the writer benchmark: one transaction per row, no UNWIND."""
@@ -289,11 +309,15 @@ class TenantGraph:
         def work(tx: ScopedTransaction) -> int:
             rows = tx.run(
                 "UNWIND $ids AS id MATCH (d:Document {tenant_id: $tenant, doc_id: id}) WHERE d.deleted_at IS NULL "
-                "SET d.deleted_at = $now, d.deleted_by = $by "
-                "WITH d OPTIONAL MATCH (n {tenant_id: $tenant, doc_id: d.doc_id}) WHERE (n:Chunk OR n:Fact) "
-                "SET n.deleted_at = $now RETURN count(DISTINCT d) AS n",
+                "SET d.deleted_at = $now, d.deleted_by = $by RETURN count(d) AS n",
                 ids=doc_ids, now=now, by=by,
             )
+            for label in ("Chunk", "Fact"):
+                tx.run(
+                    f"UNWIND $ids AS id MATCH (n:{label} {{tenant_id: $tenant, doc_id: id}}) "
+                    "WHERE n.deleted_at IS NULL SET n.deleted_at = $now",
+                    ids=doc_ids, now=now,
+                )
             _refresh_entities(tx, now)
             return rows[0]["n"] if rows else 0
 
@@ -305,11 +329,12 @@ class TenantGraph:
         def work(tx: ScopedTransaction) -> bool:
             rows = tx.run(
                 "MATCH (d:Document {tenant_id: $tenant, doc_id: $id}) WHERE d.deleted_at >= $cutoff "
-                "SET d.deleted_at = null, d.deleted_by = null "
-                "WITH d OPTIONAL MATCH (n {tenant_id: $tenant, doc_id: d.doc_id}) WHERE (n:Chunk OR n:Fact) "
-                "SET n.deleted_at = null RETURN count(DISTINCT d) AS n",
+                "AND d.purged_at IS NULL SET d.deleted_at = null, d.deleted_by = null RETURN count(d) AS n",
                 id=doc_id, cutoff=now - max_age,
             )
+            if rows and rows[0]["n"]:
+                for label in ("Chunk", "Fact"):
+                    tx.run(f"MATCH (n:{label} {{tenant_id: $tenant, doc_id: $id}}) SET n.deleted_at = null", id=doc_id)
             _refresh_entities(tx, now)
             return bool(rows and rows[0]["n"])
 
@@ -321,12 +346,25 @@ class TenantGraph:
 
         def work(tx: ScopedTransaction) -> int:
             purged = 0
-            for label in ("Chunk", "Fact", "Document"):
+            for label in ("Chunk", "Fact"):
                 purged += tx.run(
                     f"MATCH (n:{label} {{tenant_id: $tenant}}) WHERE n.deleted_at < $cutoff "
                     "DETACH DELETE n RETURN count(*) AS n",
                     cutoff=now - older_than,
                 )[0]["n"]
+            purged += tx.run(
+                "MATCH (d:Document {tenant_id: $tenant}) WHERE d.deleted_at < $cutoff AND d.deleted_by <> $operator "
+                "DETACH DELETE d RETURN count(*) AS n",
+                cutoff=now - older_than, operator="operator",
+            )[0]["n"]
+            # An operator's delete must hold even if the file stays in the inbox: keep an
+            # emptied tombstone (no content, no signature) that sync still sees as held.
+            purged += tx.run(
+                "MATCH (d:Document {tenant_id: $tenant}) WHERE d.deleted_at < $cutoff AND d.deleted_by = $operator "
+                "AND d.purged_at IS NULL SET d.purged_at = $now, d.signature = null, d.content_hash = null "
+                "RETURN count(d) AS n",
+                cutoff=now - older_than, operator="operator", now=now,
+            )[0]["n"]
             _refresh_entities(tx, now)
             return purged
 
@@ -343,8 +381,9 @@ class TenantGraph:
 
     def live_facts(self) -> list[dict]:
         return self._execute(
-            "MATCH (f:Fact {tenant_id: $tenant})-[:SUBJECT]->(s:Entity), (f)-[:OBJECT]->(o:Entity), "
-            "(f)-[:SOURCE]->(c:Chunk) WHERE f.deleted_at IS NULL AND c.deleted_at IS NULL "
+            "MATCH (f:Fact {tenant_id: $tenant})-[:SUBJECT]->(s:Entity {tenant_id: $tenant}), "
+            "(f)-[:OBJECT]->(o:Entity {tenant_id: $tenant}), (f)-[:SOURCE]->(c:Chunk {tenant_id: $tenant}) "
+            "WHERE f.deleted_at IS NULL AND c.deleted_at IS NULL "
             "RETURN f.fact_id AS fact_id, s.name AS subject, f.predicate AS predicate, o.name AS object, "
             "f.sentence AS sentence, c.chunk_id AS chunk_id, f.doc_id AS doc_id ORDER BY fact_id"
         )
@@ -352,7 +391,8 @@ class TenantGraph:
     def document_subgraph(self, doc_id: str, limit: int = 60) -> list[dict]:
         """Edges (source, type, target) around one live document, for pictures."""
         return self._execute(
-            "MATCH (d:Document {tenant_id: $tenant, doc_id: $id})-[:HAS_CHUNK]->(c:Chunk) WHERE c.deleted_at IS NULL "
+            "MATCH (d:Document {tenant_id: $tenant, doc_id: $id})-[:HAS_CHUNK]->(c:Chunk {tenant_id: $tenant}) "
+            "WHERE c.deleted_at IS NULL "
             "OPTIONAL MATCH (c)-[:MENTIONS]->(e:Entity {tenant_id: $tenant}) "
             "RETURN c.position AS chunk, e.name AS entity ORDER BY chunk LIMIT $limit",
             id=doc_id, limit=limit,
@@ -360,14 +400,17 @@ class TenantGraph:
 
     def fingerprint(self) -> list[tuple]:
         """A canonical listing of the tenant's graph, to prove a rerun changed nothing."""
-        nodes = self._execute(
-            "MATCH (n {tenant_id: $tenant}) RETURN labels(n) AS labels, properties(n) AS props"
-        )
-        rels = self._execute(
-            "MATCH (a {tenant_id: $tenant})-[r]->(b {tenant_id: $tenant}) "
-            "RETURN type(r) AS type, coalesce(a.chunk_id, a.doc_id, a.entity_id, a.fact_id) AS a, "
-            "coalesce(b.chunk_id, b.doc_id, b.entity_id, b.fact_id) AS b, properties(r) AS props"
-        )
+        nodes, rels = [], []
+        for label in (*TENANT_LABELS, "Tenant"):
+            nodes += self._execute(
+                f"MATCH (n:{label} {{tenant_id: $tenant}}) RETURN labels(n) AS labels, properties(n) AS props"
+            )
+        for rel, (a, b) in RELATIONSHIPS.items():
+            rels += self._execute(
+                f"MATCH (a:{a} {{tenant_id: $tenant}})-[r:{rel}]->(b:{b} {{tenant_id: $tenant}}) "
+                "RETURN type(r) AS type, coalesce(a.chunk_id, a.doc_id, a.entity_id, a.fact_id) AS a, "
+                "coalesce(b.chunk_id, b.doc_id, b.entity_id, b.fact_id) AS b, properties(r) AS props"
+            )
         return sorted(repr(sorted(n.items())) for n in nodes) + sorted(repr(sorted(r.items())) for r in rels)
 
 
@@ -378,9 +421,9 @@ def _refresh_entities(tx: ScopedTransaction, now: datetime | None = None) -> Non
     tx.run("MATCH (e:Entity {tenant_id: $tenant}) WHERE NOT (e)--() DELETE e")
     tx.run(
         "MATCH (e:Entity {tenant_id: $tenant}) "
-        "OPTIONAL MATCH (c:Chunk)-[:MENTIONS]->(e) WHERE c.deleted_at IS NULL "
+        "OPTIONAL MATCH (c:Chunk {tenant_id: $tenant})-[:MENTIONS]->(e) WHERE c.deleted_at IS NULL "
         "WITH e, count(c) AS live_mentions "
-        "OPTIONAL MATCH (f:Fact)-->(e) WHERE f.deleted_at IS NULL "
+        "OPTIONAL MATCH (f:Fact {tenant_id: $tenant})-[:SUBJECT|OBJECT]->(e) WHERE f.deleted_at IS NULL "
         "WITH e, live_mentions, count(f) AS live_facts "
         "WITH e, live_mentions + live_facts AS live "
         "WITH e, live WHERE (live > 0 AND e.deleted_at IS NOT NULL) OR (live = 0 AND e.deleted_at IS NULL) "

@@ -29,6 +29,7 @@ def _check_relative_key(key: str) -> str:
 class ObjectStore(Protocol):
     def put(self, key: str, data: bytes) -> None: ...
     def get(self, key: str) -> bytes: ...
+    def size(self, key: str) -> int: ...
     def exists(self, key: str) -> bool: ...
     def list(self, prefix: str) -> Iterator[str]: ...
     def delete(self, key: str) -> None: ...
@@ -62,6 +63,9 @@ class LocalObjectStore:
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+    def size(self, key: str) -> int:
+        return self._path(key).stat().st_size
 
     def list(self, prefix: str) -> Iterator[str]:
         base = self._path(prefix.rstrip("/"))
@@ -113,6 +117,9 @@ class S3ObjectStore:
                 return False
             raise
 
+    def size(self, key: str) -> int:
+        return int(self.client.head_object(Bucket=self.bucket, Key=_check_relative_key(key))["ContentLength"])
+
     def list(self, prefix: str) -> Iterator[str]:
         prefix = _check_relative_key(prefix.rstrip("/")) + "/"
         paginator = self.client.get_paginator("list_objects_v2")
@@ -150,11 +157,14 @@ class TenantObjectStore:
     def exists(self, relative: str, area: str = "tenant") -> bool:
         return self.store.exists(self.key(relative, area))
 
+    def size(self, relative: str, area: str = "tenant") -> int:
+        return self.store.size(self.key(relative, area))
+
     def list(self, relative_prefix: str = "", area: str = "tenant") -> list[str]:
         """Keys relative to the scope, e.g. ``inbox/a.txt``."""
         base = self._prefix(area)
         prefix = f"{base}/{_check_relative_key(relative_prefix)}" if relative_prefix else base
-        return [key[len(base) + 1 :] for key in self.store.list(prefix)]
+        return [key[len(base) + 1 :] for key in self.store.list(prefix) if key.startswith(base + "/")]
 
     def delete(self, relative: str, area: str = "tenant") -> None:
         self.store.delete(self.key(relative, area))

@@ -15,6 +15,10 @@ import dagster as dg
 TENANT_TAG = "datacreek/tenant"
 
 
+class UnknownAsset(ValueError):
+    pass
+
+
 @dataclass
 class RunSummary:
     run_id: str
@@ -47,7 +51,7 @@ def materialize_tenant(
     wanted = selection or all_keys
     unknown = sorted(set(wanted) - set(all_keys))
     if unknown:
-        raise ValueError(f"unknown asset(s): {', '.join(unknown)}; known: {', '.join(all_keys)}")
+        raise UnknownAsset(f"unknown asset(s): {', '.join(unknown)}; known: {', '.join(all_keys)}")
     token = uuid.uuid4().hex
     tags = {**tenant_tags(tenant_id, launched_by), "datacreek/launch-token": token}
     outcome: dict = {}

@@ -74,7 +74,7 @@ def tenant_data_summary(tenant_id: str, stores: TenantStores) -> dict[str, int]:
     objects = TenantObjectStore(stores.objects, tenant_id)
     object_count = sum(1 for area in TenantObjectStore.AREAS for key in objects.list(area=area) if key != SCOPE_MARKER)
     return {
-        "neo4j_nodes": stores.graph.tenant(tenant_id).counts().total_nodes(),
+        "neo4j_nodes": stores.graph.tenant(tenant_id).total_node_count(),  # soft-deleted included
         "falkordb_nodes": max(0, stores.hot_graph.node_count(tenant_id) - 1),  # minus the scope node
         "objects": object_count,
         "feature_vectors": stores.features(tenant_id).live_count() if stores.features else 0,

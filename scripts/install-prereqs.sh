@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Installs the system packages the local services need, only when missing.
+# Installs the system packages the local services need, only when missing:
+# Java 17+ (Neo4j 5.26) and Maven (fetches Neo4j from Maven Central once).
 set -euo pipefail
 missing=()
-command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
+java_major() { java -version 2>&1 | awk -F'"' '/version/ {split($2, v, "."); print v[1]; exit}'; }
+if ! command -v java >/dev/null 2>&1 || [ "$(java_major)" -lt 17 ] 2>/dev/null; then
+  missing+=(openjdk-17-jre-headless)
+fi
 command -v mvn >/dev/null 2>&1 || missing+=(maven)
 if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then

@@ -91,6 +91,11 @@ class TenantFeatures:
             return pd.DataFrame(columns=["tenant_id", "embedding_hash", "vector_fp8", "scale", "deleted",
                                          "chunk_id", "doc_id", "event_timestamp"])
 
+    @staticmethod
+    def tombstones(rows):
+        """Rows marking vectors deleted; the vector itself is not kept."""
+        return rows[["embedding_hash", "chunk_id", "doc_id"]].assign(vector_fp8=b"", scale=0.0, deleted=True)
+
     def write(self, rows) -> int:
         """Upsert rows (embedding_hash, vector_fp8, scale, deleted, chunk_id, doc_id) offline and online."""
         import pandas as pd
@@ -100,11 +105,13 @@ class TenantFeatures:
         rows = rows.copy()
         rows["tenant_id"] = self.tenant_id
         rows["event_timestamp"] = datetime.now(timezone.utc)
+        # Online first: the offline file is what the next run diffs against, so it must
+        # never claim rows the online store did not get.
+        self.store.write_to_online_store("chunk_embeddings", rows)
         current = self.stored_rows()
         kept = current[~current["embedding_hash"].isin(rows["embedding_hash"])]
         merged = pd.concat([kept, rows], ignore_index=True) if len(kept) else rows
         _write_parquet_atomically(merged, self.offline_path)
-        self.store.write_to_online_store("chunk_embeddings", rows)
         for h in rows["embedding_hash"]:
             self._cache.pop(h, None)
         return len(rows)
@@ -118,8 +125,7 @@ class TenantFeatures:
         rows = self.stored_rows()
         live = rows[~rows["deleted"].astype(bool)] if len(rows) else rows
         if len(live):
-            tombstones = live.drop(columns=["tenant_id", "event_timestamp"]).assign(deleted=True)
-            self.write(tombstones)
+            self.write(self.tombstones(live))
         if not self.offline_path.startswith("s3://"):
             Path(self.offline_path).unlink(missing_ok=True)
         self._cache.clear()
@@ -146,7 +152,7 @@ class TenantFeatures:
                 entity_rows=[{"tenant_id": self.tenant_id, "embedding_hash": h} for h in missing],
             ).to_dict()
             for h, blob, scale, deleted in zip(missing, online["vector_fp8"], online["scale"], online["deleted"]):
-                vector = None if blob is None or deleted else dequantize([blob], [scale])[0]
+                vector = None if not blob or deleted else dequantize([blob], [scale])[0]
                 result[h] = vector
                 self._cache[h] = vector
                 if len(self._cache) > self._cache_size:

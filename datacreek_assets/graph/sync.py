@@ -1,7 +1,7 @@
 """Incremental sync of a tenant's chunks into its knowledge graph.
 
-A document's *signature* is the SHA-256 of its content hash and the ids of the
-chunks it kept after tenant-wide de-duplication. Only documents whose
+A document's *signature* is the SHA-256 of the extractor version, its content
+hash and the ids of the chunks it kept after tenant-wide de-duplication. Only documents whose
 signature changed are rewritten (their old subgraph is replaced in the same
 transaction); documents gone from the inbox are soft-deleted; documents an
 operator deleted stay deleted until `undo`, even if still in the inbox.
@@ -13,7 +13,7 @@ import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 
-from datacreek_assets.graph.extraction import extract
+from datacreek_assets.graph.extraction import EXTRACTOR_VERSION, extract
 from datacreek_assets.graph_store import TenantGraph
 
 OPERATOR = "operator"
@@ -32,7 +32,7 @@ class SyncReport:
 
 
 def document_signature(content_hash: str, chunk_ids: list[str]) -> str:
-    return hashlib.sha256("\n".join([content_hash, *chunk_ids]).encode()).hexdigest()
+    return hashlib.sha256("\n".join([EXTRACTOR_VERSION, content_hash, *chunk_ids]).encode()).hexdigest()
 
 
 def build_document_rows(doc: dict, chunks: list[dict]) -> dict:

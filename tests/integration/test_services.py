@@ -46,6 +46,7 @@ def test_a_foreign_process_on_the_port_is_reported_and_left_alone(fresh):
         deadline = time.monotonic() + 20
         while not _port_open(fresh.falkordb_port) and time.monotonic() < deadline:
             time.sleep(0.2)
+        assert _port_open(fresh.falkordb_port), "the foreign redis-server did not start"
         with pytest.raises(ServiceError, match="not start"):
             FalkorDBService(fresh).up(timeout=10, progress=lambda m: None)
         assert FalkorDBService(fresh).down(progress=lambda m: None) is False

@@ -16,7 +16,10 @@ def test_asset_graph_is_grouped_by_concept(tmp_path):
     defs = build_definitions("local", LocalSettings(state_dir=tmp_path))
     graph = defs.resolve_asset_graph()
     groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
-    assert groups == {"raw_documents": "ingest", "parsed_chunks": "ingest", "knowledge_graph": "graph"}
+    assert groups == {
+        "raw_documents": "ingest", "parsed_chunks": "ingest", "knowledge_graph": "graph",
+        "sft_dataset": "datasets", "chunk_embeddings": "embeddings", "embedding_features": "embeddings",
+    }
     for key in graph.get_all_asset_keys():
         assert graph.get(key).partitions_def.name == "tenants"
     assert defs.resolve_job_def("purge_job") is not None

@@ -125,7 +125,7 @@ def embedding_features(context: dg.AssetExecutionContext, object_store: ObjectSt
     upserts = frame.loc[new_mask, ["embedding_hash", "chunk_id", "doc_id"]].assign(
         vector_fp8=blobs, scale=np.asarray(scales, dtype=np.float32), deleted=False)
     gone = sorted(live_stored - set(frame["embedding_hash"]))
-    tombstones = stored[stored["embedding_hash"].isin(gone)][["embedding_hash", "chunk_id", "doc_id", "vector_fp8", "scale"]].assign(deleted=True)
+    tombstones = features.tombstones(stored[stored["embedding_hash"].isin(gone)])
     changes = [frame for frame in (upserts, tombstones) if len(frame)]
     written = features.write(pd.concat(changes, ignore_index=True)) if changes else 0
     # read a few back through the online store and compare with the float32 vectors

@@ -17,10 +17,18 @@ def purge_soft_deleted(context: dg.OpExecutionContext, graph_store: GraphStoreRe
         tenants = [t.tenant_id for t in registry.list()]
     finally:
         registry.close()
+    failed = []
     with graph_store.admin() as admin:
         for tenant in tenants:
-            purged = admin.tenant(tenant).purge_deleted(UNDO_WINDOW)
+            try:
+                purged = admin.tenant(tenant).purge_deleted(UNDO_WINDOW)
+            except Exception as err:  # keep going: one tenant's failure must not spare the others' data
+                context.log.error(f"{tenant}: purge failed: {err}")
+                failed.append(tenant)
+                continue
             context.log.info(f"{tenant}: purged {purged} nodes")
+    if failed:
+        raise dg.Failure(f"purge failed for {len(failed)} tenant(s): {', '.join(failed)}")
 
 
 @dg.job(description="Purge soft-deleted data past the 30-day undo window.")

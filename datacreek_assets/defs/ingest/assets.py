@@ -6,11 +6,12 @@ from collections import Counter
 import dagster as dg
 
 from datacreek_assets.ingest.chunking import chunk_text, drop_exact_duplicates
-from datacreek_assets.ingest.parsing import DEFAULT_MAX_BYTES, ParsedDocument, parse_document
+from datacreek_assets.ingest.parsing import DEFAULT_MAX_BYTES, ParsedDocument, Quarantined, parse_document
+from datacreek_assets.object_store import InvalidObjectKey
 from datacreek_assets.ingest.screening import screen_text
 from datacreek_assets.partitions import tenant_partitions
 from datacreek_assets.tenancy import validate_tenant_id
-from resources.stores import ObjectStoreResource
+from resources.stores import ObjectStoreResource, TenantRegistryResource
 
 INBOX = "inbox"
 DOCUMENTS_KEY = "parsed/documents.jsonl"
@@ -34,13 +35,29 @@ class ChunkingConfig(dg.Config):
     description="Every file in tenants/<id>/inbox/ parsed to text (txt, md, html, pdf); "
     "unparseable files are quarantined with a reason.",
 )
-def raw_documents(context: dg.AssetExecutionContext, config: IngestConfig, object_store: ObjectStoreResource) -> dg.MaterializeResult:
+def raw_documents(
+    context: dg.AssetExecutionContext, config: IngestConfig, object_store: ObjectStoreResource,
+    tenant_registry: TenantRegistryResource,
+) -> dg.MaterializeResult:
     tenant = validate_tenant_id(context.partition_key)
+    registry = tenant_registry.registry()
+    try:
+        if registry.get(tenant) is None:  # a partition added by hand in the UI skips onboarding
+            raise dg.Failure(f"tenant {tenant!r} is not onboarded: run `datacreek tenant add {tenant}` first")
+    finally:
+        registry.close()
     store = object_store.for_tenant(tenant)
     parsed, quarantined = [], []
     for key in store.list(INBOX):
         doc_id = key.removeprefix(INBOX + "/")
-        result = parse_document(doc_id, store.get(key), config.max_document_bytes)
+        try:
+            size = store.size(key)  # checked before reading: a huge file is never loaded
+            data = store.get(key) if size <= config.max_document_bytes else b""
+        except InvalidObjectKey as err:  # e.g. an S3 "folder" marker or a key with '..'
+            result = Quarantined(doc_id, f"invalid object key: {err}", 0)
+        else:
+            result = (parse_document(doc_id, data, config.max_document_bytes) if size <= config.max_document_bytes
+                      else Quarantined(doc_id, f"oversized: {size} bytes > limit {config.max_document_bytes}", size))
         if isinstance(result, ParsedDocument):
             parsed.append(result)
         else:
