@@ -112,7 +112,7 @@ def lookup_comparisons(quick: bool) -> list[Comparison]:
         def offline(keys=keys, lat=offline_lat) -> int:
             from datacreek_assets.embeddings.fp8 import dequantize
 
-            path = f"{settings.offline_dir}/bench.parquet"
+            path = f"{settings.offline_dir}/chunk_embeddings/bench.parquet"
             for _ in range(calls):
                 wanted = {hashes[i] for i in rng.choice(n, keys, replace=False)}
                 start = time.perf_counter()

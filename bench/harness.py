@@ -16,6 +16,14 @@ from pathlib import Path
 from typing import Callable
 
 
+class TimeLimitExceeded(Exception):
+    """A baseline stopped at its time limit: its rate is at most units / limit."""
+
+    def __init__(self, units: int, limit_s: float):
+        super().__init__(f"stopped after {limit_s:.0f}s")
+        self.units, self.limit_s = units, limit_s
+
+
 @dataclass
 class Comparison:
     name: str
@@ -37,6 +45,7 @@ class Result:
     candidate_s: list[float] = field(default_factory=list)
     baseline_s: list[float] = field(default_factory=list)
     notes: str = ""
+    baseline_timed_out: bool = False  # then baseline_per_s is an upper bound and ratio a lower bound
 
 
 def _timed(fn: Callable[[], int], setup) -> tuple[float, int]:
@@ -49,18 +58,22 @@ def _timed(fn: Callable[[], int], setup) -> tuple[float, int]:
 
 def run_comparison(c: Comparison, progress: Callable[[str], None] = lambda m: None) -> Result:
     cand, base = [], []
+    timed_out = False
     for i in range(c.repeats):
         progress(f"{c.name}: round {i + 1}/{c.repeats}")
         seconds, units_c = _timed(c.candidate, c.setup)
         cand.append(units_c / seconds)
-        seconds_b, units_b = _timed(c.baseline, c.setup)
+        try:
+            seconds_b, units_b = _timed(c.baseline, c.setup)
+        except TimeLimitExceeded as stop:
+            seconds_b, units_b, timed_out = stop.limit_s, stop.units, True
         base.append(units_b / seconds_b)
         if units_c != units_b:
             raise AssertionError(f"{c.name}: candidate did {units_c} {c.unit}, baseline {units_b}: not the same work")
     cand_rate, base_rate = statistics.median(cand), statistics.median(base)
     notes = c.notes() if callable(c.notes) else c.notes
     return Result(c.name, c.unit, cand_rate, base_rate, cand_rate / base_rate,
-                  [round(x, 2) for x in cand], [round(x, 2) for x in base], notes)
+                  [round(x, 2) for x in cand], [round(x, 2) for x in base], notes, timed_out)
 
 
 def format_table(results: list[Result]) -> str:
@@ -68,7 +81,9 @@ def format_table(results: list[Result]) -> str:
     lines = [header, "-" * len(header)]
     for r in results:
         lines.append(
-            f"{r.name:<44} {r.candidate_per_s:>11.1f} {r.unit[:3]}/s {r.baseline_per_s:>11.1f} {r.unit[:3]}/s {r.ratio:>7.1f}x"
+            f"{r.name:<44} {r.candidate_per_s:>11.1f} {r.unit[:3]}/s "
+            f"{'<' if r.baseline_timed_out else ' '}{r.baseline_per_s:>10.2f} {r.unit[:3]}/s "
+            f"{'>' if r.baseline_timed_out else ' '}{r.ratio:>6.1f}x"
         )
     return "\n".join(lines)
 

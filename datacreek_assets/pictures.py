@@ -43,3 +43,64 @@ def bipartite_picture(edges: list[tuple[str, str]], title: str) -> bytes:
     ax.axis("off")
     ax.set_title(title, fontsize=9)
     return figure_png(fig)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def persistence_picture(points: list[tuple[int, float, float]], title: str) -> bytes:
+    """Persistence diagram: birth vs death per homology dimension; infinite deaths on the top line."""
+    plt = _plt()
+    finite = [e for _, _, e in points if e != float("inf")] + [b for _, b, _ in points] + [1e-3]
+    top = max(finite) * 1.1
+    fig, ax = plt.subplots(figsize=(5, 5))
+    colours = {0: "#36a", 1: "#c63", 2: "#393"}
+    for dim in (0, 1, 2):
+        xs = [b for d, b, _ in points if d == dim]
+        ys = [e if e != float("inf") else top for d, _, e in points if d == dim]
+        if xs:
+            ax.scatter(xs, ys, s=10, color=colours[dim], label=f"H{dim} ({len(xs)})", alpha=0.7)
+    ax.plot([0, top], [0, top], color="#888", linewidth=0.8)
+    ax.axhline(top, color="#aaa", linestyle=":", linewidth=0.8)
+    ax.set_xlabel("birth (radius)")
+    ax.set_ylabel("death (radius); dotted line = never dies")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    return figure_png(fig)
+
+
+def scatter_picture(coordinates, labels: list[str], title: str) -> bytes:
+    """2-D lens coloured by document (legend for up to 12 documents)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    names = sorted(set(labels))
+    cmap = plt.get_cmap("tab20", max(1, len(names)))
+    for k, name in enumerate(names):
+        idx = [i for i, lab in enumerate(labels) if lab == name]
+        ax.scatter(coordinates[idx, 0], coordinates[idx, 1], s=12, color=cmap(k), label=name if len(names) <= 12 else None)
+    if len(names) <= 12:
+        ax.legend(fontsize=6, loc="best")
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return figure_png(fig)
+
+
+def mapper_picture(node_xy, node_sizes, edges, title: str) -> bytes:
+    """Mapper graph drawn at each cluster's mean lens position, node size = members."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for a, b in edges:
+        ax.plot([node_xy[a][0], node_xy[b][0]], [node_xy[a][1], node_xy[b][1]], color="#999", linewidth=0.7, zorder=1)
+    ax.scatter([p[0] for p in node_xy], [p[1] for p in node_xy], s=[10 + 6 * n for n in node_sizes],
+               color="#c63", alpha=0.8, zorder=2)
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return figure_png(fig)

@@ -101,7 +101,8 @@ def remove_tenant(tenant_id: str, stores: TenantStores, instance: DagsterInstanc
     TenantObjectStore(stores.objects, tenant_id).delete_all()
     report.steps.append("object-store prefix")
     if stores.features:
-        stores.features(tenant_id).drop_all()
+        for view in ("chunk_embeddings", "chunk_topology"):
+            stores.features(tenant_id, view=view).drop_all()
         report.steps.append("feature store")
     stores.registry.remove(tenant_id)
     report.steps.append("registry")

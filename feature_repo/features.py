@@ -12,15 +12,17 @@ from feast import Entity, FeatureView, Field, FileSource, ValueType
 from feast.types import Bool, Bytes, Float32, String
 
 FEATURE_VIEW = "chunk_embeddings"
-FEATURES = ("vector_fp8", "scale", "deleted", "chunk_id", "doc_id")
+TOPOLOGY_VIEW = "chunk_topology"
 
 
-def definitions(offline_path: str) -> list:
+def definitions(offline_dir: str) -> list:
+    """Entities and feature views; each view reads ``<offline_dir>/<view name>/``."""
     tenant = Entity(name="tenant", join_keys=["tenant_id"], value_type=ValueType.STRING,
                     description="validated tenant id")
     embedding = Entity(name="embedding", join_keys=["embedding_hash"], value_type=ValueType.STRING,
                        description="SHA-256 of the embedding model id and the chunk's normalised text")
-    source = FileSource(name="chunk_embeddings_source", path=offline_path, timestamp_field="event_timestamp")
+    source = FileSource(name="chunk_embeddings_source", path=f"{offline_dir}/{FEATURE_VIEW}",
+                        timestamp_field="event_timestamp")
     view = FeatureView(
         name=FEATURE_VIEW,
         entities=[tenant, embedding],
@@ -35,4 +37,19 @@ def definitions(offline_path: str) -> list:
         source=source,
         online=True,
     )
-    return [tenant, embedding, view]
+    topology = FeatureView(
+        name=TOPOLOGY_VIEW,
+        entities=[tenant, embedding],
+        ttl=timedelta(0),
+        schema=[
+            Field(name="doc_signature", dtype=Bytes,
+                  description="512-bit MinHash of the chunk's document persistence diagram (H0-H2)"),
+            Field(name="deleted", dtype=Bool),
+            Field(name="chunk_id", dtype=String),
+            Field(name="doc_id", dtype=String),
+        ],
+        source=FileSource(name="chunk_topology_source", path=f"{offline_dir}/{TOPOLOGY_VIEW}",
+                          timestamp_field="event_timestamp"),
+        online=True,
+    )
+    return [tenant, embedding, view, topology]

@@ -133,8 +133,8 @@ class FeatureStoreResource(dg.ConfigurableResource):
             raise dg.DagsterInvalidConfigError(f"online store must be sqlite or redis, not {self.online_type!r}", [], self.online_type)
         return FeatureStoreSettings(registry=self.registry, offline_dir=self.offline_dir, online=online)
 
-    def for_tenant(self, tenant_id: str, metrics=None):
+    def for_tenant(self, tenant_id: str, metrics=None, view: str = "chunk_embeddings"):
         from datacreek_assets.embeddings.feature_store import TenantFeatures, open_feature_store
 
         settings = self.settings()
-        return TenantFeatures(open_feature_store(settings), settings, tenant_id, metrics)
+        return TenantFeatures(open_feature_store(settings), settings, tenant_id, metrics, view=view)

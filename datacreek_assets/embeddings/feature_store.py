@@ -52,7 +52,8 @@ def open_feature_store(settings: FeatureStoreSettings):
     from feature_repo.features import definitions
 
     if not settings.offline_dir.startswith("s3://"):
-        Path(settings.offline_dir).mkdir(parents=True, exist_ok=True)
+        for view in ("chunk_embeddings", "chunk_topology"):
+            Path(settings.offline_dir, view).mkdir(parents=True, exist_ok=True)
         Path(settings.registry).parent.mkdir(parents=True, exist_ok=True)
     key = repr(settings)
     if key not in _applied:
@@ -67,7 +68,9 @@ class TenantFeatures:
     every key, so no call can read or write another tenant's rows."""
 
     def __init__(self, store, settings: FeatureStoreSettings, tenant_id: str,
-                 metrics: FeatureCacheMetrics | None = None, cache_size: int = 100_000):
+                 metrics: FeatureCacheMetrics | None = None, cache_size: int = 100_000,
+                 view: str = "chunk_embeddings"):
+        self.view = view
         self.store = store
         self.settings = settings
         self.tenant_id = validate_tenant_id(tenant_id)
@@ -79,7 +82,7 @@ class TenantFeatures:
 
     @property
     def offline_path(self) -> str:
-        return f"{self.settings.offline_dir.rstrip('/')}/{self.tenant_id}.parquet"
+        return f"{self.settings.offline_dir.rstrip('/')}/{self.view}/{self.tenant_id}.parquet"
 
     def stored_rows(self):
         """The tenant's offline rows (an empty frame before the first write)."""
@@ -88,13 +91,13 @@ class TenantFeatures:
         try:
             return pd.read_parquet(self.offline_path)
         except FileNotFoundError:
-            return pd.DataFrame(columns=["tenant_id", "embedding_hash", "vector_fp8", "scale", "deleted",
-                                         "chunk_id", "doc_id", "event_timestamp"])
+            return pd.DataFrame(columns=["tenant_id", "embedding_hash", "deleted", "chunk_id", "doc_id",
+                                         "event_timestamp"])
 
-    @staticmethod
-    def tombstones(rows):
-        """Rows marking vectors deleted; the vector itself is not kept."""
-        return rows[["embedding_hash", "chunk_id", "doc_id"]].assign(vector_fp8=b"", scale=0.0, deleted=True)
+    def tombstones(self, rows):
+        """Rows marking features deleted; the feature values themselves are not kept."""
+        empty = {"vector_fp8": b"", "scale": 0.0} if self.view == "chunk_embeddings" else {"doc_signature": b""}
+        return rows[["embedding_hash", "chunk_id", "doc_id"]].assign(**empty, deleted=True)
 
     def write(self, rows) -> int:
         """Upsert rows (embedding_hash, vector_fp8, scale, deleted, chunk_id, doc_id) offline and online."""
@@ -107,7 +110,7 @@ class TenantFeatures:
         rows["event_timestamp"] = datetime.now(timezone.utc)
         # Online first: the offline file is what the next run diffs against, so it must
         # never claim rows the online store did not get.
-        self.store.write_to_online_store("chunk_embeddings", rows)
+        self.store.write_to_online_store(self.view, rows)
         current = self.stored_rows()
         kept = current[~current["embedding_hash"].isin(rows["embedding_hash"])]
         merged = pd.concat([kept, rows], ignore_index=True) if len(kept) else rows
@@ -147,17 +150,27 @@ class TenantFeatures:
         if missing:
             self.misses += len(missing)
             self.metrics.misses.labels(tenant=self.tenant_id).inc(len(missing))
-            online = self.store.get_online_features(
-                features=["chunk_embeddings:vector_fp8", "chunk_embeddings:scale", "chunk_embeddings:deleted"],
-                entity_rows=[{"tenant_id": self.tenant_id, "embedding_hash": h} for h in missing],
-            ).to_dict()
-            for h, blob, scale, deleted in zip(missing, online["vector_fp8"], online["scale"], online["deleted"]):
-                vector = None if not blob or deleted else dequantize([blob], [scale])[0]
+            for h, row in zip(missing, self.online_rows(missing, ["vector_fp8", "scale"])):
+                vector = None if row is None or not row["vector_fp8"] else dequantize([row["vector_fp8"]], [row["scale"]])[0]
                 result[h] = vector
                 self._cache[h] = vector
                 if len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
         return result
+
+    def online_rows(self, hashes: list[str], features: list[str]) -> list[dict | None]:
+        """Raw online feature values of this view for the tenant's hashes (None: unknown or deleted)."""
+        online = self.store.get_online_features(
+            features=[f"{self.view}:{name}" for name in (*features, "deleted")],
+            entity_rows=[{"tenant_id": self.tenant_id, "embedding_hash": h} for h in hashes],
+        ).to_dict()
+        rows = []
+        for i in range(len(hashes)):
+            if online["deleted"][i] is None or online["deleted"][i]:
+                rows.append(None)
+            else:
+                rows.append({name: online[name][i] for name in features})
+        return rows
 
     @property
     def hit_rate(self) -> float:

@@ -7,6 +7,7 @@ import dagster as dg
 import pytest
 
 from datacreek_assets.defs import build_definitions
+from datacreek_assets.defs.embeddings.assets import read_vectors
 from datacreek_assets.demo_corpus import write_demo_corpus
 from datacreek_assets.object_store import TenantObjectStore
 from datacreek_assets.runner import TENANT_TAG, materialize_tenant
@@ -77,9 +78,25 @@ def test_every_asset_materializes_for_a_small_tenant(services, local_resources, 
     assert feats["rows_written"] == emb["vectors"] and feats["online_probe_found"] == "8/8"
     assert second.metadata["embedding_features"]["rows_written"] == 0
 
-    # a document leaves the inbox: its graph data, vectors and dataset records go with it
-    from datacreek_assets.defs.embeddings.assets import read_vectors
+    # topology: diagrams, signatures in the feature store, a lens with its T, a Mapper graph with its check
+    sketches = first.metadata["persistence_sketches"]
+    assert sketches["points"] == emb["vectors"] and sketches["signature_rows_written"] == emb["vectors"]
+    assert sketches["diagram_points"]["H0"] == emb["vectors"]
+    assert "data:image/png;base64," in sketches["persistence_diagram"]
+    topo = local_resources["feature_store"].for_tenant(TENANT, view="chunk_topology")
+    probe = topo.online_rows(list(read_vectors(objects)[0]["embedding_hash"][:3]), ["doc_signature"])
+    assert all(row is not None and len(row["doc_signature"]) == 64 for row in probe)
+    lens = first.metadata["umap_lens"]
+    assert set(lens["candidates"]) >= {"pca", "umap(n_neighbors=15, min_dist=0.1)"}
+    assert all(0 <= c["T"] <= 1 for c in lens["candidates"].values())
+    assert "data:image/png;base64," in lens["lens"]
+    mapper = first.metadata["mapper_graph"]
+    assert mapper["clusters"] > 0 and len(mapper["bootstrap_cluster_counts"]) == 20
+    checks = instance.get_latest_asset_check_evaluation_record(
+        dg.AssetCheckKey(dg.AssetKey("mapper_graph"), "mapper_stability"), partition=TENANT)
+    assert checks is not None and checks.event.passed == (mapper["cluster_count_cv"] <= 0.05)
 
+    # a document leaves the inbox: its graph data, vectors and dataset records go with it
     frame, _ = read_vectors(objects)
     gone_doc = sorted(set(frame["doc_id"]))[0]
     gone_hashes = list(frame.loc[frame["doc_id"] == gone_doc, "embedding_hash"])

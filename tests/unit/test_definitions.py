@@ -19,6 +19,7 @@ def test_asset_graph_is_grouped_by_concept(tmp_path):
     assert groups == {
         "raw_documents": "ingest", "parsed_chunks": "ingest", "knowledge_graph": "graph",
         "sft_dataset": "datasets", "chunk_embeddings": "embeddings", "embedding_features": "embeddings",
+        "persistence_sketches": "topology", "umap_lens": "topology", "mapper_graph": "topology",
     }
     for key in graph.get_all_asset_keys():
         assert graph.get(key).partitions_def.name == "tenants"

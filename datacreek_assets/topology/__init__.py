@@ -1,0 +1,1 @@
+"""Topological sketches of a tenant's embeddings. No Dagster here."""

@@ -1,0 +1,71 @@
+"""Lens selection: candidate 2-D lenses scored by trustworthiness.
+
+Candidates are PCA and UMAP with a few n_neighbors/min_dist settings.
+Trustworthiness T (sklearn, k nearest neighbours) measures how many of a
+point's lens neighbours are real neighbours; the best lens with T above the
+threshold is chosen, and none is chosen when no candidate reaches it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+THRESHOLD = 0.95
+UMAP_SETTINGS = [(5, 0.0), (15, 0.1), (30, 0.3)]
+
+
+@dataclass
+class Lens:
+    name: str
+    coordinates: np.ndarray
+    trustworthiness: float
+    seconds: float
+
+
+@dataclass
+class LensChoice:
+    candidates: list[Lens]
+    chosen: Lens | None
+    threshold: float = THRESHOLD
+    notes: list[str] = field(default_factory=list)
+
+
+def pca_lens(vectors: np.ndarray) -> np.ndarray:
+    from datacreek_assets.topology.persistence import project
+
+    coords, _ = project(vectors, 2)
+    return coords if coords.shape[1] == 2 else np.pad(coords, ((0, 0), (0, 2 - coords.shape[1])))
+
+
+def umap_lens(vectors: np.ndarray, n_neighbors: int, min_dist: float, seed: int = 42) -> np.ndarray:
+    import umap  # numba-compiled on first use in a process (~1 min); NUMBA_CACHE_DIR keeps the result
+
+    model = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, len(vectors) - 1), min_dist=min_dist,
+                      metric="cosine", random_state=seed, n_jobs=1, init="spectral" if len(vectors) > 20 else "random")
+    return model.fit_transform(vectors)
+
+
+def score(vectors: np.ndarray, coordinates: np.ndarray, k: int) -> float:
+    from sklearn.manifold import trustworthiness
+
+    return float(trustworthiness(vectors, coordinates, n_neighbors=min(k, (len(vectors) - 1) // 2), metric="cosine"))
+
+
+def choose_lens(vectors: np.ndarray, k: int = 10, use_umap: bool = True, threshold: float = THRESHOLD) -> LensChoice:
+    builders = [("pca", lambda: pca_lens(vectors))]
+    if use_umap and len(vectors) > 10:
+        builders += [(f"umap(n_neighbors={n}, min_dist={d})", lambda n=n, d=d: umap_lens(vectors, n, d))
+                     for n, d in UMAP_SETTINGS]
+    candidates = []
+    for name, build in builders:
+        start = time.perf_counter()
+        coords = build()
+        candidates.append(Lens(name, coords, score(vectors, coords, k), time.perf_counter() - start))
+    passing = [c for c in candidates if c.trustworthiness > threshold]
+    chosen = max(passing, key=lambda c: c.trustworthiness) if passing else None
+    notes = [] if chosen else [f"no lens reached T > {threshold}: best was "
+                               f"{max(candidates, key=lambda c: c.trustworthiness).name}"]
+    return LensChoice(candidates, chosen, threshold, notes)
