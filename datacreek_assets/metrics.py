@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import weakref
+
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
 
 class FeatureCacheMetrics:
     """``feature_cache_hits_total{tenant}`` and ``feature_cache_misses_total{tenant}``."""
 
-    _shared: dict[int, "FeatureCacheMetrics"] = {}
+    # keyed by the registry object itself (weakly): id()s are reused once a registry is collected
+    _shared: "weakref.WeakKeyDictionary[CollectorRegistry, FeatureCacheMetrics]" = weakref.WeakKeyDictionary()
 
     def __init__(self, registry: CollectorRegistry = REGISTRY):
         self.hits = Counter("feature_cache_hits", "Feature lookups served from the lookup cache", ["tenant"], registry=registry)
@@ -17,6 +20,6 @@ class FeatureCacheMetrics:
     @classmethod
     def for_registry(cls, registry: CollectorRegistry = REGISTRY) -> "FeatureCacheMetrics":
         # a collector can be registered once per registry
-        if id(registry) not in cls._shared:
-            cls._shared[id(registry)] = cls(registry)
-        return cls._shared[id(registry)]
+        if registry not in cls._shared:
+            cls._shared[registry] = cls(registry)
+        return cls._shared[registry]
