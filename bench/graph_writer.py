@@ -43,7 +43,7 @@ def comparisons(quick: bool = False) -> list[Comparison]:
     admin = _admin_cm.__enter__()
     admin.create_scope(TENANT)
     graph = admin.tenant(TENANT)
-    docs = synthetic_docs(10 if quick else 40, 10)
+    docs = synthetic_docs(10 if quick else 100, 10)  # a 100-document tenant
     n = rows(docs)
 
     def batched() -> int:

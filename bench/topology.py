@@ -40,16 +40,23 @@ def _child(points, queue):
 
 
 def rips_with_limit(points: np.ndarray, limit: float = LIMIT_S) -> int:
-    ctx = mp.get_context("fork")
+    # spawn, not fork: the parent already runs torch/OpenMP threads, and a forked child can deadlock
+    ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     child = ctx.Process(target=_child, args=(points, queue))
+    started = time.perf_counter()
     child.start()
     child.join(limit)
     if child.is_alive():
         child.kill()
         child.join()
         raise TimeLimitExceeded(len(points), limit)
-    return queue.get()
+    if child.exitcode != 0:
+        raise RuntimeError(f"the Rips baseline crashed (exit code {child.exitcode})")
+    units = queue.get(timeout=10)
+    if time.perf_counter() - started > limit:
+        raise TimeLimitExceeded(len(points), limit)
+    return units
 
 
 def comparisons(quick: bool = False) -> list[Comparison]:

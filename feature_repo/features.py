@@ -15,14 +15,14 @@ FEATURE_VIEW = "chunk_embeddings"
 TOPOLOGY_VIEW = "chunk_topology"
 
 
-def definitions(offline_dir: str) -> list:
+def definitions(offline_dir: str, s3_endpoint: str | None = None) -> list:
     """Entities and feature views; each view reads ``<offline_dir>/<view name>/``."""
     tenant = Entity(name="tenant", join_keys=["tenant_id"], value_type=ValueType.STRING,
                     description="validated tenant id")
     embedding = Entity(name="embedding", join_keys=["embedding_hash"], value_type=ValueType.STRING,
                        description="SHA-256 of the embedding model id and the chunk's normalised text")
     source = FileSource(name="chunk_embeddings_source", path=f"{offline_dir}/{FEATURE_VIEW}",
-                        timestamp_field="event_timestamp")
+                        timestamp_field="event_timestamp", s3_endpoint_override=s3_endpoint)
     view = FeatureView(
         name=FEATURE_VIEW,
         entities=[tenant, embedding],
@@ -49,7 +49,7 @@ def definitions(offline_dir: str) -> list:
             Field(name="doc_id", dtype=String),
         ],
         source=FileSource(name="chunk_topology_source", path=f"{offline_dir}/{TOPOLOGY_VIEW}",
-                          timestamp_field="event_timestamp"),
+                          timestamp_field="event_timestamp", s3_endpoint_override=s3_endpoint),
         online=True,
     )
     return [tenant, embedding, view, topology]

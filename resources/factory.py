@@ -61,6 +61,7 @@ def build_resources(profile: str, settings: LocalSettings | None = None) -> dict
                 offline_dir=dg.EnvVar("DATACREEK_FEAST_OFFLINE_URI"),  # s3://bucket/feast/offline
                 online_type="redis",
                 online_connection=dg.EnvVar("DATACREEK_FEAST_REDIS"),
+                s3_endpoint=dg.EnvVar("DATACREEK_S3_ENDPOINT_URL"),
             ),
         }
     raise ConfigError(f"unknown profile {profile!r}")

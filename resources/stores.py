@@ -121,6 +121,7 @@ class FeatureStoreResource(dg.ConfigurableResource):
     online_type: str = "sqlite"  # sqlite | redis
     online_path: str = ""  # sqlite file
     online_connection: str = ""  # redis "host:port[,password=...]"
+    s3_endpoint: str = ""  # for an s3:// offline_dir on a custom endpoint
 
     def settings(self):
         from datacreek_assets.embeddings.feature_store import FeatureStoreSettings
@@ -131,7 +132,8 @@ class FeatureStoreResource(dg.ConfigurableResource):
             online = {"type": "redis", "connection_string": self.online_connection}
         else:
             raise dg.DagsterInvalidConfigError(f"online store must be sqlite or redis, not {self.online_type!r}", [], self.online_type)
-        return FeatureStoreSettings(registry=self.registry, offline_dir=self.offline_dir, online=online)
+        return FeatureStoreSettings(registry=self.registry, offline_dir=self.offline_dir, online=online,
+                                    s3_endpoint=self.s3_endpoint)
 
     def for_tenant(self, tenant_id: str, metrics=None, view: str = "chunk_embeddings"):
         from datacreek_assets.embeddings.feature_store import TenantFeatures, open_feature_store

@@ -26,8 +26,17 @@ PROJECT = "datacreek"
 @dataclass(frozen=True)
 class FeatureStoreSettings:
     registry: str  # file path or s3:// URI of the Feast registry
-    offline_dir: str  # directory (or s3:// prefix) holding one parquet file per tenant
+    offline_dir: str  # directory (or s3:// prefix) holding one parquet file per tenant and view
     online: dict = field(default_factory=dict)  # Feast online_store config
+    s3_endpoint: str = ""  # custom S3 endpoint (MinIO, moto); empty for AWS
+
+    def filesystem(self, path: str):
+        """(pyarrow filesystem, path) for a local or s3:// path, as Feast's file source resolves it."""
+        from pyarrow import fs
+
+        if path.startswith("s3://"):
+            return fs.S3FileSystem(endpoint_override=self.s3_endpoint or None, region="us-east-1"), path[len("s3://"):]
+        return fs.LocalFileSystem(), path
 
     def repo_config(self):
         from feast.repo_config import RepoConfig
@@ -58,7 +67,7 @@ def open_feature_store(settings: FeatureStoreSettings):
     key = repr(settings)
     if key not in _applied:
         store = FeatureStore(config=settings.repo_config(), repo_path=str(Path(__file__).resolve().parents[2] / "feature_repo"))
-        store.apply(definitions(settings.offline_dir))
+        store.apply(definitions(settings.offline_dir, settings.s3_endpoint or None))
         _applied[key] = store
     return _applied[key]
 
@@ -87,10 +96,12 @@ class TenantFeatures:
     def stored_rows(self):
         """The tenant's offline rows (an empty frame before the first write)."""
         import pandas as pd
+        from pyarrow import fs
 
-        try:
-            return pd.read_parquet(self.offline_path)
-        except FileNotFoundError:
+        filesystem, path = self.settings.filesystem(self.offline_path)
+        if filesystem.get_file_info(path).type != fs.FileType.NotFound:
+            return pd.read_parquet(path, filesystem=filesystem)
+        else:
             return pd.DataFrame(columns=["tenant_id", "embedding_hash", "deleted", "chunk_id", "doc_id",
                                          "event_timestamp"])
 
@@ -114,7 +125,7 @@ class TenantFeatures:
         current = self.stored_rows()
         kept = current[~current["embedding_hash"].isin(rows["embedding_hash"])]
         merged = pd.concat([kept, rows], ignore_index=True) if len(kept) else rows
-        _write_parquet_atomically(merged, self.offline_path)
+        _write_parquet_atomically(merged, *self.settings.filesystem(self.offline_path))
         for h in rows["embedding_hash"]:
             self._cache.pop(h, None)
         return len(rows)
@@ -129,8 +140,11 @@ class TenantFeatures:
         live = rows[~rows["deleted"].astype(bool)] if len(rows) else rows
         if len(live):
             self.write(self.tombstones(live))
-        if not self.offline_path.startswith("s3://"):
-            Path(self.offline_path).unlink(missing_ok=True)
+        from pyarrow import fs
+
+        filesystem, path = self.settings.filesystem(self.offline_path)
+        if filesystem.get_file_info(path).type != fs.FileType.NotFound:
+            filesystem.delete_file(path)
         self._cache.clear()
         return len(live)
 
@@ -178,9 +192,11 @@ class TenantFeatures:
         return self.hits / total if total else 0.0
 
 
-def _write_parquet_atomically(frame, path: str) -> None:
-    if path.startswith("s3://"):
-        frame.to_parquet(path, index=False)  # an S3 PUT replaces the object atomically
+def _write_parquet_atomically(frame, filesystem, path: str) -> None:
+    from pyarrow import fs
+
+    if not isinstance(filesystem, fs.LocalFileSystem):
+        frame.to_parquet(path, index=False, filesystem=filesystem)  # an S3 PUT replaces the object atomically
         return
     target = Path(path)
     tmp = target.parent / f".{target.name}.tmp"  # dot files are ignored by parquet readers

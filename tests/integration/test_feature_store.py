@@ -24,11 +24,18 @@ def rows_for(texts, seed):
     return frame, vectors
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def feast_settings(request, tmp_path, services):
-    online = ({"type": "sqlite", "path": str(tmp_path / "online.db")} if request.param == "sqlite"
-              else {"type": "redis", "connection_string": f"127.0.0.1:{services.falkordb_port}"})
-    return FeatureStoreSettings(registry=str(tmp_path / "registry.db"), offline_dir=str(tmp_path / "offline"), online=online)
+@pytest.fixture(params=["local: sqlite online", "prod: redis online, s3 offline"])
+def feast_settings(request, tmp_path, services, s3_endpoint):
+    if request.param.startswith("local"):
+        return FeatureStoreSettings(registry=str(tmp_path / "registry.db"), offline_dir=str(tmp_path / "offline"),
+                                    online={"type": "sqlite", "path": str(tmp_path / "online.db")})
+    import boto3
+
+    bucket = "feast-" + tmp_path.name.lower().replace("_", "-")[-40:].strip("-")
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    return FeatureStoreSettings(
+        registry=str(tmp_path / "registry.db"), offline_dir=f"s3://{bucket}/offline", s3_endpoint=s3_endpoint,
+        online={"type": "redis", "connection_string": f"127.0.0.1:{services.falkordb_port}"})
 
 
 def test_lookups_return_the_right_vectors_and_never_cross_tenants(feast_settings):
@@ -50,8 +57,15 @@ def test_lookups_return_the_right_vectors_and_never_cross_tenants(feast_settings
     # b knows nothing of a's other hashes, and a's copy of the shared text is a's own
     assert b.lookup(list(frame_a["embedding_hash"][1:])) == {h: None for h in frame_a["embedding_hash"][1:]}
     assert np.abs(a.lookup([shared])[shared] - vectors_a[0]).max() < 0.01
-    offline = pd.read_parquet(a.offline_path)
+    offline = a.stored_rows()  # read back from the offline store (a directory or S3)
     assert set(offline["tenant_id"]) == {"feat-a"} and len(offline) == 3
+    # Feast's own offline retrieval reads the same files
+    history = store.get_historical_features(
+        entity_df=pd.DataFrame({"tenant_id": ["feat-a"], "embedding_hash": [frame_a["embedding_hash"][1]],
+                                "event_timestamp": [pd.Timestamp.now(tz="UTC")]}),
+        features=["chunk_embeddings:scale"]).to_df()
+    assert history["scale"].iloc[0] == pytest.approx(float(frame_a["scale"][1]))
+    assert a.drop_all() == 3 and a.stored_rows().empty and a.lookup([shared])[shared] is None
 
 
 def test_cache_hits_misses_and_hit_rate(feast_settings):
