@@ -88,9 +88,10 @@ def ensure_dagster_home(home: Path) -> Path:
         config.write_text(
             "# Local profile: SQLite run/event/schedule storage in this directory.\n"
             "telemetry:\n  enabled: false\n"
+            "# every run gets datacreek/tenant (from its partition) before it is queued\n"
             "run_coordinator:\n"
-            "  module: dagster.core.run_coordinator\n"
-            "  class: QueuedRunCoordinator\n"
+            "  module: datacreek_assets.run_coordinator\n"
+            "  class: TenantTaggingRunCoordinator\n"
             "  config:\n"
             "    max_concurrent_runs: 4\n"
             "    tag_concurrency_limits:\n"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import DateTime, String, create_engine, delete, select
+from sqlalchemy import DateTime, Integer, String, create_engine, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -21,6 +21,24 @@ class TenantRow(_Base):
     __tablename__ = "tenants"
     tenant_id: Mapped[str] = mapped_column(String(40), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class TenantChangeRow(_Base):
+    """Append-only log of registry changes: what the partition-sync sensor follows with a
+    watermark (the last ``seq`` it applied) instead of keeping the tenant set in its cursor."""
+
+    __tablename__ = "tenant_changes"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(String(40))
+    change: Mapped[str] = mapped_column(String(8))  # added | removed
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+@dataclass(frozen=True)
+class TenantChange:
+    seq: int
+    tenant_id: str
+    change: str
 
 
 @dataclass(frozen=True)
@@ -42,7 +60,9 @@ class TenantRegistry:
         with Session(self.engine) as session:
             if session.get(TenantRow, tenant_id) is not None:
                 return False
-            session.add(TenantRow(tenant_id=tenant_id, created_at=datetime.now(timezone.utc)))
+            now = datetime.now(timezone.utc)
+            session.add(TenantRow(tenant_id=tenant_id, created_at=now))
+            session.add(TenantChangeRow(tenant_id=tenant_id, change="added", at=now))
             try:
                 session.commit()
             except IntegrityError:  # a concurrent add won the race: still harmless
@@ -58,6 +78,7 @@ class TenantRegistry:
             existing = set(session.scalars(select(TenantRow.tenant_id).where(TenantRow.tenant_id.in_(tenant_ids))))
             new = sorted(set(tenant_ids) - existing)
             session.add_all(TenantRow(tenant_id=t, created_at=now) for t in new)
+            session.add_all(TenantChangeRow(tenant_id=t, change="added", at=now) for t in new)
             session.commit()
         return len(new)
 
@@ -76,8 +97,18 @@ class TenantRegistry:
         validate_tenant_id(tenant_id)
         with Session(self.engine) as session:
             result = session.execute(delete(TenantRow).where(TenantRow.tenant_id == tenant_id))
+            if result.rowcount > 0:
+                session.add(TenantChangeRow(tenant_id=tenant_id, change="removed", at=datetime.now(timezone.utc)))
             session.commit()
             return result.rowcount > 0
+
+    def changes_since(self, seq: int, limit: int = 1000) -> list[TenantChange]:
+        """Registry changes after watermark ``seq``, oldest first."""
+        with Session(self.engine) as session:
+            rows = session.scalars(
+                select(TenantChangeRow).where(TenantChangeRow.seq > seq).order_by(TenantChangeRow.seq).limit(limit)
+            )
+            return [TenantChange(r.seq, r.tenant_id, r.change) for r in rows]
 
     def close(self) -> None:
         self.engine.dispose()

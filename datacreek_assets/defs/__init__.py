@@ -13,6 +13,7 @@ def build_definitions(profile: str | None = None, settings: LocalSettings | None
     from datacreek_assets.defs.embeddings import definitions as embedding_defs
     from datacreek_assets.defs.graph import definitions as graph_defs
     from datacreek_assets.defs.ingest import definitions as ingest_defs
+    from datacreek_assets.defs.tenants import definitions as tenant_defs
     from datacreek_assets.defs.topology import definitions as topology_defs
     from resources.factory import build_resources
 
@@ -23,5 +24,6 @@ def build_definitions(profile: str | None = None, settings: LocalSettings | None
         dataset_defs(),
         embedding_defs(),
         topology_defs(),
+        tenant_defs(),
         dg.Definitions(resources=build_resources(profile, settings)),
     )

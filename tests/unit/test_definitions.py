@@ -24,6 +24,7 @@ def test_asset_graph_is_grouped_by_concept(tmp_path):
     for key in graph.get_all_asset_keys():
         assert graph.get(key).partitions_def.name == "tenants"
     assert defs.resolve_job_def("purge_job") is not None
+    assert defs.resolve_sensor_def("tenant_partitions_sync") is not None
 
 
 def test_prod_profile_uses_env_vars_not_local_paths():
