@@ -56,6 +56,7 @@ def handle_errors(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        from datacreek_assets.backfills import BackfillError, WebserverUnavailable
         from datacreek_assets.local_services import ServiceError
         from datacreek_assets.object_store import InvalidObjectKey
         from datacreek_assets.runner import UnknownAsset
@@ -67,9 +68,11 @@ def handle_errors(func):
             _fail(err, EXIT_BAD_INPUT)
         except TenantHasData as err:
             _fail(err, EXIT_REFUSED)
-        except (ServiceError, ConfigError) as err:
+        except (ServiceError, ConfigError, WebserverUnavailable) as err:
             _fail(err, EXIT_UNAVAILABLE)
-        except SystemExit:
+        except BackfillError as err:
+            _fail(err, EXIT_FAILED)
+        except (SystemExit, click.ClickException):
             raise
         except Exception as err:  # a store or driver said no: one line, not a stack trace
             code = EXIT_UNAVAILABLE if _is_service_error(err) else EXIT_FAILED
@@ -296,6 +299,68 @@ def _materialize(obj: Context, tenant_id: str, selection):
     status = "succeeded" if summary.success else "FAILED"
     click.echo(f"run {summary.run_id} {status} in {summary.seconds:.1f}s")
     return summary
+
+
+# ---------------------------------------------------------------- backfill
+@cli.command()
+@click.option("--tenants", default="", help="Comma-separated tenant ids.")
+@click.option("--all", "all_tenants", is_flag=True, help="Every registered tenant.")
+@click.option("--select", default="", help="Comma-separated asset keys (default: every asset).")
+@click.option("--retry-failed", is_flag=True, help="Re-run only what failed in the last backfill launched from here.")
+@click.option("--url", default="http://127.0.0.1:3000", show_default=True, help="Dagster webserver (make dev).")
+@click.option("--timeout", default=3600.0, show_default=True, help="Seconds to wait for the backfill.")
+@click.pass_obj
+@handle_errors
+def backfill(obj: Context, tenants: str, all_tenants: bool, select: str, retry_failed: bool, url: str, timeout: float) -> None:
+    """Launch a Dagster backfill over tenant partitions (one run per tenant), follow it to the
+    end and report each tenant. Exit 0 when every tenant succeeded, 1 when any failed."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from datacreek_assets.backfills import DagsterWebClient
+
+    client = DagsterWebClient(url)
+    record = obj.settings.state_dir / "backfills" / "last.json"
+    if retry_failed:
+        if not record.exists():
+            raise click.UsageError("no earlier backfill was launched from this state dir")
+        previous = json.loads(record.read_text())
+        backfill_id = client.retry_failed(previous["backfill_id"])
+        wanted = client.status(previous["backfill_id"]).tenants_in("failed")
+    else:
+        if all_tenants == bool(tenants):
+            raise click.UsageError("give either --tenants a,b,c or --all")
+        registry = obj.resources()["tenant_registry"].registry()
+        registered = {t.tenant_id for t in registry.list()}
+        registry.close()
+        wanted = sorted(registered) if all_tenants else [validate_tenant_id(t) for t in tenants.split(",") if t]
+        if not wanted:
+            raise click.UsageError("no tenants to backfill")
+        keys = [s for s in select.split(",") if s] or sorted(
+            k.to_user_string() for k in obj.definitions().resolve_asset_graph().get_all_asset_keys())
+        backfill_id = client.launch(wanted, keys, {"datacreek/launched-by": "cli-backfill"},
+                                    title=f"datacreek backfill: {len(wanted)} tenant(s)")
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"backfill_id": backfill_id, "tenants": wanted}))
+    click.echo(f"backfill {backfill_id}: {len(wanted)} tenant(s)")
+    deadline = time.monotonic() + timeout
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
+        task = bar.add_task("tenants done", total=len(wanted))
+        while True:
+            status = client.status(backfill_id)
+            finished = len(status.tenants_in("success")) + len(status.tenants_in("failed"))
+            bar.update(task, completed=finished, description=f"{status.status.lower()}: tenants done")
+            if status.done or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+    for tenant_id, state in sorted(status.tenants.items()):
+        click.echo(f"  {tenant_id:<40} {state}")
+    failed = status.tenants_in("failed")
+    if not status.done:
+        _fail(RuntimeError(f"backfill {backfill_id} still {status.status} after {timeout:.0f}s"), EXIT_FAILED)
+    if failed:
+        _fail(RuntimeError(f"{len(failed)} tenant(s) failed: {', '.join(failed)}; "
+                           "fix them and run `datacreek backfill --retry-failed`"), EXIT_FAILED)
+    click.echo(f"backfill {backfill_id}: all {len(status.tenants)} tenant(s) succeeded")
 
 
 # -------------------------------------------------------------------- demo
