@@ -43,7 +43,12 @@ class Context:
             os.environ["DAGSTER_HOME"] = str(self.settings.dagster_home)
         if self.profile == "local":
             ensure_dagster_home(Path(os.environ["DAGSTER_HOME"]))
-        return DagsterInstance.get()
+        instance = DagsterInstance.get()
+        if self.profile == "local":
+            from datacreek_assets.automation import set_gpu_slots
+
+            set_gpu_slots(instance, 1)  # this machine has at most one accelerator
+        return instance
 
     def definitions(self):
         from datacreek_assets.defs import build_definitions

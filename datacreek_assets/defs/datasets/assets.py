@@ -2,6 +2,8 @@
 
 import dagster as dg
 
+from datacreek_assets.automation import downstream_condition
+
 from datacreek_assets.datasets.sft import generate, to_jsonl
 from datacreek_assets.defs.graph.assets import knowledge_graph
 from datacreek_assets.partitions import tenant_partitions
@@ -13,6 +15,7 @@ DATASET_PREFIX = "datasets/sft"
 
 @dg.asset(
     partitions_def=tenant_partitions,
+    automation_condition=downstream_condition(),
     group_name="datasets",
     kinds={"python", "jsonl"},
     deps=[knowledge_graph],

@@ -5,6 +5,8 @@ import io
 import time
 
 import dagster as dg
+
+from datacreek_assets.automation import GPU_POOL, downstream_condition, gpu_condition
 import numpy as np
 
 from datacreek_assets.defs.graph.assets import knowledge_graph
@@ -35,6 +37,8 @@ def read_vectors(store):
 
 @dg.asset(
     partitions_def=tenant_partitions,
+    automation_condition=gpu_condition(),
+    pool=GPU_POOL,
     group_name="embeddings",
     kinds={"pytorch"},
     deps=[knowledge_graph],
@@ -103,6 +107,7 @@ def chunk_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfig,
 
 @dg.asset(
     partitions_def=tenant_partitions,
+    automation_condition=downstream_condition(),
     group_name="embeddings",
     kinds={"feast"},
     deps=[chunk_embeddings],

@@ -5,6 +5,8 @@ from collections import defaultdict
 
 import dagster as dg
 
+from datacreek_assets.automation import downstream_condition
+
 from datacreek_assets.defs.ingest.assets import CHUNKS_KEY, DOCUMENTS_KEY, QUARANTINE_KEY, parsed_chunks
 from datacreek_assets.graph.extraction import measure_precision
 from datacreek_assets.graph.sync import sync_documents
@@ -16,6 +18,7 @@ from resources.stores import GraphStoreResource, ObjectStoreResource
 
 @dg.asset(
     partitions_def=tenant_partitions,
+    automation_condition=downstream_condition(),
     group_name="graph",
     kinds={"neo4j"},
     deps=[parsed_chunks],

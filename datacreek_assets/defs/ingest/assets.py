@@ -5,6 +5,8 @@ from collections import Counter
 
 import dagster as dg
 
+from datacreek_assets.automation import downstream_condition
+
 from datacreek_assets.ingest.chunking import chunk_text, drop_exact_duplicates
 from datacreek_assets.ingest.parsing import DEFAULT_MAX_BYTES, ParsedDocument, Quarantined, parse_document
 from datacreek_assets.object_store import InvalidObjectKey
@@ -79,6 +81,7 @@ def raw_documents(
 
 @dg.asset(
     partitions_def=tenant_partitions,
+    automation_condition=downstream_condition(),
     group_name="ingest",
     kinds={"python"},
     deps=[raw_documents],

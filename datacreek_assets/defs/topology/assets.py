@@ -8,6 +8,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import dagster as dg
+
+from datacreek_assets.automation import downstream_condition
 import numpy as np
 
 from datacreek_assets.defs.embeddings.assets import chunk_embeddings, read_vectors
@@ -37,6 +39,7 @@ class MapperConfig(dg.Config):
 
 @dg.asset(
     partitions_def=tenant_partitions,
+    automation_condition=downstream_condition(),
     group_name="topology",
     kinds={"gudhi"},
     deps=[chunk_embeddings],
@@ -105,6 +108,7 @@ def persistence_sketches(context: dg.AssetExecutionContext, config: SketchConfig
 
 @dg.asset(
     partitions_def=tenant_partitions,
+    automation_condition=downstream_condition(),
     group_name="topology",
     kinds={"umap"},
     deps=[chunk_embeddings],
@@ -145,6 +149,7 @@ def umap_lens(context: dg.AssetExecutionContext, config: LensConfig, object_stor
 
 @dg.asset(
     partitions_def=tenant_partitions,
+    automation_condition=downstream_condition(),
     group_name="topology",
     kinds={"python"},
     deps=[umap_lens],
