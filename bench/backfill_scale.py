@@ -1,0 +1,135 @@
+"""Scale check with many tenants (default 200, small synthetic inboxes).
+
+Measures, on one machine:
+- loading the code location and one tick of each sensor with N tenant partitions;
+- the cheap asset groups (ingest + graph) over all tenants as a real Dagster backfill
+  through `dagster dev` (one run per tenant, runs in subprocesses, queued per tenant)
+  against the same partitions materialized one after another in this process.
+The ratio is the price of per-tenant run isolation; per-run overhead is printed.
+Run: python -m bench.backfill_scale [--tenants N]  (several minutes for 200).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CHEAP = ["raw_documents", "parsed_chunks", "knowledge_graph"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.backfill_scale", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tenants", type=int, default=200)
+    args = parser.parse_args(argv)
+    import dagster as dg
+    import requests
+    from rich.console import Console
+
+    from datacreek_assets.backfills import DagsterWebClient
+    from datacreek_assets.defs import build_definitions
+    from datacreek_assets.defs.tenants.sensors import tenant_partitions_sync
+    from datacreek_assets.local_services import services_up
+    from datacreek_assets.object_store import TenantObjectStore
+    from datacreek_assets.runner import materialize_tenant
+    from datacreek_assets.settings import LocalSettings, ensure_dagster_home
+    from datacreek_assets.tenant_lifecycle import add_tenant
+    from resources.factory import build_resources, open_tenant_stores
+
+    console = Console(stderr=True)
+    root = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    settings = LocalSettings(state_dir=root / "state", neo4j_port=37687, falkordb_port=36380)
+    results = {}
+    with console.status("starting services"):
+        services_up(settings, progress=lambda m: None)
+    home_a = ensure_dagster_home(root / "home-backfill")
+    home_b = ensure_dagster_home(root / "home-inprocess")
+    tenants = [f"scale-{i:03d}" for i in range(args.tenants)]
+    resources = build_resources("local", settings)
+    inst_a, inst_b = dg.DagsterInstance.from_config(str(home_a)), dg.DagsterInstance.from_config(str(home_b))
+    with console.status(f"onboarding {len(tenants)} tenants"), open_tenant_stores(resources) as stores:
+        start = time.perf_counter()
+        for i, tenant in enumerate(tenants):
+            add_tenant(tenant, stores, inst_a)
+            inst_b.add_dynamic_partitions("tenants", [tenant])
+            TenantObjectStore(stores.objects, tenant).put(
+                "inbox/notes.md", f"# Notes {i}\n\nThe json module provides functions. Tenant {i} uses Python.".encode())
+        results["onboarding_s_per_tenant"] = (time.perf_counter() - start) / len(tenants)
+
+    start = time.perf_counter()
+    defs = build_definitions("local", settings)
+    defs.resolve_asset_graph()
+    results["definitions_load_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    context = dg.build_sensor_context(instance=inst_a, cursor=None, resources={"tenant_registry": resources["tenant_registry"]})
+    tenant_partitions_sync(context)
+    results["partition_sync_tick_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    dg.evaluate_automation_conditions(defs=defs, instance=inst_a)
+    results["automation_tick_s"] = time.perf_counter() - start
+
+    # in one process: the same partitions, one after another
+    start = time.perf_counter()
+    with console.status("in-process materializations") as status:
+        for i, tenant in enumerate(tenants):
+            summary = materialize_tenant(defs, tenant, inst_b, selection=CHEAP, launched_by="bench")
+            assert summary.success, summary.error
+            status.update(f"in-process {i + 1}/{len(tenants)}")
+    in_process_s = time.perf_counter() - start
+
+    # a real backfill through dagster dev (webserver + daemon), one run per tenant
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "DAGSTER_HOME": str(home_a), "DATACREEK_STATE_DIR": str(settings.state_dir),
+           "DATACREEK_NEO4J_PORT": str(settings.neo4j_port), "DATACREEK_FALKORDB_PORT": str(settings.falkordb_port)}
+    web = subprocess.Popen([str(Path(sys.executable).parent / "dagster"), "dev", "-w", "workspace.yaml", "-h",
+                            "127.0.0.1", "-p", str(port)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(180):
+            try:
+                if requests.get(f"{url}/server_info", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                time.sleep(1)
+        client = DagsterWebClient(url)
+        start = time.perf_counter()
+        backfill_id = client.launch(tenants, CHEAP, {"datacreek/launched-by": "bench"}, "scale bench")
+        with console.status("backfill") as status:
+            while True:
+                state = client.status(backfill_id)
+                status.update(f"backfill: {len(state.tenants_in('success'))} ok, {len(state.tenants_in('failed'))} failed")
+                if state.done:
+                    break
+                time.sleep(2)
+        backfill_s = time.perf_counter() - start
+    finally:
+        os.killpg(web.pid, signal.SIGTERM)
+        web.wait(60)
+    n = len(tenants)
+    print(f"tenants: {n}")
+    for key, value in results.items():
+        print(f"{key:<28} {value:8.3f}")
+    print(f"{'backfill (runs)':<28} {backfill_s:8.1f} s  ({len(state.tenants_in('success'))} ok, "
+          f"{len(state.tenants_in('failed'))} failed)")
+    print(f"{'in one process':<28} {in_process_s:8.1f} s")
+    print(f"ratio in-process/backfill rate: {backfill_s / in_process_s:.1f}x; "
+          f"per-run overhead {(backfill_s - in_process_s) / n:.2f} s")
+    from datacreek_assets.local_services import services_down
+
+    services_down(settings, progress=lambda m: None)
+    return 0 if not state.tenants_in("failed") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
