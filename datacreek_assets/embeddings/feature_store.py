@@ -130,9 +130,29 @@ class TenantFeatures:
             self._cache.pop(h, None)
         return len(rows)
 
-    def live_count(self) -> int:
+    def live_values(self, column: str | None = None) -> dict:
+        """embedding_hash -> stored value of ``column`` (None without one), for rows not deleted."""
         rows = self.stored_rows()
-        return int((~rows["deleted"].astype(bool)).sum()) if len(rows) else 0
+        if not len(rows):
+            return {}
+        live = rows[~rows["deleted"].astype(bool)]
+        return dict(zip(live["embedding_hash"], live[column] if column else [None] * len(live)))
+
+    def live_count(self) -> int:
+        return len(self.live_values())
+
+    def sync(self, upserts, keep: set[str]) -> tuple[int, int]:
+        """Write ``upserts`` (new or changed rows) and tombstone every live row whose hash is
+        not in ``keep``; returns (rows written, rows tombstoned)."""
+        import pandas as pd
+
+        stored = self.stored_rows()
+        gone = stored[~stored["deleted"].astype(bool) & ~stored["embedding_hash"].isin(keep)] if len(stored) else stored
+        changes = [frame for frame in (upserts, self.tombstones(gone) if len(gone) else None)
+                   if frame is not None and len(frame)]
+        if changes:
+            self.write(pd.concat(changes, ignore_index=True))
+        return len(upserts), len(gone)
 
     def drop_all(self) -> int:
         """Tenant removal: tombstone every vector online, then delete the offline file."""

@@ -116,32 +116,25 @@ def chunk_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfig,
     "that are no longer live are marked deleted and excluded from lookups.",
 )
 def embedding_features(context: dg.AssetExecutionContext, object_store: ObjectStoreResource, feature_store: FeatureStoreResource) -> dg.MaterializeResult:
-    import pandas as pd
-
     from datacreek_assets.embeddings.fp8 import quantize
 
     tenant = validate_tenant_id(context.partition_key)
     frame, matrix = read_vectors(object_store.for_tenant(tenant))
     features = feature_store.for_tenant(tenant)
-    stored = features.stored_rows()
-    live_stored = set(stored.loc[~stored["deleted"].astype(bool), "embedding_hash"]) if len(stored) else set()
-    new_mask = ~frame["embedding_hash"].isin(live_stored)
+    new_mask = ~frame["embedding_hash"].isin(features.live_values().keys())
     blobs, scales = quantize(matrix[new_mask.to_numpy()]) if new_mask.any() else ([], [])
     upserts = frame.loc[new_mask, ["embedding_hash", "chunk_id", "doc_id"]].assign(
         vector_fp8=blobs, scale=np.asarray(scales, dtype=np.float32), deleted=False)
-    gone = sorted(live_stored - set(frame["embedding_hash"]))
-    tombstones = features.tombstones(stored[stored["embedding_hash"].isin(gone)])
-    changes = [frame for frame in (upserts, tombstones) if len(frame)]
-    written = features.write(pd.concat(changes, ignore_index=True)) if changes else 0
+    new_rows, gone = features.sync(upserts, keep=set(frame["embedding_hash"]))
     # read a few back through the online store and compare with the float32 vectors
     probe = list(frame["embedding_hash"][:8])
     found = features.lookup(probe)
     errors = [float(np.abs(found[h] - matrix[i]).max()) for i, h in enumerate(probe) if found[h] is not None]
     return dg.MaterializeResult(
         metadata={
-            "rows_written": written,
-            "new_vectors": int(new_mask.sum()),
-            "marked_deleted": len(gone),
+            "rows_written": new_rows + gone,
+            "new_vectors": new_rows,
+            "marked_deleted": gone,
             "online_probe_found": f"{len(errors)}/{len(probe)}",
             "online_probe_max_abs_error": round(max(errors), 5) if errors else 0.0,
             "offline_path": features.offline_path,

@@ -47,8 +47,6 @@ class MapperConfig(dg.Config):
     "the tenant; each document's 512-bit MinHash signature stored next to its chunks' embeddings in Feast.",
 )
 def persistence_sketches(context: dg.AssetExecutionContext, config: SketchConfig, object_store: ObjectStoreResource, feature_store: FeatureStoreResource) -> dg.MaterializeResult:
-    import pandas as pd
-
     from datacreek_assets.topology.evaluation import compare
     from datacreek_assets.topology.persistence import persistence_diagram
     from datacreek_assets.topology.signature import minhash_signature
@@ -77,15 +75,9 @@ def persistence_sketches(context: dg.AssetExecutionContext, config: SketchConfig
     features = feature_store.for_tenant(tenant, view="chunk_topology")
     current = frame[["embedding_hash", "chunk_id", "doc_id"]].assign(
         doc_signature=[signatures[d] for d in frame["doc_id"]], deleted=False)
-    stored = features.stored_rows()
-    if len(stored):
-        live = stored[~stored["deleted"].astype(bool)].set_index("embedding_hash")["doc_signature"].to_dict()
-        changed = current[[live.get(h) != s for h, s in zip(current["embedding_hash"], current["doc_signature"])]]
-        gone = stored[~stored["deleted"].astype(bool) & ~stored["embedding_hash"].isin(current["embedding_hash"])]
-    else:
-        changed, gone = current, stored
-    updates = [f for f in (changed, features.tombstones(gone) if len(gone) else None) if f is not None and len(f)]
-    written = features.write(pd.concat(updates, ignore_index=True)) if updates else 0
+    live = features.live_values("doc_signature")
+    changed = current[[live.get(h) != s for h, s in zip(current["embedding_hash"], current["doc_signature"])]]
+    written, _ = features.sync(changed, keep=set(current["embedding_hash"]))
     recall = compare(vectors, list(frame["doc_id"]), signatures, weight=config.signature_weight)
     png = persistence_picture(whole.points, f"{tenant}: persistence of {len(vectors)} chunk embeddings")
     store.put("reports/persistence.png", png)
