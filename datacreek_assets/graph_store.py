@@ -124,9 +124,6 @@ class GraphCounts:
     nodes: dict[str, int]
     relationships: dict[str, int]
 
-    def total_nodes(self) -> int:
-        return sum(self.nodes.values())
-
 
 class TenantGraph:
     """Everything one tenant may do in the graph. Nothing here can name another tenant."""

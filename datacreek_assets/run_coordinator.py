@@ -13,9 +13,8 @@ from __future__ import annotations
 from dagster._core.run_coordinator import QueuedRunCoordinator, SubmitRunContext
 from dagster._core.storage.dagster_run import DagsterRun
 
-from datacreek_assets.tenancy import InvalidTenantId, validate_tenant_id
+from datacreek_assets.tenancy import TENANT_TAG, InvalidTenantId, validate_tenant_id
 
-TENANT_TAG = "datacreek/tenant"
 PARTITION_TAG = "dagster/partition"
 
 

@@ -12,7 +12,7 @@ from typing import Callable
 
 import dagster as dg
 
-TENANT_TAG = "datacreek/tenant"
+from datacreek_assets.tenancy import TENANT_TAG
 
 
 class UnknownAsset(ValueError):

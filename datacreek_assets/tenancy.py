@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 MAX_TENANT_ID_LENGTH = 40
+TENANT_TAG = "datacreek/tenant"  # the run tag naming a run's tenant (concurrency limits, cost attribution)
 
 # RFC 1123 label, lowercase ASCII only. fullmatch() so that a trailing newline
 # cannot sneak past a `$` anchor.
