@@ -23,7 +23,8 @@ $(STAMP): pyproject.toml requirements.lock requirements-nodeps.txt
 	@test -n "$(PYTHON)" || { echo "Python 3.12 is required (pyenv install 3.12)"; exit 3; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -r requirements.lock
+	# llama-cpp-python builds from source once (~4 min on 2 cores); pip's wheel cache keeps the result.
+	CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_CUDA=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip install -q -r requirements.lock
 	$(BIN)/pip install -q --no-deps -r requirements-nodeps.txt
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@

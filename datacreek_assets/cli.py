@@ -62,6 +62,7 @@ def handle_errors(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         from datacreek_assets.backfills import BackfillError, WebserverUnavailable
+        from datacreek_assets.billing.ledger import LedgerError
         from datacreek_assets.local_services import ServiceError
         from datacreek_assets.object_store import InvalidObjectKey
         from datacreek_assets.runner import UnknownAsset
@@ -69,7 +70,7 @@ def handle_errors(func):
 
         try:
             return func(*args, **kwargs)
-        except (InvalidTenantId, UnknownTenant, UnknownAsset, InvalidObjectKey) as err:
+        except (InvalidTenantId, UnknownTenant, UnknownAsset, InvalidObjectKey, LedgerError) as err:
             _fail(err, EXIT_BAD_INPUT)
         except TenantHasData as err:
             _fail(err, EXIT_REFUSED)
@@ -269,6 +270,78 @@ def tenant_undo(obj: Context, tenant_id: str, doc_id: str) -> None:
 
 
 # ------------------------------------------------------------- materialize
+def _ledger(obj: Context):
+    return obj.resources()["credit_ledger"].ledger()
+
+
+@tenant.command("top-up")
+@tenant_argument
+@click.argument("amount", type=float)
+@click.option("--note", default="", help="Why (kept with the transaction).")
+@click.pass_obj
+@handle_errors
+def tenant_top_up(obj: Context, tenant_id: str, amount: float, note: str) -> None:
+    """Add AMOUNT credits to the tenant's balance (an append-only ledger transaction)."""
+    balance = _ledger(obj).top_up(tenant_id, amount, note=note or "CLI top-up")
+    click.echo(f"{tenant_id}: balance {balance:.6f} credits")
+
+
+@tenant.command("set-price")
+@tenant_argument
+@click.argument("price", type=float)
+@click.option("--resource", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True,
+              help="gpu: credits per GPU-minute; cpu: per CPU-fallback minute.")
+@click.pass_obj
+@handle_errors
+def tenant_set_price(obj: Context, tenant_id: str, price: float, resource: str) -> None:
+    """Set the tenant's price per GPU-minute (or CPU-fallback minute), from now on."""
+    _ledger(obj).set_price(tenant_id, price, resource)
+    click.echo(f"{tenant_id}: {resource} price {price} credits/minute")
+
+
+@tenant.command("balance")
+@tenant_argument
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+@handle_errors
+def tenant_balance(obj: Context, tenant_id: str, as_json: bool) -> None:
+    """The tenant's credit balance and prices."""
+    account = _ledger(obj).account(tenant_id)
+    if as_json:
+        click.echo(json.dumps(account.__dict__))
+    else:
+        click.echo(f"{tenant_id}: balance {account.balance:.6f} credits; gpu {account.gpu_price}/min, "
+                   f"cpu fallback {account.cpu_price}/min")
+
+
+@cli.group()
+def billing() -> None:
+    """GPU metering: the Prometheus exporter and the admin API."""
+
+
+@billing.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=9464, show_default=True, type=int)
+@click.pass_obj
+@handle_errors
+def billing_serve(obj: Context, host: str, port: int) -> None:
+    """Serve /metrics (gpu_minutes_total, gpu_cost_total per tenant) and the admin API
+    (/admin/tenants/ID/balance|top-up|price, bearer token from DATACREEK_ADMIN_TOKEN)."""
+    from datacreek_assets.billing.server import make_server
+
+    token = os.environ.get("DATACREEK_ADMIN_TOKEN", "")
+    if len(token) < 16:
+        raise ConfigError("set DATACREEK_ADMIN_TOKEN (at least 16 characters) for the admin API")
+    server = make_server(_ledger(obj), token, host, port)
+    click.echo(f"billing: http://{host}:{port}/metrics and /admin/tenants/<id>/... (Ctrl-C stops)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 @cli.command()
 @click.option("--tenant", "tenant_id", required=True, help="Tenant whose partition to materialize.")
 @click.option("--select", default="", help="Comma-separated asset keys (default: every asset).")
@@ -372,10 +445,13 @@ def backfill(obj: Context, tenants: str, all_tenants: bool, select: str, retry_f
 @cli.command()
 @click.option("--tenant", "tenant_id", default="demo", show_default=True, help="Demo tenant id.")
 @click.option("--max-docs", default=40, show_default=True, help="Documents in the demo corpus.")
+@click.option("--scenes/--no-scenes", default=True, show_default=True,
+              help="After the asset graph: a drift-triggered retraining and a run stopped by its quota.")
 @click.pass_obj
 @handle_errors
-def demo(obj: Context, tenant_id: str, max_docs: int) -> None:
-    """Start services, onboard a demo tenant, feed it a corpus and build every asset."""
+def demo(obj: Context, tenant_id: str, max_docs: int, scenes: bool) -> None:
+    """Start services, onboard a demo tenant, feed it a corpus, build every asset, then show drift
+    retraining and a quota stop (both visible in the Dagster UI)."""
     from datacreek_assets.demo_corpus import write_demo_corpus
     from datacreek_assets.local_services import services_up
     from datacreek_assets.tenant_lifecycle import add_tenant
@@ -383,28 +459,58 @@ def demo(obj: Context, tenant_id: str, max_docs: int) -> None:
 
     validate_tenant_id(tenant_id)
     started = time.monotonic()
-    click.echo("[1/4] services")
+    total = 6 if scenes else 4
+    click.echo(f"[1/{total}] services")
     if obj.profile == "local":
         services_up(obj.settings, progress=lambda msg: click.echo(f"  {msg}"))
     resources = obj.resources()
-    click.echo(f"[2/4] tenant {tenant_id}")
+    click.echo(f"[2/{total}] tenant {tenant_id}")
     with open_tenant_stores(resources) as stores:
         add_tenant(tenant_id, stores, obj.instance())
-    click.echo("[3/4] demo corpus")
+    click.echo(f"[3/{total}] demo corpus")
     written = write_demo_corpus(resources["object_store"].for_tenant(tenant_id), max_docs=max_docs)
     click.echo(f"  {len(written)} documents in tenants/{tenant_id}/inbox/")
-    click.echo("[4/4] assets")
+    click.echo(f"[4/{total}] assets")
     summary = _materialize(obj, tenant_id, None)
     click.echo("")
-    click.echo(f"summary for tenant {tenant_id} ({time.monotonic() - started:.1f}s in all)")
+    click.echo(f"summary for tenant {tenant_id} ({time.monotonic() - started:.1f}s so far)")
     for key in summary.materialized:
         meta = summary.metadata.get(key, {})
         shown = ", ".join(f"{k}={v}" for k, v in meta.items() if isinstance(v, (int, float, str)) and len(str(v)) < 60)
         click.echo(f"  {key:<18} {shown[:160]}")
-    click.echo(f"  state dir: {obj.settings.state_dir}")
-    click.echo(f"  UI: DAGSTER_HOME={obj.settings.dagster_home} .venv/bin/dagster dev -w workspace.yaml")
     if not summary.success:
         _fail(RuntimeError(summary.error), EXIT_FAILED)
+    if scenes:
+        _demo_scenes(obj, resources, tenant_id, total)
+    click.echo(f"done in {time.monotonic() - started:.1f}s; state dir: {obj.settings.state_dir}")
+    click.echo(f"  UI: DAGSTER_HOME={obj.settings.dagster_home} .venv/bin/dagster dev -w workspace.yaml")
+
+
+# The demo's retraining is bounded so the whole demo stays a coffee break on two cores.
+DEMO_RETRAIN = {"ops": {"finetuned_adapter": {"config": {"max_steps": 12}}}}
+
+
+def _demo_scenes(obj: Context, resources: dict, tenant_id: str, total: int) -> None:
+    from datacreek_assets.demo_scenarios import drift_scene, quota_scene
+
+    defs, instance = obj.definitions(), obj.instance()
+    click.echo(f"[5/{total}] drift: documents on a new subject arrive")
+    scene = drift_scene(defs, instance, resources, tenant_id, run_config=DEMO_RETRAIN)
+    click.echo(f"  embedding drift {scene.drift:.3f} ({scene.level}); the drift sensor requested "
+               f"{scene.requested} retraining run(s)")
+    if scene.retrain is None:
+        _fail(RuntimeError("critical drift did not request a retraining"), EXIT_FAILED)
+    qa = scene.retrain.metadata.get("qa_eval", {})
+    click.echo(f"  retraining run {scene.retrain.run_id} (tag datacreek/trigger=drift): "
+               + (f"tuned F1 {qa.get('tuned_f1')} vs base {qa.get('base_f1')}" if qa else "no evaluation")
+               + ("" if scene.retrain.success else f"; release blocked: {str(scene.retrain.error).splitlines()[-1]}"))
+    if scene.drift_after is not None:
+        click.echo(f"  the reference moved to the new data: drift now {scene.drift_after:.3f}")
+    click.echo(f"[6/{total}] quota: the tenant's price is raised past its balance during a fine-tune")
+    run, status = quota_scene(defs, instance, resources, tenant_id)
+    click.echo(f"  run {run.run_id}: {'succeeded' if run.success else 'failed'}, datacreek/status={status}")
+    if run.success or status != "failed_quota":
+        _fail(RuntimeError("the quota did not stop the run"), EXIT_FAILED)
 
 
 def main() -> None:

@@ -66,3 +66,33 @@ def write_demo_corpus(store: TenantObjectStore, max_docs: int = 40) -> list[str]
     store.put("inbox/broken_encoding.md", "caf\u00e9 au lait".encode("latin-1") + b"\xff\xfe")
     written += ["inbox/broken_binary.txt", "inbox/broken_encoding.md"]
     return written
+
+
+_DISHES = ["risotto", "minestrone", "ratatouille", "paella", "goulash", "tagine", "dal", "ramen", "chowder", "pho"]
+_STEPS = ["Soak the {a} overnight and rinse it twice before cooking.",
+          "Brown the {a} in olive oil, then add the {b} and a pinch of salt.",
+          "Simmer the {a} with {b} for twenty minutes, stirring now and then.",
+          "A good {dish} needs ripe {a}, fresh {b} and patience.",
+          "Season the {dish} with {b} just before serving, never earlier.",
+          "The {dish} keeps for three days in the fridge and freezes well.",
+          "Serve the {dish} warm with crusty bread and a green salad."]
+_INGREDIENTS = ["onions", "garlic", "tomatoes", "lentils", "chickpeas", "saffron", "paprika", "basil", "thyme",
+                "carrots", "celery", "rice", "noodles", "ginger", "coriander", "lemon zest", "mushrooms"]
+
+
+def write_drift_corpus(store: TenantObjectStore, docs: int = 30, seed: int = 0) -> list[str]:
+    """Documents on a subject the demo tenant never had (recipes): new topics, so its embeddings drift."""
+    import random
+
+    rng = random.Random(seed)
+    written = []
+    for i in range(docs):
+        dish = _DISHES[i % len(_DISHES)]
+        lines = [f"# {dish.title()} notes {i}", ""]
+        for _ in range(14):
+            a, b = rng.sample(_INGREDIENTS, 2)
+            lines.append(rng.choice(_STEPS).format(a=a, b=b, dish=dish))
+        key = f"inbox/kitchen_{i:02d}_{dish}.md"
+        store.put(key, "\n".join(lines).encode())
+        written.append(key)
+    return written

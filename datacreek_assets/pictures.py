@@ -104,3 +104,42 @@ def mapper_picture(node_xy, node_sizes, edges, title: str) -> bytes:
     ax.set_xticks([])
     ax.set_yticks([])
     return figure_png(fig)
+
+
+def loss_curve_picture(losses: list[tuple[int, float]], val_losses: list[tuple[int, float]], title: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if losses:
+        ax.plot(*zip(*losses), label="train loss", color="#36a", linewidth=1)
+    if val_losses:
+        ax.plot(*zip(*val_losses), label="validation loss", color="#c63", marker="o")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("token cross-entropy")
+    ax.set_title(title)
+    ax.legend()
+    return figure_png(fig)
+
+
+def eval_comparison_picture(scores: dict[str, dict[str, float]], title: str) -> bytes:
+    """Grouped bars: one group per metric, one bar per model (e.g. base vs tuned)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(scores)
+    metrics = list(next(iter(scores.values())))
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    width = 0.8 / len(models)
+    for i, model in enumerate(models):
+        xs = [j + i * width for j in range(len(metrics))]
+        ax.bar(xs, [scores[model][m] for m in metrics], width, label=model)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(metrics))], metrics)
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend()
+    return figure_png(fig)

@@ -45,6 +45,8 @@ def materialize_tenant(
     selection: list[str] | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
     launched_by: str = "cli",
+    run_config: dict | None = None,
+    tags: dict[str, str] | None = None,
 ) -> RunSummary:
     job = defs.resolve_implicit_global_asset_job_def()
     all_keys = sorted(k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys())
@@ -53,7 +55,7 @@ def materialize_tenant(
     if unknown:
         raise UnknownAsset(f"unknown asset(s): {', '.join(unknown)}; known: {', '.join(all_keys)}")
     token = uuid.uuid4().hex
-    tags = {**tenant_tags(tenant_id, launched_by), "datacreek/launch-token": token}
+    tags = {**(tags or {}), **tenant_tags(tenant_id, launched_by), "datacreek/launch-token": token}
     outcome: dict = {}
 
     def run() -> None:
@@ -65,7 +67,7 @@ def materialize_tenant(
                 asset_selection=[dg.AssetKey.from_user_string(k) for k in wanted],
                 raise_on_error=False,
                 # the event log keeps everything; the terminal shows warnings and the progress bar
-                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+                run_config={**(run_config or {}), "loggers": {"console": {"config": {"log_level": "WARNING"}}}},
             )
         except Exception as err:  # surfaced to the caller below
             outcome["error"] = err

@@ -25,6 +25,11 @@ class LocalSettings:
     neo4j_port: int = 7687
     falkordb_port: int = 6380
     cache_dir: Path | None = None
+    base_model: str = "smollm2-135m-instruct"  # or "tiny-llama" (tests)
+    eval_margin: float = 0.02  # tuned mean F1 must beat the base's by this much to release
+    # Without a GPU (or after losing a spot GPU node): "int8" trains with the base in 8-bit
+    # through bitsandbytes' CPU backend; "fp32" keeps the base in full precision.
+    cpu_fallback: str = "int8"
 
     @property
     def dagster_home(self) -> Path:
@@ -37,6 +42,10 @@ class LocalSettings:
     @property
     def registry_url(self) -> str:
         return f"sqlite:///{self.state_dir / 'registry.db'}"
+
+    @property
+    def ledger_url(self) -> str:
+        return f"sqlite:///{self.state_dir / 'ledger.db'}"
 
     @property
     def neo4j_uri(self) -> str:
@@ -56,6 +65,8 @@ class LocalSettings:
             neo4j_port=_port(env, "DATACREEK_NEO4J_PORT", 7687),
             falkordb_port=_port(env, "DATACREEK_FALKORDB_PORT", 6380),
             cache_dir=Path(cache).resolve() if cache else None,
+            base_model=env.get("DATACREEK_BASE_MODEL", "smollm2-135m-instruct"),
+            cpu_fallback=env.get("DATACREEK_CPU_FALLBACK", "int8"),
         )
 
 

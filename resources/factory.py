@@ -13,7 +13,9 @@ import dagster as dg
 from datacreek_assets.settings import ConfigError, LocalSettings
 from datacreek_assets.tenant_lifecycle import TenantStores
 from resources.stores import (
+    CreditLedgerResource,
     FeatureStoreResource,
+    FineTuneResource,
     GraphStoreResource,
     HotGraphResource,
     ObjectStoreResource,
@@ -34,6 +36,16 @@ def build_resources(profile: str, settings: LocalSettings | None = None) -> dict
                 offline_dir=str(settings.state_dir / "feast" / "offline"),
                 online_type="sqlite",
                 online_path=str(settings.state_dir / "feast" / "online.db"),
+            ),
+            "credit_ledger": CreditLedgerResource(url=settings.ledger_url),
+            "finetune": FineTuneResource(
+                models_dir=str(settings.state_dir / "models"),
+                base_cache_dir=str(settings.download_cache / "models"),
+                tracking_uri=f"sqlite:///{settings.state_dir / 'mlflow' / 'mlflow.db'}",
+                artifact_root=str(settings.state_dir / "mlflow" / "artifacts"),
+                base_model=settings.base_model,
+                eval_margin=settings.eval_margin,
+                cpu_fallback=settings.cpu_fallback,
             ),
         }
     if profile == "prod":
@@ -62,6 +74,15 @@ def build_resources(profile: str, settings: LocalSettings | None = None) -> dict
                 online_type="redis",
                 online_connection=dg.EnvVar("DATACREEK_FEAST_REDIS"),
                 s3_endpoint=dg.EnvVar("DATACREEK_S3_ENDPOINT_URL"),
+            ),
+            "credit_ledger": CreditLedgerResource(url=dg.EnvVar("DATACREEK_LEDGER_URL")),  # Postgres
+            "finetune": FineTuneResource(
+                models_dir=dg.EnvVar("DATACREEK_MODELS_DIR"),  # the run pod's volume
+                base_cache_dir=dg.EnvVar("DATACREEK_BASE_MODELS_DIR"),
+                tracking_uri=dg.EnvVar("DATACREEK_MLFLOW_TRACKING_URI"),
+                artifact_root=dg.EnvVar("DATACREEK_MLFLOW_ARTIFACT_ROOT"),  # s3://bucket/mlflow
+                base_model=dg.EnvVar("DATACREEK_BASE_MODEL"),
+                cpu_fallback=dg.EnvVar("DATACREEK_CPU_FALLBACK"),
             ),
         }
     raise ConfigError(f"unknown profile {profile!r}")

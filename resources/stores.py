@@ -140,3 +140,69 @@ class FeatureStoreResource(dg.ConfigurableResource):
 
         settings = self.settings()
         return TenantFeatures(open_feature_store(settings), settings, tenant_id, metrics, view=view)
+
+
+class FineTuneResource(dg.ConfigurableResource):
+    """Where models are trained and tracked: a work directory (base checkpoints, adapters,
+    GGUF files), the MLflow tracking store and artifact root, the base model, the CPU fallback
+    ("int8": the base in 8-bit through bitsandbytes, or "fp32") and the release margin of qa_eval."""
+
+    models_dir: str
+    base_cache_dir: str  # converted base checkpoints and base GGUF files, shared by tenants
+    tracking_uri: str
+    artifact_root: str
+    base_model: str = "smollm2-135m-instruct"
+    cpu_fallback: str = "int8"
+    eval_margin: float = 0.02
+    eval_questions: int = 40
+    threads: int = 2
+
+    def tenant_dir(self, tenant_id: str):
+        from pathlib import Path
+
+        from datacreek_assets.tenancy import validate_tenant_id
+
+        return Path(self.models_dir) / "tenants" / validate_tenant_id(tenant_id)
+
+    def base_dir(self):
+        from pathlib import Path
+
+        return Path(self.base_cache_dir)
+
+    def tracking(self, tenant_id: str):
+        from datacreek_assets.finetune.tracking import TenantTracking
+
+        return TenantTracking(self.tracking_uri, self.artifact_root, tenant_id)
+
+
+class CreditLedgerResource(dg.ConfigurableResource):
+    """The credit ledger (SQLAlchemy URL) and how GPU / CPU-fallback steps are metered."""
+
+    url: str
+    trial_credits: float = 100.0  # granted when a tenant's account is opened
+    gpu_price: float = 1.0  # credits per GPU-minute, until set per tenant
+    cpu_price: float = 0.1  # credits per CPU-fallback minute
+    heartbeat_s: float = 5.0  # billing granularity of a killed step
+
+    def ledger(self):
+        from datacreek_assets.billing.ledger import CreditLedger
+
+        return CreditLedger(self.url, self.trial_credits, self.gpu_price, self.cpu_price)
+
+    @contextmanager
+    def metered(self, context, tenant_id: str, gpus: int):
+        """Meter a step: GPU-minutes x GPUs when ``gpus`` > 0, else CPU-fallback minutes.
+        Running out of credits fails the step and tags the run ``datacreek/status=failed_quota``."""
+        from datacreek_assets.billing.ledger import QuotaExceeded
+        from datacreek_assets.billing.meter import FAILED_QUOTA, STATUS_TAG, Meter
+
+        resource, units = ("gpu", gpus) if gpus > 0 else ("cpu", 1)
+        step = getattr(context, "op_handle", None) or context.op_def.name
+        try:
+            with Meter(self.ledger(), tenant_id, context.run_id, str(step), resource, units,
+                       self.heartbeat_s) as meter:
+                yield meter
+                meter.check()
+        except QuotaExceeded as err:
+            context.instance.add_run_tags(context.run_id, {STATUS_TAG: FAILED_QUOTA})
+            raise dg.Failure(str(err), metadata={"status": FAILED_QUOTA, "tenant": tenant_id}) from err

@@ -6,12 +6,14 @@ import io
 
 import numpy as np
 
-REFERENCE_SAMPLE = 256
+REFERENCE_SAMPLE = 2048  # enough pairs that the linear MMD's noise stays well under the warn level
 
 
 def reference_statistics(vectors: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
-    """What the drift sensor compares new embeddings against: the centroid, the
-    per-dimension variance, the count and a fixed-size random sample (for MMD)."""
+    """What drift is measured against: the centroid, the per-dimension variance, the count, a
+    fixed-size random sample and the kernel bandwidth for the MMD (see embeddings/drift.py)."""
+    from datacreek_assets.embeddings.drift import median_bandwidth
+
     rng = np.random.default_rng(seed)
     take = min(REFERENCE_SAMPLE, len(vectors))
     sample = vectors[np.sort(rng.choice(len(vectors), size=take, replace=False))] if take else vectors
@@ -20,6 +22,7 @@ def reference_statistics(vectors: np.ndarray, seed: int = 0) -> dict[str, np.nda
         "centroid": vectors.mean(axis=0) if len(vectors) else np.zeros(vectors.shape[1]),
         "variance": vectors.var(axis=0) if len(vectors) else np.zeros(vectors.shape[1]),
         "sample": sample.astype(np.float32),
+        "bandwidth": np.array(median_bandwidth(sample) if len(sample) > 1 else 1.0),
     }
 
 

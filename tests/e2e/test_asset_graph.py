@@ -17,6 +17,8 @@ from resources.factory import open_tenant_stores
 pytestmark = pytest.mark.e2e
 
 TENANT = "e2e-small"
+# The tiny random Llama needs many passes over a six-document dataset to beat its (random) base.
+TINY_TRAINING = {"ops": {"finetuned_adapter": {"config": {"epochs": 30, "learning_rate": 1e-2, "max_seq_len": 192}}}}
 
 
 @pytest.fixture
@@ -29,6 +31,15 @@ def tenant(local_resources, instance):
         assert features.live_count() == 0 and features.stored_rows().empty
 
 
+def check_results(instance, run_id: str) -> dict[str, tuple[bool, dict]]:
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records
+    out = {}
+    for record in records:
+        evaluation = record.event_log_entry.dagster_event.event_specific_data
+        out[evaluation.check_name] = (evaluation.passed, {k: v.value for k, v in evaluation.metadata.items()})
+    return out
+
+
 def test_every_asset_materializes_for_a_small_tenant(services, local_resources, instance, tenant):
     objects = TenantObjectStore(tenant.objects, TENANT)
     written = write_demo_corpus(objects, max_docs=6)
@@ -37,7 +48,8 @@ def test_every_asset_materializes_for_a_small_tenant(services, local_resources, 
     all_keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
 
     progress = []
-    first = materialize_tenant(defs, TENANT, instance, on_progress=lambda k, d, t: progress.append((k, d, t)))
+    first = materialize_tenant(defs, TENANT, instance, on_progress=lambda k, d, t: progress.append((k, d, t)),
+                               run_config=TINY_TRAINING)
     assert first.success, first.error
     assert set(first.materialized) == all_keys
     assert [d for _, d, _ in progress] == list(range(1, len(all_keys) + 1))
@@ -54,7 +66,7 @@ def test_every_asset_materializes_for_a_small_tenant(services, local_resources, 
     assert "data:image/png;base64," in graph_meta["graph_picture"]
     assert objects.get("reports/knowledge_graph.png").startswith(b"\x89PNG")
 
-    second = materialize_tenant(defs, TENANT, instance)
+    second = materialize_tenant(defs, TENANT, instance, run_config=TINY_TRAINING)
     assert second.success
     assert second.metadata["knowledge_graph"]["documents_unchanged"] == raw["documents"]
     assert second.metadata["knowledge_graph"]["writes"] == {} or not any(
@@ -92,16 +104,16 @@ def test_every_asset_materializes_for_a_small_tenant(services, local_resources, 
     assert "data:image/png;base64," in lens["lens"]
     mapper = first.metadata["mapper_graph"]
     assert mapper["clusters"] > 0 and len(mapper["bootstrap_cluster_counts"]) == 20
-    evaluations = instance.get_records_for_run(first.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records
-    [check] = [r.event_log_entry.dagster_event.event_specific_data for r in evaluations]
-    assert check.check_name == "mapper_stability" and check.passed == (mapper["cluster_count_cv"] <= 0.05)
+    assert check_results(instance, first.run_id)["mapper_stability"][0] == (mapper["cluster_count_cv"] <= 0.05)
 
     # a document leaves the inbox: its graph data, vectors and dataset records go with it
     frame, _ = read_vectors(objects)
     gone_doc = sorted(set(frame["doc_id"]))[0]
     gone_hashes = list(frame.loc[frame["doc_id"] == gone_doc, "embedding_hash"])
     objects.delete(f"inbox/{gone_doc}")
-    third = materialize_tenant(defs, TENANT, instance)
+    # (the tiny model is not retrained here: its gate on a new validation split is luck, not signal)
+    third = materialize_tenant(defs, TENANT, instance,
+                               selection=sorted(all_keys - {"finetuned_adapter", "gguf_model", "qa_eval"}))
     assert third.success, third.error
     assert third.metadata["knowledge_graph"]["documents_soft_deleted"] == 1
     assert third.metadata["embedding_features"]["marked_deleted"] == len(gone_hashes)
@@ -110,3 +122,45 @@ def test_every_asset_materializes_for_a_small_tenant(services, local_resources, 
     assert set(features.lookup(gone_hashes).values()) == {None}
     others = list(frame.loc[frame["doc_id"] != gone_doc, "embedding_hash"][:3])
     assert all(v is not None for v in features.lookup(others).values())
+
+    # fine-tuning, GGUF, evaluation (tiny random Llama in tests; SmolLM2 in the demo)
+    tuned = first.metadata["finetuned_adapter"]
+    assert tuned["device"] == "cpu" and tuned["base_in_8bit"] and tuned["resumed_from_step"] == 0
+    assert tuned["micro_batch"] * tuned["gradient_accumulation"] == 8 and tuned["steps"] > 0
+    assert tuned["final_train_loss"] < tuned["first_train_loss"]
+    assert "data:image/png;base64," in tuned["loss_curve"]
+    assert second.metadata["finetuned_adapter"]["resumed_from_step"] == tuned["steps"]  # nothing retrained
+    gguf = first.metadata["gguf_model"]
+    assert 0 < gguf["q8_0_mib"] < gguf["f16_mib"] and gguf["adapter_mib"] < gguf["f16_mib"]
+    checks = check_results(instance, first.run_id)
+    assert checks["gguf_matches_torch"][0], checks["gguf_matches_torch"]
+    assert checks["gguf_matches_torch"][1]["f32_max_abs_logit_diff"] < 1e-3
+    assert checks["tuned_beats_base"][0], checks["tuned_beats_base"]
+    qa = first.metadata["qa_eval"]
+    assert qa["questions"] == min(40, sft["splits"]["validation"]) and qa["reward_avg"] == qa["tuned_f1"]
+    # everything is in the tenant's MLflow experiment, under one run, with a registered version
+    tracking = local_resources["finetune"].tracking(TENANT)
+    run = tracking.run(tuned["mlflow_run_id"])
+    assert run.data.params["base_model"] == "tiny-llama" and run.data.params["template_sha"] == sft["template_sha"]
+    assert run.data.params["dataset_version"] == sft["version"]
+    assert len(tracking.metric_history(run.info.run_id, "val_loss")) >= 2
+    assert run.data.metrics["reward_avg"] == pytest.approx(qa["tuned_f1"], abs=1e-4)
+    artifacts = {a.path for folder in ("gguf", "pictures") for a in tracking.client.list_artifacts(run.info.run_id, folder)}
+    assert {"gguf/model.q8_0.gguf", "gguf/adapter.gguf", "pictures/loss_curve.png", "pictures/qa_eval.png"} <= artifacts
+    assert qa["registered_model"] == second.metadata["qa_eval"]["registered_model"] == f"datacreek-{TENANT} v1"
+
+    # operations: a new subject -> critical drift -> exactly one retraining -> the reference moves;
+    # then a fine-tune that runs out of credits is stopped (the demo's two scenes)
+    from datacreek_assets.demo_scenarios import drift_scene, quota_scene
+
+    scene = drift_scene(defs, instance, local_resources, TENANT, run_config=TINY_TRAINING)
+    assert scene.level == "critical" and scene.requested == 1, scene
+    assert scene.retrain.success, scene.retrain.error
+    retrain_run = instance.get_run_by_id(scene.retrain.run_id)
+    assert retrain_run.tags["datacreek/trigger"] == "drift" and retrain_run.tags[TENANT_TAG] == TENANT
+    assert scene.retrain.metadata["qa_eval"]["drift_to_release_s"] > 0
+    assert scene.retrain.metadata["finetuned_adapter"]["dataset_version"] != sft["version"]
+    assert scene.drift_after is not None and scene.drift_after < 0.07
+    quota_run, status = quota_scene(defs, instance, local_resources, TENANT)
+    assert not quota_run.success and status == "failed_quota"
+    assert local_resources["credit_ledger"].ledger().account(TENANT).balance > 0  # restored afterwards

@@ -51,3 +51,16 @@ def test_missing_services_give_one_clear_line(tmp_path):
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "datacreek_assets.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "Exit codes" in " ".join(out.stdout.split())
+
+
+def test_credit_commands_top_up_price_and_balance(tmp_path):
+    env = {"DATACREEK_STATE_DIR": str(tmp_path), "DATACREEK_NEO4J_PORT": "1", "DATACREEK_FALKORDB_PORT": "1"}
+    runner = CliRunner()
+    assert runner.invoke(cli, ["tenant", "top-up", "acme", "25"], env=env).exit_code == 0
+    assert runner.invoke(cli, ["tenant", "set-price", "acme", "0.5"], env=env).exit_code == 0
+    result = runner.invoke(cli, ["tenant", "balance", "acme", "--json"], env=env)
+    assert result.exit_code == 0 and '"balance": 125.0' in result.output and '"gpu_price": 0.5' in result.output
+    refused = runner.invoke(cli, ["tenant", "top-up", "acme", "--", "-3"], env=env)
+    assert refused.exit_code == 2 and "positive" in refused.output
+    assert runner.invoke(cli, ["tenant", "balance", "ACME"], env=env).exit_code == 2
+    assert runner.invoke(cli, ["billing", "serve"], env={**env, "DATACREEK_ADMIN_TOKEN": "short"}).exit_code == 3

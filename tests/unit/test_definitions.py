@@ -23,8 +23,16 @@ def test_asset_graph_is_grouped_by_concept(tmp_path):
     }
     for key in graph.get_all_asset_keys():
         assert graph.get(key).partitions_def.name == "tenants"
+        # one run per tenant for every group: a run is what Dagster tags, limits and retries
+        assert graph.get(key).backfill_policy.max_partitions_per_run == 1
     assert defs.resolve_job_def("purge_job") is not None
     assert defs.resolve_sensor_def("tenant_partitions_sync") is not None
+
+
+def test_local_runs_keep_a_tenant_s_steps_in_its_run_process(tmp_path):
+    job = build_definitions("local", LocalSettings(state_dir=tmp_path)).resolve_implicit_global_asset_job_def()
+    assert job.executor_def.name == "in_process"
+    assert build_definitions("prod").resolve_implicit_global_asset_job_def().executor_def.name == "multiprocess"
 
 
 def test_prod_profile_uses_env_vars_not_local_paths():

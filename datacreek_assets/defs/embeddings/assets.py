@@ -11,12 +11,16 @@ import numpy as np
 
 from datacreek_assets.defs.graph.assets import knowledge_graph
 from datacreek_assets.embeddings.embedder import MODEL_ID, embedding_hash
-from datacreek_assets.partitions import tenant_partitions
+from datacreek_assets.partitions import PER_TENANT_RUNS, tenant_partitions
 from datacreek_assets.tenancy import validate_tenant_id
-from resources.stores import FeatureStoreResource, GraphStoreResource, ObjectStoreResource
+from resources.stores import CreditLedgerResource, FeatureStoreResource, GraphStoreResource, ObjectStoreResource
 
 VECTORS_KEY = "embeddings/vectors.parquet"
-REFERENCE_KEY = "embeddings/reference/latest.npz"
+# Statistics of the newest embeddings, and the reference drift is measured against: the data
+# the released model was trained on (moved by qa_eval when a tuned model passes its gate).
+LATEST_STATS_KEY = "embeddings/stats/latest.npz"
+REFERENCE_KEY = "embeddings/stats/reference.npz"
+DRIFT_CHECK = "embedding_drift"
 
 
 class EmbeddingConfig(dg.Config):
@@ -37,20 +41,26 @@ def read_vectors(store):
 
 @dg.asset(
     partitions_def=tenant_partitions,
+    backfill_policy=PER_TENANT_RUNS,
     automation_condition=gpu_condition(),
     pool=GPU_POOL,
     group_name="embeddings",
     kinds={"pytorch"},
     deps=[knowledge_graph],
+    check_specs=[dg.AssetCheckSpec(DRIFT_CHECK, asset="chunk_embeddings",
+                                   description="drift of the newest embeddings against the reference "
+                                   "(embeddings/drift.py): WARN from 0.07, ERROR from 0.1")],
     description="all-MiniLM-L6-v2 vectors of the tenant's live chunks; only hashes not yet stored are "
-    "computed. Reference statistics for drift are stored with each materialization.",
+    "computed. Statistics of the newest embeddings and their drift from the reference are recorded.",
 )
-def chunk_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfig, graph_store: GraphStoreResource, object_store: ObjectStoreResource) -> dg.MaterializeResult:
+def chunk_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfig, graph_store: GraphStoreResource,
+                     object_store: ObjectStoreResource, credit_ledger: CreditLedgerResource) -> dg.MaterializeResult:
     import pandas as pd
 
     from datacreek_assets.embeddings.embedder import embed_texts
     from datacreek_assets.embeddings.fp8 import dequantize, quantize
-    from datacreek_assets.embeddings.stats import recall_at_k, reference_statistics, to_npz
+    from datacreek_assets.embeddings.drift import drift_score
+    from datacreek_assets.embeddings.stats import from_npz, recall_at_k, reference_statistics, to_npz
 
     tenant = validate_tenant_id(context.partition_key)
     store = object_store.for_tenant(tenant)
@@ -64,7 +74,9 @@ def chunk_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfig,
     todo = sorted({h: c for h, c in zip(hashes, chunks) if h not in known}.items())
     timings["read_s"] = round(time.perf_counter() - started, 3)
     t = time.perf_counter()
-    new_vectors = embed_texts([c["text"] for _, c in todo], threads=config.threads, token_budget=config.token_budget)
+    with credit_ledger.metered(context, tenant, gpus=0):  # the embedder runs on CPU here
+        new_vectors = embed_texts([c["text"] for _, c in todo], threads=config.threads,
+                                  token_budget=config.token_budget)
     timings["embed_s"] = round(time.perf_counter() - t, 3)
     fresh = {h: new_vectors[i] for i, (h, _) in enumerate(todo)}
     rows, vectors, seen = [], [], set()
@@ -82,9 +94,12 @@ def chunk_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfig,
     frame.to_parquet(buffer, index=False)
     store.put(VECTORS_KEY, buffer.getvalue())
     stats = reference_statistics(matrix)
-    run_key = f"embeddings/reference/{context.run.run_id}.npz"
-    store.put(run_key, to_npz(stats))
-    store.put(REFERENCE_KEY, to_npz(stats))
+    store.put(LATEST_STATS_KEY, to_npz(stats))
+    if not store.exists(REFERENCE_KEY):  # the first embeddings of a tenant are its reference
+        store.put(REFERENCE_KEY, to_npz(stats))
+    t = time.perf_counter()
+    drift = drift_score(from_npz(store.get(REFERENCE_KEY)), matrix)
+    timings["drift_s"] = round(time.perf_counter() - t, 4)
     t = time.perf_counter()
     blobs, scales = quantize(matrix) if len(matrix) else ([], np.zeros(0))
     recall = recall_at_k(matrix, dequantize(blobs, scales), k=10) if len(matrix) > 10 else 1.0
@@ -99,14 +114,25 @@ def chunk_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfig,
             "recall_at_10_fp8_vs_fp32": round(recall, 4),
             "bytes_per_vector_fp32": int(matrix.shape[1] * 4) if len(matrix) else 1536,
             "bytes_per_vector_fp8": int(matrix.shape[1] + 4) if len(matrix) else 388,  # + float32 scale
-            "reference_stats": store.key(run_key),
+            "reference_stats": store.key(REFERENCE_KEY),
+            **drift.as_metadata(),
             "timings": timings,
-        }
+        },
+        check_results=[drift_check_result(drift)],
     )
+
+
+def drift_check_result(drift) -> dg.AssetCheckResult:
+    """ok: passed; warn: failed with WARN severity; critical: failed with ERROR (the drift sensor retrains)."""
+    return dg.AssetCheckResult(
+        check_name=DRIFT_CHECK, passed=drift.level == "ok",
+        severity=dg.AssetCheckSeverity.ERROR if drift.level == "critical" else dg.AssetCheckSeverity.WARN,
+        metadata=drift.as_metadata())
 
 
 @dg.asset(
     partitions_def=tenant_partitions,
+    backfill_policy=PER_TENANT_RUNS,
     automation_condition=downstream_condition(),
     group_name="embeddings",
     kinds={"feast"},

@@ -13,7 +13,7 @@ from datacreek_assets.automation import downstream_condition
 import numpy as np
 
 from datacreek_assets.defs.embeddings.assets import chunk_embeddings, read_vectors
-from datacreek_assets.partitions import tenant_partitions
+from datacreek_assets.partitions import PER_TENANT_RUNS, tenant_partitions
 from datacreek_assets.pictures import mapper_picture, persistence_picture, png_markdown, scatter_picture
 from datacreek_assets.tenancy import validate_tenant_id
 from resources.stores import FeatureStoreResource, ObjectStoreResource
@@ -39,6 +39,7 @@ class MapperConfig(dg.Config):
 
 @dg.asset(
     partitions_def=tenant_partitions,
+    backfill_policy=PER_TENANT_RUNS,
     automation_condition=downstream_condition(),
     group_name="topology",
     kinds={"gudhi"},
@@ -100,6 +101,7 @@ def persistence_sketches(context: dg.AssetExecutionContext, config: SketchConfig
 
 @dg.asset(
     partitions_def=tenant_partitions,
+    backfill_policy=PER_TENANT_RUNS,
     automation_condition=downstream_condition(),
     group_name="topology",
     kinds={"umap"},
@@ -141,6 +143,7 @@ def umap_lens(context: dg.AssetExecutionContext, config: LensConfig, object_stor
 
 @dg.asset(
     partitions_def=tenant_partitions,
+    backfill_policy=PER_TENANT_RUNS,
     automation_condition=downstream_condition(),
     group_name="topology",
     kinds={"python"},

@@ -1,0 +1,105 @@
+"""LoRA training throughput: the asset's training loop vs transformers `Trainer` + peft.
+
+Same base model (SmolLM2-135M-Instruct; the tiny random Llama with --quick), same SFT
+examples (the demo corpus through the dataset generator), same LoRA config, same
+learning rate, both in fp32 on the same torch threads, one epoch over the same examples.
+Both sides see the same number of examples per optimizer step: the candidate packs
+them into rows of `max_seq_len` tokens (no padding) with a measured micro-batch;
+the baseline pads each batch to its longest example (the data collator's default).
+The unit is real (non-padding) tokens; notes give peak memory (sampled RSS) of each side.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from bench.harness import Comparison
+
+THREADS = 2
+MAX_LEN = 256
+
+
+def sft_chats(limit: int) -> list[dict]:
+    from datacreek_assets.datasets.sft import generate
+    from datacreek_assets.demo_corpus import write_demo_corpus
+    from datacreek_assets.graph.extraction import extract
+    from datacreek_assets.ingest.chunking import chunk_text
+    from datacreek_assets.ingest.parsing import ParsedDocument, parse_document
+    from datacreek_assets.object_store import LocalObjectStore, TenantObjectStore
+
+    store = TenantObjectStore(LocalObjectStore(tempfile.mkdtemp(prefix="bench-sft-")), "bench")
+    chunks, facts = [], []
+    for key in write_demo_corpus(store, max_docs=60):
+        doc = parse_document(key, store.get(key))
+        if not isinstance(doc, ParsedDocument):
+            continue
+        for chunk in chunk_text(key, doc.text):
+            chunks.append({"chunk_id": chunk.chunk_id, "doc_id": key, "position": chunk.position, "text": chunk.text})
+            for fact in extract(chunk.text)[1]:
+                facts.append({"fact_id": fact.fact_id(key, chunk.chunk_id), "subject": fact.subject.name,
+                              "predicate": fact.predicate, "object": fact.object.name, "sentence": fact.sentence,
+                              "chunk_id": chunk.chunk_id, "doc_id": key})
+    records = generate(facts, chunks).records
+    return [r.chat() for r in records if r.split == "train"][:limit]
+
+
+def comparisons(quick: bool = False) -> list[Comparison]:
+    import torch
+
+    from datacreek_assets.finetune.base_model import SMOLLM2, TINY, base_model_dir, load_base
+    from datacreek_assets.finetune.packing import encode, pack
+    from datacreek_assets.finetune.training import PeakMemory, TrainConfig, train_lora, wrap_lora
+    from datacreek_assets.settings import LocalSettings
+
+    torch.set_num_threads(THREADS)
+    name = TINY if quick else SMOLLM2
+    base_dir = base_model_dir(name, LocalSettings.from_env().download_cache / "models")
+    _, tokenizer = load_base(base_dir)
+    chats = sft_chats(32 if quick else 96)
+    examples = [e for e in (encode(tokenizer, c["messages"], MAX_LEN) for c in chats) if e is not None]
+    rows = pack(examples, MAX_LEN)
+    real_tokens = sum(len(e.input_ids) for e in examples)
+    steps = 4
+    config = TrainConfig(effective_batch=max(1, len(rows) // steps), max_seq_len=MAX_LEN, learning_rate=1e-3,
+                         checkpoint_every=10_000, eval_every=10_000, memory_budget_mb=8192)
+    examples_per_step = max(1, len(examples) // steps)
+    peaks = {"candidate": [], "baseline": []}
+
+    def candidate() -> int:
+        model, _ = load_base(base_dir)
+        peft_model = wrap_lora(model, config)
+        with PeakMemory("cpu") as peak, tempfile.TemporaryDirectory() as out:
+            train_lora(peft_model, tokenizer.pad_token_id, rows, [], config, Path(out))
+        peaks["candidate"].append(peak.peak / 2**20)
+        return real_tokens
+
+    def baseline() -> int:
+        from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+        model, _ = load_base(base_dir)
+        peft_model = wrap_lora(model, config)
+        data = [{"input_ids": e.input_ids, "labels": e.labels, "attention_mask": [1] * len(e.input_ids)}
+                for e in examples]
+        micro = min(8, examples_per_step)
+        args = TrainingArguments(output_dir=tempfile.mkdtemp(prefix="bench-trainer-"), per_device_train_batch_size=micro,
+                                 gradient_accumulation_steps=max(1, examples_per_step // micro), num_train_epochs=1,
+                                 learning_rate=config.learning_rate, lr_scheduler_type="linear", warmup_steps=1,
+                                 weight_decay=0.0, max_grad_norm=1.0, save_strategy="no", report_to=[],
+                                 logging_strategy="no", use_cpu=True, dataloader_num_workers=0,
+                                 disable_tqdm=True, seed=config.seed)
+        trainer = Trainer(model=peft_model, args=args, train_dataset=data,
+                          data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100))
+        with PeakMemory("cpu") as peak:
+            trainer.train()
+        peaks["baseline"].append(peak.peak / 2**20)
+        return real_tokens
+
+    def notes() -> str:
+        padded = sum(len(r.input_ids) for r in rows)
+        return (f"{name}, {len(examples)} examples, {real_tokens} real tokens, {len(rows)} packed rows "
+                f"({padded / (len(rows) * MAX_LEN):.0%} full), {steps} optimizer steps of ~{examples_per_step} examples; "
+                f"peak RSS above start: loop {max(peaks['candidate']):.0f} MiB, Trainer {max(peaks['baseline']):.0f} MiB")
+
+    return [Comparison(f"LoRA training tokens/s ({name}, CPU fp32, {THREADS} threads)", candidate, baseline,
+                       unit="tokens", repeats=1 if quick else 2, notes=notes)]

@@ -1,0 +1,58 @@
+"""A meter around a GPU-consuming step (or its CPU fallback), billing as it goes.
+
+Opening refuses a tenant without credits. While the step runs, a heartbeat thread bills the
+time since the last beat, so the balance is current and a killed process has been billed up to
+its last beat (``CreditLedger.close_orphans`` then closes it). Leaving the block, normally or by
+an exception, bills the rest and closes the meter. When a beat finds the balance below zero the
+meter remembers it; the step calls ``check()`` at safe points and stops with ``QuotaExceeded``.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from datacreek_assets.billing.ledger import CreditLedger, QuotaExceeded, now_ms
+
+FAILED_QUOTA = "failed_quota"
+STATUS_TAG = "datacreek/status"
+
+
+class Meter:
+    def __init__(self, ledger: CreditLedger, tenant_id: str, run_id: str, step: str, resource: str, units: int = 1,
+                 heartbeat_s: float = 5.0):
+        self.ledger, self.tenant_id, self.run_id, self.step = ledger, tenant_id, run_id, step
+        self.resource, self.units, self.heartbeat_s = resource, units, heartbeat_s
+        self.meter_id: str | None = None
+        self.balance: float | None = None
+        self._stop = threading.Event()
+        self._over = threading.Event()
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> "Meter":
+        self.meter_id = self.ledger.open_meter(self.tenant_id, self.run_id, self.step, self.resource, self.units,
+                                               now_ms())
+        self._thread = threading.Thread(target=self._beat, name=f"meter-{self.meter_id[:8]}", daemon=True)
+        self._thread.start()
+        return self
+
+    def _bill(self, close: bool) -> None:
+        with self._lock:
+            self.balance = self.ledger.bill_meter(self.meter_id, now_ms(), close=close)
+        if self.balance < 0:
+            self._over.set()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            self._bill(close=False)
+
+    def check(self) -> None:
+        """Raise QuotaExceeded once a beat has seen the tenant's balance below zero."""
+        if self._over.is_set():
+            raise QuotaExceeded(f"tenant {self.tenant_id!r} ran out of credits during {self.step} "
+                                f"(balance {self.balance:.4f})")
+
+    def __exit__(self, *exc) -> bool:
+        self._stop.set()
+        self._thread.join()
+        self._bill(close=True)
+        return False

@@ -1,0 +1,10 @@
+import dagster as dg
+
+
+def definitions() -> dg.Definitions:
+    from datacreek_assets.defs.finetune.assets import (
+        finetuned_adapter, gguf_matches_torch, gguf_model, qa_eval, tuned_beats_base,
+    )
+
+    return dg.Definitions(assets=[finetuned_adapter, gguf_model, qa_eval],
+                          asset_checks=[gguf_matches_torch, tuned_beats_base])

@@ -1,0 +1,233 @@
+"""Fine-tuning assets: finetuned_adapter -> gguf_model -> qa_eval, with blocking release checks."""
+
+import json
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import dagster as dg
+
+from datacreek_assets.automation import GPU_POOL, downstream_condition, gpu_condition
+from datacreek_assets.defs.datasets.assets import sft_dataset
+from datacreek_assets.defs.embeddings.assets import LATEST_STATS_KEY, REFERENCE_KEY
+from datacreek_assets.defs.retraining.sensors import DETECTED_AT_TAG
+from datacreek_assets.partitions import PER_TENANT_RUNS, tenant_partitions
+from datacreek_assets.pictures import eval_comparison_picture, loss_curve_picture, png_markdown
+from datacreek_assets.tenancy import validate_tenant_id
+from resources.stores import CreditLedgerResource, FineTuneResource, ObjectStoreResource
+
+LOGIT_TOLERANCE = 1e-3
+
+
+class FineTuneConfig(dg.Config):
+    learning_rate: float = 1e-3
+    epochs: int = 1
+    max_steps: int = 0  # 0: as many as the epochs need
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    effective_batch: int = 8
+    max_seq_len: int = 256
+    memory_budget_mb: int = 3072
+    checkpoint_every: int = 10
+    eval_every: int = 10
+
+
+@dg.asset(
+    partitions_def=tenant_partitions,
+    backfill_policy=PER_TENANT_RUNS,
+    automation_condition=gpu_condition(),
+    pool=GPU_POOL,
+    group_name="finetune",
+    kinds={"pytorch", "mlflow"},
+    deps=[sft_dataset],
+    description="A LoRA adapter trained on the tenant's SFT dataset (prompt-masked, packed rows, measured "
+    "micro-batch, resumable checkpoints), tracked in the tenant's MLflow experiment.",
+)
+def finetuned_adapter(context: dg.AssetExecutionContext, config: FineTuneConfig, finetune: FineTuneResource,
+                      object_store: ObjectStoreResource, credit_ledger: CreditLedgerResource) -> dg.MaterializeResult:
+    import torch
+
+    from datacreek_assets.finetune.pipeline import fine_tune, read_sft
+    from datacreek_assets.finetune.training import TrainConfig
+
+    tenant = validate_tenant_id(context.partition_key)
+    torch.set_num_threads(finetune.threads)
+    data = read_sft(object_store.for_tenant(tenant))
+    train_config = TrainConfig(**config.model_dump())
+    tracking = finetune.tracking(tenant)
+
+    gpus = torch.cuda.device_count()
+    with credit_ledger.metered(context, tenant, gpus) as meter:
+        def progress(step: int, loss: float) -> None:
+            meter.check()  # out of credits: stop at a step boundary (the checkpoint keeps the work)
+            if step % 5 == 0:
+                context.log.info(f"step {step}: loss {loss:.4f}")
+
+        outcome = fine_tune(finetune.tenant_dir(tenant), finetune.base_dir(), finetune.base_model, data,
+                            train_config, tracking, finetune.cpu_fallback, gpus, on_step=progress)
+    result = outcome.result
+    picture = loss_curve_picture(result.losses, result.val_losses, f"{tenant}: LoRA fine-tuning")
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "loss_curve.png").write_bytes(picture)
+        tracking.log_artifact(outcome.mlflow_run_id, Path(tmp) / "loss_curve.png", "pictures")
+    return dg.MaterializeResult(
+        metadata={
+            "mlflow_run_id": outcome.mlflow_run_id,
+            "metered": f"{meter.resource} x{meter.units}, balance after {meter.balance:.4f} credits",
+            "run_key": outcome.run_key,
+            "dataset_version": data.version,
+            "base_model": finetune.base_model,
+            "device": outcome.device,
+            "device_plan": outcome.device_reason,
+            "base_in_8bit": outcome.load_in_8bit,
+            "train_records": len(data.train),
+            "dropped_too_long": outcome.dropped_too_long,
+            "steps": result.steps,
+            "resumed_from_step": result.resumed_from,
+            "micro_batch": result.micro_batch,
+            "gradient_accumulation": result.accumulation,
+            "micro_batch_probe_mb": json.dumps(result.probe_mb),
+            "train_tokens": result.train_tokens,
+            "tokens_per_s": round(result.tokens_per_s, 1),
+            "peak_memory_mb": round(result.peak_memory_mb, 1),
+            "first_train_loss": round(result.losses[0][1], 4) if result.losses else None,
+            "final_train_loss": round(result.losses[-1][1], 4) if result.losses else None,
+            "val_loss": round(result.val_losses[-1][1], 4) if result.val_losses else None,
+            "loss_curve": dg.MetadataValue.md(png_markdown(picture, "loss curve")),
+        },
+        data_version=dg.DataVersion(outcome.run_key),
+    )
+
+
+@dg.asset(
+    partitions_def=tenant_partitions,
+    backfill_policy=PER_TENANT_RUNS,
+    automation_condition=downstream_condition(),
+    group_name="finetune",
+    kinds={"gguf"},
+    deps=[finetuned_adapter],
+    description="The merged model as GGUF (f16 and q8_0) and the adapter alone as a GGUF LoRA file "
+    "(applied by llama.cpp to the shared base file), written by the project's exporter.",
+)
+def gguf_model(context: dg.AssetExecutionContext, finetune: FineTuneResource) -> dg.MaterializeResult:
+    from datacreek_assets.finetune.pipeline import export_release, read_latest
+
+    tenant = validate_tenant_id(context.partition_key)
+    latest = read_latest(finetune.tenant_dir(tenant))
+    manifest = export_release(latest, finetune.tenant_dir(tenant))
+    tracking = finetune.tracking(tenant)
+    tracking.log_artifact(latest["mlflow_run_id"], Path(manifest["q8_0"]["path"]).with_name("model.q8_0.gguf"), "gguf")
+    tracking.log_artifact(latest["mlflow_run_id"], Path(manifest["lora"]["path"]), "gguf")
+    return dg.MaterializeResult(
+        metadata={
+            "run_key": latest["run_key"],
+            "f16_path": manifest["f16"]["path"],
+            "f16_mib": round(manifest["f16"]["bytes"] / 2**20, 1),
+            "q8_0_mib": round(manifest["q8_0"]["bytes"] / 2**20, 1),
+            "adapter_mib": round(manifest["lora"]["bytes"] / 2**20, 2),
+            "base_f16_path": manifest["base_f16"],
+        },
+        data_version=dg.DataVersion(latest["run_key"]),
+    )
+
+
+@dg.asset_check(asset=gguf_model, blocking=True,
+                description="llama.cpp loads each file: f32 logits within 1e-3 of torch (f32 KV cache), greedy "
+                "tokens of the f16 file and of base f16 + adapter equal torch's.")
+def gguf_matches_torch(context: dg.AssetCheckExecutionContext, finetune: FineTuneResource) -> dg.AssetCheckResult:
+    from datacreek_assets.finetune.pipeline import read_latest, verify_release
+
+    tenant = validate_tenant_id(context.run.tags.get("dagster/partition", ""))
+    latest = read_latest(finetune.tenant_dir(tenant))
+    manifest = json.loads((finetune.tenant_dir(tenant) / "gguf" / latest["run_key"] / "manifest.json").read_text())
+    with tempfile.TemporaryDirectory(dir=finetune.tenant_dir(tenant)) as scratch:
+        report = verify_release(latest, manifest, Path(scratch))
+    passed = (report["f32_max_abs_logit_diff"] <= LOGIT_TOLERANCE and report["f16_greedy_match"]
+              and report["adapter_greedy_match"])
+    return dg.AssetCheckResult(passed=passed, metadata={k: v for k, v in report.items()})
+
+
+@dg.asset(
+    partitions_def=tenant_partitions,
+    backfill_policy=PER_TENANT_RUNS,
+    automation_condition=downstream_condition(),
+    group_name="finetune",
+    kinds={"llama.cpp", "mlflow"},
+    deps=[gguf_model],
+    description="Held-out QA pairs (validation split) answered by llama.cpp from the base and the tuned GGUF; "
+    "exact match and token F1; reward_avg (tuned mean F1) and a registered model version in MLflow.",
+)
+def qa_eval(context: dg.AssetExecutionContext, finetune: FineTuneResource,
+            object_store: ObjectStoreResource) -> dg.MaterializeResult:
+    from datacreek_assets.finetune.pipeline import evaluate, read_latest, read_sft, write_json_atomic
+
+    tenant = validate_tenant_id(context.partition_key)
+    tenant_dir = finetune.tenant_dir(tenant)
+    latest = read_latest(tenant_dir)
+    manifest = json.loads((tenant_dir / "gguf" / latest["run_key"] / "manifest.json").read_text())
+    data = read_sft(object_store.for_tenant(tenant))
+    report = evaluate(latest, manifest, data, finetune.eval_questions)
+    report["margin"] = finetune.eval_margin
+    report["passed"] = report["tuned"]["f1"] >= report["base"]["f1"] + finetune.eval_margin
+    drift_meta = {}
+    if report["passed"]:
+        drift_meta = move_drift_reference(object_store.for_tenant(tenant), context.run.tags.get(DETECTED_AT_TAG))
+    tracking = finetune.tracking(tenant)
+    run_id = latest["mlflow_run_id"]
+    tracking.log_metric(run_id, "reward_avg", report["tuned"]["f1"])
+    for side in ("base", "tuned"):
+        tracking.log_metric(run_id, f"{side}_exact_match", report[side]["exact_match"])
+        tracking.log_metric(run_id, f"{side}_f1", report[side]["f1"])
+    picture = eval_comparison_picture(
+        {side: {"exact match": report[side]["exact_match"], "token F1": report[side]["f1"]} for side in ("base", "tuned")},
+        f"{tenant}: held-out QA")
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "qa_eval.png").write_bytes(picture)
+        tracking.log_artifact(run_id, Path(tmp) / "qa_eval.png", "pictures")
+    tracking.finish(run_id)
+    report["model_version"] = tracking.register(run_id, "gguf", tags={"qa_passed": str(report["passed"]).lower()})
+    write_json_atomic(tenant_dir / "eval" / f"{latest['run_key']}.json", report)
+    write_json_atomic(tenant_dir / "eval" / "latest.json", report)
+    examples = "\n".join(f"| {e['question'][:60]} | {e['reference'][:60]} | {e['base'][:60]} | {e['tuned'][:60]} |"
+                         for e in report["examples"])
+    return dg.MaterializeResult(
+        metadata={
+            "questions": report["tuned"]["questions"],
+            "base_exact_match": report["base"]["exact_match"],
+            "base_f1": round(report["base"]["f1"], 4),
+            "tuned_exact_match": report["tuned"]["exact_match"],
+            "tuned_f1": round(report["tuned"]["f1"], 4),
+            "reward_avg": round(report["tuned"]["f1"], 4),
+            "margin": finetune.eval_margin,
+            "registered_model": f"{tracking.model_name} v{report['model_version']}",
+            **drift_meta,
+            "examples": dg.MetadataValue.md("| question | reference | base | tuned |\n|---|---|---|---|\n" + examples),
+            "comparison": dg.MetadataValue.md(png_markdown(picture, "base vs tuned")),
+        },
+        data_version=dg.DataVersion(latest["run_key"]),
+    )
+
+
+def move_drift_reference(store, detected_at: str | None) -> dict:
+    """A model that passed its gate was trained on the newest data: drift is measured from there on.
+    For a drift-triggered retraining, the time from crossing the threshold to this point is returned."""
+    if store.exists(LATEST_STATS_KEY):
+        store.put(REFERENCE_KEY, store.get(LATEST_STATS_KEY))
+    meta = {"drift_reference_moved": store.exists(LATEST_STATS_KEY)}
+    if detected_at:
+        meta["drift_to_release_s"] = round(time.time() - float(detected_at), 1)
+    return meta
+
+
+@dg.asset_check(asset=qa_eval, blocking=True,
+                description="Release gate: the tuned model's mean token F1 beats the base model's by the margin.")
+def tuned_beats_base(context: dg.AssetCheckExecutionContext, finetune: FineTuneResource) -> dg.AssetCheckResult:
+    tenant = validate_tenant_id(context.run.tags.get("dagster/partition", ""))
+    report_path = finetune.tenant_dir(tenant) / "eval" / "latest.json"
+    report = json.loads(report_path.read_text())
+    gain = report["tuned"]["f1"] - report["base"]["f1"]
+    return dg.AssetCheckResult(
+        passed=gain >= report["margin"],
+        metadata={"base_f1": report["base"]["f1"], "tuned_f1": report["tuned"]["f1"], "gain": round(gain, 4),
+                  "margin": report["margin"], "run_key": report["run_key"]})

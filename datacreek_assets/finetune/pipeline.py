@@ -1,0 +1,234 @@
+"""Fine-tune -> GGUF -> QA evaluation for one tenant, as plain functions the assets call.
+
+Files live under ``<models_dir>/tenants/<tenant>/``:
+- ``runs/<run_key>/``: checkpoints, the adapter and ``train.json`` of one training
+  configuration (run_key hashes the dataset version, base model and training config,
+  so a retried run resumes its own checkpoints and never another configuration's);
+- ``gguf/<run_key>/``: ``model.f16.gguf``, ``model.q8_0.gguf``, ``adapter.gguf``;
+- ``latest.json``: the newest finished training (written by rename, last).
+The base model's checkpoint and its f16 GGUF are shared by all tenants under
+``base_cache_dir``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from datacreek_assets.finetune.base_model import base_model_dir, load_base
+from datacreek_assets.finetune.packing import encode, pack
+from datacreek_assets.finetune.training import TrainConfig, TrainResult, plan_device, train_lora, wrap_lora
+
+DATASET_PREFIX = "datasets/sft"
+
+
+class FineTuneError(RuntimeError):
+    pass
+
+
+@dataclass
+class SftData:
+    version: str
+    template_sha: str
+    train: list[dict]
+    validation: list[dict]
+
+
+def read_sft(store) -> SftData:
+    """The tenant's newest SFT dataset version (chat format) from its object store."""
+    if not store.exists(f"{DATASET_PREFIX}/latest.json"):
+        raise FineTuneError("the tenant has no SFT dataset yet: materialize sft_dataset first")
+    version = store.get_json(f"{DATASET_PREFIX}/latest.json")["version"]
+    manifest = store.get_json(f"{DATASET_PREFIX}/{version}/manifest.json")
+    chats = store.get_jsonl(f"{DATASET_PREFIX}/{version}/chat.jsonl")
+    return SftData(version, manifest["template_sha"], [c for c in chats if c["split"] == "train"],
+                   [c for c in chats if c["split"] == "validation"])
+
+
+def run_key(dataset_version: str, base_model: str, config: TrainConfig) -> str:
+    blob = json.dumps([dataset_version, base_model, asdict(config)], sort_keys=True, default=list)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, path)
+
+
+def read_latest(tenant_dir: Path) -> dict:
+    latest = tenant_dir / "latest.json"
+    if not latest.exists():
+        raise FineTuneError("no finished fine-tuning for this tenant: materialize finetuned_adapter first")
+    return json.loads(latest.read_text())
+
+
+def rows_for(tokenizer, chats: list[dict], max_len: int):
+    examples = [e for e in (encode(tokenizer, c["messages"], max_len) for c in chats) if e is not None]
+    return pack(examples, max_len), len(chats) - len(examples)
+
+
+@dataclass
+class FineTuneOutcome:
+    run_key: str
+    mlflow_run_id: str
+    dataset: SftData
+    result: TrainResult
+    device: str
+    device_reason: str
+    load_in_8bit: bool
+    dropped_too_long: int
+
+
+def fine_tune(tenant_dir: Path, base_cache: Path, base_model: str, data: SftData, config: TrainConfig,
+              tracking, cpu_fallback: str, gpus: int, on_step=None) -> FineTuneOutcome:
+    """Train (or resume) the tenant's adapter; logs params and losses to the tenant's MLflow experiment."""
+    import torch
+
+    plan = plan_device(gpus, cpu_fallback)
+    base_dir = base_model_dir(base_model, base_cache)
+    load_8bit = plan.load_in_8bit
+    try:
+        model, tokenizer = load_base(base_dir, load_in_8bit=load_8bit)
+    except (ImportError, RuntimeError, ValueError) as err:  # bitsandbytes without a CPU int8 backend
+        if not load_8bit:
+            raise
+        load_8bit, reason = False, f"{plan.reason}; 8-bit unavailable ({err.__class__.__name__}: {err}), fp32 used"
+        model, tokenizer = load_base(base_dir)
+    else:
+        reason = plan.reason
+    train_rows, dropped = rows_for(tokenizer, data.train, config.max_seq_len)
+    val_rows, _ = rows_for(tokenizer, data.validation, config.max_seq_len)
+    key = run_key(data.version, base_model, config)
+    out_dir = tenant_dir / "runs" / key
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_file = out_dir / "mlflow_run_id"
+    if run_file.exists():  # a resumed training continues its MLflow run
+        run_id = run_file.read_text().strip()
+    else:
+        run_id = tracking.start_run(f"finetune-{key}", {
+            "learning_rate": config.learning_rate, "epochs": config.epochs, "max_steps": config.max_steps,
+            "lora_rank": config.lora_rank, "lora_alpha": config.lora_alpha, "base_model": base_model,
+            "dataset_version": data.version, "template_sha": data.template_sha,
+            "effective_batch": config.effective_batch, "max_seq_len": config.max_seq_len,
+            "device": plan.device, "load_in_8bit": load_8bit, "run_key": key,
+        })
+        run_file.write_text(run_id)
+    torch.manual_seed(config.seed)
+    peft_model = wrap_lora(model, config)
+    try:
+        result = train_lora(peft_model, tokenizer.pad_token_id, train_rows, val_rows, config, out_dir, plan.device,
+                            on_step=on_step)
+    except BaseException:
+        tracking.finish(run_id, "FAILED")  # a retry resumes the checkpoints and reopens nothing
+        run_file.unlink(missing_ok=True)
+        raise
+    tokenizer.save_pretrained(result.adapter_dir)
+    if result.resumed_from < result.steps:  # this call trained: log the history once, at the end
+        _log_training(tracking, run_id, result)
+    (out_dir / "train.json").write_text(json.dumps(asdict(result)))
+    write_json_atomic(tenant_dir / "latest.json", {
+        "run_key": key, "mlflow_run_id": run_id, "dataset_version": data.version, "base_model": base_model,
+        "base_dir": str(base_dir), "adapter_dir": result.adapter_dir, "device": plan.device,
+        "load_in_8bit": load_8bit})
+    return FineTuneOutcome(key, run_id, data, result, plan.device, reason, load_8bit, dropped)
+
+
+def _log_training(tracking, run_id: str, result: TrainResult) -> None:
+    tracking.log_history(run_id, "val_loss", result.val_losses)
+    tracking.log_history(run_id, "train_loss", result.losses)
+    tracking.log_metric(run_id, "train_tokens_per_s", result.tokens_per_s)
+    tracking.log_metric(run_id, "peak_memory_mb", result.peak_memory_mb)
+    tracking.log_artifact(run_id, Path(result.adapter_dir), "adapter")
+
+
+def adapted_model(latest: dict):
+    """(peft model, tokenizer): the base with the tenant's newest adapter attached."""
+    from peft import PeftModel
+
+    model, tokenizer = load_base(Path(latest["base_dir"]))
+    return PeftModel.from_pretrained(model, latest["adapter_dir"]).eval(), tokenizer
+
+
+def base_gguf(base_dir: Path) -> Path:
+    """The base model's f16 GGUF, shared by every tenant (written once, inside the checkpoint's
+    directory so a rebuilt checkpoint never pairs with a stale file)."""
+    from datacreek_assets.finetune.gguf_export import export_model
+
+    path = base_dir / "model.f16.gguf"
+    if not path.exists():
+        model, tokenizer = load_base(base_dir)
+        export_model(model, tokenizer, path, "f16", name=base_dir.name)
+    return path
+
+
+def export_release(latest: dict, tenant_dir: Path) -> dict:
+    """The tenant's GGUF files: merged f16 and q8_0, the adapter alone, and the shared base f16."""
+    from datacreek_assets.finetune.gguf_export import export_lora, export_model
+
+    peft_model, tokenizer = adapted_model(latest)
+    folder = tenant_dir / "gguf" / latest["run_key"]
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"lora": export_lora(peft_model, tokenizer, folder / "adapter.gguf")}
+    merged = peft_model.merge_and_unload()  # in place: the adapter is exported first
+    files["f16"] = export_model(merged, tokenizer, folder / "model.f16.gguf", "f16")
+    files["q8_0"] = export_model(merged, tokenizer, folder / "model.q8_0.gguf", "q8_0")
+    base = base_gguf(Path(latest["base_dir"]))
+    manifest = {"run_key": latest["run_key"], "base_f16": str(base),
+                **{kind: asdict(f) for kind, f in files.items()}}
+    write_json_atomic(folder / "manifest.json", manifest)
+    return manifest
+
+
+def verify_release(latest: dict, manifest: dict, scratch: Path) -> dict:
+    """llama.cpp against torch: an f32 export's logits, greedy tokens of the f16 and of base f16 + adapter."""
+    from datacreek_assets.finetune.gguf_export import export_model
+    from datacreek_assets.finetune.llama_cpp import verify_against_torch
+
+    peft_model, tokenizer = adapted_model(latest)
+    merged = peft_model.merge_and_unload()
+    messages = [{"role": "system", "content": "You answer questions."},
+                {"role": "user", "content": "What does the json module provide?"}]
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
+    stop = {tokenizer.eos_token_id}
+    scratch.mkdir(parents=True, exist_ok=True)
+    f32 = scratch / "model.f32.gguf"
+    try:
+        export_model(merged, tokenizer, f32, "f32")
+        exact = verify_against_torch(merged, f32, prompt, stop)
+    finally:
+        f32.unlink(missing_ok=True)
+    f16 = verify_against_torch(merged, Path(manifest["f16"]["path"]), prompt, stop)
+    adapter = verify_against_torch(merged, Path(manifest["base_f16"]), prompt, stop,
+                                   lora_path=Path(manifest["lora"]["path"]))
+    return {"f32_max_abs_logit_diff": exact.max_abs_logit_diff, "f32_greedy_match": exact.greedy_match,
+            "f16_greedy_match": f16.greedy_match, "f16_max_abs_logit_diff": f16.max_abs_logit_diff,
+            "adapter_greedy_match": adapter.greedy_match,
+            "adapter_max_abs_logit_diff": adapter.max_abs_logit_diff, "greedy_tokens": len(f16.torch_tokens)}
+
+
+def evaluate(latest: dict, manifest: dict, data: SftData, questions: int) -> dict:
+    """Base vs tuned on held-out QA pairs, both answered by llama.cpp from their f16 GGUF."""
+    from transformers import AutoTokenizer
+
+    from datacreek_assets.finetune.llama_cpp import answer_questions
+    from datacreek_assets.finetune.qa import QaScores
+
+    pairs = data.validation[:questions]
+    if not pairs:
+        raise FineTuneError("the dataset has no validation records to evaluate on")
+    tokenizer = AutoTokenizer.from_pretrained(latest["adapter_dir"])
+    prompts = [c["messages"][:-1] for c in pairs]
+    references = [c["messages"][-1]["content"] for c in pairs]
+    base = answer_questions(Path(manifest["base_f16"]), tokenizer, prompts)
+    tuned = answer_questions(Path(manifest["f16"]["path"]), tokenizer, prompts)
+    base_scores, tuned_scores = QaScores.of(base, references), QaScores.of(tuned, references)
+    examples = [{"question": p[-1]["content"], "reference": r, "base": b, "tuned": t}
+                for p, r, b, t in zip(prompts[:5], references, base, tuned)]
+    return {"base": asdict(base_scores), "tuned": asdict(tuned_scores), "examples": examples,
+            "dataset_version": data.version, "run_key": latest["run_key"]}

@@ -1,0 +1,48 @@
+"""Exact match and token F1 (SQuAD-style normalisation) for held-out QA pairs."""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from dataclasses import dataclass
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def normalize(text: str) -> list[str]:
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    return _ARTICLES.sub(" ", text).split()
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    return float(normalize(prediction) == normalize(reference))
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    pred, ref = normalize(prediction), normalize(reference)
+    if not pred or not ref:
+        return float(pred == ref)
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+@dataclass
+class QaScores:
+    questions: int
+    exact_match: float
+    f1: float
+
+    @classmethod
+    def of(cls, predictions: list[str], references: list[str]) -> "QaScores":
+        if len(predictions) != len(references):
+            raise ValueError("predictions and references differ in length")
+        n = len(references)
+        if n == 0:
+            return cls(0, 0.0, 0.0)
+        return cls(n, sum(map(exact_match, predictions, references)) / n,
+                   sum(map(token_f1, predictions, references)) / n)

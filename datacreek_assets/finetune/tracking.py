@@ -1,0 +1,88 @@
+"""MLflow tracking, one experiment and one registered model per tenant.
+
+Experiments are named ``datacreek/<tenant>`` with their artifacts under
+``<artifact_root>/<tenant>``; registered models are ``datacreek-<tenant>``. A
+run id from another tenant is refused, so a tenant's handle can never read or
+write another tenant's runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from datacreek_assets.tenancy import validate_tenant_id
+
+
+class ForeignRun(PermissionError):
+    pass
+
+
+class TenantTracking:
+    def __init__(self, tracking_uri: str, artifact_root: str, tenant: str):
+        from mlflow.tracking import MlflowClient
+
+        self.tenant = validate_tenant_id(tenant)
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self.experiment_name = f"datacreek/{self.tenant}"
+        self.model_name = f"datacreek-{self.tenant}"
+        found = self.client.get_experiment_by_name(self.experiment_name)
+        self.experiment_id = found.experiment_id if found else self.client.create_experiment(
+            self.experiment_name, artifact_location=f"{artifact_root.rstrip('/')}/{self.tenant}",
+            tags={"datacreek/tenant": self.tenant})
+
+    def start_run(self, run_name: str, params: dict, tags: dict | None = None) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=run_name,
+                                     tags={"datacreek/tenant": self.tenant, **(tags or {})})
+        for key, value in params.items():
+            self.client.log_param(run.info.run_id, key, value)
+        return run.info.run_id
+
+    def run(self, run_id: str):
+        run = self.client.get_run(run_id)
+        if run.info.experiment_id != self.experiment_id:
+            raise ForeignRun(f"run {run_id} does not belong to tenant {self.tenant!r}")
+        return run
+
+    def log_metric(self, run_id: str, key: str, value: float, step: int = 0) -> None:
+        self.run(run_id)
+        self.client.log_metric(run_id, key, float(value), step=step)
+
+    def log_history(self, run_id: str, key: str, points: list[tuple[int, float]]) -> None:
+        """A metric's (step, value) history in batches (one SQL round trip per 1000 points)."""
+        import time
+
+        from mlflow.entities import Metric
+
+        self.run(run_id)
+        now = int(time.time() * 1000)
+        metrics = [Metric(key, float(value), now, int(step)) for step, value in points]
+        for i in range(0, len(metrics), 1000):
+            self.client.log_batch(run_id, metrics=metrics[i:i + 1000])
+
+    def log_artifact(self, run_id: str, path: Path, folder: str | None = None) -> None:
+        self.run(run_id)
+        self.client.log_artifact(run_id, str(path), folder)
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        self.run(run_id)
+        self.client.set_terminated(run_id, status)
+
+    def register(self, run_id: str, artifact_folder: str, tags: dict | None = None) -> str:
+        """A new version of the tenant's registered model from a folder of the run's artifacts."""
+        from mlflow.exceptions import MlflowException
+
+        run = self.run(run_id)
+        existing = self.client.search_model_versions(f"name='{self.model_name}' and run_id='{run_id}'")
+        if existing:  # re-evaluating the same training does not mint a new version
+            return existing[0].version
+        try:
+            self.client.create_registered_model(self.model_name, tags={"datacreek/tenant": self.tenant})
+        except MlflowException:
+            pass  # already registered
+        version = self.client.create_model_version(self.model_name, f"{run.info.artifact_uri}/{artifact_folder}",
+                                                   run_id=run_id, tags=tags or {})
+        return version.version
+
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        self.run(run_id)
+        return [(m.step, m.value) for m in self.client.get_metric_history(run_id, key)]

@@ -1,0 +1,285 @@
+"""LoRA fine-tuning loop: packed rows, measured micro-batch, gradient accumulation, resumable.
+
+One optimizer step sees ``effective_batch`` packed rows. The micro-batch is the
+largest divisor of the effective batch whose forward+backward peak memory,
+measured on the longest rows, fits the budget; accumulation makes up the rest.
+The loss of a step is the sum of token losses divided by the label tokens of the
+whole step, so accumulating micro-batches computes the same gradient as one big
+batch. Checkpoints (adapter, optimizer, scheduler, history) are written every
+``checkpoint_every`` steps by rename; a killed run restarts from the newest one
+and, since data order is a pure function of (seed, epoch), ends with the same
+weights as a run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from datacreek_assets.finetune.packing import IGNORE, PackedRow, collate
+
+ACCELERATE_ZERO3 = Path(__file__).with_name("accelerate_zero3.yaml")
+
+
+@dataclass
+class TrainConfig:
+    learning_rate: float = 3e-4
+    epochs: int = 1
+    max_steps: int = 0  # 0: no cap beyond epochs
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    effective_batch: int = 8
+    max_seq_len: int = 512
+    memory_budget_mb: int = 4096
+    checkpoint_every: int = 10
+    eval_every: int = 10
+    seed: int = 0
+
+
+@dataclass
+class DevicePlan:
+    device: str  # "cuda" or "cpu"
+    gpus: int
+    load_in_8bit: bool
+    accelerate_config: str | None  # the DeepSpeed ZeRO-3 config when several GPUs are present
+    reason: str
+
+
+def plan_device(gpus: int, cpu_fallback: str) -> DevicePlan:
+    """Where training runs. ``cpu_fallback`` is "int8" (base in 8-bit via bitsandbytes) or "fp32"."""
+    if cpu_fallback not in ("int8", "fp32"):
+        raise ValueError(f"cpu_fallback must be 'int8' or 'fp32', not {cpu_fallback!r}")
+    if gpus > 1:
+        return DevicePlan("cuda", gpus, False, str(ACCELERATE_ZERO3), f"{gpus} GPUs: accelerate + DeepSpeed ZeRO-3")
+    if gpus == 1:
+        return DevicePlan("cuda", 1, False, None, "one GPU: plain torch")
+    return DevicePlan("cpu", 0, cpu_fallback == "int8", None, f"no GPU: CPU fallback, base in {cpu_fallback}")
+
+
+def micro_batch_for(effective_batch: int, fits: Callable[[int], bool]) -> int:
+    """Largest divisor of ``effective_batch`` for which ``fits(m)`` holds (probed smallest first)."""
+    if effective_batch < 1:
+        raise ValueError("effective_batch must be at least 1")
+    best = 0
+    for m in (d for d in range(1, effective_batch + 1) if effective_batch % d == 0):
+        if not fits(m):
+            break
+        best = m
+    if best == 0:
+        raise MemoryError("a single packed row does not fit the memory budget: raise it or lower max_seq_len")
+    return best
+
+
+def accumulation_steps(effective_batch: int, micro_batch: int) -> int:
+    if micro_batch < 1 or effective_batch % micro_batch:
+        raise ValueError(f"micro-batch {micro_batch} does not divide effective batch {effective_batch}")
+    return effective_batch // micro_batch
+
+
+class PeakMemory:
+    """Peak memory of a block: CUDA allocator peak, or sampled process RSS on CPU (bytes above start)."""
+
+    def __init__(self, device: str):
+        self.device, self.peak = device, 0
+
+    def __enter__(self):
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+            self._start = torch.cuda.memory_allocated()
+        else:
+            import psutil
+
+            self._process = psutil.Process()
+            self._start = self._process.memory_info().rss
+            self._stop = threading.Event()
+            self._max = self._start
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self._max = max(self._max, self._process.memory_info().rss)
+            self._stop.wait(0.002)
+
+    def __exit__(self, *exc):
+        if self.device == "cuda":
+            import torch
+
+            self.peak = torch.cuda.max_memory_allocated() - self._start
+        else:
+            self._stop.set()
+            self._thread.join()
+            self._max = max(self._max, self._process.memory_info().rss)
+            self.peak = self._max - self._start
+        return False
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: str
+    steps: int
+    micro_batch: int
+    accumulation: int
+    train_tokens: int
+    train_seconds: float
+    tokens_per_s: float
+    peak_memory_mb: float
+    probe_mb: dict[int, float]
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    val_losses: list[tuple[int, float]] = field(default_factory=list)
+    resumed_from: int = 0
+
+
+def token_loss_sum(model, batch: dict):
+    """Sum of next-token cross-entropy over label tokens, and their count."""
+    import torch.nn.functional as F
+
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   position_ids=batch["position_ids"]).logits
+    targets = batch["labels"][:, 1:]
+    loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                           ignore_index=IGNORE, reduction="sum")
+    return loss, int((targets != IGNORE).sum())
+
+
+def validation_loss(model, rows: list[PackedRow], micro_batch: int, pad_id: int, device: str) -> float:
+    import torch
+
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(rows), micro_batch):
+            batch = {k: v.to(device) for k, v in collate(rows[i:i + micro_batch], pad_id).items()}
+            loss, n = token_loss_sum(model, batch)
+            total, count = total + float(loss), count + n
+    return total / max(count, 1)
+
+
+def wrap_lora(model, config: TrainConfig):
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.0,
+                      target_modules=list(config.target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def train_lora(model, pad_id: int, train_rows: list[PackedRow], val_rows: list[PackedRow], config: TrainConfig,
+               out_dir: Path, device: str = "cpu",
+               on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+    """Train a LoRA adapter on ``model`` (a peft model from ``wrap_lora``); resumes from ``out_dir``."""
+    import torch
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    if not train_rows:
+        raise ValueError("no training rows: the dataset is empty after filtering")
+    torch.manual_seed(config.seed)
+    model.to(device)
+    model.train()
+    checkpoints = out_dir / "checkpoints"
+    latest = _latest_checkpoint(checkpoints)
+    state = json.loads((latest / "state.json").read_text()) if latest else None
+
+    def fits(m: int) -> bool:
+        rows = sorted(train_rows, key=lambda r: -len(r.input_ids))[:m]
+        batch = {k: v.to(device) for k, v in collate(rows, pad_id).items()}
+        with PeakMemory(device) as peak:
+            loss, _ = token_loss_sum(model, batch)
+            loss.backward()
+        model.zero_grad(set_to_none=True)
+        probe[m] = peak.peak / 2**20
+        return probe[m] <= config.memory_budget_mb
+
+    probe: dict[int, float] = {}
+    micro = state["micro_batch"] if state else micro_batch_for(config.effective_batch, fits)
+    accum = accumulation_steps(config.effective_batch, micro)
+    per_epoch = math.ceil(len(train_rows) / config.effective_batch)
+    total_steps = per_epoch * config.epochs
+    if config.max_steps:
+        total_steps = min(total_steps, config.max_steps)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
+    warmup = max(1, total_steps // 20)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup))))
+    losses, val_losses, start_step, tokens, seconds = [], [], 0, 0, 0.0
+    if state:
+        set_peft_model_state_dict(model, torch.load(latest / "adapter.pt", weights_only=True))
+        optimizer.load_state_dict(torch.load(latest / "optimizer.pt", weights_only=True))
+        scheduler.load_state_dict(torch.load(latest / "scheduler.pt", weights_only=True))
+        losses, val_losses = [tuple(x) for x in state["losses"]], [tuple(x) for x in state["val_losses"]]
+        start_step, tokens, seconds, probe = state["step"], state["tokens"], state["seconds"], state["probe_mb"]
+    peak = PeakMemory(device)
+    with peak:
+        for step in range(start_step, total_steps):
+            began = time.perf_counter()
+            epoch, offset = divmod(step, per_epoch)
+            order = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(config.seed + epoch))
+            picked = [train_rows[i] for i in order[offset * config.effective_batch:(offset + 1) * config.effective_batch]]
+            label_tokens = sum(r.label_tokens for r in picked) or 1
+            step_loss = 0.0
+            for i in range(0, len(picked), micro):
+                batch = {k: v.to(device) for k, v in collate(picked[i:i + micro], pad_id).items()}
+                loss, _ = token_loss_sum(model, batch)
+                (loss / label_tokens).backward()
+                step_loss += float(loss.detach()) / label_tokens
+                tokens += sum(len(r.input_ids) for r in picked[i:i + micro])
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            seconds += time.perf_counter() - began
+            done = step + 1
+            losses.append((done, step_loss))
+            if val_rows and (done % config.eval_every == 0 or done == total_steps):
+                model.eval()
+                val_losses.append((done, validation_loss(model, val_rows, micro, pad_id, device)))
+                model.train()
+            if done % config.checkpoint_every == 0 or done == total_steps:
+                _save_checkpoint(checkpoints, done, {
+                    "adapter.pt": get_peft_model_state_dict(model), "optimizer.pt": optimizer.state_dict(),
+                    "scheduler.pt": scheduler.state_dict()},
+                    {"step": done, "micro_batch": micro, "losses": losses, "val_losses": val_losses,
+                     "tokens": tokens, "seconds": seconds, "probe_mb": probe})
+            if on_step:
+                on_step(done, step_loss)
+    adapter_dir = out_dir / "adapter"
+    model.save_pretrained(adapter_dir)
+    return TrainResult(str(adapter_dir), total_steps, micro, accum, tokens, seconds,
+                       tokens / seconds if seconds else 0.0, peak.peak / 2**20,
+                       {int(k): v for k, v in probe.items()}, losses, val_losses, start_step)
+
+
+def _latest_checkpoint(folder: Path) -> Path | None:
+    done = sorted(p for p in folder.glob("step-*") if (p / "state.json").exists()) if folder.exists() else []
+    return done[-1] if done else None
+
+
+def _save_checkpoint(folder: Path, step: int, tensors: dict, state: dict, keep: int = 2) -> None:
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".tmp-{step:06d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for name, value in tensors.items():
+        torch.save(value, tmp / name)
+    (tmp / "state.json").write_text(json.dumps(state))  # last: a checkpoint is complete once it has state.json
+    final = folder / f"step-{step:06d}"
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in sorted(folder.glob("step-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def result_json(result: TrainResult) -> str:
+    return json.dumps(asdict(result))

@@ -1,0 +1,233 @@
+"""GPU metering, the credit ledger, the admin API and the exporter scraped by a real Prometheus."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import requests
+
+from datacreek_assets.billing.ledger import CreditLedger, LedgerError, QuotaExceeded
+from datacreek_assets.billing.meter import FAILED_QUOTA, STATUS_TAG, Meter
+from datacreek_assets.billing.prometheus import PrometheusServer
+from datacreek_assets.billing.server import make_server, serve_in_thread
+from datacreek_assets.defs.billing.sensors import quota_sensor
+from datacreek_assets.tenancy import TENANT_TAG
+from resources.stores import CreditLedgerResource
+
+REPO = Path(__file__).resolve().parents[2]
+TOKEN = "t0ken-for-tests-only-1234"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def ledger_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'ledger.db'}"
+
+
+def test_concurrent_top_ups_and_usage_keep_the_ledger_consistent(ledger_url):
+    ledger = CreditLedger(ledger_url, trial_credits=0)
+    ledger.account("acme")
+    errors = []
+
+    def worker(i):
+        try:
+            for j in range(15):
+                if (i + j) % 2:
+                    ledger.top_up("acme", 1.5)
+                else:
+                    meter = ledger.open_meter("acme", f"run-{i}", "step", "gpu", 1, 0) if j == 0 else None
+                    ledger.try_spend("acme", 0.5)
+                    if meter:
+                        ledger.bill_meter(meter, 30_000, close=True)  # 30 GPU-seconds at 1 credit/min
+        except Exception as err:  # noqa: BLE001 - collected and asserted below
+            errors.append(err)
+
+    ledger.top_up("acme", 100)
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors
+    rows = ledger.transactions("acme")
+    assert ledger.account("acme").balance * 1_000_000 == pytest.approx(sum(r.amount_micro for r in rows), abs=0)
+    running = 0
+    for row in rows:  # each transaction's balance is the previous one plus its amount: no lost update
+        running += row.amount_micro
+        assert row.balance_after_micro == running
+
+
+def test_concurrent_spends_never_use_the_same_credits_twice(ledger_url):
+    ledger = CreditLedger(ledger_url, trial_credits=0)
+    ledger.top_up("acme", 10)
+    outcomes = []
+    threads = [threading.Thread(target=lambda: outcomes.append(ledger.try_spend("acme", 1))) for _ in range(25)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert outcomes.count(True) == 10 and ledger.account("acme").balance == 0
+
+
+def test_bad_ledger_input_is_refused(ledger_url):
+    ledger = CreditLedger(ledger_url)
+    for call in (lambda: ledger.top_up("acme", -5), lambda: ledger.top_up("acme", 0),
+                 lambda: ledger.set_price("acme", -1), lambda: ledger.set_price("acme", 1, "tpu")):
+        with pytest.raises(LedgerError):
+            call()
+    with pytest.raises(ValueError):
+        ledger.top_up("Acme!", 5)
+
+
+KILLED_STEP = """
+import os, signal, sys, time
+from datacreek_assets.billing.ledger import CreditLedger
+from datacreek_assets.billing.meter import Meter
+meter = Meter(CreditLedger(sys.argv[1]), "acme", "run-killed", "finetuned_adapter", "gpu", units=2, heartbeat_s=0.1)
+meter.__enter__()
+time.sleep(0.8)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_billed_minutes_equal_metered_minutes_for_normal_failed_and_killed_steps(ledger_url):
+    ledger = CreditLedger(ledger_url, trial_credits=1000)
+    ledger.set_price("acme", 2.0)
+    with Meter(ledger, "acme", "run-ok", "finetuned_adapter", "gpu", units=1, heartbeat_s=0.1):
+        time.sleep(0.5)
+    with pytest.raises(RuntimeError):
+        with Meter(ledger, "acme", "run-failed", "finetuned_adapter", "gpu", units=1, heartbeat_s=0.1):
+            time.sleep(0.3)
+            raise RuntimeError("the step crashed")
+    killed = subprocess.run([sys.executable, "-c", KILLED_STEP, ledger_url], cwd=REPO, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert killed.returncode == -signal.SIGKILL
+    [orphan] = ledger.meters(status="open")
+    assert orphan.run_id == "run-killed"
+    time.sleep(0.5)  # no beat for longer than stale_after_ms
+    assert ledger.close_orphans(stale_after_ms=300) == [orphan.meter_id]
+
+    meters = {m.run_id: m for m in ledger.meters("acme")}
+    assert {m.status for m in meters.values()} == {"closed", "orphaned"}
+    usage = [r for r in ledger.transactions("acme") if r.kind == "usage"]
+    metered_ms = sum((m.billed_until_ms - m.started_ms) * m.units for m in meters.values())
+    billed_ms = sum(r.resource_ms for r in usage)
+    assert billed_ms == metered_ms  # exact: integers end to end
+    for run_id, low in (("run-ok", 500), ("run-failed", 300), ("run-killed", 2 * 700)):
+        m = meters[run_id]
+        ran = (m.billed_until_ms - m.started_ms) * m.units
+        assert ran >= low, (run_id, ran)  # billed for the time it ran (the killed one up to its last beat)
+        assert sum(r.resource_ms for r in usage if r.meter_id == m.meter_id) == ran
+    cost_micro = -sum(r.amount_micro for r in usage)
+    assert cost_micro == sum(round(r.resource_ms * r.price_micro / 60000) for r in usage)
+    [gpu] = [u for u in ledger.usage() if u.resource == "gpu"]
+    assert gpu.minutes == pytest.approx(billed_ms / 60000) and gpu.cost == pytest.approx(gpu.minutes * 2.0, abs=1e-5)
+
+
+def test_a_tenant_without_credits_is_refused_before_gpu_work_starts(ledger_url):
+    ledger = CreditLedger(ledger_url, trial_credits=0)
+    with pytest.raises(QuotaExceeded, match="top it up"):
+        Meter(ledger, "acme", "run-1", "finetuned_adapter", "gpu").__enter__()
+    assert ledger.meters("acme") == []
+
+
+def test_a_running_meter_notices_the_balance_going_negative(ledger_url):
+    ledger = CreditLedger(ledger_url, trial_credits=0.001)
+    ledger.set_price("acme", 600.0)  # 10 credits per second
+    with pytest.raises(QuotaExceeded, match="ran out of credits"):
+        with Meter(ledger, "acme", "run-1", "finetuned_adapter", "gpu", heartbeat_s=0.05) as meter:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                meter.check()
+                time.sleep(0.02)
+    assert ledger.account("acme").balance < 0
+
+
+@dg.op
+def gpu_step():
+    pass
+
+
+@dg.job
+def gpu_job():
+    gpu_step()
+
+
+def test_quota_sensor_stops_only_the_over_quota_tenant_s_gpu_runs(ledger_url, instance):
+    resource = CreditLedgerResource(url=ledger_url, trial_credits=1.0, heartbeat_s=0.1)
+    ledger = resource.ledger()
+    runs = {t: instance.create_run_for_job(gpu_job, tags={TENANT_TAG: t}, status=dg.DagsterRunStatus.STARTED)
+            for t in ("acme", "globex")}
+    meters = {t: ledger.open_meter(t, runs[t].run_id, "gpu_step", "gpu", 1, int(time.time() * 1000))
+              for t in ("acme", "globex")}
+    ledger.bill_meter(meters["acme"], int(time.time() * 1000) + 5 * 60_000)  # 5 GPU-minutes: acme is at -4
+    quota_sensor(dg.build_sensor_context(instance=instance, resources={"credit_ledger": resource}))
+    assert instance.get_run_by_id(runs["acme"].run_id).tags.get(STATUS_TAG) == FAILED_QUOTA
+    assert STATUS_TAG not in instance.get_run_by_id(runs["globex"].run_id).tags
+
+
+@pytest.fixture
+def billing_server(ledger_url):
+    ledger = CreditLedger(ledger_url, trial_credits=5)
+    port = free_port()
+    server = make_server(ledger, TOKEN, port=port)
+    serve_in_thread(server)
+    yield ledger, f"http://127.0.0.1:{port}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_admin_api_authenticates_and_validates(billing_server):
+    ledger, url = billing_server
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert requests.get(f"{url}/admin/tenants/acme/balance", timeout=5).status_code == 401
+    assert requests.get(f"{url}/admin/tenants/acme/balance", headers={"Authorization": "Bearer wrong"},
+                        timeout=5).status_code == 401
+    assert requests.get(f"{url}/admin/tenants/ACME!/balance", headers=auth, timeout=5).status_code == 400
+    assert requests.post(f"{url}/admin/tenants/acme/top-up", headers=auth, data="not json", timeout=5).status_code == 400
+    assert requests.post(f"{url}/admin/tenants/acme/top-up", headers=auth, json={"amount": -3}, timeout=5).status_code == 400
+    reply = requests.post(f"{url}/admin/tenants/acme/top-up", headers=auth, json={"amount": 20}, timeout=5)
+    assert reply.status_code == 200 and reply.json()["balance"] == 25
+    assert requests.post(f"{url}/admin/tenants/acme/price", headers=auth, json={"price": 0.75},
+                         timeout=5).status_code == 200
+    balance = requests.get(f"{url}/admin/tenants/acme/balance", headers=auth, timeout=5).json()
+    assert balance == {"tenant": "acme", "balance": 25.0, "gpu_price": 0.75, "cpu_price": 0.1}
+    assert ledger.account("globex").balance == 5  # untouched
+
+
+def test_prometheus_scrapes_gpu_minutes_and_cost_per_tenant(billing_server, tmp_path):
+    ledger, url = billing_server
+    ledger.set_price("acme", 2.0)
+    for tenant, minutes in (("acme", 3), ("globex", 1)):
+        meter = ledger.open_meter(tenant, f"run-{tenant}", "finetuned_adapter", "gpu", 1, 0)
+        ledger.bill_meter(meter, minutes * 60_000, close=True)
+    with PrometheusServer(tmp_path / "prometheus", free_port(), [url.removeprefix("http://")]) as prometheus:
+        deadline = time.monotonic() + 60
+        minutes = {}
+        while time.monotonic() < deadline and len(minutes) < 2:
+            minutes = {r["metric"]["tenant"]: float(r["value"][1]) for r in prometheus.query("gpu_minutes_total")}
+            time.sleep(0.5)
+        assert minutes == {"acme": 3.0, "globex": 1.0}
+        cost = {r["metric"]["tenant"]: float(r["value"][1]) for r in prometheus.query("gpu_cost_total")}
+        assert cost == {"acme": 6.0, "globex": 1.0}  # C = t_GPU x P_unit
+        balance = {r["metric"]["tenant"]: float(r["value"][1]) for r in prometheus.query("credit_balance")}
+        assert balance == {"acme": -1.0, "globex": 4.0}
+        rules = {r["name"] for g in prometheus.rule_groups() for r in g["rules"]}
+        assert {"tenant:gpu_cost:rate1h", "TenantCreditsLow", "TenantCreditsExhausted"} <= rules
+        # every query of the Grafana dashboard is valid PromQL that this Prometheus evaluates
+        dashboard = json.loads((REPO / "monitoring/grafana/datacreek-billing.json").read_text())
+        for panel in dashboard["panels"]:
+            for target in panel["targets"]:
+                prometheus.query(target["expr"].replace("$tenant", ".*"))
+        assert prometheus.query('sum by (tenant) (gpu_minutes_total{tenant=~".*"})')

@@ -1,0 +1,127 @@
+"""The fine-tuning assets against real MLflow (SQLite store) and llama.cpp, on a tiny random Llama.
+
+The release gate is exercised both ways, and a tenant's MLflow handle is shown not to reach
+another tenant's runs.
+"""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import pytest
+
+from datacreek_assets.defs.finetune.assets import finetuned_adapter, gguf_matches_torch, gguf_model, qa_eval, \
+    tuned_beats_base
+from datacreek_assets.finetune.pipeline import FineTuneError, read_sft
+from datacreek_assets.finetune.tracking import ForeignRun
+from datacreek_assets.partitions import TENANTS_PARTITION
+from resources.stores import CreditLedgerResource, FineTuneResource, ObjectStoreResource
+from tests.unit.test_finetune import chats
+
+ASSETS = [finetuned_adapter, gguf_model, qa_eval, gguf_matches_torch, tuned_beats_base]
+TRAINING = {"ops": {"finetuned_adapter": {"config": {"epochs": 25, "learning_rate": 1e-2, "max_seq_len": 128,
+                                                     "effective_batch": 4}}}}
+
+
+def write_dataset(objects: ObjectStoreResource, tenant: str) -> None:
+    store = objects.for_tenant(tenant)
+    records = [{**c, "id": f"r{i}"} for i, c in enumerate(chats(48))]
+    store.put("datasets/sft/v1/chat.jsonl", "\n".join(json.dumps(r) for r in records).encode() + b"\n")
+    store.put_json("datasets/sft/v1/manifest.json", {"version": "v1", "template_sha": "t" * 64})
+    store.put_json("datasets/sft/latest.json", {"version": "v1"})
+
+
+@pytest.fixture
+def stores(tmp_path):
+    objects = ObjectStoreResource(backend="local", root=str(tmp_path / "objects"))
+
+    def finetune(margin: float) -> FineTuneResource:
+        return FineTuneResource(models_dir=str(tmp_path / "models"), base_cache_dir=str(tmp_path / "base"),
+                                tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                                artifact_root=str(tmp_path / "artifacts"), base_model="tiny-llama",
+                                cpu_fallback="fp32", eval_margin=margin, eval_questions=8, threads=1)
+
+    return objects, finetune, CreditLedgerResource(url=f"sqlite:///{tmp_path / 'ledger.db'}", heartbeat_s=0.5)
+
+
+def run(tenant: str, objects, finetune, instance, ledger):
+    instance.add_dynamic_partitions(TENANTS_PARTITION, [tenant])
+    return dg.materialize(ASSETS, partition_key=tenant, instance=instance, run_config=TRAINING,
+                          resources={"object_store": objects, "finetune": finetune,
+                                     "credit_ledger": ledger},
+                          raise_on_error=False)
+
+
+def check(result, name: str):
+    [evaluation] = [e for e in result.get_asset_check_evaluations() if e.check_name == name]
+    return evaluation
+
+
+def test_release_gate_passes_a_model_that_learned_and_blocks_one_that_did_not_beat_the_margin(stores, instance):
+    objects, finetune, ledger = stores
+    write_dataset(objects, "acme")
+    passing = run("acme", objects, finetune(0.05), instance, ledger)
+    assert passing.success
+    meta = passing.asset_materializations_for_node("qa_eval")[0].metadata
+    assert meta["tuned_f1"].value >= meta["base_f1"].value + 0.05, meta
+    assert check(passing, "gguf_matches_torch").passed and check(passing, "tuned_beats_base").passed
+    tuned = passing.asset_materializations_for_node("finetuned_adapter")[0].metadata
+    assert tuned["device"].value == "cpu" and not tuned["base_in_8bit"].value  # fp32 configured here
+
+    # the same tenant, an unreachable margin: the check fails and the run fails with it
+    write_dataset(objects, "globex")
+    blocked = run("globex", objects, finetune(2.0), instance, ledger)
+    assert not blocked.success
+    assert not check(blocked, "tuned_beats_base").passed
+    tracking = finetune(2.0).tracking("globex")
+    [version] = tracking.client.search_model_versions(f"name='{tracking.model_name}'")
+    assert version.tags["qa_passed"] == "false"  # registered, but never a release candidate
+
+
+def test_mlflow_runs_are_scoped_to_their_tenant(stores, instance):
+    objects, finetune, ledger = stores
+    write_dataset(objects, "acme")
+    assert run("acme", objects, finetune(-1.0), instance, ledger).success
+    acme, globex = finetune(0.0).tracking("acme"), finetune(0.0).tracking("globex")
+    acme_run = acme.client.search_runs([acme.experiment_id])[0].info.run_id
+    assert acme.run(acme_run).data.params["dataset_version"] == "v1"
+    assert acme.experiment_id != globex.experiment_id
+    for attempt in (lambda: globex.run(acme_run), lambda: globex.log_metric(acme_run, "reward_avg", 1.0),
+                    lambda: globex.register(acme_run, "gguf"), lambda: globex.metric_history(acme_run, "val_loss")):
+        with pytest.raises(ForeignRun):
+            attempt()
+    assert "reward_avg" in acme.run(acme_run).data.metrics
+    with pytest.raises(ValueError):
+        finetune(0.0).tracking("../acme")
+
+
+def test_a_tenant_without_a_dataset_gets_a_clear_error(stores, instance):
+    objects, finetune, ledger = stores
+    with pytest.raises(FineTuneError, match="materialize sft_dataset first"):
+        read_sft(objects.for_tenant("initech"))
+    result = run("initech", objects, finetune(0.0), instance, ledger)
+    assert not result.success
+    assert not (finetune(0.0).tenant_dir("initech") / "latest.json").exists()
+
+
+def test_a_fine_tune_that_runs_out_of_credits_ends_failed_quota_and_others_are_untouched(stores, instance):
+    from datacreek_assets.billing.meter import FAILED_QUOTA, STATUS_TAG
+
+    objects, finetune, ledger = stores
+    ledger_resource = CreditLedgerResource(url=ledger.url, trial_credits=0.01, heartbeat_s=0.05)
+    ledger = ledger_resource.ledger()
+    for resource in ("gpu", "cpu"):  # 10 credits per second: the trial credit lasts a millisecond
+        ledger.set_price("acme", 600.0, resource)
+    ledger.top_up("globex", 100)
+    for tenant in ("acme", "globex"):
+        write_dataset(objects, tenant)
+    broke = run("acme", objects, finetune(-1.0), instance, ledger=ledger_resource)
+    assert not broke.success
+    assert instance.get_run_by_id(broke.run_id).tags[STATUS_TAG] == FAILED_QUOTA
+    assert ledger.account("acme").balance < 0
+    assert not (finetune(0.0).tenant_dir("acme") / "latest.json").exists()
+    fine = run("globex", objects, finetune(-1.0), instance, ledger=ledger_resource)
+    assert fine.success and STATUS_TAG not in instance.get_run_by_id(fine.run_id).tags
+    [meter] = ledger.meters("globex")
+    assert meter.status == "closed" and meter.resource == "cpu"  # no GPU here: the CPU fallback is metered
