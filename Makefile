@@ -4,6 +4,7 @@ PYTHON ?= $(shell pyenv which python 2>/dev/null || command -v python3.12)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+NCA_STAMP := .venv-nca/.installed
 export DATACREEK_STATE_DIR ?= $(CURDIR)/.datacreek
 export DAGSTER_HOME ?= $(DATACREEK_STATE_DIR)/dagster_home
 # Two shared cores: keep native thread pools from oversubscribing them.
@@ -29,7 +30,13 @@ $(STAMP): pyproject.toml requirements.lock requirements-nodeps.txt
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
-venv: $(STAMP) ## create .venv and install the pinned dependencies
+# network-config-analyzer pins its own dependency versions: it gets its own environment.
+$(NCA_STAMP): requirements-nca.lock
+	$(PYTHON) -m venv .venv-nca
+	.venv-nca/bin/pip install -q -r requirements-nca.lock
+	touch $@
+
+venv: $(STAMP) $(NCA_STAMP) ## create .venv (and .venv-nca) and install the pinned dependencies
 
 demo: prereqs venv ## set up, start services, build every asset for the demo tenant
 	$(BIN)/datacreek demo

@@ -14,6 +14,28 @@ from __future__ import annotations
 import dagster as dg
 
 GPU_POOL = "gpu"
+# How a GPU step's pod looks under the k8s_job_executor (prod): one GPU, tolerates the spot
+# pool's taint, must land on a GPU pool and prefers spot; an evicted pod is restarted by its
+# Job (restartPolicy OnFailure, backoff) and goes to on-demand capacity when spot is gone.
+GPU_K8S_CONFIG = {
+    "container_config": {"resources": {
+        "requests": {"nvidia.com/gpu": "1", "cpu": "4", "memory": "24Gi"},
+        "limits": {"nvidia.com/gpu": "1", "cpu": "8", "memory": "48Gi"}}},
+    "pod_spec_config": {
+        "restart_policy": "OnFailure",
+        "tolerations": [
+            {"key": "preemptible", "operator": "Equal", "value": "true", "effect": "NoSchedule"},
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "affinity": {"node_affinity": {
+            "required_during_scheduling_ignored_during_execution": {"node_selector_terms": [
+                {"match_expressions": [{"key": "datacreek/gpu-pool", "operator": "In",
+                                        "values": ["spot", "on-demand"]}]}]},
+            "preferred_during_scheduling_ignored_during_execution": [
+                {"weight": 100, "preference": {"match_expressions": [
+                    {"key": "datacreek/gpu-pool", "operator": "In", "values": ["spot"]}]}}]}}},
+    "job_spec_config": {"backoff_limit": 3},
+}
+GPU_OP_TAGS = {"dagster-k8s/config": GPU_K8S_CONFIG}
 AUTOMATION_TAGS = {"datacreek/launched-by": "automation"}
 
 

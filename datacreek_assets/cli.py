@@ -314,6 +314,33 @@ def tenant_balance(obj: Context, tenant_id: str, as_json: bool) -> None:
                    f"cpu fallback {account.cpu_price}/min")
 
 
+@tenant.command("manifests")
+@tenant_argument
+@click.option("--gpus", default=1, show_default=True, type=int, help="GPUs in the namespace's quota.")
+@click.pass_obj
+@handle_errors
+def tenant_manifests(obj: Context, tenant_id: str, gpus: int) -> None:
+    """Render the tenant's Kubernetes manifests (namespace, quota, limits, network policies, RBAC)
+    from the tenant chart, for a tenant that exists in the registry; validated before printing."""
+    from datacreek_assets import kubernetes as k8s
+    from datacreek_assets.tenant_lifecycle import UnknownTenant
+
+    registry = obj.resources()["tenant_registry"].registry()
+    try:
+        if registry.get(tenant_id) is None:
+            raise UnknownTenant(f"tenant {tenant_id!r} is not registered: `datacreek tenant add {tenant_id}` first")
+    finally:
+        registry.close()
+    values = k8s.tenant_values(tenant_id, quota={"gpus": gpus})
+    docs = k8s.render_tenant(k8s.helm_binary(obj.settings.download_cache), values)
+    errors = k8s.validate(docs)
+    if errors:
+        _fail(RuntimeError("invalid manifests: " + "; ".join(errors)), EXIT_FAILED)
+    import yaml
+
+    click.echo(yaml.safe_dump_all(docs, sort_keys=False), nl=False)
+
+
 @cli.group()
 def billing() -> None:
     """GPU metering: the Prometheus exporter and the admin API."""

@@ -40,7 +40,12 @@ def executor_for(profile: str) -> dg.ExecutorDefinition:
 
     A run is already one process per tenant (the isolation unit); the default multiprocess
     executor adds a subprocess per step that re-imports the code location (~2 s each on these
-    machines) and buys nothing when a run's steps depend on each other. In prod, steps get their
-    own processes (and, for GPU steps, their own pods).
+    machines) and buys nothing when a run's steps depend on each other. In prod (Kubernetes) each
+    step runs in its own pod, in the tenant's namespace; GPU steps carry their pod spec in
+    `GPU_OP_TAGS` (automation.py).
     """
-    return dg.in_process_executor if profile == "local" else dg.multiprocess_executor
+    if profile == "local":
+        return dg.in_process_executor
+    from dagster_k8s import k8s_job_executor
+
+    return k8s_job_executor

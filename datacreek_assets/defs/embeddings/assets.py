@@ -6,7 +6,7 @@ import time
 
 import dagster as dg
 
-from datacreek_assets.automation import GPU_POOL, downstream_condition, gpu_condition
+from datacreek_assets.automation import GPU_OP_TAGS, GPU_POOL, downstream_condition, gpu_condition
 import numpy as np
 
 from datacreek_assets.defs.graph.assets import knowledge_graph
@@ -44,6 +44,7 @@ def read_vectors(store):
     backfill_policy=PER_TENANT_RUNS,
     automation_condition=gpu_condition(),
     pool=GPU_POOL,
+    op_tags=GPU_OP_TAGS,
     group_name="embeddings",
     kinds={"pytorch"},
     deps=[knowledge_graph],

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from datacreek_assets.automation import GPU_POOL, downstream_condition, gpu_condition
+from datacreek_assets.automation import GPU_OP_TAGS, GPU_POOL, downstream_condition, gpu_condition
 from datacreek_assets.defs.datasets.assets import sft_dataset
 from datacreek_assets.defs.embeddings.assets import LATEST_STATS_KEY, REFERENCE_KEY
 from datacreek_assets.defs.retraining.sensors import DETECTED_AT_TAG
@@ -21,7 +21,7 @@ LOGIT_TOLERANCE = 1e-3
 
 
 class FineTuneConfig(dg.Config):
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-3  # demo tenant, 1 epoch: val loss 2.50 at 1e-3, 2.24 at 3e-3
     epochs: int = 1
     max_steps: int = 0  # 0: as many as the epochs need
     lora_rank: int = 8
@@ -38,6 +38,7 @@ class FineTuneConfig(dg.Config):
     backfill_policy=PER_TENANT_RUNS,
     automation_condition=gpu_condition(),
     pool=GPU_POOL,
+    op_tags=GPU_OP_TAGS,
     group_name="finetune",
     kinds={"pytorch", "mlflow"},
     deps=[sft_dataset],
