@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import requests
 
+from datacreek_assets.run_coordinator import partition_of
+
 TERMINAL = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 FAILED_RUN = {"FAILURE", "CANCELED"}
 
@@ -106,7 +108,7 @@ def summarize(backfill: dict) -> BackfillStatus:
     runs_by_tenant: dict[str, list[str]] = {}
     for run in backfill["runs"]:
         tags = {t["key"]: t["value"] for t in run["tags"]}
-        tenant = tags.get("dagster/partition")
+        tenant = partition_of(tags)
         if tenant:
             runs_by_tenant.setdefault(tenant, []).append(run["status"])
     tenants = {}

@@ -16,14 +16,25 @@ from dagster._core.storage.dagster_run import DagsterRun
 from datacreek_assets.tenancy import TENANT_TAG, InvalidTenantId, validate_tenant_id
 
 PARTITION_TAG = "dagster/partition"
+RANGE_START_TAG, RANGE_END_TAG = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+
+
+def partition_of(tags: dict[str, str]) -> str | None:
+    """The one partition a run covers: `dagster/partition`, or a range of one partition (what
+    backfills with a backfill policy, and automation, tag their runs with)."""
+    if PARTITION_TAG in tags:
+        return tags[PARTITION_TAG]
+    start, end = tags.get(RANGE_START_TAG), tags.get(RANGE_END_TAG)
+    return start if start is not None and start == end else None
 
 
 def tenant_tags_for(run: DagsterRun) -> dict[str, str]:
     """The tenant tag a run should carry, or {} (not partitioned, tagged already, or not a tenant id)."""
-    if TENANT_TAG in run.tags or PARTITION_TAG not in run.tags:
+    partition = partition_of(run.tags)
+    if TENANT_TAG in run.tags or partition is None:
         return {}
     try:
-        return {TENANT_TAG: validate_tenant_id(run.tags[PARTITION_TAG])}
+        return {TENANT_TAG: validate_tenant_id(partition)}
     except InvalidTenantId:
         return {}
 

@@ -40,6 +40,8 @@ class TenantStores:
     hot_graph: HotGraphStore
     objects: ObjectStore
     features: Callable[[str], "object"] | None = None  # tenant id -> TenantFeatures
+    finetune: "object | None" = None  # FineTuneResource: model files and MLflow
+    ledger: "object | None" = None  # CreditLedger
 
 
 @dataclass
@@ -78,6 +80,7 @@ def tenant_data_summary(tenant_id: str, stores: TenantStores) -> dict[str, int]:
         "falkordb_nodes": max(0, stores.hot_graph.node_count(tenant_id) - 1),  # minus the scope node
         "objects": object_count,
         "feature_vectors": stores.features(tenant_id).live_count() if stores.features else 0,
+        "model_files": int(stores.finetune.tenant_dir(tenant_id).exists()) if stores.finetune else 0,
     }
 
 
@@ -104,6 +107,15 @@ def remove_tenant(tenant_id: str, stores: TenantStores, instance: DagsterInstanc
         for view in ("chunk_embeddings", "chunk_topology"):
             stores.features(tenant_id, view=view).drop_all()
         report.steps.append("feature store")
+    if stores.finetune:  # a later tenant with the same id must not inherit models or runs
+        import shutil
+
+        shutil.rmtree(stores.finetune.tenant_dir(tenant_id), ignore_errors=True)
+        stores.finetune.tracking(tenant_id).remove()
+        report.steps.append("models and MLflow")
+    if stores.ledger:
+        stores.ledger.close_account(tenant_id)
+        report.steps.append("credit account closed")
     stores.registry.remove(tenant_id)
     report.steps.append("registry")
     report.removed = True

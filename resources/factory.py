@@ -108,6 +108,8 @@ def open_tenant_stores(resources: dict[str, dg.ConfigurableResource]) -> Iterato
                 hot_graph=resources["hot_graph"].store(),
                 objects=resources["object_store"].store(),
                 features=resources["feature_store"].for_tenant if "feature_store" in resources else None,
+                finetune=resources.get("finetune"),
+                ledger=resources["credit_ledger"].ledger() if "credit_ledger" in resources else None,
             )
     finally:
         registry.close()

@@ -49,7 +49,7 @@ class TransactionRow(_Base):
     __tablename__ = "credit_transactions"
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     tenant_id: Mapped[str] = mapped_column(String(40), index=True)
-    kind: Mapped[str] = mapped_column(String(16))  # topup | usage | price
+    kind: Mapped[str] = mapped_column(String(16))  # topup | usage | price | close
     amount_micro: Mapped[int] = mapped_column(BigInteger)  # signed change of the balance
     balance_after_micro: Mapped[int] = mapped_column(BigInteger)
     resource: Mapped[str | None] = mapped_column(String(8), nullable=True)
@@ -119,7 +119,9 @@ class CreditLedger:
     # accounts -------------------------------------------------------------------------------
 
     def _ensure_account(self, session: Session, tenant: str) -> None:
-        if session.get(AccountRow, tenant) is None:
+        # SQLite: BEGIN IMMEDIATE serializes this check-then-insert. Postgres: the loser of a race
+        # gets an IntegrityError and its transaction is retried by the caller's retry of the request.
+        if session.get(AccountRow, tenant, with_for_update=True) is None:
             session.add(AccountRow(tenant_id=tenant, balance_micro=self.trial_micro,
                                    gpu_price_micro=self.gpu_price_micro, cpu_price_micro=self.cpu_price_micro))
             session.add(TransactionRow(tenant_id=tenant, kind="topup", amount_micro=self.trial_micro,
@@ -164,10 +166,24 @@ class CreditLedger:
             session.execute(update(AccountRow).where(AccountRow.tenant_id == tenant).values({column: price}))
             self._apply(session, tenant, 0, "price", resource=resource, price_micro=price)
 
+    def close_account(self, tenant_id: str) -> None:
+        """Close a removed tenant's account: a final transaction brings the balance to zero (the
+        history stays for audit) and the account row goes, so a new tenant with the id starts fresh."""
+        tenant = validate_tenant_id(tenant_id)
+        with Session(self.engine) as session, session.begin():
+            account = session.get(AccountRow, tenant, with_for_update=True)
+            if account is None:
+                return
+            session.add(TransactionRow(tenant_id=tenant, kind="close", amount_micro=-account.balance_micro,
+                                       balance_after_micro=0, note="account closed: tenant removed", at=time.time()))
+            session.delete(account)
+
     def try_spend(self, tenant_id: str, credits: float, note: str = "") -> bool:
         """Debit only if the balance covers it (atomically); False when it does not."""
         tenant = validate_tenant_id(tenant_id)
         amount = to_micro(credits)
+        if amount <= 0:
+            raise LedgerError(f"a spend must be positive, not {credits}")
         with Session(self.engine) as session, session.begin():
             self._ensure_account(session, tenant)
             balance = session.execute(
@@ -218,12 +234,16 @@ class CreditLedger:
                                  status="open"))
         return meter_id
 
-    def bill_meter(self, meter_id: str, until_ms: int, close: bool = False, status: str = "closed") -> float:
-        """Bill an open meter from where it was billed until ``until_ms``; returns the balance after."""
+    def bill_meter(self, meter_id: str, until_ms: int, close: bool = False, status: str = "closed",
+                   stale_before_ms: int | None = None) -> float:
+        """Bill an open meter from where it was billed until ``until_ms``; returns the balance after.
+        With ``stale_before_ms``, only if its last beat is older than that (checked in the transaction)."""
         with Session(self.engine) as session, session.begin():
-            meter = session.get(MeterRow, meter_id)
+            meter = session.get(MeterRow, meter_id, with_for_update=True)
             if meter is None or meter.status != "open":
                 raise LedgerError(f"meter {meter_id} is not open")
+            if stale_before_ms is not None and meter.billed_until_ms >= stale_before_ms:
+                return session.get(AccountRow, meter.tenant_id).balance_micro / MICRO  # it beat meanwhile
             ms = max(0, until_ms - meter.billed_until_ms) * meter.units
             account = session.get(AccountRow, meter.tenant_id)
             price = account.gpu_price_micro if meter.resource == "gpu" else account.cpu_price_micro
@@ -246,12 +266,21 @@ class CreditLedger:
             session.expunge_all()
             return list(rows)
 
+    def meters_by_id(self, meter_id: str) -> MeterRow:
+        with Session(self.engine) as session:
+            row = session.get(MeterRow, meter_id)
+            session.expunge_all()
+            return row
+
     def close_orphans(self, stale_after_ms: int, at_ms: int | None = None) -> list[str]:
         """Close open meters whose process stopped heart-beating: billed until their last beat."""
         at_ms = at_ms if at_ms is not None else now_ms()
         closed = []
         for meter in self.meters(status="open"):
             if at_ms - meter.billed_until_ms > stale_after_ms:
-                self.bill_meter(meter.meter_id, meter.billed_until_ms, close=True, status="orphaned")
-                closed.append(meter.meter_id)
+                before = self.meters_by_id(meter.meter_id)
+                self.bill_meter(meter.meter_id, meter.billed_until_ms, close=True, status="orphaned",
+                                stale_before_ms=at_ms - stale_after_ms)
+                if self.meters_by_id(meter.meter_id).status == "orphaned" and before.status == "open":
+                    closed.append(meter.meter_id)
         return closed

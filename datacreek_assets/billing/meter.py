@@ -9,9 +9,12 @@ meter remembers it; the step calls ``check()`` at safe points and stops with ``Q
 
 from __future__ import annotations
 
+import logging
 import threading
 
-from datacreek_assets.billing.ledger import CreditLedger, QuotaExceeded, now_ms
+from datacreek_assets.billing.ledger import CreditLedger, LedgerError, QuotaExceeded, now_ms
+
+log = logging.getLogger(__name__)
 
 FAILED_QUOTA = "failed_quota"
 STATUS_TAG = "datacreek/status"
@@ -43,7 +46,10 @@ class Meter:
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
-            self._bill(close=False)
+            try:
+                self._bill(close=False)
+            except Exception as err:  # noqa: BLE001 - a transient store error: the next beat bills the gap
+                log.warning("meter %s: billing beat failed (%s); retrying at the next beat", self.meter_id, err)
 
     def check(self) -> None:
         """Raise QuotaExceeded once a beat has seen the tenant's balance below zero."""
@@ -54,5 +60,8 @@ class Meter:
     def __exit__(self, *exc) -> bool:
         self._stop.set()
         self._thread.join()
-        self._bill(close=True)
+        try:
+            self._bill(close=True)
+        except LedgerError as err:  # closed as orphaned meanwhile: billed to its last beat; never fail the step
+            log.warning("meter %s: final bill refused (%s)", self.meter_id, err)
         return False

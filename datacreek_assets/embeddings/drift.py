@@ -41,8 +41,9 @@ def level_of(drift: float) -> str:
     return "critical" if drift >= CRITICAL else "warn" if drift >= WARN else "ok"
 
 
-def median_bandwidth(sample: np.ndarray, max_points: int = 512) -> float:
-    x = sample[:max_points].astype(np.float64)
+def median_bandwidth(sample: np.ndarray, max_points: int = 512, seed: int = 0) -> float:
+    pick = np.random.default_rng(seed).permutation(len(sample))[:max_points]  # a random subset, not the first docs
+    x = sample[pick].astype(np.float64)
     sq = (x * x).sum(1)
     d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0)
     off = d2[np.triu_indices(len(x), 1)]

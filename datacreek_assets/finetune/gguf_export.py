@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,7 +141,7 @@ def export_model(model, tokenizer, path: Path, kind: str = "f16", name: str = "d
     config = model.config
     if config.model_type != "llama":
         raise ExportError(f"only Llama-architecture models are exported, not {config.model_type!r}")
-    tmp = path.with_name(path.name + ".partial")
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")  # writers never share a temporary file
     writer = _writer(tmp, config, tokenizer, name, FILE_TYPES[kind])
     count = 0
     for hf_name, tensor in model.state_dict().items():
@@ -165,7 +166,7 @@ def export_lora(peft_model, tokenizer, path: Path, name: str = "datacreek-adapte
 
     config = peft_model.base_model.model.config
     lora = peft_model.peft_config["default"]
-    tmp = path.with_name(path.name + ".partial")
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
     writer = gguf.GGUFWriter(str(tmp), "llama")
     writer.add_name(name)
     writer.add_type(gguf.GGUFType.ADAPTER)

@@ -48,8 +48,9 @@ def read_sft(store) -> SftData:
                    [c for c in chats if c["split"] == "validation"])
 
 
-def run_key(dataset_version: str, base_model: str, config: TrainConfig) -> str:
-    blob = json.dumps([dataset_version, base_model, asdict(config)], sort_keys=True, default=list)
+def run_key(dataset_version: str, base_model: str, config: TrainConfig, placement: str = "") -> str:
+    """Checkpoints resume only into the same data, base, configuration and placement (device, precision)."""
+    blob = json.dumps([dataset_version, base_model, asdict(config), placement], sort_keys=True, default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -103,7 +104,7 @@ def fine_tune(tenant_dir: Path, base_cache: Path, base_model: str, data: SftData
         reason = plan.reason
     train_rows, dropped = rows_for(tokenizer, data.train, config.max_seq_len)
     val_rows, _ = rows_for(tokenizer, data.validation, config.max_seq_len)
-    key = run_key(data.version, base_model, config)
+    key = run_key(data.version, base_model, config, f"{plan.device}-{'int8' if load_8bit else 'fp32'}")
     out_dir = tenant_dir / "runs" / key
     out_dir.mkdir(parents=True, exist_ok=True)
     run_file = out_dir / "mlflow_run_id"
@@ -121,15 +122,19 @@ def fine_tune(tenant_dir: Path, base_cache: Path, base_model: str, data: SftData
     torch.manual_seed(config.seed)
     peft_model = wrap_lora(model, config)
     try:
+        probe_cache = base_dir / "probes" / (f"{plan.device}-{'int8' if load_8bit else 'fp32'}-{config.max_seq_len}"
+                                             f"-r{config.lora_rank}-{'_'.join(config.target_modules)}.json")
         result = train_lora(peft_model, tokenizer.pad_token_id, train_rows, val_rows, config, out_dir, plan.device,
-                            on_step=on_step)
+                            on_step=on_step, probe_cache=probe_cache)
     except BaseException:
         tracking.finish(run_id, "FAILED")  # a retry resumes the checkpoints and reopens nothing
         run_file.unlink(missing_ok=True)
         raise
     tokenizer.save_pretrained(result.adapter_dir)
-    if result.resumed_from < result.steps:  # this call trained: log the history once, at the end
+    logged = out_dir / "mlflow_logged"
+    if not logged.exists():  # once per training, also when a crash came between training and logging
         _log_training(tracking, run_id, result)
+        logged.touch()
     (out_dir / "train.json").write_text(json.dumps(asdict(result)))
     write_json_atomic(tenant_dir / "latest.json", {
         "run_key": key, "mlflow_run_id": run_id, "dataset_version": data.version, "base_model": base_model,

@@ -83,6 +83,20 @@ class TenantTracking:
                                                    run_id=run_id, tags=tags or {})
         return version.version
 
+    def remove(self) -> None:
+        """Delete the tenant's registered model and experiment. The experiment is renamed first:
+        MLflow keeps deleted names reserved, and the id may be onboarded again."""
+        import time
+
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.delete_registered_model(self.model_name)
+        except MlflowException:
+            pass  # never registered
+        self.client.rename_experiment(self.experiment_id, f"{self.experiment_name}@removed-{int(time.time())}")
+        self.client.delete_experiment(self.experiment_id)
+
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         self.run(run_id)
         return [(m.step, m.value) for m in self.client.get_metric_history(run_id, key)]

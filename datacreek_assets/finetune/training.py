@@ -58,7 +58,9 @@ def plan_device(gpus: int, cpu_fallback: str) -> DevicePlan:
     if cpu_fallback not in ("int8", "fp32"):
         raise ValueError(f"cpu_fallback must be 'int8' or 'fp32', not {cpu_fallback!r}")
     if gpus > 1:
-        return DevicePlan("cuda", gpus, False, str(ACCELERATE_ZERO3), f"{gpus} GPUs: accelerate + DeepSpeed ZeRO-3")
+        return DevicePlan("cuda", gpus, False, str(ACCELERATE_ZERO3),
+                          f"{gpus} GPUs: the accelerate + DeepSpeed ZeRO-3 config is selected for `accelerate launch`; "
+                          "this process trains on one GPU")
     if gpus == 1:
         return DevicePlan("cuda", 1, False, None, "one GPU: plain torch")
     return DevicePlan("cpu", 0, cpu_fallback == "int8", None, f"no GPU: CPU fallback, base in {cpu_fallback}")
@@ -142,15 +144,21 @@ class TrainResult:
 
 
 def token_loss_sum(model, batch: dict):
-    """Sum of next-token cross-entropy over label tokens, and their count."""
+    """Sum of next-token cross-entropy over label tokens, and their count.
+
+    The output head runs only at positions that have a label: prompt tokens (most of an SFT
+    row) never get vocabulary-sized logits, which saves the largest activation of the step.
+    """
     import torch.nn.functional as F
 
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   position_ids=batch["position_ids"]).logits
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = causal.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          position_ids=batch["position_ids"]).last_hidden_state
     targets = batch["labels"][:, 1:]
-    loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                           ignore_index=IGNORE, reduction="sum")
-    return loss, int((targets != IGNORE).sum())
+    keep = targets != IGNORE
+    logits = causal.lm_head(hidden[:, :-1][keep])
+    loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+    return loss, int(keep.sum())
 
 
 def validation_loss(model, rows: list[PackedRow], micro_batch: int, pad_id: int, device: str) -> float:
@@ -175,8 +183,12 @@ def wrap_lora(model, config: TrainConfig):
 
 def train_lora(model, pad_id: int, train_rows: list[PackedRow], val_rows: list[PackedRow], config: TrainConfig,
                out_dir: Path, device: str = "cpu",
-               on_step: Callable[[int, float], None] | None = None) -> TrainResult:
-    """Train a LoRA adapter on ``model`` (a peft model from ``wrap_lora``); resumes from ``out_dir``."""
+               on_step: Callable[[int, float], None] | None = None,
+               probe_cache: Path | None = None) -> TrainResult:
+    """Train a LoRA adapter on ``model`` (a peft model from ``wrap_lora``); resumes from ``out_dir``.
+
+    ``probe_cache``: a JSON file keeping the measured peak memory per micro-batch size for this
+    (base model, device, sequence length, LoRA config), so only the first training measures."""
     import torch
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
@@ -190,6 +202,9 @@ def train_lora(model, pad_id: int, train_rows: list[PackedRow], val_rows: list[P
     state = json.loads((latest / "state.json").read_text()) if latest else None
 
     def fits(m: int) -> bool:
+        if str(m) in cached:
+            probe[m] = cached[str(m)]
+            return probe[m] <= config.memory_budget_mb
         rows = sorted(train_rows, key=lambda r: -len(r.input_ids))[:m]
         batch = {k: v.to(device) for k, v in collate(rows, pad_id).items()}
         with PeakMemory(device) as peak:
@@ -200,7 +215,13 @@ def train_lora(model, pad_id: int, train_rows: list[PackedRow], val_rows: list[P
         return probe[m] <= config.memory_budget_mb
 
     probe: dict[int, float] = {}
+    cached = json.loads(probe_cache.read_text()) if probe_cache and probe_cache.exists() else {}
     micro = state["micro_batch"] if state else micro_batch_for(config.effective_batch, fits)
+    if probe_cache and not state and any(str(m) not in cached for m in probe):
+        probe_cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = probe_cache.with_name(f".{probe_cache.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({**cached, **{str(m): mb for m, mb in probe.items()}}))
+        os.replace(tmp, probe_cache)
     accum = accumulation_steps(config.effective_batch, micro)
     per_epoch = math.ceil(len(train_rows) / config.effective_batch)
     total_steps = per_epoch * config.epochs
@@ -218,6 +239,13 @@ def train_lora(model, pad_id: int, train_rows: list[PackedRow], val_rows: list[P
         scheduler.load_state_dict(torch.load(latest / "scheduler.pt", weights_only=True))
         losses, val_losses = [tuple(x) for x in state["losses"]], [tuple(x) for x in state["val_losses"]]
         start_step, tokens, seconds, probe = state["step"], state["tokens"], state["seconds"], state["probe_mb"]
+    def checkpoint(done: int) -> None:
+        _save_checkpoint(checkpoints, done, {
+            "adapter.pt": get_peft_model_state_dict(model), "optimizer.pt": optimizer.state_dict(),
+            "scheduler.pt": scheduler.state_dict()},
+            {"step": done, "micro_batch": micro, "losses": losses, "val_losses": val_losses,
+             "tokens": tokens, "seconds": seconds, "probe_mb": probe})
+
     peak = PeakMemory(device)
     with peak:
         for step in range(start_step, total_steps):
@@ -244,14 +272,16 @@ def train_lora(model, pad_id: int, train_rows: list[PackedRow], val_rows: list[P
                 model.eval()
                 val_losses.append((done, validation_loss(model, val_rows, micro, pad_id, device)))
                 model.train()
-            if done % config.checkpoint_every == 0 or done == total_steps:
-                _save_checkpoint(checkpoints, done, {
-                    "adapter.pt": get_peft_model_state_dict(model), "optimizer.pt": optimizer.state_dict(),
-                    "scheduler.pt": scheduler.state_dict()},
-                    {"step": done, "micro_batch": micro, "losses": losses, "val_losses": val_losses,
-                     "tokens": tokens, "seconds": seconds, "probe_mb": probe})
+            due = done % config.checkpoint_every == 0 or done == total_steps
+            if due:
+                checkpoint(done)
             if on_step:
-                on_step(done, step_loss)
+                try:
+                    on_step(done, step_loss)
+                except BaseException:  # stopped (quota, operator): keep the paid-for steps first
+                    if not due:
+                        checkpoint(done)
+                    raise
     adapter_dir = out_dir / "adapter"
     model.save_pretrained(adapter_dir)
     return TrainResult(str(adapter_dir), total_steps, micro, accum, tokens, seconds,

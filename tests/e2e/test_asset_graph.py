@@ -29,6 +29,9 @@ def tenant(local_resources, instance):
         remove_tenant(TENANT, stores, instance, force=True)
         features = local_resources["feature_store"].for_tenant(TENANT)
         assert features.live_count() == 0 and features.stored_rows().empty
+        finetune = local_resources["finetune"]
+        assert not finetune.tenant_dir(TENANT).exists()  # a reused id inherits no model
+        assert finetune.tracking(TENANT).client.search_runs([finetune.tracking(TENANT).experiment_id]) == []
 
 
 def check_results(instance, run_id: str) -> dict[str, tuple[bool, dict]]:

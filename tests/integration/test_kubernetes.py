@@ -118,7 +118,7 @@ def test_gpu_node_pools_match_the_karpenter_nodepool_schema(tmp_path):
         jsonschema.validate(broken, schema)
 
 
-def test_the_job_dagster_k8s_builds_for_a_gpu_step_is_valid_and_lands_in_the_tenant_namespace():
+def test_the_job_dagster_k8s_builds_for_a_gpu_step_with_the_tenant_context_is_valid():
     import dagster as dg
     from dagster_k8s.container_context import K8sContainerContext
     from dagster_k8s.job import DagsterK8sJobConfig, UserDefinedDagsterK8sConfig, construct_dagster_k8s_job

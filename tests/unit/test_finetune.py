@@ -207,7 +207,10 @@ def test_gguf_export_matches_torch_in_llama_cpp(trained, tiny_dir, tmp_path):
     assert f16.greedy_match and f16.max_abs_logit_diff < 0.05
     q8 = export_model(merged, tokenizer, tmp_path / "m.q8_0.gguf", "q8_0")
     assert q8.bytes < Path(f16.path).stat().st_size
-    assert verify_against_torch(merged, Path(q8.path), ids, stop).max_abs_logit_diff < 0.5
+    from datacreek_assets.finetune.llama_cpp import torch_logits
+
+    spread = float(np.ptp(torch_logits(merged, ids)))  # 8-bit weights: error small next to the logits' range
+    assert verify_against_torch(merged, Path(q8.path), ids, stop).max_abs_logit_diff < 0.05 * spread
     # base file + the adapter alone, applied by llama.cpp at load time
     base = export_model(load_base(tiny_dir)[0], tokenizer, tmp_path / "base.f32.gguf", "f32")
     adapter = export_lora(PeftModel.from_pretrained(load_base(tiny_dir)[0], out / "adapter"), tokenizer,

@@ -37,6 +37,14 @@ def test_partitioned_runs_are_tagged_with_their_tenant(instance, launched_by):
     assert run.tags[TENANT_TAG] == "acme" and run.status == dg.DagsterRunStatus.QUEUED
 
 
+def test_runs_over_a_one_tenant_partition_range_are_tagged_too(instance):
+    """Backfills with a backfill policy, and automation, tag runs with a range, not dagster/partition."""
+    one = {"dagster/asset_partition_range_start": "acme", "dagster/asset_partition_range_end": "acme"}
+    assert submit(instance, one).tags[TENANT_TAG] == "acme"
+    many = {"dagster/asset_partition_range_start": "acme", "dagster/asset_partition_range_end": "globex"}
+    assert TENANT_TAG not in submit(instance, many).tags
+
+
 def test_existing_tags_and_non_tenant_partitions_are_left_alone(instance):
     assert submit(instance, {"dagster/partition": "acme", TENANT_TAG: "acme"}).tags[TENANT_TAG] == "acme"
     assert TENANT_TAG not in submit(instance, {"dagster/partition": "Not A Tenant"}).tags

@@ -59,7 +59,8 @@ def finetuned_adapter(context: dg.AssetExecutionContext, config: FineTuneConfig,
     tracking = finetune.tracking(tenant)
 
     gpus = torch.cuda.device_count()
-    with credit_ledger.metered(context, tenant, gpus) as meter:
+    # one device trains (plain torch); the multi-GPU accelerate launch is not wired, so one GPU is billed
+    with credit_ledger.metered(context, tenant, min(gpus, 1)) as meter:
         def progress(step: int, loss: float) -> None:
             meter.check()  # out of credits: stop at a step boundary (the checkpoint keeps the work)
             if step % 5 == 0:
