@@ -40,7 +40,7 @@ def comparisons(quick: bool = False) -> list[Comparison]:
 
     reference = reference_statistics(corpus(10_000))
     new = corpus(2_000 if quick else 10_000)
-    rounds = 5 if quick else 50
+    rounds = 2 if quick else 5
     seen = {}
 
     def candidate() -> int:
@@ -51,13 +51,13 @@ def comparisons(quick: bool = False) -> list[Comparison]:
     def baseline() -> int:
         sample = reference["sample"].astype(np.float64)
         picked = new[np.random.default_rng(0).choice(len(new), size=min(len(sample), len(new)), replace=False)]
-        for _ in range(max(1, rounds // 10)):
+        for _ in range(rounds):
             mu = new.mean(axis=0, dtype=np.float64)
             c = reference["centroid"].astype(np.float64)
             cos = float(c @ mu / (np.linalg.norm(c) * np.linalg.norm(mu)))
             seen["quadratic"] = (1 - cos) + max(0.0, quadratic_mmd2(sample, picked.astype(np.float64),
                                                                     float(reference["bandwidth"])))
-        return max(1, rounds // 10)
+        return rounds
 
     return [Comparison(f"drift of {len(new)} vectors (384-d) vs reference", candidate, baseline, unit="evals",
                        repeats=3, notes=lambda: f"drift linear {seen['linear']:.4f}, quadratic {seen['quadratic']:.4f}")]

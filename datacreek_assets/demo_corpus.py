@@ -80,7 +80,7 @@ _INGREDIENTS = ["onions", "garlic", "tomatoes", "lentils", "chickpeas", "saffron
                 "carrots", "celery", "rice", "noodles", "ginger", "coriander", "lemon zest", "mushrooms"]
 
 
-def write_drift_corpus(store: TenantObjectStore, docs: int = 30, seed: int = 0) -> list[str]:
+def write_drift_corpus(store: TenantObjectStore, docs: int = 60, seed: int = 0) -> list[str]:
     """Documents on a subject the demo tenant never had (recipes): new topics, so its embeddings drift."""
     import random
 

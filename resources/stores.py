@@ -197,7 +197,7 @@ class CreditLedgerResource(dg.ConfigurableResource):
         from datacreek_assets.billing.meter import FAILED_QUOTA, STATUS_TAG, Meter
 
         resource, units = ("gpu", gpus) if gpus > 0 else ("cpu", 1)
-        step = getattr(context, "op_handle", None) or context.op_def.name
+        step = getattr(context, "op_execution_context", context).op_def.name
         try:
             with Meter(self.ledger(), tenant_id, context.run_id, str(step), resource, units,
                        self.heartbeat_s) as meter:

@@ -16,6 +16,7 @@ import requests
 
 from datacreek_assets.object_store import TenantObjectStore
 from datacreek_assets.partitions import TENANTS_PARTITION
+from datacreek_assets.run_coordinator import partition_of
 from datacreek_assets.settings import ensure_dagster_home
 from datacreek_assets.tenant_lifecycle import add_tenant, remove_tenant
 from resources.factory import open_tenant_stores
@@ -62,7 +63,9 @@ def dagster_web(services, tmp_path_factory, cli_env_module):
 def cli_env_module(services):
     env = dict(os.environ)
     env.update({"DATACREEK_STATE_DIR": str(services.state_dir), "DATACREEK_NEO4J_PORT": str(services.neo4j_port),
-                "DATACREEK_FALKORDB_PORT": str(services.falkordb_port), "DATACREEK_PROFILE": "local"})
+                "DATACREEK_FALKORDB_PORT": str(services.falkordb_port), "DATACREEK_PROFILE": "local",
+                # automation in this `dagster dev` may go on to fine-tune these tenants: the tiny model
+                "DATACREEK_BASE_MODEL": services.base_model})
     return env
 
 
@@ -87,8 +90,8 @@ def test_backfill_isolates_a_failing_tenant_and_retries_only_it(dagster_web, loc
             assert lines == {"bf-a": "success", "bf-b": "success", "bf-c": "failed"}
 
             runs = instance.get_runs(dg.RunsFilter(tags={"datacreek/launched-by": "cli-backfill"}))
-            assert {r.tags["dagster/partition"] for r in runs} == set(tenants)
-            assert all(r.tags["datacreek/tenant"] == r.tags["dagster/partition"] for r in runs)
+            assert {partition_of(r.tags) for r in runs} == set(tenants)  # one run per tenant
+            assert all(r.tags["datacreek/tenant"] == partition_of(r.tags) for r in runs)
 
             add_tenant("bf-c", stores, instance)  # the fix: onboard it
             retry = backfill("--retry-failed")
@@ -96,7 +99,7 @@ def test_backfill_isolates_a_failing_tenant_and_retries_only_it(dagster_web, loc
             assert "all 1 tenant(s) succeeded" in retry.stdout
             after = instance.get_runs(dg.RunsFilter(tags={"datacreek/launched-by": "cli-backfill"}))
             new_runs = [r for r in after if r.run_id not in {x.run_id for x in runs}]
-            assert {r.tags["dagster/partition"] for r in new_runs} == {"bf-c"}  # only the failed tenant reran
+            assert {partition_of(r.tags) for r in new_runs} == {"bf-c"}  # only the failed tenant reran
             assert instance.get_materialized_partitions(dg.AssetKey("parsed_chunks")) >= set(tenants)
         finally:
             for tenant in tenants:
