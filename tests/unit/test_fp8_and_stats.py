@@ -44,8 +44,9 @@ def test_top_k_and_recall():
 
 
 def test_reference_statistics_are_deterministic_and_bounded():
-    vectors = np.random.default_rng(2).normal(size=(1000, 8)).astype(np.float32)
+    vectors = np.random.default_rng(2).normal(size=(3000, 8)).astype(np.float32)
     a, b = reference_statistics(vectors), reference_statistics(vectors)
-    assert a["sample"].shape == (256, 8) and int(a["n"]) == 1000
+    assert a["sample"].shape == (2048, 8) and int(a["n"]) == 3000  # the sample is bounded
+    assert float(a["bandwidth"]) > 0
     assert np.array_equal(a["sample"], b["sample"])
     assert np.allclose(a["centroid"], vectors.mean(axis=0))
