@@ -236,48 +236,30 @@ class TenantGraph:
         for ids in batched(doc_ids, batch_size):
             tx.run("UNWIND $ids AS id MATCH (c:Chunk {tenant_id: $tenant, doc_id: id}) DETACH DELETE c", ids=ids)
             tx.run("UNWIND $ids AS id MATCH (f:Fact {tenant_id: $tenant, doc_id: id}) DETACH DELETE f", ids=ids)
-        for rows in batched([{"doc_id": d["doc_id"], "props": d["props"]} for d in docs], batch_size):
-            tx.run(
+        _unwind(tx, [{"doc_id": d["doc_id"], "props": d["props"]} for d in docs], batch_size,
                 "UNWIND $rows AS row MERGE (d:Document {tenant_id: $tenant, doc_id: row.doc_id}) "
-                "SET d += row.props, d.deleted_at = null, d.deleted_by = null",
-                rows=rows,
-            )
-        for rows in batched(flat["chunks"], batch_size):
-            tx.run(
+                "SET d += row.props, d.deleted_at = null, d.deleted_by = null")
+        _unwind(tx, flat["chunks"], batch_size,
                 "UNWIND $rows AS row MATCH (d:Document {tenant_id: $tenant, doc_id: row.doc_id}) "
                 "MERGE (c:Chunk {tenant_id: $tenant, chunk_id: row.chunk_id}) SET c += row.props "
-                "MERGE (d)-[:HAS_CHUNK]->(c)",
-                rows=rows,
-            )
-        for rows in batched([{"a": a, "b": b} for a, b in flat["next"]], batch_size):
-            tx.run(
+                "MERGE (d)-[:HAS_CHUNK]->(c)")
+        _unwind(tx, [{"a": a, "b": b} for a, b in flat["next"]], batch_size,
                 "UNWIND $rows AS row MATCH (a:Chunk {tenant_id: $tenant, chunk_id: row.a}) "
-                "MATCH (b:Chunk {tenant_id: $tenant, chunk_id: row.b}) MERGE (a)-[:NEXT]->(b)",
-                rows=rows,
-            )
-        for rows in batched(entities, batch_size):
-            tx.run(
+                "MATCH (b:Chunk {tenant_id: $tenant, chunk_id: row.b}) MERGE (a)-[:NEXT]->(b)")
+        _unwind(tx, entities, batch_size,
                 "UNWIND $rows AS row MERGE (e:Entity {tenant_id: $tenant, entity_id: row.entity_id}) "
-                "ON CREATE SET e.name = row.name, e.type = row.type",
-                rows=rows,
-            )
-        for rows in batched(flat["mentions"], batch_size):
-            tx.run(
+                "ON CREATE SET e.name = row.name, e.type = row.type")
+        _unwind(tx, flat["mentions"], batch_size,
                 "UNWIND $rows AS row MATCH (c:Chunk {tenant_id: $tenant, chunk_id: row.chunk_id}) "
                 "MATCH (e:Entity {tenant_id: $tenant, entity_id: row.entity_id}) "
-                "MERGE (c)-[m:MENTIONS]->(e) SET m.count = row.count",
-                rows=rows,
-            )
-        for rows in batched(flat["facts"], batch_size):
-            tx.run(
+                "MERGE (c)-[m:MENTIONS]->(e) SET m.count = row.count")
+        _unwind(tx, flat["facts"], batch_size,
                 "UNWIND $rows AS row MATCH (c:Chunk {tenant_id: $tenant, chunk_id: row.chunk_id}) "
                 "MATCH (s:Entity {tenant_id: $tenant, entity_id: row.subject}) "
                 "MATCH (o:Entity {tenant_id: $tenant, entity_id: row.object}) "
                 "MERGE (f:Fact {tenant_id: $tenant, fact_id: row.fact_id}) "
                 "SET f.predicate = row.predicate, f.sentence = row.sentence, f.doc_id = row.doc_id "
-                "MERGE (f)-[:SUBJECT]->(s) MERGE (f)-[:OBJECT]->(o) MERGE (f)-[:SOURCE]->(c)",
-                rows=rows,
-            )
+                "MERGE (f)-[:SUBJECT]->(s) MERGE (f)-[:OBJECT]->(o) MERGE (f)-[:SOURCE]->(c)")
 
     def merge_rows_one_by_one(self, docs: list[dict]) -> None:
         """Baseline for the writer benchmark: one transaction per row, no UNWIND."""
@@ -432,3 +414,9 @@ def _refresh_entities(tx: ScopedTransaction, now: datetime | None = None) -> Non
 def batched(rows: list, size: int) -> Iterable[list]:
     for start in range(0, len(rows), size):
         yield rows[start : start + size]
+
+
+def _unwind(tx: ScopedTransaction, rows: list, batch_size: int, cypher: str) -> None:
+    """Run an `UNWIND $rows` statement over ``rows`` in batches of ``batch_size``."""
+    for batch in batched(rows, batch_size):
+        tx.run(cypher, rows=batch)

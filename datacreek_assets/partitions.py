@@ -15,3 +15,8 @@ tenant_partitions = dg.DynamicPartitionsDefinition(name=TENANTS_PARTITION)
 # concurrency limit and cost attribution) and make "retry only what failed" re-run healthy
 # tenants. The per-run price is kept down by the executor instead (see defs.executor_for).
 PER_TENANT_RUNS = dg.BackfillPolicy.multi_run(max_partitions_per_run=1)
+
+
+def tenant_asset(**kwargs):
+    """`dg.asset`, partitioned by tenant with the per-tenant backfill policy: every asset here is."""
+    return dg.asset(partitions_def=tenant_partitions, backfill_policy=PER_TENANT_RUNS, **kwargs)

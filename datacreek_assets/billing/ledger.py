@@ -136,20 +136,32 @@ class CreditLedger:
             row = session.get(AccountRow, tenant)
             return Account(tenant, row.balance_micro / MICRO, row.gpu_price_micro / MICRO, row.cpu_price_micro / MICRO)
 
-    def _apply(self, session: Session, tenant: str, delta: int, kind: str, **fields) -> int:
+    def _apply(self, session: Session, tenant: str, delta: int, kind: str, covered: bool = False,
+               **fields) -> int | None:
+        """Change the balance by ``delta`` and append the transaction, in one statement pair.
+        ``covered``: only if the balance stays >= 0 (checked by the UPDATE itself); None when not."""
         self._ensure_account(session, tenant)
+        condition = [AccountRow.tenant_id == tenant] + ([AccountRow.balance_micro >= -delta] if covered else [])
         balance = session.execute(
-            update(AccountRow).where(AccountRow.tenant_id == tenant)
-            .values(balance_micro=AccountRow.balance_micro + delta).returning(AccountRow.balance_micro)).scalar_one()
+            update(AccountRow).where(*condition)
+            .values(balance_micro=AccountRow.balance_micro + delta).returning(AccountRow.balance_micro)
+        ).scalar_one_or_none()
+        if balance is None:
+            return None
         session.add(TransactionRow(tenant_id=tenant, kind=kind, amount_micro=delta, balance_after_micro=balance,
                                    at=time.time(), **fields))
         return balance
 
-    def top_up(self, tenant_id: str, credits: float, note: str = "") -> float:
-        tenant = validate_tenant_id(tenant_id)
+    @staticmethod
+    def _positive_micro(credits: float, what: str) -> int:
         amount = to_micro(credits)
         if amount <= 0:
-            raise LedgerError(f"a top-up must be positive, not {credits}")
+            raise LedgerError(f"a {what} must be positive, not {credits}")
+        return amount
+
+    def top_up(self, tenant_id: str, credits: float, note: str = "") -> float:
+        tenant = validate_tenant_id(tenant_id)
+        amount = self._positive_micro(credits, "top-up")
         with Session(self.engine) as session, session.begin():
             return self._apply(session, tenant, amount, "topup", note=note[:200]) / MICRO
 
@@ -181,20 +193,9 @@ class CreditLedger:
     def try_spend(self, tenant_id: str, credits: float, note: str = "") -> bool:
         """Debit only if the balance covers it (atomically); False when it does not."""
         tenant = validate_tenant_id(tenant_id)
-        amount = to_micro(credits)
-        if amount <= 0:
-            raise LedgerError(f"a spend must be positive, not {credits}")
+        amount = self._positive_micro(credits, "spend")
         with Session(self.engine) as session, session.begin():
-            self._ensure_account(session, tenant)
-            balance = session.execute(
-                update(AccountRow).where(AccountRow.tenant_id == tenant, AccountRow.balance_micro >= amount)
-                .values(balance_micro=AccountRow.balance_micro - amount).returning(AccountRow.balance_micro)
-            ).scalar_one_or_none()
-            if balance is None:
-                return False
-            session.add(TransactionRow(tenant_id=tenant, kind="usage", amount_micro=-amount,
-                                       balance_after_micro=balance, note=note[:200], at=time.time()))
-            return True
+            return self._apply(session, tenant, -amount, "usage", covered=True, note=note[:200]) is not None
 
     def transactions(self, tenant_id: str) -> list[TransactionRow]:
         tenant = validate_tenant_id(tenant_id)

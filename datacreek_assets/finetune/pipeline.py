@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from datacreek_assets.finetune.base_model import base_model_dir, load_base
 from datacreek_assets.finetune.packing import encode, pack
-from datacreek_assets.finetune.training import TrainConfig, TrainResult, plan_device, train_lora, wrap_lora
+from datacreek_assets.finetune.training import (
+    TrainConfig, TrainResult, plan_device, train_lora, wrap_lora, write_json_atomic,
+)
 
 DATASET_PREFIX = "datasets/sft"
 
@@ -52,13 +53,6 @@ def run_key(dataset_version: str, base_model: str, config: TrainConfig, placemen
     """Checkpoints resume only into the same data, base, configuration and placement (device, precision)."""
     blob = json.dumps([dataset_version, base_model, asdict(config), placement], sort_keys=True, default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
 
 
 def read_latest(tenant_dir: Path) -> dict:

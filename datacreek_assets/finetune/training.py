@@ -30,15 +30,17 @@ ACCELERATE_ZERO3 = Path(__file__).with_name("accelerate_zero3.yaml")
 
 @dataclass
 class TrainConfig:
-    learning_rate: float = 3e-4
+    """Training settings; these defaults are also the `finetuned_adapter` asset's run-config defaults."""
+
+    learning_rate: float = 3e-3  # demo tenant, 1 epoch: val loss 2.50 at 1e-3, 2.24 at 3e-3
     epochs: int = 1
     max_steps: int = 0  # 0: no cap beyond epochs
     lora_rank: int = 8
     lora_alpha: int = 16
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     effective_batch: int = 8
-    max_seq_len: int = 512
-    memory_budget_mb: int = 4096
+    max_seq_len: int = 256
+    memory_budget_mb: int = 3072
     checkpoint_every: int = 10
     eval_every: int = 10
     seed: int = 0
@@ -218,10 +220,7 @@ def train_lora(model, pad_id: int, train_rows: list[PackedRow], val_rows: list[P
     cached = json.loads(probe_cache.read_text()) if probe_cache and probe_cache.exists() else {}
     micro = state["micro_batch"] if state else micro_batch_for(config.effective_batch, fits)
     if probe_cache and not state and any(str(m) not in cached for m in probe):
-        probe_cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = probe_cache.with_name(f".{probe_cache.name}.{os.getpid()}")
-        tmp.write_text(json.dumps({**cached, **{str(m): mb for m, mb in probe.items()}}))
-        os.replace(tmp, probe_cache)
+        write_json_atomic(probe_cache, {**cached, **{str(m): mb for m, mb in probe.items()}})
     accum = accumulation_steps(config.effective_batch, micro)
     per_epoch = math.ceil(len(train_rows) / config.effective_batch)
     total_steps = per_epoch * config.epochs
@@ -287,6 +286,14 @@ def train_lora(model, pad_id: int, train_rows: list[PackedRow], val_rows: list[P
     return TrainResult(str(adapter_dir), total_steps, micro, accum, tokens, seconds,
                        tokens / seconds if seconds else 0.0, peak.peak / 2**20,
                        {int(k): v for k, v in probe.items()}, losses, val_losses, start_step)
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    """Write by rename: a reader sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, path)
 
 
 def _latest_checkpoint(folder: Path) -> Path | None:

@@ -6,16 +6,14 @@ from datacreek_assets.automation import downstream_condition
 
 from datacreek_assets.datasets.sft import generate, to_jsonl
 from datacreek_assets.defs.graph.assets import knowledge_graph
-from datacreek_assets.partitions import PER_TENANT_RUNS, tenant_partitions
+from datacreek_assets.partitions import tenant_asset
 from datacreek_assets.tenancy import validate_tenant_id
 from resources.stores import GraphStoreResource, ObjectStoreResource
 
 DATASET_PREFIX = "datasets/sft"
 
 
-@dg.asset(
-    partitions_def=tenant_partitions,
-    backfill_policy=PER_TENANT_RUNS,
+@tenant_asset(
     automation_condition=downstream_condition(),
     group_name="datasets",
     kinds={"python", "jsonl"},

@@ -11,7 +11,7 @@ import numpy as np
 
 from datacreek_assets.defs.graph.assets import knowledge_graph
 from datacreek_assets.embeddings.embedder import MODEL_ID, embedding_hash
-from datacreek_assets.partitions import PER_TENANT_RUNS, tenant_partitions
+from datacreek_assets.partitions import tenant_asset
 from datacreek_assets.tenancy import validate_tenant_id
 from resources.stores import CreditLedgerResource, FeatureStoreResource, GraphStoreResource, ObjectStoreResource
 
@@ -39,9 +39,7 @@ def read_vectors(store):
     return frame, matrix
 
 
-@dg.asset(
-    partitions_def=tenant_partitions,
-    backfill_policy=PER_TENANT_RUNS,
+@tenant_asset(
     automation_condition=gpu_condition(),
     pool=GPU_POOL,
     op_tags=GPU_OP_TAGS,
@@ -131,9 +129,7 @@ def drift_check_result(drift) -> dg.AssetCheckResult:
         metadata=drift.as_metadata())
 
 
-@dg.asset(
-    partitions_def=tenant_partitions,
-    backfill_policy=PER_TENANT_RUNS,
+@tenant_asset(
     automation_condition=downstream_condition(),
     group_name="embeddings",
     kinds={"feast"},

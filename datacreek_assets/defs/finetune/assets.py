@@ -12,7 +12,8 @@ from datacreek_assets.automation import GPU_OP_TAGS, GPU_POOL, downstream_condit
 from datacreek_assets.defs.datasets.assets import sft_dataset
 from datacreek_assets.defs.embeddings.assets import LATEST_STATS_KEY, REFERENCE_KEY
 from datacreek_assets.defs.retraining.sensors import DETECTED_AT_TAG
-from datacreek_assets.partitions import PER_TENANT_RUNS, tenant_partitions
+from datacreek_assets.finetune.training import TrainConfig
+from datacreek_assets.partitions import tenant_asset
 from datacreek_assets.pictures import eval_comparison_picture, loss_curve_picture, png_markdown
 from datacreek_assets.tenancy import validate_tenant_id
 from resources.stores import CreditLedgerResource, FineTuneResource, ObjectStoreResource
@@ -21,21 +22,21 @@ LOGIT_TOLERANCE = 1e-3
 
 
 class FineTuneConfig(dg.Config):
-    learning_rate: float = 3e-3  # demo tenant, 1 epoch: val loss 2.50 at 1e-3, 2.24 at 3e-3
-    epochs: int = 1
-    max_steps: int = 0  # 0: as many as the epochs need
-    lora_rank: int = 8
-    lora_alpha: int = 16
-    effective_batch: int = 8
-    max_seq_len: int = 256
-    memory_budget_mb: int = 3072
-    checkpoint_every: int = 10
-    eval_every: int = 10
+    """The run-config face of TrainConfig (its defaults are the one source)."""
+
+    learning_rate: float = TrainConfig.learning_rate
+    epochs: int = TrainConfig.epochs
+    max_steps: int = TrainConfig.max_steps  # 0: as many as the epochs need
+    lora_rank: int = TrainConfig.lora_rank
+    lora_alpha: int = TrainConfig.lora_alpha
+    effective_batch: int = TrainConfig.effective_batch
+    max_seq_len: int = TrainConfig.max_seq_len
+    memory_budget_mb: int = TrainConfig.memory_budget_mb
+    checkpoint_every: int = TrainConfig.checkpoint_every
+    eval_every: int = TrainConfig.eval_every
 
 
-@dg.asset(
-    partitions_def=tenant_partitions,
-    backfill_policy=PER_TENANT_RUNS,
+@tenant_asset(
     automation_condition=gpu_condition(),
     pool=GPU_POOL,
     op_tags=GPU_OP_TAGS,
@@ -50,7 +51,6 @@ def finetuned_adapter(context: dg.AssetExecutionContext, config: FineTuneConfig,
     import torch
 
     from datacreek_assets.finetune.pipeline import fine_tune, read_sft
-    from datacreek_assets.finetune.training import TrainConfig
 
     tenant = validate_tenant_id(context.partition_key)
     torch.set_num_threads(finetune.threads)
@@ -102,9 +102,7 @@ def finetuned_adapter(context: dg.AssetExecutionContext, config: FineTuneConfig,
     )
 
 
-@dg.asset(
-    partitions_def=tenant_partitions,
-    backfill_policy=PER_TENANT_RUNS,
+@tenant_asset(
     automation_condition=downstream_condition(),
     group_name="finetune",
     kinds={"gguf"},
@@ -150,9 +148,7 @@ def gguf_matches_torch(context: dg.AssetCheckExecutionContext, finetune: FineTun
     return dg.AssetCheckResult(passed=passed, metadata={k: v for k, v in report.items()})
 
 
-@dg.asset(
-    partitions_def=tenant_partitions,
-    backfill_policy=PER_TENANT_RUNS,
+@tenant_asset(
     automation_condition=downstream_condition(),
     group_name="finetune",
     kinds={"llama.cpp", "mlflow"},
@@ -162,7 +158,8 @@ def gguf_matches_torch(context: dg.AssetCheckExecutionContext, finetune: FineTun
 )
 def qa_eval(context: dg.AssetExecutionContext, finetune: FineTuneResource,
             object_store: ObjectStoreResource) -> dg.MaterializeResult:
-    from datacreek_assets.finetune.pipeline import evaluate, read_latest, read_sft, write_json_atomic
+    from datacreek_assets.finetune.pipeline import evaluate, read_latest, read_sft
+    from datacreek_assets.finetune.training import write_json_atomic
 
     tenant = validate_tenant_id(context.partition_key)
     tenant_dir = finetune.tenant_dir(tenant)

@@ -10,15 +10,13 @@ from datacreek_assets.automation import downstream_condition
 from datacreek_assets.defs.ingest.assets import CHUNKS_KEY, DOCUMENTS_KEY, QUARANTINE_KEY, parsed_chunks
 from datacreek_assets.graph.extraction import measure_precision
 from datacreek_assets.graph.sync import sync_documents
-from datacreek_assets.partitions import PER_TENANT_RUNS, tenant_partitions
+from datacreek_assets.partitions import tenant_asset
 from datacreek_assets.pictures import bipartite_picture, png_markdown
 from datacreek_assets.tenancy import validate_tenant_id
 from resources.stores import GraphStoreResource, ObjectStoreResource
 
 
-@dg.asset(
-    partitions_def=tenant_partitions,
-    backfill_policy=PER_TENANT_RUNS,
+@tenant_asset(
     automation_condition=downstream_condition(),
     group_name="graph",
     kinds={"neo4j"},

@@ -11,7 +11,7 @@ from datacreek_assets.ingest.chunking import chunk_text, drop_exact_duplicates
 from datacreek_assets.ingest.parsing import DEFAULT_MAX_BYTES, ParsedDocument, Quarantined, parse_document
 from datacreek_assets.object_store import InvalidObjectKey
 from datacreek_assets.ingest.screening import screen_text
-from datacreek_assets.partitions import PER_TENANT_RUNS, tenant_partitions
+from datacreek_assets.partitions import tenant_asset
 from datacreek_assets.tenancy import validate_tenant_id
 from resources.stores import ObjectStoreResource, TenantRegistryResource
 
@@ -30,9 +30,7 @@ class ChunkingConfig(dg.Config):
     overlap_tokens: int = 32
 
 
-@dg.asset(
-    partitions_def=tenant_partitions,
-    backfill_policy=PER_TENANT_RUNS,
+@tenant_asset(
     group_name="ingest",
     kinds={"python"},
     description="Every file in tenants/<id>/inbox/ parsed to text (txt, md, html, pdf); "
@@ -80,9 +78,7 @@ def raw_documents(
     )
 
 
-@dg.asset(
-    partitions_def=tenant_partitions,
-    backfill_policy=PER_TENANT_RUNS,
+@tenant_asset(
     automation_condition=downstream_condition(),
     group_name="ingest",
     kinds={"python"},

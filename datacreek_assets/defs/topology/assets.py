@@ -13,7 +13,7 @@ from datacreek_assets.automation import downstream_condition
 import numpy as np
 
 from datacreek_assets.defs.embeddings.assets import chunk_embeddings, read_vectors
-from datacreek_assets.partitions import PER_TENANT_RUNS, tenant_partitions
+from datacreek_assets.partitions import tenant_asset
 from datacreek_assets.pictures import mapper_picture, persistence_picture, png_markdown, scatter_picture
 from datacreek_assets.tenancy import validate_tenant_id
 from resources.stores import FeatureStoreResource, ObjectStoreResource
@@ -37,9 +37,7 @@ class MapperConfig(dg.Config):
     bootstrap_resamples: int = 20
 
 
-@dg.asset(
-    partitions_def=tenant_partitions,
-    backfill_policy=PER_TENANT_RUNS,
+@tenant_asset(
     automation_condition=downstream_condition(),
     group_name="topology",
     kinds={"gudhi"},
@@ -99,9 +97,7 @@ def persistence_sketches(context: dg.AssetExecutionContext, config: SketchConfig
     )
 
 
-@dg.asset(
-    partitions_def=tenant_partitions,
-    backfill_policy=PER_TENANT_RUNS,
+@tenant_asset(
     automation_condition=downstream_condition(),
     group_name="topology",
     kinds={"umap"},
@@ -141,9 +137,7 @@ def umap_lens(context: dg.AssetExecutionContext, config: LensConfig, object_stor
     )
 
 
-@dg.asset(
-    partitions_def=tenant_partitions,
-    backfill_policy=PER_TENANT_RUNS,
+@tenant_asset(
     automation_condition=downstream_condition(),
     group_name="topology",
     kinds={"python"},
