@@ -7,6 +7,7 @@ usable; 4 refused to destroy data without --force.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -66,15 +67,18 @@ def handle_errors(func):
         from datacreek_assets.local_services import ServiceError
         from datacreek_assets.object_store import InvalidObjectKey
         from datacreek_assets.runner import UnknownAsset
+        from datacreek_assets.serving.control import ServingError
+        from datacreek_assets.serving.release_store import ReleaseConflict
+        from datacreek_assets.serving.routing import InvalidVersion
         from datacreek_assets.tenant_lifecycle import TenantHasData, UnknownTenant
 
         try:
             return func(*args, **kwargs)
-        except (InvalidTenantId, UnknownTenant, UnknownAsset, InvalidObjectKey, LedgerError) as err:
+        except (InvalidTenantId, UnknownTenant, UnknownAsset, InvalidObjectKey, LedgerError, InvalidVersion) as err:
             _fail(err, EXIT_BAD_INPUT)
-        except TenantHasData as err:
+        except (TenantHasData, ReleaseConflict) as err:
             _fail(err, EXIT_REFUSED)
-        except (ServiceError, ConfigError, WebserverUnavailable) as err:
+        except (ServiceError, ConfigError, WebserverUnavailable, ServingError) as err:
             _fail(err, EXIT_UNAVAILABLE)
         except BackfillError as err:
             _fail(err, EXIT_FAILED)
@@ -314,6 +318,74 @@ def tenant_balance(obj: Context, tenant_id: str, as_json: bool) -> None:
                    f"cpu fallback {account.cpu_price}/min")
 
 
+def _registered(obj: Context, tenant_id: str) -> None:
+    from datacreek_assets.tenant_lifecycle import UnknownTenant
+
+    registry = obj.resources()["tenant_registry"].registry()
+    try:
+        if registry.get(tenant_id) is None:
+            raise UnknownTenant(f"tenant {tenant_id!r} is not registered: `datacreek tenant add {tenant_id}` first")
+    finally:
+        registry.close()
+
+
+@tenant.command("issue-key")
+@tenant_argument
+@click.pass_obj
+@handle_errors
+def tenant_issue_key(obj: Context, tenant_id: str) -> None:
+    """Issue an API key for the tenant's served model. The key is printed once; only its hash is kept."""
+    _registered(obj, tenant_id)
+    control = obj.resources()["serving"].control()
+    try:
+        key_id, key = control.store.issue_key(tenant_id)
+    finally:
+        control.close()
+    click.echo(f"key id {key_id} for {tenant_id} (keep the key now; it is not shown again):")
+    click.echo(key)
+
+
+@tenant.command("revoke-key")
+@tenant_argument
+@click.argument("key_id")
+@click.pass_obj
+@handle_errors
+def tenant_revoke_key(obj: Context, tenant_id: str, key_id: str) -> None:
+    """Revoke one of the tenant's API keys by its id (the router forgets it within seconds)."""
+    control = obj.resources()["serving"].control()
+    try:
+        revoked = control.store.revoke_key(tenant_id, key_id)
+    finally:
+        control.close()
+    if not revoked:
+        _fail(LookupError(f"tenant {tenant_id} has no key {key_id!r}"), EXIT_BAD_INPUT)
+    click.echo(f"revoked key {key_id} of {tenant_id}")
+
+
+@tenant.command("releases")
+@tenant_argument
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+@handle_errors
+def tenant_releases(obj: Context, tenant_id: str, as_json: bool) -> None:
+    """The tenant's model releases: live production and canary, rolled back and retired ones."""
+    control = obj.resources()["serving"].control()
+    try:
+        releases = control.store.releases(tenant_id)
+    finally:
+        control.close()
+    rows = [{"version": r.version, "status": r.status, "canary_weight": r.canary_weight,
+             "started_at": r.started_at.isoformat(), "reason": r.reason, **r.numbers} for r in releases]
+    if as_json:
+        click.echo(json.dumps(rows, default=str))
+        return
+    if not rows:
+        click.echo(f"{tenant_id}: nothing released yet")
+    for row in rows:
+        click.echo(f"{tenant_id}-{row['version']:<6} {row['status']:<12} weight {row['canary_weight']:.2f}  "
+                   f"{row['reason'] or ''}")
+
+
 @tenant.command("manifests")
 @tenant_argument
 @click.option("--gpus", default=1, show_default=True, type=int, help="GPUs in the namespace's quota.")
@@ -386,7 +458,7 @@ def _materialize(obj: Context, tenant_id: str, selection):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from datacreek_assets.partitions import TENANTS_PARTITION
-    from datacreek_assets.runner import materialize_tenant
+    from datacreek_assets.runner import main_graph, materialize_tenant
     from datacreek_assets.tenant_lifecycle import UnknownTenant
 
     instance = obj.instance()
@@ -394,7 +466,7 @@ def _materialize(obj: Context, tenant_id: str, selection):
         raise UnknownTenant(f"tenant {tenant_id!r} has no partition; run `datacreek tenant add {tenant_id}` first")
     defs = obj.definitions()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
-        total = len(selection) if selection else len(defs.resolve_asset_graph().get_all_asset_keys())
+        total = len(selection) if selection else len(main_graph(defs))
         task = bar.add_task(f"materializing {tenant_id}", total=total)
 
         def progress(key: str, done: int, _total: int) -> None:
@@ -440,8 +512,9 @@ def backfill(obj: Context, tenants: str, all_tenants: bool, select: str, retry_f
         wanted = sorted(registered) if all_tenants else [validate_tenant_id(t) for t in tenants.split(",") if t]
         if not wanted:
             raise click.UsageError("no tenants to backfill")
-        keys = [s for s in select.split(",") if s] or sorted(
-            k.to_user_string() for k in obj.definitions().resolve_asset_graph().get_all_asset_keys())
+        from datacreek_assets.runner import main_graph
+
+        keys = [s for s in select.split(",") if s] or main_graph(obj.definitions())
         backfill_id = client.launch(wanted, keys, {"datacreek/launched-by": "cli-backfill"},
                                     title=f"datacreek backfill: {len(wanted)} tenant(s)")
     record.parent.mkdir(parents=True, exist_ok=True)
@@ -473,20 +546,23 @@ def backfill(obj: Context, tenants: str, all_tenants: bool, select: str, retry_f
 @click.option("--tenant", "tenant_id", default="demo", show_default=True, help="Demo tenant id.")
 @click.option("--max-docs", default=40, show_default=True, help="Documents in the demo corpus.")
 @click.option("--scenes/--no-scenes", default=True, show_default=True,
-              help="After the asset graph: a drift-triggered retraining and a run stopped by its quota.")
+              help="After the asset graph: the canary promoted under traffic, a drift-triggered retraining, "
+              "a spiked canary rolled back, and a run stopped by its quota.")
 @click.pass_obj
 @handle_errors
 def demo(obj: Context, tenant_id: str, max_docs: int, scenes: bool) -> None:
-    """Start services, onboard a demo tenant, feed it a corpus, build every asset, then show drift
-    retraining and a quota stop (both visible in the Dagster UI)."""
+    """Start services, onboard a demo tenant, feed it a corpus, build every asset (the model ends
+    up served as a 5 % canary), then show the canary promoted, drift retraining, a canary drill
+    rolled back and a quota stop (all visible in the Dagster UI)."""
     from datacreek_assets.demo_corpus import write_demo_corpus
     from datacreek_assets.local_services import services_up
     from datacreek_assets.tenant_lifecycle import add_tenant
     from resources.factory import open_tenant_stores
 
     validate_tenant_id(tenant_id)
+    obj.settings = dataclasses.replace(obj.settings, **DEMO_CANARY_POLICY)
     started = time.monotonic()
-    total = 6 if scenes else 4
+    total = 8 if scenes else 4
     click.echo(f"[1/{total}] services")
     if obj.profile == "local":
         services_up(obj.settings, progress=lambda msg: click.echo(f"  {msg}"))
@@ -515,13 +591,23 @@ def demo(obj: Context, tenant_id: str, max_docs: int, scenes: bool) -> None:
 
 # The demo's retraining is bounded so the whole demo stays a coffee break on two cores.
 DEMO_RETRAIN = {"ops": {"finetuned_adapter": {"config": {"max_steps": 12}}}}
+# ...and so is its canary policy: a real canary earns production over minutes of traffic.
+DEMO_CANARY_POLICY = {"canary_min_requests": 8, "canary_promote_after_s": 30.0, "canary_promote_min_requests": 10}
+DEMO_TRAFFIC_PER_S = 3.0  # what SmolLM2 on one thread per replica answers without queueing
 
 
 def _demo_scenes(obj: Context, resources: dict, tenant_id: str, total: int) -> None:
     from datacreek_assets.demo_scenarios import drift_scene, quota_scene
 
+    from datacreek_assets.demo_scenarios import canary_scene
+
     defs, instance = obj.definitions(), obj.instance()
-    click.echo(f"[5/{total}] drift: documents on a new subject arrive")
+    click.echo(f"[5/{total}] canary: client traffic at {DEMO_TRAFFIC_PER_S:g} requests/s, 5 % to the canary")
+    promoted = canary_scene(defs, instance, resources, tenant_id, rate_per_s=DEMO_TRAFFIC_PER_S)
+    _echo_canary(tenant_id, promoted)
+    if promoted.outcome != "promoted":
+        _fail(RuntimeError(f"the healthy canary was not promoted: {promoted.reason}"), EXIT_FAILED)
+    click.echo(f"[6/{total}] drift: documents on a new subject arrive")
     scene = drift_scene(defs, instance, resources, tenant_id, run_config=DEMO_RETRAIN)
     click.echo(f"  embedding drift {scene.drift:.3f} ({scene.level}); the drift sensor requested "
                f"{scene.requested} retraining run(s)")
@@ -533,11 +619,29 @@ def _demo_scenes(obj: Context, resources: dict, tenant_id: str, total: int) -> N
                + ("" if scene.retrain.success else f"; release blocked: {str(scene.retrain.error).splitlines()[-1]}"))
     if scene.drift_after is not None:
         click.echo(f"  the reference moved to the new data: drift now {scene.drift_after:.3f}")
-    click.echo(f"[6/{total}] quota: the tenant's price is raised past its balance during a fine-tune")
+    released = scene.retrain.metadata.get("canary_release", {}) if scene.retrain.success else {}
+    if released.get("status") == "canary":
+        click.echo(f"[7/{total}] canary drill: {tenant_id}-{released['version']} gets 400 ms of injected latency")
+        drill = canary_scene(defs, instance, resources, tenant_id, rate_per_s=DEMO_TRAFFIC_PER_S, spike_s=0.4)
+        _echo_canary(tenant_id, drill)
+        if drill.outcome != "rolled_back":
+            _fail(RuntimeError(f"the spiked canary was not rolled back: {drill.reason}"), EXIT_FAILED)
+    else:
+        click.echo(f"[7/{total}] canary drill skipped: the retraining released no canary")
+    click.echo(f"[8/{total}] quota: the tenant's price is raised past its balance during a fine-tune")
     run, status = quota_scene(defs, instance, resources, tenant_id)
     click.echo(f"  run {run.run_id}: {'succeeded' if run.success else 'failed'}, datacreek/status={status}")
     if run.success or status != "failed_quota":
         _fail(RuntimeError("the quota did not stop the run"), EXIT_FAILED)
+
+
+def _echo_canary(tenant_id: str, scene) -> None:
+    click.echo(f"  {tenant_id}-{scene.version}: {scene.outcome} after {scene.seconds:.1f}s of traffic; "
+               f"requests by role {scene.role_counts}, by status {scene.status_counts}")
+    click.echo(f"  reason: {scene.reason}")
+    if scene.rollback_timings:
+        click.echo(f"  traffic off the canary {scene.rollback_timings.get('traffic_off_s')}s after the verdict, "
+                   f"deployment removed after {scene.rollback_timings.get('removed_s')}s")
 
 
 def main() -> None:

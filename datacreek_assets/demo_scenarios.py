@@ -1,4 +1,8 @@
-"""The demo's two operational scenes, run against the persistent instance so the UI shows them.
+"""The demo's operational scenes, run against the persistent instance so the UI shows them.
+
+- canary: the tenant's canary gets client traffic while the canary health sensor ticks; a
+  healthy canary is promoted by the production_release run the sensor requests, a canary with
+  injected latency (a drill) is rolled back by the sensor itself.
 
 - drift: documents on a new subject arrive; the embeddings are refreshed; one tick of the
   drift sensor (the same code the daemon runs) requests the tenant's retraining, which runs
@@ -77,3 +81,66 @@ def quota_scene(defs: dg.Definitions, instance: dg.DagsterInstance, resources: d
         if deficit > 0:
             ledger.top_up(tenant, deficit, note="demo: restore the balance after the quota scene")
     return summary, instance.get_run_by_id(summary.run_id).tags.get(STATUS_TAG)
+
+
+@dataclass
+class CanaryScene:
+    version: str
+    outcome: str  # promoted | rolled_back | undecided
+    seconds: float  # from traffic start (promotion) or spike start (rollback) to the outcome
+    reason: str
+    status_counts: dict
+    role_counts: dict
+    promotion: RunSummary | None = None
+    rollback_timings: dict | None = None
+
+
+def canary_scene(defs: dg.Definitions, instance: dg.DagsterInstance, resources: dict, tenant: str,
+                 rate_per_s: float = 8.0, spike_s: float | None = None, timeout_s: float = 300.0,
+                 tick_s: float = 1.0, on_progress: Callable | None = None) -> CanaryScene:
+    """Drive the tenant's live canary with client traffic and run the canary health sensor (the
+    code the daemon runs) every `tick_s`, acting on what it says as the daemon would: its
+    rollback materializations are recorded, its production_release request is launched.
+    With `spike_s`, the canary first gets that much latency injected (a canary drill)."""
+    import time
+
+    from datacreek_assets.defs.serving.sensors import canary_health_sensor
+    from datacreek_assets.serving.traffic import TrafficGenerator
+
+    serving = resources["serving"]
+    control = serving.control()
+    try:
+        control.ensure_router()
+        canary = control.store.live(tenant).get("canary")
+        if canary is None:
+            raise RuntimeError(f"tenant {tenant} has no live canary")
+        key_id, key = control.store.issue_key(tenant)
+        if spike_s:
+            control.inject_delay(tenant, canary.version, spike_s)
+        traffic = TrafficGenerator(control.url, key, rate_per_s, prefix=f"demo-{key_id}").start()
+        started = time.monotonic()
+        outcome, reason, promotion, timings = "undecided", "no verdict before the timeout", None, None
+        try:
+            while time.monotonic() - started < timeout_s and outcome == "undecided":
+                tick = canary_health_sensor(dg.build_sensor_context(instance=instance, resources={"serving": serving}))
+                for event in tick.asset_events:
+                    instance.report_runless_asset_event(event)
+                    meta = {k: getattr(v, "value", v) for k, v in event.metadata.items()}
+                    outcome, reason = "rolled_back", meta["reason"]
+                    timings = {k: meta[k] for k in ("traffic_off_s", "removed_s") if k in meta}
+                for request in tick.run_requests:
+                    promotion = materialize_tenant(defs, tenant, instance, selection=["production_release"],
+                                                   on_progress=on_progress, launched_by="canary-sensor",
+                                                   tags=dict(request.tags))
+                    outcome = "promoted" if promotion.success else "promotion_failed"
+                    reason = promotion.metadata.get("production_release", {}).get("reason", promotion.error or "")
+                if outcome == "undecided":
+                    time.sleep(tick_s)
+            seconds = time.monotonic() - started
+        finally:
+            traffic.stop()
+            control.store.revoke_key(tenant, key_id)
+        return CanaryScene(canary.version, outcome, seconds, reason, dict(traffic.status),
+                           {role: len(v) for role, v in traffic.latencies.items()}, promotion, timings)
+    finally:
+        control.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -26,6 +27,7 @@ from datacreek_assets.tenancy import validate_tenant_id
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "k8s" / "charts" / "datacreek-tenant"
+INSTANCE_YAML = REPO / "k8s" / "dagster-instance.yaml"
 HELM_VERSION = "v3.22.0"
 KUBERNETES_VERSION = "1.33"
 PLATFORM_NAMESPACE = "datacreek-platform"
@@ -57,7 +59,8 @@ def helm_binary(cache_dir: Path) -> Path:
 
 
 def tenant_values(tenant_id: str, **overrides) -> dict:
-    values = {"tenant": {"id": validate_tenant_id(tenant_id)}, "platform": {"namespace": PLATFORM_NAMESPACE}}
+    values = {"tenant": {"id": validate_tenant_id(tenant_id)},
+              "platform": {"namespace": PLATFORM_NAMESPACE, "instanceYaml": INSTANCE_YAML.read_text()}}
     for key, value in overrides.items():
         values[key] = value
     return values
@@ -153,17 +156,25 @@ def connectivity(policies: list[dict], cluster: list[dict]) -> set[Connection]:
 def _namespaces(field: str) -> list[str]:
     field = field.strip()
     if not field:
-        return ["<outside the cluster>"]
+        return [OUTSIDE]
     return [n.strip() for n in field.strip("[]").split(",") if n.strip()]
 
 
+OUTSIDE = "<outside the cluster>"
+# what a tenant may open to the outside: HTTPS to the object store and the API server (443, 6443)
+_HTTPS_ONLY = re.compile(r"\{protocols:TCP,dst_ports:(443|6443|443,6443)\}")
+
+
 def isolation_violations(allowed: set[Connection], tenants: list[str]) -> list[str]:
-    """Connections from one tenant's namespace to another's, or from/to outside the cluster."""
+    """Connections from one tenant's namespace to another's; from outside the cluster into a
+    tenant; from a tenant out of the cluster on anything but HTTPS (443/6443)."""
     namespaces = {f"tenant-{t}" for t in tenants}
     holes = []
     for c in sorted(allowed, key=lambda c: (c.src_ns, c.dst_ns, c.connection)):
         if c.src_ns in namespaces and c.dst_ns in namespaces and c.src_ns != c.dst_ns:
             holes.append(f"{c.src_ns} -> {c.dst_ns}: {c.connection}")
-        elif (c.src_ns in namespaces) != (c.dst_ns in namespaces) and "<outside the cluster>" in (c.src_ns, c.dst_ns):
+        elif c.src_ns == OUTSIDE and c.dst_ns in namespaces:
+            holes.append(f"{c.src_ns} -> {c.dst_ns}: {c.connection}")
+        elif c.src_ns in namespaces and c.dst_ns == OUTSIDE and not _HTTPS_ONLY.fullmatch(c.connection):
             holes.append(f"{c.src_ns} -> {c.dst_ns}: {c.connection}")
     return holes

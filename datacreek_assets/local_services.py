@@ -82,6 +82,8 @@ class ManagedProcess:
     def prepare(self, progress: Callable[[str], None]) -> None: ...
     def command(self) -> list[str]: ...
     def ready(self) -> bool: ...
+    def environment(self) -> dict[str, str] | None:
+        return None  # inherit ours
 
     # -- shared lifecycle ------------------------------------------------
     @property
@@ -129,6 +131,7 @@ class ManagedProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=self.home,
+                env=self.environment(),
                 start_new_session=True,  # outlives the CLI that started it
             )
         self.pid_file.write_text(json.dumps({"pid": proc.pid, "port": self.port}))
@@ -312,8 +315,98 @@ class FalkorDBService(ManagedProcess):
         return any(m.get(b"name", m.get("name")) in (b"graph", "graph") for m in modules)
 
 
+def ray_auth_env(token_path: Path) -> dict[str, str]:
+    """Ray's token authentication, for the head and for every driver that connects to it."""
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)}
+
+
+class RayService(ManagedProcess):
+    """A Ray head node (`ray start --head --block`, so the head's processes live and die with
+    this one process) for Ray Serve. Its ports are derived from `ray_port` so that two state
+    dirs (the demo's and the tests') can each run one."""
+
+    name = "ray"
+    marker = "--head"
+
+    @property
+    def port(self) -> int:
+        return self.settings.ray_port
+
+    @property
+    def temp_dir(self) -> Path:
+        # Ray puts unix sockets under its temp dir: their paths must stay under 107 bytes
+        return Path("/tmp") / f"datacreek-ray-{self.port}"
+
+    @property
+    def auth_token_path(self) -> Path:
+        return self.home / "auth_token"
+
+    def prepare(self, progress: Callable[[str], None]) -> None:
+        import secrets
+
+        self.temp_dir.mkdir(parents=True, exist_ok=True)
+        self.home.mkdir(parents=True, exist_ok=True)
+        if not self.auth_token_path.exists():  # the cluster's own token: drivers of this state dir only
+            self.auth_token_path.write_text(secrets.token_hex(32))
+            self.auth_token_path.chmod(0o600)
+
+    def command(self) -> list[str]:
+        import sys
+
+        ray = Path(sys.executable).parent / "ray"
+        return [
+            str(ray), "start", "--head", "--block",
+            f"--port={self.port}",
+            f"--ray-client-server-port={self.port + 1}",
+            f"--dashboard-agent-listen-port={self.port + 2}",
+            f"--dashboard-agent-grpc-port={self.port + 3}",
+            f"--runtime-env-agent-port={self.port + 4}",
+            f"--metrics-export-port={self.port + 5}",
+            f"--dashboard-port={self.port + 6}",
+            # workers' ports: above the services' (Ray skips ports another process holds)
+            "--min-worker-port=30000", "--max-worker-port=39999",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=2",  # the machine's two cores; deployments ask for none (llama.cpp threads are set)
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--temp-dir={self.temp_dir}",
+        ]
+
+    def environment(self) -> dict[str, str]:
+        return {**os.environ, **ray_auth_env(self.auth_token_path), "RAY_USAGE_STATS_ENABLED": "0",
+                "OMP_NUM_THREADS": "1"}
+
+    def ready(self) -> bool:
+        return _port_open(self.port + 1)  # the client server comes up after the GCS and the raylet
+
+    def head_processes(self) -> list[int]:
+        """The head's processes (GCS, raylet, agents): their command lines name our temp dir."""
+        marker = str(self.temp_dir)
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) != os.getpid():
+                cmdline = _process_cmdline(int(entry.name))
+                if cmdline and marker in cmdline:
+                    pids.append(int(entry.name))
+        return pids
+
+    def down(self, progress: Callable[[str], None], timeout: float = 60.0) -> bool:
+        stopped = super().down(progress, timeout)
+        # `ray start --block` stops its processes on SIGTERM, but some take a while: none may
+        # outlive `down` (the next `up` would find the ports taken)
+        deadline = time.monotonic() + 20
+        while self.head_processes() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        for pid in self.head_processes():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return stopped
+
+
 def all_services(settings: LocalSettings) -> list[ManagedProcess]:
-    return [Neo4jService(settings), FalkorDBService(settings)]
+    return [Neo4jService(settings), FalkorDBService(settings), RayService(settings)]
 
 
 def services_up(settings: LocalSettings, timeout: float = 180.0, progress: Callable[[str], None] = print) -> list[ServiceStatus]:

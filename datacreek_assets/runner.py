@@ -33,6 +33,16 @@ def tenant_tags(tenant_id: str, launched_by: str) -> dict[str, str]:
     return {TENANT_TAG: tenant_id, "datacreek/launched-by": launched_by}
 
 
+def main_graph(defs: dg.Definitions) -> list[str]:
+    """Every asset a tenant's full run builds: all but those a sensor launches when live
+    traffic says so (production_release)."""
+    from datacreek_assets.defs.serving.assets import LAUNCH_TAG
+
+    graph = defs.resolve_asset_graph()
+    return sorted(k.to_user_string() for k in graph.get_all_asset_keys()
+                  if graph.get(k).tags.get(LAUNCH_TAG) != "sensor")
+
+
 def _materializations(instance: dg.DagsterInstance, run_id: str) -> list[dg.EventLogEntry]:
     records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
     return [r.event_log_entry for r in records]
@@ -49,8 +59,9 @@ def materialize_tenant(
     tags: dict[str, str] | None = None,
 ) -> RunSummary:
     job = defs.resolve_implicit_global_asset_job_def()
-    all_keys = sorted(k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys())
-    wanted = selection or all_keys
+    graph = defs.resolve_asset_graph()
+    all_keys = sorted(k.to_user_string() for k in graph.get_all_asset_keys())
+    wanted = selection or main_graph(defs)
     unknown = sorted(set(wanted) - set(all_keys))
     if unknown:
         raise UnknownAsset(f"unknown asset(s): {', '.join(unknown)}; known: {', '.join(all_keys)}")

@@ -30,6 +30,12 @@ class LocalSettings:
     # Without a GPU (or after losing a spot GPU node): "int8" trains with the base in 8-bit
     # through bitsandbytes' CPU backend; "fp32" keeps the base in full precision.
     cpu_fallback: str = "int8"
+    ray_port: int = 6390  # the local Ray head's GCS port; its client server uses the next one
+    serve_port: int = 8100  # the serving router's HTTP port
+    # canary policy (the demo and the tests shorten it: a real canary earns production over minutes)
+    canary_min_requests: int = 20
+    canary_promote_after_s: float = 300.0
+    canary_promote_min_requests: int = 100
 
     @property
     def dagster_home(self) -> Path:
@@ -48,6 +54,23 @@ class LocalSettings:
         return f"sqlite:///{self.state_dir / 'ledger.db'}"
 
     @property
+    def serving_url(self) -> str:
+        return f"sqlite:///{self.state_dir / 'serving.db'}"
+
+    def serving_admin_token(self) -> str:
+        """The local router's admin token: made once (owner-only file) and kept in the state dir."""
+        import secrets
+
+        path = self.state_dir / "serving" / "admin_token"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(f".{os.getpid()}")
+            partial.write_text(secrets.token_urlsafe(32))
+            partial.chmod(0o600)
+            partial.replace(path)
+        return path.read_text().strip()
+
+    @property
     def neo4j_uri(self) -> str:
         return f"bolt://127.0.0.1:{self.neo4j_port}"
 
@@ -64,6 +87,8 @@ class LocalSettings:
             state_dir=state_dir,
             neo4j_port=_port(env, "DATACREEK_NEO4J_PORT", 7687),
             falkordb_port=_port(env, "DATACREEK_FALKORDB_PORT", 6380),
+            ray_port=_port(env, "DATACREEK_RAY_PORT", 6390),
+            serve_port=_port(env, "DATACREEK_SERVE_PORT", 8100),
             cache_dir=Path(cache).resolve() if cache else None,
             base_model=env.get("DATACREEK_BASE_MODEL", "smollm2-135m-instruct"),
             cpu_fallback=env.get("DATACREEK_CPU_FALLBACK", "int8"),

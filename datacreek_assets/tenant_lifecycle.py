@@ -42,6 +42,7 @@ class TenantStores:
     features: Callable[[str], "object"] | None = None  # tenant id -> TenantFeatures
     finetune: "object | None" = None  # FineTuneResource: model files and MLflow
     ledger: "object | None" = None  # CreditLedger
+    serving: "object | None" = None  # ServingControl: live deployments, API keys, release history
 
 
 @dataclass
@@ -81,6 +82,7 @@ def tenant_data_summary(tenant_id: str, stores: TenantStores) -> dict[str, int]:
         "objects": object_count,
         "feature_vectors": stores.features(tenant_id).live_count() if stores.features else 0,
         "model_files": int(stores.finetune.tenant_dir(tenant_id).exists()) if stores.finetune else 0,
+        "live_releases": len(stores.serving.store.live(tenant_id)) if stores.serving else 0,
     }
 
 
@@ -107,6 +109,9 @@ def remove_tenant(tenant_id: str, stores: TenantStores, instance: DagsterInstanc
         for view in ("chunk_embeddings", "chunk_topology"):
             stores.features(tenant_id, view=view).drop_all()
         report.steps.append("feature store")
+    if stores.serving:  # before the model files: a live deployment must stop serving them first
+        stopped = stores.serving.remove_tenant(tenant_id)
+        report.steps.append(f"serving ({len(stopped)} deployment(s) removed, keys revoked)")
     if stores.finetune:  # a later tenant with the same id must not inherit models or runs
         import shutil
 

@@ -10,6 +10,7 @@ from typing import Iterator
 
 import dagster as dg
 
+from datacreek_assets.local_services import RayService
 from datacreek_assets.settings import ConfigError, LocalSettings
 from datacreek_assets.tenant_lifecycle import TenantStores
 from resources.stores import (
@@ -19,6 +20,7 @@ from resources.stores import (
     GraphStoreResource,
     HotGraphResource,
     ObjectStoreResource,
+    ServingResource,
     TenantRegistryResource,
 )
 
@@ -46,6 +48,16 @@ def build_resources(profile: str, settings: LocalSettings | None = None) -> dict
                 base_model=settings.base_model,
                 eval_margin=settings.eval_margin,
                 cpu_fallback=settings.cpu_fallback,
+            ),
+            "serving": ServingResource(
+                ray_address=f"127.0.0.1:{settings.ray_port}",
+                http_port=settings.serve_port,
+                store_url=settings.serving_url,
+                admin_token=settings.serving_admin_token(),
+                ray_auth_token_path=str(RayService(settings).auth_token_path),
+                min_requests=settings.canary_min_requests,
+                promote_after_s=settings.canary_promote_after_s,
+                promote_min_requests=settings.canary_promote_min_requests,
             ),
         }
     if profile == "prod":
@@ -84,6 +96,12 @@ def build_resources(profile: str, settings: LocalSettings | None = None) -> dict
                 base_model=dg.EnvVar("DATACREEK_BASE_MODEL"),
                 cpu_fallback=dg.EnvVar("DATACREEK_CPU_FALLBACK"),
             ),
+            "serving": ServingResource(
+                ray_address=dg.EnvVar("DATACREEK_RAY_ADDRESS"),  # the Ray head's GCS (KubeRay cluster)
+                http_port=dg.EnvVar.int("DATACREEK_SERVE_PORT"),
+                store_url=dg.EnvVar("DATACREEK_SERVING_STORE_URL"),  # Postgres
+                admin_token=dg.EnvVar("DATACREEK_SERVING_ADMIN_TOKEN"),
+            ),
         }
     raise ConfigError(f"unknown profile {profile!r}")
 
@@ -100,6 +118,7 @@ def initialized(resources: dict[str, dg.ConfigurableResource]) -> dict[str, dg.C
 def open_tenant_stores(resources: dict[str, dg.ConfigurableResource]) -> Iterator[TenantStores]:
     """Open every store a tenant lives in (for the CLI and onboarding)."""
     registry = resources["tenant_registry"].registry()
+    serving = resources["serving"].control() if "serving" in resources else None
     try:
         with resources["graph_store"].admin() as graph:
             yield TenantStores(
@@ -110,6 +129,9 @@ def open_tenant_stores(resources: dict[str, dg.ConfigurableResource]) -> Iterato
                 features=resources["feature_store"].for_tenant if "feature_store" in resources else None,
                 finetune=resources.get("finetune"),
                 ledger=resources["credit_ledger"].ledger() if "credit_ledger" in resources else None,
+                serving=serving,
             )
     finally:
         registry.close()
+        if serving is not None:
+            serving.close()

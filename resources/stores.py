@@ -199,10 +199,46 @@ class CreditLedgerResource(dg.ConfigurableResource):
         resource, units = ("gpu", gpus) if gpus > 0 else ("cpu", 1)
         step = getattr(context, "op_execution_context", context).op_def.name
         try:
-            with Meter(self.ledger(), tenant_id, context.run_id, str(step), resource, units,
+            with Meter(self.ledger(), tenant_id, context.run.run_id, str(step), resource, units,
                        self.heartbeat_s) as meter:
                 yield meter
                 meter.check()
         except QuotaExceeded as err:
-            context.instance.add_run_tags(context.run_id, {STATUS_TAG: FAILED_QUOTA})
-            raise dg.Failure(str(err), metadata={"status": FAILED_QUOTA, "tenant": tenant_id}) from err
+            context.instance.add_run_tags(context.run.run_id, {STATUS_TAG: FAILED_QUOTA})
+            # not retried: a retry would only meet the same empty balance
+            raise dg.Failure(str(err), metadata={"status": FAILED_QUOTA, "tenant": tenant_id},
+                             allow_retries=False) from err
+
+
+class ServingResource(dg.ConfigurableResource):
+    """Ray Serve (the cluster's GCS address), the router's port, the release store (SQLAlchemy
+    URL), the router's admin token, and the canary policy the health sensor applies."""
+
+    ray_address: str
+    http_port: int
+    store_url: str
+    admin_token: str
+    ray_auth_token_path: str = ""  # Ray's token file; empty: Ray's own default (~/.ray/auth_token)
+    canary_weight: float = 0.05
+    window_s: float = 60.0
+    min_requests: int = 20
+    max_p99_ratio: float = 2.0
+    min_p99_gap_ms: float = 25.0  # below this absolute gap a p99 ratio is noise, not a regression
+    promote_after_s: float = 300.0
+    promote_min_requests: int = 100
+    max_prompt_chars: int = 8000
+    n_ctx: int = 1024
+    threads: int = 1  # llama.cpp threads per model replica
+
+    def control(self):
+        from datacreek_assets.serving.control import ServingControl
+
+        return ServingControl(self.ray_address, self.http_port, self.store_url, self.admin_token,
+                              self.ray_auth_token_path or None, self.window_s, self.max_prompt_chars, self.n_ctx,
+                              self.threads)
+
+    def policy(self):
+        from datacreek_assets.serving.routing import CanaryPolicy
+
+        return CanaryPolicy(self.min_requests, self.max_p99_ratio, self.min_p99_gap_ms / 1000.0,
+                            self.promote_after_s, self.promote_min_requests)

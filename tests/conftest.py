@@ -25,6 +25,10 @@ def settings(tmp_path_factory) -> LocalSettings:
         state_dir=tmp_path_factory.mktemp("state"),
         neo4j_port=int(os.environ.get("DATACREEK_TEST_NEO4J_PORT", "17687")),
         falkordb_port=int(os.environ.get("DATACREEK_TEST_FALKORDB_PORT", "16380")),
+        ray_port=int(os.environ.get("DATACREEK_TEST_RAY_PORT", "16390")),
+        serve_port=int(os.environ.get("DATACREEK_TEST_SERVE_PORT", "18100")),
+        # a canary earns production after 8 requests on each side instead of minutes of traffic
+        canary_min_requests=8, canary_promote_after_s=0.0, canary_promote_min_requests=8,
         base_model="tiny-llama",  # the demo trains SmolLM2; tests train a 2-layer random Llama
         # A random 2-layer model cannot learn held-out facts, so the graph test only asks the tuned
         # model not to be worse; tests/integration/test_finetune_assets.py exercises the gate itself.
@@ -36,7 +40,11 @@ def settings(tmp_path_factory) -> LocalSettings:
 def services(settings):
     from datacreek_assets.local_services import services_down, services_up
 
-    services_up(settings, timeout=240, progress=lambda msg: None)
+    try:
+        services_up(settings, timeout=240, progress=lambda msg: None)
+    except BaseException:  # a half-started session must not leave the others running
+        services_down(settings, progress=lambda msg: None)
+        raise
     yield settings
     services_down(settings, progress=lambda msg: None)
 
@@ -87,6 +95,8 @@ def cli_env(services) -> dict[str, str]:
         "DATACREEK_STATE_DIR": str(services.state_dir),
         "DATACREEK_NEO4J_PORT": str(services.neo4j_port),
         "DATACREEK_FALKORDB_PORT": str(services.falkordb_port),
+        "DATACREEK_RAY_PORT": str(services.ray_port),
+        "DATACREEK_SERVE_PORT": str(services.serve_port),
         "DATACREEK_PROFILE": "local",
     })
     env.pop("DAGSTER_HOME", None)

@@ -18,8 +18,10 @@ class PrometheusError(RuntimeError):
 
 
 class PrometheusServer:
-    def __init__(self, workdir: Path, port: int, targets: list[str], scrape_interval: str = "1s"):
+    def __init__(self, workdir: Path, port: int, targets: list[str], scrape_interval: str = "1s",
+                 job: str = "datacreek-billing", bearer_token: str | None = None):
         self.workdir, self.port, self.targets, self.scrape_interval = workdir, port, targets, scrape_interval
+        self.job, self.bearer_token = job, bearer_token
         self.url = f"http://127.0.0.1:{port}"
         self.process: subprocess.Popen | None = None
 
@@ -34,7 +36,9 @@ class PrometheusServer:
         config.write_text(
             f"global:\n  scrape_interval: {self.scrape_interval}\n  evaluation_interval: {self.scrape_interval}\n"
             f"rule_files: [\"{RULES}\"]\n"
-            f"scrape_configs:\n  - job_name: datacreek-billing\n    static_configs:\n      - targets: [{targets}]\n")
+            f"scrape_configs:\n  - job_name: {self.job}\n"
+            + (f"    authorization:\n      credentials_file: {self._token_file()}\n" if self.bearer_token else "")
+            + f"    static_configs:\n      - targets: [{targets}]\n")
         log = open(self.workdir / "prometheus.log", "wb")
         self.process = subprocess.Popen(
             [binary, f"--config.file={config}", f"--storage.tsdb.path={self.workdir / 'data'}",
@@ -52,6 +56,12 @@ class PrometheusServer:
             time.sleep(0.3)
         self.__exit__()
         raise PrometheusError("prometheus did not become ready in 60 s")
+
+    def _token_file(self) -> Path:
+        path = self.workdir / "scrape_token"
+        path.write_text(self.bearer_token)
+        path.chmod(0o600)
+        return path
 
     def query(self, promql: str) -> list[dict]:
         reply = requests.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=10).json()

@@ -16,6 +16,7 @@ def build_definitions(profile: str | None = None, settings: LocalSettings | None
     from datacreek_assets.defs.graph import definitions as graph_defs
     from datacreek_assets.defs.ingest import definitions as ingest_defs
     from datacreek_assets.defs.retraining import definitions as retraining_defs
+    from datacreek_assets.defs.serving import definitions as serving_defs
     from datacreek_assets.defs.tenants import definitions as tenant_defs
     from datacreek_assets.defs.topology import definitions as topology_defs
     from resources.factory import build_resources
@@ -27,6 +28,7 @@ def build_definitions(profile: str | None = None, settings: LocalSettings | None
         dataset_defs(),
         embedding_defs(),
         finetune_defs(),
+        serving_defs(),
         topology_defs(),
         tenant_defs(),
         retraining_defs(),
@@ -46,6 +48,6 @@ def executor_for(profile: str) -> dg.ExecutorDefinition:
     """
     if profile == "local":
         return dg.in_process_executor
-    from dagster_k8s import k8s_job_executor
+    from datacreek_assets.k8s_launcher import tenant_k8s_job_executor
 
-    return k8s_job_executor
+    return tenant_k8s_job_executor

@@ -77,6 +77,7 @@ class FineTuneOutcome:
     device_reason: str
     load_in_8bit: bool
     dropped_too_long: int
+    reschedule_latency_s: float | None = None  # after an interrupted attempt (see heartbeat.py)
 
 
 def fine_tune(tenant_dir: Path, base_cache: Path, base_model: str, data: SftData, config: TrainConfig,
@@ -84,6 +85,10 @@ def fine_tune(tenant_dir: Path, base_cache: Path, base_model: str, data: SftData
     """Train (or resume) the tenant's adapter; logs params and losses to the tenant's MLflow experiment."""
     import torch
 
+    from datacreek_assets.finetune.heartbeat import TrainingHeartbeat
+
+    heartbeat = TrainingHeartbeat(tenant_dir / "training_heartbeat.json")
+    rescheduled_after = heartbeat.rescheduled_after()
     plan = plan_device(gpus, cpu_fallback)
     base_dir = base_model_dir(base_model, base_cache)
     load_8bit = plan.load_in_8bit
@@ -113,17 +118,28 @@ def fine_tune(tenant_dir: Path, base_cache: Path, base_model: str, data: SftData
             "device": plan.device, "load_in_8bit": load_8bit, "run_key": key,
         })
         run_file.write_text(run_id)
+    if rescheduled_after is not None:
+        tracking.log_metric(run_id, "reschedule_latency_s", rescheduled_after)
     torch.manual_seed(config.seed)
     peft_model = wrap_lora(model, config)
+
+    def step_done(step: int, loss: float) -> None:
+        heartbeat.beat(key, step, plan.device)
+        if on_step is not None:
+            on_step(step, loss)
+
+    heartbeat.beat(key, 0, plan.device)
     try:
         probe_cache = base_dir / "probes" / (f"{plan.device}-{'int8' if load_8bit else 'fp32'}-{config.max_seq_len}"
                                              f"-r{config.lora_rank}-{'_'.join(config.target_modules)}.json")
         result = train_lora(peft_model, tokenizer.pad_token_id, train_rows, val_rows, config, out_dir, plan.device,
-                            on_step=on_step, probe_cache=probe_cache)
+                            on_step=step_done, probe_cache=probe_cache)
     except BaseException:
+        heartbeat.close("stopped")
         tracking.finish(run_id, "FAILED")  # a retry resumes the checkpoints and reopens nothing
         run_file.unlink(missing_ok=True)
         raise
+    heartbeat.close("finished")
     tokenizer.save_pretrained(result.adapter_dir)
     logged = out_dir / "mlflow_logged"
     if not logged.exists():  # once per training, also when a crash came between training and logging
@@ -134,7 +150,7 @@ def fine_tune(tenant_dir: Path, base_cache: Path, base_model: str, data: SftData
         "run_key": key, "mlflow_run_id": run_id, "dataset_version": data.version, "base_model": base_model,
         "base_dir": str(base_dir), "adapter_dir": result.adapter_dir, "device": plan.device,
         "load_in_8bit": load_8bit})
-    return FineTuneOutcome(key, run_id, data, result, plan.device, reason, load_8bit, dropped)
+    return FineTuneOutcome(key, run_id, data, result, plan.device, reason, load_8bit, dropped, rescheduled_after)
 
 
 def _log_training(tracking, run_id: str, result: TrainResult) -> None:

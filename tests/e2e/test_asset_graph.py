@@ -10,7 +10,8 @@ from datacreek_assets.defs import build_definitions
 from datacreek_assets.defs.embeddings.assets import read_vectors
 from datacreek_assets.demo_corpus import write_demo_corpus
 from datacreek_assets.object_store import TenantObjectStore
-from datacreek_assets.runner import TENANT_TAG, materialize_tenant
+from datacreek_assets.runner import TENANT_TAG, main_graph, materialize_tenant
+from datacreek_assets.serving.routing import Route
 from datacreek_assets.tenant_lifecycle import add_tenant, remove_tenant
 from resources.factory import open_tenant_stores
 
@@ -32,6 +33,10 @@ def tenant(local_resources, instance):
         finetune = local_resources["finetune"]
         assert not finetune.tenant_dir(TENANT).exists()  # a reused id inherits no model
         assert finetune.tracking(TENANT).client.search_runs([finetune.tracking(TENANT).experiment_id]) == []
+        control = local_resources["serving"].control()
+        assert not [app for app in control.applications() if app.startswith(f"{TENANT}-")]
+        assert control.store.releases(TENANT) == [] and control.store.keys(TENANT) == []
+        control.close()
 
 
 def check_results(instance, run_id: str) -> dict[str, tuple[bool, dict]]:
@@ -48,7 +53,7 @@ def test_every_asset_materializes_for_a_small_tenant(services, local_resources, 
     written = write_demo_corpus(objects, max_docs=6)
     objects.put("inbox/hostile.html", b"<script>" + b"\xff" * 10)
     defs = build_definitions("local", services)
-    all_keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    all_keys = set(main_graph(defs))  # all but production_release, which the canary sensor launches
 
     progress = []
     first = materialize_tenant(defs, TENANT, instance, on_progress=lambda k, d, t: progress.append((k, d, t)),
@@ -152,9 +157,24 @@ def test_every_asset_materializes_for_a_small_tenant(services, local_resources, 
     assert {"gguf/model.q8_0.gguf", "gguf/adapter.gguf", "pictures/loss_curve.png", "pictures/qa_eval.png"} <= artifacts
     assert qa["registered_model"] == second.metadata["qa_eval"]["registered_model"] == f"datacreek-{TENANT} v1"
 
-    # operations: a new subject -> critical drift -> exactly one retraining -> the reference moves;
-    # then a fine-tune that runs out of credits is stopped (the demo's two scenes)
-    from datacreek_assets.demo_scenarios import drift_scene, quota_scene
+    # serving: the tuned model is the tenant's 5 % canary against the base model; under healthy
+    # traffic the canary sensor requests production_release, which promotes it
+    from datacreek_assets.demo_scenarios import canary_scene, drift_scene, quota_scene
+
+    released = first.metadata["canary_release"]
+    assert (released["status"], released["version"], released["production"]) == ("canary", "v1", "base")
+    assert released["canary_weight"] == 0.05 and released["adapter_path"].endswith("adapter.gguf")
+    assert second.metadata["canary_release"]["status"] == "unchanged (canary)"
+    promoted = canary_scene(defs, instance, local_resources, TENANT, rate_per_s=15)
+    assert promoted.outcome == "promoted", promoted
+    assert promoted.role_counts.get("canary", 0) >= 8 and set(promoted.status_counts) == {200}
+    assert promoted.promotion.metadata["production_release"]["retired"] == "base"
+    control = local_resources["serving"].control()
+    assert control.store.route(TENANT) == Route("v1")
+
+    # operations: a new subject -> critical drift -> exactly one retraining -> the reference moves
+    # and the new model becomes the canary; a latency spike in that canary rolls it back; then a
+    # fine-tune that runs out of credits is stopped (the demo's scenes)
 
     scene = drift_scene(defs, instance, local_resources, TENANT, run_config=TINY_TRAINING)
     assert scene.level == "critical" and scene.requested == 1, scene
@@ -164,6 +184,14 @@ def test_every_asset_materializes_for_a_small_tenant(services, local_resources, 
     assert scene.retrain.metadata["qa_eval"]["drift_to_release_s"] > 0
     assert scene.retrain.metadata["finetuned_adapter"]["dataset_version"] != sft["version"]
     assert scene.drift_after is not None and scene.drift_after < 0.07
+    assert scene.retrain.metadata["canary_release"]["status"] == "canary"
+    assert control.store.route(TENANT) == Route("v1", "v2", 0.05)
+    drill = canary_scene(defs, instance, local_resources, TENANT, rate_per_s=15, spike_s=0.3)
+    assert drill.outcome == "rolled_back" and drill.version == "v2", drill
+    assert control.store.route(TENANT) == Route("v1") and f"{TENANT}-v2" not in control.applications()
+    shown = instance.get_latest_materialization_event(dg.AssetKey("canary_release")).asset_materialization
+    assert shown.partition == TENANT and shown.metadata["status"].value == "rolled_back"
+    control.close()
     quota_run, status = quota_scene(defs, instance, local_resources, TENANT)
     assert not quota_run.success and status == "failed_quota"
     assert local_resources["credit_ledger"].ledger().account(TENANT).balance > 0  # restored afterwards

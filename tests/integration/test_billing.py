@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,15 +22,11 @@ from datacreek_assets.billing.server import make_server, serve_in_thread
 from datacreek_assets.defs.billing.sensors import quota_sensor
 from datacreek_assets.tenancy import TENANT_TAG
 from resources.stores import CreditLedgerResource
+from tests.helpers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "t0ken-for-tests-only-1234"
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

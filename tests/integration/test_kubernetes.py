@@ -13,6 +13,7 @@ import yaml
 from datacreek_assets import kubernetes as k8s
 from datacreek_assets.settings import LocalSettings
 
+REPO = Path(__file__).resolve().parents[2]
 TENANTS = ["acme", "globex"]
 
 
@@ -36,11 +37,15 @@ def test_the_tenant_chart_renders_valid_manifests(rendered):
         "Namespace/tenant-acme", "ResourceQuota/tenant-quota", "LimitRange/tenant-limits",
         "NetworkPolicy/default-deny", "NetworkPolicy/allow-same-namespace", "NetworkPolicy/allow-dns",
         "NetworkPolicy/allow-platform", "ServiceAccount/datacreek-run", "Role/datacreek-run",
-        "RoleBinding/datacreek-run", "RoleBinding/dagster-launcher"])
+        "RoleBinding/datacreek-run", "RoleBinding/dagster-launcher", "ConfigMap/dagster-instance",
+        "NetworkPolicy/allow-egress-outside-cluster", "PersistentVolumeClaim/datacreek-models"])
     assert all(d["metadata"].get("namespace", "tenant-acme") == "tenant-acme" for d in docs)
     assert all(d["metadata"]["labels"]["datacreek/tenant"] == "acme" for d in docs)
     quota = next(d for d in docs if d["kind"] == "ResourceQuota")["spec"]["hard"]
     assert quota["requests.nvidia.com/gpu"] == "1" and quota["pods"] == "20"
+    # run and step pods here read the same instance config as the platform's
+    instance = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["dagster.yaml"]
+    assert yaml.safe_load(instance) == yaml.safe_load(k8s.INSTANCE_YAML.read_text())
     for tenant in TENANTS:
         assert k8s.validate(rendered[tenant]) == []
 
@@ -72,6 +77,10 @@ def test_nca_proves_tenants_cannot_reach_each_other_but_reach_dns_and_the_platfo
         assert (ns, k8s.PLATFORM_NAMESPACE) in pairs and (k8s.PLATFORM_NAMESPACE, ns) in pairs
         dns = {c.connection for c in allowed if c.src_ns == ns and c.dst_ns == "kube-system"}
         assert dns and all("53" in c for c in dns)  # DNS only
+        # out of the cluster (object store, API server): HTTPS only; nothing comes in from there
+        outside = {c.connection for c in allowed if c.src_ns == ns and c.dst_ns == k8s.OUTSIDE}
+        assert outside == {"{protocols:TCP,dst_ports:443}"}
+        assert not [c for c in allowed if c.src_ns == k8s.OUTSIDE and c.dst_ns == ns]
     assert ("tenant-acme", "tenant-globex") not in pairs and ("tenant-globex", "tenant-acme") not in pairs
 
 
@@ -96,6 +105,13 @@ def test_nca_finds_an_isolation_hole(rendered):
     both = widened(one_side, "tenant-acme", "egress")
     holes = k8s.isolation_violations(k8s.connectivity(both, cluster), TENANTS)
     assert holes == ["tenant-acme -> tenant-globex: All connections"]
+    # an egress rule that opens every port to the outside is reported too
+    opened = json.loads(json.dumps(policies))
+    for doc in opened:
+        if doc["metadata"]["name"] == "allow-egress-outside-cluster" and doc["metadata"]["namespace"] == "tenant-acme":
+            del doc["spec"]["egress"][0]["ports"]
+    holes = k8s.isolation_violations(k8s.connectivity(opened, cluster), TENANTS)
+    assert holes == ["tenant-acme -> <outside the cluster>: All connections"]
 
 
 def test_gpu_node_pools_match_the_karpenter_nodepool_schema(tmp_path):
@@ -118,44 +134,115 @@ def test_gpu_node_pools_match_the_karpenter_nodepool_schema(tmp_path):
         jsonschema.validate(broken, schema)
 
 
-def test_the_job_dagster_k8s_builds_for_a_gpu_step_with_the_tenant_context_is_valid():
+def prod_step_handler(kubeconfig: Path):
+    """The step handler of the prod profile's executor, made the way Dagster makes it for a run."""
     import dagster as dg
-    from dagster_k8s.container_context import K8sContainerContext
-    from dagster_k8s.job import DagsterK8sJobConfig, UserDefinedDagsterK8sConfig, construct_dagster_k8s_job
+    from dagster._config import process_config
+    from dagster._core.definitions.job_base import InMemoryJob
+    from dagster._core.executor.init import InitExecutorContext
+
+    from datacreek_assets.defs import executor_for
+
+    executor_def = executor_for("prod")
+    config = process_config(executor_def.config_schema.config_type, {
+        "load_incluster_config": False, "kubeconfig_file": str(kubeconfig),
+        "job_image": "registry.example.com/datacreek:0.1.0"})
+    assert config.success, config.errors
+
+    @dg.job(executor_def=executor_def)
+    def probe():
+        pass
+
+    with dg.DagsterInstance.ephemeral() as instance:
+        context = InitExecutorContext(job=InMemoryJob(probe), executor_def=executor_def,
+                                      executor_config=config.value, instance=instance)
+        return executor_def.executor_creation_fn(context)._step_handler
+
+
+def step_job(tmp_path, asset: str, attempt: int) -> dict:
+    """The Job the prod executor's step handler builds for `asset`'s step in a run of tenant acme,
+    at the given retry attempt: the handler's own container context (the run launcher's, as
+    configured in k8s/dagster/values.yaml, the executor's, the op's `dagster-k8s/config` and the
+    tenant's), rendered by dagster-k8s as the handler's launch_step does."""
+    from types import SimpleNamespace
+
+    import dagster as dg
+    from dagster._core.execution.plan.state import KnownExecutionState
+        from dagster_k8s.job import construct_dagster_k8s_job
     from kubernetes.client import ApiClient
 
     from datacreek_assets.defs import build_definitions
-    from datacreek_assets.k8s_launcher import tenant_container_context
+    from datacreek_assets.k8s_launcher import TenantNamespaceK8sRunLauncher, TenantNamespaceK8sStepHandler
     from datacreek_assets.tenancy import TENANT_TAG
 
-    graph = build_definitions("prod").resolve_asset_graph()
-    for asset in ("finetuned_adapter", "chunk_embeddings"):
-        tags = graph.get(dg.AssetKey(asset)).assets_def.op.tags
-        op_config = tags["dagster-k8s/config"]
-        op_config = json.loads(op_config) if isinstance(op_config, str) else op_config
-        run = dg.DagsterRun(job_name="__ASSET_JOB", run_id="0123456789abcdef", tags={TENANT_TAG: "acme"})
-        # the run's context (tenant namespace, service account) merged with the step's op tags,
-        # as the k8s_job_executor merges them
-        context = tenant_container_context(run).merge(
-            K8sContainerContext(run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(op_config)))
-        job_config = DagsterK8sJobConfig(job_image="registry.example.com/datacreek:0.1.0",
-                                         dagster_home="/opt/dagster/dagster_home", image_pull_policy="IfNotPresent",
-                                         instance_config_map="dagster-instance")
-        job = construct_dagster_k8s_job(job_config, ["dagster", "api", "execute_step"], "dagster-step-0123",
-                                        user_defined_k8s_config=context.run_k8s_config, pod_name="dagster-step-0123",
-                                        component="step_worker")
-        doc = ApiClient().sanitize_for_serialization(job)
-        doc["metadata"]["namespace"] = context.namespace  # where create_namespaced_job puts it
-        assert k8s.validate([doc]) == []
-        pod = doc["spec"]["template"]["spec"]
-        container = pod["containers"][0]
-        assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
-        assert {"key": "preemptible", "operator": "Equal", "value": "true", "effect": "NoSchedule"} in pod["tolerations"]
-        terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
-        assert terms[0]["matchExpressions"][0]["key"] == "datacreek/gpu-pool"
-        assert pod["restartPolicy"] == "OnFailure" and doc["spec"]["backoffLimit"] == 3
-        assert pod["serviceAccountName"] == "datacreek-run" and doc["metadata"]["namespace"] == "tenant-acme"
-        assert doc["metadata"]["labels"]["datacreek/tenant"] == "acme"
+    kubeconfig = tmp_path / "kubeconfig"  # parsed by the handler's constructor; never contacted
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}], "users": [{"name": "u", "user": {}}]}))
+    values = yaml.safe_load((REPO / "k8s" / "dagster" / "values.yaml").read_text())
+    launcher_config = values["runLauncher"]["config"]["customRunLauncher"]["config"]
+    launcher = TenantNamespaceK8sRunLauncher(**{**launcher_config, "load_incluster_config": False,
+                                                "kubeconfig_file": str(kubeconfig)})
+    handler = prod_step_handler(kubeconfig)
+    assert isinstance(handler, TenantNamespaceK8sStepHandler)
+    op = build_definitions("prod").resolve_asset_graph().get(dg.AssetKey(asset)).assets_def.op
+    step_key = op.name
+    run = dg.DagsterRun(job_name="__ASSET_JOB", run_id="0123456789abcdef", tags={TENANT_TAG: "acme"})
+    context = SimpleNamespace(  # the parts of a StepHandlerContext that the container context reads
+        dagster_run=run, instance=SimpleNamespace(run_launcher=launcher), step_tags={step_key: op.tags},
+        execute_step_args=SimpleNamespace(step_keys_to_execute=[step_key],
+                                          known_state=KnownExecutionState(previous_retry_attempts={step_key: attempt})),
+        get_step_context=lambda key: SimpleNamespace(step=SimpleNamespace(op_name=op.name)))
+    container = handler._get_container_context(context)
+    job_config = container.get_k8s_job_config("registry.example.com/datacreek:0.1.0", launcher)
+    job = construct_dagster_k8s_job(job_config, ["dagster", "api", "execute_step"], "dagster-step-0123",
+                                    user_defined_k8s_config=container.run_k8s_config, pod_name="dagster-step-0123",
+                                    component="step_worker", labels={"dagster/op": step_key})
+    doc = ApiClient().sanitize_for_serialization(job)
+    doc["metadata"]["namespace"] = container.namespace  # where the handler's create_namespaced_job puts it
+    return doc
+
+
+@pytest.mark.parametrize("asset", ["finetuned_adapter", "chunk_embeddings"])
+def test_gpu_step_jobs_run_in_the_tenant_namespace_on_a_gpu_pool_and_are_valid(tmp_path, asset):
+    doc = step_job(tmp_path, asset, attempt=0)
+    assert k8s.validate([doc]) == []
+    pod = doc["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert {"key": "preemptible", "operator": "Equal", "value": "true", "effect": "NoSchedule"} in pod["tolerations"]
+    affinity = pod["affinity"]["nodeAffinity"]
+    terms = affinity["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms[0]["matchExpressions"][0] == {"key": "datacreek/gpu-pool", "operator": "In",
+                                               "values": ["spot", "on-demand"]}
+    preferred = affinity["preferredDuringSchedulingIgnoredDuringExecution"][0]["preference"]["matchExpressions"][0]
+    assert preferred["values"] == ["spot"]  # spot first; an evicted pod's replacement may land on on-demand
+    assert pod["restartPolicy"] == "OnFailure" and doc["spec"]["backoffLimit"] == 3
+    assert pod["serviceAccountName"] == "datacreek-run" and doc["metadata"]["namespace"] == "tenant-acme"
+    assert doc["metadata"]["labels"]["datacreek/tenant"] == "acme"
+    # the tenant's model volume and instance config, from the launcher's configuration
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["models"]["persistentVolumeClaim"]["claimName"] == "datacreek-models"
+    assert {"name": "models", "mountPath": "/var/lib/datacreek/models"} in container["volumeMounts"]
+    assert {"name": "DATACREEK_MODELS_DIR", "value": "/var/lib/datacreek/models"} in container["env"]
+    assert {"secretRef": {"name": "datacreek-prod"}} in container["envFrom"]
+    # secrets the deploy guide copies into every tenant namespace
+    password = next(e for e in container["env"] if e["name"] == "DAGSTER_PG_PASSWORD")
+    assert password["valueFrom"]["secretKeyRef"]["name"] == "dagster-postgresql-secret"
+
+
+def test_a_retried_gpu_step_falls_back_to_cpu_in_the_tenant_namespace(tmp_path):
+    doc = step_job(tmp_path, "finetuned_adapter", attempt=1)
+    assert k8s.validate([doc]) == []
+    pod = doc["spec"]["template"]["spec"]
+    resources = pod["containers"][0]["resources"]
+    assert "nvidia.com/gpu" not in resources.get("limits", {}) and "nvidia.com/gpu" not in resources.get("requests", {})
+    assert resources["limits"]["cpu"] == "8"  # the CPU and memory of the GPU pod stay
+    assert not any(t["key"] in ("preemptible", "nvidia.com/gpu") for t in pod.get("tolerations") or [])
+    assert "affinity" not in pod or not pod["affinity"]
+    assert doc["spec"]["template"]["metadata"]["labels"]["datacreek/placement"] == "cpu-fallback"
+    assert doc["metadata"]["namespace"] == "tenant-acme"
 
 
 def test_tenant_manifests_command_renders_registered_tenants_only(tmp_path):

@@ -64,3 +64,24 @@ def test_credit_commands_top_up_price_and_balance(tmp_path):
     assert refused.exit_code == 2 and "positive" in refused.output
     assert runner.invoke(cli, ["tenant", "balance", "ACME"], env=env).exit_code == 2
     assert runner.invoke(cli, ["billing", "serve"], env={**env, "DATACREEK_ADMIN_TOKEN": "short"}).exit_code == 3
+
+
+def test_api_key_commands(tmp_path):
+    from datacreek_assets.serving.release_store import ServingStore
+    from datacreek_assets.tenant_registry import TenantRegistry
+
+    env = {"DATACREEK_STATE_DIR": str(tmp_path), "DATACREEK_NEO4J_PORT": "1", "DATACREEK_FALKORDB_PORT": "1"}
+    runner = CliRunner()
+    unknown = runner.invoke(cli, ["tenant", "issue-key", "acme"], env=env)
+    assert unknown.exit_code == 2 and "not registered" in unknown.output
+    TenantRegistry(f"sqlite:///{tmp_path / 'registry.db'}").add("acme")
+    issued = runner.invoke(cli, ["tenant", "issue-key", "acme"], env=env)
+    assert issued.exit_code == 0, issued.output
+    key_id, key = issued.output.split()[2], issued.output.splitlines()[-1]
+    store = ServingStore(f"sqlite:///{tmp_path / 'serving.db'}")
+    assert store.tenant_for_key(key) == "acme"
+    assert runner.invoke(cli, ["tenant", "revoke-key", "globex", key_id], env=env).exit_code == 2
+    assert runner.invoke(cli, ["tenant", "revoke-key", "acme", key_id], env=env).exit_code == 0
+    assert store.tenant_for_key(key) is None
+    listed = runner.invoke(cli, ["tenant", "releases", "acme"], env=env)
+    assert listed.exit_code == 0 and "nothing released yet" in listed.output

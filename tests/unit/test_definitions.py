@@ -21,6 +21,7 @@ def test_asset_graph_is_grouped_by_concept(tmp_path):
         "sft_dataset": "datasets", "chunk_embeddings": "embeddings", "embedding_features": "embeddings",
         "persistence_sketches": "topology", "umap_lens": "topology", "mapper_graph": "topology",
         "finetuned_adapter": "finetune", "gguf_model": "finetune", "qa_eval": "finetune",
+        "canary_release": "serving", "production_release": "serving",
     }
     for key in graph.get_all_asset_keys():
         assert graph.get(key).partitions_def.name == "tenants"
@@ -28,7 +29,7 @@ def test_asset_graph_is_grouped_by_concept(tmp_path):
         assert graph.get(key).backfill_policy.max_partitions_per_run == 1
     assert defs.resolve_job_def("purge_job") is not None
     assert defs.resolve_sensor_def("tenant_partitions_sync") is not None
-    for sensor in ("embedding_drift_sensor", "quota_sensor"):
+    for sensor in ("embedding_drift_sensor", "quota_sensor", "canary_health_sensor"):
         assert defs.resolve_sensor_def(sensor) is not None
     assert defs.resolve_job_def("retrain_tenant") is not None
 
@@ -36,7 +37,7 @@ def test_asset_graph_is_grouped_by_concept(tmp_path):
 def test_local_runs_keep_a_tenant_s_steps_in_its_run_process(tmp_path):
     job = build_definitions("local", LocalSettings(state_dir=tmp_path)).resolve_implicit_global_asset_job_def()
     assert job.executor_def.name == "in_process"
-    assert build_definitions("prod").resolve_implicit_global_asset_job_def().executor_def.name == "k8s"
+    assert build_definitions("prod").resolve_implicit_global_asset_job_def().executor_def.name == "tenant_k8s"
 
 
 def test_prod_profile_uses_env_vars_not_local_paths():

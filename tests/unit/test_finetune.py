@@ -249,3 +249,23 @@ def test_export_refuses_what_it_cannot_write(tiny, tmp_path):
     with pytest.raises(ExportError):
         gguf_name("model.layers.0.self_attn.rotary_emb.inv_freq")
     assert not (tmp_path / "x.gguf").exists() and not list(tmp_path.iterdir())
+
+
+def test_a_training_killed_without_notice_is_measured_when_it_is_rescheduled(tmp_path):
+    from datacreek_assets.finetune.heartbeat import TrainingHeartbeat
+
+    path = tmp_path / "training_heartbeat.json"
+    script = ("import os, signal, sys\nfrom pathlib import Path\n"
+              "from datacreek_assets.finetune.heartbeat import TrainingHeartbeat\n"
+              "beat = TrainingHeartbeat(Path(sys.argv[1]))\n"
+              "for step in range(1, 4):\n    beat.beat('key', step, 'cuda')\n"
+              "os.kill(os.getpid(), signal.SIGKILL)\n")
+    killed = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True)
+    assert killed.returncode == -signal.SIGKILL
+    heartbeat = TrainingHeartbeat(path)
+    last = json.loads(path.read_text())
+    assert (last["state"], last["step"]) == ("running", 3)
+    assert heartbeat.rescheduled_after(now=last["at"] + 42.5) == pytest.approx(42.5)
+    heartbeat.close("finished")  # a training that ended in Python is not an eviction
+    assert heartbeat.rescheduled_after() is None
+    assert TrainingHeartbeat(tmp_path / "never.json").rescheduled_after() is None

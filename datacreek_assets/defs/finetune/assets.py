@@ -40,6 +40,9 @@ class FineTuneConfig(dg.Config):
     automation_condition=gpu_condition(),
     pool=GPU_POOL,
     op_tags=GPU_OP_TAGS,
+    # one retry: on Kubernetes a step whose GPU Job failed (spot evictions beyond its backoff) is
+    # retried as a CPU 8-bit fallback pod (k8s_launcher.TenantNamespaceK8sStepHandler)
+    retry_policy=dg.RetryPolicy(max_retries=1),
     group_name="finetune",
     kinds={"pytorch", "mlflow"},
     deps=[sft_dataset],
@@ -87,6 +90,8 @@ def finetuned_adapter(context: dg.AssetExecutionContext, config: FineTuneConfig,
             "dropped_too_long": outcome.dropped_too_long,
             "steps": result.steps,
             "resumed_from_step": result.resumed_from,
+            "reschedule_latency_s": (round(outcome.reschedule_latency_s, 2)
+                                     if outcome.reschedule_latency_s is not None else "not rescheduled"),
             "micro_batch": result.micro_batch,
             "gradient_accumulation": result.accumulation,
             "micro_batch_probe_mb": json.dumps(result.probe_mb),

@@ -16,12 +16,13 @@ from datacreek_assets.tenancy import TENANT_TAG, InvalidTenantId, validate_tenan
 
 TRIGGER_TAG = "datacreek/trigger"
 DETECTED_AT_TAG = "datacreek/drift-detected-at"
-RETRAIN_ASSETS = ["finetuned_adapter", "gguf_model", "qa_eval"]
+RETRAIN_ASSETS = ["finetuned_adapter", "gguf_model", "qa_eval", "canary_release"]
 BATCH = 200
 
 retrain_job = dg.define_asset_job(
     "retrain_tenant", selection=dg.AssetSelection.assets(*RETRAIN_ASSETS), partitions_def=tenant_partitions,
-    description="Fine-tune, export and evaluate one tenant's model (requested by the drift sensor).",
+    description="Fine-tune, export and evaluate one tenant's model and release it as canary (requested by the "
+    "drift sensor).",
 )
 
 ACTIVE = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING,

@@ -1,0 +1,255 @@
+"""The serving control plane: deploys model versions to Ray Serve, records releases in the
+release store and tells the router, and judges canaries.
+
+Order of every change, so a failure half-way leaves nothing the next run trips on:
+deploy first (nothing routes to a new deployment yet), record in the store, reload the
+router; when a version stops serving: record, reload the router (traffic leaves it), delete
+its deployment.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from datacreek_assets.serving.release_store import Release, ReleaseConflict, ServingStore
+from datacreek_assets.serving.routing import CanaryPolicy, Verdict, WindowStats, deployment_name, judge_canary
+from datacreek_assets.tenancy import validate_tenant_id
+
+ROUTER_APP = "router"
+
+
+class ServingError(RuntimeError):
+    """Ray Serve or the router cannot be reached or refused a change."""
+
+
+@dataclass
+class CanaryOutcome:
+    tenant: str
+    version: str
+    verdict: Verdict
+    acted: bool = False
+    timings_s: dict = field(default_factory=dict)
+
+
+class ServingControl:
+    def __init__(self, ray_address: str, http_port: int, store_url: str, admin_token: str,
+                 ray_auth_token_path: str | None = None, window_s: float = 60.0, max_prompt_chars: int = 8000,
+                 n_ctx: int = 1024, threads: int = 1):
+        self.ray_address, self.http_port, self.ray_auth_token_path = ray_address, http_port, ray_auth_token_path
+        self.store = ServingStore(store_url)
+        self.store_url, self.admin_token = store_url, admin_token
+        self.window_s, self.max_prompt_chars, self.n_ctx, self.threads = window_s, max_prompt_chars, n_ctx, threads
+        self.url = f"http://127.0.0.1:{http_port}"
+
+    # -- Ray Serve ------------------------------------------------------------
+    def connect(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            return
+        from datacreek_assets.local_services import ray_auth_env
+
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        if self.ray_auth_token_path:
+            # Ray reads its auth settings from the environment when it is imported: set them, then
+            # have it read them again (as ray's own test utilities do) before connecting.
+            from ray._raylet import AuthenticationTokenLoader, Config
+
+            os.environ.update(ray_auth_env(Path(self.ray_auth_token_path)))
+            Config.initialize("")
+            AuthenticationTokenLoader.instance().reset_cache()
+        try:
+            ray.init(address=self.ray_address, log_to_driver=False, logging_level="warning")
+        except (ConnectionError, RuntimeError) as err:
+            raise ServingError(f"Ray is not reachable at {self.ray_address} (`datacreek services up` starts "
+                               f"it): {err}") from None
+
+    def ensure_router(self) -> None:
+        """Serve, the router and every live release of the store are running (after a Ray restart
+        the store redeploys what it says is live)."""
+        from ray import serve
+
+        from datacreek_assets.serving.app import Router
+
+        self.connect()
+        serve.start(http_options={"host": "127.0.0.1", "port": self.http_port})
+        running = self.applications()
+        for tenant, route in self.store.all_routes().items():
+            for version in route.live:
+                if deployment_name(tenant, version) not in running:
+                    self._deploy(self.store.release(tenant, version))
+        if running.get(ROUTER_APP) != "RUNNING":
+            serve.run(Router.bind(self.store_url, self.admin_token, self.window_s, self.max_prompt_chars),
+                      name=ROUTER_APP, route_prefix="/")
+
+    def applications(self) -> dict[str, str]:
+        from ray import serve
+
+        self.connect()
+        return {name: getattr(app.status, "value", str(app.status)) for name, app in serve.status().applications.items()}
+
+    def _deploy(self, release: Release, injected_delay_s: float = 0.0) -> None:
+        from ray import serve
+
+        from datacreek_assets.serving.app import ModelServer
+
+        name = deployment_name(release.tenant_id, release.version)
+        app = ModelServer.options(name=name, user_config={"injected_delay_s": injected_delay_s}).bind(
+            release.tenant_id, release.version, release.model_path, release.adapter_path, self.n_ctx, self.threads)
+        try:
+            serve.run(app, name=name, route_prefix=None)
+        except Exception as err:
+            serve.delete(name)  # a deployment that failed to start leaves nothing behind
+            raise ServingError(f"deploying {name} failed: {err}") from err
+
+    def _undeploy(self, tenant: str, version: str) -> None:
+        from ray import serve
+
+        serve.delete(deployment_name(tenant, version))
+
+    def inject_delay(self, tenant: str, version: str, delay_s: float) -> None:
+        """Canary drill: every replica of `<tenant>-<version>` adds `delay_s` to each request."""
+        release = self.store.live(tenant)
+        match = [r for r in release.values() if r.version == version]
+        if not match:
+            raise ServingError(f"{deployment_name(tenant, version)} is not live")
+        self.connect()
+        self._deploy(match[0], injected_delay_s=delay_s)
+
+    # -- the router's admin API ---------------------------------------------------
+    def _admin(self, method: str, path: str) -> dict:
+        try:
+            reply = requests.request(method, f"{self.url}{path}", timeout=10,
+                                     headers={"Authorization": f"Bearer {self.admin_token}"})
+        except requests.RequestException as err:
+            raise ServingError(f"the router at {self.url} is not reachable: {err}") from None
+        if reply.status_code != 200:
+            raise ServingError(f"router {method} {path}: HTTP {reply.status_code} {reply.text[:200]}")
+        return reply.json()
+
+    def reload_router(self, tenant: str) -> dict:
+        return self._admin("POST", f"/admin/v1/tenants/{validate_tenant_id(tenant)}/reload")
+
+    def window(self, tenant: str) -> dict:
+        return self._admin("GET", f"/admin/v1/tenants/{validate_tenant_id(tenant)}/window")
+
+    # -- releases ------------------------------------------------------------------
+    def release_canary(self, tenant: str, version: str, model_path: str, adapter_path: str | None,
+                       base_path: str, weight: float) -> dict:
+        """Serve `version` as the tenant's canary with `weight` of its traffic. A tenant's first
+        release is compared against the base model, which becomes its production (`base`)."""
+        validate_tenant_id(tenant)
+        self.ensure_router()
+        steps = {}
+        if "production" not in self.store.live(tenant):
+            started = time.perf_counter()
+            self._deploy_and_record(tenant, "base", "production", base_path, None, 0.0)
+            steps["base_production_s"] = round(time.perf_counter() - started, 2)
+        started = time.perf_counter()
+        self._deploy_and_record(tenant, version, "canary", model_path, adapter_path, weight)
+        steps["canary_deploy_s"] = round(time.perf_counter() - started, 2)
+        self.reload_router(tenant)
+        return steps
+
+    def release_newest(self, tenant: str, candidate, weight: float) -> dict:
+        """`candidate` becomes the canary, unless it was released before (live, rolled back or
+        retired: a rolled-back model is never redeployed by automation). A live canary of an
+        older version is superseded."""
+        self.ensure_router()
+        existing = self.store.release(tenant, candidate.version)
+        if existing is not None:
+            return {"status": f"unchanged ({existing.status})", "version": candidate.version}
+        superseded = self.store.live(tenant).get("canary")
+        if superseded is not None:
+            self.store.end(tenant, superseded.version, "retired", f"superseded by {candidate.version}")
+            self.reload_router(tenant)
+            self._undeploy(tenant, superseded.version)
+        steps = self.release_canary(tenant, candidate.version, candidate.base_path, candidate.adapter_path,
+                                    candidate.base_path, weight)
+        route = self.store.route(tenant)
+        return {"status": "canary", "version": candidate.version, "canary_weight": weight,
+                "production": route.production, "superseded": superseded.version if superseded else "none",
+                **steps}
+
+    def _deploy_and_record(self, tenant: str, version: str, status: str, model_path: str,
+                           adapter_path: str | None, weight: float) -> None:
+        if self.store.release(tenant, version) is not None:
+            raise ReleaseConflict(f"version {version} of tenant {tenant!r} was released before")
+        if status in self.store.live(tenant):
+            raise ReleaseConflict(f"tenant {tenant!r} already has a {status} release")
+        probe = Release(tenant, version, status, model_path, adapter_path, weight, None, None, None, {})
+        self._deploy(probe)
+        try:
+            self.store.start(tenant, version, status, model_path, adapter_path, weight)
+        except Exception:
+            self._undeploy(tenant, version)
+            raise
+
+    def rollback(self, tenant: str, version: str, reason: str, numbers: dict) -> dict:
+        started = time.perf_counter()
+        self.store.end(tenant, version, "rolled_back", reason, numbers)
+        self.reload_router(tenant)
+        traffic_off = time.perf_counter() - started
+        self._undeploy(tenant, version)
+        return {"traffic_off_s": round(traffic_off, 3), "removed_s": round(time.perf_counter() - started, 3)}
+
+    def promote(self, tenant: str, version: str, reason: str, numbers: dict) -> str | None:
+        """The canary takes all traffic; the old production version is retired and undeployed."""
+        retired = self.store.promote(tenant, version, reason, numbers)
+        self.reload_router(tenant)
+        if retired is not None:
+            self._undeploy(tenant, retired.version)
+        return retired.version if retired else None
+
+    def remove_tenant(self, tenant: str) -> list[str]:
+        """Tenant removal: every live deployment goes, then keys and release history."""
+        removed = []
+        for release in self.store.live(tenant).values():
+            self.store.end(tenant, release.version, "retired", "tenant removed")
+            removed.append(release.version)
+        if removed:
+            self.reload_router(tenant)
+            for version in removed:
+                self._undeploy(tenant, version)
+        self.store.forget_tenant(tenant)
+        return removed
+
+    # -- canary health -----------------------------------------------------------------
+    def judge(self, tenant: str, policy: CanaryPolicy) -> CanaryOutcome | None:
+        live = self.store.live(tenant)
+        canary = live.get("canary")
+        if canary is None:
+            return None
+        window = self.window(tenant)
+
+        def stats(side: str) -> WindowStats:
+            data = window.get(side) or {}
+            return WindowStats(data.get("count", 0), data.get("p50_s"), data.get("p99_s"))
+
+        age = time.time() - canary.started_at.timestamp()
+        total = (window.get("canary") or {}).get("total") or 0
+        return CanaryOutcome(tenant, canary.version,
+                             judge_canary(stats("canary"), stats("production"), total, age, policy))
+
+    def check_canaries(self, policy: CanaryPolicy) -> list[CanaryOutcome]:
+        """One pass of the canary health loop: judge each live canary, roll back the unhealthy
+        ones at once (promotion is left to the caller: a `production_release` run)."""
+        outcomes = []
+        for tenant in self.store.tenants_with_canary():
+            outcome = self.judge(tenant, policy)
+            if outcome is None:
+                continue
+            if outcome.verdict.action == "rollback":
+                outcome.timings_s = self.rollback(tenant, outcome.version, outcome.verdict.reason,
+                                                  outcome.verdict.numbers())
+                outcome.acted = True
+            outcomes.append(outcome)
+        return outcomes
+
+    def close(self) -> None:
+        self.store.close()

@@ -1,0 +1,218 @@
+"""What is served: tenants' API keys and model releases (SQLAlchemy; SQLite locally, Postgres in
+prod). The router reads keys and routes from here when it starts; the control plane writes here
+first and then tells the router, so a restarted router serves what the store says."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlalchemy import DateTime, Float, Integer, String, Text, UniqueConstraint, create_engine, delete, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from datacreek_assets.serving.routing import Route, validate_version
+from datacreek_assets.tenancy import validate_tenant_id
+
+KEY_PREFIX = "dck_"
+LIVE = ("production", "canary")
+STATUSES = ("production", "canary", "rolled_back", "retired")
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class ApiKeyRow(_Base):
+    __tablename__ = "serving_api_keys"
+    key_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(16), unique=True)  # shown to operators; the key is not kept
+    tenant_id: Mapped[str] = mapped_column(String(40), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ReleaseRow(_Base):
+    __tablename__ = "serving_releases"
+    __table_args__ = (UniqueConstraint("tenant_id", "version"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(String(40), index=True)
+    version: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    model_path: Mapped[str] = mapped_column(Text)
+    adapter_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    canary_weight: Mapped[float] = mapped_column(Float, default=0.0)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    numbers: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON: the verdict's figures
+
+
+@dataclass(frozen=True)
+class Release:
+    tenant_id: str
+    version: str
+    status: str
+    model_path: str
+    adapter_path: str | None
+    canary_weight: float
+    started_at: datetime
+    ended_at: datetime | None
+    reason: str | None
+    numbers: dict
+
+    @classmethod
+    def of(cls, row: ReleaseRow) -> "Release":
+        started = row.started_at if row.started_at.tzinfo else row.started_at.replace(tzinfo=timezone.utc)
+        return cls(row.tenant_id, row.version, row.status, row.model_path, row.adapter_path, row.canary_weight,
+                   started, row.ended_at, row.reason, json.loads(row.numbers) if row.numbers else {})
+
+
+class ReleaseConflict(RuntimeError):
+    pass
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class ServingStore:
+    def __init__(self, url: str):
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.engine = create_engine(url, future=True)
+        _Base.metadata.create_all(self.engine)
+
+    # -- API keys ---------------------------------------------------------
+    def issue_key(self, tenant_id: str) -> tuple[str, str]:
+        """A new API key for the tenant: (key_id, key). Only its SHA-256 is stored."""
+        validate_tenant_id(tenant_id)
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        key_id = secrets.token_hex(6)
+        with Session(self.engine) as session:
+            session.add(ApiKeyRow(key_sha256=hashlib.sha256(key.encode()).hexdigest(), key_id=key_id,
+                                  tenant_id=tenant_id, created_at=_now()))
+            session.commit()
+        return key_id, key
+
+    def tenant_for_key(self, key: str) -> str | None:
+        if not key.startswith(KEY_PREFIX) or len(key) > 128:
+            return None
+        with Session(self.engine) as session:
+            row = session.get(ApiKeyRow, hashlib.sha256(key.encode()).hexdigest())
+            return row.tenant_id if row else None
+
+    def revoke_key(self, tenant_id: str, key_id: str) -> bool:
+        validate_tenant_id(tenant_id)
+        with Session(self.engine) as session:  # scoped: one tenant cannot revoke another's key
+            result = session.execute(delete(ApiKeyRow).where(ApiKeyRow.tenant_id == tenant_id,
+                                                             ApiKeyRow.key_id == key_id))
+            session.commit()
+            return result.rowcount > 0
+
+    def keys(self, tenant_id: str) -> list[tuple[str, datetime]]:
+        validate_tenant_id(tenant_id)
+        with Session(self.engine) as session:
+            rows = session.scalars(select(ApiKeyRow).where(ApiKeyRow.tenant_id == tenant_id)
+                                   .order_by(ApiKeyRow.created_at))
+            return [(r.key_id, r.created_at) for r in rows]
+
+    # -- releases ---------------------------------------------------------
+    def releases(self, tenant_id: str) -> list[Release]:
+        validate_tenant_id(tenant_id)
+        with Session(self.engine) as session:
+            rows = session.scalars(select(ReleaseRow).where(ReleaseRow.tenant_id == tenant_id)
+                                   .order_by(ReleaseRow.id))
+            return [Release.of(r) for r in rows]
+
+    def release(self, tenant_id: str, version: str) -> Release | None:
+        for release in self.releases(tenant_id):
+            if release.version == validate_version(version):
+                return release
+        return None
+
+    def live(self, tenant_id: str) -> dict[str, Release]:
+        """{'production': ..., 'canary': ...} for the releases serving now."""
+        return {r.status: r for r in self.releases(tenant_id) if r.status in LIVE}
+
+    def route(self, tenant_id: str) -> Route | None:
+        live = self.live(tenant_id)
+        if "production" not in live:
+            return None
+        canary = live.get("canary")
+        return Route(live["production"].version, canary.version if canary else None,
+                     canary.canary_weight if canary else 0.0)
+
+    def all_routes(self) -> dict[str, Route]:
+        with Session(self.engine) as session:
+            tenants = set(session.scalars(select(ReleaseRow.tenant_id).where(ReleaseRow.status.in_(LIVE))))
+        return {t: r for t in sorted(tenants) if (r := self.route(t)) is not None}
+
+    def tenants_with_canary(self) -> list[str]:
+        with Session(self.engine) as session:
+            return sorted(set(session.scalars(select(ReleaseRow.tenant_id).where(ReleaseRow.status == "canary"))))
+
+    def start(self, tenant_id: str, version: str, status: str, model_path: str, adapter_path: str | None,
+              canary_weight: float = 0.0) -> Release:
+        """Record a new live release; refused while the tenant already has one in that role."""
+        validate_tenant_id(tenant_id)
+        validate_version(version)
+        if status not in LIVE:
+            raise ValueError(f"a release starts as production or canary, not {status!r}")
+        with Session(self.engine) as session, session.begin():
+            rows = list(session.scalars(select(ReleaseRow).where(ReleaseRow.tenant_id == tenant_id)))
+            if any(r.status == status for r in rows):
+                raise ReleaseConflict(f"tenant {tenant_id!r} already has a {status} release")
+            if any(r.version == version for r in rows):
+                raise ReleaseConflict(f"version {version} of tenant {tenant_id!r} was released before")
+            row = ReleaseRow(tenant_id=tenant_id, version=version, status=status, model_path=model_path,
+                             adapter_path=adapter_path, canary_weight=canary_weight, started_at=_now())
+            session.add(row)
+            session.flush()
+            return Release.of(row)
+
+    def end(self, tenant_id: str, version: str, status: str, reason: str, numbers: dict | None = None) -> Release:
+        """A live release stops serving: rolled_back or retired."""
+        if status not in ("rolled_back", "retired"):
+            raise ValueError(f"a release ends as rolled_back or retired, not {status!r}")
+        with Session(self.engine) as session, session.begin():
+            row = self._live_row(session, tenant_id, version)
+            row.status, row.canary_weight, row.ended_at = status, 0.0, _now()
+            row.reason, row.numbers = reason, json.dumps(numbers or {})
+            return Release.of(row)
+
+    def promote(self, tenant_id: str, version: str, reason: str, numbers: dict | None = None) -> Release | None:
+        """The canary becomes production and the old production is retired, in one transaction.
+        Returns the retired release."""
+        with Session(self.engine) as session, session.begin():
+            canary = self._live_row(session, tenant_id, version)
+            if canary.status != "canary":
+                raise ReleaseConflict(f"{tenant_id}-{version} is {canary.status}, not the canary")
+            old = session.scalars(select(ReleaseRow).where(ReleaseRow.tenant_id == tenant_id,
+                                                           ReleaseRow.status == "production")).first()
+            if old is not None:
+                old.status, old.ended_at, old.reason = "retired", _now(), f"replaced by {version}"
+            canary.status, canary.canary_weight = "production", 0.0
+            canary.reason, canary.numbers = reason, json.dumps(numbers or {})
+            return Release.of(old) if old is not None else None
+
+    def _live_row(self, session: Session, tenant_id: str, version: str) -> ReleaseRow:
+        validate_tenant_id(tenant_id)
+        validate_version(version)
+        row = session.scalars(select(ReleaseRow).where(ReleaseRow.tenant_id == tenant_id,
+                                                       ReleaseRow.version == version)).first()
+        if row is None or row.status not in LIVE:
+            raise ReleaseConflict(f"{tenant_id}-{version} is not live")
+        return row
+
+    def forget_tenant(self, tenant_id: str) -> None:
+        """Tenant removal: its keys and release history go (a reused id inherits nothing)."""
+        validate_tenant_id(tenant_id)
+        with Session(self.engine) as session, session.begin():
+            session.execute(delete(ApiKeyRow).where(ApiKeyRow.tenant_id == tenant_id))
+            session.execute(delete(ReleaseRow).where(ReleaseRow.tenant_id == tenant_id))
+
+    def close(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,262 @@
+"""Serving against a real Ray Serve instance (the session's Ray head, started by `services`):
+routing by API key and version, the 5 % split, a spiked canary rolled back by the canary
+health sensor, a healthy one promoted by production_release, cross-tenant attempts refused,
+and the router's latency histograms scraped by a real Prometheus."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+
+import dagster as dg
+import pytest
+import requests
+
+from datacreek_assets.billing.prometheus import PrometheusServer
+from datacreek_assets.defs.serving.assets import canary_release, production_release
+from datacreek_assets.defs.serving.sensors import canary_health_sensor
+from datacreek_assets.finetune.fixtures import random_adapter_release
+from datacreek_assets.partitions import TENANTS_PARTITION
+from datacreek_assets.serving.routing import BUCKETS, Route, canary_bucket
+from tests.helpers import free_port
+
+pytestmark = pytest.mark.integration
+
+BODY = {"messages": [{"role": "user", "content": "What does the json module provide?"}], "max_tokens": 3}
+
+
+@pytest.fixture(scope="module")
+def model_files(services, tmp_path_factory):
+    return random_adapter_release(services.download_cache / "models", tmp_path_factory.mktemp("gguf"), adapters=2)
+
+
+@pytest.fixture(scope="module")
+def serving(local_resources):
+    return local_resources["serving"]
+
+
+@pytest.fixture
+def control(serving):
+    control = serving.control()
+    control.ensure_router()
+    yield control
+    control.close()
+
+
+@pytest.fixture
+def tenants(control, model_files):
+    """Factory: a tenant with base as production and one adapter as canary (5 %), and its key;
+    every tenant made is removed afterwards (deployments, keys, history)."""
+    base, adapters = model_files
+    made = []
+
+    def make(version: str = "v1", adapter: int = 0, weight: float = 0.05) -> tuple[str, str]:
+        tenant = f"srv-{uuid.uuid4().hex[:8]}"
+        made.append(tenant)
+        control.release_canary(tenant, version, str(base), str(adapters[adapter]), str(base), weight)
+        return tenant, control.store.issue_key(tenant)[1]
+
+    yield make
+    for tenant in made:
+        control.remove_tenant(tenant)
+        assert not any(name.startswith(f"{tenant}-") for name in control.applications())
+        assert control.store.releases(tenant) == [] and control.store.keys(tenant) == []
+
+
+def chat(control, key: str | None, body=BODY, authorization: str | None = None, **headers) -> requests.Response:
+    sent = {k.replace("_", "-"): v for k, v in headers.items()}
+    if key is not None or authorization is not None:
+        sent["Authorization"] = authorization or f"Bearer {key}"
+    if isinstance(body, (bytes, str)):
+        return requests.post(f"{control.url}/v1/chat/completions", data=body, headers=sent, timeout=30)
+    return requests.post(f"{control.url}/v1/chat/completions", json=body, headers=sent, timeout=30)
+
+
+def test_requests_are_routed_by_key_and_pinned_version(control, tenants):
+    alpha, alpha_key = tenants("v1", adapter=0)
+    beta, beta_key = tenants("v2", adapter=1)
+    reply = chat(control, alpha_key, X_Request_Id="fixed-1")
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["object"] == "chat.completion" and body["choices"][0]["message"]["role"] == "assistant"
+    assert body["usage"]["completion_tokens"] <= 3
+    assert reply.headers["X-Served-By"].startswith(f"{alpha}-")
+    assert chat(control, beta_key).headers["X-Served-By"].startswith(f"{beta}-")
+
+    pinned = chat(control, alpha_key, X_Model_Version="v1")
+    assert pinned.status_code == 200
+    assert (pinned.headers["X-Served-By"], pinned.headers["X-Release-Role"]) == (f"{alpha}-v1", "canary")
+    assert chat(control, alpha_key, X_Model_Version="base").headers["X-Served-By"] == f"{alpha}-base"
+    # the X-Tenant header may repeat the key's tenant, never name another one
+    assert chat(control, alpha_key, X_Tenant=alpha).status_code == 200
+    assert chat(control, alpha_key, X_Tenant=beta).status_code == 403
+    # beta's canary version is not reachable with alpha's key, nor anything alpha does not serve
+    for version, status in (("v2", 404), ("v9", 404), ("../v1", 400), ("V1", 400)):
+        refused = chat(control, alpha_key, X_Model_Version=version)
+        assert refused.status_code == status, (version, refused.text)
+        assert beta not in refused.text
+    assert alpha in chat(control, alpha_key).headers["X-Served-By"]
+
+
+def test_bad_requests_get_clear_errors_and_the_router_keeps_serving(control, tenants):
+    tenant, key = tenants()
+    cases = [
+        (None, BODY, {}, 401),
+        ("dck_not-a-key", BODY, {}, 401),
+        (None, BODY, {"authorization": f"Basic {key}"}, 401),
+        (key, b"{not json", {}, 422),
+        (key, {"messages": []}, {}, 422),
+        (key, {"messages": [{"role": "wizard", "content": "hi"}]}, {}, 422),
+        (key, {**BODY, "max_tokens": 0}, {}, 422),
+        (key, {"messages": [{"role": "user", "content": "word " * 1700}]}, {}, 413),  # > 8000 characters
+        (key, b"x" * 70_000, {}, 413),
+        (key, BODY, {"X_Request_Id": "r" * 200}, 400),
+    ]
+    for auth, body, headers, status in cases:
+        reply = chat(control, auth, body, **headers)
+        assert reply.status_code == status, (auth, str(body)[:40], reply.status_code, reply.text[:200])
+        assert reply.json()["error"]["message"]
+    # under the character limit but beyond the model's 1024-token context: refused by llama.cpp, as 413
+    long_prompt = " ".join(f"zq{i}x" for i in range(1300))
+    too_long = chat(control, key, {"messages": [{"role": "user", "content": long_prompt}], "max_tokens": 2})
+    assert too_long.status_code == 413 and too_long.json()["error"]["type"] == "prompt_too_long"
+    # a tenant with a key but nothing released
+    key_only = f"srv-{uuid.uuid4().hex[:8]}"
+    _, lonely_key = control.store.issue_key(key_only)
+    try:
+        assert chat(control, lonely_key).status_code == 404
+    finally:
+        control.store.forget_tenant(key_only)
+    # operators' endpoints want the admin token, not a tenant's key
+    for path in (f"/admin/v1/tenants/{tenant}/window", "/metrics"):
+        assert requests.get(control.url + path, headers={"Authorization": f"Bearer {key}"}, timeout=10).status_code == 401
+    assert requests.post(f"{control.url}/admin/v1/tenants/{tenant}/reload", timeout=10).status_code == 401
+    assert chat(control, key).status_code == 200  # still serving
+
+
+def test_five_percent_of_requests_go_to_the_canary_and_retries_stay_put(control, tenants):
+    tenant, key = tenants()
+    roles = Counter()
+    mismatched = 0
+    route = Route("base", "v1", 0.05)
+    for i in range(800):
+        request_id = f"req-{i}"
+        role = chat(control, key, X_Request_Id=request_id).headers["X-Release-Role"]
+        roles[role] += 1
+        mismatched += role != route.choose(tenant, request_id)[1]
+    share = roles["canary"] / 800
+    # binomial(800, 0.05): sd 0.77 %; 4 sd either side
+    assert 0.05 - 0.031 <= share <= 0.05 + 0.031, roles
+    assert mismatched == 0  # the router's split is exactly the documented hash split
+    canary_id = next(f"req-{i}" for i in range(800) if canary_bucket(tenant, f"req-{i}") < 0.05 * BUCKETS)
+    assert {chat(control, key, X_Request_Id=canary_id).headers["X-Release-Role"] for _ in range(5)} == {"canary"}
+
+
+def with_policy(serving, **changes):
+    return type(serving)(**{**serving.model_dump(), **changes})
+
+
+def traffic(control, key: str, stop: threading.Event, counts: Counter) -> threading.Thread:
+    def run():
+        i = 0
+        while not stop.is_set():
+            reply = chat(control, key, X_Request_Id=f"load-{i}")
+            counts[(reply.status_code, reply.headers.get("X-Release-Role"))] += 1
+            i += 1
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_latency_spike_in_the_canary_is_rolled_back_by_the_sensor(control, serving, tenants, instance):
+    tenant, key = tenants()
+    drill = with_policy(serving, min_requests=8, promote_after_s=3600.0)
+    control.inject_delay(tenant, "v1", 0.25)
+    stop, counts = threading.Event(), Counter()
+    worker = traffic(control, key, stop, counts)
+    spiked = time.monotonic()
+    result = None
+    try:
+        while time.monotonic() - spiked < 120:
+            result = canary_health_sensor(dg.build_sensor_context(instance=instance, resources={"serving": drill}))
+            if result.asset_events:
+                break
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        worker.join(30)
+    assert result is not None and result.asset_events, "the sensor never rolled the canary back"
+    event = result.asset_events[0]
+    assert (event.asset_key, event.partition) == (canary_release.key, tenant)
+    meta = {k: getattr(v, "value", v) for k, v in event.metadata.items()}
+    assert meta["status"] == "rolled_back" and "p99" in meta["reason"]
+    assert meta["canary_p99_s"] > 2 * meta["production_p99_s"] and meta["canary_p99_s"] >= 0.25
+    assert not result.run_requests
+    release = control.store.release(tenant, "v1")
+    assert release.status == "rolled_back" and release.numbers["canary_p99_s"] == meta["canary_p99_s"]
+    assert f"{tenant}-v1" not in control.applications()
+    assert control.store.route(tenant) == Route("base")
+    assert {chat(control, key, X_Request_Id=f"after-{i}").headers["X-Release-Role"] for i in range(60)} == {"production"}
+    assert chat(control, key, X_Model_Version="v1").status_code == 404
+    assert counts[(200, "canary")] >= 8 and not [c for c in counts if c[0] != 200]
+
+
+def test_a_healthy_canary_is_promoted_and_the_old_version_retired(control, serving, tenants, instance):
+    tenant, key = tenants()
+    policy = with_policy(serving, min_requests=8, promote_after_s=0.0, promote_min_requests=8)
+    # too early: a manual production_release run is refused while the canary has no traffic
+    instance.add_dynamic_partitions(TENANTS_PARTITION, [tenant])
+    early = dg.materialize([production_release], partition_key=tenant, resources={"serving": policy},
+                           instance=instance, raise_on_error=False)
+    assert not early.success
+    stop, counts = threading.Event(), Counter()
+    worker = traffic(control, key, stop, counts)
+    requested = None
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and requested is None:
+            result = canary_health_sensor(dg.build_sensor_context(instance=instance, resources={"serving": policy}))
+            assert not result.asset_events, "a healthy canary was rolled back"
+            requested = result.run_requests[0] if result.run_requests else None
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        worker.join(30)
+    assert requested is not None
+    assert requested.partition_key == tenant and requested.asset_selection == [production_release.key]
+    assert requested.run_key == f"promote:{tenant}:v1"
+    promoted = dg.materialize([production_release], partition_key=tenant, resources={"serving": policy},
+                              instance=instance, tags=requested.tags)
+    meta = {k: v.value for k, v in promoted.asset_materializations_for_node("production_release")[0].metadata.items()}
+    assert meta["production"] == "v1" and meta["retired"] == "base"
+    assert control.store.route(tenant) == Route("v1")
+    assert control.store.release(tenant, "base").status == "retired"
+    assert f"{tenant}-base" not in control.applications()
+    assert {chat(control, key, X_Request_Id=f"p-{i}").headers["X-Served-By"] for i in range(40)} == {f"{tenant}-v1"}
+
+
+def test_router_latency_histograms_are_scraped_by_prometheus(control, tenants, tmp_path, settings):
+    tenant, key = tenants()
+    for i in range(40):
+        chat(control, key, X_Request_Id=f"m-{i}")
+    target = control.url.removeprefix("http://")
+    with PrometheusServer(tmp_path / "prometheus", free_port(), [target], job="datacreek-serving",
+                          bearer_token=settings.serving_admin_token()) as prometheus:
+        deadline, counts = time.monotonic() + 30, {}
+        while time.monotonic() < deadline and not counts:
+            counts = {r["metric"]["deployment"]: float(r["value"][1]) for r in prometheus.query(
+                f'sum by (deployment) (datacreek_serving_request_seconds_count{{tenant="{tenant}"}})')}
+            time.sleep(1)
+        assert sum(counts.values()) >= 40 and f"{tenant}-base" in counts
+        p99 = prometheus.query(f'histogram_quantile(0.99, sum by (le) '
+                               f'(datacreek_serving_request_seconds_bucket{{deployment="{tenant}-base"}}))')
+        assert p99 and 0 < float(p99[0]["value"][1]) < 30
+        # the recording rule of monitoring/prometheus/rules.yml evaluates over the same series
+        deadline, recorded = time.monotonic() + 30, []
+        while time.monotonic() < deadline and not recorded:
+            recorded = prometheus.query(f'deployment:serving_request_seconds:p99_1m{{tenant="{tenant}"}}')
+            time.sleep(1)
+        assert f"{tenant}-base" in {r["metric"]["deployment"] for r in recorded}

@@ -1,0 +1,138 @@
+"""The router's decisions and the release store, without Ray: split, windows, verdicts, keys."""
+
+import hashlib
+
+import pytest
+
+from datacreek_assets.serving.release_store import ReleaseConflict, ServingStore
+from datacreek_assets.serving.routing import (
+    CanaryPolicy,
+    InvalidVersion,
+    LatencyWindow,
+    Route,
+    WindowStats,
+    canary_bucket,
+    deployment_name,
+    judge_canary,
+    percentile,
+)
+from datacreek_assets.tenancy import InvalidTenantId
+
+
+def test_the_split_sends_the_weight_to_the_canary_and_is_sticky_per_request_id():
+    route = Route("v1", "v2", 0.05)
+    sides = [route.choose("acme", f"id-{i}")[1] for i in range(100_000)]
+    share = sides.count("canary") / len(sides)
+    assert abs(share - 0.05) < 0.003  # sd 0.07 %
+    assert all(route.choose("acme", "id-7") == route.choose("acme", "id-7") for _ in range(10))
+    # tenants split independently: the same request ids do not pick the same canary requests
+    other = [Route("v1", "v2", 0.05).choose("globex", f"id-{i}")[1] for i in range(100_000)]
+    both = sum(a == b == "canary" for a, b in zip(sides, other))
+    assert both < 0.0025 * 100_000 * 2
+    assert Route("v1", "v2", 0.0).choose("acme", "x") == ("v1", "production")
+    assert {Route("v1", "v2", 1.0).choose("acme", f"{i}")[1] for i in range(100)} == {"canary"}
+    assert 0 <= canary_bucket("acme", "") < 10_000
+
+
+@pytest.mark.parametrize("weight", [-0.1, 1.5, float("nan")])
+def test_a_route_refuses_impossible_weights(weight):
+    with pytest.raises(ValueError):
+        Route("v1", "v2", weight)
+
+
+@pytest.mark.parametrize("version", ["v0", "V1", "v1 ", "latest", "../v1", "", None, "v" + "1" * 12])
+def test_versions_are_base_or_v_number(version):
+    with pytest.raises(InvalidVersion):
+        deployment_name("acme", version)
+
+
+def test_deployment_names_validate_the_tenant():
+    assert deployment_name("acme", "v3") == "acme-v3" and deployment_name("acme", "base") == "acme-base"
+    with pytest.raises(InvalidTenantId):
+        deployment_name("Acme", "v1")
+
+
+def test_latency_window_forgets_old_samples_and_interpolates_like_numpy():
+    np = pytest.importorskip("numpy")
+    window = LatencyWindow(window_s=10)
+    for i in range(100):
+        window.add(i / 1000, now=float(i))
+    stats = window.stats(now=100.0)
+    assert stats.count == 10  # samples from t=90..99
+    values = [i / 1000 for i in range(90, 100)]
+    assert stats.p99_s == pytest.approx(np.percentile(values, 99))
+    assert stats.p50_s == pytest.approx(np.percentile(values, 50))
+    assert window.stats(now=1000.0) == WindowStats(0, None, None)
+    assert percentile([3.0], 99) == 3.0
+
+
+def stats(count: int, p99: float) -> WindowStats:
+    return WindowStats(count, p99 / 2, p99)
+
+
+def test_verdicts():
+    policy = CanaryPolicy(min_requests=20, max_p99_ratio=2.0, min_p99_gap_s=0.025, promote_after_s=60,
+                          promote_min_requests=50)
+    assert judge_canary(stats(19, 9.0), stats(500, 0.1), 19, 600, policy).action == "wait"
+    assert judge_canary(stats(40, 0.1), stats(19, 0.1), 40, 600, policy).action == "wait"
+    rollback = judge_canary(stats(20, 0.5), stats(400, 0.1), 20, 5, policy)
+    assert rollback.action == "rollback" and "500.0 ms" in rollback.reason and "100.0 ms" in rollback.reason
+    assert rollback.numbers()["canary_p99_s"] == 0.5
+    # twice as slow but by 4 ms: jitter, not a regression
+    assert judge_canary(stats(30, 0.008), stats(400, 0.004), 30, 5, policy).action == "keep"
+    assert judge_canary(stats(30, 0.19), stats(400, 0.1), 30, 5, policy).action == "keep"
+    assert judge_canary(stats(30, 0.19), stats(400, 0.1), 49, 600, policy).action == "keep"  # volume
+    assert judge_canary(stats(30, 0.19), stats(400, 0.1), 50, 59, policy).action == "keep"  # duration
+    assert judge_canary(stats(30, 0.19), stats(400, 0.1), 50, 60, policy).action == "promote"
+
+
+@pytest.mark.parametrize("changes", [{"min_requests": 0}, {"max_p99_ratio": 1.0}, {"promote_after_s": -1},
+                                     {"min_p99_gap_s": -0.1}])
+def test_a_policy_refuses_nonsense(changes):
+    with pytest.raises(ValueError):
+        CanaryPolicy(**changes)
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = ServingStore(f"sqlite:///{tmp_path / 'serving.db'}")
+    yield store
+    store.close()
+
+
+def test_api_keys_are_stored_hashed_and_scoped_to_their_tenant(store, tmp_path):
+    key_id, key = store.issue_key("acme")
+    assert store.tenant_for_key(key) == "acme"
+    assert store.tenant_for_key(key + "x") is None and store.tenant_for_key("") is None
+    assert store.tenant_for_key("dck_" + "a" * 200) is None
+    raw = (tmp_path / "serving.db").read_bytes()
+    assert key.encode() not in raw and hashlib.sha256(key.encode()).hexdigest().encode() in raw
+    assert not store.revoke_key("globex", key_id)  # another tenant cannot revoke it
+    assert store.tenant_for_key(key) == "acme"
+    assert store.revoke_key("acme", key_id) and store.tenant_for_key(key) is None
+    with pytest.raises(InvalidTenantId):
+        store.issue_key("../acme")
+
+
+def test_release_lifecycle_and_conflicts(store):
+    store.start("acme", "base", "production", "/m/base.gguf", None)
+    store.start("acme", "v1", "canary", "/m/base.gguf", "/m/a1.gguf", 0.05)
+    assert store.route("acme") == Route("base", "v1", 0.05)
+    with pytest.raises(ReleaseConflict):
+        store.start("acme", "v2", "canary", "/m/base.gguf", "/m/a2.gguf", 0.05)  # one canary at a time
+    assert store.route("globex") is None and store.live("globex") == {}
+    store.end("acme", "v1", "rolled_back", "slow", {"canary_p99_s": 0.5})
+    assert store.route("acme") == Route("base")
+    with pytest.raises(ReleaseConflict):
+        store.start("acme", "v1", "canary", "/m/base.gguf", "/m/a1.gguf", 0.05)  # never the same version again
+    with pytest.raises(ReleaseConflict):
+        store.promote("acme", "v1", "x")  # not live
+    store.start("acme", "v2", "canary", "/m/base.gguf", "/m/a2.gguf", 0.05)
+    retired = store.promote("acme", "v2", "healthy")
+    assert retired.version == "base" and store.route("acme") == Route("v2")
+    assert [(r.version, r.status) for r in store.releases("acme")] == [
+        ("base", "retired"), ("v1", "rolled_back"), ("v2", "production")]
+    assert store.release("acme", "v1").numbers == {"canary_p99_s": 0.5}
+    assert store.all_routes() == {"acme": Route("v2")}
+    store.forget_tenant("acme")
+    assert store.releases("acme") == []
