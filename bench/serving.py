@@ -37,20 +37,12 @@ def _percentiles(values: list[float]) -> tuple[float, float]:
     return percentile(values, 50) * 1000, percentile(values, 99) * 1000
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def comparisons(quick: bool = False) -> list[Comparison]:
     import requests
 
     from datacreek_assets.billing.prometheus import PrometheusServer
     from datacreek_assets.finetune.fixtures import random_adapter_release
-    from datacreek_assets.local_services import RayService
+    from datacreek_assets.local_services import RayService, free_port
     from datacreek_assets.serving.routing import CanaryPolicy, WindowStats, judge_canary
     from datacreek_assets.serving.traffic import TrafficGenerator
     from datacreek_assets.settings import LocalSettings
@@ -66,7 +58,7 @@ def comparisons(quick: bool = False) -> list[Comparison]:
                               ray_auth_token_path=str(ray_head.auth_token_path), min_requests=8)
     control = serving.control()
     control.ensure_router()
-    prometheus = PrometheusServer(work / "prometheus", _free_port(), [f"127.0.0.1:{SERVE_PORT}"],
+    prometheus = PrometheusServer(work / "prometheus", free_port(), [f"127.0.0.1:{SERVE_PORT}"],
                                   job="datacreek-serving", bearer_token=settings.serving_admin_token()).__enter__()
     _state.update(work=work, ray_head=ray_head, control=control, prometheus=prometheus)
     policy = CanaryPolicy(min_requests=8, max_p99_ratio=2.0, promote_after_s=3600, promote_min_requests=10**9)

@@ -395,14 +395,8 @@ def tenant_manifests(obj: Context, tenant_id: str, gpus: int) -> None:
     """Render the tenant's Kubernetes manifests (namespace, quota, limits, network policies, RBAC)
     from the tenant chart, for a tenant that exists in the registry; validated before printing."""
     from datacreek_assets import kubernetes as k8s
-    from datacreek_assets.tenant_lifecycle import UnknownTenant
 
-    registry = obj.resources()["tenant_registry"].registry()
-    try:
-        if registry.get(tenant_id) is None:
-            raise UnknownTenant(f"tenant {tenant_id!r} is not registered: `datacreek tenant add {tenant_id}` first")
-    finally:
-        registry.close()
+    _registered(obj, tenant_id)
     values = k8s.tenant_values(tenant_id, quota={"gpus": gpus})
     docs = k8s.render_tenant(k8s.helm_binary(obj.settings.download_cache), values)
     errors = k8s.validate(docs)

@@ -52,6 +52,13 @@ class ServiceStatus:
         return dict(self.__dict__)
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on right now (for servers started on demand)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)

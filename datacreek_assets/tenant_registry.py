@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 
-from sqlalchemy import DateTime, Integer, String, create_engine, delete, select
+from sqlalchemy import DateTime, Integer, String, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from datacreek_assets.sql import open_store
 from datacreek_assets.tenancy import validate_tenant_id
 
 
@@ -49,10 +49,7 @@ class Tenant:
 
 class TenantRegistry:
     def __init__(self, url: str):
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.engine = create_engine(url, future=True)
-        _Base.metadata.create_all(self.engine)
+        self.engine = open_store(url, _Base.metadata)
 
     def add(self, tenant_id: str) -> bool:
         """Register a tenant; return False if it already existed."""

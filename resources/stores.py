@@ -219,6 +219,8 @@ class ServingResource(dg.ConfigurableResource):
     store_url: str
     admin_token: str
     ray_auth_token_path: str = ""  # Ray's token file; empty: Ray's own default (~/.ray/auth_token)
+    http_host: str = "127.0.0.1"  # where Serve's HTTP proxy listens (0.0.0.0 in a cluster)
+    router_url: str = ""  # how the control plane reaches the router; empty: http://127.0.0.1:<http_port>
     canary_weight: float = 0.05
     window_s: float = 60.0
     min_requests: int = 20
@@ -235,7 +237,7 @@ class ServingResource(dg.ConfigurableResource):
 
         return ServingControl(self.ray_address, self.http_port, self.store_url, self.admin_token,
                               self.ray_auth_token_path or None, self.window_s, self.max_prompt_chars, self.n_ctx,
-                              self.threads)
+                              self.threads, self.http_host, self.router_url)
 
     def policy(self):
         from datacreek_assets.serving.routing import CanaryPolicy

@@ -1,10 +1,11 @@
 """The tenant's last training step, on disk.
 
-A training stopped without notice (a spot node reclaimed: SIGTERM with no handler, then
-SIGKILL) leaves its heartbeat `running`; the attempt that picks the training up again (the
-Job's replacement pod, on spot, on-demand or as the CPU fallback) reads how long ago that beat
-was: the reschedule latency. A training that ends in Python (finished, failed, stopped by its
-quota) closes the heartbeat, so a later run does not mistake it for an eviction.
+A training stopped from outside leaves its heartbeat `running` (SIGKILL) or `interrupted`
+(SIGTERM of a reclaimed spot node, which Dagster turns into an interrupt); the attempt that
+picks the training up again (the Job's replacement pod, on spot, on-demand or as the CPU
+fallback) reads how long ago the last beat was: the reschedule latency. A training that ends
+in Python (finished, failed, stopped by its quota) closes the heartbeat as finished or
+stopped, so a later run does not mistake it for an eviction.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class TrainingHeartbeat:
             last = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return None
-        if last.get("state") != "running":
+        if last.get("state") not in ("running", "interrupted"):
             return None
         return max(0.0, (time.time() if now is None else now) - float(last["at"]))
 

@@ -134,8 +134,10 @@ def fine_tune(tenant_dir: Path, base_cache: Path, base_model: str, data: SftData
                                              f"-r{config.lora_rank}-{'_'.join(config.target_modules)}.json")
         result = train_lora(peft_model, tokenizer.pad_token_id, train_rows, val_rows, config, out_dir, plan.device,
                             on_step=step_done, probe_cache=probe_cache)
-    except BaseException:
-        heartbeat.close("stopped")
+    except BaseException as err:
+        # an Exception ended the training in Python (a failure, a quota stop); anything else came
+        # from outside (the SIGTERM of an evicted node, which Dagster turns into an interrupt)
+        heartbeat.close("stopped" if isinstance(err, Exception) else "interrupted")
         tracking.finish(run_id, "FAILED")  # a retry resumes the checkpoints and reopens nothing
         run_file.unlink(missing_ok=True)
         raise

@@ -21,9 +21,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 
 from datacreek_assets.serving.routing import InvalidVersion, LatencyWindow, validate_version
+from datacreek_assets.tenancy import InvalidTenantId
 
 MAX_BODY_BYTES = 64 * 1024
 KEY_CACHE_S = 5.0  # a revoked key stops working within this many seconds
+MAX_CACHED_KEYS = 10_000
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -128,13 +130,18 @@ class Router:
     # -- tenants' API -----------------------------------------------------
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request):
-        tenant = self._tenant_of(request)
+        tenant = await self._tenant_of(request)
         if tenant is None:
             return error(401, "unauthorized", "missing or invalid API key (Authorization: Bearer <key>)",
                          {"WWW-Authenticate": "Bearer"})
         claimed = request.headers.get("x-tenant")
         if claimed is not None and claimed != tenant:
             return error(403, "forbidden", "the X-Tenant header does not match the API key's tenant")
+        declared = request.headers.get("content-length", "0")
+        if not declared.isdigit():
+            return error(400, "invalid_request", "Content-Length is not a number")
+        if int(declared) > MAX_BODY_BYTES:  # refused before it is read
+            return error(413, "request_too_large", f"the body exceeds {MAX_BODY_BYTES} bytes")
         raw = await request.body()
         if len(raw) > MAX_BODY_BYTES:
             return error(413, "request_too_large", f"the body exceeds {MAX_BODY_BYTES} bytes")
@@ -174,6 +181,8 @@ class Router:
         try:
             reply = await handle.remote(body.model_dump(exclude={"model"}))
         except Exception as err:  # the deployment failed or went away mid-request: no traceback to the client
+            # a failure counts in the deployment's window: a canary that fails is judged for it
+            self._window(tenant, version).add(time.perf_counter() - started, ok=False)
             self.requests.labels(tenant, name, role, "503").inc()
             return error(503, "unavailable", f"model {name} could not answer ({type(err).__name__}); retry")
         latency = time.perf_counter() - started
@@ -182,23 +191,28 @@ class Router:
         if "error" in reply:
             self.requests.labels(tenant, name, role, "413").inc()
             return error(413, reply["error"]["type"], "the prompt does not fit the model's context window", headers)
-        self.windows.setdefault((tenant, version), LatencyWindow(self.window_s)).add(latency)
+        self._window(tenant, version).add(latency)
         if role == "canary":
             self.canary_totals[(tenant, version)] = self.canary_totals.get((tenant, version), 0) + 1
         self.latency.labels(tenant, name, role).observe(latency)
         self.requests.labels(tenant, name, role, "200").inc()
         return JSONResponse(reply, headers=headers)
 
-    def _tenant_of(self, request: Request) -> str | None:
+    def _window(self, tenant: str, version: str) -> LatencyWindow:
+        return self.windows.setdefault((tenant, version), LatencyWindow(self.window_s))
+
+    async def _tenant_of(self, request: Request) -> str | None:
         scheme, _, key = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not key:
             return None
         cached = self.keys.get(key)
         if cached is not None and time.monotonic() - cached[1] < KEY_CACHE_S:
             return cached[0]
-        tenant = self.store.tenant_for_key(key)
-        if len(self.keys) > 10_000:
-            self.keys.clear()
+        # the store is a database: off the event loop, which every tenant's requests share
+        tenant = await asyncio.to_thread(self.store.tenant_for_key, key)
+        self.keys.pop(key, None)
+        while len(self.keys) >= MAX_CACHED_KEYS:  # oldest first; unknown keys are cached too
+            self.keys.pop(next(iter(self.keys)))
         self.keys[key] = (tenant, time.monotonic())
         return tenant
 
@@ -207,13 +221,30 @@ class Router:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), self.admin_token.encode())
 
+    @api.post("/admin/v1/reload")
+    async def reload_all(self, request: Request):
+        """Re-read every route from the release store (the control plane's reconcile)."""
+        if not self._admin(request):
+            return error(401, "unauthorized", "admin token required")
+        routes = await asyncio.to_thread(self.store.all_routes)
+        for tenant in set(self.routes) | set(routes):
+            self._apply(tenant, routes.get(tenant))
+        return {"tenants": len(self.routes)}
+
     @api.post("/admin/v1/tenants/{tenant}/reload")
     async def reload(self, tenant: str, request: Request):
         """Re-read a tenant's route from the release store (the control plane calls this after
         every change it records there)."""
         if not self._admin(request):
             return error(401, "unauthorized", "admin token required")
-        route = self.store.route(tenant)
+        try:
+            route = await asyncio.to_thread(self.store.route, tenant)
+        except InvalidTenantId as err:
+            return error(400, "invalid_request", str(err))
+        self._apply(tenant, route)
+        return {"tenant": tenant, "route": route.as_dict() if route else None}
+
+    def _apply(self, tenant: str, route) -> None:
         old = self.routes.get(tenant)
         if route is None:
             self.routes.pop(tenant, None)
@@ -225,7 +256,6 @@ class Router:
             self.canary_totals.pop((tenant, version), None)
             self.handles.pop(f"{tenant}-{version}", None)
         self.weight.labels(tenant).set(route.canary_weight if route else 0.0)
-        return {"tenant": tenant, "route": route.as_dict() if route else None}
 
     @api.get("/admin/v1/tenants/{tenant}/window")
     async def window(self, tenant: str, request: Request):
@@ -240,6 +270,7 @@ class Router:
                 continue
             stats = self.windows.get((tenant, version), LatencyWindow(self.window_s)).stats()
             sides[role] = {"version": version, "count": stats.count, "p50_s": stats.p50_s, "p99_s": stats.p99_s,
+                           "errors": stats.errors,
                            "total": self.canary_totals.get((tenant, version), 0) if role == "canary" else None}
         return {"tenant": tenant, "window_s": self.window_s, "route": route.as_dict(), **sides}
 

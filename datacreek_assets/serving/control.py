@@ -1,10 +1,11 @@
 """The serving control plane: deploys model versions to Ray Serve, records releases in the
 release store and tells the router, and judges canaries.
 
-Order of every change, so a failure half-way leaves nothing the next run trips on:
-deploy first (nothing routes to a new deployment yet), record in the store, reload the
-router; when a version stops serving: record, reload the router (traffic leaves it), delete
-its deployment.
+Order of every change: deploy first (nothing routes to a new deployment yet), record in the
+store, reload the router; when a version stops serving: record, reload the router (traffic
+leaves it), delete its deployment. The store is the truth: `reconcile` (run before every
+canary check and release) brings Ray Serve and the router back in line with it, so a change
+that failed half-way is finished by the next pass instead of being tripped over.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from pathlib import Path
 
 import requests
 
-from datacreek_assets.serving.release_store import Release, ReleaseConflict, ServingStore
-from datacreek_assets.serving.routing import CanaryPolicy, Verdict, WindowStats, deployment_name, judge_canary
-from datacreek_assets.tenancy import validate_tenant_id
+from datacreek_assets.serving.release_store import LIVE, Release, ReleaseConflict, ServingStore
+from datacreek_assets.serving.routing import (
+    CanaryPolicy, InvalidVersion, Verdict, WindowStats, deployment_name, judge_canary, validate_version,
+)
+from datacreek_assets.tenancy import InvalidTenantId, validate_tenant_id
 
 ROUTER_APP = "router"
 
@@ -31,20 +34,32 @@ class ServingError(RuntimeError):
 class CanaryOutcome:
     tenant: str
     version: str
-    verdict: Verdict
+    verdict: Verdict | None
     acted: bool = False
     timings_s: dict = field(default_factory=dict)
+    error: str | None = None
+
+
+def parse_deployment(name: str) -> tuple[str, str] | None:
+    """(tenant, version) of a `<tenant>-<version>` application name, or None for anything else
+    (versions have no '-', so the last one splits them)."""
+    tenant, _, version = name.rpartition("-")
+    try:
+        return validate_tenant_id(tenant), validate_version(version)
+    except (InvalidTenantId, InvalidVersion):
+        return None
 
 
 class ServingControl:
     def __init__(self, ray_address: str, http_port: int, store_url: str, admin_token: str,
                  ray_auth_token_path: str | None = None, window_s: float = 60.0, max_prompt_chars: int = 8000,
-                 n_ctx: int = 1024, threads: int = 1):
+                 n_ctx: int = 1024, threads: int = 1, http_host: str = "127.0.0.1", router_url: str = ""):
         self.ray_address, self.http_port, self.ray_auth_token_path = ray_address, http_port, ray_auth_token_path
         self.store = ServingStore(store_url)
         self.store_url, self.admin_token = store_url, admin_token
         self.window_s, self.max_prompt_chars, self.n_ctx, self.threads = window_s, max_prompt_chars, n_ctx, threads
-        self.url = f"http://127.0.0.1:{http_port}"
+        self.http_host = http_host  # where Serve's proxy listens (0.0.0.0 in a cluster)
+        self.url = (router_url or f"http://127.0.0.1:{http_port}").rstrip("/")  # where we reach it
 
     # -- Ray Serve ------------------------------------------------------------
     def connect(self) -> None:
@@ -70,22 +85,36 @@ class ServingControl:
                                f"it): {err}") from None
 
     def ensure_router(self) -> None:
-        """Serve, the router and every live release of the store are running (after a Ray restart
-        the store redeploys what it says is live)."""
+        """Serve and the router are running, and both agree with the store (`reconcile`)."""
         from ray import serve
 
         from datacreek_assets.serving.app import Router
 
         self.connect()
-        serve.start(http_options={"host": "127.0.0.1", "port": self.http_port})
+        serve.start(http_options={"host": self.http_host, "port": self.http_port})
+        if self.applications().get(ROUTER_APP) != "RUNNING":
+            serve.run(Router.bind(self.store_url, self.admin_token, self.window_s, self.max_prompt_chars),
+                      name=ROUTER_APP, route_prefix="/")
+        self.reconcile()
+
+    def reconcile(self) -> None:
+        """Live releases missing from Serve are deployed (after a Ray restart, or a deploy that
+        failed), ended releases still deployed are deleted (a rollback cut off before its delete),
+        and the router re-reads every route."""
         running = self.applications()
         for tenant, route in self.store.all_routes().items():
             for version in route.live:
                 if deployment_name(tenant, version) not in running:
-                    self._deploy(self.store.release(tenant, version))
-        if running.get(ROUTER_APP) != "RUNNING":
-            serve.run(Router.bind(self.store_url, self.admin_token, self.window_s, self.max_prompt_chars),
-                      name=ROUTER_APP, route_prefix="/")
+                    self._deploy(self.store.release(tenant, version), new=False)
+        for name in running:
+            parsed = parse_deployment(name)
+            if parsed is None:
+                continue
+            release = self.store.release(*parsed)
+            # (no release row: a deploy whose record is being written right now; leave it)
+            if release is not None and release.status not in LIVE:
+                self._undeploy(*parsed)
+        self._admin("POST", "/admin/v1/reload")
 
     def applications(self) -> dict[str, str]:
         from ray import serve
@@ -93,33 +122,34 @@ class ServingControl:
         self.connect()
         return {name: getattr(app.status, "value", str(app.status)) for name, app in serve.status().applications.items()}
 
-    def _deploy(self, release: Release, injected_delay_s: float = 0.0) -> None:
+    def _deploy(self, release: Release, injected_delay_s: float = 0.0, new: bool = True) -> None:
         from ray import serve
 
         from datacreek_assets.serving.app import ModelServer
 
+        self.connect()
         name = deployment_name(release.tenant_id, release.version)
         app = ModelServer.options(name=name, user_config={"injected_delay_s": injected_delay_s}).bind(
             release.tenant_id, release.version, release.model_path, release.adapter_path, self.n_ctx, self.threads)
         try:
             serve.run(app, name=name, route_prefix=None)
         except Exception as err:
-            serve.delete(name)  # a deployment that failed to start leaves nothing behind
+            if new:  # a new deployment that failed to start leaves nothing behind; a live one stays
+                serve.delete(name)
             raise ServingError(f"deploying {name} failed: {err}") from err
 
     def _undeploy(self, tenant: str, version: str) -> None:
         from ray import serve
 
+        self.connect()
         serve.delete(deployment_name(tenant, version))
 
     def inject_delay(self, tenant: str, version: str, delay_s: float) -> None:
         """Canary drill: every replica of `<tenant>-<version>` adds `delay_s` to each request."""
-        release = self.store.live(tenant)
-        match = [r for r in release.values() if r.version == version]
+        match = [r for r in self.store.live(tenant).values() if r.version == version]
         if not match:
             raise ServingError(f"{deployment_name(tenant, version)} is not live")
-        self.connect()
-        self._deploy(match[0], injected_delay_s=delay_s)
+        self._deploy(match[0], injected_delay_s=delay_s, new=False)
 
     # -- the router's admin API ---------------------------------------------------
     def _admin(self, method: str, path: str) -> dict:
@@ -139,23 +169,6 @@ class ServingControl:
         return self._admin("GET", f"/admin/v1/tenants/{validate_tenant_id(tenant)}/window")
 
     # -- releases ------------------------------------------------------------------
-    def release_canary(self, tenant: str, version: str, model_path: str, adapter_path: str | None,
-                       base_path: str, weight: float) -> dict:
-        """Serve `version` as the tenant's canary with `weight` of its traffic. A tenant's first
-        release is compared against the base model, which becomes its production (`base`)."""
-        validate_tenant_id(tenant)
-        self.ensure_router()
-        steps = {}
-        if "production" not in self.store.live(tenant):
-            started = time.perf_counter()
-            self._deploy_and_record(tenant, "base", "production", base_path, None, 0.0)
-            steps["base_production_s"] = round(time.perf_counter() - started, 2)
-        started = time.perf_counter()
-        self._deploy_and_record(tenant, version, "canary", model_path, adapter_path, weight)
-        steps["canary_deploy_s"] = round(time.perf_counter() - started, 2)
-        self.reload_router(tenant)
-        return steps
-
     def release_newest(self, tenant: str, candidate, weight: float) -> dict:
         """`candidate` becomes the canary, unless it was released before (live, rolled back or
         retired: a rolled-back model is never redeployed by automation). A live canary of an
@@ -166,7 +179,8 @@ class ServingControl:
             return {"status": f"unchanged ({existing.status})", "version": candidate.version}
         superseded = self.store.live(tenant).get("canary")
         if superseded is not None:
-            self.store.end(tenant, superseded.version, "retired", f"superseded by {candidate.version}")
+            self.store.end(tenant, superseded.version, "retired", f"superseded by {candidate.version}",
+                           expect="canary")
             self.reload_router(tenant)
             self._undeploy(tenant, superseded.version)
         steps = self.release_canary(tenant, candidate.version, candidate.base_path, candidate.adapter_path,
@@ -175,6 +189,25 @@ class ServingControl:
         return {"status": "canary", "version": candidate.version, "canary_weight": weight,
                 "production": route.production, "superseded": superseded.version if superseded else "none",
                 **steps}
+
+    def release_canary(self, tenant: str, version: str, model_path: str, adapter_path: str | None,
+                       base_path: str, weight: float) -> dict:
+        """Serve `version` as the tenant's canary with `weight` of its traffic. A tenant's first
+        release is compared against the base model, which becomes its production (`base`)."""
+        validate_tenant_id(tenant)
+        self.ensure_router()
+        steps = {}
+        try:
+            if "production" not in self.store.live(tenant):
+                started = time.perf_counter()
+                self._deploy_and_record(tenant, "base", "production", base_path, None, 0.0)
+                steps["base_production_s"] = round(time.perf_counter() - started, 2)
+            started = time.perf_counter()
+            self._deploy_and_record(tenant, version, "canary", model_path, adapter_path, weight)
+            steps["canary_deploy_s"] = round(time.perf_counter() - started, 2)
+        finally:  # whatever was recorded is routed, also when the canary's deploy failed
+            self.reload_router(tenant)
+        return steps
 
     def _deploy_and_record(self, tenant: str, version: str, status: str, model_path: str,
                            adapter_path: str | None, weight: float) -> None:
@@ -191,11 +224,16 @@ class ServingControl:
             raise
 
     def rollback(self, tenant: str, version: str, reason: str, numbers: dict) -> dict:
+        """Record the rollback, take the traffic off, delete the deployment. Once recorded, a
+        failure of the other two is left to the next `reconcile` (and said in the result)."""
         started = time.perf_counter()
-        self.store.end(tenant, version, "rolled_back", reason, numbers)
-        self.reload_router(tenant)
-        traffic_off = time.perf_counter() - started
-        self._undeploy(tenant, version)
+        self.store.end(tenant, version, "rolled_back", reason, numbers, expect="canary")
+        try:
+            self.reload_router(tenant)
+            traffic_off = time.perf_counter() - started
+            self._undeploy(tenant, version)
+        except Exception as err:  # Ray's or the router's: reconcile finishes the job
+            return {"unfinished": f"{type(err).__name__}: {err}; the next reconcile finishes it"}
         return {"traffic_off_s": round(traffic_off, 3), "removed_s": round(time.perf_counter() - started, 3)}
 
     def promote(self, tenant: str, version: str, reason: str, numbers: dict) -> str | None:
@@ -207,29 +245,33 @@ class ServingControl:
         return retired.version if retired else None
 
     def remove_tenant(self, tenant: str) -> list[str]:
-        """Tenant removal: every live deployment goes, then keys and release history."""
-        removed = []
+        """Tenant removal: every deployment of the tenant goes (whatever the store says, so an
+        earlier half-done change leaves nothing behind), then its keys and release history."""
+        validate_tenant_id(tenant)
         for release in self.store.live(tenant).values():
             self.store.end(tenant, release.version, "retired", "tenant removed")
-            removed.append(release.version)
-        if removed:
-            self.reload_router(tenant)
-            for version in removed:
+        deployed = []
+        if self.store.releases(tenant):  # only then can Serve hold something of this tenant
+            self.ensure_router()
+            deployed = [parsed[1] for name in self.applications()
+                        if (parsed := parse_deployment(name)) is not None and parsed[0] == tenant]
+            for version in deployed:
                 self._undeploy(tenant, version)
         self.store.forget_tenant(tenant)
-        return removed
+        if deployed:
+            self.reload_router(tenant)
+        return deployed
 
     # -- canary health -----------------------------------------------------------------
     def judge(self, tenant: str, policy: CanaryPolicy) -> CanaryOutcome | None:
-        live = self.store.live(tenant)
-        canary = live.get("canary")
+        canary = self.store.live(tenant).get("canary")
         if canary is None:
             return None
         window = self.window(tenant)
 
         def stats(side: str) -> WindowStats:
             data = window.get(side) or {}
-            return WindowStats(data.get("count", 0), data.get("p50_s"), data.get("p99_s"))
+            return WindowStats(data.get("count", 0), data.get("p50_s"), data.get("p99_s"), data.get("errors", 0))
 
         age = time.time() - canary.started_at.timestamp()
         total = (window.get("canary") or {}).get("total") or 0
@@ -237,17 +279,24 @@ class ServingControl:
                              judge_canary(stats("canary"), stats("production"), total, age, policy))
 
     def check_canaries(self, policy: CanaryPolicy) -> list[CanaryOutcome]:
-        """One pass of the canary health loop: judge each live canary, roll back the unhealthy
-        ones at once (promotion is left to the caller: a `production_release` run)."""
+        """One pass of the canary health loop: bring Serve and the router in line with the store,
+        then judge each live canary and roll back the unhealthy ones at once (promotion is left
+        to the caller: a `production_release` run). One tenant's failure is reported in its
+        outcome and does not stop the others'."""
+        self.ensure_router()
         outcomes = []
         for tenant in self.store.tenants_with_canary():
-            outcome = self.judge(tenant, policy)
-            if outcome is None:
-                continue
-            if outcome.verdict.action == "rollback":
-                outcome.timings_s = self.rollback(tenant, outcome.version, outcome.verdict.reason,
-                                                  outcome.verdict.numbers())
-                outcome.acted = True
+            try:
+                outcome = self.judge(tenant, policy)
+                if outcome is None:
+                    continue
+                if outcome.verdict.action == "rollback":
+                    outcome.timings_s = self.rollback(tenant, outcome.version, outcome.verdict.reason,
+                                                      outcome.verdict.numbers())
+                    outcome.acted = True
+            except (ServingError, ReleaseConflict) as err:
+                live = self.store.live(tenant).get("canary")
+                outcome = CanaryOutcome(tenant, live.version if live else "?", None, error=str(err))
             outcomes.append(outcome)
         return outcomes
 

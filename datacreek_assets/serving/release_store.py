@@ -9,17 +9,17 @@ import json
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 
-from sqlalchemy import DateTime, Float, Integer, String, Text, UniqueConstraint, create_engine, delete, select
+from sqlalchemy import DateTime, Float, Integer, String, Text, UniqueConstraint, delete, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from datacreek_assets.serving.routing import Route, validate_version
+from datacreek_assets.sql import open_store
 from datacreek_assets.tenancy import validate_tenant_id
 
 KEY_PREFIX = "dck_"
-LIVE = ("production", "canary")
-STATUSES = ("production", "canary", "rolled_back", "retired")
+LIVE = ("production", "canary")  # then rolled_back or retired
 
 
 class _Base(DeclarativeBase):
@@ -36,11 +36,14 @@ class ApiKeyRow(_Base):
 
 class ReleaseRow(_Base):
     __tablename__ = "serving_releases"
-    __table_args__ = (UniqueConstraint("tenant_id", "version"),)
+    # live_role is the status while live and NULL after: unique per tenant, so two concurrent
+    # writers can never both record a canary (NULLs do not collide, in SQLite and Postgres alike)
+    __table_args__ = (UniqueConstraint("tenant_id", "version"), UniqueConstraint("tenant_id", "live_role"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     tenant_id: Mapped[str] = mapped_column(String(40), index=True)
     version: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16))
+    live_role: Mapped[str | None] = mapped_column(String(16), nullable=True)
     model_path: Mapped[str] = mapped_column(Text)
     adapter_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     canary_weight: Mapped[float] = mapped_column(Float, default=0.0)
@@ -80,10 +83,7 @@ def _now() -> datetime:
 
 class ServingStore:
     def __init__(self, url: str):
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.engine = create_engine(url, future=True)
-        _Base.metadata.create_all(self.engine)
+        self.engine = open_store(url, _Base.metadata)
 
     # -- API keys ---------------------------------------------------------
     def issue_key(self, tenant_id: str) -> tuple[str, str]:
@@ -167,19 +167,28 @@ class ServingStore:
                 raise ReleaseConflict(f"tenant {tenant_id!r} already has a {status} release")
             if any(r.version == version for r in rows):
                 raise ReleaseConflict(f"version {version} of tenant {tenant_id!r} was released before")
-            row = ReleaseRow(tenant_id=tenant_id, version=version, status=status, model_path=model_path,
-                             adapter_path=adapter_path, canary_weight=canary_weight, started_at=_now())
+            row = ReleaseRow(tenant_id=tenant_id, version=version, status=status, live_role=status,
+                             model_path=model_path, adapter_path=adapter_path, canary_weight=canary_weight,
+                             started_at=_now())
             session.add(row)
-            session.flush()
+            try:
+                session.flush()
+            except IntegrityError:  # a concurrent writer recorded the same role or version first
+                raise ReleaseConflict(f"tenant {tenant_id!r} already has a {status} release or version {version}") \
+                    from None
             return Release.of(row)
 
-    def end(self, tenant_id: str, version: str, status: str, reason: str, numbers: dict | None = None) -> Release:
-        """A live release stops serving: rolled_back or retired."""
+    def end(self, tenant_id: str, version: str, status: str, reason: str, numbers: dict | None = None,
+            expect: str | None = None) -> Release:
+        """A live release stops serving: rolled_back or retired. With `expect`, only while it still
+        has that role (a rollback must not end a canary that was promoted meanwhile)."""
         if status not in ("rolled_back", "retired"):
             raise ValueError(f"a release ends as rolled_back or retired, not {status!r}")
         with Session(self.engine) as session, session.begin():
             row = self._live_row(session, tenant_id, version)
-            row.status, row.canary_weight, row.ended_at = status, 0.0, _now()
+            if expect is not None and row.status != expect:
+                raise ReleaseConflict(f"{tenant_id}-{version} is {row.status} now, not {expect}")
+            row.status, row.live_role, row.canary_weight, row.ended_at = status, None, 0.0, _now()
             row.reason, row.numbers = reason, json.dumps(numbers or {})
             return Release.of(row)
 
@@ -193,16 +202,17 @@ class ServingStore:
             old = session.scalars(select(ReleaseRow).where(ReleaseRow.tenant_id == tenant_id,
                                                            ReleaseRow.status == "production")).first()
             if old is not None:
-                old.status, old.ended_at, old.reason = "retired", _now(), f"replaced by {version}"
-            canary.status, canary.canary_weight = "production", 0.0
+                old.status, old.live_role, old.ended_at, old.reason = "retired", None, _now(), f"replaced by {version}"
+                session.flush()  # its role is free before the canary takes it
+            canary.status, canary.live_role, canary.canary_weight = "production", "production", 0.0
             canary.reason, canary.numbers = reason, json.dumps(numbers or {})
             return Release.of(old) if old is not None else None
 
     def _live_row(self, session: Session, tenant_id: str, version: str) -> ReleaseRow:
         validate_tenant_id(tenant_id)
         validate_version(version)
-        row = session.scalars(select(ReleaseRow).where(ReleaseRow.tenant_id == tenant_id,
-                                                       ReleaseRow.version == version)).first()
+        row = session.scalars(select(ReleaseRow).where(ReleaseRow.tenant_id == tenant_id, ReleaseRow.version == version)
+                              .with_for_update()).first()
         if row is None or row.status not in LIVE:
             raise ReleaseConflict(f"{tenant_id}-{version} is not live")
         return row

@@ -74,6 +74,11 @@ class WindowStats:
     count: int
     p50_s: float | None
     p99_s: float | None
+    errors: int = 0  # requests the deployment failed (5xx)
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.count if self.count else 0.0
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -86,23 +91,24 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class LatencyWindow:
-    """Latencies of the last `window_s` seconds (at most `max_samples` of them)."""
+    """Latencies (and failures) of the last `window_s` seconds (at most `max_samples` of them)."""
 
     def __init__(self, window_s: float, max_samples: int = 20_000):
         self.window_s = window_s
-        self.samples: deque[tuple[float, float]] = deque(maxlen=max_samples)
+        self.samples: deque[tuple[float, float, bool]] = deque(maxlen=max_samples)
 
-    def add(self, latency_s: float, now: float | None = None) -> None:
-        self.samples.append((time.monotonic() if now is None else now, latency_s))
+    def add(self, latency_s: float, now: float | None = None, ok: bool = True) -> None:
+        self.samples.append((time.monotonic() if now is None else now, latency_s, ok))
 
     def stats(self, now: float | None = None) -> WindowStats:
         now = time.monotonic() if now is None else now
         while self.samples and self.samples[0][0] < now - self.window_s:
             self.samples.popleft()
-        values = [latency for _, latency in self.samples]
+        values = [latency for _, latency, _ in self.samples]
         if not values:
             return WindowStats(0, None, None)
-        return WindowStats(len(values), percentile(values, 50), percentile(values, 99))
+        errors = sum(1 for _, _, ok in self.samples if not ok)
+        return WindowStats(len(values), percentile(values, 50), percentile(values, 99), errors)
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,7 @@ class CanaryPolicy:
     min_p99_gap_s: float = 0.025
     promote_after_s: float = 300.0
     promote_min_requests: int = 100
+    max_error_rate: float = 0.05  # a canary failing more often than this (and than production) goes too
 
     def __post_init__(self) -> None:
         if self.min_requests < 1 or self.promote_min_requests < 1:
@@ -125,6 +132,8 @@ class CanaryPolicy:
             raise ValueError(f"max_p99_ratio {self.max_p99_ratio} must be above 1")
         if self.promote_after_s < 0 or self.min_p99_gap_s < 0:
             raise ValueError("promote_after_s and min_p99_gap_s must not be negative")
+        if not 0 < self.max_error_rate < 1:
+            raise ValueError(f"max_error_rate {self.max_error_rate} must be within (0, 1)")
 
 
 @dataclass(frozen=True)
@@ -138,6 +147,7 @@ class Verdict:
 
     def numbers(self) -> dict:
         return {"canary_requests_in_window": self.canary.count, "production_requests_in_window": self.production.count,
+                "canary_errors_in_window": self.canary.errors, "production_errors_in_window": self.production.errors,
                 "canary_p99_s": self.canary.p99_s, "production_p99_s": self.production.p99_s,
                 "canary_p50_s": self.canary.p50_s, "production_p50_s": self.production.p50_s,
                 "canary_requests_total": self.canary_total, "canary_age_s": round(self.age_s, 1)}
@@ -151,6 +161,9 @@ def judge_canary(canary: WindowStats, production: WindowStats, canary_total: int
     if canary.count < policy.min_requests or production.count < policy.min_requests:
         return verdict("wait", f"needs {policy.min_requests} requests on each side in the window "
                                f"(canary {canary.count}, production {production.count})")
+    if canary.error_rate > policy.max_error_rate and canary.error_rate > production.error_rate:
+        return verdict("rollback", f"the canary failed {canary.errors} of {canary.count} requests "
+                                   f"({canary.error_rate:.0%}; production {production.error_rate:.0%})")
     if (canary.p99_s > policy.max_p99_ratio * production.p99_s
             and canary.p99_s - production.p99_s > policy.min_p99_gap_s):
         return verdict("rollback", f"p99 latency of the canary {canary.p99_s * 1000:.1f} ms is more than "

@@ -45,7 +45,7 @@ class TrafficGenerator:
     def sent(self) -> int:
         return self._sent
 
-    def _next(self) -> tuple[int, float] | None:
+    def _next(self) -> tuple[int, float]:
         """The next request's number and when it is due (open loop: the schedule does not slow
         down when responses do, as real clients do not)."""
         with self._lock:

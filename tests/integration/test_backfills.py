@@ -13,13 +13,13 @@ import dagster as dg
 import pytest
 import requests
 
+from datacreek_assets.local_services import free_port
 from datacreek_assets.object_store import TenantObjectStore
 from datacreek_assets.partitions import TENANTS_PARTITION
 from datacreek_assets.run_coordinator import partition_of
 from datacreek_assets.settings import ensure_dagster_home
 from datacreek_assets.tenant_lifecycle import add_tenant, remove_tenant
 from resources.factory import open_tenant_stores
-from tests.helpers import free_port
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

@@ -20,9 +20,9 @@ from datacreek_assets.billing.meter import FAILED_QUOTA, STATUS_TAG, Meter
 from datacreek_assets.billing.prometheus import PrometheusServer
 from datacreek_assets.billing.server import make_server, serve_in_thread
 from datacreek_assets.defs.billing.sensors import quota_sensor
+from datacreek_assets.local_services import free_port
 from datacreek_assets.tenancy import TENANT_TAG
 from resources.stores import CreditLedgerResource
-from tests.helpers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "t0ken-for-tests-only-1234"

@@ -168,7 +168,7 @@ def step_job(tmp_path, asset: str, attempt: int) -> dict:
 
     import dagster as dg
     from dagster._core.execution.plan.state import KnownExecutionState
-        from dagster_k8s.job import construct_dagster_k8s_job
+    from dagster_k8s.job import construct_dagster_k8s_job
     from kubernetes.client import ApiClient
 
     from datacreek_assets.defs import build_definitions

@@ -18,9 +18,10 @@ from datacreek_assets.billing.prometheus import PrometheusServer
 from datacreek_assets.defs.serving.assets import canary_release, production_release
 from datacreek_assets.defs.serving.sensors import canary_health_sensor
 from datacreek_assets.finetune.fixtures import random_adapter_release
+from datacreek_assets.local_services import free_port
 from datacreek_assets.partitions import TENANTS_PARTITION
+from datacreek_assets.serving.control import ServingError, parse_deployment
 from datacreek_assets.serving.routing import BUCKETS, Route, canary_bucket
-from tests.helpers import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -61,7 +62,8 @@ def tenants(control, model_files):
     yield make
     for tenant in made:
         control.remove_tenant(tenant)
-        assert not any(name.startswith(f"{tenant}-") for name in control.applications())
+        assert not [name for name in control.applications() if parse_deployment(name)
+                    and parse_deployment(name)[0] == tenant]
         assert control.store.releases(tenant) == [] and control.store.keys(tenant) == []
 
 
@@ -212,6 +214,8 @@ def test_a_healthy_canary_is_promoted_and_the_old_version_retired(control, servi
     early = dg.materialize([production_release], partition_key=tenant, resources={"serving": policy},
                            instance=instance, raise_on_error=False)
     assert not early.success
+    failure = early.get_step_failure_events()[0].step_failure_data.error.message
+    assert "not ready for production" in failure and "needs 8 requests" in failure
     stop, counts = threading.Event(), Counter()
     worker = traffic(control, key, stop, counts)
     requested = None
@@ -227,7 +231,7 @@ def test_a_healthy_canary_is_promoted_and_the_old_version_retired(control, servi
         worker.join(30)
     assert requested is not None
     assert requested.partition_key == tenant and requested.asset_selection == [production_release.key]
-    assert requested.run_key == f"promote:{tenant}:v1"
+    assert requested.run_key.startswith(f"promote:{tenant}:v1:")
     promoted = dg.materialize([production_release], partition_key=tenant, resources={"serving": policy},
                               instance=instance, tags=requested.tags)
     meta = {k: v.value for k, v in promoted.asset_materializations_for_node("production_release")[0].metadata.items()}
@@ -236,6 +240,36 @@ def test_a_healthy_canary_is_promoted_and_the_old_version_retired(control, servi
     assert control.store.release(tenant, "base").status == "retired"
     assert f"{tenant}-base" not in control.applications()
     assert {chat(control, key, X_Request_Id=f"p-{i}").headers["X-Served-By"] for i in range(40)} == {f"{tenant}-v1"}
+
+
+def test_a_rollback_cut_off_half_way_is_finished_by_the_next_check(control, serving, tenants):
+    tenant, key = tenants()
+    # the control plane recorded the rollback, then died before telling the router or Serve
+    control.store.end(tenant, "v1", "rolled_back", "recorded, then the process died", expect="canary")
+    assert f"{tenant}-v1" in control.applications()
+    assert control.check_canaries(serving.policy()) == []  # no live canary left to judge
+    assert f"{tenant}-v1" not in control.applications()
+    assert {chat(control, key, X_Request_Id=f"h-{i}").headers["X-Release-Role"] for i in range(60)} == {"production"}
+    assert chat(control, key, X_Model_Version="v1").status_code == 404
+
+
+def test_a_canary_that_cannot_start_leaves_nothing_behind(control, model_files, tmp_path):
+    base, _ = model_files
+    tenant = f"srv-{uuid.uuid4().hex[:8]}"
+    broken = tmp_path / "adapter.gguf"
+    broken.write_bytes(b"GGUF but not really")
+    _, key = control.store.issue_key(tenant)
+    try:
+        with pytest.raises(ServingError, match="deploying"):
+            control.release_canary(tenant, "v1", str(base), str(broken), str(base), 0.05)
+        assert f"{tenant}-v1" not in control.applications() and control.store.release(tenant, "v1") is None
+        # the base model it was to be compared with went live and is routed
+        assert control.store.route(tenant) == Route("base")
+        reply = chat(control, key)
+        assert reply.status_code == 200 and reply.headers["X-Served-By"] == f"{tenant}-base"
+    finally:
+        control.remove_tenant(tenant)
+    assert f"{tenant}-base" not in control.applications()
 
 
 def test_router_latency_histograms_are_scraped_by_prometheus(control, tenants, tmp_path, settings):

@@ -266,6 +266,8 @@ def test_a_training_killed_without_notice_is_measured_when_it_is_rescheduled(tmp
     last = json.loads(path.read_text())
     assert (last["state"], last["step"]) == ("running", 3)
     assert heartbeat.rescheduled_after(now=last["at"] + 42.5) == pytest.approx(42.5)
-    heartbeat.close("finished")  # a training that ended in Python is not an eviction
+    heartbeat.close("interrupted")  # SIGTERM, turned into an interrupt: an eviction too
+    assert heartbeat.rescheduled_after() is not None
+    heartbeat.close("stopped")  # a training that ended in Python (a failure, its quota) is not
     assert heartbeat.rescheduled_after() is None
     assert TrainingHeartbeat(tmp_path / "never.json").rescheduled_after() is None

@@ -29,8 +29,9 @@ ACTIVE = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.QUEUED, dg.Dagste
           dg.DagsterRunStatus.STARTED]
 
 
-def retraining_in_flight(instance: dg.DagsterInstance, tenant: str) -> bool:
-    runs = instance.get_run_records(dg.RunsFilter(tags={TENANT_TAG: tenant, TRIGGER_TAG: "drift"}, statuses=ACTIVE),
+def triggered_run_in_flight(instance: dg.DagsterInstance, tenant: str, trigger: str) -> bool:
+    """Whether a run a sensor requested for the tenant (tag datacreek/trigger) is queued or running."""
+    runs = instance.get_run_records(dg.RunsFilter(tags={TENANT_TAG: tenant, TRIGGER_TAG: trigger}, statuses=ACTIVE),
                                     limit=1)
     return bool(runs)
 
@@ -53,7 +54,7 @@ def embedding_drift_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResu
             continue
         if drift is None or drift.value < CRITICAL or tenant in asked:
             continue
-        if retraining_in_flight(context.instance, tenant):
+        if triggered_run_in_flight(context.instance, tenant, "drift"):
             context.log.info(f"{tenant}: drift {drift.value:.3f} is critical; a retraining is already in flight")
             continue
         asked.add(tenant)
