@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "k8s" / "charts" / "datacreek-tenant"
 INSTANCE_YAML = REPO / "k8s" / "dagster-instance.yaml"
 HELM_VERSION = "v3.22.0"
-KUBERNETES_VERSION = "1.33"
+KUBERNETES_VERSION = "1.37"  # the newest minor kubernetes-validate ships schemas for
 PLATFORM_NAMESPACE = "datacreek-platform"
 NCA_VENV = REPO / ".venv-nca"
 

@@ -10,6 +10,7 @@ that failed half-way is finished by the next pass instead of being tripped over.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ class ServingControl:
         from datacreek_assets.local_services import ray_auth_env
 
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)  # not a line per serve.start/run call
         if self.ray_auth_token_path:
             # Ray reads its auth settings from the environment when it is imported: set them, then
             # have it read them again (as ray's own test utilities do) before connecting.
