@@ -16,7 +16,7 @@ SUITES = ["bench.graph_writer", "bench.tenant_registry", "bench.embeddings", "be
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--only", help="run only benchmarks whose name contains this text")
+    parser.add_argument("--only", help="run only the suite (module) or the benchmarks whose name contains this text")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--quick", action="store_true", help="smaller inputs, one round (a smoke run)")
     args = parser.parse_args(argv)
@@ -24,7 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     import importlib
 
-    for module_name in SUITES:
+    # --only naming a suite (e.g. "serving") prepares that suite alone: preparing the others
+    # starts services and trains models for nothing
+    suites = [m for m in SUITES if args.only and args.only in m] or SUITES
+    for module_name in suites:
         module = importlib.import_module(module_name)
         with console.status(f"preparing {module_name}") as status:
             comparisons = module.comparisons(quick=args.quick)
