@@ -12,6 +12,9 @@ The base model's checkpoint and its f16 GGUF are shared by all tenants under
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import gc
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -80,6 +83,27 @@ class FineTuneOutcome:
     reschedule_latency_s: float | None = None  # after an interrupted attempt (see heartbeat.py)
 
 
+def gives_memory_back(func):
+    """After `func`, hand the heap it freed back to the OS. A training or export frees gigabytes
+    of tensors that glibc keeps in its arenas: without this, each one in a long-lived process
+    (the demo, a code server running in-process steps) stacks ~5 GiB on the last (measured:
+    5.7 GiB resident after a SmolLM2 training, 0.65 GiB after `malloc_trim`)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        finally:
+            gc.collect()
+            try:
+                ctypes.CDLL("libc.so.6").malloc_trim(0)
+            except (OSError, AttributeError):  # not glibc: nothing to trim
+                pass
+
+    return wrapper
+
+
+@gives_memory_back
 def fine_tune(tenant_dir: Path, base_cache: Path, base_model: str, data: SftData, config: TrainConfig,
               tracking, cpu_fallback: str, gpus: int, on_step=None) -> FineTuneOutcome:
     """Train (or resume) the tenant's adapter; logs params and losses to the tenant's MLflow experiment."""
@@ -183,6 +207,7 @@ def base_gguf(base_dir: Path) -> Path:
     return path
 
 
+@gives_memory_back
 def export_release(latest: dict, tenant_dir: Path) -> dict:
     """The tenant's GGUF files: merged f16 and q8_0, the adapter alone, and the shared base f16."""
     from datacreek_assets.finetune.gguf_export import export_lora, export_model
@@ -201,6 +226,7 @@ def export_release(latest: dict, tenant_dir: Path) -> dict:
     return manifest
 
 
+@gives_memory_back
 def verify_release(latest: dict, manifest: dict, scratch: Path) -> dict:
     """llama.cpp against torch: an f32 export's logits, greedy tokens of the f16 and of base f16 + adapter."""
     from datacreek_assets.finetune.gguf_export import export_model
@@ -229,6 +255,7 @@ def verify_release(latest: dict, manifest: dict, scratch: Path) -> dict:
             "adapter_max_abs_logit_diff": adapter.max_abs_logit_diff, "greedy_tokens": len(f16.torch_tokens)}
 
 
+@gives_memory_back
 def evaluate(latest: dict, manifest: dict, data: SftData, questions: int) -> dict:
     """Base vs tuned on held-out QA pairs, both answered by llama.cpp from their f16 GGUF."""
     from transformers import AutoTokenizer
