@@ -7,6 +7,7 @@ usable; 4 refused to destroy data without --force.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -329,6 +330,15 @@ def _registered(obj: Context, tenant_id: str) -> None:
         registry.close()
 
 
+@contextlib.contextmanager
+def _serving_store(obj: Context):
+    store = obj.resources()["serving"].store()
+    try:
+        yield store
+    finally:
+        store.close()
+
+
 @tenant.command("issue-key")
 @tenant_argument
 @click.pass_obj
@@ -336,11 +346,8 @@ def _registered(obj: Context, tenant_id: str) -> None:
 def tenant_issue_key(obj: Context, tenant_id: str) -> None:
     """Issue an API key for the tenant's served model. The key is printed once; only its hash is kept."""
     _registered(obj, tenant_id)
-    control = obj.resources()["serving"].control()
-    try:
-        key_id, key = control.store.issue_key(tenant_id)
-    finally:
-        control.close()
+    with _serving_store(obj) as store:
+        key_id, key = store.issue_key(tenant_id)
     click.echo(f"key id {key_id} for {tenant_id} (keep the key now; it is not shown again):")
     click.echo(key)
 
@@ -352,11 +359,8 @@ def tenant_issue_key(obj: Context, tenant_id: str) -> None:
 @handle_errors
 def tenant_revoke_key(obj: Context, tenant_id: str, key_id: str) -> None:
     """Revoke one of the tenant's API keys by its id (the router forgets it within seconds)."""
-    control = obj.resources()["serving"].control()
-    try:
-        revoked = control.store.revoke_key(tenant_id, key_id)
-    finally:
-        control.close()
+    with _serving_store(obj) as store:
+        revoked = store.revoke_key(tenant_id, key_id)
     if not revoked:
         _fail(LookupError(f"tenant {tenant_id} has no key {key_id!r}"), EXIT_BAD_INPUT)
     click.echo(f"revoked key {key_id} of {tenant_id}")
@@ -369,11 +373,8 @@ def tenant_revoke_key(obj: Context, tenant_id: str, key_id: str) -> None:
 @handle_errors
 def tenant_releases(obj: Context, tenant_id: str, as_json: bool) -> None:
     """The tenant's model releases: live production and canary, rolled back and retired ones."""
-    control = obj.resources()["serving"].control()
-    try:
-        releases = control.store.releases(tenant_id)
-    finally:
-        control.close()
+    with _serving_store(obj) as store:
+        releases = store.releases(tenant_id)
     rows = [{"version": r.version, "status": r.status, "canary_weight": r.canary_weight,
              "started_at": r.started_at.isoformat(), "reason": r.reason, **r.numbers} for r in releases]
     if as_json:

@@ -239,6 +239,12 @@ class ServingResource(dg.ConfigurableResource):
                               self.ray_auth_token_path or None, self.window_s, self.max_prompt_chars, self.n_ctx,
                               self.threads, self.http_host, self.router_url)
 
+    def store(self):
+        """The release store alone (keys, releases): no Ray connection."""
+        from datacreek_assets.serving.release_store import ServingStore
+
+        return ServingStore(self.store_url)
+
     def policy(self):
         from datacreek_assets.serving.routing import CanaryPolicy
 

@@ -185,8 +185,8 @@ class ServingControl:
                            expect="canary")
             self.reload_router(tenant)
             self._undeploy(tenant, superseded.version)
-        steps = self.release_canary(tenant, candidate.version, candidate.base_path, candidate.adapter_path,
-                                    candidate.base_path, weight)
+        steps = self._release_canary(tenant, candidate.version, candidate.base_path, candidate.adapter_path,
+                                     candidate.base_path, weight)
         route = self.store.route(tenant)
         return {"status": "canary", "version": candidate.version, "canary_weight": weight,
                 "production": route.production, "superseded": superseded.version if superseded else "none",
@@ -198,6 +198,10 @@ class ServingControl:
         release is compared against the base model, which becomes its production (`base`)."""
         validate_tenant_id(tenant)
         self.ensure_router()
+        return self._release_canary(tenant, version, model_path, adapter_path, base_path, weight)
+
+    def _release_canary(self, tenant: str, version: str, model_path: str, adapter_path: str | None,
+                        base_path: str, weight: float) -> dict:
         steps = {}
         try:
             if "production" not in self.store.live(tenant):

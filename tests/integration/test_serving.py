@@ -5,7 +5,6 @@ and the router's latency histograms scraped by a real Prometheus."""
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections import Counter
@@ -22,6 +21,7 @@ from datacreek_assets.local_services import free_port
 from datacreek_assets.partitions import TENANTS_PARTITION
 from datacreek_assets.serving.control import ServingError, parse_deployment
 from datacreek_assets.serving.routing import BUCKETS, Route, canary_bucket
+from datacreek_assets.serving.traffic import TrafficGenerator
 
 pytestmark = pytest.mark.integration
 
@@ -160,25 +160,16 @@ def with_policy(serving, **changes):
     return type(serving)(**{**serving.model_dump(), **changes})
 
 
-def traffic(control, key: str, stop: threading.Event, counts: Counter) -> threading.Thread:
-    def run():
-        i = 0
-        while not stop.is_set():
-            reply = chat(control, key, X_Request_Id=f"load-{i}")
-            counts[(reply.status_code, reply.headers.get("X-Release-Role"))] += 1
-            i += 1
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
+def traffic(control, key: str) -> TrafficGenerator:
+    """One client, as fast as the router answers it."""
+    return TrafficGenerator(control.url, key, rate_per_s=1000, clients=1).start()
 
 
 def test_a_latency_spike_in_the_canary_is_rolled_back_by_the_sensor(control, serving, tenants, instance):
     tenant, key = tenants()
     drill = with_policy(serving, min_requests=8, promote_after_s=3600.0)
     control.inject_delay(tenant, "v1", 0.25)
-    stop, counts = threading.Event(), Counter()
-    worker = traffic(control, key, stop, counts)
+    load = traffic(control, key)
     spiked = time.monotonic()
     result = None
     try:
@@ -188,8 +179,7 @@ def test_a_latency_spike_in_the_canary_is_rolled_back_by_the_sensor(control, ser
                 break
             time.sleep(0.5)
     finally:
-        stop.set()
-        worker.join(30)
+        load.stop()
     assert result is not None and result.asset_events, "the sensor never rolled the canary back"
     event = result.asset_events[0]
     assert (event.asset_key, event.partition) == (canary_release.key, tenant)
@@ -203,7 +193,7 @@ def test_a_latency_spike_in_the_canary_is_rolled_back_by_the_sensor(control, ser
     assert control.store.route(tenant) == Route("base")
     assert {chat(control, key, X_Request_Id=f"after-{i}").headers["X-Release-Role"] for i in range(60)} == {"production"}
     assert chat(control, key, X_Model_Version="v1").status_code == 404
-    assert counts[(200, "canary")] >= 8 and not [c for c in counts if c[0] != 200]
+    assert len(load.latencies["canary"]) >= 8 and set(load.status) == {200}
 
 
 def test_a_healthy_canary_is_promoted_and_the_old_version_retired(control, serving, tenants, instance):
@@ -216,8 +206,7 @@ def test_a_healthy_canary_is_promoted_and_the_old_version_retired(control, servi
     assert not early.success
     failure = early.get_step_failure_events()[0].step_failure_data.error.message
     assert "not ready for production" in failure and "needs 8 requests" in failure
-    stop, counts = threading.Event(), Counter()
-    worker = traffic(control, key, stop, counts)
+    load = traffic(control, key)
     requested = None
     try:
         deadline = time.monotonic() + 120
@@ -227,8 +216,7 @@ def test_a_healthy_canary_is_promoted_and_the_old_version_retired(control, servi
             requested = result.run_requests[0] if result.run_requests else None
             time.sleep(0.5)
     finally:
-        stop.set()
-        worker.join(30)
+        load.stop()
     assert requested is not None
     assert requested.partition_key == tenant and requested.asset_selection == [production_release.key]
     assert requested.run_key.startswith(f"promote:{tenant}:v1:")
