@@ -26,13 +26,13 @@ def main(argv: list[str] | None = None) -> int:
 
     # --only naming a suite (e.g. "serving") prepares that suite alone: preparing the others
     # starts services and trains models for nothing
-    suites = [m for m in SUITES if args.only and args.only in m] or SUITES
-    for module_name in suites:
+    named_suites = [m for m in SUITES if args.only and args.only in m]
+    for module_name in named_suites or SUITES:
         module = importlib.import_module(module_name)
         with console.status(f"preparing {module_name}") as status:
             comparisons = module.comparisons(quick=args.quick)
             for comparison in comparisons:
-                if args.only and args.only not in comparison.name:
+                if args.only and not named_suites and args.only not in comparison.name:
                     continue
                 results.append(run_comparison(comparison, progress=lambda m: status.update(m)))
             getattr(module, "teardown", lambda: None)()

@@ -12,6 +12,7 @@ The unit is real (non-padding) tokens; notes give peak memory (sampled RSS) of e
 
 from __future__ import annotations
 
+import math
 import tempfile
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from bench.harness import Comparison
 
 THREADS = 2
 MAX_LEN = 256
+PLANNED_STEPS = 4  # optimizer steps per epoch each side is sized for
 
 
 def sft_chats(limit: int) -> list[dict]:
@@ -45,6 +47,27 @@ def sft_chats(limit: int) -> list[dict]:
     return [r.chat() for r in records if r.split == "train"][:limit]
 
 
+def examples_per_trainer_step(examples: list) -> int:
+    return max(1, len(examples) // PLANNED_STEPS)
+
+
+def trainer_baseline(peft_model, tokenizer, examples: list, config, use_cpu: bool) -> None:
+    """One epoch of transformers `Trainer` over the unpacked examples, padded per batch (the collator's default)."""
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    data = [{"input_ids": e.input_ids, "labels": e.labels, "attention_mask": [1] * len(e.input_ids)} for e in examples]
+    per_step = examples_per_trainer_step(examples)
+    micro = min(8, per_step)
+    args = TrainingArguments(output_dir=tempfile.mkdtemp(prefix="bench-trainer-"), per_device_train_batch_size=micro,
+                             gradient_accumulation_steps=max(1, per_step // micro), num_train_epochs=1,
+                             learning_rate=config.learning_rate, lr_scheduler_type="linear", warmup_steps=1,
+                             weight_decay=0.0, max_grad_norm=1.0, save_strategy="no", report_to=[],
+                             logging_strategy="no", use_cpu=use_cpu, dataloader_num_workers=0,
+                             disable_tqdm=True, seed=config.seed)
+    Trainer(model=peft_model, args=args, train_dataset=data,
+            data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)).train()
+
+
 def comparisons(quick: bool = False) -> list[Comparison]:
     import torch
 
@@ -61,10 +84,9 @@ def comparisons(quick: bool = False) -> list[Comparison]:
     examples = [e for e in (encode(tokenizer, c["messages"], MAX_LEN) for c in chats) if e is not None]
     rows = pack(examples, MAX_LEN)
     real_tokens = sum(len(e.input_ids) for e in examples)
-    steps = 4
-    config = TrainConfig(effective_batch=max(1, len(rows) // steps), max_seq_len=MAX_LEN, learning_rate=1e-3,
+    config = TrainConfig(effective_batch=max(1, len(rows) // PLANNED_STEPS), max_seq_len=MAX_LEN, learning_rate=1e-3,
                          checkpoint_every=10_000, eval_every=10_000, memory_budget_mb=8192)
-    examples_per_step = max(1, len(examples) // steps)
+    steps = math.ceil(len(rows) / config.effective_batch)  # the loop's optimizer steps (rounding adds one)
     peaks = {"candidate": [], "baseline": []}
     # The asset measures micro-batch memory once per (model, device, length, LoRA config) and
     # caches it; measure it here, untimed, so the timed runs are the steady state.
@@ -83,30 +105,17 @@ def comparisons(quick: bool = False) -> list[Comparison]:
         return real_tokens
 
     def baseline() -> int:
-        from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
-
         model, _ = load_base(base_dir)
-        peft_model = wrap_lora(model, config)
-        data = [{"input_ids": e.input_ids, "labels": e.labels, "attention_mask": [1] * len(e.input_ids)}
-                for e in examples]
-        micro = min(8, examples_per_step)
-        args = TrainingArguments(output_dir=tempfile.mkdtemp(prefix="bench-trainer-"), per_device_train_batch_size=micro,
-                                 gradient_accumulation_steps=max(1, examples_per_step // micro), num_train_epochs=1,
-                                 learning_rate=config.learning_rate, lr_scheduler_type="linear", warmup_steps=1,
-                                 weight_decay=0.0, max_grad_norm=1.0, save_strategy="no", report_to=[],
-                                 logging_strategy="no", use_cpu=True, dataloader_num_workers=0,
-                                 disable_tqdm=True, seed=config.seed)
-        trainer = Trainer(model=peft_model, args=args, train_dataset=data,
-                          data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100))
         with PeakMemory("cpu") as peak:
-            trainer.train()
+            trainer_baseline(wrap_lora(model, config), tokenizer, examples, config, use_cpu=True)
         peaks["baseline"].append(peak.peak / 2**20)
         return real_tokens
 
     def notes() -> str:
         padded = sum(len(r.input_ids) for r in rows)
         return (f"{name}, {len(examples)} examples, {real_tokens} real tokens, {len(rows)} packed rows "
-                f"({padded / (len(rows) * MAX_LEN):.0%} full), {steps} optimizer steps of ~{examples_per_step} examples; "
+                f"({padded / (len(rows) * MAX_LEN):.0%} full), loop {steps} optimizer steps of {config.effective_batch} rows, "
+                f"Trainer steps of {examples_per_trainer_step(examples)} examples; "
                 f"peak RSS above start: loop {max(peaks['candidate']):.0f} MiB, Trainer {max(peaks['baseline']):.0f} MiB")
 
     return [Comparison(f"LoRA training tokens/s ({name}, CPU fp32, {THREADS} threads)", candidate, baseline,

@@ -10,8 +10,10 @@ configured namespace (platform jobs such as the purge schedule).
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 
-from dagster import executor
+from dagster import Field, IntSource, executor
+from dagster._core.executor.step_delegating import CheckStepHealthResult
 from dagster._core.definitions.executor_definition import multiple_process_executor_requirements
 from dagster._core.executor.step_delegating import StepDelegatingExecutor
 from dagster._core.storage.dagster_run import DagsterRun
@@ -49,19 +51,39 @@ GPU_TAINT_KEYS = {"preemptible", GPU_RESOURCE}
 PLACEMENT_LABEL = "datacreek/placement"
 
 
+GPU_POOL_LABEL = "datacreek/gpu-pool"
+
+
+def _copy_with_placement(config: dict, placement: str) -> dict:
+    out = json.loads(json.dumps(config))
+    metadata = out.setdefault("pod_template_spec_metadata", {})
+    metadata.setdefault("labels", {})[PLACEMENT_LABEL] = placement
+    return out
+
+
+def on_demand_k8s_config(config: dict) -> dict:
+    """A GPU step's pod config pinned to the on-demand GPU pool: it no longer tolerates the spot
+    taint and requires `datacreek/gpu-pool=on-demand`, so an eviction cannot hit it twice."""
+    out = _copy_with_placement(config, "on-demand")
+    pod = out.setdefault("pod_spec_config", {})
+    pod["tolerations"] = [t for t in pod.get("tolerations", []) if t.get("key") != "preemptible"]
+    pod["affinity"] = {"node_affinity": {"required_during_scheduling_ignored_during_execution": {
+        "node_selector_terms": [{"match_expressions": [
+            {"key": GPU_POOL_LABEL, "operator": "In", "values": ["on-demand"]}]}]}}}
+    return out
+
+
 def cpu_fallback_k8s_config(config: dict) -> dict:
     """A GPU step's pod config without the GPU: no `nvidia.com/gpu` request or limit, no GPU-pool
     tolerations or affinity, labelled as a CPU fallback. The training code sees no CUDA device
     and loads the base model in 8-bit on CPU (DATACREEK_CPU_FALLBACK)."""
-    out = json.loads(json.dumps(config))
+    out = _copy_with_placement(config, "cpu-fallback")
     resources = out.get("container_config", {}).get("resources", {})
     for part in ("requests", "limits"):
         resources.get(part, {}).pop(GPU_RESOURCE, None)
     pod = out.setdefault("pod_spec_config", {})
     pod["tolerations"] = [t for t in pod.get("tolerations", []) if t.get("key") not in GPU_TAINT_KEYS]
     pod.pop("affinity", None)
-    metadata = out.setdefault("pod_template_spec_metadata", {})
-    metadata.setdefault("labels", {})[PLACEMENT_LABEL] = "cpu-fallback"
     return out
 
 
@@ -70,15 +92,46 @@ def is_gpu_config(config: dict) -> bool:
     return any(GPU_RESOURCE in resources.get(part, {}) for part in ("requests", "limits"))
 
 
+def placement_for_attempt(config: dict, attempt: int) -> dict:
+    """Where a GPU step's attempt runs: 0 spot first (the op's own config), 1 on-demand GPU, 2+ CPU.
+    Within one attempt the Job restarts an evicted pod (restartPolicy OnFailure, backoffLimit)."""
+    if not is_gpu_config(config) or attempt == 0:
+        return config
+    return on_demand_k8s_config(config) if attempt == 1 else cpu_fallback_k8s_config(config)
+
+
+def unschedulable_seconds(pods: list, now: datetime) -> float | None:
+    """How long a step Job's live pod has been waiting for a node that fits it (``PodScheduled``
+    False, reason ``Unschedulable``), or None while a live pod is scheduled or there is none.
+    Pods that already ended (an evicted predecessor) do not count."""
+    live = [p for p in pods if p.status and p.status.phase not in ("Succeeded", "Failed")]
+    waiting_since = []
+    for pod in live:
+        scheduled = next((c for c in pod.status.conditions or [] if c.type == "PodScheduled"), None)
+        if pod.status.phase != "Pending" or scheduled is None or scheduled.status != "False" \
+                or scheduled.reason != "Unschedulable" or scheduled.last_transition_time is None:
+            return None
+        waiting_since.append(scheduled.last_transition_time)
+    return (now - max(waiting_since)).total_seconds() if waiting_since else None
+
+
+GPU_PENDING_TIMEOUT_S = 900
+
+
 class TenantNamespaceK8sStepHandler(K8sStepHandler):
-    """The k8s_job_executor's step handler with two changes:
+    """The k8s_job_executor's step handler with three changes:
 
     - every step Job goes to its run's tenant namespace (with the tenant's service account),
       like the run itself (the stock handler uses the launcher's one namespace);
-    - a GPU step's retry runs without a GPU: its first attempt's Job restarted its pod after
-      spot evictions (backoffLimit; the pod prefers spot and may land on on-demand) and still
-      failed, so the retry takes the CPU 8-bit fallback instead of waiting for GPU capacity.
+    - a GPU step's retries move down a placement ladder (`placement_for_attempt`): the first
+      retry, after the spot Job exhausted its restarts, requires on-demand GPU capacity; the
+      second takes the CPU 8-bit fallback instead of waiting for GPUs;
+    - a GPU step whose pod found no node for ``gpu_pending_timeout_s`` (no capacity in the pool it
+      may use) fails its health check: its Job is deleted and the retry policy takes the next rung,
+      so a step never waits forever for GPUs that are not coming.
     """
+
+    gpu_pending_timeout_s: int = GPU_PENDING_TIMEOUT_S
 
     @property
     def name(self) -> str:
@@ -90,16 +143,43 @@ class TenantNamespaceK8sStepHandler(K8sStepHandler):
         known = step_handler_context.execute_step_args.known_state
         attempt = known.get_retry_state().get_attempt_count(self._get_step_key(step_handler_context)) if known else 0
         config = context.run_k8s_config.to_dict()
-        if attempt >= 1 and is_gpu_config(config):
-            return context._replace(run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(cpu_fallback_k8s_config(config)))
-        return context
+        placed = placement_for_attempt(config, attempt)
+        if placed is config:
+            return context
+        return context._replace(run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(placed))
+
+    def check_step_health(self, step_handler_context) -> CheckStepHealthResult:
+        result = super().check_step_health(step_handler_context)
+        context = self._get_container_context(step_handler_context)
+        if not result.is_healthy or not is_gpu_config(context.run_k8s_config.to_dict()):
+            return result
+        job_name = self._get_k8s_step_job_name(step_handler_context)
+        pods = self._api_client.get_pods_in_job(job_name=job_name, namespace=context.namespace)
+        waited = unschedulable_seconds(pods, datetime.now(timezone.utc))
+        if waited is None or waited < self.gpu_pending_timeout_s:
+            return result
+        self._api_client.delete_job(job_name=job_name, namespace=context.namespace)
+        return CheckStepHealthResult.unhealthy(
+            f"no node could take GPU Job {job_name} for {waited:.0f} s (limit {self.gpu_pending_timeout_s} s): "
+            "deleted it; a retry moves to the next placement (on-demand GPU, then CPU)")
 
 
-@executor(name="tenant_k8s", config_schema=k8s_job_executor.config_schema,
+TENANT_K8S_CONFIG_SCHEMA = {
+    **k8s_job_executor.config_schema.config_type.fields,
+    "gpu_pending_timeout_seconds": Field(
+        IntSource, is_required=False, default_value=GPU_PENDING_TIMEOUT_S,
+        description="How long a GPU step's pod may wait for a node before the step is retried "
+        "on the next placement (on-demand GPU, then CPU)."),
+}
+
+
+@executor(name="tenant_k8s", config_schema=TENANT_K8S_CONFIG_SCHEMA,
           requirements=multiple_process_executor_requirements())
 def tenant_k8s_job_executor(init_context) -> StepDelegatingExecutor:
-    """`k8s_job_executor` (same config) with TenantNamespaceK8sStepHandler."""
+    """`k8s_job_executor` (same config, plus `gpu_pending_timeout_seconds`) with TenantNamespaceK8sStepHandler."""
     delegating = k8s_job_executor.executor_creation_fn(init_context)
     # same state, our behaviour: the stock handler's constructor already loaded the kube config
-    delegating._step_handler.__class__ = TenantNamespaceK8sStepHandler
+    handler = delegating._step_handler
+    handler.__class__ = TenantNamespaceK8sStepHandler
+    handler.gpu_pending_timeout_s = init_context.executor_config["gpu_pending_timeout_seconds"]
     return delegating

