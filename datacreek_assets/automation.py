@@ -15,9 +15,10 @@ import dagster as dg
 
 GPU_POOL = "gpu"
 # How a GPU step's pod looks under the k8s_job_executor (prod): one GPU, tolerates the spot
-# pool's taint, must land on a GPU pool and prefers spot; an evicted pod is restarted by its
-# Job (restartPolicy OnFailure, backoff) and goes to on-demand capacity when spot is gone. Retries
-# of a failed Job move to on-demand, then to CPU (k8s_launcher.placement_for_attempt).
+# pool's taint, must land on a GPU pool and prefers spot (on-demand when spot has no capacity).
+# An evicted step comes back as a retry of the op (Dagster does not rerun a started attempt in
+# the Job's replacement pod); retries move to on-demand, then to CPU
+# (k8s_launcher.placement_for_attempt).
 GPU_K8S_CONFIG = {
     "container_config": {"resources": {
         "requests": {"nvidia.com/gpu": "1", "cpu": "4", "memory": "24Gi"},

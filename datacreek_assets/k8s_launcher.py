@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
-from dagster import Field, IntSource, executor
+from dagster import DagsterInvalidConfigError, Field, IntSource, executor
 from dagster._core.executor.step_delegating import CheckStepHealthResult
 from dagster._core.definitions.executor_definition import multiple_process_executor_requirements
 from dagster._core.executor.step_delegating import StepDelegatingExecutor
@@ -20,7 +20,7 @@ from dagster._core.storage.dagster_run import DagsterRun
 from dagster_k8s import K8sRunLauncher, k8s_job_executor
 from dagster_k8s.container_context import K8sContainerContext
 from dagster_k8s.executor import K8sStepHandler
-from dagster_k8s.job import UserDefinedDagsterK8sConfig
+from dagster_k8s.job import UserDefinedDagsterK8sConfig, get_k8s_job_name
 
 from datacreek_assets.tenancy import TENANT_TAG, InvalidTenantId, validate_tenant_id
 
@@ -93,8 +93,7 @@ def is_gpu_config(config: dict) -> bool:
 
 
 def placement_for_attempt(config: dict, attempt: int) -> dict:
-    """Where a GPU step's attempt runs: 0 spot first (the op's own config), 1 on-demand GPU, 2+ CPU.
-    Within one attempt the Job restarts an evicted pod (restartPolicy OnFailure, backoffLimit)."""
+    """Where a GPU step's attempt runs: 0 spot first (the op's own config), 1 on-demand GPU, 2+ CPU."""
     if not is_gpu_config(config) or attempt == 0:
         return config
     return on_demand_k8s_config(config) if attempt == 1 else cpu_fallback_k8s_config(config)
@@ -123,12 +122,13 @@ class TenantNamespaceK8sStepHandler(K8sStepHandler):
 
     - every step Job goes to its run's tenant namespace (with the tenant's service account),
       like the run itself (the stock handler uses the launcher's one namespace);
-    - a GPU step's retries move down a placement ladder (`placement_for_attempt`): the first
-      retry, after the spot Job exhausted its restarts, requires on-demand GPU capacity; the
-      second takes the CPU 8-bit fallback instead of waiting for GPUs;
+    - a GPU step's retries move down a placement ladder (`placement_for_attempt`): spot first,
+      then on-demand GPUs only, then the CPU 8-bit fallback. An evicted step comes back as a
+      retry: Dagster refuses to rerun a started attempt in the Job's replacement pod
+      (`verify_step`), and the executor's health check sees the Job's failed pod;
     - a GPU step whose pod found no node for ``gpu_pending_timeout_s`` (no capacity in the pool it
-      may use) fails its health check: its Job is deleted and the retry policy takes the next rung,
-      so a step never waits forever for GPUs that are not coming.
+      may use) fails its health check while its retry policy has a rung left below it; launching
+      the retry deletes the stuck Job. A step on its last rung waits for capacity instead.
     """
 
     gpu_pending_timeout_s: int = GPU_PENDING_TIMEOUT_S
@@ -137,13 +137,20 @@ class TenantNamespaceK8sStepHandler(K8sStepHandler):
     def name(self) -> str:
         return "TenantNamespaceK8sStepHandler"
 
+    def _attempt(self, step_handler_context) -> int:
+        known = step_handler_context.execute_step_args.known_state
+        return known.get_retry_state().get_attempt_count(self._get_step_key(step_handler_context)) if known else 0
+
+    def _step_job_name(self, step_handler_context, attempt: int) -> str:
+        """The name the stock handler gives this step's Job at ``attempt``."""
+        key = get_k8s_job_name(step_handler_context.execute_step_args.run_id, self._get_step_key(step_handler_context))
+        return f"dagster-step-{key}-{attempt}" if attempt else f"dagster-step-{key}"
+
     def _get_container_context(self, step_handler_context) -> K8sContainerContext:
         context = super()._get_container_context(step_handler_context).merge(
             tenant_container_context(step_handler_context.dagster_run))
-        known = step_handler_context.execute_step_args.known_state
-        attempt = known.get_retry_state().get_attempt_count(self._get_step_key(step_handler_context)) if known else 0
         config = context.run_k8s_config.to_dict()
-        placed = placement_for_attempt(config, attempt)
+        placed = placement_for_attempt(config, self._attempt(step_handler_context))
         if placed is config:
             return context
         return context._replace(run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(placed))
@@ -153,15 +160,40 @@ class TenantNamespaceK8sStepHandler(K8sStepHandler):
         context = self._get_container_context(step_handler_context)
         if not result.is_healthy or not is_gpu_config(context.run_k8s_config.to_dict()):
             return result
+        policy = step_handler_context.get_step_context(self._get_step_key(step_handler_context)).op_retry_policy
+        if policy is None or self._attempt(step_handler_context) >= policy.max_retries:
+            return result  # no rung left below this one: waiting for capacity beats failing the run
         job_name = self._get_k8s_step_job_name(step_handler_context)
         pods = self._api_client.get_pods_in_job(job_name=job_name, namespace=context.namespace)
         waited = unschedulable_seconds(pods, datetime.now(timezone.utc))
         if waited is None or waited < self.gpu_pending_timeout_s:
             return result
-        self._api_client.delete_job(job_name=job_name, namespace=context.namespace)
         return CheckStepHealthResult.unhealthy(
             f"no node could take GPU Job {job_name} for {waited:.0f} s (limit {self.gpu_pending_timeout_s} s): "
-            "deleted it; a retry moves to the next placement (on-demand GPU, then CPU)")
+            "the retry moves to the next placement")
+
+    def launch_step(self, step_handler_context):
+        self.delete_leftover_jobs(step_handler_context)
+        yield from super().launch_step(step_handler_context)
+
+    def delete_leftover_jobs(self, step_handler_context) -> list[str]:
+        """Before a step's Job is created, delete what would stand in its way or compete with it:
+        a Job of the same name (a restarted run worker relaunching an unhealthy step), and the
+        previous attempt's Job while it still has live pods (one waiting for a GPU that is not
+        coming, or an evicted pod's replacement). A previous Job that ended stays, with its logs."""
+        namespace = self._get_container_context(step_handler_context).namespace
+        attempt = self._attempt(step_handler_context)
+        deleted = []
+        if self._api_client.get_job_status(namespace=namespace, job_name=self._step_job_name(step_handler_context, attempt)):
+            deleted.append(self._step_job_name(step_handler_context, attempt))
+        if attempt:
+            previous = self._step_job_name(step_handler_context, attempt - 1)
+            status = self._api_client.get_job_status(namespace=namespace, job_name=previous)
+            if status and status.active:
+                deleted.append(previous)
+        for job_name in deleted:
+            self._api_client.delete_job(job_name=job_name, namespace=namespace)
+        return deleted
 
 
 TENANT_K8S_CONFIG_SCHEMA = {
@@ -181,5 +213,10 @@ def tenant_k8s_job_executor(init_context) -> StepDelegatingExecutor:
     # same state, our behaviour: the stock handler's constructor already loaded the kube config
     handler = delegating._step_handler
     handler.__class__ = TenantNamespaceK8sStepHandler
-    handler.gpu_pending_timeout_s = init_context.executor_config["gpu_pending_timeout_seconds"]
+    timeout = init_context.executor_config["gpu_pending_timeout_seconds"]
+    if timeout < 60:
+        raise DagsterInvalidConfigError(
+            f"gpu_pending_timeout_seconds is {timeout}: it must be at least 60, or a GPU pod is given up "
+            "before the autoscaler could start a node for it", [], timeout)
+    handler.gpu_pending_timeout_s = timeout
     return delegating

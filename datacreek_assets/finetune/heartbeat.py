@@ -2,8 +2,8 @@
 
 A training stopped from outside leaves its heartbeat `running` (SIGKILL) or `interrupted`
 (SIGTERM of a reclaimed spot node, which Dagster turns into an interrupt); the attempt that
-picks the training up again (the Job's replacement pod, on spot, on-demand or as the CPU
-fallback) reads how long ago the last beat was: the reschedule latency. A training that ends
+picks the training up again (the step's retry, on on-demand GPUs or as the CPU fallback)
+reads how long ago the last beat was: the reschedule latency. A training that ends
 in Python (finished, failed, stopped by its quota) closes the heartbeat as finished or
 stopped, so a later run does not mistake it for an eviction.
 """

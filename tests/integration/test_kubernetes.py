@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -169,17 +170,14 @@ def prod_step_handler(kubeconfig: Path, **executor_config):
         return executor_def.executor_creation_fn(context)._step_handler
 
 
-def step_job(tmp_path, asset: str, attempt: int) -> dict:
-    """The Job the prod executor's step handler builds for `asset`'s step in a run of tenant acme,
-    at the given retry attempt: the handler's own container context (the run launcher's, as
-    configured in k8s/dagster/values.yaml, the executor's, the op's `dagster-k8s/config` and the
-    tenant's), rendered by dagster-k8s as the handler's launch_step does."""
+def step_handler_for(tmp_path, asset: str, attempt: int):
+    """(handler, context, launcher) for `asset`'s step in a run of tenant acme at the given retry
+    attempt: the prod executor's step handler, the run launcher as configured in
+    k8s/dagster/values.yaml, and the parts of a StepHandlerContext the handler reads."""
     from types import SimpleNamespace
 
     import dagster as dg
     from dagster._core.execution.plan.state import KnownExecutionState
-    from dagster_k8s.job import construct_dagster_k8s_job
-    from kubernetes.client import ApiClient
 
     from datacreek_assets.defs import build_definitions
     from datacreek_assets.k8s_launcher import TenantNamespaceK8sRunLauncher, TenantNamespaceK8sStepHandler
@@ -195,11 +193,25 @@ def step_job(tmp_path, asset: str, attempt: int) -> dict:
     op = build_definitions("prod").resolve_asset_graph().get(dg.AssetKey(asset)).assets_def.op
     step_key = op.name
     run = dg.DagsterRun(job_name="__ASSET_JOB", run_id="0123456789abcdef", tags={TENANT_TAG: "acme"})
-    context = SimpleNamespace(  # the parts of a StepHandlerContext that the container context reads
+    context = SimpleNamespace(
         dagster_run=run, instance=SimpleNamespace(run_launcher=launcher), step_tags={step_key: op.tags},
-        execute_step_args=SimpleNamespace(step_keys_to_execute=[step_key],
+        execute_step_args=SimpleNamespace(run_id=run.run_id, step_keys_to_execute=[step_key],
                                           known_state=KnownExecutionState(previous_retry_attempts={step_key: attempt})),
-        get_step_context=lambda key: SimpleNamespace(step=SimpleNamespace(op_name=op.name)))
+        get_step_context=lambda key: SimpleNamespace(step=SimpleNamespace(op_name=op.name),
+                                                     op_retry_policy=op.retry_policy))
+    return handler, context, launcher
+
+
+def step_job(tmp_path, asset: str, attempt: int) -> dict:
+    """The Job the prod executor's step handler builds for `asset`'s step in a run of tenant acme,
+    at the given retry attempt: the handler's own container context (the run launcher's, the
+    executor's, the op's `dagster-k8s/config` and the tenant's), rendered by dagster-k8s as the
+    handler's launch_step does."""
+    from dagster_k8s.job import construct_dagster_k8s_job
+    from kubernetes.client import ApiClient
+
+    handler, context, launcher = step_handler_for(tmp_path, asset, attempt)
+    step_key = context.execute_step_args.step_keys_to_execute[0]
     container = handler._get_container_context(context)
     job_config = container.get_k8s_job_config("registry.example.com/datacreek:0.1.0", launcher)
     job = construct_dagster_k8s_job(job_config, ["dagster", "api", "execute_step"], "dagster-step-0123",
@@ -208,6 +220,73 @@ def step_job(tmp_path, asset: str, attempt: int) -> dict:
     doc = ApiClient().sanitize_for_serialization(job)
     doc["metadata"]["namespace"] = container.namespace  # where the handler's create_namespaced_job puts it
     return doc
+
+
+class RecordedJobs:
+    """The Job and pod calls of dagster-k8s's client that the step handler makes, answered from
+    Kubernetes objects held here (no API server runs in these tests); deletions are recorded."""
+
+    def __init__(self, jobs: dict):
+        self.jobs, self.deleted = jobs, []  # job name -> (V1JobStatus, [V1Pod])
+
+    def get_job_status(self, namespace: str, job_name: str):
+        assert namespace == "tenant-acme"
+        return self.jobs[job_name][0] if job_name in self.jobs else None
+
+    def get_pods_in_job(self, job_name: str, namespace: str):
+        assert namespace == "tenant-acme"
+        return self.jobs[job_name][1] if job_name in self.jobs else []
+
+    def delete_job(self, job_name: str, namespace: str):
+        assert namespace == "tenant-acme"
+        self.deleted.append(job_name)
+        return self.jobs.pop(job_name, None) is not None
+
+
+def pending_job(waited_s: float):
+    """A Job whose one pod has found no node for ``waited_s`` seconds, as of now."""
+    from kubernetes.client import V1JobStatus
+
+    return V1JobStatus(active=1), [pod("Pending", "False", "Unschedulable", waited_s, now=datetime.now(timezone.utc))]
+
+
+def test_a_gpu_step_stuck_without_a_node_is_given_up_while_a_lower_rung_is_left(tmp_path):
+    handler, context, _ = step_handler_for(tmp_path, "finetuned_adapter", attempt=0)
+    name = handler._get_k8s_step_job_name(context)
+    handler._api_client = RecordedJobs({name: pending_job(1000)})
+    verdict = handler.check_step_health(context)
+    assert not verdict.is_healthy and "no node could take GPU Job" in verdict.unhealthy_reason
+    handler._api_client = RecordedJobs({name: pending_job(100)})  # under the 900 s limit
+    assert handler.check_step_health(context).is_healthy
+    handler._api_client = RecordedJobs({name: (pending_job(1000)[0], [pod("Running", "True", None, 1000)])})
+    assert handler.check_step_health(context).is_healthy
+
+
+def test_a_gpu_step_on_its_last_rung_or_without_retries_waits_for_capacity(tmp_path):
+    # chunk_embeddings has no retry policy: giving up would fail the run
+    handler, context, _ = step_handler_for(tmp_path, "chunk_embeddings", attempt=0)
+    handler._api_client = RecordedJobs({handler._get_k8s_step_job_name(context): pending_job(5000)})
+    assert handler.check_step_health(context).is_healthy
+    # finetuned_adapter's CPU rung asks for no GPU
+    handler, context, _ = step_handler_for(tmp_path, "finetuned_adapter", attempt=2)
+    handler._api_client = RecordedJobs({handler._get_k8s_step_job_name(context): pending_job(5000)})
+    assert handler.check_step_health(context).is_healthy
+
+
+def test_launching_a_retry_deletes_the_previous_attempts_live_job_only(tmp_path):
+    from kubernetes.client import V1JobStatus
+
+    first, first_context, _ = step_handler_for(tmp_path, "finetuned_adapter", attempt=0)
+    handler, context, _ = step_handler_for(tmp_path, "finetuned_adapter", attempt=1)
+    previous, own = first._get_k8s_step_job_name(first_context), handler._get_k8s_step_job_name(context)
+    assert previous != own
+    handler._api_client = RecordedJobs({previous: pending_job(1000)})
+    assert handler.delete_leftover_jobs(context) == [previous]
+    handler._api_client = RecordedJobs({previous: (V1JobStatus(failed=1), [pod("Failed", "True", None, 10)])})
+    assert handler.delete_leftover_jobs(context) == []  # an ended Job keeps its logs
+    # a restarted run worker relaunches an unhealthy step under the same name: that Job goes first
+    handler._api_client = RecordedJobs({own: pending_job(1000)})
+    assert handler.delete_leftover_jobs(context) == [own]
 
 
 @pytest.mark.parametrize("asset", ["finetuned_adapter", "chunk_embeddings"])
@@ -272,24 +351,24 @@ def test_a_gpu_steps_second_retry_falls_back_to_cpu_in_the_tenant_namespace(tmp_
     assert doc["metadata"]["namespace"] == "tenant-acme"
 
 
-def pod(phase: str, scheduled: str | None = None, reason: str | None = None, since_s: float = 0.0):
-    """A Kubernetes pod object as the API returns it, with its PodScheduled condition (if any)."""
-    from datetime import datetime, timedelta, timezone
+NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
+
+def pod(phase: str, scheduled: str | None = None, reason: str | None = None, since_s: float = 0.0, now=NOW):
+    """A Kubernetes pod object as the API returns it, with its PodScheduled condition (if any),
+    that condition last changed ``since_s`` before ``now``."""
     from kubernetes.client import V1Pod, V1PodCondition, V1PodStatus
 
-    since = datetime(2026, 1, 1, tzinfo=timezone.utc) - timedelta(seconds=since_s)
+    since = now - timedelta(seconds=since_s)
     conditions = [V1PodCondition(type="PodScheduled", status=scheduled, reason=reason, last_transition_time=since)] \
         if scheduled else None
     return V1Pod(status=V1PodStatus(phase=phase, conditions=conditions))
 
 
 def test_a_gpu_pod_counts_as_stuck_only_while_no_node_can_take_it():
-    from datetime import datetime, timezone
-
     from datacreek_assets.k8s_launcher import unschedulable_seconds
 
-    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    now = NOW
     assert unschedulable_seconds([pod("Pending", "False", "Unschedulable", 1000)], now) == 1000
     # an evicted predecessor does not count; the replacement's own wait does
     assert unschedulable_seconds([pod("Failed", "True", None, 5000), pod("Pending", "False", "Unschedulable", 30)], now) == 30
@@ -301,9 +380,13 @@ def test_a_gpu_pod_counts_as_stuck_only_while_no_node_can_take_it():
 
 
 def test_the_prod_executor_configures_how_long_a_gpu_step_may_wait_for_a_node(tmp_path):
+    import dagster as dg
+
     kubeconfig = offline_kubeconfig(tmp_path)
     assert prod_step_handler(kubeconfig).gpu_pending_timeout_s == 900
     assert prod_step_handler(kubeconfig, gpu_pending_timeout_seconds=120).gpu_pending_timeout_s == 120
+    with pytest.raises(dg.DagsterInvalidConfigError, match="at least 60"):
+        prod_step_handler(kubeconfig, gpu_pending_timeout_seconds=0)
 
 
 def test_a_step_without_a_gpu_keeps_its_placement_on_retries():
