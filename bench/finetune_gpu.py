@@ -10,10 +10,12 @@ and cannot download, so the check comes in two halves:
 splits SmolLM2's Q4_1 GGUF into parts small enough to send. `run` dequantizes the GGUF to
 the same fp32 base the `finetuned_adapter` asset trains, then measures, side by side:
 
-- tokens/s of the asset's loop (packed rows, measured micro-batch) on CUDA against
-  transformers `Trainer` + peft on CUDA (padded batches), the same LoRA config and steps;
-- tokens/s of the asset's loop on CUDA against the same loop on the machine's CPU cores;
-- that a run stopped after a checkpoint and resumed on CUDA ends with the adapter of an
+- tokens/s of the asset's loop (packed rows, measured micro-batch) against transformers
+  `Trainer` + peft (padded batches), both fp32 on the GPU, the same LoRA config and examples;
+- tokens/s of the loop with bfloat16 autocast (`gpu_precision="bf16"`) against the loop in
+  fp32 (the default), and the peak memory and last step's loss of each;
+- tokens/s of the loop as shipped on the GPU against the same loop on the machine's CPU cores;
+- that a run stopped after a checkpoint and resumed on the GPU ends with the adapter of an
   uninterrupted run (the largest absolute difference is reported, not assumed zero).
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -72,7 +75,7 @@ def run(folder: Path, out: Path, parts: list[Path], accelerator: str = "cuda", l
 
     from datacreek_assets.finetune.base_model import smollm2_from_gguf
     from datacreek_assets.finetune.packing import Example, pack
-    from datacreek_assets.finetune.training import PeakMemory, TrainConfig, train_lora, wrap_lora
+    from datacreek_assets.finetune.training import PeakMemory, TrainConfig, precision_of, train_lora, wrap_lora
 
     if accelerator == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: this benchmark compares GPU training and needs one", file=sys.stderr)
@@ -84,8 +87,11 @@ def run(folder: Path, out: Path, parts: list[Path], accelerator: str = "cuda", l
     examples = [Example(ids, labels) for ids, labels in json.loads((folder / "examples.json").read_text())][:limit]
     rows = pack(examples, MAX_LEN)
     real_tokens = sum(len(e.input_ids) for e in examples)
+    # `config` is the shipped default precision; bf16 autocast is measured against fp32 explicitly
     config = TrainConfig(effective_batch=max(1, len(rows) // PLANNED_STEPS), max_seq_len=MAX_LEN, learning_rate=1e-3,
                          checkpoint_every=10_000, eval_every=10_000, memory_budget_mb=8192)
+    fp32 = dataclasses.replace(config, gpu_precision="fp32")
+    bf16 = dataclasses.replace(config, gpu_precision="bf16")
     steps = math.ceil(len(rows) / config.effective_batch)  # the loop's optimizer steps (rounding adds one)
     cpu_threads = os.cpu_count() or 1
     torch.set_num_threads(cpu_threads)
@@ -94,64 +100,72 @@ def run(folder: Path, out: Path, parts: list[Path], accelerator: str = "cuda", l
         torch.manual_seed(config.seed)  # as the pipeline does: the same LoRA initialisation every run
         return wrap_lora(copy.deepcopy(base), config)
 
-    probes = {d: Path(tempfile.mkdtemp(prefix=f"probe-{d}-")) / "probe.json" for d in (accelerator, "cpu")}
-    peaks, results = {accelerator: [], "trainer": []}, {}
+    probe_dir = Path(tempfile.mkdtemp(prefix="probes-"))
+    peaks, results = {}, {}
 
     def loop_on(device: str, config=config, out_dir: Path | None = None, on_step=None):
+        label = f"{device}-{precision_of(device, False, config)}"
         model = fresh_model()
         try:
             with PeakMemory(device) as peak:
                 target = out_dir or Path(tempfile.mkdtemp(prefix="train-"))
                 result = train_lora(model, tokenizer.pad_token_id, rows, [], config, target, device=device,
-                                    on_step=on_step, probe_cache=probes[device])
-            peaks.setdefault(device, []).append(peak.peak / 2**20)
-            results[device] = result
+                                    on_step=on_step, probe_cache=probe_dir / f"{label}.json")
+            peaks.setdefault(label, []).append(peak.peak / 2**20)
+            results[label] = result
             return result
         finally:
             del model
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
 
-    def candidate_accel() -> int:
-        loop_on(accelerator)
-        return real_tokens
-
-    def candidate_cpu() -> int:
-        loop_on("cpu")
-        return real_tokens
+    def loop(device: str, config: TrainConfig):
+        def timed() -> int:
+            loop_on(device, config)
+            return real_tokens
+        return timed
 
     def trainer_accel() -> int:
         model = fresh_model()
         with PeakMemory(accelerator) as peak:
             trainer_baseline(model, tokenizer, examples, config, use_cpu=accelerator == "cpu")
-        peaks["trainer"].append(peak.peak / 2**20)
+        peaks.setdefault("trainer", []).append(peak.peak / 2**20)
         del model
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         return real_tokens
 
     # untimed warm-ups: CUDA context and kernels, and each side's micro-batch probe
-    loop_on(accelerator, TrainConfig(**{**config.__dict__, "max_steps": 1}))
-    loop_on("cpu", TrainConfig(**{**config.__dict__, "max_steps": 1}))
+    for device, warm in ((accelerator, bf16), (accelerator, fp32), ("cpu", config)):
+        loop_on(device, dataclasses.replace(warm, max_steps=1))
     gpu = torch.cuda.get_device_name(0) if accelerator == "cuda" else accelerator
+    shipped = f"{accelerator}-{precision_of(accelerator, False, config)}"
     padded = sum(len(r.input_ids) for r in rows)
     common = (f"{len(examples)} examples, {real_tokens} real tokens, {len(rows)} packed rows "
-              f"({padded / (len(rows) * MAX_LEN):.0%} full), loop {steps} optimizer steps of {config.effective_batch} rows, "
-              f"Trainer steps of {examples_per_trainer_step(examples)} examples")
+              f"({padded / (len(rows) * MAX_LEN):.0%} full), loop {steps} optimizer steps of {config.effective_batch} rows")
+
+    def side(label: str) -> str:
+        r = results[label]
+        return (f"{label}: micro-batch {r.micro_batch} x {r.accumulation}, peak memory {max(peaks[label]):.0f} MiB, "
+                f"last step loss {r.losses[-1][1]:.4f}")
+
     comparisons = [
-        Comparison(f"LoRA training tokens/s (SmolLM2-135M fp32, loop vs Trainer, both on {gpu})",
-                   candidate_accel, trainer_accel, unit="tokens", repeats=3,
-                   notes=lambda: (f"{common}; peak {accelerator} memory above start: loop {max(peaks[accelerator]):.0f} MiB, "
-                                  f"Trainer {max(peaks['trainer']):.0f} MiB; loop micro-batch "
-                                  f"{results[accelerator].micro_batch} x {results[accelerator].accumulation}")),
-        Comparison(f"LoRA training tokens/s (asset loop, {gpu} vs {cpu_threads} CPU threads)",
-                   candidate_accel, candidate_cpu, unit="tokens", repeats=1,
-                   notes=lambda: f"{common}; CPU micro-batch {results['cpu'].micro_batch} x {results['cpu'].accumulation}"),
+        Comparison(f"LoRA training tokens/s (SmolLM2-135M, loop vs Trainer, both fp32 on {gpu})",
+                   loop(accelerator, fp32), trainer_accel, unit="tokens", repeats=3,
+                   notes=lambda: (f"{common}, Trainer steps of {examples_per_trainer_step(examples)} examples; "
+                                  f"{side(f'{accelerator}-fp32')}; Trainer peak memory {max(peaks['trainer']):.0f} MiB")),
+        Comparison(f"LoRA training tokens/s (asset loop on {gpu}, bf16 autocast vs fp32)",
+                   loop(accelerator, bf16), loop(accelerator, fp32), unit="tokens", repeats=3,
+                   notes=lambda: f"{common}; {side(f'{accelerator}-bf16')}; {side(f'{accelerator}-fp32')}"),
+        Comparison(f"LoRA training tokens/s (asset loop as shipped, {gpu} vs {cpu_threads} CPU threads)",
+                   loop(accelerator, config), loop("cpu", config), unit="tokens", repeats=1,
+                   notes=lambda: f"{common}; {side(shipped)}; {side('cpu-fp32')}"),
     ]
     measured = [run_comparison(c, progress=lambda m: print(m, file=sys.stderr)) for c in comparisons]
 
-    # resume on the accelerator: a run stopped after step 2 (as a quota stop does: the step is checkpointed,
-    # then the error propagates) and resumed in a fresh model, against one uninterrupted run
+    # resume on the accelerator, as shipped: a run stopped after step 2 (as a quota stop does: the
+    # step is checkpointed, then the error propagates) and resumed in a fresh model, against one
+    # uninterrupted run
     straight_dir, resumed_dir = Path(tempfile.mkdtemp(prefix="straight-")), Path(tempfile.mkdtemp(prefix="resumed-"))
     straight, _ = _adapter_after(loop_on, accelerator, config, straight_dir)
     try:
@@ -161,14 +175,13 @@ def run(folder: Path, out: Path, parts: list[Path], accelerator: str = "cuda", l
         pass
     resumed, resumed_result = _adapter_after(loop_on, accelerator, config, resumed_dir)
     max_diff = max(float((straight[k] - resumed[k]).abs().max()) for k in straight)
-    losses = results[accelerator].losses
     summary = {
         "gpu": gpu, "torch": torch.__version__, "cuda": torch.version.cuda,
         "transformers": _version("transformers"), "peft": _version("peft"), "cpu_threads": cpu_threads,
         "results": [r.__dict__ for r in measured],
-        "resume": {"resumed_from_step": resumed_result.resumed_from, "steps": resumed_result.steps,
-                   "adapter_tensors": len(straight), "max_abs_diff": max_diff},
-        "step_losses": losses,
+        "resume": {"precision": shipped, "resumed_from_step": resumed_result.resumed_from,
+                   "steps": resumed_result.steps, "adapter_tensors": len(straight), "max_abs_diff": max_diff},
+        "step_losses": {label: r.losses for label, r in results.items()},
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "finetune_gpu.json").write_text(json.dumps(summary, indent=1, default=str))
@@ -176,10 +189,11 @@ def run(folder: Path, out: Path, parts: list[Path], accelerator: str = "cuda", l
     print(format_table(measured))
     for r in measured:
         print(f"  {r.name}: {r.notes}")
-    print(f"resume on {accelerator}: stopped after step {resumed_result.resumed_from} of {resumed_result.steps}, "
+    print(f"resume ({shipped}): stopped after step {resumed_result.resumed_from} of {resumed_result.steps}, "
           f"resumed in a fresh model; largest |difference| from an uninterrupted run over "
           f"{len(straight)} adapter tensors: {max_diff:.3g}")
-    print(f"{accelerator} step losses: {[round(loss, 4) for _, loss in losses]}")
+    for label, r in results.items():
+        print(f"{label} step losses: {[round(loss, 4) for _, loss in r.losses]}")
     return 0
 
 

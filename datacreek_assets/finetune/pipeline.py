@@ -23,7 +23,7 @@ from pathlib import Path
 from datacreek_assets.finetune.base_model import base_model_dir, load_base
 from datacreek_assets.finetune.packing import encode, pack
 from datacreek_assets.finetune.training import (
-    TrainConfig, TrainResult, plan_device, train_lora, wrap_lora, write_json_atomic,
+    TrainConfig, TrainResult, plan_device, precision_of, train_lora, wrap_lora, write_json_atomic,
 )
 
 DATASET_PREFIX = "datasets/sft"
@@ -127,7 +127,8 @@ def fine_tune(tenant_dir: Path, base_cache: Path, base_model: str, data: SftData
         reason = plan.reason
     train_rows, dropped = rows_for(tokenizer, data.train, config.max_seq_len)
     val_rows, _ = rows_for(tokenizer, data.validation, config.max_seq_len)
-    key = run_key(data.version, base_model, config, f"{plan.device}-{'int8' if load_8bit else 'fp32'}")
+    precision = precision_of(plan.device, load_8bit, config)
+    key = run_key(data.version, base_model, config, f"{plan.device}-{precision}")
     out_dir = tenant_dir / "runs" / key
     out_dir.mkdir(parents=True, exist_ok=True)
     run_file = out_dir / "mlflow_run_id"
@@ -139,7 +140,7 @@ def fine_tune(tenant_dir: Path, base_cache: Path, base_model: str, data: SftData
             "lora_rank": config.lora_rank, "lora_alpha": config.lora_alpha, "base_model": base_model,
             "dataset_version": data.version, "template_sha": data.template_sha,
             "effective_batch": config.effective_batch, "max_seq_len": config.max_seq_len,
-            "device": plan.device, "load_in_8bit": load_8bit, "run_key": key,
+            "device": plan.device, "load_in_8bit": load_8bit, "precision": precision, "run_key": key,
         })
         run_file.write_text(run_id)
     if rescheduled_after is not None:
@@ -154,7 +155,7 @@ def fine_tune(tenant_dir: Path, base_cache: Path, base_model: str, data: SftData
 
     heartbeat.beat(key, 0, plan.device)
     try:
-        probe_cache = base_dir / "probes" / (f"{plan.device}-{'int8' if load_8bit else 'fp32'}-{config.max_seq_len}"
+        probe_cache = base_dir / "probes" / (f"{plan.device}-{precision}-{config.max_seq_len}"
                                              f"-r{config.lora_rank}-{'_'.join(config.target_modules)}.json")
         result = train_lora(peft_model, tokenizer.pad_token_id, train_rows, val_rows, config, out_dir, plan.device,
                             on_step=step_done, probe_cache=probe_cache)

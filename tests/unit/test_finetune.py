@@ -17,7 +17,8 @@ torch = pytest.importorskip("torch")
 from datacreek_assets.finetune.base_model import TINY, base_model_dir, load_base  # noqa: E402
 from datacreek_assets.finetune.packing import IGNORE, collate, encode, pack  # noqa: E402
 from datacreek_assets.finetune.training import (  # noqa: E402
-    TrainConfig, accumulation_steps, micro_batch_for, plan_device, token_loss_sum, train_lora, wrap_lora,
+    TrainConfig, accumulation_steps, forward_precision, micro_batch_for, plan_device, precision_of, token_loss_sum,
+    train_lora, wrap_lora,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -122,6 +123,26 @@ def test_device_plan():
     assert multi.accelerate_config and Path(multi.accelerate_config).read_text().count("zero_stage: 3") == 1
     with pytest.raises(ValueError):
         plan_device(0, "int4")
+
+
+def test_bf16_autocast_applies_on_cuda_only_and_keys_its_own_runs(tiny, tmp_path):
+    import contextlib
+
+    from datacreek_assets.finetune.pipeline import run_key
+
+    bf16, fp32 = TrainConfig(gpu_precision="bf16"), TrainConfig()
+    assert precision_of("cuda", False, bf16) == "bf16" and precision_of("cuda", False, fp32) == "fp32"
+    assert precision_of("cpu", False, bf16) == "fp32" and precision_of("cpu", True, bf16) == "int8"
+    assert isinstance(forward_precision("cpu", bf16), contextlib.nullcontext)
+    assert isinstance(forward_precision("cuda", bf16), torch.autocast)
+    assert isinstance(forward_precision("cuda", fp32), contextlib.nullcontext)
+    # checkpoints of one precision never resume into the other
+    assert run_key("d1", "base", bf16, "cuda-bf16") != run_key("d1", "base", fp32, "cuda-fp32")
+    model, tokenizer = tiny
+    unknown = TrainConfig(gpu_precision="fp16")
+    with pytest.raises(ValueError, match="gpu_precision"):
+        train_lora(wrap_lora(model, unknown), tokenizer.pad_token_id, rows(tokenizer), [], unknown, tmp_path)
+    assert not (tmp_path / "checkpoints").exists()  # refused before any work
 
 
 TRAIN_SCRIPT = """

@@ -34,6 +34,7 @@ class FineTuneConfig(dg.Config):
     memory_budget_mb: int = TrainConfig.memory_budget_mb
     checkpoint_every: int = TrainConfig.checkpoint_every
     eval_every: int = TrainConfig.eval_every
+    gpu_precision: str = TrainConfig.gpu_precision  # "bf16" autocast or "fp32", on CUDA only
 
 
 @tenant_asset(
