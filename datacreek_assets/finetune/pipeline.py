@@ -53,8 +53,12 @@ def read_sft(store) -> SftData:
 
 
 def run_key(dataset_version: str, base_model: str, config: TrainConfig, placement: str = "") -> str:
-    """Checkpoints resume only into the same data, base, configuration and placement (device, precision)."""
-    blob = json.dumps([dataset_version, base_model, asdict(config), placement], sort_keys=True, default=list)
+    """Checkpoints resume only into the same data, base, configuration and placement (device, precision).
+
+    The precision the training computes in is part of ``placement``: ``gpu_precision`` is left out
+    of the configuration hashed here, so it changes nothing on CPU and keeps earlier keys valid."""
+    settings = {k: v for k, v in asdict(config).items() if k != "gpu_precision"}
+    blob = json.dumps([dataset_version, base_model, settings, placement], sort_keys=True, default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -81,6 +85,7 @@ class FineTuneOutcome:
     load_in_8bit: bool
     dropped_too_long: int
     reschedule_latency_s: float | None = None  # after an interrupted attempt (see heartbeat.py)
+    precision: str = "fp32"  # what the training computed in: fp32, bf16 (CUDA autocast) or int8 (CPU base)
 
 
 def gives_memory_back(func):
@@ -128,6 +133,9 @@ def fine_tune(tenant_dir: Path, base_cache: Path, base_model: str, data: SftData
     train_rows, dropped = rows_for(tokenizer, data.train, config.max_seq_len)
     val_rows, _ = rows_for(tokenizer, data.validation, config.max_seq_len)
     precision = precision_of(plan.device, load_8bit, config)
+    if precision == "bf16" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise FineTuneError("gpu_precision 'bf16' needs a GPU with native bfloat16 (compute capability 8.0 or "
+                            "newer); this one would emulate it slowly: use 'fp32'")
     key = run_key(data.version, base_model, config, f"{plan.device}-{precision}")
     out_dir = tenant_dir / "runs" / key
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -176,8 +184,9 @@ def fine_tune(tenant_dir: Path, base_cache: Path, base_model: str, data: SftData
     write_json_atomic(tenant_dir / "latest.json", {
         "run_key": key, "mlflow_run_id": run_id, "dataset_version": data.version, "base_model": base_model,
         "base_dir": str(base_dir), "adapter_dir": result.adapter_dir, "device": plan.device,
-        "load_in_8bit": load_8bit})
-    return FineTuneOutcome(key, run_id, data, result, plan.device, reason, load_8bit, dropped, rescheduled_after)
+        "load_in_8bit": load_8bit, "precision": precision})
+    return FineTuneOutcome(key, run_id, data, result, plan.device, reason, load_8bit, dropped, rescheduled_after,
+                           precision)
 
 
 def _log_training(tracking, run_id: str, result: TrainResult) -> None:

@@ -26,6 +26,7 @@ from typing import Callable
 from datacreek_assets.finetune.packing import IGNORE, PackedRow, collate
 
 ACCELERATE_ZERO3 = Path(__file__).with_name("accelerate_zero3.yaml")
+GPU_PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -47,7 +48,12 @@ class TrainConfig:
     # On CUDA: "fp32", or "bf16" to run forward passes under bfloat16 autocast (LoRA weights,
     # gradients and optimizer stay fp32): 13 % less GPU memory for SmolLM2-135M on an H100 but
     # 0.8-0.9x the tokens/s, so fp32 is the default (bench/finetune_gpu.py). CPU: fp32 or int8.
+    # The precision a run computes in is part of its run key (pipeline.run_key's placement).
     gpu_precision: str = "fp32"
+
+    def __post_init__(self):
+        if self.gpu_precision not in GPU_PRECISIONS:
+            raise ValueError(f"gpu_precision must be one of {GPU_PRECISIONS}, not {self.gpu_precision!r}")
 
 
 @dataclass
@@ -72,13 +78,8 @@ def plan_device(gpus: int, cpu_fallback: str) -> DevicePlan:
     return DevicePlan("cpu", 0, cpu_fallback == "int8", None, f"no GPU: CPU fallback, base in {cpu_fallback}")
 
 
-GPU_PRECISIONS = ("bf16", "fp32")
-
-
 def precision_of(device: str, load_in_8bit: bool, config: TrainConfig) -> str:
     """The precision a training computes in, as checkpoints and memory probes are keyed by it."""
-    if config.gpu_precision not in GPU_PRECISIONS:
-        raise ValueError(f"gpu_precision must be one of {GPU_PRECISIONS}, not {config.gpu_precision!r}")
     if load_in_8bit:
         return "int8"
     return config.gpu_precision if device == "cuda" else "fp32"
@@ -223,7 +224,6 @@ def train_lora(model, pad_id: int, train_rows: list[PackedRow], val_rows: list[P
 
     if not train_rows:
         raise ValueError("no training rows: the dataset is empty after filtering")
-    precision_of(device, False, config)  # refuses an unknown precision before any work
     torch.manual_seed(config.seed)
     model.to(device)
     model.train()

@@ -125,3 +125,20 @@ def test_a_fine_tune_that_runs_out_of_credits_ends_failed_quota_and_others_are_u
     assert fine.success and STATUS_TAG not in instance.get_run_by_id(fine.run_id).tags
     [meter] = ledger.meters("globex")
     assert meter.status == "closed" and meter.resource == "cpu"  # no GPU here: the CPU fallback is metered
+
+
+def test_an_invalid_precision_fails_once_before_any_training_or_billing(stores, instance):
+    objects, finetune, ledger = stores
+    write_dataset(objects, "hooli")
+    instance.add_dynamic_partitions(TENANTS_PARTITION, ["hooli"])
+    bad = {"ops": {"finetuned_adapter": {"config": {**TRAINING["ops"]["finetuned_adapter"]["config"],
+                                                    "gpu_precision": "fp16"}}}}
+    result = dg.materialize([finetuned_adapter], partition_key="hooli", instance=instance, run_config=bad,
+                            resources={"object_store": objects, "finetune": finetune(0.0), "credit_ledger": ledger},
+                            raise_on_error=False)
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "invalid fine-tuning config: gpu_precision must be one of" in failure.step_failure_data.error.message
+    assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]  # retried on no rung
+    assert not finetune(0.0).tenant_dir("hooli").exists()  # no checkpoints, heartbeat or MLflow run file
+    assert ledger.ledger().meters("hooli") == []  # nothing was metered

@@ -57,9 +57,12 @@ def finetuned_adapter(context: dg.AssetExecutionContext, config: FineTuneConfig,
     from datacreek_assets.finetune.pipeline import fine_tune, read_sft
 
     tenant = validate_tenant_id(context.partition_key)
+    try:
+        train_config = TrainConfig(**config.model_dump())
+    except ValueError as err:  # a wrong run config fails the same way on every rung: no retries
+        raise dg.Failure(f"invalid fine-tuning config: {err}", allow_retries=False) from err
     torch.set_num_threads(finetune.threads)
     data = read_sft(object_store.for_tenant(tenant))
-    train_config = TrainConfig(**config.model_dump())
     tracking = finetune.tracking(tenant)
 
     gpus = torch.cuda.device_count()
@@ -87,6 +90,7 @@ def finetuned_adapter(context: dg.AssetExecutionContext, config: FineTuneConfig,
             "device": outcome.device,
             "device_plan": outcome.device_reason,
             "base_in_8bit": outcome.load_in_8bit,
+            "precision": outcome.precision,
             "train_records": len(data.train),
             "dropped_too_long": outcome.dropped_too_long,
             "steps": result.steps,
