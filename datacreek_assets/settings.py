@@ -36,6 +36,7 @@ class LocalSettings:
     canary_min_requests: int = 20
     canary_promote_after_s: float = 300.0
     canary_promote_min_requests: int = 100
+    canary_min_p99_gap_ms: float = 25.0  # below this absolute p99 gap a ratio is noise, not a regression
 
     @property
     def dagster_home(self) -> Path:

@@ -58,6 +58,7 @@ def build_resources(profile: str, settings: LocalSettings | None = None) -> dict
                 min_requests=settings.canary_min_requests,
                 promote_after_s=settings.canary_promote_after_s,
                 promote_min_requests=settings.canary_promote_min_requests,
+                min_p99_gap_ms=settings.canary_min_p99_gap_ms,
             ),
         }
     if profile == "prod":
