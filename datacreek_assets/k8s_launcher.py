@@ -13,9 +13,8 @@ import json
 from datetime import datetime, timezone
 
 from dagster import DagsterInvalidConfigError, Field, IntSource, executor
-from dagster._core.executor.step_delegating import CheckStepHealthResult
 from dagster._core.definitions.executor_definition import multiple_process_executor_requirements
-from dagster._core.executor.step_delegating import StepDelegatingExecutor
+from dagster._core.executor.step_delegating import CheckStepHealthResult, StepDelegatingExecutor
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster_k8s import K8sRunLauncher, k8s_job_executor
 from dagster_k8s.container_context import K8sContainerContext
@@ -49,8 +48,6 @@ class TenantNamespaceK8sRunLauncher(K8sRunLauncher):
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TAINT_KEYS = {"preemptible", GPU_RESOURCE}
 PLACEMENT_LABEL = "datacreek/placement"
-
-
 GPU_POOL_LABEL = "datacreek/gpu-pool"
 
 
@@ -142,7 +139,7 @@ class TenantNamespaceK8sStepHandler(K8sStepHandler):
         return known.get_retry_state().get_attempt_count(self._get_step_key(step_handler_context)) if known else 0
 
     def _step_job_name(self, step_handler_context, attempt: int) -> str:
-        """The name the stock handler gives this step's Job at ``attempt``."""
+        """The name the stock handler gives this step's Job at ``attempt`` (an earlier one here)."""
         key = get_k8s_job_name(step_handler_context.execute_step_args.run_id, self._get_step_key(step_handler_context))
         return f"dagster-step-{key}-{attempt}" if attempt else f"dagster-step-{key}"
 
@@ -183,9 +180,8 @@ class TenantNamespaceK8sStepHandler(K8sStepHandler):
         coming, or an evicted pod's replacement). A previous Job that ended stays, with its logs."""
         namespace = self._get_container_context(step_handler_context).namespace
         attempt = self._attempt(step_handler_context)
-        deleted = []
-        if self._api_client.get_job_status(namespace=namespace, job_name=self._step_job_name(step_handler_context, attempt)):
-            deleted.append(self._step_job_name(step_handler_context, attempt))
+        own = self._get_k8s_step_job_name(step_handler_context)
+        deleted = [own] if self._api_client.get_job_status(namespace=namespace, job_name=own) else []
         if attempt:
             previous = self._step_job_name(step_handler_context, attempt - 1)
             status = self._api_client.get_job_status(namespace=namespace, job_name=previous)
