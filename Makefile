@@ -12,7 +12,13 @@ export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help venv prereqs demo test bench dev services-up services-down services-status clean
+# llama.cpp is built for one instruction set, named here, so every machine (AVX2, AVX-512, AMX)
+# runs the same kernels and a GGUF judged on one is judged alike on the next; the build needs
+# an x86-64 CPU with AVX2 and FMA (2013 on). scripts/test-cpu-variants.sh also tries AVX-512.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_CUDA=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON \
+	-DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF
+
+.PHONY: help venv prereqs demo test test-cpu-variants bench dev services-up services-down services-status clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -25,7 +31,7 @@ $(STAMP): pyproject.toml requirements.lock requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# llama-cpp-python builds from source once (~4 min on 2 cores); pip's wheel cache keeps the result.
-	CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_CUDA=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip install -q -r requirements.lock
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip install -q -r requirements.lock
 	$(BIN)/pip install -q --no-deps -r requirements-nodeps.txt
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
@@ -43,6 +49,9 @@ demo: prereqs venv ## set up, start services, build every asset for the demo ten
 
 test: prereqs venv ## set up and run the whole test suite against real services
 	$(BIN)/python -m pytest -p no:cacheprovider -ra $(PYTEST_ARGS)
+
+test-cpu-variants: prereqs venv ## the numeric tests as other CPUs run them (torch's kernel sets, llama.cpp with AVX-512)
+	bash scripts/test-cpu-variants.sh
 
 bench: prereqs venv ## run every benchmark side by side with its baseline
 	$(BIN)/python -m bench $(BENCH_ARGS)

@@ -34,9 +34,11 @@ def settings(tmp_path_factory) -> LocalSettings:
         # and more, so a 100 ms floor keeps those rollbacks and ignores such stalls.
         canary_min_p99_gap_ms=100.0,
         base_model="tiny-llama",  # the demo trains SmolLM2; tests train a 2-layer random Llama
-        # A random 2-layer model cannot learn held-out facts, so the graph test only asks the tuned
-        # model not to be worse; tests/integration/test_finetune_assets.py exercises the gate itself.
-        eval_margin=0.0,
+        # A random 2-layer model cannot learn held-out facts: whether its tuned F1 ties, beats or
+        # trails the base's on a handful of questions follows the CPU's float kernels in training,
+        # not the code. So the graph tests release whatever trained (F1 is in [0, 1]);
+        # tests/integration/test_finetune_assets.py exercises the gate itself, both ways.
+        eval_margin=-1.0,
     )
 
 

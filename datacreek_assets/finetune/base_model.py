@@ -83,7 +83,7 @@ def _tiny_corpus() -> list[str]:
     return [module_text(name)[1] for name in MODULES]
 
 
-def tiny_llama(corpus: list[str], vocab_size: int = 2048):
+def tiny_llama(corpus: list[str], vocab_size: int = 2048, seed: int = 0):
     """A 2-layer random Llama with a byte-level BPE tokenizer trained on ``corpus`` (tests only)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -99,7 +99,7 @@ def tiny_llama(corpus: list[str], vocab_size: int = 2048):
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|im_start|>", eos_token="<|im_end|>",
                                         pad_token="<|endoftext|>", unk_token="<|endoftext|>")
     tokenizer.chat_template = CHATML_TEMPLATE
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                          rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=True,

@@ -112,7 +112,11 @@ def test_every_asset_materializes_for_a_small_tenant(services, local_resources, 
     assert "data:image/png;base64," in lens["lens"]
     mapper = first.metadata["mapper_graph"]
     assert mapper["clusters"] > 0 and len(mapper["bootstrap_cluster_counts"]) == 20
-    assert check_results(instance, first.run_id)["mapper_stability"][0] == (mapper["cluster_count_cv"] <= 0.05)
+    stability_passed, stability = check_results(instance, first.run_id)["mapper_stability"]
+    if stability["points"] < stability["min_points"]:  # six documents: reported, not judged, and said so
+        assert stability_passed and not stability["judged"] and stability["note"].startswith("advisory")
+    else:
+        assert stability["judged"] and stability_passed == (mapper["cluster_count_cv"] <= 0.05)
 
     # a document leaves the inbox: its graph data, vectors and dataset records go with it
     frame, _ = read_vectors(objects)
@@ -143,6 +147,7 @@ def test_every_asset_materializes_for_a_small_tenant(services, local_resources, 
     checks = check_results(instance, first.run_id)
     assert checks["gguf_matches_torch"][0], checks["gguf_matches_torch"]
     assert checks["gguf_matches_torch"][1]["f32_max_abs_logit_diff"] < 1e-3
+    assert checks["gguf_matches_torch"][1]["f16_argmax_mismatches"] == 0
     assert checks["tuned_beats_base"][0], checks["tuned_beats_base"]
     qa = first.metadata["qa_eval"]
     assert qa["questions"] == min(40, sft["splits"]["validation"]) and qa["reward_avg"] == qa["tuned_f1"]

@@ -18,8 +18,6 @@ from datacreek_assets.pictures import eval_comparison_picture, loss_curve_pictur
 from datacreek_assets.tenancy import validate_tenant_id
 from resources.stores import CreditLedgerResource, FineTuneResource, ObjectStoreResource
 
-LOGIT_TOLERANCE = 1e-3
-
 
 class FineTuneConfig(dg.Config):
     """The run-config face of TrainConfig (its defaults are the one source)."""
@@ -143,8 +141,10 @@ def gguf_model(context: dg.AssetExecutionContext, finetune: FineTuneResource) ->
 
 
 @dg.asset_check(asset=gguf_model, blocking=True,
-                description="llama.cpp loads each file: f32 logits within 1e-3 of torch (f32 KV cache), greedy "
-                "tokens of the f16 file and of base f16 + adapter equal torch's.")
+                description="llama.cpp loads each file and is fed torch's tokens (teacher forcing): the f32 "
+                "export's logits within 1e-3 of torch (f32 KV cache); for the f16 file and base f16 + adapter, "
+                "torch's argmax wherever its top-1/top-2 margin exceeds twice the measured f16 error, and "
+                "|Δlogit| a small fraction of the logits' range.")
 def gguf_matches_torch(context: dg.AssetCheckExecutionContext, finetune: FineTuneResource) -> dg.AssetCheckResult:
     from datacreek_assets.finetune.pipeline import read_latest, verify_release
 
@@ -153,9 +153,7 @@ def gguf_matches_torch(context: dg.AssetCheckExecutionContext, finetune: FineTun
     manifest = json.loads((finetune.tenant_dir(tenant) / "gguf" / latest["run_key"] / "manifest.json").read_text())
     with tempfile.TemporaryDirectory(dir=finetune.tenant_dir(tenant)) as scratch:
         report = verify_release(latest, manifest, Path(scratch))
-    passed = (report["f32_max_abs_logit_diff"] <= LOGIT_TOLERANCE and report["f16_greedy_match"]
-              and report["adapter_greedy_match"])
-    return dg.AssetCheckResult(passed=passed, metadata={k: v for k, v in report.items()})
+    return dg.AssetCheckResult(passed=report.pop("passed"), metadata=report)
 
 
 @tenant_asset(
@@ -237,6 +235,6 @@ def tuned_beats_base(context: dg.AssetCheckExecutionContext, finetune: FineTuneR
     report = json.loads(report_path.read_text())
     gain = report["tuned"]["f1"] - report["base"]["f1"]
     return dg.AssetCheckResult(
-        passed=gain >= report["margin"],
+        passed=bool(report["passed"]),  # the verdict qa_eval recorded (and acted on): computed once
         metadata={"base_f1": report["base"]["f1"], "tuned_f1": report["tuned"]["f1"], "gain": round(gain, 4),
                   "margin": report["margin"], "run_key": report["run_key"]})
