@@ -129,6 +129,9 @@ def cli(ctx: click.Context, profile: str | None) -> None:
     Exit codes: 0 ok, 1 run failed, 2 bad input, 3 service/config unavailable,
     4 refused without --force.
     """
+    from datacreek_assets.quiet import quiet_third_party
+
+    quiet_third_party()  # before any library is imported: runs execute their steps in this process
     try:
         ctx.obj = Context(profile or current_profile())
     except ConfigError as err:
@@ -449,6 +452,22 @@ def materialize(obj: Context, tenant_id: str, select: str) -> None:
         _fail(RuntimeError(summary.error), EXIT_FAILED)
 
 
+@contextlib.contextmanager
+def _terminal_console():
+    """A rich console on a copy of stdout's file descriptor. While a run executes in this process,
+    Dagster points fds 1 and 2 at the run's compute-log files (and tails them back): a console on
+    fd 1 would then see a file, not a terminal, and draw its progress bar only once the run ended."""
+    from rich.console import Console
+
+    try:
+        fd = os.dup(sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):  # stdout is no file (click's test runner)
+        yield Console()
+        return
+    with open(fd, "w", encoding=sys.stdout.encoding or "utf-8", errors="replace", buffering=1) as stream:
+        yield Console(file=stream)
+
+
 def _materialize(obj: Context, tenant_id: str, selection):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -460,14 +479,22 @@ def _materialize(obj: Context, tenant_id: str, selection):
     if not instance.has_dynamic_partition(TENANTS_PARTITION, tenant_id):
         raise UnknownTenant(f"tenant {tenant_id!r} has no partition; run `datacreek tenant add {tenant_id}` first")
     defs = obj.definitions()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
+    # the one progress display: assets done of the run's, what is being built now (a training's
+    # step, total steps and loss); the libraries' own bars are off (datacreek_assets.quiet)
+    with _terminal_console() as console, Progress(TextColumn("{task.description}"), BarColumn(),
+                                                  MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
         total = len(selection) if selection else len(main_graph(defs))
         task = bar.add_task(f"materializing {tenant_id}", total=total)
 
-        def progress(key: str, done: int, _total: int) -> None:
-            bar.update(task, completed=done, description=f"materialized {key}")
+        def progress(_key: str, done: int, _total: int) -> None:
+            bar.update(task, completed=done)
 
-        summary = materialize_tenant(defs, tenant_id, instance, selection, on_progress=progress)
+        def activity(line: str) -> None:
+            bar.update(task, description=line)
+
+        summary = materialize_tenant(defs, tenant_id, instance, selection, on_progress=progress,
+                                     on_activity=activity)
+        bar.update(task, description=f"materialized {tenant_id}")
     status = "succeeded" if summary.success else "FAILED"
     click.echo(f"run {summary.run_id} {status} in {summary.seconds:.1f}s")
     return summary

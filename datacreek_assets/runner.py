@@ -1,6 +1,7 @@
 """Materialize a tenant's assets in-process against the persistent Dagster
 instance (so the runs show up in the UI), with progress read back from the
-instance's event log while the run executes."""
+instance's event log while the run executes: the assets done, the one being
+built and, while it trains, the training's step, total steps and loss."""
 
 from __future__ import annotations
 
@@ -48,6 +49,31 @@ def _materializations(instance: dg.DagsterInstance, run_id: str) -> list[dg.Even
     return [r.event_log_entry for r in records]
 
 
+_STEP_EVENTS = {dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE,
+                dg.DagsterEventType.STEP_SKIPPED}
+
+
+def _running_step(instance: dg.DagsterInstance, run_id: str) -> tuple[str, float] | None:
+    """(step key, start time) of the step the run executes now (an in-process run executes one
+    at a time), or None."""
+    running = None
+    for record in instance.get_records_for_run(run_id, of_type=_STEP_EVENTS).records:
+        entry = record.event_log_entry
+        if entry.dagster_event.event_type == dg.DagsterEventType.STEP_START:
+            running = (entry.step_key, entry.timestamp)
+        elif running and entry.step_key == running[0]:
+            running = None
+    return running
+
+
+def activity_line(step_key: str, training: tuple[int, int, float] | None) -> str:
+    """What the run does now, in one line: 'building gguf_model', 'finetuned_adapter: step 12/40, loss 2.3140'."""
+    if training is None:
+        return f"building {step_key}"
+    step, total, loss = training
+    return f"{step_key}: step {step}/{total}, loss {loss:.4f}"
+
+
 def materialize_tenant(
     defs: dg.Definitions,
     tenant_id: str,
@@ -57,7 +83,13 @@ def materialize_tenant(
     launched_by: str = "cli",
     run_config: dict | None = None,
     tags: dict[str, str] | None = None,
+    on_activity: Callable[[str], None] | None = None,
 ) -> RunSummary:
+    """Run the tenant's ``selection`` (default: the main graph) in this process and wait for it.
+
+    ``on_progress(key, done, total)`` is called as each asset is materialized;
+    ``on_activity(line)`` with what the run does now (see ``activity_line``), when that changes.
+    """
     job = defs.resolve_implicit_global_asset_job_def()
     graph = defs.resolve_asset_graph()
     all_keys = sorted(k.to_user_string() for k in graph.get_all_asset_keys())
@@ -68,8 +100,16 @@ def materialize_tenant(
     token = uuid.uuid4().hex
     tags = {**(tags or {}), **tenant_tags(tenant_id, launched_by), "datacreek/launch-token": token}
     outcome: dict = {}
+    training: dict[str, tuple] = {}  # the latest training step and when it ended, set in the run's thread
+
+    def observe(step: int, total: int, loss: float) -> None:
+        training["last"] = (step, total, loss, time.time())
 
     def run() -> None:
+        if on_activity is not None:
+            from datacreek_assets.finetune.training import STEP_OBSERVER
+
+            STEP_OBSERVER.set(observe)  # in this thread's context: no other run sees it
         try:
             outcome["result"] = job.execute_in_process(
                 partition_key=tenant_id,
@@ -88,6 +128,7 @@ def materialize_tenant(
     worker.start()
     run_id = None
     done: set[str] = set()
+    shown = None
     while worker.is_alive():
         worker.join(0.5)
         if run_id is None:
@@ -99,6 +140,14 @@ def materialize_tenant(
                 if key not in done:
                     done.add(key)
                     on_progress(key, len(done), len(wanted))
+        running = _running_step(instance, run_id) if run_id and on_activity else None
+        if running:
+            step_key, started_at = running
+            last = training.get("last")  # a training's steps belong to the step that runs it
+            line = activity_line(step_key, last[:3] if last and last[3] >= started_at else None)
+            if line != shown:
+                shown = line
+                on_activity(line)
     if "error" in outcome:
         raise outcome["error"]
     result = outcome["result"]

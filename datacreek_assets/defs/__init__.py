@@ -9,6 +9,10 @@ from datacreek_assets.settings import LocalSettings, current_profile
 
 def build_definitions(profile: str | None = None, settings: LocalSettings | None = None) -> dg.Definitions:
     """Build the code location. Reads the environment now (definition-build time), not at import."""
+    from datacreek_assets.quiet import quiet_third_party
+
+    # every process that loads the code location (code server, run and step workers): first
+    quiet_third_party()
     from datacreek_assets.defs.billing import definitions as billing_defs
     from datacreek_assets.defs.datasets import definitions as dataset_defs
     from datacreek_assets.defs.embeddings import definitions as embedding_defs

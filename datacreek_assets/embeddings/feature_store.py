@@ -58,8 +58,10 @@ def open_feature_store(settings: FeatureStoreSettings):
     """A FeatureStore with Datacreek's definitions applied (once per process and registry)."""
     from feast import FeatureStore
 
+    from datacreek_assets.quiet import quiet_third_party
     from feature_repo.features import definitions
 
+    quiet_third_party()  # importing feast turned every DeprecationWarning on: the filters go back in front
     if not settings.offline_dir.startswith("s3://"):
         for view in ("chunk_embeddings", "chunk_topology"):
             Path(settings.offline_dir, view).mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ weights as a run that was never interrupted.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import math
 import os
@@ -27,6 +28,10 @@ from datacreek_assets.finetune.packing import IGNORE, PackedRow, collate
 
 ACCELERATE_ZERO3 = Path(__file__).with_name("accelerate_zero3.yaml")
 GPU_PRECISIONS = ("fp32", "bf16")
+# Whoever shows a training live (runner.materialize_tenant, for the CLI's progress bar) sets this in
+# the context the run executes in; it gets (step, total steps, loss) after every optimizer step.
+STEP_OBSERVER: contextvars.ContextVar[Callable[[int, int, float], None] | None] = contextvars.ContextVar(
+    "datacreek_training_step_observer", default=None)
 
 
 @dataclass
@@ -305,6 +310,8 @@ def train_lora(model, pad_id: int, train_rows: list[PackedRow], val_rows: list[P
             due = done % config.checkpoint_every == 0 or done == total_steps
             if due:
                 checkpoint(done)
+            if (observer := STEP_OBSERVER.get()) is not None:
+                observer(done, total_steps, step_loss)
             if on_step:
                 try:
                     on_step(done, step_loss)

@@ -17,7 +17,8 @@ def test_matches_sentence_transformers_and_keeps_order():
     from sentence_transformers import SentenceTransformer
 
     ours = embed_texts(TEXTS, threads=1, token_budget=64)  # small budget: several batches
-    reference = SentenceTransformer(str(model_dir()), device="cpu").encode(TEXTS, normalize_embeddings=True)
+    reference = SentenceTransformer(str(model_dir()), device="cpu").encode(TEXTS, normalize_embeddings=True,
+                                                                        show_progress_bar=False)
     assert ours.shape == (len(TEXTS), DIMENSION) and ours.dtype == np.float32
     cosine = (ours * reference).sum(axis=1)
     assert cosine.min() > 0.9999

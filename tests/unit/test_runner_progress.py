@@ -1,0 +1,72 @@
+"""materialize_tenant says what a run does now, for the CLI's one progress bar: the step being
+built and, while a training runs in it, the training's step, total steps and loss."""
+
+from __future__ import annotations
+
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import dagster as dg
+
+from datacreek_assets.finetune.training import STEP_OBSERVER
+from datacreek_assets.partitions import TENANTS_PARTITION, tenant_asset
+from datacreek_assets.runner import activity_line, materialize_tenant
+
+
+SHOWN: list[str] = []  # what the runner reported, appended from the polling thread
+
+
+def wait_until_shown(pattern: str, timeout_s: float = 120.0) -> None:
+    """Hold the step until the runner (polling every 0.5 s) has shown it: no race with a busy machine.
+    On a timeout the step goes on and the test's assertions say what was never shown."""
+    deadline = time.monotonic() + timeout_s
+    while not any(re.fullmatch(pattern, line) for line in SHOWN) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+@tenant_asset()
+def prepared() -> None:
+    wait_until_shown("building prepared")
+
+
+@tenant_asset(deps=[prepared])
+def trained() -> None:
+    """A real LoRA training (train_lora) of a one-layer random Llama: 4 optimizer steps."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from datacreek_assets.finetune.packing import PackedRow
+    from datacreek_assets.finetune.training import TrainConfig, train_lora, wrap_lora
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1))
+    config = TrainConfig(lora_rank=2, effective_batch=2, max_steps=4, target_modules=("q_proj", "v_proj"))
+    rows = [PackedRow(list(range(1, 9)), list(range(1, 9)), list(range(8)), [1] * 8) for _ in range(8)]
+    with tempfile.TemporaryDirectory() as out:
+        train_lora(wrap_lora(model, config), 0, rows, [], config, Path(out))
+    wait_until_shown(r"trained: step 4/4, loss .*")
+
+
+def test_activity_names_the_step_being_built_and_the_training_step_total_and_loss():
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(TENANTS_PARTITION, ["acme"])
+    defs = dg.Definitions(assets=[prepared, trained], executor=dg.in_process_executor)
+    lines, done = SHOWN, []
+    lines.clear()
+    summary = materialize_tenant(defs, "acme", instance, ["prepared", "trained"], on_activity=lines.append,
+                                 on_progress=lambda key, n, total: done.append((key, n, total)))
+    assert summary.success, summary.error
+    assert done == [("prepared", 1, 2), ("trained", 2, 2)]
+    assert "building prepared" in lines
+    assert re.fullmatch(r"trained: step 4/4, loss \d+\.\d{4}", lines[-1]), lines
+    assert all(line in ("building prepared", "building trained") or line.startswith("trained: step ")
+               for line in lines), lines
+    assert STEP_OBSERVER.get() is None  # set in the run's thread only
+
+
+def test_activity_line():
+    assert activity_line("gguf_model", None) == "building gguf_model"
+    assert activity_line("finetuned_adapter", (12, 40, 2.31404)) == "finetuned_adapter: step 12/40, loss 2.3140"
