@@ -619,9 +619,7 @@ DEMO_TRAFFIC_PER_S = 3.0  # what SmolLM2 on one thread per replica answers witho
 
 
 def _demo_scenes(obj: Context, resources: dict, tenant_id: str, total: int) -> None:
-    from datacreek_assets.demo_scenarios import drift_scene, quota_scene
-
-    from datacreek_assets.demo_scenarios import canary_scene
+    from datacreek_assets.demo_scenarios import canary_scene, drift_scene, quota_scene
 
     defs, instance = obj.definitions(), obj.instance()
     click.echo(f"[5/{total}] canary: client traffic at {DEMO_TRAFFIC_PER_S:g} requests/s, 5 % to the canary")
@@ -653,6 +651,8 @@ def _demo_scenes(obj: Context, resources: dict, tenant_id: str, total: int) -> N
     click.echo(f"[8/{total}] quota: the tenant's price is raised past its balance during a fine-tune")
     run, status = quota_scene(defs, instance, resources, tenant_id)
     click.echo(f"  run {run.run_id}: {'succeeded' if run.success else 'failed'}, datacreek/status={status}")
+    if run.error:
+        click.echo(f"  reason: {run.error}")
     if run.success or status != "failed_quota":
         _fail(RuntimeError("the quota did not stop the run"), EXIT_FAILED)
 

@@ -59,6 +59,10 @@ LOG_FILTERS: list[tuple[str, str]] = [
     # An optional 4-bit CPU kernel from the `kernels` hub package, looked for when bitsandbytes'
     # CPU backend loads on AVX512-BF16 CPUs: the project never runs 4-bit, and bitsandbytes falls back.
     ("bitsandbytes.backends.cpu.ops", r"Failed to load CPU gemm_4bit_forward"),
+    # ray.init from a thread other than the main one (the CLI's run thread connecting to the Ray
+    # head for serving): Ray cannot install its SIGTERM handler there. The CLI's process is a
+    # client of the head; the head and its workers keep their own handlers.
+    ("ray._private.worker", r"SIGTERM handler is not set because current thread is not the main thread"),
     # MLflow creating its SQLite tracking store's tables on first use (INFO, through its own handler).
     ("mlflow.store.db.utils", r"(Creating initial MLflow database tables|Updating database tables)"),
 ]

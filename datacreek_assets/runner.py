@@ -84,11 +84,13 @@ def materialize_tenant(
     run_config: dict | None = None,
     tags: dict[str, str] | None = None,
     on_activity: Callable[[str], None] | None = None,
+    console_log_level: str = "WARNING",
 ) -> RunSummary:
     """Run the tenant's ``selection`` (default: the main graph) in this process and wait for it.
 
     ``on_progress(key, done, total)`` is called as each asset is materialized;
     ``on_activity(line)`` with what the run does now (see ``activity_line``), when that changes.
+    ``console_log_level``: what of the run's log reaches the terminal (the event log keeps everything).
     """
     job = defs.resolve_implicit_global_asset_job_def()
     graph = defs.resolve_asset_graph()
@@ -118,7 +120,7 @@ def materialize_tenant(
                 asset_selection=[dg.AssetKey.from_user_string(k) for k in wanted],
                 raise_on_error=False,
                 # the event log keeps everything; the terminal shows warnings and the progress bar
-                run_config={**(run_config or {}), "loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+                run_config={**(run_config or {}), "loggers": {"console": {"config": {"log_level": console_log_level}}}},
             )
         except Exception as err:  # surfaced to the caller below
             outcome["error"] = err

@@ -55,9 +55,8 @@ def canary_health_sensor(context: dg.SensorEvaluationContext, serving: ServingRe
                 run_key=f"promote:{outcome.tenant}:{outcome.version}:{int(time.time() // 60)}",
                 partition_key=outcome.tenant, asset_selection=[dg.AssetKey("production_release")],
                 tags={TENANT_TAG: outcome.tenant, TRIGGER_TAG: PROMOTION_TRIGGER}))
-        else:
-            context.log.info(f"{name}: {verdict.action}: {verdict.reason}")
-            notes.append(f"{name}: {verdict.reason}")
+        else:  # the tick's skip reason says it (the UI shows it per tick); a log line would repeat it every 5 s
+            notes.append(f"{name}: {verdict.action}: {verdict.reason}")
     if not events and not requests:
         return dg.SensorResult(skip_reason="; ".join(notes) or "no live canaries")
     return dg.SensorResult(run_requests=requests, asset_events=events)
