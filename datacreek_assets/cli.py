@@ -616,6 +616,7 @@ DEMO_RETRAIN = {"ops": {"finetuned_adapter": {"config": {"max_steps": 12}}}}
 # ...and so is its canary policy: a real canary earns production over minutes of traffic.
 DEMO_CANARY_POLICY = {"canary_min_requests": 8, "canary_promote_after_s": 30.0, "canary_promote_min_requests": 10}
 DEMO_TRAFFIC_PER_S = 3.0  # what SmolLM2 on one thread per replica answers without queueing
+DEMO_SPIKE_S = 1.5  # latency injected into the drill's canary (see the drill)
 
 
 def _demo_scenes(obj: Context, resources: dict, tenant_id: str, total: int) -> None:
@@ -641,8 +642,11 @@ def _demo_scenes(obj: Context, resources: dict, tenant_id: str, total: int) -> N
         click.echo(f"  the reference moved to the new data: drift now {scene.drift_after:.3f}")
     released = scene.retrain.metadata.get("canary_release", {}) if scene.retrain.success else {}
     if released.get("status") == "canary":
-        click.echo(f"[7/{total}] canary drill: {tenant_id}-{released['version']} gets 400 ms of injected latency")
-        drill = canary_scene(defs, instance, resources, tenant_id, rate_per_s=DEMO_TRAFFIC_PER_S, spike_s=0.4)
+        # The verdict is canary p99 > 2 x production's. On 2 shared cores production's p99 was 310 ms in
+        # one demo run and 650 ms in another (queueing behind the retraining's leftovers), where a
+        # 400 ms spike (905 ms) no longer doubled it: the drill's spike must clear 2 x 650 ms on its own.
+        click.echo(f"[7/{total}] canary drill: {tenant_id}-{released['version']} gets {DEMO_SPIKE_S:g} s of injected latency")
+        drill = canary_scene(defs, instance, resources, tenant_id, rate_per_s=DEMO_TRAFFIC_PER_S, spike_s=DEMO_SPIKE_S)
         _echo_canary(tenant_id, drill)
         if drill.outcome != "rolled_back":
             _fail(RuntimeError(f"the spiked canary was not rolled back: {drill.reason}"), EXIT_FAILED)
