@@ -11,6 +11,8 @@ from __future__ import annotations
 import html
 import importlib
 import inspect
+import json
+from pathlib import Path
 
 from datacreek_assets.ingest.simple_pdf import text_pdf
 from datacreek_assets.object_store import TenantObjectStore
@@ -62,10 +64,30 @@ def write_demo_corpus(store: TenantObjectStore, max_docs: int = 40) -> list[str]
         key = f"inbox/{title.replace('.', '_')}.{kind}"
         store.put(key, data)
         written.append(key)
+    write_demo_questions(store, [m for m in MODULES[:max_docs]])
     store.put("inbox/broken_binary.txt", bytes(range(256)) * 4)
     store.put("inbox/broken_encoding.md", "caf\u00e9 au lait".encode("latin-1") + b"\xff\xfe")
     written += ["inbox/broken_binary.txt", "inbox/broken_encoding.md"]
     return written
+
+
+# Questions a person wrote from the demo documents, each with its short answer and the passage it
+# comes from (see the evaluation in finetune/pipeline.py).
+DEMO_QUESTIONS = Path(__file__).with_name("demo_questions.jsonl")
+
+
+def demo_questions(modules: list[str] | None = None) -> list[dict]:
+    rows = [json.loads(line) for line in DEMO_QUESTIONS.read_text().splitlines() if line.strip()]
+    return [r for r in rows if modules is None or r["module"] in modules]
+
+
+def write_demo_questions(store: TenantObjectStore, modules: list[str]) -> int:
+    """The tenant's own evaluation questions: those about the documents it was given."""
+    from datacreek_assets.finetune.pipeline import TENANT_QUESTIONS_KEY
+
+    rows = [{"question": r["question"], "answer": r["answer"]} for r in demo_questions(modules)]
+    store.put(TENANT_QUESTIONS_KEY, "".join(json.dumps(r) + "\n" for r in rows).encode())
+    return len(rows)
 
 
 _DISHES = ["risotto", "minestrone", "ratatouille", "paella", "goulash", "tagine", "dal", "ramen", "chowder", "pho"]

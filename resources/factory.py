@@ -59,6 +59,7 @@ def build_resources(profile: str, settings: LocalSettings | None = None) -> dict
                 promote_after_s=settings.canary_promote_after_s,
                 promote_min_requests=settings.canary_promote_min_requests,
                 min_p99_gap_ms=settings.canary_min_p99_gap_ms,
+                models_dir=str(settings.state_dir / "models"),
             ),
         }
     if profile == "prod":
@@ -104,6 +105,7 @@ def build_resources(profile: str, settings: LocalSettings | None = None) -> dict
                 router_url=dg.EnvVar("DATACREEK_ROUTER_URL"),  # the Serve proxy's service, as Dagster pods see it
                 store_url=dg.EnvVar("DATACREEK_SERVING_STORE_URL"),  # Postgres
                 admin_token=dg.EnvVar("DATACREEK_SERVING_ADMIN_TOKEN"),
+                models_dir=dg.EnvVar("DATACREEK_MODELS_DIR"),  # the volume the Ray workers mount too
             ),
         }
     raise ConfigError(f"unknown profile {profile!r}")

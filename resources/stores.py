@@ -229,15 +229,16 @@ class ServingResource(dg.ConfigurableResource):
     promote_after_s: float = 300.0
     promote_min_requests: int = 100
     max_prompt_chars: int = 8000
-    n_ctx: int = 1024
+    n_ctx: int = 2048  # grounded prompts: three passages, the question and the answer
     threads: int = 1  # llama.cpp threads per model replica
+    models_dir: str = ""  # the tenants' retrieval indexes (FineTuneResource.models_dir); empty: no retrieval
 
     def control(self):
         from datacreek_assets.serving.control import ServingControl
 
         return ServingControl(self.ray_address, self.http_port, self.store_url, self.admin_token,
                               self.ray_auth_token_path or None, self.window_s, self.max_prompt_chars, self.n_ctx,
-                              self.threads, self.http_host, self.router_url)
+                              self.threads, self.http_host, self.router_url, self.models_dir)
 
     def store(self):
         """The release store alone (keys, releases): no Ray connection."""

@@ -20,6 +20,7 @@ def build_definitions(profile: str | None = None, settings: LocalSettings | None
     from datacreek_assets.defs.graph import definitions as graph_defs
     from datacreek_assets.defs.ingest import definitions as ingest_defs
     from datacreek_assets.defs.retraining import definitions as retraining_defs
+    from datacreek_assets.defs.retrieval import definitions as retrieval_defs
     from datacreek_assets.defs.serving import definitions as serving_defs
     from datacreek_assets.defs.tenants import definitions as tenant_defs
     from datacreek_assets.defs.topology import definitions as topology_defs
@@ -31,6 +32,7 @@ def build_definitions(profile: str | None = None, settings: LocalSettings | None
         graph_defs(),
         dataset_defs(),
         embedding_defs(),
+        retrieval_defs(),
         finetune_defs(),
         serving_defs(),
         topology_defs(),

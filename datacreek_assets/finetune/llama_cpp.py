@@ -185,7 +185,7 @@ def answer_questions(path: Path, tokenizer, prompts: list[list[dict]], max_new: 
     if isinstance(im_end, int) and im_end >= 0:
         stop.add(im_end)
     answers = []
-    with open_llama(path, lora_path) as llm:
+    with open_llama(path, lora_path, n_ctx=2048) as llm:  # grounded prompts: three passages and the question
         for messages in prompts:
             text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]

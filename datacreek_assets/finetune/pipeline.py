@@ -269,24 +269,75 @@ def verify_release(latest: dict, manifest: dict, scratch: Path) -> dict:
             **exact.metadata("f32"), **f16.metadata("f16"), **adapter.metadata("adapter")}
 
 
+EVAL_MODES = ("closed", "retrieval")
+TENANT_QUESTIONS_KEY = "eval/questions.jsonl"  # a tenant's own questions: {"question", "answer"} per line
+
+
+def read_tenant_questions(store) -> list[dict]:
+    """The tenant's hand-written questions, if it gave any; malformed lines are an error, not skipped."""
+    if not store.exists(TENANT_QUESTIONS_KEY):
+        return []
+    rows = store.get_jsonl(TENANT_QUESTIONS_KEY)
+    bad = [i for i, r in enumerate(rows, 1) if not (isinstance(r, dict) and str(r.get("question", "")).strip()
+                                                    and str(r.get("answer", "")).strip())]
+    if bad:
+        raise FineTuneError(f"{TENANT_QUESTIONS_KEY}: lines {bad[:5]} lack a question or an answer")
+    return rows
+
+
+@dataclass
+class EvalSet:
+    name: str
+    questions: list[str]
+    answers: list[str]
+
+
+def eval_sets(data: SftData, questions: int, tenant_questions: list[dict]) -> list[EvalSet]:
+    """The held-out generated questions (those with an answer in the documents) and, when the
+    tenant gave them, its own hand-written questions."""
+    from datacreek_assets.retrieval.prompt import NOT_IN_DOCUMENTS
+
+    held_out = [c for c in data.validation if c.get("answer") and c["answer"] != NOT_IN_DOCUMENTS][:questions]
+    sets = [EvalSet("validation", [c["question"] for c in held_out], [c["answer"] for c in held_out])]
+    if tenant_questions:
+        sets.append(EvalSet("handwritten", [q["question"] for q in tenant_questions],
+                            [q["answer"] for q in tenant_questions]))
+    return [s for s in sets if s.questions]
+
+
 @gives_memory_back
-def evaluate(latest: dict, manifest: dict, data: SftData, questions: int) -> dict:
-    """Base vs tuned on held-out QA pairs, both answered by llama.cpp from their f16 GGUF."""
+def evaluate(latest: dict, manifest: dict, sets: list[EvalSet], index) -> dict:
+    """Base vs tuned, each closed-book and with the tenant's retrieval (the passages a served
+    request gets), answered by llama.cpp from their f16 GGUF. The gate reads the retrieval scores
+    of the hand-written set when there is one (people's questions), else of the held-out set."""
     from transformers import AutoTokenizer
 
+    from datacreek_assets.embeddings.embedder import embed_texts
     from datacreek_assets.finetune.llama_cpp import answer_questions
     from datacreek_assets.finetune.qa import QaScores
+    from datacreek_assets.retrieval.prompt import messages_for
 
-    pairs = data.validation[:questions]
-    if not pairs:
-        raise FineTuneError("the dataset has no validation records to evaluate on")
+    if not sets:
+        raise FineTuneError("nothing to evaluate on: no held-out records and no tenant questions")
     tokenizer = AutoTokenizer.from_pretrained(latest["adapter_dir"])
-    prompts = [c["messages"][:-1] for c in pairs]
-    references = [c["messages"][-1]["content"] for c in pairs]
-    base = answer_questions(Path(manifest["base_f16"]), tokenizer, prompts)
-    tuned = answer_questions(Path(manifest["f16"]["path"]), tokenizer, prompts)
-    base_scores, tuned_scores = QaScores.of(base, references), QaScores.of(tuned, references)
-    examples = [{"question": p[-1]["content"], "reference": r, "base": b, "tuned": t}
-                for p, r, b, t in zip(prompts[:5], references, base, tuned)]
-    return {"base": asdict(base_scores), "tuned": asdict(tuned_scores), "examples": examples,
-            "dataset_version": data.version, "run_key": latest["run_key"]}
+    prompts: dict[tuple[str, str], list[list[dict]]] = {}
+    for s in sets:
+        vectors = embed_texts(s.questions)
+        passages = [[p.text for p in index.search(v)] for v in vectors]
+        prompts[(s.name, "closed")] = [messages_for(q, None) for q in s.questions]
+        prompts[(s.name, "retrieval")] = [messages_for(q, p) for q, p in zip(s.questions, passages)]
+    models = {"base": Path(manifest["base_f16"]), "tuned": Path(manifest["f16"]["path"])}
+    answers = {}
+    for model, path in models.items():
+        flat = [p for key in prompts for p in prompts[key]]
+        replies = iter(answer_questions(path, tokenizer, flat, max_new=32))
+        for key in prompts:
+            answers[(model, *key)] = [next(replies) for _ in prompts[key]]
+    scores = {s.name: {f"{model}_{mode}": asdict(QaScores.of(answers[(model, s.name, mode)], s.answers))
+                       for model in models for mode in EVAL_MODES} for s in sets}
+    gate_set = sets[-1].name
+    examples = [{"question": q, "reference": a, **{f"{m}_{mode}": answers[(m, gate_set, mode)][i]
+                                                   for m in models for mode in EVAL_MODES}}
+                for i, (q, a) in enumerate(zip(sets[-1].questions[:8], sets[-1].answers))]
+    return {"sets": scores, "gate_set": gate_set, "base": scores[gate_set]["base_retrieval"],
+            "tuned": scores[gate_set]["tuned_retrieval"], "examples": examples, "run_key": latest["run_key"]}

@@ -31,11 +31,21 @@ def token_f1(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def contains_answer(prediction: str, reference: str) -> float:
+    """The reference's normalised tokens appear, in order and together, in the prediction: a
+    correct answer said in a few more words ("It returns False." for "False")."""
+    pred, ref = normalize(prediction), normalize(reference)
+    if not ref:
+        return float(not pred)
+    return float(any(pred[i:i + len(ref)] == ref for i in range(len(pred) - len(ref) + 1)))
+
+
 @dataclass
 class QaScores:
     questions: int
     exact_match: float
     f1: float
+    contains: float = 0.0
 
     @classmethod
     def of(cls, predictions: list[str], references: list[str]) -> "QaScores":
@@ -43,6 +53,7 @@ class QaScores:
             raise ValueError("predictions and references differ in length")
         n = len(references)
         if n == 0:
-            return cls(0, 0.0, 0.0)
+            return cls(0, 0.0, 0.0, 0.0)
         return cls(n, sum(map(exact_match, predictions, references)) / n,
-                   sum(map(token_f1, predictions, references)) / n)
+                   sum(map(token_f1, predictions, references)) / n,
+                   sum(map(contains_answer, predictions, references)) / n)

@@ -56,6 +56,15 @@ def split_sentences(text: str) -> list[str]:
     return parts
 
 
+def paragraph_sentences(text: str) -> list[tuple[str, bool]]:
+    """(sentence, starts a paragraph) pairs: paragraph breaks (blank lines) are structure that a
+    chunk keeps, so a heading or a member's name stays on a line of its own."""
+    out = []
+    for paragraph in re.split(r"\n{2,}", text):
+        out.extend((s, i == 0) for i, s in enumerate(split_sentences(paragraph)))
+    return out
+
+
 def chunk_id_for(doc_id: str, text: str) -> str:
     return hashlib.sha256(f"{doc_id}\0{text}".encode()).hexdigest()
 
@@ -68,34 +77,34 @@ def chunk_text(
     count_tokens: Callable[[str], int] | None = None,
 ) -> list[Chunk]:
     count = count_tokens or minilm_token_counter()
-    sentences: list[tuple[str, int]] = []
-    for sentence in split_sentences(text):
+    sentences: list[tuple[str, int, bool]] = []  # (text, tokens, starts a paragraph)
+    for sentence, starts in paragraph_sentences(text):
         n = count(sentence)
         if n <= max_tokens:
-            sentences.append((sentence, n))
+            sentences.append((sentence, n, starts))
             continue
         # A single over-long "sentence" (a table, a code dump): split on words.
         words, piece = sentence.split(), []
         for word in words:
             if piece and count(" ".join(piece + [word])) > max_tokens:
-                sentences.append((" ".join(piece), count(" ".join(piece))))
-                piece = []
+                sentences.append((" ".join(piece), count(" ".join(piece)), starts))
+                piece, starts = [], False
             piece.append(word)
         if piece:
-            sentences.append((" ".join(piece), count(" ".join(piece))))
+            sentences.append((" ".join(piece), count(" ".join(piece)), starts))
 
     chunks: list[Chunk] = []
-    current: list[tuple[str, int]] = []
+    current: list[tuple[str, int, bool]] = []
     for sentence in sentences:
-        if current and sum(n for _, n in current) + sentence[1] > max_tokens:
+        if current and sum(s[1] for s in current) + sentence[1] > max_tokens:
             chunks.append(_make(doc_id, len(chunks), current))
             # carry trailing sentences as overlap
-            carried: list[tuple[str, int]] = []
+            carried: list[tuple[str, int, bool]] = []
             for prev in reversed(current):
-                if sum(n for _, n in carried) + prev[1] > overlap_tokens:
+                if sum(s[1] for s in carried) + prev[1] > overlap_tokens:
                     break
                 carried.insert(0, prev)
-            if sum(n for _, n in carried) + sentence[1] > max_tokens:
+            if sum(s[1] for s in carried) + sentence[1] > max_tokens:
                 carried = []
             current = carried
         current.append(sentence)
@@ -104,20 +113,21 @@ def chunk_text(
     return chunks
 
 
-def _join(sentences: list[str]) -> str:
-    """Rejoin sentences; a block without closing punctuation (a heading, a list
-    item) keeps its paragraph break so it is not read as part of the next sentence."""
+def _join(sentences: list[tuple[str, bool]]) -> str:
+    """Rejoin sentences: a paragraph's first sentence, and one after a block without closing
+    punctuation (a heading, a list item), start after a blank line, so a heading is not read as
+    part of the sentence before or after it."""
     text = ""
-    for sentence in sentences:
+    for sentence, starts in sentences:
         if text:
-            text += " " if text[-1] in ".!?;:" else "\n\n"
+            text += "\n\n" if starts or text[-1] not in ".!?;:" else " "
         text += sentence
     return text
 
 
-def _make(doc_id: str, position: int, sentences: list[tuple[str, int]]) -> Chunk:
-    text = _join([s for s, _ in sentences])
-    return Chunk(chunk_id_for(doc_id, text), doc_id, position, text, sum(n for _, n in sentences))
+def _make(doc_id: str, position: int, sentences: list[tuple[str, int, bool]]) -> Chunk:
+    text = _join([(s, starts) for s, _, starts in sentences])
+    return Chunk(chunk_id_for(doc_id, text), doc_id, position, text, sum(n for _, n, _ in sentences))
 
 
 def drop_exact_duplicates(chunks: list[Chunk]) -> tuple[list[Chunk], int]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -61,8 +62,50 @@ def _decode(data: bytes) -> str:
     return data.decode("utf-8")  # strict: invalid encodings are quarantined
 
 
-BLOCK_TAGS = ["p", "div", "br", "li", "tr", "pre", "blockquote", "section", "article", "table", "ul", "ol",
-              "h1", "h2", "h3", "h4", "h5", "h6", "dt", "dd", "hr", "title", "header", "footer"]
+BLOCK_TAGS = ["p", "div", "br", "li", "tr", "td", "th", "pre", "blockquote", "section", "article", "table", "ul",
+              "ol", "h1", "h2", "h3", "h4", "h5", "h6", "dt", "dd", "hr", "title", "header", "footer"]
+HEADINGS = ["h1", "h2", "h3", "h4", "h5", "h6"]
+
+# Page chrome (menus, Prev/Next links, sidebars, footers) is dropped before taking the text: in a
+# chunked corpus it becomes whole chunks of navigation that retrieval then returns. The rules are
+# the generic markers of chrome (HTML5 landmarks, ARIA roles, the usual class/id names), not one
+# site's layout; navheader/navfooter are DocBook XSL's names, related/sphinxsidebar Sphinx's.
+CHROME_TAGS = {"nav", "svg", "button", "form"}
+CHROME_ROLES = {"navigation", "banner", "contentinfo", "search"}
+CHROME_NAMES = {"nav", "navbar", "navigation", "navheader", "navfooter", "menu", "footer", "breadcrumb",
+                "breadcrumbs", "sidebar", "sphinxsidebar", "related", "toc", "skip"}
+SECTIONING = ["article", "aside", "main", "nav", "section"]
+
+
+def _is_chrome(tag, in_main: bool) -> bool:
+    if tag.name in ("header", "footer"):
+        # only the page's own header/footer (ARIA banner/contentinfo), not an article's or a section's
+        chrome = not in_main and tag.find_parent(SECTIONING) is None
+    elif tag.name == "aside":
+        chrome = not in_main  # inside the main content an aside is a footnote or a note
+    else:
+        chrome = tag.name in CHROME_TAGS
+    if not chrome:
+        # Class names are split into words ("nav-content", "fancy_toc"); an id must match whole, as
+        # ids are often made from heading text (id="_bisect_skip" is a section, not a skip link).
+        tokens = set(re.split(r"[-_\s]+", " ".join(tag.get("class") or []).lower()))
+        tokens.add((tag.get("id") or "").lower())
+        chrome = tag.get("role") in CHROME_ROLES or not tokens.isdisjoint(CHROME_NAMES)
+    # An element holding the page's h1 is the title's header or a layout wrapper, not chrome.
+    return chrome and tag.name not in ("html", "body", "main") and tag.find("h1") is None
+
+
+def _main_region(soup):
+    """The page's one <main> / [role=main] element, with the page's h1 put first if it sits outside;
+    None when there is no single one holding at least a quarter of the page's text."""
+    mains = soup.find_all(lambda t: t.name == "main" or t.get("role") == "main")
+    mains = [m for m in mains if not any(p is n for n in mains for p in m.parents)]  # outermost only
+    if len(mains) != 1 or len(mains[0].get_text()) < len(soup.get_text()) / 4:
+        return None
+    main, h1 = mains[0], soup.find("h1")
+    if h1 is not None and not any(p is main for p in h1.parents):
+        main.insert(0, h1.extract())
+    return main
 
 
 def _html_to_text(html: str) -> str:
@@ -71,10 +114,21 @@ def _html_to_text(html: str) -> str:
     soup = BeautifulSoup(html, "html.parser")
     for tag in soup(["script", "style", "noscript", "template", "head"]):
         tag.decompose()
-    # Block elements end a line; inline ones (em, code, a) stay inside their sentence.
-    for tag in soup(BLOCK_TAGS):
+    main = _main_region(soup)
+    root = main if main is not None else soup
+    for tag in [t for t in root.find_all(True) if _is_chrome(t, in_main=main is not None)]:
+        tag.extract()  # (not decompose: a tag inside chrome already dropped is still extractable)
+    for tag in root("a"):
+        if tag.get_text(strip=True) == "\N{PILCROW SIGN}":  # heading permalinks (Sphinx, MkDocs)
+            tag.decompose()
+    # A heading is a paragraph of its own (the chunker splits paragraphs on blank lines); other
+    # block elements end a line; inline ones (em, code, a) stay inside their sentence.
+    for tag in root(HEADINGS):
+        tag.insert_before("\n\n")
+        tag.append("\n\n")
+    for tag in root(BLOCK_TAGS):
         tag.append("\n")
-    return soup.get_text()
+    return root.get_text()
 
 
 def _markdown_to_text(source: str) -> str:

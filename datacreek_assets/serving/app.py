@@ -4,7 +4,9 @@
 Every request enters through the router: the API key names the tenant (an `X-Tenant` header
 that disagrees is refused), `X-Model-Version` pins one of the tenant's live versions, and an
 unpinned request goes to the canary when the hash of its request id falls in the canary's
-share. Latency per deployment goes to a sliding window (what the canary health sensor reads
+share. Unless `X-Retrieval: off`, the last user turn is grounded first: the tenant's own
+retrieval index (the one its API key names, never another's) gives the top passages for it,
+which go into the prompt as the model was trained to read them. Latency per deployment goes to a sliding window (what the canary health sensor reads
 through the admin API) and to Prometheus histograms (`/metrics`).
 """
 
@@ -26,7 +28,8 @@ from datacreek_assets.tenancy import InvalidTenantId
 MAX_BODY_BYTES = 64 * 1024
 KEY_CACHE_S = 5.0  # a revoked key stops working within this many seconds
 MAX_CACHED_KEYS = 10_000
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+RETRIEVAL_CHECK_S = 5.0  # how often a tenant's index pointer is re-read (a rebuilt index is served within this)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class ChatMessage(BaseModel):
@@ -57,7 +60,7 @@ class ModelServer:
     to the shared base file where the release is base + adapter."""
 
     def __init__(self, tenant: str, version: str, model_path: str, adapter_path: str | None,
-                 n_ctx: int = 1024, threads: int = 1):
+                 n_ctx: int = 2048, threads: int = 1):
         from llama_cpp import Llama
 
         self.name = f"{tenant}-{version}"
@@ -100,7 +103,8 @@ api = FastAPI(title="Datacreek serving", docs_url=None, redoc_url=None)
 class Router:
     """The ingress. One replica: its latency windows are what the canary sensor judges by."""
 
-    def __init__(self, store_url: str, admin_token: str, window_s: float = 60.0, max_prompt_chars: int = 8000):
+    def __init__(self, store_url: str, admin_token: str, window_s: float = 60.0, max_prompt_chars: int = 8000,
+                 models_dir: str = "", retrieval_k: int = 3):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         from datacreek_assets.serving.release_store import ServingStore
@@ -112,6 +116,10 @@ class Router:
         self.window_s = window_s
         self.max_prompt_chars = max_prompt_chars
         self.routes = self.store.all_routes()
+        self.models_dir = models_dir  # where each tenant's retrieval index lives (empty: no retrieval)
+        self.retrieval_k = retrieval_k
+        self.indexes: dict[str, tuple[float, str | None, object]] = {}  # tenant -> (checked at, version, index)
+        self.embed_lock = threading.Lock()
         self.windows: dict[tuple[str, str], LatencyWindow] = {}
         self.canary_totals: dict[tuple[str, str], int] = {}
         self.keys: dict[str, tuple[str | None, float]] = {}
@@ -124,6 +132,9 @@ class Router:
                                 ["tenant", "deployment", "role", "code"], registry=self.registry)
         self.weight = Gauge("datacreek_serving_canary_weight", "Share of a tenant's traffic sent to its canary",
                             ["tenant"], registry=self.registry)
+        self.retrieval_latency = Histogram("datacreek_serving_retrieval_seconds", "Time to ground a request: "
+                                           "embed the question and search the tenant's index", ["tenant"],
+                                           buckets=LATENCY_BUCKETS, registry=self.registry)
         for tenant, route in self.routes.items():
             self.weight.labels(tenant).set(route.canary_weight)
 
@@ -170,9 +181,59 @@ class Router:
             version, role = pinned, ("canary" if pinned == route.canary else "production")
         else:
             version, role = route.choose(tenant, request_id)
-        return await self._forward(tenant, version, role, body)
+        retrieval = request.headers.get("x-retrieval", "on").lower()
+        if retrieval not in ("on", "off"):
+            return error(400, "invalid_request", "X-Retrieval must be 'on' or 'off'")
+        grounding = await self._ground(tenant, body) if retrieval == "on" else {"status": "off", "chunks": []}
+        return await self._forward(tenant, version, role, body, grounding)
 
-    async def _forward(self, tenant: str, version: str, role: str, body: ChatRequest):
+    async def _ground(self, tenant: str, body: ChatRequest) -> dict:
+        """Put the tenant's top passages for the last user turn into it; returns what was done."""
+        from datacreek_assets.retrieval.prompt import with_context
+
+        question = next((m.content for m in reversed(body.messages) if m.role == "user"), "")
+        index = await asyncio.to_thread(self._index_of, tenant)
+        if index is None or not len(index) or not question.strip():
+            return {"status": "unavailable", "chunks": []}
+        started = time.perf_counter()
+        passages = await asyncio.to_thread(self._search, index, question)
+        self.retrieval_latency.labels(tenant).observe(time.perf_counter() - started)
+        grounded = with_context([m.model_dump() for m in body.messages], [p.text for p in passages])
+        body.messages = [ChatMessage(**m) for m in grounded]
+        return {"status": "on", "chunks": [{"chunk_id": p.chunk_id, "doc_id": p.doc_id, "score": round(p.score, 4)}
+                                           for p in passages]}
+
+    def _search(self, index, question: str):
+        from datacreek_assets.retrieval.index import embed_question
+
+        with self.embed_lock:  # one embedder, one thread: requests take turns, as llama.cpp's do
+            vector = embed_question(question)
+        return index.search(vector, self.retrieval_k)
+
+    def _index_of(self, tenant: str):
+        """The tenant's current index: its own folder, named by the tenant its API key belongs to."""
+        from pathlib import Path
+
+        from datacreek_assets.retrieval.index import RetrievalError, current_version, load_current
+        from datacreek_assets.tenancy import validate_tenant_id
+
+        if not self.models_dir:
+            return None
+        checked, version, index = self.indexes.get(tenant, (0.0, None, None))
+        if time.monotonic() - checked < RETRIEVAL_CHECK_S:
+            return index
+        folder = Path(self.models_dir) / "tenants" / validate_tenant_id(tenant) / "retrieval"
+        latest = current_version(folder)
+        if latest != version:
+            try:
+                index = load_current(folder, tenant)
+            except RetrievalError:
+                index = None  # a broken index is not served; the request goes on without passages
+            version = latest
+        self.indexes[tenant] = (time.monotonic(), version, index)
+        return index
+
+    async def _forward(self, tenant: str, version: str, role: str, body: ChatRequest, grounding: dict):
         name = f"{tenant}-{version}"
         handle = self.handles.get(name)
         if handle is None:
@@ -187,7 +248,8 @@ class Router:
             return error(503, "unavailable", f"model {name} could not answer ({type(err).__name__}); retry")
         latency = time.perf_counter() - started
         # (Serve's proxy already puts the request id on the request and echoes it in the response)
-        headers = {"X-Model-Version": version, "X-Served-By": name, "X-Release-Role": role}
+        headers = {"X-Model-Version": version, "X-Served-By": name, "X-Release-Role": role,
+                   "X-Retrieval": grounding["status"]}
         if "error" in reply:
             self.requests.labels(tenant, name, role, "413").inc()
             return error(413, reply["error"]["type"], "the prompt does not fit the model's context window", headers)
@@ -196,6 +258,7 @@ class Router:
             self.canary_totals[(tenant, version)] = self.canary_totals.get((tenant, version), 0) + 1
         self.latency.labels(tenant, name, role).observe(latency)
         self.requests.labels(tenant, name, role, "200").inc()
+        reply["retrieval"] = grounding  # which of the tenant's chunks the answer was grounded in
         return JSONResponse(reply, headers=headers)
 
     def _window(self, tenant: str, version: str) -> LatencyWindow:

@@ -54,13 +54,15 @@ def parse_deployment(name: str) -> tuple[str, str] | None:
 class ServingControl:
     def __init__(self, ray_address: str, http_port: int, store_url: str, admin_token: str,
                  ray_auth_token_path: str | None = None, window_s: float = 60.0, max_prompt_chars: int = 8000,
-                 n_ctx: int = 1024, threads: int = 1, http_host: str = "127.0.0.1", router_url: str = ""):
+                 n_ctx: int = 2048, threads: int = 1, http_host: str = "127.0.0.1", router_url: str = "",
+                 models_dir: str = ""):
         self.ray_address, self.http_port, self.ray_auth_token_path = ray_address, http_port, ray_auth_token_path
         self.store = ServingStore(store_url)
         self.store_url, self.admin_token = store_url, admin_token
         self.window_s, self.max_prompt_chars, self.n_ctx, self.threads = window_s, max_prompt_chars, n_ctx, threads
         self.http_host = http_host  # where Serve's proxy listens (0.0.0.0 in a cluster)
         self.url = (router_url or f"http://127.0.0.1:{http_port}").rstrip("/")  # where we reach it
+        self.models_dir = models_dir  # the tenants' retrieval indexes, read by the router
 
     # -- Ray Serve ------------------------------------------------------------
     def connect(self) -> None:
@@ -95,7 +97,8 @@ class ServingControl:
         self.connect()
         serve.start(http_options={"host": self.http_host, "port": self.http_port})
         if self.applications().get(ROUTER_APP) != "RUNNING":
-            serve.run(Router.bind(self.store_url, self.admin_token, self.window_s, self.max_prompt_chars),
+            serve.run(Router.bind(self.store_url, self.admin_token, self.window_s, self.max_prompt_chars,
+                                  self.models_dir),
                       name=ROUTER_APP, route_prefix="/")
         self.reconcile()
 

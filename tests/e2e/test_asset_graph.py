@@ -8,7 +8,7 @@ import pytest
 
 from datacreek_assets.defs import build_definitions
 from datacreek_assets.defs.embeddings.assets import read_vectors
-from datacreek_assets.demo_corpus import write_demo_corpus
+from datacreek_assets.demo_corpus import MODULES, demo_questions, write_demo_corpus
 from datacreek_assets.object_store import TenantObjectStore
 from datacreek_assets.runner import TENANT_TAG, main_graph, materialize_tenant
 from datacreek_assets.serving.routing import Route
@@ -19,7 +19,8 @@ pytestmark = pytest.mark.e2e
 
 TENANT = "e2e-small"
 # The tiny random Llama needs many passes over a six-document dataset to beat its (random) base.
-TINY_TRAINING = {"ops": {"finetuned_adapter": {"config": {"epochs": 30, "learning_rate": 1e-2, "max_seq_len": 192}}}}
+# Grounded records are long (three retrieved passages): 1024 tokens, as the demo trains.
+TINY_TRAINING = {"ops": {"finetuned_adapter": {"config": {"epochs": 10, "learning_rate": 1e-2, "max_seq_len": 1024}}}}
 
 
 @pytest.fixture
@@ -85,7 +86,11 @@ def test_every_asset_materializes_for_a_small_tenant(services, local_resources, 
 
     # dataset, embeddings and features
     sft = first.metadata["sft_dataset"]
-    assert sft["records"] > 20 and sft["new_version"] and len(sft["template_sha"]) == 64
+    assert sft["records"] > 8 and sft["new_version"] and len(sft["template_sha"]) == 64
+    assert sft["quality_scores"]["min"] >= sft["quality_threshold"] and sft["templates"]["member.j2"] > 0
+    index = first.metadata["retrieval_index"]
+    assert index["chunks"] == first.metadata["parsed_chunks"]["chunks"] and index["skipped_not_live"] == 0
+    assert sft["retrieval_index"] == index["version"] and index["probe_source_in_top3"] > 0.5
     assert sum(sft["splits"].values()) == sft["records"]
     assert objects.get(f"datasets/sft/{sft['version']}/chat.jsonl").count(b"\n") == sft["records"]
     assert second.metadata["sft_dataset"]["version"] == sft["version"]
@@ -150,7 +155,10 @@ def test_every_asset_materializes_for_a_small_tenant(services, local_resources, 
     assert checks["gguf_matches_torch"][1]["f16_argmax_mismatches"] == 0
     assert checks["tuned_beats_base"][0], checks["tuned_beats_base"]
     qa = first.metadata["qa_eval"]
-    assert qa["questions"] == min(40, sft["splits"]["validation"]) and qa["reward_avg"] == qa["tuned_f1"]
+    assert qa["gate_set"] == "handwritten" and qa["reward_avg"] == qa["tuned_f1"]
+    assert qa["questions"] == len(demo_questions(MODULES[:6]))  # the tenant's own questions, about its documents
+    assert all(f"| {mode} |" in qa["scores"] for mode in ("base closed", "base retrieval", "tuned closed",
+                                                           "tuned retrieval"))
     # everything is in the tenant's MLflow experiment, under one run, with a registered version
     tracking = local_resources["finetune"].tracking(TENANT)
     run = tracking.run(tuned["mlflow_run_id"])

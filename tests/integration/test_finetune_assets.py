@@ -17,16 +17,38 @@ from datacreek_assets.finetune.pipeline import FineTuneError, read_sft
 from datacreek_assets.finetune.tracking import ForeignRun
 from datacreek_assets.partitions import TENANTS_PARTITION
 from resources.stores import CreditLedgerResource, FineTuneResource, ObjectStoreResource
-from tests.unit.test_finetune import chats
+from tests.unit.test_finetune import FACTS, chats
 
 ASSETS = [finetuned_adapter, gguf_model, qa_eval, gguf_matches_torch, tuned_beats_base]
-TRAINING = {"ops": {"finetuned_adapter": {"config": {"epochs": 25, "learning_rate": 1e-2, "max_seq_len": 128,
+TRAINING = {"ops": {"finetuned_adapter": {"config": {"epochs": 25, "learning_rate": 1e-2, "max_seq_len": 256,
                                                      "effective_batch": 4}}}}
 
 
-def write_dataset(objects: ObjectStoreResource, tenant: str) -> None:
+def grounded_chats(models_dir: str, tenant: str, n: int = 48) -> list[dict]:
+    """The tenant's retrieval index over one passage per fact, and chats asked over what it retrieves,
+    as sft_dataset writes them (the evaluation retrieves the same passages for the same question)."""
+    from pathlib import Path
+
+    from datacreek_assets.embeddings.embedder import embed_texts
+    from datacreek_assets.retrieval.index import RetrievalIndex, publish
+    from datacreek_assets.retrieval.prompt import messages_for
+
+    passages = [f"The {name} module {what}." for name, what in FACTS]
+    index = RetrievalIndex(tenant, [f"c{i}" for i in range(len(FACTS))], [f"{name}.md" for name, _ in FACTS],
+                           passages, embed_texts(passages))
+    publish(index, Path(models_dir) / "tenants" / tenant / "retrieval")
+    out = []
+    for c in chats(n):
+        question, answer = c["messages"][1]["content"], c["messages"][2]["content"]
+        found = [p.text for p in index.search(embed_texts([question])[0])]
+        out.append({**c, "messages": messages_for(question, found) + [{"role": "assistant", "content": answer}],
+                    "question": question, "answer": answer})
+    return out
+
+
+def write_dataset(objects: ObjectStoreResource, tenant: str, models_dir: str) -> None:
     store = objects.for_tenant(tenant)
-    records = [{**c, "id": f"r{i}"} for i, c in enumerate(chats(48))]
+    records = [{**c, "id": f"r{i}"} for i, c in enumerate(grounded_chats(models_dir, tenant))]
     store.put("datasets/sft/v1/chat.jsonl", "\n".join(json.dumps(r) for r in records).encode() + b"\n")
     store.put_json("datasets/sft/v1/manifest.json", {"version": "v1", "template_sha": "t" * 64})
     store.put_json("datasets/sft/latest.json", {"version": "v1"})
@@ -60,7 +82,7 @@ def check(result, name: str):
 
 def test_release_gate_passes_a_model_that_learned_and_blocks_one_that_did_not_beat_the_margin(stores, instance):
     objects, finetune, ledger = stores
-    write_dataset(objects, "acme")
+    write_dataset(objects, "acme", finetune(0.0).models_dir)
     passing = run("acme", objects, finetune(0.05), instance, ledger)
     assert passing.success
     meta = passing.asset_materializations_for_node("qa_eval")[0].metadata
@@ -70,7 +92,7 @@ def test_release_gate_passes_a_model_that_learned_and_blocks_one_that_did_not_be
     assert tuned["device"].value == "cpu" and not tuned["base_in_8bit"].value  # fp32 configured here
 
     # the same tenant, an unreachable margin: the check fails and the run fails with it
-    write_dataset(objects, "globex")
+    write_dataset(objects, "globex", finetune(0.0).models_dir)
     blocked = run("globex", objects, finetune(2.0), instance, ledger)
     assert not blocked.success
     assert not check(blocked, "tuned_beats_base").passed
@@ -81,7 +103,7 @@ def test_release_gate_passes_a_model_that_learned_and_blocks_one_that_did_not_be
 
 def test_mlflow_runs_are_scoped_to_their_tenant(stores, instance):
     objects, finetune, ledger = stores
-    write_dataset(objects, "acme")
+    write_dataset(objects, "acme", finetune(0.0).models_dir)
     assert run("acme", objects, finetune(-1.0), instance, ledger).success
     acme, globex = finetune(0.0).tracking("acme"), finetune(0.0).tracking("globex")
     acme_run = acme.client.search_runs([acme.experiment_id])[0].info.run_id
@@ -115,7 +137,7 @@ def test_a_fine_tune_that_runs_out_of_credits_ends_failed_quota_and_others_are_u
         ledger.set_price("acme", 600.0, resource)
     ledger.top_up("globex", 100)
     for tenant in ("acme", "globex"):
-        write_dataset(objects, tenant)
+        write_dataset(objects, tenant, finetune(0.0).models_dir)
     broke = run("acme", objects, finetune(-1.0), instance, ledger=ledger_resource)
     assert not broke.success
     assert instance.get_run_by_id(broke.run_id).tags[STATUS_TAG] == FAILED_QUOTA
@@ -129,7 +151,7 @@ def test_a_fine_tune_that_runs_out_of_credits_ends_failed_quota_and_others_are_u
 
 def test_an_invalid_precision_fails_once_before_any_training_or_billing(stores, instance):
     objects, finetune, ledger = stores
-    write_dataset(objects, "hooli")
+    write_dataset(objects, "hooli", finetune(0.0).models_dir)
     instance.add_dynamic_partitions(TENANTS_PARTITION, ["hooli"])
     bad = {"ops": {"finetuned_adapter": {"config": {**TRAINING["ops"]["finetuned_adapter"]["config"],
                                                     "gpu_precision": "fp16"}}}}

@@ -282,3 +282,53 @@ def test_router_latency_histograms_are_scraped_by_prometheus(control, tenants, t
             recorded = prometheus.query(f'deployment:serving_request_seconds:p99_1m{{tenant="{tenant}"}}')
             time.sleep(1)
         assert f"{tenant}-base" in {r["metric"]["deployment"] for r in recorded}
+
+
+def publish_corpus(serving, tenant: str, texts: list[str]) -> set[str]:
+    """A tenant's retrieval index, built from real MiniLM vectors of its texts, where the router reads it."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from datacreek_assets.embeddings.embedder import embed_texts
+    from datacreek_assets.retrieval.index import RetrievalIndex, publish
+
+    ids = [f"{tenant}-chunk-{i}" for i in range(len(texts))]
+    index = RetrievalIndex(tenant, ids, [f"{tenant}/doc.md"] * len(texts), texts,
+                           np.asarray(embed_texts(texts), dtype=np.float32))
+    publish(index, Path(serving.models_dir) / "tenants" / tenant / "retrieval")
+    return set(ids)
+
+
+def test_retrieval_grounds_each_request_in_its_own_tenants_chunks_only(control, serving, tenants):
+    alpha, alpha_key = tenants("v1", adapter=0)
+    beta, beta_key = tenants("v2", adapter=1)
+    gamma, gamma_key = tenants("v3", adapter=0)  # no index yet
+    question = {"messages": [{"role": "user", "content": "How do I serialize an object to JSON?"}], "max_tokens": 3}
+    alpha_ids = publish_corpus(serving, alpha, [
+        "dumps\n\nSerialize obj to a JSON formatted str.", "loads\n\nDeserialize s to a Python object.",
+        "The json module encodes and decodes JSON.", "JSONEncoder is the extensible JSON encoder."])
+    # beta's corpus is about the same subject, so a leak would rank high
+    beta_ids = publish_corpus(serving, beta, [
+        "json.dumps serializes an object to JSON text.", "Serialize objects to JSON with the encoder class.",
+        "To serialize to a file, use json.dump.", "Paella needs saffron and patience."])
+    seen = {alpha: set(), beta: set()}
+    for tenant, key in ((alpha, alpha_key), (beta, beta_key), (alpha, alpha_key), (beta, beta_key)):
+        reply = chat(control, key, question, X_Model_Version="base")
+        assert reply.status_code == 200, reply.text
+        assert reply.headers["X-Retrieval"] == "on"
+        chunks = reply.json()["retrieval"]["chunks"]
+        assert len(chunks) == 3 and all(c["doc_id"] == f"{tenant}/doc.md" for c in chunks)
+        seen[tenant] |= {c["chunk_id"] for c in chunks}
+    assert seen[alpha] <= alpha_ids and seen[beta] <= beta_ids
+    assert f"{alpha}-chunk-0" in seen[alpha]  # the passage that answers it was found
+    off = chat(control, alpha_key, question, X_Retrieval="off")
+    assert off.status_code == 200 and off.headers["X-Retrieval"] == "off" and off.json()["retrieval"]["chunks"] == []
+    assert chat(control, alpha_key, question, X_Retrieval="maybe").status_code == 400
+    # a tenant without an index is served without passages (and never with another tenant's)
+    bare = chat(control, gamma_key, question)
+    assert bare.status_code == 200 and bare.headers["X-Retrieval"] == "unavailable"
+    assert bare.json()["retrieval"]["chunks"] == []
+    scraped = requests.get(f"{control.url}/metrics", headers={"Authorization": f"Bearer {control.admin_token}"},
+                           timeout=10).text
+    assert f'datacreek_serving_retrieval_seconds_count{{tenant="{alpha}"}}' in scraped

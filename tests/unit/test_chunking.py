@@ -31,3 +31,10 @@ def test_chunk_ids_are_stable_and_duplicates_are_dropped():
     assert a[0].chunk_id != b[0].chunk_id  # ids are per document
     kept, removed = drop_exact_duplicates(a + b)
     assert kept == a and removed == 1
+
+
+def test_paragraph_breaks_survive_chunking():
+    # a member's name on its own line stays a heading, not the end of the previous sentence
+    text = "Intro sentence one. Intro sentence two.\n\ndumps\n\nSerialize obj to a str. It is fast."
+    [chunk] = chunk_text("d.md", text, max_tokens=200, count_tokens=lambda s: len(s.split()))
+    assert chunk.text == "Intro sentence one. Intro sentence two.\n\ndumps\n\nSerialize obj to a str. It is fast."

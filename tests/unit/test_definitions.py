@@ -19,6 +19,7 @@ def test_asset_graph_is_grouped_by_concept(tmp_path):
     assert groups == {
         "raw_documents": "ingest", "parsed_chunks": "ingest", "knowledge_graph": "graph",
         "sft_dataset": "datasets", "chunk_embeddings": "embeddings", "embedding_features": "embeddings",
+            "retrieval_index": "retrieval",
         "persistence_sketches": "topology", "umap_lens": "topology", "mapper_graph": "topology",
         "finetuned_adapter": "finetune", "gguf_model": "finetune", "qa_eval": "finetune",
         "canary_release": "serving", "production_release": "serving",

@@ -1,14 +1,17 @@
 """sft_dataset: instruction/answer pairs from the tenant's live graph."""
 
+from collections import Counter
+
 import dagster as dg
 
 from datacreek_assets.automation import downstream_condition
 
 from datacreek_assets.datasets.sft import generate, to_jsonl
 from datacreek_assets.defs.graph.assets import knowledge_graph
+from datacreek_assets.defs.retrieval.assets import retrieval_dir, retrieval_index
 from datacreek_assets.partitions import tenant_asset
 from datacreek_assets.tenancy import validate_tenant_id
-from resources.stores import GraphStoreResource, ObjectStoreResource
+from resources.stores import FineTuneResource, GraphStoreResource, ObjectStoreResource
 
 DATASET_PREFIX = "datasets/sft"
 
@@ -17,15 +20,23 @@ DATASET_PREFIX = "datasets/sft"
     automation_condition=downstream_condition(),
     group_name="datasets",
     kinds={"python", "jsonl"},
-    deps=[knowledge_graph],
-    description="SFT pairs from facts and chunks via versioned Jinja templates, as chat-messages and "
-    "Alpaca JSONL; a new version only when the content changes.",
+    deps=[knowledge_graph, retrieval_index],
+    description="Short-answer questions from documented members, definitions, defaults, acronyms and "
+    "relation facts (versioned Jinja templates), each scored for quality and answered from the passages "
+    "retrieval finds for it; chat-messages and Alpaca JSONL; a new version only when the content changes.",
 )
-def sft_dataset(context: dg.AssetExecutionContext, graph_store: GraphStoreResource, object_store: ObjectStoreResource) -> dg.MaterializeResult:
+def sft_dataset(context: dg.AssetExecutionContext, graph_store: GraphStoreResource, object_store: ObjectStoreResource,
+                finetune: FineTuneResource) -> dg.MaterializeResult:
+    from datacreek_assets.embeddings.embedder import embed_texts
+    from datacreek_assets.retrieval.index import load_current
+
     tenant = validate_tenant_id(context.partition_key)
     store = object_store.for_tenant(tenant)
+    index = load_current(retrieval_dir(finetune, tenant), tenant)
+    if index is None:
+        raise dg.Failure(f"tenant {tenant} has no retrieval index yet: materialize retrieval_index first")
     with graph_store.tenant(tenant) as graph:
-        dataset = generate(graph.live_facts(), graph.live_chunks())
+        dataset = generate(graph.live_facts(), graph.live_chunks(), index, embed_texts)
     folder = f"{DATASET_PREFIX}/{dataset.version}"
     new_version = not store.exists(f"{folder}/manifest.json")
     manifest = {
@@ -35,6 +46,11 @@ def sft_dataset(context: dg.AssetExecutionContext, graph_store: GraphStoreResour
         "splits": dataset.split_counts(),
         "filtered": dict(dataset.filtered),
         "duplicates_removed": dataset.duplicates,
+        "quality_threshold": dataset.threshold,
+        "quality_scores": dataset.score_summary(),
+        "templates": dict(Counter(r.template for r in dataset.records)),
+        "retrieval_index": index.version,
+        "source_retrieved_share": round(dataset.retrieval_hit_rate or 0.0, 3),
     }
     if new_version:
         store.put(f"{folder}/chat.jsonl", to_jsonl([r.chat() for r in dataset.records]))
@@ -42,14 +58,14 @@ def sft_dataset(context: dg.AssetExecutionContext, graph_store: GraphStoreResour
         store.put_json(f"{folder}/manifest.json", manifest)  # written last: a version exists once complete
     store.put_json(f"{DATASET_PREFIX}/latest.json", {"version": dataset.version})
     sample = "\n".join(
-        f"| {r.template} | {r.instruction[:80]} | {r.output[:80]} | {r.split} |" for r in dataset.records[:6]
+        f"| {r.template} | {r.question[:90]} | {r.output[:60]} | {r.score} | {r.split} |" for r in dataset.records[:8]
     )
     return dg.MaterializeResult(
         metadata={
             **{k: v for k, v in manifest.items()},
             "new_version": new_version,
             "path": store.key(folder),
-            "sample": dg.MetadataValue.md("| template | instruction | answer | split |\n|---|---|---|---|\n" + sample),
+            "sample": dg.MetadataValue.md("| template | question | answer | quality | split |\n|---|---|---|---|---|\n" + sample),
         },
         data_version=dg.DataVersion(dataset.version),
     )

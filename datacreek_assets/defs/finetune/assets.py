@@ -161,34 +161,45 @@ def gguf_matches_torch(context: dg.AssetCheckExecutionContext, finetune: FineTun
     group_name="finetune",
     kinds={"llama.cpp", "mlflow"},
     deps=[gguf_model],
-    description="Held-out QA pairs (validation split) answered by llama.cpp from the base and the tuned GGUF; "
-    "exact match and token F1; reward_avg (tuned mean F1) and a registered model version in MLflow.",
+    description="Held-out questions (validation split) and the tenant's own hand-written ones, answered by "
+    "llama.cpp from the base and the tuned GGUF, each closed-book and with the tenant's retrieval; exact "
+    "match, contains-the-answer and token F1; the gate reads the retrieval-grounded F1; a registered model "
+    "version in MLflow.",
 )
 def qa_eval(context: dg.AssetExecutionContext, finetune: FineTuneResource,
             object_store: ObjectStoreResource) -> dg.MaterializeResult:
-    from datacreek_assets.finetune.pipeline import evaluate, read_latest, read_sft
+    from datacreek_assets.defs.retrieval.assets import retrieval_dir
+    from datacreek_assets.finetune.pipeline import eval_sets, evaluate, read_latest, read_sft, read_tenant_questions
     from datacreek_assets.finetune.training import write_json_atomic
+    from datacreek_assets.retrieval.index import load_current
 
     tenant = validate_tenant_id(context.partition_key)
     tenant_dir = finetune.tenant_dir(tenant)
     latest = read_latest(tenant_dir)
     manifest = json.loads((tenant_dir / "gguf" / latest["run_key"] / "manifest.json").read_text())
-    data = read_sft(object_store.for_tenant(tenant))
-    report = evaluate(latest, manifest, data, finetune.eval_questions)
+    store = object_store.for_tenant(tenant)
+    data = read_sft(store)
+    index = load_current(retrieval_dir(finetune, tenant), tenant)
+    if index is None:
+        raise dg.Failure(f"tenant {tenant} has no retrieval index: materialize retrieval_index first")
+    report = evaluate(latest, manifest, eval_sets(data, finetune.eval_questions, read_tenant_questions(store)), index)
+    report["dataset_version"] = data.version
     report["margin"] = finetune.eval_margin
     report["passed"] = report["tuned"]["f1"] >= report["base"]["f1"] + finetune.eval_margin
     drift_meta = {}
     if report["passed"]:
-        drift_meta = move_drift_reference(object_store.for_tenant(tenant), context.run.tags.get(DETECTED_AT_TAG))
+        drift_meta = move_drift_reference(store, context.run.tags.get(DETECTED_AT_TAG))
     tracking = finetune.tracking(tenant)
     run_id = latest["mlflow_run_id"]
     tracking.log_metric(run_id, "reward_avg", report["tuned"]["f1"])
-    for side in ("base", "tuned"):
-        tracking.log_metric(run_id, f"{side}_exact_match", report[side]["exact_match"])
-        tracking.log_metric(run_id, f"{side}_f1", report[side]["f1"])
+    for set_name, sides in report["sets"].items():
+        for side, scores in sides.items():
+            for metric in ("exact_match", "contains", "f1"):
+                tracking.log_metric(run_id, f"{set_name}_{side}_{metric}", scores[metric])
+    gate = report["sets"][report["gate_set"]]
     picture = eval_comparison_picture(
-        {side: {"exact match": report[side]["exact_match"], "token F1": report[side]["f1"]} for side in ("base", "tuned")},
-        f"{tenant}: held-out QA")
+        {side.replace("_", " "): {"exact match": s["exact_match"], "contains answer": s["contains"], "token F1": s["f1"]}
+         for side, s in gate.items()}, f"{tenant}: {report['gate_set']} questions")
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "qa_eval.png").write_bytes(picture)
         tracking.log_artifact(run_id, Path(tmp) / "qa_eval.png", "pictures")
@@ -196,20 +207,28 @@ def qa_eval(context: dg.AssetExecutionContext, finetune: FineTuneResource,
     report["model_version"] = tracking.register(run_id, "gguf", tags={"qa_passed": str(report["passed"]).lower()})
     write_json_atomic(tenant_dir / "eval" / f"{latest['run_key']}.json", report)
     write_json_atomic(tenant_dir / "eval" / "latest.json", report)
-    examples = "\n".join(f"| {e['question'][:60]} | {e['reference'][:60]} | {e['base'][:60]} | {e['tuned'][:60]} |"
-                         for e in report["examples"])
+    table = "\n".join(f"| {name} | {side.replace('_', ' ')} | {s['questions']} | {s['exact_match']:.3f} | "
+                      f"{s['contains']:.3f} | {s['f1']:.3f} |"
+                      for name, sides in report["sets"].items() for side, s in sides.items())
+    examples = "\n".join(f"| {e['question'][:70]} | {e['reference'][:40]} | {e['base_retrieval'][:40]} | "
+                         f"{e['tuned_retrieval'][:40]} | {e['tuned_closed'][:40]} |" for e in report["examples"])
     return dg.MaterializeResult(
         metadata={
             "questions": report["tuned"]["questions"],
-            "base_exact_match": report["base"]["exact_match"],
+            "gate_set": report["gate_set"],
+            "base_exact_match": round(report["base"]["exact_match"], 4),
             "base_f1": round(report["base"]["f1"], 4),
-            "tuned_exact_match": report["tuned"]["exact_match"],
+            "tuned_exact_match": round(report["tuned"]["exact_match"], 4),
+            "tuned_contains": round(report["tuned"]["contains"], 4),
             "tuned_f1": round(report["tuned"]["f1"], 4),
             "reward_avg": round(report["tuned"]["f1"], 4),
             "margin": finetune.eval_margin,
             "registered_model": f"{tracking.model_name} v{report['model_version']}",
             **drift_meta,
-            "examples": dg.MetadataValue.md("| question | reference | base | tuned |\n|---|---|---|---|\n" + examples),
+            "scores": dg.MetadataValue.md("| set | model, mode | questions | exact match | contains | F1 |\n"
+                                          "|---|---|---|---|---|---|\n" + table),
+            "examples": dg.MetadataValue.md("| question | reference | base + retrieval | tuned + retrieval | "
+                                            "tuned closed-book |\n|---|---|---|---|---|\n" + examples),
             "comparison": dg.MetadataValue.md(png_markdown(picture, "base vs tuned")),
         },
         data_version=dg.DataVersion(latest["run_key"]),
@@ -228,7 +247,8 @@ def move_drift_reference(store, detected_at: str | None) -> dict:
 
 
 @dg.asset_check(asset=qa_eval, blocking=True,
-                description="Release gate: the tuned model's mean token F1 beats the base model's by the margin.")
+                description="Release gate: with retrieval, the tuned model's mean token F1 beats the base model's by the "
+                "margin (on the tenant's hand-written questions when it has them).")
 def tuned_beats_base(context: dg.AssetCheckExecutionContext, finetune: FineTuneResource) -> dg.AssetCheckResult:
     tenant = validate_tenant_id(context.run.tags.get("dagster/partition", ""))
     report_path = finetune.tenant_dir(tenant) / "eval" / "latest.json"
@@ -236,5 +256,5 @@ def tuned_beats_base(context: dg.AssetCheckExecutionContext, finetune: FineTuneR
     gain = report["tuned"]["f1"] - report["base"]["f1"]
     return dg.AssetCheckResult(
         passed=bool(report["passed"]),  # the verdict qa_eval recorded (and acted on): computed once
-        metadata={"base_f1": report["base"]["f1"], "tuned_f1": report["tuned"]["f1"], "gain": round(gain, 4),
-                  "margin": report["margin"], "run_key": report["run_key"]})
+        metadata={"gate_set": report["gate_set"], "base_f1": report["base"]["f1"], "tuned_f1": report["tuned"]["f1"],
+                  "gain": round(gain, 4), "margin": report["margin"], "run_key": report["run_key"]})

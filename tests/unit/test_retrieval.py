@@ -1,0 +1,81 @@
+"""The retrieval index: built from feature-store rows, exact, owned by one tenant, published atomically."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from datacreek_assets.embeddings.fp8 import quantize
+from datacreek_assets.retrieval.index import (
+    RetrievalError, RetrievalIndex, build_index, current_version, load_current, publish, read_index,
+)
+from datacreek_assets.retrieval.prompt import NOT_IN_DOCUMENTS, SYSTEM_PROMPT, messages_for, with_context
+
+
+def unit_rows(n: int, d: int = 384, seed: int = 0) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def feature_rows(vectors: np.ndarray, deleted: set[int] = frozenset()) -> pd.DataFrame:
+    blobs, scales = quantize(vectors)
+    return pd.DataFrame({"embedding_hash": [f"h{i}" for i in range(len(vectors))],
+                         "chunk_id": [f"c{i}" for i in range(len(vectors))],
+                         "doc_id": [f"d{i // 4}" for i in range(len(vectors))],
+                         "vector_fp8": blobs, "scale": scales, "deleted": [i in deleted for i in range(len(vectors))]})
+
+
+def test_search_is_exact_top_k_over_fp8_vectors():
+    vectors = unit_rows(200)
+    chunks = [{"chunk_id": f"c{i}", "text": f"text {i}"} for i in range(200)]
+    index, skipped = build_index("acme", feature_rows(vectors, deleted={5}), chunks[:-10])
+    assert len(index) == 189 and skipped == 10  # one deleted, ten no longer live chunks
+    assert "c5" not in index.chunk_ids
+    for probe in (0, 17, 150):
+        found = index.search(vectors[probe], k=3)
+        assert found[0].chunk_id == f"c{probe}" and found[0].text == f"text {probe}"
+        assert found[0].score > 0.99 and found[0].score >= found[1].score >= found[2].score
+        exact = np.argsort(-(index.vectors @ vectors[probe]))[:3]
+        assert [p.chunk_id for p in found] == [index.chunk_ids[i] for i in exact]
+    assert [p.chunk_id for p in index.search(vectors[0], k=2, exclude={"c0"})][0] != "c0"
+
+
+def test_an_index_belongs_to_one_tenant(tmp_path):
+    vectors = unit_rows(10)
+    index, _ = build_index("acme", feature_rows(vectors), [{"chunk_id": f"c{i}", "text": f"t{i}"} for i in range(10)])
+    path = publish(index, tmp_path / "acme")
+    assert read_index(path, "acme").chunk_ids == index.chunk_ids
+    with pytest.raises(RetrievalError, match="belongs to tenant 'acme'"):
+        read_index(path, "globex")  # a path mix-up is refused, never served
+    with pytest.raises(ValueError):
+        RetrievalIndex("../acme", [], [], [], np.zeros((0, 384), np.float32))
+    with pytest.raises(RetrievalError):
+        read_index(tmp_path / "missing.npz", "acme")
+
+
+def test_publish_replaces_the_current_index_and_keeps_one_previous(tmp_path):
+    folder = tmp_path / "retrieval"
+    assert load_current(folder, "acme") is None and current_version(folder) is None
+    versions = []
+    for seed in range(3):
+        index, _ = build_index("acme", feature_rows(unit_rows(6, seed=seed)),
+                               [{"chunk_id": f"c{i}", "text": f"t{i}"} for i in range(6)])
+        publish(index, folder)
+        versions.append(index.version)
+        assert current_version(folder) == index.version == load_current(folder, "acme").version
+    assert len(set(versions)) == 3
+    assert sorted(p.stem for p in folder.glob("*.npz")) == sorted(versions[1:])
+    assert not list(folder.glob(".*tmp"))
+
+
+def test_grounded_prompts():
+    closed = messages_for("What is X?", None)
+    assert closed == [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "What is X?"}]
+    grounded = messages_for("What is X?", ["X is a thing.\n\nMore.", "Y is other."])
+    assert grounded[1]["content"] == "Context:\n[1] X is a thing.\nMore.\n[2] Y is other.\n\nQuestion: What is X?"
+    assert NOT_IN_DOCUMENTS in SYSTEM_PROMPT
+    client = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+              {"role": "user", "content": "What is X?"}]
+    served = with_context(client, ["X is a thing."])
+    assert served[0]["role"] == "system" and served[1:3] == client[:2]
+    assert served[-1]["content"].endswith("Question: What is X?") and client[-1]["content"] == "What is X?"
+    assert with_context(client, []) == client
