@@ -148,7 +148,8 @@ def score(site: str, page: str, g: Gold, raw_text: str) -> PageScore:
     gt, ot = toks(g.text), toks(text)
     g5, g3, o3 = grams(gt, 5), grams(gt, 3), grams(ot, 3)
     gold_joined = f" {' '.join(gt)} "
-    recall = len(g5 & grams(ot, 5)) / len(g5) if g5 else float(f" {' '.join(gt)} " in f" {' '.join(ot)} ")
+    out_joined = f" {' '.join(ot)} "
+    recall = len(g5 & grams(ot, 5)) / len(g5) if g5 else float(gold_joined in out_joined)
     boiler_chunks = []
     chunks = chunk_text(f"{site}/{page}.html", text)
     for chunk in chunks:
@@ -156,8 +157,14 @@ def score(site: str, page: str, g: Gold, raw_text: str) -> PageScore:
         if covered_words(words, g3, gold_joined) < len(words) / 2:
             boiler_chunks.append(chunk.text)
     paragraphs = {" ".join(toks(p)) for p in re.split(r"\n{2,}", text)}
-    pres_kept = sum(len(grams(toks(p), 3) & o3) >= 0.9 * len(grams(toks(p), 3)) if len(toks(p)) >= 3
-                    else " ".join(toks(p)) in " ".join(ot) for p in g.pres)
+
+    def pre_kept(pre: str) -> bool:
+        words = toks(pre)
+        if len(words) < 3:
+            return f" {' '.join(words)} " in out_joined
+        return len(grams(words, 3) & o3) >= 0.9 * len(grams(words, 3))
+
+    pres_kept = sum(map(pre_kept, g.pres))
     return PageScore(site, page, recall, len(ot), len(ot) - covered_words(ot, g3, gold_joined), len(chunks),
                      len(boiler_chunks), sum(" ".join(toks(h)) in paragraphs for h in g.headings), len(g.headings),
                      pres_kept, len(g.pres), boiler_chunks)
@@ -228,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     pages = load_pages()
     golds = {(site, name): gold(h, site) for site, name, h in pages}
     methods = {"old": old_html_to_text, "new": _html_to_text}
-    scores = {m: [score(site, name, golds[(site, name)], fn(h)) for site, name, h in pages] for m, fn in methods.items()}
+    scores = {m: [score(site, name, golds[(site, name)], fn(h)) for site, name, h in pages]
+              for m, fn in methods.items()}
     print(quality_table(scores))
     for method in methods if args.examples else ():
         print(f"\nboilerplate chunks, {method} method (up to {args.examples} per site, first 100 chars):")

@@ -584,7 +584,7 @@ def demo(obj: Context, tenant_id: str, max_docs: int, scenes: bool) -> None:
     validate_tenant_id(tenant_id)
     obj.settings = dataclasses.replace(obj.settings, **DEMO_CANARY_POLICY)
     started = time.monotonic()
-    total = 8 if scenes else 4
+    total = 9 if scenes else 4
     click.echo(f"[1/{total}] services")
     if obj.profile == "local":
         services_up(obj.settings, progress=lambda msg: click.echo(f"  {msg}"))
@@ -617,18 +617,31 @@ DEMO_RETRAIN = {"ops": {"finetuned_adapter": {"config": {"max_steps": 12}}}}
 DEMO_CANARY_POLICY = {"canary_min_requests": 8, "canary_promote_after_s": 30.0, "canary_promote_min_requests": 10}
 DEMO_TRAFFIC_PER_S = 3.0  # what SmolLM2 on one thread per replica answers without queueing
 DEMO_SPIKE_S = 1.5  # latency injected into the drill's canary (see the drill)
+DEMO_SERVED_EVERY = 2  # every other hand-written question goes through the router (qa_eval asks them all)
 
 
 def _demo_scenes(obj: Context, resources: dict, tenant_id: str, total: int) -> None:
-    from datacreek_assets.demo_scenarios import canary_scene, drift_scene, quota_scene
+    from datacreek_assets.demo_corpus import MODULES, demo_questions
+    from datacreek_assets.demo_scenarios import answers_scene, canary_scene, drift_scene, quota_scene
 
     defs, instance = obj.definitions(), obj.instance()
-    click.echo(f"[5/{total}] canary: client traffic at {DEMO_TRAFFIC_PER_S:g} requests/s, 5 % to the canary")
+    questions = demo_questions(MODULES)[::DEMO_SERVED_EVERY]
+    click.echo(f"[5/{total}] answers: {len(questions)} hand-written questions through the router, as a client asks")
+    with _terminal_console() as console, console.status("asking") as status:
+        served = answers_scene(resources, tenant_id, questions,
+                               progress=lambda done, n: status.update(f"asking: {done}/{n}"))
+    for (role, version, retrieval), s in served.items():
+        grounding = (f"; grounding p50 {s.retrieval_p50_ms} ms, p99 {s.retrieval_p99_ms} ms, foreign chunks "
+                     f"{s.foreign_chunks}" if retrieval else "")
+        click.echo(f"  {tenant_id}-{version} ({role}, {'retrieval' if retrieval else 'closed-book'}): exact match "
+                   f"{s.scores['exact_match']:.2f}, contains {s.scores['contains']:.2f}, F1 {s.scores['f1']:.2f}; "
+                   f"request p99 {s.request_p99_ms:.0f} ms{grounding}")
+    click.echo(f"[6/{total}] canary: client traffic at {DEMO_TRAFFIC_PER_S:g} requests/s, 5 % to the canary")
     promoted = canary_scene(defs, instance, resources, tenant_id, rate_per_s=DEMO_TRAFFIC_PER_S)
     _echo_canary(tenant_id, promoted)
     if promoted.outcome != "promoted":
         _fail(RuntimeError(f"the healthy canary was not promoted: {promoted.reason}"), EXIT_FAILED)
-    click.echo(f"[6/{total}] drift: documents on a new subject arrive")
+    click.echo(f"[7/{total}] drift: documents on a new subject arrive")
     scene = drift_scene(defs, instance, resources, tenant_id, run_config=DEMO_RETRAIN)
     click.echo(f"  embedding drift {scene.drift:.3f} ({scene.level}); the drift sensor requested "
                f"{scene.requested} retraining run(s)")
@@ -645,14 +658,14 @@ def _demo_scenes(obj: Context, resources: dict, tenant_id: str, total: int) -> N
         # The verdict is canary p99 > 2 x production's. On 2 shared cores production's p99 was 310 ms in
         # one demo run and 650 ms in another (queueing behind the retraining's leftovers), where a
         # 400 ms spike (905 ms) no longer doubled it: the drill's spike must clear 2 x 650 ms on its own.
-        click.echo(f"[7/{total}] canary drill: {tenant_id}-{released['version']} gets {DEMO_SPIKE_S:g} s of injected latency")
+        click.echo(f"[8/{total}] canary drill: {tenant_id}-{released['version']} gets {DEMO_SPIKE_S:g} s of injected latency")
         drill = canary_scene(defs, instance, resources, tenant_id, rate_per_s=DEMO_TRAFFIC_PER_S, spike_s=DEMO_SPIKE_S)
         _echo_canary(tenant_id, drill)
         if drill.outcome != "rolled_back":
             _fail(RuntimeError(f"the spiked canary was not rolled back: {drill.reason}"), EXIT_FAILED)
     else:
-        click.echo(f"[7/{total}] canary drill skipped: the retraining released no canary")
-    click.echo(f"[8/{total}] quota: the tenant's price is raised past its balance during a fine-tune")
+        click.echo(f"[8/{total}] canary drill skipped: the retraining released no canary")
+    click.echo(f"[9/{total}] quota: the tenant's price is raised past its balance during a fine-tune")
     run, status = quota_scene(defs, instance, resources, tenant_id)
     click.echo(f"  run {run.run_id}: {'succeeded' if run.success else 'failed'}, datacreek/status={status}")
     if run.error:

@@ -146,3 +146,31 @@ def canary_scene(defs: dg.Definitions, instance: dg.DagsterInstance, resources: 
                            {role: len(v) for role, v in traffic.latencies.items()}, promotion, timings)
     finally:
         control.close()
+
+
+def answers_scene(resources: dict, tenant: str, questions: list[dict], progress=lambda done, total: None) -> dict:
+    """The tenant's hand-written questions through the router, as a client asks them: its live
+    production and canary versions with retrieval, and the canary closed-book too."""
+    from datacreek_assets.serving.served_eval import score_served
+
+    control = resources["serving"].control()
+    try:
+        control.ensure_router()
+        live = control.store.live(tenant)
+        with resources["graph_store"].tenant(tenant) as graph:
+            own_docs = {c["doc_id"] for c in graph.live_chunks()}
+        key_id, key = control.store.issue_key(tenant)
+        try:
+            runs = [(role, release.version, retrieval) for role, release in sorted(live.items())
+                    for retrieval in ((True, False) if role == "canary" else (True,))]
+            out, total, done = {}, len(runs) * len(questions), 0
+            for role, version, retrieval in runs:
+                out[(role, version, retrieval)] = score_served(
+                    control.url, key, questions, retrieval, version, own_docs,
+                    progress=lambda i, n, base=done: progress(base + i, total))
+                done += len(questions)
+            return out
+        finally:
+            control.store.revoke_key(tenant, key_id)
+    finally:
+        control.close()

@@ -56,7 +56,7 @@ SUMMARY_VERBS = set(
 _CLASS_LEAD = re.compile(r"^(?:(?:This|The|A|An) (?:class|function|object|type|module|method)s? |"
                          r"(?:Convenience |User-callable |Helper )?function (?:which|that|to) )", re.I)
 _SIGNATURE = re.compile(r"^[A-Za-z_][\w.]*\(.*?\)(?: -> [^\s]+)?\s*")  # "capwords(s [,sep]) -> string"
-_DEFAULT = re.compile(r"\b([a-z_][a-z0-9_]{2,})\b(?: is [a-z ]{1,20})? \(default:? `{0,2}([^()`]{1,20}?)`{0,2}\)"
+_DEFAULT = re.compile(r"(?<![.\w])([a-z_][a-z0-9_]{2,})\b(?: is [a-z ]{1,20})? \(default:? `{0,2}([^()`]{1,20}?)`{0,2}\)"
                       r"|\b([a-z_][a-z0-9_]{2,}) defaults to `{0,2}([\w'\".+-]{1,20}?)`{0,2}[\s,.;]")
 _ACRONYM = re.compile(r"\b([A-Z][A-Z0-9]{1,7})s? \(([A-Z][\w-]*(?: [\w-]+){1,6})\)"
                       r"|\b([A-Z][\w-]*(?: [\w-]+){1,6}) \(([A-Z][A-Z0-9]{1,7})s?\)")
@@ -176,7 +176,7 @@ def base_form(verb: str) -> str | None:
 
 def question_clause(summary: str, name: str) -> str | None:
     """A summary sentence as the verb phrase of a "Which ... of M ...?" question, or None."""
-    text = _CLASS_LEAD.sub("", _SIGNATURE.sub("", summary.strip()).rstrip(".").strip())
+    text = _CLASS_LEAD.sub("", _SIGNATURE.sub("", summary.strip()).rstrip(".:").strip())
     tokens = text.split()
     if not tokens or len(tokens) > MAX_CLAUSE_WORDS or name.lower() in (t.strip("`'\"().,").lower() for t in tokens):
         return None
@@ -234,7 +234,9 @@ def _candidates(env: Environment, facts: list[dict], chunks: list[dict], filtere
             if clause is None:
                 filtered["no_question_form"] += 1
                 continue
-            kind = ("exception" if clause.startswith("is raised") else "class") if name[:1].isupper() else "function"
+            # CamelCase names are classes; XMLID-style capitals and lower case are functions
+            capitalised = name[:1].isupper() and not name.isupper()
+            kind = ("exception" if clause.startswith("is raised") else "class") if capitalised else "function"
             question, answer = _render(env, "member.j2", kind=kind, source=_source_name(c["doc_id"]),
                                        clause=clause, name=name)
             candidates.append(SftRecord("", "member.j2", question, answer, c["text"], c["doc_id"],

@@ -117,7 +117,7 @@ def _html_to_text(html: str) -> str:
     main = _main_region(soup)
     root = main if main is not None else soup
     for tag in [t for t in root.find_all(True) if _is_chrome(t, in_main=main is not None)]:
-        tag.extract()  # (not decompose: a tag inside chrome already dropped is still extractable)
+        tag.extract()  # not decompose(): a tag inside one already dropped must stay safe to touch
     for tag in root("a"):
         if tag.get_text(strip=True) == "\N{PILCROW SIGN}":  # heading permalinks (Sphinx, MkDocs)
             tag.decompose()
@@ -144,7 +144,105 @@ def _pdf_to_text(data: bytes) -> str:
     reader = PdfReader(io.BytesIO(data))
     if reader.is_encrypted:
         raise _Refused("encrypted PDF")
-    return "\n".join((page.extract_text() or "") for page in reader.pages)
+    pages = [[" ".join(line.split()) for line in (page.extract_text() or "").split("\n")] for page in reader.pages]
+    return _reflow([line for page in _drop_page_furniture(pages) for line in page if line])
+
+
+# A PDF's text comes out one printed line at a time, with each page's running head and foot (title,
+# chapter name, page number) in it. Chunked as is, those become noise in every chunk, words stay
+# cut at line-end hyphens, and headings read as part of the next sentence. The rules below are
+# the generic ones of printed layout, not one producer's.
+_EDGE = 2  # lines at the top and at the bottom of a page that may be running heads/feet
+_PAGE_NUMBER = re.compile(r"[-–—(\[ ]*(page )?(\d+|[ivxlc]+)( ?(/|of) ?\d+)?[-–—)\] ]*", re.IGNORECASE)
+_BULLET = re.compile(r"[•◦▪‣∙·*–-]")
+_TOC_ENTRY = re.compile(r"(\.\s?){4,}\s*(\d+|[ivxlc]+)$", re.IGNORECASE)  # "Introduction ...... 3"
+_NUMBERED = re.compile(r"\d+(\.\d+)*\.?\s")  # "2.1. Heading", "3. Item"
+
+
+def _edge_key(line: str) -> str:
+    return re.sub(r"\d+", "#", line.lower())  # "Page 3 of 9" and "Page 4 of 9" are one running foot
+
+
+def _drop_page_furniture(pages: list[list[str]]) -> list[list[str]]:
+    """Drop bare page numbers at a page's top or bottom, and running heads/feet: lines found at the
+    same edge of at least a quarter of the pages (3 at least). The first page keeps its lines: a
+    running head usually repeats the title, which is content there."""
+    pages = [[line for line in page if line] for page in pages]
+    seen: dict[tuple[str, str], set[int]] = {}
+    for number, page in enumerate(pages):
+        for edge, lines in (("top", page[:_EDGE]), ("bottom", page[-_EDGE:])):
+            for line in lines:
+                seen.setdefault((edge, _edge_key(line)), set()).add(number)
+    least = max(3, len(pages) / 4)
+    running = {key for key, numbers in seen.items() if len(numbers) >= least}
+    out = []
+    for number, page in enumerate(pages):
+        n = len(page)
+
+        def furniture(i: int, line: str) -> bool:
+            edges = (["top"] if i < _EDGE else []) + (["bottom"] if i >= n - _EDGE else [])
+            if not edges:
+                return False
+            return _PAGE_NUMBER.fullmatch(line) is not None or (
+                number > 0 and any((edge, _edge_key(line)) in running for edge in edges))
+
+        out.append([line for i, line in enumerate(page) if not furniture(i, line)])
+    return out
+
+
+def _join_hyphenated(left: str, right: str, words: set[str], hyphenated: set[str]) -> str:
+    """"docu-" + "ment": typesetters cut words at syllables, but a compound ("user-specific") keeps
+    its hyphen. The document itself decides: a form used elsewhere in it wins; otherwise two halves
+    that are both words elsewhere are a compound; otherwise the cut was a syllable break."""
+    joined, compound = left + right, f"{left}-{right}"
+    if joined.lower() in words:
+        return joined
+    if compound.lower() in hyphenated or right[0].isupper():  # "FA-" + "STS-000157": not a syllable
+        return compound
+    if left.lower() in words and right.lower() in words:
+        return compound
+    return joined
+
+
+def _reflow(lines: list[str]) -> str:
+    """Join a paragraph's printed lines into one line, re-join hyphenated words, and put a blank line
+    where a paragraph or heading ends (the chunker splits paragraphs on blank lines only)."""
+    if not lines:
+        return ""
+    split = re.compile(r"(\w+)-$")
+    # Vocabulary of the document without the halves of words cut at a line end.
+    cut = [i for i in range(len(lines) - 1) if split.search(lines[i]) and lines[i + 1][:1].isalpha()]
+    text = "\n".join(lines)
+    for i in cut:
+        text = text.replace(f"{split.search(lines[i]).group(1)}-\n{lines[i + 1].split()[0]}", " ")
+    words = set(re.findall(r"\w+", text.lower()))
+    hyphenated = set(re.findall(r"\w+(?:-\w+)+", text.lower()))
+    width = sorted(len(line) for line in lines)[int(len(lines) * 0.9)]  # a full line, roughly
+    short = 0.7 * width
+    out = lines[0]
+    for prev, line in zip(lines, lines[1:]):
+        cut_word = split.search(prev)
+        if cut_word and line[:1].isalpha():
+            right, _, rest = line.partition(" ")
+            out = out[: -len(cut_word.group(0))] + _join_hyphenated(cut_word.group(1), right, words, hyphenated)
+            out += f" {rest}" if rest else ""
+            continue
+        starts_upper = line[:1].isupper() or line[:1].isdigit() or line[:1] in "\"'“‘(["
+        toc = bool(_TOC_ENTRY.search(prev)), bool(_TOC_ENTRY.search(line))
+        if toc[0] != toc[1]:
+            sep = "\n\n"  # a table of contents is a paragraph of its own
+        elif _BULLET.match(line) or all(toc):
+            sep = "\n"  # a list item or a table-of-contents entry keeps its own line
+        elif len(prev) < short and starts_upper:
+            sep = "\n\n"  # a short line, then a capital: a paragraph or a heading has ended
+        elif prev[-1] in ".!?:" and len(line) < short and starts_upper and line[-1] not in ".,;:":
+            sep = "\n\n"  # a short unpunctuated line after a sentence: a heading
+        elif len(prev) < short and prev.endswith(":"):
+            sep = "\n"  # "run this command as root:" before a code line
+        else:
+            sep = " "
+        out += sep + line
+    return out
 
 
 class _Refused(Exception):

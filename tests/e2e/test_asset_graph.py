@@ -172,12 +172,18 @@ def test_every_asset_materializes_for_a_small_tenant(services, local_resources, 
 
     # serving: the tuned model is the tenant's 5 % canary against the base model; under healthy
     # traffic the canary sensor requests production_release, which promotes it
-    from datacreek_assets.demo_scenarios import canary_scene, drift_scene, quota_scene
+    from datacreek_assets.demo_scenarios import answers_scene, canary_scene, drift_scene, quota_scene
 
     released = first.metadata["canary_release"]
     assert (released["status"], released["version"], released["production"]) == ("canary", "v1", "base")
     assert released["canary_weight"] == 0.05 and released["adapter_path"].endswith("adapter.gguf")
     assert second.metadata["canary_release"]["status"] == "unchanged (canary)"
+    # the tenant's own questions through the router, as a client asks them: grounded in its chunks only
+    served = answers_scene(local_resources, TENANT, demo_questions(MODULES[:6])[:3])
+    assert set(served) == {("production", "base", True), ("canary", "v1", True), ("canary", "v1", False)}
+    for (_, version, retrieval), s in served.items():
+        assert s.scores["questions"] == 3 and s.version == version and s.foreign_chunks == 0
+        assert (s.retrieval_p99_ms is not None) == retrieval
     promoted = canary_scene(defs, instance, local_resources, TENANT, rate_per_s=15)
     assert promoted.outcome == "promoted", promoted
     assert promoted.role_counts.get("canary", 0) >= 8 and set(promoted.status_counts) == {200}

@@ -1,4 +1,5 @@
 import io
+from pathlib import Path
 
 import pytest
 
@@ -67,3 +68,82 @@ def test_encrypted_pdf_is_quarantined():
 
 def test_normalise_text_removes_controls_and_folds_compatibility_forms():
     assert normalise_text("ﬁle\x07 name\t\tx\n\n\n\ny") == "file name x\n\ny"
+
+
+# ---------------------------------------------------------------- HTML: page chrome dropped, content kept
+PAGES = Path(__file__).resolve().parents[1] / "data" / "html_pages"  # real doc pages, see SOURCES.md
+SPHINX_PAGES = sorted((PAGES / "python").glob("*.html"))
+POSTGRES_PAGES = sorted((PAGES / "postgresql").glob("*.html"))
+
+
+def page_text(path: Path) -> str:
+    return parsed(path.name, path.read_bytes()).text
+
+
+def test_the_real_pages_are_there():
+    assert len(SPHINX_PAGES) == 8 and len(POSTGRES_PAGES) == 8
+
+
+@pytest.mark.parametrize("path", SPHINX_PAGES, ids=lambda p: p.name)
+def test_sphinx_page_loses_its_navigation_but_keeps_title_and_code(path):
+    from bs4 import BeautifulSoup
+
+    text = page_text(path)
+    for chrome in ("Previous topic", "Next topic", "Show Source", "Report a Bug", "This Page", "Copyright"):
+        assert chrome not in text, chrome
+    main = BeautifulSoup(path.read_bytes(), "html.parser").find(attrs={"role": "main"})
+    h1 = " ".join(main.h1.get_text().replace("\N{PILCROW SIGN}", "").split())
+    assert text.startswith(h1 + "\n\n")  # the title is a paragraph of its own, first
+    assert normalise_text(main.pre.get_text()) in text  # the first code block, line by line
+    assert "\N{PILCROW SIGN}" not in text  # heading permalinks
+
+
+@pytest.mark.parametrize("path", POSTGRES_PAGES, ids=lambda p: p.name)
+def test_postgres_page_loses_prev_up_home_next_but_keeps_its_title(path):
+    from bs4 import BeautifulSoup
+
+    text = page_text(path)
+    assert not {"Prev", "Up", "Home", "Next"} & set(text.split())
+    title = normalise_text(BeautifulSoup(path.read_bytes(), "html.parser").title.get_text())
+    assert text.split("\n")[0] == title
+
+
+def test_section_ids_that_look_like_chrome_are_kept_and_the_footer_is_dropped():
+    text = page_text(PAGES / "git" / "git-bisect.html")  # <div class="sect2"><h3 id="_bisect_skip">
+    assert "\n\nBisect skip\n\n" in text and "Last updated" not in text
+
+
+def test_table_cells_and_headings_are_separated():
+    html = (b"<p>Intro.</p><h2>Usage</h2>"
+            b"<table><tr><th>name</th><th>value</th></tr><tr><td>a</td><td>1</td></tr></table>")
+    assert parsed("t.html", html).text == "Intro.\n\nUsage\n\nname\nvalue\n\na\n1"
+
+
+def test_main_region_keeps_outside_h1_and_inside_footnotes_drops_the_rest():
+    body = "Body text of the article, long enough to be most of the page. " * 3
+    html = (f"<body><header><h1>The Title</h1></header><div class='nav-bar'>Home About</div><main><p>{body}</p>"
+            f"<aside class='footnote'>[1] A footnote.</aside></main><aside>Related posts</aside>"
+            f"<footer>Site footer</footer></body>").encode()
+    assert parsed("m.html", html).text == f"The Title\n\n{body.strip()}\n[1] A footnote."
+
+
+def test_without_main_page_header_footer_and_menus_go_but_article_headers_stay():
+    html = (b"<body><header>Site name</header><ul class='menu'><li>Home</li></ul><article><header><h2>Post</h2>"
+            b"</header><p>Kept text.</p></article><div role='contentinfo'>Contact</div><footer>Bye</footer></body>")
+    assert parsed("n.html", html).text == "Post\n\nKept text."
+
+
+def test_demo_corpus_html_pages_lose_nothing():
+    from datacreek_assets.demo_corpus import MODULES, module_text, write_demo_corpus
+
+    class Store(dict):
+        put = dict.__setitem__
+
+    store = Store()
+    write_demo_corpus(store, max_docs=12)
+    names = {f"inbox/{name.replace('.', '_')}.html": name for name in MODULES}
+    pages = [key for key in store if key.endswith(".html")]
+    assert len(pages) == 3
+    for key in pages:
+        title, body = module_text(names[key])
+        assert parsed(key, store[key]).text == normalise_text(f"{title}\n\n{body}")
