@@ -19,7 +19,7 @@ from pathlib import Path
 from bench.harness import Comparison
 
 THREADS = 2
-MAX_LEN = 256
+MAX_LEN = 512  # a grounded record with its source passage: ~330 SmolLM2 tokens
 PLANNED_STEPS = 4  # optimizer steps per epoch each side is sized for
 
 

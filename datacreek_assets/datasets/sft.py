@@ -28,7 +28,7 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from datacreek_assets.datasets.quality import (
-    QUALITY_THRESHOLD, STOPWORDS, EntityVocabulary, content_words, near_duplicates, quality_score,
+    QUALITY_THRESHOLD, STOPWORDS, EntityVocabulary, near_duplicates, quality_score,
 )
 from datacreek_assets.ingest.chunking import split_sentences
 from datacreek_assets.retrieval.index import DEFAULT_K
@@ -138,11 +138,6 @@ def _render(env: Environment, template: str, **values) -> tuple[str, str]:
     text = env.get_template(template).render(**values)
     question, _, answer = text.partition("\n---\n")
     return " ".join(question.split()), " ".join(answer.split())
-
-
-def supported(answer: str, source: str) -> bool:
-    """Every content word of the answer appears in the source text."""
-    return content_words(answer) <= content_words(source)
 
 
 def _source_name(doc_id: str) -> str:

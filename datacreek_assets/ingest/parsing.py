@@ -149,24 +149,27 @@ def _pdf_to_text(data: bytes) -> str:
 
 
 # A PDF's text comes out one printed line at a time, with each page's running head and foot (title,
-# chapter name, page number) in it. Chunked as is, those become noise in every chunk, words stay
-# cut at line-end hyphens, and headings read as part of the next sentence. The rules below are
+# chapter name, page number) in it. Chunked as is, those are noise inside the chunks, words stay cut
+# at line-end hyphens, and a heading reads as the start of the next sentence. The rules below are
 # the generic ones of printed layout, not one producer's.
 _EDGE = 2  # lines at the top and at the bottom of a page that may be running heads/feet
 _PAGE_NUMBER = re.compile(r"[-–—(\[ ]*(page )?(\d+|[ivxlc]+)( ?(/|of) ?\d+)?[-–—)\] ]*", re.IGNORECASE)
 _BULLET = re.compile(r"[•◦▪‣∙·*–-]")
-_TOC_ENTRY = re.compile(r"(\.\s?){4,}\s*(\d+|[ivxlc]+)$", re.IGNORECASE)  # "Introduction ...... 3"
-_NUMBERED = re.compile(r"\d+(\.\d+)*\.?\s")  # "2.1. Heading", "3. Item"
+_TOC_ENTRY = re.compile(r"\s*(\.\s?){4,}\s*(\d+|[ivxlc]+)$", re.IGNORECASE)  # "Introduction ...... 3"
+_NUMBERED = re.compile(r"\(?(\d+|[a-z])[.)]\s")  # "3. Item", "(a) item", "2) item"
 
 
 def _edge_key(line: str) -> str:
-    return re.sub(r"\d+", "#", line.lower())  # "Page 3 of 9" and "Page 4 of 9" are one running foot
+    """Page numbers ("7", "-iv-", "Page 3 of 9") are one key, and digits in a line are one digit:
+    "3 Introduction" and "4 Introduction" are the same running head."""
+    return "#" if _PAGE_NUMBER.fullmatch(line) else re.sub(r"\d+", "#", line.lower())
 
 
 def _drop_page_furniture(pages: list[list[str]]) -> list[list[str]]:
-    """Drop bare page numbers at a page's top or bottom, and running heads/feet: lines found at the
-    same edge of at least a quarter of the pages (3 at least). The first page keeps its lines: a
-    running head usually repeats the title, which is content there."""
+    """Drop running heads/feet and page numbers: lines found at the same edge (first or last two
+    lines) of at least a quarter of the pages, 3 pages at least. A lone number at the edge of only a
+    few pages is content (a table's last row, a code example's output). The first page keeps its
+    heads: a running head usually repeats the title, which is content there."""
     pages = [[line for line in page if line] for page in pages]
     seen: dict[tuple[str, str], set[int]] = {}
     for number, page in enumerate(pages):
@@ -180,69 +183,85 @@ def _drop_page_furniture(pages: list[list[str]]) -> list[list[str]]:
         n = len(page)
 
         def furniture(i: int, line: str) -> bool:
-            edges = (["top"] if i < _EDGE else []) + (["bottom"] if i >= n - _EDGE else [])
-            if not edges:
-                return False
-            return _PAGE_NUMBER.fullmatch(line) is not None or (
-                number > 0 and any((edge, _edge_key(line)) in running for edge in edges))
+            key = _edge_key(line)
+            at = (["top"] if i < _EDGE else []) + (["bottom"] if i >= n - _EDGE else [])
+            return (number > 0 or key == "#") and any((edge, key) in running for edge in at)
 
         out.append([line for i, line in enumerate(page) if not furniture(i, line)])
     return out
 
 
-def _join_hyphenated(left: str, right: str, words: set[str], hyphenated: set[str]) -> str:
-    """"docu-" + "ment": typesetters cut words at syllables, but a compound ("user-specific") keeps
-    its hyphen. The document itself decides: a form used elsewhere in it wins; otherwise two halves
-    that are both words elsewhere are a compound; otherwise the cut was a syllable break."""
-    joined, compound = left + right, f"{left}-{right}"
-    if joined.lower() in words:
-        return joined
-    if compound.lower() in hyphenated or right[0].isupper():  # "FA-" + "STS-000157": not a syllable
-        return compound
-    if left.lower() in words and right.lower() in words:
-        return compound
-    return joined
+def _hyphen_evidence(left: str, right: str, words: set[str], hyphenated: set[str]) -> str:
+    """What the document itself says of "left-" + "right" cut at a line end: "whole" when it uses
+    the joined word elsewhere, "compound" when it uses the hyphenated form or both halves as words,
+    else "unknown" ("docu-" + "ment", or "pre-" + "formatted")."""
+    if (left + right).lower() in words:
+        return "whole"
+    if f"{left}-{right}".lower() in hyphenated or (left.lower() in words and right.lower() in words):
+        return "compound"
+    return "unknown"
 
 
 def _reflow(lines: list[str]) -> str:
-    """Join a paragraph's printed lines into one line, re-join hyphenated words, and put a blank line
-    where a paragraph or heading ends (the chunker splits paragraphs on blank lines only)."""
+    """Join a paragraph's printed lines into one line, re-join words cut at a line-end hyphen, and
+    put a blank line where a paragraph or a heading ends (the chunker splits paragraphs on blank
+    lines only; a heading left on the next line is read as the start of the next sentence)."""
     if not lines:
         return ""
-    split = re.compile(r"(\w+)-$")
-    # Vocabulary of the document without the halves of words cut at a line end.
-    cut = [i for i in range(len(lines) - 1) if split.search(lines[i]) and lines[i + 1][:1].isalpha()]
+    cut_at = re.compile(r"(\w+)-$")
+    cuts = [(cut_at.search(lines[i]).group(1), lines[i + 1].split()[0]) for i in range(len(lines) - 1)
+            if cut_at.search(lines[i]) and lines[i + 1][:1].isalpha()]
+    # The document's own vocabulary, without the halves of the words cut at a line end.
     text = "\n".join(lines)
-    for i in cut:
-        text = text.replace(f"{split.search(lines[i]).group(1)}-\n{lines[i + 1].split()[0]}", " ")
+    for left, right in cuts:
+        text = text.replace(f"{left}-\n{right}", " ")
     words = set(re.findall(r"\w+", text.lower()))
     hyphenated = set(re.findall(r"\w+(?:-\w+)+", text.lower()))
-    width = sorted(len(line) for line in lines)[int(len(lines) * 0.9)]  # a full line, roughly
-    short = 0.7 * width
-    out = lines[0]
+    # A typesetter that cuts words at syllables (TeX, FOP) leaves more cuts that the document spells
+    # whole elsewhere than compounds; a plain line wrapper (textwrap, ragged right) cuts only at real
+    # hyphens. That decides the cuts the document says nothing about. A capital after the cut
+    # ("FA-" + "STS-000157") is not a syllable.
+    evidence = [_hyphen_evidence(left, right, words, hyphenated) for left, right in cuts]
+    syllables = evidence.count("whole") > evidence.count("compound")
+
+    def join(left: str, right: str) -> str:
+        found = _hyphen_evidence(left, right, words, hyphenated)
+        whole = found == "whole" or (found == "unknown" and syllables and not right[0].isupper())
+        return left + right if whole else f"{left}-{right}"
+
+    # A line well short of a full one (the 90th percentile of lengths) ends a paragraph or is a heading.
+    short = 0.7 * sorted(len(line) for line in lines)[int(len(lines) * 0.9)]
+    out = _drop_leader(lines[0])
     for prev, line in zip(lines, lines[1:]):
-        cut_word = split.search(prev)
-        if cut_word and line[:1].isalpha():
+        cut = cut_at.search(prev)
+        if cut and line[:1].isalpha():
             right, _, rest = line.partition(" ")
-            out = out[: -len(cut_word.group(0))] + _join_hyphenated(cut_word.group(1), right, words, hyphenated)
-            out += f" {rest}" if rest else ""
+            out = out[: -len(cut.group(0))] + join(cut.group(1), right)
+            out += f" {_drop_leader(rest)}" if rest else ""
             continue
-        starts_upper = line[:1].isupper() or line[:1].isdigit() or line[:1] in "\"'“‘(["
+        capital = line[:1].isupper() or line[:1].isdigit() or line[:1] in "\"'“‘(["
         toc = bool(_TOC_ENTRY.search(prev)), bool(_TOC_ENTRY.search(line))
         if toc[0] != toc[1]:
             sep = "\n\n"  # a table of contents is a paragraph of its own
-        elif _BULLET.match(line) or all(toc):
-            sep = "\n"  # a list item or a table-of-contents entry keeps its own line
-        elif len(prev) < short and starts_upper:
+        elif all(toc) or _BULLET.match(line):
+            sep = "\n"  # a table-of-contents entry or a list item keeps its own line
+        elif len(prev) < short and capital:
             sep = "\n\n"  # a short line, then a capital: a paragraph or a heading has ended
-        elif prev[-1] in ".!?:" and len(line) < short and starts_upper and line[-1] not in ".,;:":
-            sep = "\n\n"  # a short unpunctuated line after a sentence: a heading
-        elif len(prev) < short and prev.endswith(":"):
-            sep = "\n"  # "run this command as root:" before a code line
+        elif prev[-1] in ".!?:" and len(line) < short and capital and line[-1] not in ".,;:":
+            sep = "\n\n"  # a short unpunctuated line after a full stop: a heading
+        elif prev[-1] in ".!?:;" and _NUMBERED.match(line):
+            sep = "\n"  # "2. The next item" after a full stop: a numbered item or footnote
+        elif len(prev) < short and prev[-1] == ":":
+            sep = "\n"  # "run this command as root:" before a line of code
         else:
             sep = " "
-        out += sep + line
+        out += sep + _drop_leader(line)
     return out
+
+
+def _drop_leader(line: str) -> str:
+    """"Introduction ........ 3" -> "Introduction 3": dot leaders are most of a contents page's tokens."""
+    return _TOC_ENTRY.sub(r" \2", line)
 
 
 class _Refused(Exception):
