@@ -48,6 +48,18 @@ class Result:
     baseline_timed_out: bool = False  # then baseline_per_s is an upper bound and ratio a lower bound
 
 
+def over(items: list, fn: Callable, rounds: int = 1) -> Callable[[], int]:
+    """A timed body: ``fn`` on every item, ``rounds`` times; its unit count is the calls made."""
+
+    def go() -> int:
+        for _ in range(rounds):
+            for item in items:
+                fn(item)
+        return rounds * len(items)
+
+    return go
+
+
 def _timed(fn: Callable[[], int], setup) -> tuple[float, int]:
     if setup:
         setup()

@@ -29,7 +29,7 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.harness import Comparison, format_table, run_comparison
+from bench.harness import Comparison, format_table, over, run_comparison
 
 PAGES = Path(__file__).resolve().parents[1] / "tests" / "data" / "html_pages"
 OLD_BLOCK_TAGS = ["p", "div", "br", "li", "tr", "pre", "blockquote", "section", "article", "table", "ul", "ol",
@@ -212,12 +212,7 @@ def comparisons(quick: bool = False) -> list[Comparison]:
     rounds = 1 if quick else 3
 
     def run(fn):
-        def go() -> int:
-            for _ in range(rounds):
-                for h in pages:
-                    fn(h)
-            return rounds * len(pages)
-        return go
+        return over(pages, fn, rounds)
 
     return [Comparison(f"HTML to text, {len(pages)} doc pages (chrome dropped)",
                        run(_html_to_text), run(old_html_to_text), unit="pages", repeats=1 if quick else 3,

@@ -37,7 +37,7 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.harness import Comparison, format_table, run_comparison
+from bench.harness import Comparison, format_table, over, run_comparison
 
 PDFS = Path(__file__).resolve().parents[1] / "tests" / "data" / "pdf"
 DEMO_MODULES = ["json", "random", "hashlib"]
@@ -229,12 +229,7 @@ def comparisons(quick: bool = False) -> list[Comparison]:
     rounds = 1 if quick else 3
 
     def run(fn):
-        def go() -> int:
-            for _ in range(rounds):
-                for data in docs:
-                    fn(data)
-            return rounds * len(docs)
-        return go
+        return over(docs, fn, rounds)
 
     return [Comparison(f"PDF to text, {len(docs)} PDFs (furniture dropped)", run(_pdf_to_text),
                        run(old_pdf_to_text), unit="PDFs", repeats=1 if quick else 3,

@@ -17,7 +17,7 @@ SHORT_ANSWER_WORDS = 4
 MAX_ANSWER_WORDS = 16
 NEAR_DUPLICATE_JACCARD = 0.7
 # How sure the extraction is that the question has exactly this answer.
-CONFIDENCE = {"member.j2": 0.95, "acronym.j2": 0.95, "default.j2": 0.9, "definition.j2": 0.85, "relation.j2": 0.7, "absent.j2": 0.9}
+CONFIDENCE = {"blank.j2": 0.8, "member.j2": 0.95, "acronym.j2": 0.95, "default.j2": 0.9, "definition.j2": 0.85, "relation.j2": 0.7, "absent.j2": 0.9}
 
 _WORD = re.compile(r"[A-Za-z0-9_]+")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*$")

@@ -58,6 +58,11 @@ _CLASS_LEAD = re.compile(r"^(?:(?:This|The|A|An) (?:class|function|object|type|m
 _SIGNATURE = re.compile(r"^[A-Za-z_][\w.]*\(.*?\)(?: -> [^\s]+)?\s*")  # "capwords(s [,sep]) -> string"
 _DEFAULT = re.compile(r"(?<![.\w])([a-z_][a-z0-9_]{2,})\b(?: is [a-z ]{1,20})? \(default:? `{0,2}([^()`]{1,20}?)`{0,2}\)"
                       r"|\b([a-z_][a-z0-9_]{2,}) defaults to `{0,2}([\w'\".+-]{1,20}?)`{0,2}[\s,.;]")
+# What a blank may hide: code names (snake_case, CamelCase, CONSTANTS, dotted), literals, PEP numbers
+_BLANKABLE = re.compile(r"\bPEP \d+\b|(?<![\w.])(?:[A-Za-z]+_[A-Za-z0-9_]+|[A-Z][a-z]+[A-Z]\w*|[A-Z]{4,}\w*"
+                        r"|True|False|None|\d+(?:\.\d+)?)(?![\w(])")
+BLANK_SHARE = 40  # percent of chunks that give one fill-in-the-blank record
+MAX_BLANK_SENTENCE_WORDS = 40
 _ACRONYM = re.compile(r"\b([A-Z][A-Z0-9]{1,7})s? \(([A-Z][\w-]*(?: [\w-]+){1,6})\)"
                       r"|\b([A-Z][\w-]*(?: [\w-]+){1,6}) \(([A-Z][A-Z0-9]{1,7})s?\)")
 
@@ -212,6 +217,23 @@ def _member_of(chunk: dict, sentence: str) -> str | None:
     return names[-1] if names else None
 
 
+def _blank(chunk: dict) -> tuple[str, str] | None:
+    """One sentence of a chunk with one blankable span replaced by ___, for BLANK_SHARE % of chunks
+    (chosen by a hash of the chunk id: the same chunks every run). The span must occur once in
+    the sentence, so the blank has one answer."""
+    key = hashlib.sha256(chunk["chunk_id"].encode()).hexdigest()
+    if _percent(key) >= BLANK_SHARE:
+        return None
+    options = []
+    for sentence in split_sentences(chunk["text"]):
+        n = len(sentence.split())
+        if not 6 <= n <= MAX_BLANK_SENTENCE_WORDS or ">>>" in sentence or sentence.count("(") > 2:
+            continue
+        spans = [m for m in _BLANKABLE.finditer(sentence) if sentence.count(m.group()) == 1]
+        options += [(sentence[:m.start()] + "___" + sentence[m.end():], m.group()) for m in spans]
+    return options[int(key[8:16], 16) % len(options)] if options else None
+
+
 def _initials_match(acronym: str, expansion: str) -> bool:
     """JSON / JavaScript Object Notation: the acronym's letters start the expansion's words (or
     its capitals, for CamelCase words)."""
@@ -254,6 +276,10 @@ def _candidates(env: Environment, facts: list[dict], chunks: list[dict], filtere
                 question, answer = _render(env, "acronym.j2", source=source, acronym=acronym, expansion=expansion)
                 candidates.append(SftRecord("", "acronym.j2", question, answer, c["text"], c["doc_id"],
                                             [c["chunk_id"]], []))
+        blank = _blank(c)
+        if blank is not None:
+            question, answer = _render(env, "blank.j2", source=source, sentence=blank[0], answer=blank[1])
+            candidates.append(SftRecord("", "blank.j2", question, answer, c["text"], c["doc_id"], [c["chunk_id"]], []))
     text_of = {c["chunk_id"]: c["text"] for c in chunks}
     for f in facts:
         reason = vocabulary.reason_to_reject(f["subject"])

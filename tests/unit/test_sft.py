@@ -32,7 +32,7 @@ FACTS = [
 
 
 def by_answer(dataset):
-    return {r.output: r for r in dataset.records}
+    return {r.output: r for r in dataset.records if r.template != "blank.j2"}
 
 
 def test_records_are_short_answers_taken_from_their_source():
@@ -131,3 +131,15 @@ def test_records_carry_retrieved_passages_and_some_ask_over_passages_without_the
 
 def test_a_not_in_the_documents_record_scores_as_grounded():
     assert np.isclose(quality_score("absent.j2", NOT_IN_DOCUMENTS, NOT_IN_DOCUMENTS), 0.9)
+
+
+def test_fill_in_the_blank_hides_one_name_or_value_that_occurs_once(monkeypatch):
+    from datacreek_assets.datasets import sft
+
+    monkeypatch.setattr(sft, "BLANK_SHARE", 100)  # every chunk gives one (normally a hashed 40 %)
+    [blank] = [r for r in generate(FACTS, CHUNKS[:1]).records if r.template == "blank.j2"]
+    assert blank.question.startswith("Fill in the blank from the json documentation: ") and "___" in blank.question
+    assert blank.output in ("False", "sort_keys") and blank.output not in blank.question
+    assert blank.question.replace("___", blank.output).split(": ", 1)[1] in " ".join(JSON_TEXT.split())
+    monkeypatch.setattr(sft, "BLANK_SHARE", 0)
+    assert not [r for r in generate(FACTS, CHUNKS).records if r.template == "blank.j2"]
