@@ -56,11 +56,11 @@ SUMMARY_VERBS = set(
 _CLASS_LEAD = re.compile(r"^(?:(?:This|The|A|An) (?:class|function|object|type|module|method)s? |"
                          r"(?:Convenience |User-callable |Helper )?function (?:which|that|to) )", re.I)
 _SIGNATURE = re.compile(r"^[A-Za-z_][\w.]*\(.*?\)(?: -> [^\s]+)?\s*")  # "capwords(s [,sep]) -> string"
-_DEFAULT = re.compile(r"(?<![.\w])([a-z_][a-z0-9_]{2,})\b(?: is [a-z ]{1,20})? \(default:? `{0,2}([^()`]{1,20}?)`{0,2}\)"
+_DEFAULT = re.compile(r"(?<![.\w])([a-z_][a-z0-9_]{2,}(?<!ed))\b(?: is (?:true|false|given|set))? \(default:? `{0,2}([^()`]{1,20}?)`{0,2}\)"
                       r"|\b([a-z_][a-z0-9_]{2,}) defaults to `{0,2}([\w'\".+-]{1,20}?)`{0,2}[\s,.;]")
 # What a blank may hide: code names (snake_case, CamelCase, CONSTANTS, dotted), literals, PEP numbers
 _BLANKABLE = re.compile(r"\bPEP \d+\b|(?<![\w.])(?:[A-Za-z]+_[A-Za-z0-9_]+|[A-Z][a-z]+[A-Z]\w*|[A-Z]{4,}\w*"
-                        r"|True|False|None|\d+(?:\.\d+)?)(?![\w(])")
+                        r"|True|False|None|\d+(?:\.\d+)?(?![\d)]))(?![\w(])")  # a number, but not "4)" of a list
 BLANK_SHARE = 40  # percent of chunks that give one fill-in-the-blank record
 MAX_BLANK_SENTENCE_WORDS = 40
 _ACRONYM = re.compile(r"\b([A-Z][A-Z0-9]{1,7})s? \(([A-Z][\w-]*(?: [\w-]+){1,6})\)"

@@ -120,6 +120,10 @@ class Router:
         self.retrieval_k = retrieval_k
         self.indexes: dict[str, tuple[float, str | None, object]] = {}  # tenant -> (checked at, version, index)
         self.embed_lock = threading.Lock()
+        if models_dir:  # load the embedder now: the first grounded request must not pay ~5 s for it
+            from datacreek_assets.retrieval.index import embed_question
+
+            embed_question("warm up")
         self.windows: dict[tuple[str, str], LatencyWindow] = {}
         self.canary_totals: dict[tuple[str, str], int] = {}
         self.keys: dict[str, tuple[str | None, float]] = {}

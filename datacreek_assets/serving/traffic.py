@@ -16,11 +16,11 @@ PROMPTS = ["What does the json module provide?", "How do I read a CSV file?", "W
 
 class TrafficGenerator:
     def __init__(self, url: str, key: str, rate_per_s: float, clients: int = 2, max_tokens: int = 4,
-                 prefix: str = "load"):
+                 prefix: str = "load", retrieval: bool = True):
         if rate_per_s <= 0 or clients < 1:
             raise ValueError("the rate and the number of clients must be positive")
         self.url, self.key, self.rate, self.clients = url.rstrip("/"), key, rate_per_s, clients
-        self.max_tokens, self.prefix = max_tokens, prefix
+        self.max_tokens, self.prefix, self.retrieval = max_tokens, prefix, retrieval
         self.status = Counter()
         self.latencies: dict[str, list[tuple[float, float]]] = defaultdict(list)  # role -> (sent at, seconds)
         self._stop = threading.Event()
@@ -66,7 +66,8 @@ class TrafficGenerator:
             sent = time.monotonic()
             try:
                 reply = session.post(f"{self.url}/v1/chat/completions", json=body, timeout=60,
-                                     headers={"X-Request-Id": f"{self.prefix}-{n}"})
+                                     headers={"X-Request-Id": f"{self.prefix}-{n}",
+                                              "X-Retrieval": "on" if self.retrieval else "off"})
             except requests.RequestException as err:
                 self.status[type(err).__name__] += 1
                 continue
