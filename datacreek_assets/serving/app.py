@@ -189,7 +189,7 @@ class Router:
         if retrieval not in ("on", "off"):
             return error(400, "invalid_request", "X-Retrieval must be 'on' or 'off'")
         grounding = await self._ground(tenant, body) if retrieval == "on" else {"status": "off", "chunks": []}
-        return await self._forward(tenant, version, role, body, grounding)
+        return await self._forward(tenant, version, role, body, grounding, judged=pinned is None)
 
     async def _ground(self, tenant: str, body: ChatRequest) -> dict:
         """Put the tenant's top passages for the last user turn into it; returns what was done."""
@@ -240,7 +240,11 @@ class Router:
         self.indexes[tenant] = (time.monotonic(), version, index)
         return index
 
-    async def _forward(self, tenant: str, version: str, role: str, body: ChatRequest, grounding: dict):
+    async def _forward(self, tenant: str, version: str, role: str, body: ChatRequest, grounding: dict,
+                       judged: bool = True):
+        """``judged``: the request came through the split, so the canary verdict counts it. A request
+        pinned with X-Model-Version (an evaluation, a client's test) is no sample of the split's
+        traffic: it is in the metrics, not in the windows the canary is judged by."""
         name = f"{tenant}-{version}"
         handle = self.handles.get(name)
         if handle is None:
@@ -250,7 +254,8 @@ class Router:
             reply = await handle.remote(body.model_dump(exclude={"model"}))
         except Exception as err:  # the deployment failed or went away mid-request: no traceback to the client
             # a failure counts in the deployment's window: a canary that fails is judged for it
-            self._window(tenant, version).add(time.perf_counter() - started, ok=False)
+            if judged:
+                self._window(tenant, version).add(time.perf_counter() - started, ok=False)
             self.requests.labels(tenant, name, role, "503").inc()
             return error(503, "unavailable", f"model {name} could not answer ({type(err).__name__}); retry")
         latency = time.perf_counter() - started
@@ -260,8 +265,9 @@ class Router:
         if "error" in reply:
             self.requests.labels(tenant, name, role, "413").inc()
             return error(413, reply["error"]["type"], "the prompt does not fit the model's context window", headers)
-        self._window(tenant, version).add(latency)
-        if role == "canary":
+        if judged:
+            self._window(tenant, version).add(latency)
+        if judged and role == "canary":
             self.canary_totals[(tenant, version)] = self.canary_totals.get((tenant, version), 0) + 1
         self.latency.labels(tenant, name, role).observe(latency)
         self.requests.labels(tenant, name, role, "200").inc()

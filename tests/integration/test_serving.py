@@ -321,6 +321,10 @@ def test_retrieval_grounds_each_request_in_its_own_tenants_chunks_only(control, 
         assert len(chunks) == 3 and all(c["doc_id"] == f"{tenant}/doc.md" for c in chunks)
         seen[tenant] |= {c["chunk_id"] for c in chunks}
     assert seen[alpha] <= alpha_ids and seen[beta] <= beta_ids
+    # pinned requests (an evaluation) are served and measured, but the canary is not judged by them
+    window = requests.get(f"{control.url}/admin/v1/tenants/{alpha}/window",
+                          headers={"Authorization": f"Bearer {control.admin_token}"}, timeout=10).json()
+    assert window["production"]["count"] == 0 and window["canary"]["count"] == 0
     assert f"{alpha}-chunk-0" in seen[alpha]  # the passage that answers it was found
     off = chat(control, alpha_key, question, X_Retrieval="off")
     assert off.status_code == 200 and off.headers["X-Retrieval"] == "off" and off.json()["retrieval"]["chunks"] == []
