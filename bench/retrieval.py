@@ -5,8 +5,9 @@ Candidate: `RetrievalIndex.search`, exact inner product over every chunk vector.
 Baseline: an approximate nearest-neighbour graph (pynndescent, the ANN library already in the
 stack through UMAP) queried for the same top 3. Same queries, same vectors (20,000 chunks, a large
 tenant); the unit is "queries". The notes give what a request pays in total (embedding + search,
-p50/p99 in ms) and the ANN's recall against the exact answer: exact search is both faster at this
-scale and always right, which is why the index is exact.
+p50/p99 in ms) and the ANN's recall against the exact answer. The ANN is faster per query, but both
+are small next to embedding the question, and only exact search is always right: so the index is
+exact.
 """
 
 from __future__ import annotations

@@ -2,8 +2,10 @@
 dequantized) with their texts, searched exactly by inner product.
 
 Exact search, not an approximate graph: a tenant's corpus is thousands to tens of thousands of
-chunks, where one matrix-vector product over 384-d vectors takes about a millisecond and returns
-the true top k (bench/retrieval.py measures it against the recall of an approximate index).
+chunks, where one matrix-vector product over 384-d vectors takes about a millisecond (1.3 ms for
+20,000 on one core) and returns the true top k. Embedding the question costs ~20 ms, so an ANN
+graph's speed (0.04 ms) buys nothing a request notices, and it found 72 % of the true top 3
+(bench/retrieval.py).
 The index is one .npz file, written atomically under a name that is its content hash, so a
 reader never sees a half-written index and an unchanged index is not written again.
 """
