@@ -79,3 +79,11 @@ def test_grounded_prompts():
     assert served[0]["role"] == "system" and served[1:3] == client[:2]
     assert served[-1]["content"].endswith("Question: What is X?") and client[-1]["content"] == "What is X?"
     assert with_context(client, []) == client
+
+
+def test_a_question_is_embedded_as_the_chunks_are():
+    from datacreek_assets.embeddings.embedder import embed_texts
+    from datacreek_assets.retrieval.index import embed_question
+
+    for question in ("Which function serializes obj to a JSON formatted str?", "x", "word " * 400):
+        assert np.allclose(embed_question(question), embed_texts([question])[0], atol=1e-5)
