@@ -38,6 +38,14 @@ GPU_K8S_CONFIG = {
     "job_spec_config": {"backoff_limit": 3},
 }
 GPU_OP_TAGS = {"dagster-k8s/config": GPU_K8S_CONFIG}
+# A CPU-heavy step (the MiniLM embedder runs on CPU): a pod that asks for no GPU, so no GPU sits
+# allocated and unbilled while it runs; it is metered as CPU minutes.
+CPU_K8S_CONFIG = {
+    "container_config": {"resources": {"requests": {"cpu": "4", "memory": "8Gi"},
+                                       "limits": {"cpu": "8", "memory": "16Gi"}}},
+    "job_spec_config": {"backoff_limit": 3},
+}
+CPU_OP_TAGS = {"dagster-k8s/config": CPU_K8S_CONFIG}
 AUTOMATION_TAGS = {"datacreek/launched-by": "automation"}
 
 

@@ -290,6 +290,7 @@ def _ledger(obj: Context):
 @handle_errors
 def tenant_top_up(obj: Context, tenant_id: str, amount: float, note: str) -> None:
     """Add AMOUNT credits to the tenant's balance (an append-only ledger transaction)."""
+    _registered(obj, tenant_id)
     balance = _ledger(obj).top_up(tenant_id, amount, note=note or "CLI top-up")
     click.echo(f"{tenant_id}: balance {balance:.6f} credits")
 
@@ -303,6 +304,7 @@ def tenant_top_up(obj: Context, tenant_id: str, amount: float, note: str) -> Non
 @handle_errors
 def tenant_set_price(obj: Context, tenant_id: str, price: float, resource: str) -> None:
     """Set the tenant's price per GPU-minute (or CPU-fallback minute), from now on."""
+    _registered(obj, tenant_id)
     _ledger(obj).set_price(tenant_id, price, resource)
     click.echo(f"{tenant_id}: {resource} price {price} credits/minute")
 
@@ -314,6 +316,7 @@ def tenant_set_price(obj: Context, tenant_id: str, price: float, resource: str) 
 @handle_errors
 def tenant_balance(obj: Context, tenant_id: str, as_json: bool) -> None:
     """The tenant's credit balance and prices."""
+    _registered(obj, tenant_id)
     account = _ledger(obj).account(tenant_id)
     if as_json:
         click.echo(json.dumps(account.__dict__))
@@ -429,7 +432,12 @@ def billing_serve(obj: Context, host: str, port: int) -> None:
     token = os.environ.get("DATACREEK_ADMIN_TOKEN", "")
     if len(token) < 16:
         raise ConfigError("set DATACREEK_ADMIN_TOKEN (at least 16 characters) for the admin API")
-    server = make_server(_ledger(obj), token, host, port)
+    registry = obj.resources()["tenant_registry"].registry()
+
+    def is_registered(tenant_id: str) -> bool:
+        return registry.get(tenant_id) is not None
+
+    server = make_server(_ledger(obj), token, host, port, is_registered)
     click.echo(f"billing: http://{host}:{port}/metrics and /admin/tenants/<id>/... (Ctrl-C stops)")
     try:
         server.serve_forever()
@@ -437,6 +445,7 @@ def billing_serve(obj: Context, host: str, port: int) -> None:
         pass
     finally:
         server.server_close()
+        registry.close()
 
 
 @cli.command()

@@ -2,8 +2,9 @@
 
 Neo4j Community (what runs locally) has a single user database, so every node
 carries ``tenant_id`` and every query executed for a tenant goes through
-:meth:`TenantGraph._execute`, which refuses Cypher that does not mention
-``$tenant`` and binds that parameter itself. On Neo4j Enterprise/Aura the same
+:meth:`TenantGraph._execute`, which binds ``$tenant`` itself and refuses Cypher in which
+any node pattern is not bound to it: each pattern carries ``{tenant_id: $tenant}`` or names a
+variable that an earlier scoped pattern bound. On Neo4j Enterprise/Aura the same
 repository also opens its sessions on the tenant's own database
 (``isolation="database"``): the label scope stays as a second line of defence.
 
@@ -12,6 +13,7 @@ A test scans the code base for Cypher executed anywhere else.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -52,11 +54,33 @@ class UnscopedQuery(ValueError):
     """Cypher handed to the repository without the ``$tenant`` scope."""
 
 
+_STRING = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+_COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
+# a node pattern: "(", an optional variable, optional labels, an optional property map, ")";
+# not preceded by a name (that is a function call: count(n), datetime())
+_NODE = re.compile(r"(?<![\w`])\(\s*([A-Za-z_]\w*)?\s*((?::\s*`?\w+`?\s*)*)(\{[^{}]*\})?\s*\)")
+_SCOPED_MAP = re.compile(r"[{,]\s*tenant_id\s*:\s*\$tenant\s*[,}]")
+
+
 def _check_scoped(cypher: str, params: dict) -> None:
-    if "$tenant" not in cypher:
-        raise UnscopedQuery("tenant Cypher must constrain every match on tenant_id: $tenant")
+    """Every node pattern is bound to the tenant: it carries ``{tenant_id: $tenant}`` or reuses a
+    variable bound by an earlier such pattern. Checked on the query's structure, so one scoped
+    MATCH does not let an unscoped one through."""
     if "tenant" in params:
         raise UnscopedQuery("the repository binds $tenant itself")
+    text = _COMMENT.sub(" ", _STRING.sub("''", cypher))
+    scoped: set[str] = set()
+    patterns = list(_NODE.finditer(text))
+    if not patterns:
+        raise UnscopedQuery("tenant Cypher must match its nodes with {tenant_id: $tenant}")
+    for node in patterns:
+        variable, properties = node.group(1), node.group(3) or ""
+        if _SCOPED_MAP.search(properties):
+            if variable:
+                scoped.add(variable)
+        elif not (variable in scoped and not properties):
+            raise UnscopedQuery(f"node pattern {node.group(0)!r} is not bound to the tenant: give it "
+                                "{tenant_id: $tenant} or reuse a variable a scoped pattern bound")
 
 
 _COUNTER_FIELDS = ("nodes_created", "nodes_deleted", "relationships_created", "relationships_deleted",
@@ -397,7 +421,7 @@ def _refresh_entities(tx: ScopedTransaction, now: datetime | None = None) -> Non
     """Entities follow the chunks and facts that mention them: orphans go, entities
     mentioned only by soft-deleted data are hidden, re-mentioned ones come back.
     Only entities whose state changes are written, so a no-op sync writes nothing."""
-    tx.run("MATCH (e:Entity {tenant_id: $tenant}) WHERE NOT (e)--() DELETE e")
+    tx.run("MATCH (e:Entity {tenant_id: $tenant}) WHERE NOT (e)--({tenant_id: $tenant}) DELETE e")
     tx.run(
         "MATCH (e:Entity {tenant_id: $tenant}) "
         "OPTIONAL MATCH (c:Chunk {tenant_id: $tenant})-[:MENTIONS]->(e) WHERE c.deleted_at IS NULL "

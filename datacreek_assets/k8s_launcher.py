@@ -21,6 +21,7 @@ from dagster_k8s.container_context import K8sContainerContext
 from dagster_k8s.executor import K8sStepHandler
 from dagster_k8s.job import UserDefinedDagsterK8sConfig, get_k8s_job_name
 
+from datacreek_assets.run_coordinator import check_tenant_tag
 from datacreek_assets.tenancy import TENANT_TAG, InvalidTenantId, validate_tenant_id
 
 RUN_SERVICE_ACCOUNT = "datacreek-run"
@@ -31,6 +32,7 @@ def tenant_namespace(tenant_id: str) -> str:
 
 
 def tenant_container_context(run: DagsterRun) -> K8sContainerContext:
+    check_tenant_tag(run.tags)  # a tag naming another tenant than the partition is never launched
     try:
         tenant = validate_tenant_id(run.tags.get(TENANT_TAG, ""))
     except InvalidTenantId:

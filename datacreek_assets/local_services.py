@@ -92,6 +92,9 @@ class ManagedProcess:
     def environment(self) -> dict[str, str] | None:
         return None  # inherit ours
 
+    def run_as(self) -> str | None:
+        return None  # our own user
+
     # -- shared lifecycle ------------------------------------------------
     @property
     def address(self) -> str:
@@ -140,6 +143,8 @@ class ManagedProcess:
                 cwd=self.home,
                 env=self.environment(),
                 start_new_session=True,  # outlives the CLI that started it
+                user=self.run_as(),
+                group=self.run_as(),
             )
         self.pid_file.write_text(json.dumps({"pid": proc.pid, "port": self.port}))
         self._wait_ready(timeout, proc.pid, proc)
@@ -320,6 +325,98 @@ class FalkorDBService(ManagedProcess):
         except (redis.RedisError, OSError):
             return False
         return any(m.get(b"name", m.get("name")) in (b"graph", "graph") for m in modules)
+
+
+POSTGRES_USER = "datacreek"
+
+
+def postgres_bin_dir() -> Path:
+    """Debian keeps PostgreSQL's server programs in /usr/lib/postgresql/<major>/bin, off PATH."""
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    if not versions:
+        raise ServiceError("postgres: no PostgreSQL server programs (initdb); install Debian's `postgresql` "
+                           "package (`make prereqs` does) and rerun")
+    return versions[-1].parent
+
+
+class PostgresService(ManagedProcess):
+    """PostgreSQL from Debian's package, in its own data directory, on loopback with trust auth
+    for the local user `datacreek` (a test and development server, never a production one).
+
+    PostgreSQL refuses to run as root: as root it runs as the package's `postgres` user, with its
+    data directory outside the (root-only) state dir."""
+
+    name = "postgres"
+    marker = "postgres"
+
+    @property
+    def port(self) -> int:
+        return self.settings.postgres_port
+
+    @property
+    def data_dir(self) -> Path:
+        if os.geteuid() == 0:
+            import hashlib
+
+            return Path("/var/tmp") / f"datacreek-postgres-{hashlib.sha256(str(self.home).encode()).hexdigest()[:12]}"
+        return self.home / "data"
+
+    def run_as(self) -> str | None:
+        return "postgres" if os.geteuid() == 0 else None
+
+    @property
+    def url_base(self) -> str:
+        return f"postgresql+psycopg://{POSTGRES_USER}@127.0.0.1:{self.port}"
+
+    def url(self, database: str = "postgres") -> str:
+        return f"{self.url_base}/{database}"
+
+    def prepare(self, progress: Callable[[str], None]) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        if (self.data_dir / "PG_VERSION").exists():
+            return
+        progress(f"postgres: initdb {self.data_dir}")
+        if self.data_dir.exists():  # a half-initialised directory from a failed initdb
+            shutil.rmtree(self.data_dir)
+        self.data_dir.mkdir(parents=True, mode=0o700)
+        if self.run_as():
+            shutil.chown(self.data_dir, self.run_as(), self.run_as())
+        done = subprocess.run([str(postgres_bin_dir() / "initdb"), "-D", str(self.data_dir), "-U", POSTGRES_USER,
+                               "--auth=trust", "-E", "UTF8", "--no-instructions"],
+                              capture_output=True, text=True, user=self.run_as(), group=self.run_as(), cwd="/")
+        if done.returncode != 0:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            raise ServiceError(f"postgres: initdb failed: {done.stderr.strip()[-500:]}")
+
+    def command(self) -> list[str]:
+        return [str(postgres_bin_dir() / "postgres"), "-D", str(self.data_dir), "-p", str(self.port),
+                "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.data_dir}",
+                "-c", "max_connections=200", "-c", "fsync=off", "-c", "shared_buffers=64MB"]
+
+    def ready(self) -> bool:
+        import psycopg
+
+        try:
+            with psycopg.connect(f"host=127.0.0.1 port={self.port} user={POSTGRES_USER} dbname=postgres",
+                                 connect_timeout=2) as conn:
+                conn.execute("SELECT 1")
+        except psycopg.Error:
+            return False
+        return True
+
+    def create_database(self, name: str) -> str:
+        """A fresh database (its SQLAlchemy URL): each test gets its own, so none sees another's rows."""
+        import psycopg
+
+        if not name.replace("_", "").isalnum():
+            raise ValueError(f"not a database name: {name!r}")
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user={POSTGRES_USER} dbname=postgres",
+                             autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
 
 
 def ray_auth_env(token_path: Path) -> dict[str, str]:

@@ -6,6 +6,10 @@ and a partition of this code location *is* a tenant. Copying it into
 `datacreek/tenant` before the run is queued means per-tenant
 `tag_concurrency_limits` and per-tenant cost attribution see every run,
 whoever launched it.
+
+The partition decides: a run whose `datacreek/tenant` tag names another tenant than its
+partition is refused (marked failed before it is queued), since the launcher picks the
+namespace, quota and volumes from the tag while the run writes its partition's data.
 """
 
 from __future__ import annotations
@@ -28,20 +32,46 @@ def partition_of(tags: dict[str, str]) -> str | None:
     return start if start is not None and start == end else None
 
 
-def tenant_tags_for(run: DagsterRun) -> dict[str, str]:
-    """The tenant tag a run should carry, or {} (not partitioned, tagged already, or not a tenant id)."""
-    partition = partition_of(run.tags)
-    if TENANT_TAG in run.tags or partition is None:
-        return {}
+class TenantTagMismatch(ValueError):
+    pass
+
+
+def partition_tenant(tags: dict[str, str]) -> str | None:
+    """The tenant a run's partition names, or None (not partitioned, or not a tenant id)."""
+    partition = partition_of(tags)
+    if partition is None:
+        return None
     try:
-        return {TENANT_TAG: validate_tenant_id(partition)}
+        return validate_tenant_id(partition)
     except InvalidTenantId:
+        return None
+
+
+def check_tenant_tag(tags: dict[str, str]) -> None:
+    """Refuse a `datacreek/tenant` tag that disagrees with the run's tenant partition."""
+    tenant = partition_tenant(tags)
+    if tenant is not None and TENANT_TAG in tags and tags[TENANT_TAG] != tenant:
+        raise TenantTagMismatch(f"the run's {TENANT_TAG} tag {tags[TENANT_TAG]!r} is not its partition "
+                                f"{tenant!r}: the partition decides the tenant; remove the tag or fix it")
+
+
+def tenant_tags_for(run: DagsterRun) -> dict[str, str]:
+    """The tenant tag a run should carry, or {} (not partitioned, tagged already, or not a tenant id).
+    Raises TenantTagMismatch for a tag naming another tenant than the partition."""
+    check_tenant_tag(run.tags)
+    tenant = partition_tenant(run.tags)
+    if TENANT_TAG in run.tags or tenant is None:
         return {}
+    return {TENANT_TAG: tenant}
 
 
 class TenantTaggingRunCoordinator(QueuedRunCoordinator):
     def submit_run(self, context: SubmitRunContext) -> DagsterRun:
-        tags = tenant_tags_for(context.dagster_run)
+        try:
+            tags = tenant_tags_for(context.dagster_run)
+        except TenantTagMismatch as err:
+            self._instance.report_run_failed(context.dagster_run, str(err))
+            return self._instance.get_run_by_id(context.dagster_run.run_id)
         if tags:
             self._instance.add_run_tags(context.dagster_run.run_id, tags)
             context = SubmitRunContext(self._instance.get_run_by_id(context.dagster_run.run_id), context.workspace)

@@ -31,6 +31,7 @@ class LocalSettings:
     # through bitsandbytes' CPU backend; "fp32" keeps the base in full precision.
     cpu_fallback: str = "int8"
     ray_port: int = 6390  # the local Ray head's GCS port; its client server uses the next one
+    postgres_port: int = 5433  # PostgreSQL for the stores' Postgres tests and a local prod profile
     serve_port: int = 8100  # the serving router's HTTP port
     # canary policy (the demo and the tests shorten it: a real canary earns production over minutes)
     canary_min_requests: int = 20
@@ -90,6 +91,7 @@ class LocalSettings:
             falkordb_port=_port(env, "DATACREEK_FALKORDB_PORT", 6380),
             ray_port=_port(env, "DATACREEK_RAY_PORT", 6390),
             serve_port=_port(env, "DATACREEK_SERVE_PORT", 8100),
+            postgres_port=_port(env, "DATACREEK_POSTGRES_PORT", 5433),
             cache_dir=Path(cache).resolve() if cache else None,
             base_model=env.get("DATACREEK_BASE_MODEL", "smollm2-135m-instruct"),
             cpu_fallback=env.get("DATACREEK_CPU_FALLBACK", "int8"),

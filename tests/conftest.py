@@ -26,6 +26,7 @@ def settings(tmp_path_factory) -> LocalSettings:
         neo4j_port=int(os.environ.get("DATACREEK_TEST_NEO4J_PORT", "17687")),
         falkordb_port=int(os.environ.get("DATACREEK_TEST_FALKORDB_PORT", "16380")),
         ray_port=int(os.environ.get("DATACREEK_TEST_RAY_PORT", "16390")),
+        postgres_port=int(os.environ.get("DATACREEK_TEST_POSTGRES_PORT", "15432")),
         serve_port=int(os.environ.get("DATACREEK_TEST_SERVE_PORT", "18100")),
         # a canary earns production after 8 requests on each side instead of minutes of traffic
         canary_min_requests=8, canary_promote_after_s=0.0, canary_promote_min_requests=8,
@@ -53,6 +54,33 @@ def services(settings):
         raise
     yield settings
     services_down(settings, progress=lambda msg: None)
+
+
+@pytest.fixture(scope="session")
+def postgres(settings):
+    """A real PostgreSQL (Debian's package) for the SQL stores' Postgres tests, started only when
+    such a test runs."""
+    import shutil
+
+    from datacreek_assets.local_services import PostgresService
+
+    service = PostgresService(settings)
+    try:
+        service.up(120, progress=lambda msg: None)
+        yield service
+    finally:
+        service.down(progress=lambda msg: None)
+        shutil.rmtree(service.data_dir, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def sql_url(request, tmp_path) -> str:
+    """A fresh, empty SQL database: a SQLite file, then a new database on the real PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    import uuid
+
+    return request.getfixturevalue("postgres").create_database(f"t_{uuid.uuid4().hex[:12]}")
 
 
 @pytest.fixture(scope="session")

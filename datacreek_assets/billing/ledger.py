@@ -15,6 +15,7 @@ last credits.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from datacreek_assets.tenancy import validate_tenant_id
 
 MICRO = 1_000_000
 RESOURCES = ("gpu", "cpu")
+MAX_CREDITS = 1e12  # one amount, balance or price; 1e18 micro-credits still fit a BIGINT
 
 
 class LedgerError(ValueError):
@@ -90,7 +92,10 @@ class Usage:
 
 
 def to_micro(credits: float) -> int:
-    return round(float(credits) * MICRO)
+    value = float(credits)
+    if not math.isfinite(value) or abs(value) > MAX_CREDITS:
+        raise LedgerError(f"an amount of credits must be a finite number within +-{MAX_CREDITS:g}, not {credits}")
+    return round(value * MICRO)
 
 
 def now_ms() -> int:
@@ -119,22 +124,39 @@ class CreditLedger:
     # accounts -------------------------------------------------------------------------------
 
     def _ensure_account(self, session: Session, tenant: str) -> None:
-        # SQLite: BEGIN IMMEDIATE serializes this check-then-insert. Postgres: the loser of a race
-        # gets an IntegrityError and its transaction is retried by the caller's retry of the request.
-        if session.get(AccountRow, tenant, with_for_update=True) is None:
-            session.add(AccountRow(tenant_id=tenant, balance_micro=self.trial_micro,
-                                   gpu_price_micro=self.gpu_price_micro, cpu_price_micro=self.cpu_price_micro))
+        """Open the account (with its trial credits) unless it exists. INSERT ... ON CONFLICT DO
+        NOTHING: two first operations of a new tenant racing both go on, one of them opens it
+        (Postgres: the other waits on the row, then sees it; SQLite: BEGIN IMMEDIATE queues them)."""
+        if session.get_bind().dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        opened = session.execute(
+            insert(AccountRow).values(tenant_id=tenant, balance_micro=self.trial_micro,
+                                      gpu_price_micro=self.gpu_price_micro, cpu_price_micro=self.cpu_price_micro)
+            .on_conflict_do_nothing(index_elements=[AccountRow.tenant_id]).returning(AccountRow.tenant_id)
+        ).scalar_one_or_none()
+        if opened is not None:
             session.add(TransactionRow(tenant_id=tenant, kind="topup", amount_micro=self.trial_micro,
                                        balance_after_micro=self.trial_micro, note="trial credits at account opening",
                                        at=time.time()))
             session.flush()
 
     def account(self, tenant_id: str) -> Account:
+        """The tenant's balance and prices. Reading writes nothing: a tenant without an account yet
+        reads the terms its account will open with (the trial credits, the default prices)."""
         tenant = validate_tenant_id(tenant_id)
-        with Session(self.engine) as session, session.begin():
-            self._ensure_account(session, tenant)
+        with Session(self.engine) as session:
             row = session.get(AccountRow, tenant)
+            if row is None:
+                return Account(tenant, self.trial_micro / MICRO, self.gpu_price_micro / MICRO,
+                               self.cpu_price_micro / MICRO)
             return Account(tenant, row.balance_micro / MICRO, row.gpu_price_micro / MICRO, row.cpu_price_micro / MICRO)
+
+    def has_account(self, tenant_id: str) -> bool:
+        tenant = validate_tenant_id(tenant_id)
+        with Session(self.engine) as session:
+            return session.get(AccountRow, tenant) is not None
 
     def _apply(self, session: Session, tenant: str, delta: int, kind: str, covered: bool = False,
                **fields) -> int | None:

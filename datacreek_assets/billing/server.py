@@ -1,10 +1,14 @@
-"""The billing HTTP server: Prometheus metrics and the authenticated admin API.
+"""The billing HTTP server: Prometheus metrics and the admin API, both behind the admin token
+(the metrics hold every tenant's balance and usage; Prometheus scrapes with the token).
 
 GET  /metrics                         gpu_minutes_total{tenant}, gpu_cost_total{tenant} (C = t_GPU x P_unit),
                                       cpu_fallback_minutes_total, cpu_fallback_cost_total, credit_balance
 GET  /admin/tenants/<id>/balance      }
 POST /admin/tenants/<id>/top-up       } Authorization: Bearer <admin token>; JSON bodies
 POST /admin/tenants/<id>/price        }   {"amount": 50} / {"price": 0.8, "resource": "gpu"}
+401 without the token, 404 for a tenant that is not registered (when a registry check is given),
+400 for a body that is not a JSON object, 422 for values the ledger refuses (not a finite number,
+out of range, not positive).
 Counters are read from the ledger at scrape time, so every process that bills (run workers,
 the CLI) is visible through one exporter, and a restart loses nothing.
 """
@@ -15,6 +19,7 @@ import hmac
 import json
 import re
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -50,7 +55,20 @@ class LedgerCollector:
         yield balance
 
 
-def make_server(ledger: CreditLedger, admin_token: str, host: str = "127.0.0.1", port: int = 9464) -> ThreadingHTTPServer:
+class Unprocessable(ValueError):
+    pass
+
+
+def _number(body: dict, key: str) -> float:
+    value = body.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise Unprocessable(f"{key!r} must be a JSON number, not {json.dumps(value)[:40]}")
+    return float(value)
+
+
+def make_server(ledger: CreditLedger, admin_token: str, host: str = "127.0.0.1", port: int = 9464,
+                is_registered: Callable[[str], bool] | None = None) -> ThreadingHTTPServer:
+    """``is_registered``: the tenant registry's check; without it any valid id is served."""
     if len(admin_token) < 16:
         raise ValueError("the admin token must be at least 16 characters")
     registry = CollectorRegistry()
@@ -68,24 +86,34 @@ def make_server(ledger: CreditLedger, admin_token: str, host: str = "127.0.0.1",
             self.end_headers()
             self.wfile.write(body)
 
+        def _authorized(self) -> bool:
+            given = self.headers.get("Authorization", "")
+            if hmac.compare_digest(given.encode(), f"Bearer {admin_token}".encode()):
+                return True
+            self._send(401, {"error": "missing or invalid admin token"})
+            return False
+
         def _route(self):
             match = _ADMIN.match(self.path)
             if not match:
                 self._send(404, {"error": "not found"})
                 return None
-            given = self.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {admin_token}".encode()):
-                self._send(401, {"error": "missing or invalid admin token"})
+            if not self._authorized():
                 return None
             try:
-                return validate_tenant_id(match.group(1)), match.group(2)
+                tenant = validate_tenant_id(match.group(1))
             except InvalidTenantId as err:
                 self._send(400, {"error": str(err)})
                 return None
+            if is_registered is not None and not is_registered(tenant):
+                self._send(404, {"error": f"tenant {tenant!r} is not registered"})
+                return None
+            return tenant, match.group(2)
 
         def do_GET(self):
             if self.path == "/metrics":
-                self._send(200, generate_latest(registry), "text/plain; version=0.0.4")
+                if self._authorized():
+                    self._send(200, generate_latest(registry), "text/plain; version=0.0.4")
                 return
             route = self._route()
             if route is None:
@@ -110,16 +138,21 @@ def make_server(ledger: CreditLedger, admin_token: str, host: str = "127.0.0.1",
                 body = json.loads(self.rfile.read(length))
                 if not isinstance(body, dict):
                     raise ValueError("the body must be a JSON object")
+            except ValueError as err:
+                self._send(400, {"error": f"{err.__class__.__name__}: {err}"})
+                return
+            try:
                 if action == "top-up":
-                    balance = ledger.top_up(tenant, float(body["amount"]), note="admin API")
+                    balance = ledger.top_up(tenant, _number(body, "amount"), note="admin API")
                     self._send(200, {"tenant": tenant, "balance": balance})
                 elif action == "price":
-                    ledger.set_price(tenant, float(body["price"]), str(body.get("resource", "gpu")))
-                    self._send(200, {"tenant": tenant, **body})
+                    price, resource = _number(body, "price"), body.get("resource", "gpu")
+                    ledger.set_price(tenant, price, resource if isinstance(resource, str) else repr(resource))
+                    self._send(200, {"tenant": tenant, "price": price, "resource": resource})
                 else:
                     self._send(405, {"error": "use GET for balance"})
-            except (ValueError, KeyError, TypeError, LedgerError) as err:
-                self._send(400, {"error": f"{err.__class__.__name__}: {err}"})
+            except (Unprocessable, LedgerError) as err:
+                self._send(422, {"error": str(err)})
 
     return ThreadingHTTPServer((host, port), Handler)
 

@@ -50,6 +50,18 @@ class ChatRequest(BaseModel):
     stop: list[str] | None = Field(default=None, max_length=4)
 
 
+async def read_capped(request: Request, limit: int) -> bytes | None:
+    """The body, or None once it passes ``limit`` bytes: a chunked body (no Content-Length) is
+    counted while it streams, never read whole first."""
+    parts, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            return None
+        parts.append(part)
+    return b"".join(parts)
+
+
 def error(status: int, kind: str, message: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status, headers=headers)
 
@@ -157,8 +169,8 @@ class Router:
             return error(400, "invalid_request", "Content-Length is not a number")
         if int(declared) > MAX_BODY_BYTES:  # refused before it is read
             return error(413, "request_too_large", f"the body exceeds {MAX_BODY_BYTES} bytes")
-        raw = await request.body()
-        if len(raw) > MAX_BODY_BYTES:
+        raw = await read_capped(request, MAX_BODY_BYTES)
+        if raw is None:
             return error(413, "request_too_large", f"the body exceeds {MAX_BODY_BYTES} bytes")
         try:
             body = ChatRequest.model_validate_json(raw)

@@ -30,8 +30,8 @@ TOKEN = "t0ken-for-tests-only-1234"
 
 
 @pytest.fixture
-def ledger_url(tmp_path) -> str:
-    return f"sqlite:///{tmp_path / 'ledger.db'}"
+def ledger_url(sql_url) -> str:
+    return sql_url  # every ledger test runs on SQLite and on PostgreSQL
 
 
 def test_concurrent_top_ups_and_usage_keep_the_ledger_consistent(ledger_url):
@@ -63,6 +63,32 @@ def test_concurrent_top_ups_and_usage_keep_the_ledger_consistent(ledger_url):
     for row in rows:  # each transaction's balance is the previous one plus its amount: no lost update
         running += row.amount_micro
         assert row.balance_after_micro == running
+
+
+def test_a_new_tenant_s_first_operations_racing_all_succeed_and_open_one_account(ledger_url):
+    """On Postgres two first operations used to race on creating the account: one failed."""
+    ledger = CreditLedger(ledger_url, trial_credits=7)
+    start, errors = threading.Barrier(8), []
+
+    def first(i):
+        try:
+            start.wait()
+            if i % 2:
+                ledger.top_up("newco", 1, note=f"racer {i}")
+            else:
+                ledger.set_price("newco", 2.0)
+        except Exception as err:  # noqa: BLE001 - the test reports any failure
+            errors.append(err)
+
+    threads = [threading.Thread(target=first, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert ledger.account("newco").balance == 7 + 4
+    openings = [r for r in ledger.transactions("newco") if r.note == "trial credits at account opening"]
+    assert len(openings) == 1
 
 
 def test_concurrent_spends_never_use_the_same_credits_twice(ledger_url):
@@ -172,11 +198,14 @@ def test_quota_sensor_stops_only_the_over_quota_tenant_s_gpu_runs(ledger_url, in
     assert STATUS_TAG not in instance.get_run_by_id(runs["globex"].run_id).tags
 
 
+REGISTERED = {"acme", "globex"}
+
+
 @pytest.fixture
 def billing_server(ledger_url):
     ledger = CreditLedger(ledger_url, trial_credits=5)
     port = free_port()
-    server = make_server(ledger, TOKEN, port=port)
+    server = make_server(ledger, TOKEN, port=port, is_registered=REGISTERED.__contains__)
     serve_in_thread(server)
     yield ledger, f"http://127.0.0.1:{port}"
     server.shutdown()
@@ -191,7 +220,7 @@ def test_admin_api_authenticates_and_validates(billing_server):
                         timeout=5).status_code == 401
     assert requests.get(f"{url}/admin/tenants/ACME!/balance", headers=auth, timeout=5).status_code == 400
     assert requests.post(f"{url}/admin/tenants/acme/top-up", headers=auth, data="not json", timeout=5).status_code == 400
-    assert requests.post(f"{url}/admin/tenants/acme/top-up", headers=auth, json={"amount": -3}, timeout=5).status_code == 400
+    assert requests.post(f"{url}/admin/tenants/acme/top-up", headers=auth, json={"amount": -3}, timeout=5).status_code == 422
     reply = requests.post(f"{url}/admin/tenants/acme/top-up", headers=auth, json={"amount": 20}, timeout=5)
     assert reply.status_code == 200 and reply.json()["balance"] == 25
     assert requests.post(f"{url}/admin/tenants/acme/price", headers=auth, json={"price": 0.75},
@@ -201,13 +230,45 @@ def test_admin_api_authenticates_and_validates(billing_server):
     assert ledger.account("globex").balance == 5  # untouched
 
 
+@pytest.mark.parametrize("body", ['{"amount": Infinity}', '{"amount": -Infinity}', '{"amount": NaN}', '{"amount": 1e309}',
+                                  '{"amount": 1e300}', '{"amount": "12"}', '{"amount": true}', '{"amount": null}',
+                                  '{"price": 1e300}', '{"price": 1, "resource": ["gpu"]}'])
+def test_admin_api_answers_422_for_amounts_it_cannot_book(billing_server, body):
+    """Infinity or a huge amount used to raise OverflowError and drop the connection."""
+    ledger, url = billing_server
+    action = "price" if "price" in body else "top-up"
+    reply = requests.post(f"{url}/admin/tenants/acme/{action}", headers={"Authorization": f"Bearer {TOKEN}",
+                          "Content-Type": "application/json"}, data=body, timeout=5)
+    assert reply.status_code == 422 and reply.json()["error"]
+    assert not ledger.has_account("acme") and ledger.transactions("acme") == []  # nothing booked
+    assert requests.get(f"{url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5).ok  # still serving
+
+
+def test_metrics_need_the_admin_token_and_reads_open_no_account(billing_server):
+    """/metrics holds every tenant's balance and usage; a balance read, or any request for an id
+    that is no registered tenant, creates no account."""
+    ledger, url = billing_server
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert requests.get(f"{url}/metrics", timeout=5).status_code == 401
+    assert requests.get(f"{url}/metrics", headers={"Authorization": "Bearer wrong-token-000000"}, timeout=5).status_code == 401
+    assert requests.get(f"{url}/admin/tenants/acme/balance", headers=auth, timeout=5).json()["balance"] == 5
+    assert not ledger.has_account("acme")
+    for method, action in (("get", "balance"), ("post", "top-up"), ("post", "price")):
+        reply = requests.request(method, f"{url}/admin/tenants/stranger/{action}", headers=auth,
+                                 json={"amount": 5, "price": 1}, timeout=5)
+        assert reply.status_code == 404 and "not registered" in reply.json()["error"]
+    assert not ledger.has_account("stranger") and ledger.balances() == {}
+    assert "credit_balance" in requests.get(f"{url}/metrics", headers=auth, timeout=5).text
+
+
 def test_prometheus_scrapes_gpu_minutes_and_cost_per_tenant(billing_server, tmp_path):
     ledger, url = billing_server
     ledger.set_price("acme", 2.0)
     for tenant, minutes in (("acme", 3), ("globex", 1)):
         meter = ledger.open_meter(tenant, f"run-{tenant}", "finetuned_adapter", "gpu", 1, 0)
         ledger.bill_meter(meter, minutes * 60_000, close=True)
-    with PrometheusServer(tmp_path / "prometheus", free_port(), [url.removeprefix("http://")]) as prometheus:
+    with PrometheusServer(tmp_path / "prometheus", free_port(), [url.removeprefix("http://")],
+                          bearer_token=TOKEN) as prometheus:
         deadline = time.monotonic() + 60
         minutes = {}
         while time.monotonic() < deadline and len(minutes) < 2:

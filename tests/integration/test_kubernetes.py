@@ -263,7 +263,7 @@ def test_a_gpu_step_stuck_without_a_node_is_given_up_while_a_lower_rung_is_left(
 
 
 def test_a_gpu_step_on_its_last_rung_or_without_retries_waits_for_capacity(tmp_path):
-    # chunk_embeddings has no retry policy: giving up would fail the run
+    # a CPU step (chunk_embeddings: the embedder runs on CPU) is never given up for lack of GPUs
     handler, context, _ = step_handler_for(tmp_path, "chunk_embeddings", attempt=0)
     handler._api_client = RecordedJobs({handler._get_k8s_step_job_name(context): pending_job(5000)})
     assert handler.check_step_health(context).is_healthy
@@ -289,7 +289,19 @@ def test_launching_a_retry_deletes_the_previous_attempts_live_job_only(tmp_path)
     assert handler.delete_leftover_jobs(context) == [own]
 
 
-@pytest.mark.parametrize("asset", ["finetuned_adapter", "chunk_embeddings"])
+def test_the_embedding_step_runs_in_the_tenant_namespace_without_a_gpu(tmp_path):
+    """It meters CPU minutes, so its pod holds no GPU (none allocated and unbilled)."""
+    doc = step_job(tmp_path, "chunk_embeddings", attempt=0)
+    assert k8s.validate([doc]) == []
+    pod = doc["spec"]["template"]["spec"]
+    resources = pod["containers"][0]["resources"]
+    assert "nvidia.com/gpu" not in resources.get("limits", {}) and "nvidia.com/gpu" not in resources.get("requests", {})
+    assert resources["requests"]["cpu"] == "4"
+    assert not pod.get("tolerations") and not pod.get("affinity")
+    assert doc["metadata"]["namespace"] == "tenant-acme" and pod["serviceAccountName"] == "datacreek-run"
+
+
+@pytest.mark.parametrize("asset", ["finetuned_adapter"])
 def test_gpu_step_jobs_run_in_the_tenant_namespace_on_a_gpu_pool_and_are_valid(tmp_path, asset):
     doc = step_job(tmp_path, asset, attempt=0)
     assert k8s.validate([doc]) == []

@@ -76,6 +76,30 @@ def chat(control, key: str | None, body=BODY, authorization: str | None = None, 
     return requests.post(f"{control.url}/v1/chat/completions", json=body, headers=sent, timeout=30)
 
 
+def chunked_body_status(control, key: str, chunks: int, chunk_bytes: int) -> int:
+    """POST a chunked body of ``chunks`` chunks without its terminating chunk; the reply's status."""
+    import socket
+    from urllib.parse import urlsplit
+
+    where = urlsplit(control.url)
+    with socket.create_connection((where.hostname, where.port), timeout=30) as sock:
+        sock.sendall((f"POST /v1/chat/completions HTTP/1.1\r\nHost: {where.netloc}\r\n"
+                      f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
+                      "Transfer-Encoding: chunked\r\n\r\n").encode())
+        try:
+            for _ in range(chunks):
+                sock.sendall(f"{chunk_bytes:x}\r\n".encode() + b" " * chunk_bytes + b"\r\n")
+        except (BrokenPipeError, ConnectionResetError):  # the router answered and closed: read its reply
+            pass
+        reply = b""
+        while b"\r\n" not in reply:
+            part = sock.recv(4096)
+            if not part:
+                break
+            reply += part
+    return int(reply.split(b" ", 2)[1])
+
+
 def test_requests_are_routed_by_key_and_pinned_version(control, tenants):
     alpha, alpha_key = tenants("v1", adapter=0)
     beta, beta_key = tenants("v2", adapter=1)
@@ -120,6 +144,10 @@ def test_bad_requests_get_clear_errors_and_the_router_keeps_serving(control, ten
         reply = chat(control, auth, body, **headers)
         assert reply.status_code == status, (auth, str(body)[:40], reply.status_code, reply.text[:200])
         assert reply.json()["error"]["message"]
+    # a chunked body (no Content-Length) is capped while it streams: never finished here, it is
+    # refused once it passes the limit (read whole first, the router would wait for its end)
+    assert chunked_body_status(control, key, chunks=64, chunk_bytes=8192) == 413
+    assert chat(control, key).status_code == 200  # and the router keeps serving
     # under the character limit but beyond the model's 1024-token context: refused by llama.cpp, as 413
     long_prompt = " ".join(f"zq{i}x" for i in range(1300))
     too_long = chat(control, key, {"messages": [{"role": "user", "content": long_prompt}], "max_tokens": 2})

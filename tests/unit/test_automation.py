@@ -1,6 +1,8 @@
 """Declarative automation on the real asset graph: a tenant's upstream change requests only
 that tenant's downstream partitions; (re)activation requests nothing; GPU steps have a pool."""
 
+import json
+
 import dagster as dg
 import pytest
 
@@ -39,9 +41,24 @@ def test_only_the_changed_tenant_is_brought_up_to_date(defs):
 
 def test_gpu_steps_share_a_pool_and_automation_runs_are_tagged(defs, tmp_path):
     graph = defs.resolve_asset_graph()
-    assert graph.get(dg.AssetKey("chunk_embeddings")).pools == {GPU_POOL}
+    assert graph.get(dg.AssetKey("finetuned_adapter")).pools == {GPU_POOL}
     sensor = defs.resolve_sensor_def("datacreek_automation")
     assert sensor.run_tags == AUTOMATION_TAGS
     with dg.instance_for_test() as instance:
         set_gpu_slots(instance, 1)
         assert instance.event_log_storage.get_concurrency_info(GPU_POOL).slot_count == 1
+
+
+def test_only_steps_that_bill_a_gpu_ask_for_one(defs):
+    """A pod that holds a GPU its step does not meter is GPU time nobody pays for: the embedder
+    runs on CPU, so chunk_embeddings asks for no GPU; the fine-tuning step asks and bills."""
+    graph = defs.resolve_asset_graph()
+    asking = set()
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        config = json.loads(defs.resolve_assets_def(key).op.tags.get("dagster-k8s/config", "{}"))
+        resources = config.get("container_config", {}).get("resources", {})
+        if any("nvidia.com/gpu" in resources.get(part, {}) for part in ("requests", "limits")):
+            asking.add(key.to_user_string())
+            assert node.pools == {GPU_POOL}, key
+    assert asking == {"finetuned_adapter"}

@@ -54,8 +54,17 @@ def test_console_script_runs():
 
 
 def test_credit_commands_top_up_price_and_balance(tmp_path):
+    from datacreek_assets.settings import LocalSettings
+    from datacreek_assets.tenant_registry import TenantRegistry
+
     env = {"DATACREEK_STATE_DIR": str(tmp_path), "DATACREEK_NEO4J_PORT": "1", "DATACREEK_FALKORDB_PORT": "1"}
     runner = CliRunner()
+    for command in (["balance", "acme"], ["top-up", "acme", "25"], ["set-price", "acme", "1"]):
+        unknown = runner.invoke(cli, ["tenant", *command], env=env)  # no account opened for an unknown id
+        assert unknown.exit_code == 2 and "not registered" in unknown.output
+    registry = TenantRegistry(LocalSettings.from_env(env).registry_url)
+    registry.add("acme")
+    registry.close()
     assert runner.invoke(cli, ["tenant", "top-up", "acme", "25"], env=env).exit_code == 0
     assert runner.invoke(cli, ["tenant", "set-price", "acme", "0.5"], env=env).exit_code == 0
     result = runner.invoke(cli, ["tenant", "balance", "acme", "--json"], env=env)

@@ -49,3 +49,42 @@ def test_repository_refuses_unscoped_cypher():
         graph._execute("MATCH (n) RETURN n")
     with pytest.raises(UnscopedQuery):
         graph._execute("MATCH (n {tenant_id: $tenant}) RETURN n", tenant="globex")
+
+
+@pytest.mark.parametrize("cypher", [
+    # one scoped MATCH used to let an unscoped one through, since $tenant appeared somewhere
+    "MATCH (a:Chunk {tenant_id: $tenant}) MATCH (b:Chunk) RETURN a, b",
+    "MATCH (a:Chunk {tenant_id: $tenant})-[:NEXT]->(b:Chunk) RETURN b",
+    "MATCH (a:Chunk {tenant_id: $tenant})-[:NEXT]->(b) RETURN b",
+    "MATCH (a:Chunk {tenant_id: $tenant}) OPTIONAL MATCH (x) RETURN a, x",
+    "MATCH (a:Chunk {tenant_id: $tenant}) WITH a MATCH (d:Document {tenant_id: 'globex'}) RETURN d",
+    "MATCH (d:Document {doc_id: $tenant}) RETURN d",  # $tenant, but not as the tenant_id
+    "MATCH (d:Document {tenant_id: $tenant_other}) RETURN d",
+    "MATCH (d:Document) WHERE d.tenant_id = $tenant OR true RETURN d",
+    "MATCH (a:Chunk {tenant_id: $tenant}) CALL { MATCH (n) DETACH DELETE n } RETURN a",
+    "MATCH (a {tenant_id: $tenant}), ()-[r]->() DELETE r",
+    "MERGE (e:Entity {entity_id: 'x'}) WITH e MATCH (c:Chunk {tenant_id: $tenant}) RETURN c",
+    "MATCH (a:Chunk {tenant_id: $tenant}) MATCH (a)-[:NEXT]->(b {tenant_id: 'globex'}) RETURN b",
+    "MATCH (a:Chunk {tenant_id: $tenant}) // {tenant_id: $tenant}\nMATCH (b:Chunk) RETURN b",
+    "MATCH (a:Chunk {tenant_id: $tenant}) MATCH (b:Chunk {note: '{tenant_id: $tenant}'}) RETURN b",
+    "MATCH (a:Chunk {tenant_id: $tenant}) MATCH (a:Chunk {chunk_id: 'x'}) RETURN a",  # rebinding with new props
+    "RETURN $tenant",
+    "CALL db.labels()",
+])
+def test_every_node_pattern_must_be_bound_to_the_tenant(cypher):
+    graph = TenantGraph(driver=None, tenant_id="acme")  # refused before any driver is touched
+    with pytest.raises(UnscopedQuery):
+        graph._execute(cypher)
+
+
+@pytest.mark.parametrize("cypher", [
+    "MATCH (a:Chunk {tenant_id: $tenant})-[:NEXT]->(b:Chunk {tenant_id: $tenant}) RETURN count(b) AS n",
+    "MATCH (a:Chunk {tenant_id: $tenant, chunk_id: $id}) MATCH (a)-[:NEXT]->(b:Chunk {tenant_id: $tenant}) RETURN b",
+    "UNWIND $rows AS row MERGE (d:Document {tenant_id: $tenant, doc_id: row.doc_id}) SET d += row.props",
+    "MATCH (e:Entity {tenant_id: $tenant}) WHERE NOT (e)--({tenant_id: $tenant}) DELETE e",
+    "MATCH (d:Document {tenant_id: $tenant}) WHERE d.name = 'a (b) c' RETURN d",
+])
+def test_scoped_queries_pass_the_guard(cypher):
+    from datacreek_assets.graph_store import _check_scoped
+
+    _check_scoped(cypher, {})

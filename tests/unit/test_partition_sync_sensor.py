@@ -10,8 +10,8 @@ from resources.stores import TenantRegistryResource
 
 
 @pytest.fixture
-def registry(tmp_path):
-    url = f"sqlite:///{tmp_path / 'registry.db'}"
+def registry(sql_url):
+    url = sql_url  # the tenant registry on SQLite and on PostgreSQL
     reg = TenantRegistry(url)
     yield reg, TenantRegistryResource(url=url)
     reg.close()

@@ -54,3 +54,22 @@ def test_existing_tags_and_non_tenant_partitions_are_left_alone(instance):
 def test_per_tenant_limit_is_configured(instance):
     limits = instance.run_coordinator.get_run_queue_config().tag_concurrency_limits
     assert {"key": TENANT_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in limits
+
+
+@pytest.mark.parametrize("tags", [
+    {"dagster/partition": "acme", TENANT_TAG: "globex"},
+    {"dagster/asset_partition_range_start": "acme", "dagster/asset_partition_range_end": "acme", TENANT_TAG: "globex"},
+])
+def test_a_tenant_tag_that_disagrees_with_the_partition_is_refused(instance, tags):
+    """The launcher picks the namespace from the tag: a run of acme tagged globex would run on
+    globex's quota and volumes while writing acme's data. It fails before it is queued."""
+    from datacreek_assets.k8s_launcher import tenant_container_context
+    from datacreek_assets.run_coordinator import TenantTagMismatch
+
+    run = submit(instance, tags)
+    assert run.status == dg.DagsterRunStatus.FAILURE and run.tags[TENANT_TAG] == "globex"
+    failure = [e for e in instance.all_logs(run.run_id) if e.dagster_event and e.dagster_event.is_run_failure]
+    assert failure and "partition decides" in failure[0].message
+    with pytest.raises(TenantTagMismatch):  # and the launcher never places it in globex's namespace
+        tenant_container_context(run)
+    assert tenant_container_context(submit(instance, {"dagster/partition": "acme"})).namespace == "tenant-acme"

@@ -6,7 +6,7 @@ import time
 
 import dagster as dg
 
-from datacreek_assets.automation import GPU_OP_TAGS, GPU_POOL, downstream_condition, gpu_condition
+from datacreek_assets.automation import CPU_OP_TAGS, downstream_condition, gpu_condition
 import numpy as np
 
 from datacreek_assets.defs.graph.assets import knowledge_graph
@@ -40,9 +40,8 @@ def read_vectors(store):
 
 
 @tenant_asset(
-    automation_condition=gpu_condition(),
-    pool=GPU_POOL,
-    op_tags=GPU_OP_TAGS,
+    automation_condition=gpu_condition(),  # heavy: waits for a backfill in progress like the GPU steps
+    op_tags=CPU_OP_TAGS,  # the embedder runs on CPU: its pod asks for no GPU (none allocated unbilled)
     group_name="embeddings",
     kinds={"pytorch"},
     deps=[knowledge_graph],

@@ -60,12 +60,14 @@ def finetuned_adapter(context: dg.AssetExecutionContext, config: FineTuneConfig,
     except ValueError as err:  # a wrong run config fails the same way on every rung: no retries
         raise dg.Failure(f"invalid fine-tuning config: {err}", allow_retries=False) from err
     torch.set_num_threads(finetune.threads)
-    data = read_sft(object_store.for_tenant(tenant))
-    tracking = finetune.tracking(tenant)
-
     gpus = torch.cuda.device_count()
-    # one device trains (plain torch); the multi-GPU accelerate launch is not wired, so one GPU is billed
+    # The meter spans the whole step, not only the training loop: the GPU is the pod's from the
+    # step's start (reading the data, loading the base) to its end (logging the artifacts). One
+    # device trains (plain torch); the multi-GPU accelerate launch is not wired, so one GPU is billed.
     with credit_ledger.metered(context, tenant, min(gpus, 1)) as meter:
+        data = read_sft(object_store.for_tenant(tenant))
+        tracking = finetune.tracking(tenant)
+
         def progress(step: int, loss: float) -> None:
             meter.check()  # out of credits: stop at a step boundary (the checkpoint keeps the work)
             if step % 5 == 0:
@@ -73,11 +75,11 @@ def finetuned_adapter(context: dg.AssetExecutionContext, config: FineTuneConfig,
 
         outcome = fine_tune(finetune.tenant_dir(tenant), finetune.base_dir(), finetune.base_model, data,
                             train_config, tracking, finetune.cpu_fallback, gpus, on_step=progress)
-    result = outcome.result
-    picture = loss_curve_picture(result.losses, result.val_losses, f"{tenant}: LoRA fine-tuning")
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "loss_curve.png").write_bytes(picture)
-        tracking.log_artifact(outcome.mlflow_run_id, Path(tmp) / "loss_curve.png", "pictures")
+        result = outcome.result
+        picture = loss_curve_picture(result.losses, result.val_losses, f"{tenant}: LoRA fine-tuning")
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "loss_curve.png").write_bytes(picture)
+            tracking.log_artifact(outcome.mlflow_run_id, Path(tmp) / "loss_curve.png", "pictures")
     return dg.MaterializeResult(
         metadata={
             "mlflow_run_id": outcome.mlflow_run_id,
