@@ -48,9 +48,16 @@ def partition_tenant(tags: dict[str, str]) -> str | None:
 
 
 def check_tenant_tag(tags: dict[str, str]) -> None:
-    """Refuse a `datacreek/tenant` tag that disagrees with the run's tenant partition."""
+    """Refuse a `datacreek/tenant` tag that disagrees with the run's tenant partition, or that
+    puts a run over several tenants' partitions in one tenant's namespace."""
+    if TENANT_TAG not in tags:
+        return
+    start, end = tags.get(RANGE_START_TAG), tags.get(RANGE_END_TAG)
+    if PARTITION_TAG not in tags and start is not None and start != end:
+        raise TenantTagMismatch(f"the run covers partitions {start!r} to {end!r}: it cannot carry the "
+                                f"{TENANT_TAG} tag {tags[TENANT_TAG]!r} of one tenant")
     tenant = partition_tenant(tags)
-    if tenant is not None and TENANT_TAG in tags and tags[TENANT_TAG] != tenant:
+    if tenant is not None and tags[TENANT_TAG] != tenant:
         raise TenantTagMismatch(f"the run's {TENANT_TAG} tag {tags[TENANT_TAG]!r} is not its partition "
                                 f"{tenant!r}: the partition decides the tenant; remove the tag or fix it")
 
