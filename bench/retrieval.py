@@ -24,7 +24,8 @@ K = 3
 def comparisons(quick: bool = False) -> list[Comparison]:
     from pynndescent import NNDescent
 
-    from datacreek_assets.retrieval.index import RetrievalIndex, embed_question
+    from datacreek_assets.embeddings.embedder import embed_one
+    from datacreek_assets.retrieval.index import RetrievalIndex
 
     rng = np.random.default_rng(0)
     n, queries = (2_000, 50) if quick else (20_000, 200)
@@ -43,11 +44,11 @@ def comparisons(quick: bool = False) -> list[Comparison]:
     recall = np.mean([len(set(a) & set(e)) / K for a, e in zip(ann_ids, exact_ids)])
 
     questions = [f"Which function of module {i} returns the value number {i}?" for i in range(queries)]
-    embed_question(questions[0])
+    embed_one(questions[0])
     grounding = []
     for q in questions:
         started = time.perf_counter()
-        index.search(embed_question(q), K)
+        index.search(embed_one(q), K)
         grounding.append(time.perf_counter() - started)
 
     def exact() -> int:

@@ -367,12 +367,13 @@ class PostgresService(ManagedProcess):
     def run_as(self) -> str | None:
         return "postgres" if os.geteuid() == 0 else None
 
-    @property
-    def url_base(self) -> str:
-        return f"postgresql+psycopg://{POSTGRES_USER}@127.0.0.1:{self.port}"
-
     def url(self, database: str = "postgres") -> str:
-        return f"{self.url_base}/{database}"
+        return f"postgresql+psycopg://{POSTGRES_USER}@127.0.0.1:{self.port}/{database}"
+
+    def _connect(self, **options):
+        import psycopg
+
+        return psycopg.connect(f"host=127.0.0.1 port={self.port} user={POSTGRES_USER} dbname=postgres", **options)
 
     def prepare(self, progress: Callable[[str], None]) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
@@ -400,8 +401,7 @@ class PostgresService(ManagedProcess):
         import psycopg
 
         try:
-            with psycopg.connect(f"host=127.0.0.1 port={self.port} user={POSTGRES_USER} dbname=postgres",
-                                 connect_timeout=2) as conn:
+            with self._connect(connect_timeout=2) as conn:
                 conn.execute("SELECT 1")
         except psycopg.Error:
             return False
@@ -409,12 +409,9 @@ class PostgresService(ManagedProcess):
 
     def create_database(self, name: str) -> str:
         """A fresh database (its SQLAlchemy URL): each test gets its own, so none sees another's rows."""
-        import psycopg
-
         if not name.replace("_", "").isalnum():
             raise ValueError(f"not a database name: {name!r}")
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user={POSTGRES_USER} dbname=postgres",
-                             autocommit=True) as conn:
+        with self._connect(autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 

@@ -147,7 +147,7 @@ def make_server(ledger: CreditLedger, admin_token: str, host: str = "127.0.0.1",
                     self._send(200, {"tenant": tenant, "balance": balance})
                 elif action == "price":
                     price, resource = _number(body, "price"), body.get("resource", "gpu")
-                    ledger.set_price(tenant, price, resource if isinstance(resource, str) else repr(resource))
+                    ledger.set_price(tenant, price, str(resource))  # the ledger refuses what is not gpu/cpu
                     self._send(200, {"tenant": tenant, "price": price, "resource": resource})
                 else:
                     self._send(405, {"error": "use GET for balance"})

@@ -132,20 +132,6 @@ def read_index(path: Path, tenant_id: str) -> RetrievalIndex:
         raise RetrievalError(f"cannot read the retrieval index {path}: {err}") from err
 
 
-def embed_question(question: str, threads: int = 1) -> np.ndarray:
-    """One question's vector, as `embed_texts` computes it, without its batching: a served request
-    pays this on every call (one sequence needs no padding, sorting or token budget; ~5 ms less)."""
-    import torch
-
-    from datacreek_assets.embeddings.embedder import MAX_SEQ_LENGTH, _load
-
-    tokenizer, model = _load(threads)
-    encoded = tokenizer(question, truncation=True, max_length=MAX_SEQ_LENGTH, return_tensors="pt")
-    with torch.inference_mode():
-        pooled = model(**encoded).last_hidden_state.mean(dim=1)
-    return torch.nn.functional.normalize(pooled, dim=1)[0].numpy()
-
-
 CURRENT = "current.json"
 
 

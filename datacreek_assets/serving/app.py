@@ -133,9 +133,9 @@ class Router:
         self.indexes: dict[str, tuple[float, str | None, object]] = {}  # tenant -> (checked at, version, index)
         self.embed_lock = threading.Lock()
         if models_dir:  # load the embedder now: the first grounded request must not pay ~5 s for it
-            from datacreek_assets.retrieval.index import embed_question
+            from datacreek_assets.embeddings.embedder import embed_one
 
-            embed_question("warm up")
+            embed_one("warm up")
         self.windows: dict[tuple[str, str], LatencyWindow] = {}
         self.canary_totals: dict[tuple[str, str], int] = {}
         self.keys: dict[str, tuple[str | None, float]] = {}
@@ -221,11 +221,11 @@ class Router:
 
     def _search(self, index, question: str):
         """(passages, seconds of work): embedding and search, not the wait for the embedder."""
-        from datacreek_assets.retrieval.index import embed_question
+        from datacreek_assets.embeddings.embedder import embed_one
 
         with self.embed_lock:  # one embedder, one thread: requests take turns, as llama.cpp's do
             started = time.perf_counter()
-            vector = embed_question(question)
+            vector = embed_one(question)
         passages = index.search(vector, self.retrieval_k)
         return passages, time.perf_counter() - started
 

@@ -83,7 +83,7 @@ def test_grounded_prompts():
 
 def test_a_question_is_embedded_as_the_chunks_are():
     from datacreek_assets.embeddings.embedder import embed_texts
-    from datacreek_assets.retrieval.index import embed_question
+    from datacreek_assets.embeddings.embedder import embed_one
 
     for question in ("Which function serializes obj to a JSON formatted str?", "x", "word " * 400):
-        assert np.allclose(embed_question(question), embed_texts([question])[0], atol=1e-5)
+        assert np.allclose(embed_one(question), embed_texts([question])[0], atol=1e-5)
