@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import unicodedata
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Protocol
 
@@ -21,8 +22,12 @@ class InvalidObjectKey(ValueError):
 
 def _check_relative_key(key: str) -> str:
     path = PurePosixPath(key)
-    if not key or key.startswith("/") or "\\" in key or "\0" in key or any(p in ("..", ".", "") for p in key.split("/")):
+    if not key or key.startswith("/") or "\\" in key or any(p in ("..", ".", "") for p in key.split("/")):
         raise InvalidObjectKey(f"object key {key!r} must be a relative path without '.', '..' or empty parts")
+    # NUL, newlines and other controls break logs and tools; bidirectional overrides (U+202E...)
+    # make a name read as another one. Other characters, 4-byte ones included, are names.
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs") for ch in key):
+        raise InvalidObjectKey(f"object key {key!r} holds a control or bidirectional formatting character")
     return str(path)
 
 

@@ -10,7 +10,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from datacreek_assets.finetune.base_model import SMOLLM2, TINY
+
 PROFILES = ("local", "prod")
+CPU_FALLBACKS = ("int8", "fp32")
 
 
 class ConfigError(ValueError):
@@ -25,7 +28,7 @@ class LocalSettings:
     neo4j_port: int = 7687
     falkordb_port: int = 6380
     cache_dir: Path | None = None
-    base_model: str = "smollm2-135m-instruct"  # or "tiny-llama" (tests)
+    base_model: str = SMOLLM2  # or TINY, a 2-layer random Llama (tests)
     eval_margin: float = 0.02  # tuned mean F1 must beat the base's by this much to release
     # Without a GPU (or after losing a spot GPU node): "int8" trains with the base in 8-bit
     # through bitsandbytes' CPU backend; "fp32" keeps the base in full precision.
@@ -93,8 +96,8 @@ class LocalSettings:
             serve_port=_port(env, "DATACREEK_SERVE_PORT", 8100),
             postgres_port=_port(env, "DATACREEK_POSTGRES_PORT", 5433),
             cache_dir=Path(cache).resolve() if cache else None,
-            base_model=env.get("DATACREEK_BASE_MODEL", "smollm2-135m-instruct"),
-            cpu_fallback=env.get("DATACREEK_CPU_FALLBACK", "int8"),
+            base_model=_choice(env, "DATACREEK_BASE_MODEL", (SMOLLM2, TINY), SMOLLM2),
+            cpu_fallback=_choice(env, "DATACREEK_CPU_FALLBACK", CPU_FALLBACKS, "int8"),
         )
 
 
@@ -104,6 +107,13 @@ def current_profile(environ: dict[str, str] | None = None) -> str:
     if profile not in PROFILES:
         raise ConfigError(f"DATACREEK_PROFILE={profile!r} is not one of {', '.join(PROFILES)}")
     return profile
+
+
+def _choice(env, name: str, allowed: tuple[str, ...], default: str) -> str:
+    value = env.get(name, default)
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not one of {', '.join(allowed)}")
+    return value
 
 
 def _port(env, name: str, default: int) -> int:

@@ -112,11 +112,22 @@ def build_resources(profile: str, settings: LocalSettings | None = None) -> dict
 
 
 def initialized(resources: dict[str, dg.ConfigurableResource]) -> dict[str, dg.ConfigurableResource]:
-    """Resolve EnvVars outside a Dagster run (the CLI)."""
-    try:
-        return {name: res.process_config_and_initialize() for name, res in resources.items()}
-    except dg.DagsterError as err:
-        raise ConfigError(f"resource configuration is incomplete: {err}") from None
+    """Resolve EnvVars outside a Dagster run (the CLI); every unset variable is named in one line."""
+    import re
+
+    done, missing, other = {}, [], []
+    for name, resource in resources.items():
+        try:
+            done[name] = resource.process_config_and_initialize()
+        except dg.DagsterError as err:
+            unset = re.findall(r'environment variable "(\w+)"', str(err))
+            missing.extend(v for v in unset if v not in missing)
+            if not unset:
+                other.append(f"{name}: {str(err).splitlines()[0]}")
+    if missing or other:
+        problems = ([f"{', '.join(missing)} not set"] if missing else []) + other
+        raise ConfigError(f"resource configuration is incomplete: {'; '.join(problems)}")
+    return done
 
 
 @contextmanager

@@ -4,6 +4,8 @@ test-only ports under a temporary state dir, and stopped afterwards."""
 from __future__ import annotations
 
 import os
+from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,37 @@ import pytest
 from datacreek_assets.settings import LocalSettings
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+class HostileInputs:
+    """Tally of the hostile inputs the tests throw at each surface (inbox, CLI, HTTP, config):
+    an input counts as handled when its check passed (a clear error, no partial state, the
+    service still serving)."""
+
+    def __init__(self):
+        self.tried: Counter[str] = Counter()
+        self.handled: Counter[str] = Counter()
+
+    @contextmanager
+    def case(self, surface: str):
+        self.tried[surface] += 1
+        yield
+        self.handled[surface] += 1
+
+
+HOSTILE = HostileInputs()
+
+
+@pytest.fixture(scope="session")
+def hostile() -> HostileInputs:
+    return HOSTILE
+
+
+def pytest_terminal_summary(terminalreporter):
+    if HOSTILE.tried:
+        surfaces = ", ".join(f"{name} {HOSTILE.handled[name]}/{tried}" for name, tried in sorted(HOSTILE.tried.items()))
+        terminalreporter.write_line(f"hostile inputs: {sum(HOSTILE.tried.values())} tried, "
+                                    f"{sum(HOSTILE.handled.values())} handled ({surfaces})")
 
 
 def pytest_configure(config):

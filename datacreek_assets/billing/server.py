@@ -75,6 +75,8 @@ def make_server(ledger: CreditLedger, admin_token: str, host: str = "127.0.0.1",
     registry.register(LedgerCollector(ledger))
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = 10  # seconds a connection may stall: a body shorter than its Content-Length frees the thread
+
         def log_message(self, *args):  # quiet: Prometheus scrapes every few seconds
             pass
 
@@ -138,8 +140,11 @@ def make_server(ledger: CreditLedger, admin_token: str, host: str = "127.0.0.1",
                 body = json.loads(self.rfile.read(length))
                 if not isinstance(body, dict):
                     raise ValueError("the body must be a JSON object")
-            except ValueError as err:
-                self._send(400, {"error": f"{err.__class__.__name__}: {err}"})
+            except TimeoutError:
+                self._send(408, {"error": f"the body did not arrive within {self.timeout} s"})
+                return
+            except (ValueError, RecursionError) as err:  # RecursionError: JSON nested too deep to decode
+                self._send(400, {"error": f"{err.__class__.__name__}: {str(err)[:200]}"})
                 return
             try:
                 if action == "top-up":

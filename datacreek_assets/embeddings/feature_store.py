@@ -1,14 +1,18 @@
 """Feast, tenant-scoped: writing fp8 vectors and looking them up.
 
-Local: parquet offline store (one file per tenant under one directory) and a
-SQLite online store. Prod: the same definitions with S3 offline and Redis
-online settings. Writes go to the offline file and straight into the online
-store (Feast's write_to_online_store), so materialization is part of the asset.
+Local: parquet offline store and a SQLite online store. Prod: the same
+definitions with S3 offline and Redis online settings. Writes go straight into
+the online store (Feast's write_to_online_store), so materialization is part
+of the asset, and into the offline store as one new parquet file per write
+under ``<view>/<tenant>/``: a write costs its own rows, not the tenant's whole
+history, and two overlapping writes cannot lose each other's rows. Reading
+keeps each hash's newest row; compaction folds the files it read into one.
 """
 
 from __future__ import annotations
 
 import io
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -21,12 +25,13 @@ from datacreek_assets.metrics import FeatureCacheMetrics
 from datacreek_assets.tenancy import validate_tenant_id
 
 PROJECT = "datacreek"
+COMPACT_AT = 8  # offline files per tenant and view before a write folds them into one
 
 
 @dataclass(frozen=True)
 class FeatureStoreSettings:
     registry: str  # file path or s3:// URI of the Feast registry
-    offline_dir: str  # directory (or s3:// prefix) holding one parquet file per tenant and view
+    offline_dir: str  # directory (or s3:// prefix): <view>/<tenant>/<one parquet file per write>
     online: dict = field(default_factory=dict)  # Feast online_store config
     s3_endpoint: str = ""  # custom S3 endpoint (MinIO, moto); empty for AWS
 
@@ -93,19 +98,44 @@ class TenantFeatures:
 
     @property
     def offline_path(self) -> str:
-        return f"{self.settings.offline_dir.rstrip('/')}/{self.view}/{self.tenant_id}.parquet"
+        """The tenant's folder of offline files for this view."""
+        return f"{self.settings.offline_dir.rstrip('/')}/{self.view}/{self.tenant_id}"
 
-    def stored_rows(self):
-        """The tenant's offline rows (an empty frame before the first write)."""
-        import pandas as pd
+    @property
+    def _legacy_path(self) -> str:
+        # before per-write files, a tenant's rows were one file beside the folder; still read, compacted away
+        return f"{self.offline_path}.parquet"
+
+    def offline_files(self) -> list[str]:
+        """The tenant's offline parquet files, oldest first (names start with the write's UTC time)."""
         from pyarrow import fs
 
-        filesystem, path = self.settings.filesystem(self.offline_path)
-        if filesystem.get_file_info(path).type != fs.FileType.NotFound:
-            return pd.read_parquet(path, filesystem=filesystem)
-        else:
+        filesystem, folder = self.settings.filesystem(self.offline_path)
+        found = filesystem.get_file_info(fs.FileSelector(folder, allow_not_found=True))
+        parts = sorted(info.path for info in found
+                       if info.type == fs.FileType.File and info.base_name.endswith(".parquet")
+                       and not info.base_name.startswith("."))
+        _, legacy = self.settings.filesystem(self._legacy_path)
+        if filesystem.get_file_info(legacy).type == fs.FileType.File:
+            parts.insert(0, legacy)
+        return parts
+
+    def _read(self, files: list[str]):
+        import pandas as pd
+
+        if not files:
             return pd.DataFrame(columns=["tenant_id", "embedding_hash", "deleted", "chunk_id", "doc_id",
                                          "event_timestamp"])
+        filesystem, _ = self.settings.filesystem(self.offline_path)
+        frames = [pd.read_parquet(path, filesystem=filesystem) for path in files]
+        rows = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+        # the newest row of each hash wins; among equal times, the later file (stable sort)
+        rows = rows.sort_values("event_timestamp", kind="stable")
+        return rows.drop_duplicates("embedding_hash", keep="last").reset_index(drop=True)
+
+    def stored_rows(self):
+        """The tenant's offline rows, the newest per hash (an empty frame before the first write)."""
+        return self._read(self.offline_files())
 
     def tombstones(self, rows):
         """Rows marking features deleted; the feature values themselves are not kept."""
@@ -114,23 +144,43 @@ class TenantFeatures:
 
     def write(self, rows) -> int:
         """Upsert rows (embedding_hash, vector_fp8, scale, deleted, chunk_id, doc_id) offline and online."""
-        import pandas as pd
-
         if rows.empty:
             return 0
         rows = rows.copy()
         rows["tenant_id"] = self.tenant_id
-        rows["event_timestamp"] = datetime.now(timezone.utc)
-        # Online first: the offline file is what the next run diffs against, so it must
+        now = datetime.now(timezone.utc)
+        rows["event_timestamp"] = now
+        # Online first: the offline files are what the next run diffs against, so they must
         # never claim rows the online store did not get.
         self.store.write_to_online_store(self.view, rows)
-        current = self.stored_rows()
-        kept = current[~current["embedding_hash"].isin(rows["embedding_hash"])]
-        merged = pd.concat([kept, rows], ignore_index=True) if len(kept) else rows
-        _write_parquet_atomically(merged, *self.settings.filesystem(self.offline_path))
+        _write_parquet_atomically(rows, *self.settings.filesystem(self._new_file(now)))
         for h in rows["embedding_hash"]:
             self._cache.pop(h, None)
+        if len(self.offline_files()) > COMPACT_AT:
+            self.compact()
         return len(rows)
+
+    def _new_file(self, at: datetime, kind: str = "write") -> str:
+        return f"{self.offline_path}/{at:%Y%m%dT%H%M%S%fZ}-{kind}-{uuid.uuid4().hex[:12]}.parquet"
+
+    def compact(self) -> int:
+        """Fold the offline files into one holding each hash's newest row; returns how many were folded.
+
+        Only the files read are deleted, after the folded one is written: a write that lands
+        meanwhile keeps its file, and a crash in between leaves duplicates that reads resolve."""
+        files = self.offline_files()
+        if len(files) < 2:
+            return 0
+        rows = self._read(files)
+        newest = rows["event_timestamp"].max()
+        filesystem, _ = self.settings.filesystem(self.offline_path)
+        _write_parquet_atomically(rows, filesystem, self.settings.filesystem(self._new_file(newest, "compact"))[1])
+        for path in files:
+            try:
+                filesystem.delete_file(path)
+            except FileNotFoundError:  # a compaction running alongside folded it first
+                pass
+        return len(files)
 
     def live_values(self, column: str | None = None) -> dict:
         """embedding_hash -> stored value of ``column`` (None without one), for rows not deleted."""
@@ -157,15 +207,13 @@ class TenantFeatures:
         return len(upserts), len(gone)
 
     def drop_all(self) -> int:
-        """Tenant removal: tombstone every vector online, then delete the offline file."""
+        """Tenant removal: tombstone every vector online, then delete the offline files."""
         rows = self.stored_rows()
         live = rows[~rows["deleted"].astype(bool)] if len(rows) else rows
         if len(live):
             self.write(self.tombstones(live))
-        from pyarrow import fs
-
-        filesystem, path = self.settings.filesystem(self.offline_path)
-        if filesystem.get_file_info(path).type != fs.FileType.NotFound:
+        filesystem, _ = self.settings.filesystem(self.offline_path)
+        for path in self.offline_files():
             filesystem.delete_file(path)
         self._cache.clear()
         return len(live)
@@ -221,6 +269,7 @@ def _write_parquet_atomically(frame, filesystem, path: str) -> None:
         frame.to_parquet(path, index=False, filesystem=filesystem)  # an S3 PUT replaces the object atomically
         return
     target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp"  # dot files are ignored by parquet readers
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)

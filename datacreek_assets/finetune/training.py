@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from datacreek_assets.finetune.packing import IGNORE, PackedRow, collate
+from datacreek_assets.settings import CPU_FALLBACKS
 
 ACCELERATE_ZERO3 = Path(__file__).with_name("accelerate_zero3.yaml")
 GPU_PRECISIONS = ("fp32", "bf16")
@@ -72,8 +73,8 @@ class DevicePlan:
 
 def plan_device(gpus: int, cpu_fallback: str) -> DevicePlan:
     """Where training runs. ``cpu_fallback`` is "int8" (base in 8-bit via bitsandbytes) or "fp32"."""
-    if cpu_fallback not in ("int8", "fp32"):
-        raise ValueError(f"cpu_fallback must be 'int8' or 'fp32', not {cpu_fallback!r}")
+    if cpu_fallback not in CPU_FALLBACKS:
+        raise ValueError(f"cpu_fallback must be one of {', '.join(CPU_FALLBACKS)}, not {cpu_fallback!r}")
     if gpus > 1:
         return DevicePlan("cuda", gpus, False, str(ACCELERATE_ZERO3),
                           f"{gpus} GPUs: the accelerate + DeepSpeed ZeRO-3 config is selected for `accelerate launch`; "

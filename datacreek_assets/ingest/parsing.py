@@ -15,6 +15,14 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 DEFAULT_MAX_BYTES = 5 * 1024 * 1024
+# Hostile-document limits. Browsers stop nesting elements at 512 levels; markdown-it silently drops
+# text nested deeper than its maxNesting, so deeper Markdown is refused rather than cut. A PDF
+# stream that inflates past 50 MiB is a decompression bomb, not prose (a text page is ~10 KiB).
+MAX_HTML_NESTING = 512
+MAX_MARKDOWN_NESTING = 32
+MAX_PDF_STREAM_BYTES = 50 * 1024 * 1024
+_ENTITY_DECLARATION = re.compile(r"<!DOCTYPE[^>\[]*\[[^\]]*<!ENTITY", re.IGNORECASE)
+_MARKDOWN_CONTAINERS = re.compile(r"[ \t]*(?:>|[-+*](?=[ \t]|$)|\d{1,9}[.)](?=[ \t]|$))")
 
 FORMATS = {".txt": "text", ".text": "text", ".md": "markdown", ".markdown": "markdown",
            ".html": "html", ".htm": "html", ".pdf": "pdf"}
@@ -112,6 +120,9 @@ def _html_to_text(html: str) -> str:
     from bs4 import BeautifulSoup
 
     soup = BeautifulSoup(html, "html.parser")
+    deepest = _nesting(soup)
+    if deepest > MAX_HTML_NESTING:
+        raise _Refused(f"elements nested {deepest} deep (limit {MAX_HTML_NESTING})")
     for tag in soup(["script", "style", "noscript", "template", "head"]):
         tag.decompose()
     main = _main_region(soup)
@@ -131,11 +142,41 @@ def _html_to_text(html: str) -> str:
     return root.get_text()
 
 
+def _nesting(soup) -> int:
+    """How deep the elements nest, in one pass (descendants come in document order, parents first)."""
+    depth, deepest = {id(soup): 0}, 0
+    for node in soup.descendants:
+        if node.name is not None:
+            depth[id(node)] = depth[id(node.parent)] + 1
+            deepest = max(deepest, depth[id(node)])
+    return deepest
+
+
+def _markdown_nesting(source: str) -> int:
+    """The deepest line's count of container markers (block quotes, list items), its indentation
+    counting as levels when it is a list item itself."""
+    deepest = 0
+    for line in source.split("\n"):
+        markers = _MARKDOWN_CONTAINERS.match(line)
+        count = 0
+        while markers:
+            count += 1
+            line = line[markers.end():]
+            markers = _MARKDOWN_CONTAINERS.match(line)
+        if count:
+            deepest = max(deepest, count + (len(line) - len(line.lstrip(" \t"))) // 2)
+    return deepest
+
+
 def _markdown_to_text(source: str) -> str:
     from markdown_it import MarkdownIt
 
+    deepest = _markdown_nesting(source)
+    if deepest > MAX_MARKDOWN_NESTING:
+        raise _Refused(f"blocks nested {deepest} deep (limit {MAX_MARKDOWN_NESTING})")
     # Render with raw HTML disabled, then take the text: code, lists and headings keep their words.
-    return _html_to_text(MarkdownIt("commonmark", {"html": False}).render(source))
+    # maxNesting is well above the limit above, so no accepted block is cut.
+    return _html_to_text(MarkdownIt("commonmark", {"html": False, "maxNesting": 4 * MAX_MARKDOWN_NESTING}).render(source))
 
 
 def _pdf_to_text(data: bytes) -> str:
@@ -144,8 +185,46 @@ def _pdf_to_text(data: bytes) -> str:
     reader = PdfReader(io.BytesIO(data))
     if reader.is_encrypted:
         raise _Refused("encrypted PDF")
-    pages = [[" ".join(line.split()) for line in (page.extract_text() or "").split("\n")] for page in reader.pages]
+    if _active_content(reader):
+        raise _Refused("PDF with active content (JavaScript or a launch action)")
+    pages = []
+    for page in reader.pages:
+        # extract_text logs and skips a stream over pypdf's limits: inflate it here first, so a
+        # decompression bomb is refused by name instead of read as a page without text
+        contents = page.get_contents()
+        if contents is not None:
+            contents.get_data()
+        pages.append([" ".join(line.split()) for line in (page.extract_text() or "").split("\n")])
     return _reflow([line for page in _drop_page_furniture(pages) for line in page if line])
+
+
+_ACTIVE = {"/JavaScript", "/Launch", "/ImportData", "/SubmitForm"}
+
+
+def _active_content(reader) -> bool:
+    """Whether the PDF runs something when opened or used: document-level scripts, an open or
+    additional action, or a link or form field whose action is a script or a program launch."""
+    root = reader.trailer["/Root"].get_object()
+
+    def active(action) -> bool:
+        action = action.get_object() if action is not None else None
+        return hasattr(action, "get") and (action.get("/S") in _ACTIVE or "/JS" in action)
+
+    names = root.get("/Names")
+    if names is not None and "/JavaScript" in names.get_object():
+        return True
+    if active(root.get("/OpenAction")) or "/AA" in root:
+        return True
+    for page in reader.pages:
+        if "/AA" in page:
+            return True
+        for annotation in page.get("/Annots") or []:
+            annotation = annotation.get_object()
+            if active(annotation.get("/A")) or "/AA" in annotation:
+                return True
+    form = root.get("/AcroForm")
+    fields = form.get_object().get("/Fields") if form is not None else None
+    return any("/AA" in field.get_object() or active(field.get_object().get("/A")) for field in fields or [])
 
 
 # A PDF's text comes out one printed line at a time, with each page's running head and foot (title,
@@ -285,7 +364,16 @@ def parse_document(doc_id: str, data: bytes, max_bytes: int = DEFAULT_MAX_BYTES)
         if fmt == "pdf":
             if not data.startswith(b"%PDF-"):
                 return quarantine("not a PDF (missing %PDF- header)")
-            raw_text = _pdf_to_text(data)
+            from pypdf import apply_configuration
+            from pypdf.errors import LimitReachedError
+
+            try:
+                with apply_configuration(zlib_maximum_output_length=MAX_PDF_STREAM_BYTES,
+                                             lzw_maximum_output_length=MAX_PDF_STREAM_BYTES,
+                                             run_length_maximum_output_length=MAX_PDF_STREAM_BYTES):
+                    raw_text = _pdf_to_text(data)
+            except LimitReachedError as err:
+                return quarantine(f"a PDF stream expands beyond its limit ({MAX_PDF_STREAM_BYTES} bytes): {err}")
         else:
             if _looks_binary(data):
                 return quarantine("binary content in a text document")
@@ -293,6 +381,8 @@ def parse_document(doc_id: str, data: bytes, max_bytes: int = DEFAULT_MAX_BYTES)
                 source = _decode(data)
             except UnicodeDecodeError as err:
                 return quarantine(f"invalid UTF-8 at byte {err.start}")
+            if fmt != "text" and _ENTITY_DECLARATION.search(source):
+                return quarantine("entity declarations in a DOCTYPE (an entity-expansion bomb)")
             raw_text = {"text": lambda s: s, "markdown": _markdown_to_text, "html": _html_to_text}[fmt](source)
     except _Refused as err:
         return quarantine(str(err))

@@ -233,15 +233,72 @@ def test_admin_api_authenticates_and_validates(billing_server):
 @pytest.mark.parametrize("body", ['{"amount": Infinity}', '{"amount": -Infinity}', '{"amount": NaN}', '{"amount": 1e309}',
                                   '{"amount": 1e300}', '{"amount": "12"}', '{"amount": true}', '{"amount": null}',
                                   '{"price": 1e300}', '{"price": 1, "resource": ["gpu"]}'])
-def test_admin_api_answers_422_for_amounts_it_cannot_book(billing_server, body):
+def test_admin_api_answers_422_for_amounts_it_cannot_book(billing_server, body, hostile):
     """Infinity or a huge amount used to raise OverflowError and drop the connection."""
     ledger, url = billing_server
     action = "price" if "price" in body else "top-up"
-    reply = requests.post(f"{url}/admin/tenants/acme/{action}", headers={"Authorization": f"Bearer {TOKEN}",
-                          "Content-Type": "application/json"}, data=body, timeout=5)
-    assert reply.status_code == 422 and reply.json()["error"]
-    assert not ledger.has_account("acme") and ledger.transactions("acme") == []  # nothing booked
-    assert requests.get(f"{url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5).ok  # still serving
+    with hostile.case("http billing"):
+        reply = requests.post(f"{url}/admin/tenants/acme/{action}", headers={"Authorization": f"Bearer {TOKEN}",
+                              "Content-Type": "application/json"}, data=body, timeout=5)
+        assert reply.status_code == 422 and reply.json()["error"]
+        assert not ledger.has_account("acme") and ledger.transactions("acme") == []  # nothing booked
+        assert requests.get(f"{url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5).ok  # still serving
+
+
+def raw_status(url: str, request: bytes, timeout: float = 30) -> int:
+    """Send bytes as they are (no client fixing them up) and return the reply's status code."""
+    import socket
+    from urllib.parse import urlsplit
+
+    where = urlsplit(url)
+    with socket.create_connection((where.hostname, where.port), timeout=timeout) as sock:
+        sock.sendall(request)
+        reply = b""
+        while b"\r\n" not in reply:
+            part = sock.recv(4096)
+            if not part:
+                break
+            reply += part
+    return int(reply.split(b" ", 2)[1])
+
+
+def test_hostile_requests_get_a_status_book_nothing_and_the_api_keeps_serving(billing_server, hostile):
+    ledger, url = billing_server
+    auth = f"Authorization: Bearer {TOKEN}\r\n"
+    deep = b'{"amount": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+
+    def post(path: str, body: bytes, headers: str = auth, length: int | None = None) -> bytes:
+        return (f"POST {path} HTTP/1.1\r\nHost: x\r\n{headers}Content-Length: "
+                f"{len(body) if length is None else length}\r\n\r\n").encode() + body
+
+    cases = [
+        (f"GET /admin/tenants/acme/balance?token={TOKEN} HTTP/1.1\r\nHost: x\r\n\r\n".encode(), 404),  # no token in URLs
+        (f"GET /admin/tenants/acme/balance HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}x\r\n\r\n".encode(), 401),
+        (f"GET /admin/tenants/acme/balance HTTP/1.1\r\nHost: x\r\nAuthorization: bearer {TOKEN}\r\n\r\n".encode(), 401),
+        (f"GET /admin/tenants/..%2Fetc/balance HTTP/1.1\r\nHost: x\r\n{auth}\r\n".encode(), 400),  # not an id
+        (f"GET /admin/tenants/../metrics HTTP/1.1\r\nHost: x\r\n{auth}\r\n".encode(), 404),
+        (f"GET /admin/tenants/acme%00/balance HTTP/1.1\r\nHost: x\r\n{auth}\r\n".encode(), 400),
+        (f"GET /admin/tenants/acme/steal HTTP/1.1\r\nHost: x\r\n{auth}\r\n".encode(), 404),
+        (f"DELETE /admin/tenants/acme/balance HTTP/1.1\r\nHost: x\r\n{auth}\r\n".encode(), 501),
+        (f"GET /admin/tenants/acme/balance HTTP/1.1\r\nHost: x\r\nX-Long: {'a' * 70_000}\r\n\r\n".encode(), 431),
+        (post("/admin/tenants/acme/top-up", b"[]"), 400),
+        (post("/admin/tenants/acme/top-up", b'{"amount": "1e3"}'), 422),
+        (post("/admin/tenants/acme/top-up", b"\xff\xfe{}"), 400),
+        (post("/admin/tenants/acme/top-up", deep), 400),  # nested too deep to decode
+        (post("/admin/tenants/acme/top-up", b'{"amount": 1}', length=-5), 400),
+        (post("/admin/tenants/acme/top-up", b'{"amount": 1}', length=10_000_000), 400),
+        (post("/admin/tenants/acme/top-up", b'{"amount": 1}', length=4000), 408),  # the rest never comes
+        (post("/admin/tenants/acme/top-up", b'{"amount": 1}', headers=""), 401),
+        (post("/admin/tenants/stranger/top-up", b'{"amount": 1}'), 404),
+    ]
+    for request, status in cases:
+        with hostile.case("http billing"):
+            assert raw_status(url, request) == status, request[:120]
+            assert ledger.balances() == {} and ledger.transactions("acme") == []  # nothing booked, nothing opened
+            assert requests.get(f"{url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5).ok
+    reply = requests.post(f"{url}/admin/tenants/acme/top-up", headers={"Authorization": f"Bearer {TOKEN}"},
+                          json={"amount": 1}, timeout=5)
+    assert reply.status_code == 200 and reply.json()["balance"] == 6  # and a good request still books
 
 
 def test_metrics_need_the_admin_token_and_reads_open_no_account(billing_server):

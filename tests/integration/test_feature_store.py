@@ -1,5 +1,7 @@
 """fp8 vectors through real Feast stores: SQLite online (local) and Redis online (prod setting)."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,6 +13,7 @@ from datacreek_assets.embeddings.fp8 import quantize
 from datacreek_assets.metrics import FeatureCacheMetrics
 
 pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
 
 
 def rows_for(texts, seed):
@@ -93,3 +96,55 @@ def test_soft_deleted_vectors_are_excluded(feast_settings):
     result = features.lookup(list(frame["embedding_hash"]))
     assert result[frame["embedding_hash"][0]] is not None and result[frame["embedding_hash"][1]] is None
     assert features.stored_rows().set_index("embedding_hash").loc[frame["embedding_hash"][1], "deleted"]
+
+
+def test_overlapping_writes_keep_every_row_and_a_write_costs_its_own_rows(feast_settings):
+    import threading
+
+    from datacreek_assets.embeddings.feature_store import COMPACT_AT
+
+    settings = feast_settings
+    store = open_feature_store(settings)
+    features = TenantFeatures(store, settings, "feat-e", FeatureCacheMetrics.for_registry(CollectorRegistry()))
+    base, _ = rows_for([f"base {i}" for i in range(200)], 5)
+    features.write(base)
+    batches = [rows_for([f"writer {w} row {i}" for i in range(5)], 10 + w)[0] for w in range(6)]
+    barrier, errors = threading.Barrier(len(batches)), []
+
+    def write(frame):
+        from feast import FeatureStore
+
+        try:
+            # its own store and connections, as each run's process has
+            own = FeatureStore(config=settings.repo_config(), repo_path=str(REPO / "feature_repo"))
+            barrier.wait()
+            TenantFeatures(own, settings, "feat-e", features.metrics).write(frame)
+        except Exception as error:  # surfaced by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=write, args=(frame,)) for frame in batches]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    stored = features.stored_rows()
+    expected = set(base["embedding_hash"]).union(*(set(frame["embedding_hash"]) for frame in batches))
+    assert set(stored["embedding_hash"]) == expected and len(stored) == 230  # no overlapping write lost
+    # each write added a file of its own rows; the 200-row history was not rewritten
+    filesystem, _ = settings.filesystem(features.offline_path)
+    sizes = sorted(len(pd.read_parquet(path, filesystem=filesystem)) for path in features.offline_files())
+    assert sizes == [5] * 6 + [200]
+    # an update and a deletion are newer rows; compaction keeps only the newest of each hash
+    changed, vectors = rows_for(["base 0"], 99)
+    features.write(changed)
+    features.write(base.iloc[[1]].assign(deleted=True))
+    assert COMPACT_AT == 8 and len(features.offline_files()) == 1  # the ninth file set off a compaction
+    assert features.compact() == 0  # one file: nothing to fold
+    after = features.stored_rows().set_index("embedding_hash")
+    assert len(after) == 230 and after.loc[base["embedding_hash"][1], "deleted"]
+    assert after.loc[changed["embedding_hash"][0], "scale"] == pytest.approx(float(changed["scale"][0]))
+    fresh = TenantFeatures(store, settings, "feat-e", features.metrics)  # an empty cache reads online
+    assert np.abs(fresh.lookup([changed["embedding_hash"][0]])[changed["embedding_hash"][0]] - vectors[0]).max() < 0.01
+    assert features.live_count() == 229
+    assert features.drop_all() == 229 and features.offline_files() == []

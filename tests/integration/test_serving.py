@@ -126,7 +126,7 @@ def test_requests_are_routed_by_key_and_pinned_version(control, tenants):
     assert alpha in chat(control, alpha_key).headers["X-Served-By"]
 
 
-def test_bad_requests_get_clear_errors_and_the_router_keeps_serving(control, tenants):
+def test_bad_requests_get_clear_errors_and_the_router_keeps_serving(control, tenants, hostile):
     tenant, key = tenants()
     cases = [
         (None, BODY, {}, 401),
@@ -141,17 +141,29 @@ def test_bad_requests_get_clear_errors_and_the_router_keeps_serving(control, ten
         (key, BODY, {"X_Request_Id": "r" * 200}, 400),
     ]
     for auth, body, headers, status in cases:
-        reply = chat(control, auth, body, **headers)
-        assert reply.status_code == status, (auth, str(body)[:40], reply.status_code, reply.text[:200])
-        assert reply.json()["error"]["message"]
+        with hostile.case("http router"):
+            reply = chat(control, auth, body, **headers)
+            assert reply.status_code == status, (auth, str(body)[:40], reply.status_code, reply.text[:200])
+            assert reply.json()["error"]["message"]
     # a chunked body (no Content-Length) is capped while it streams: never finished here, it is
     # refused once it passes the limit (read whole first, the router would wait for its end)
-    assert chunked_body_status(control, key, chunks=64, chunk_bytes=8192) == 413
-    assert chat(control, key).status_code == 200  # and the router keeps serving
+    with hostile.case("http router"):
+        assert chunked_body_status(control, key, chunks=64, chunk_bytes=8192) == 413
+        assert chat(control, key).status_code == 200  # and the router keeps serving
     # under the character limit but beyond the model's 1024-token context: refused by llama.cpp, as 413
     long_prompt = " ".join(f"zq{i}x" for i in range(1300))
-    too_long = chat(control, key, {"messages": [{"role": "user", "content": long_prompt}], "max_tokens": 2})
-    assert too_long.status_code == 413 and too_long.json()["error"]["type"] == "prompt_too_long"
+    with hostile.case("http router"):
+        too_long = chat(control, key, {"messages": [{"role": "user", "content": long_prompt}], "max_tokens": 2})
+        assert too_long.status_code == 413 and too_long.json()["error"]["type"] == "prompt_too_long"
+    # deeply nested JSON, NUL and invalid UTF-8 in the body, a content that is not a string
+    for body, status in ((b'{"messages": ' + b"[" * 30_000 + b"]" * 30_000 + b"}", 422),  # under the 64 KiB cap
+                         (b'{"messages": [{"role": "user", "content": "a\\u0000b"}]}', 200),
+                         (b"\xff\xfe{}", 422),
+                         ({"messages": [{"role": "user", "content": {"$ne": 1}}]}, 422)):
+        with hostile.case("http router"):
+            reply = chat(control, key, body)
+            assert reply.status_code == status, (str(body)[:40], reply.status_code, reply.text[:200])
+            assert chat(control, key).status_code == 200
     # a tenant with a key but nothing released
     key_only = f"srv-{uuid.uuid4().hex[:8]}"
     _, lonely_key = control.store.issue_key(key_only)
