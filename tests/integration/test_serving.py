@@ -5,6 +5,7 @@ and the router's latency histograms scraped by a real Prometheus."""
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections import Counter
@@ -376,3 +377,64 @@ def test_retrieval_grounds_each_request_in_its_own_tenants_chunks_only(control, 
     scraped = requests.get(f"{control.url}/metrics", headers={"Authorization": f"Bearer {control.admin_token}"},
                            timeout=10).text
     assert f'datacreek_serving_retrieval_seconds_count{{tenant="{alpha}"}}' in scraped
+
+
+def test_the_ray_head_killed_during_a_canary_comes_back_with_every_route_and_no_wrong_answers(
+        control, serving, tenants, services):
+    """SIGKILL every process of the Ray head (GCS, raylet, Serve's controller and replicas) while
+    two tenants each run a canary; bring it back and reconcile from the release store. Requests
+    keep coming all along: each one is refused or answered by its own tenant's model, never
+    another's, and afterwards every live route is served again."""
+    import threading
+
+    import ray
+
+    from datacreek_assets.local_services import RayService
+    from tests.integration.test_fault_injection import kill_hard
+
+    alpha, alpha_key = tenants("v1", adapter=0, weight=0.5)
+    beta, beta_key = tenants("v2", adapter=1, weight=0.5)
+    live = {name for name in control.applications() if parse_deployment(name)
+            and parse_deployment(name)[0] in (alpha, beta)}
+    assert live == {f"{alpha}-base", f"{alpha}-v1", f"{beta}-base", f"{beta}-v2"}
+
+    # this driver lets go first: a Ray driver whose GCS stays unreachable ends its own process
+    ray.shutdown()
+    head = RayService(services)
+    for pid in [head.our_pid(), *head.head_processes()]:
+        if pid is not None and os.path.exists(f"/proc/{pid}"):
+            kill_hard(pid)
+    answers, stop = [], threading.Event()
+
+    def ask(tenant: str, key: str) -> None:
+        while not stop.is_set():
+            try:
+                reply = chat(control, key)
+                answers.append((tenant, reply.status_code, reply.headers.get("X-Served-By", "")))
+            except requests.RequestException:
+                answers.append((tenant, None, ""))
+                time.sleep(0.2)
+
+    askers = [threading.Thread(target=ask, args=pair) for pair in ((alpha, alpha_key), (beta, beta_key))]
+    for asker in askers:
+        asker.start()
+    try:
+        head.up(timeout=240, progress=lambda message: None)
+        recovered = serving.control()
+        recovered.ensure_router()  # serve.start, the router, then reconcile: every live release redeployed
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not all(
+                any(t == tenant and status == 200 for t, status, _ in answers[-20:]) for tenant in (alpha, beta)):
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        for asker in askers:
+            asker.join()
+    served = [(tenant, by) for tenant, status, by in answers if status == 200]
+    assert {tenant for tenant, _ in served} == {alpha, beta}  # both came back
+    assert all(by.startswith(f"{tenant}-") for tenant, by in served), Counter(served)  # never another's model
+    assert None in {status for _, status, _ in answers}  # requests did meet the dead head
+    again = {name for name in recovered.applications() if parse_deployment(name)
+             and parse_deployment(name)[0] in (alpha, beta)}
+    assert again == live
+    recovered.close()

@@ -1,0 +1,103 @@
+"""`DATACREEK_PROFILE=prod` end to end on this machine: the Dagster instance, the tenant registry,
+the ledger and MLflow on a real PostgreSQL, documents and Feast's offline store on S3 (moto's
+server), Feast online in Redis (FalkorDB speaks it), Neo4j; `datacreek tenant add` and
+`datacreek materialize` run as an operator runs them, every variable coming from the environment.
+
+Left out: `canary_release`. Its prod settings name a Ray cluster and a router of their own, and this
+session's router already serves the local release store; test_serving covers that asset's code
+against a real Ray Serve."""
+
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+
+from datacreek_assets.demo_corpus import write_demo_corpus
+from datacreek_assets.object_store import S3ObjectStore, TenantObjectStore
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[2]
+TENANT = "prod-e2e"
+# everything the main job builds but the release (see the module's docstring)
+SELECT = ("raw_documents,parsed_chunks,knowledge_graph,chunk_embeddings,embedding_features,retrieval_index,"
+          "persistence_sketches,umap_lens,mapper_graph,sft_dataset,finetuned_adapter,gguf_model,qa_eval")
+
+
+@pytest.fixture
+def prod_env(services, postgres, s3_endpoint, s3_bucket, tmp_path) -> dict[str, str]:
+    def database(purpose: str, driver: str = "psycopg") -> str:
+        url = postgres.create_database(f"{purpose}_{uuid.uuid4().hex[:8]}")
+        return url.replace("postgresql+psycopg://", f"postgresql+{driver}://")
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "k8s" / "dagster-instance.yaml", home / "dagster.yaml")
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("DATACREEK_", "DAGSTER_"))}
+    env.update({
+        "DATACREEK_PROFILE": "prod",
+        "DAGSTER_HOME": str(home),
+        "DATACREEK_STATE_DIR": str(tmp_path / "unused-local-state"),
+        "DATACREEK_DAGSTER_POSTGRES_URL": database("dagster", "psycopg2"),
+        "DATACREEK_POSTGRES_URL": database("registry"),
+        "DATACREEK_LEDGER_URL": database("ledger"),
+        "DATACREEK_SERVING_STORE_URL": database("serving"),
+        "DATACREEK_MLFLOW_TRACKING_URI": database("mlflow", "psycopg2"),
+        "DATACREEK_MLFLOW_ARTIFACT_ROOT": f"s3://{s3_bucket}/mlflow",
+        "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
+        "DATACREEK_NEO4J_URI": services.neo4j_uri, "DATACREEK_NEO4J_USER": "", "DATACREEK_NEO4J_PASSWORD": "",
+        "DATACREEK_NEO4J_ISOLATION": "label",
+        "DATACREEK_FALKORDB_HOST": "127.0.0.1", "DATACREEK_FALKORDB_PORT": str(services.falkordb_port),
+        "DATACREEK_FALKORDB_PASSWORD": "",
+        "DATACREEK_S3_BUCKET": s3_bucket, "DATACREEK_S3_ENDPOINT_URL": s3_endpoint,
+        "DATACREEK_FEAST_REGISTRY": str(tmp_path / "feast" / "registry.db"),
+        "DATACREEK_FEAST_OFFLINE_URI": f"s3://{s3_bucket}/feast/offline",
+        "DATACREEK_FEAST_REDIS": f"127.0.0.1:{services.falkordb_port}",
+        "DATACREEK_MODELS_DIR": str(tmp_path / "models"),
+        "DATACREEK_BASE_MODELS_DIR": str(services.download_cache / "models"),
+        "DATACREEK_BASE_MODEL": "tiny-llama", "DATACREEK_CPU_FALLBACK": "fp32",
+        "DATACREEK_RAY_ADDRESS": f"127.0.0.1:{services.ray_port}", "DATACREEK_SERVE_PORT": str(services.serve_port),
+        "DATACREEK_ROUTER_URL": f"http://127.0.0.1:{services.serve_port}",
+        "DATACREEK_SERVING_ADMIN_TOKEN": "prod-profile-admin-token-0001",
+        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+    })
+    return env
+
+
+def test_the_prod_profile_materializes_a_tenant_on_postgres_s3_redis_and_neo4j(prod_env, datacreek, s3_endpoint,
+                                                                                s3_bucket, postgres):
+    def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([datacreek, *args], env=prod_env, capture_output=True, text=True, timeout=timeout)
+
+    added = cli("tenant", "add", TENANT)
+    assert added.returncode == 0, added.stderr
+    try:
+        s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+        write_demo_corpus(TenantObjectStore(S3ObjectStore(s3_bucket, s3_endpoint, client=s3), TENANT), max_docs=4)
+        run = cli("materialize", "--tenant", TENANT, "--select", SELECT, timeout=1500)
+        # Every asset materializes; then the release gate judges the model against the prod margin
+        # (tuned F1 0.02 above the base's). Whether a random 2-layer Llama clears it follows the CPU's
+        # float kernels, so either verdict is right here, as long as the gate is the only failed step.
+        output = run.stdout + run.stderr
+        assert (run.returncode == 0 and "succeeded" in run.stdout) or (
+            run.returncode == 1 and "Steps failed: ['qa_eval_tuned_beats_base']" in output), output[-4000:]
+
+        keys = {item["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=s3_bucket)
+                for item in page.get("Contents", [])}
+        assert any(k.startswith(f"tenants/{TENANT}/") for k in keys)
+        assert any(k.startswith(f"feast/offline/chunk_embeddings/{TENANT}/") for k in keys)  # Feast on S3
+        assert any(k.startswith("mlflow/") for k in keys)  # MLflow's artifacts on S3
+        with postgres._connect(dbname=prod_env["DATACREEK_DAGSTER_POSTGRES_URL"].rsplit("/", 1)[1]) as conn:
+            materialized = {row[0] for row in conn.execute(
+                "SELECT DISTINCT asset_key FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION'")}
+        assert len(materialized) == len(SELECT.split(","))  # the run's events are in Postgres
+        with postgres._connect(dbname=prod_env["DATACREEK_POSTGRES_URL"].rsplit("/", 1)[1]) as conn:
+            assert [row[0] for row in conn.execute("SELECT tenant_id FROM tenants")] == [TENANT]
+        balance = cli("tenant", "balance", TENANT, "--json")
+        assert balance.returncode == 0 and '"balance"' in balance.stdout  # the ledger on Postgres, billed
+    finally:
+        removed = cli("tenant", "remove", TENANT, "--force", timeout=300)
+        assert removed.returncode == 0, removed.stderr

@@ -1,0 +1,263 @@
+"""Faults injected into the real services and processes: each is killed for real (SIGKILL, no
+clean shutdown) at a chosen moment, brought back, and what it held is checked to the last row."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import requests
+
+from datacreek_assets.billing.ledger import CreditLedger
+from datacreek_assets.billing.prometheus import PrometheusServer
+from datacreek_assets.defs.billing.sensors import quota_sensor
+from datacreek_assets.defs.finetune.assets import finetuned_adapter
+from datacreek_assets.defs.graph.assets import knowledge_graph
+from datacreek_assets.defs.ingest.assets import parsed_chunks, raw_documents
+from datacreek_assets.demo_corpus import write_demo_corpus
+from datacreek_assets.graph_store import TenantGraph
+from datacreek_assets.local_services import FalkorDBService, Neo4jService, _process_cmdline, free_port
+from datacreek_assets.object_store import TenantObjectStore
+from datacreek_assets.partitions import TENANTS_PARTITION
+from datacreek_assets.tenant_lifecycle import add_tenant, remove_tenant
+from resources.factory import open_tenant_stores
+from resources.stores import CreditLedgerResource, FineTuneResource, ObjectStoreResource, TenantRegistryResource
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+
+
+def kill_hard(pid: int) -> None:
+    """SIGKILL and wait until the process is gone (reaped when it is this process's child)."""
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while _process_cmdline(pid) is not None and time.monotonic() < deadline:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.1)
+    assert _process_cmdline(pid) is None, f"pid {pid} survived SIGKILL"
+
+
+@pytest.fixture
+def two_tenants(local_resources, instance):
+    """Two onboarded tenants with the same six demo documents, parsed and chunked."""
+    names = ("fault-killed", "fault-calm")
+    with open_tenant_stores(local_resources) as stores:
+        for name in names:
+            add_tenant(name, stores, instance)
+            write_demo_corpus(TenantObjectStore(stores.objects, name), max_docs=6)
+            assert dg.materialize([raw_documents, parsed_chunks], partition_key=name, instance=instance,
+                                  resources=local_resources).success
+        yield names
+        for name in names:
+            remove_tenant(name, stores, instance, force=True)
+
+
+def test_neo4j_killed_mid_ingest_then_retried_gives_the_graph_an_undisturbed_run_gives(
+        services, local_resources, instance, two_tenants, monkeypatch):
+    killed, calm = two_tenants
+    assert dg.materialize([knowledge_graph], partition_key=calm, instance=instance, resources=local_resources).success
+    neo4j = Neo4jService(services)
+    original = TenantGraph._replace_group
+
+    def replace_then_die(self, tx, docs, batch_size):
+        original(self, tx, docs, batch_size)  # every statement of the transaction has run...
+        if self.tenant_id == killed:
+            kill_hard(neo4j.our_pid())  # ...and the server dies before the commit
+
+    monkeypatch.setattr(TenantGraph, "_replace_group", replace_then_die)
+    failed = dg.materialize([knowledge_graph], partition_key=killed, instance=instance, resources=local_resources,
+                            raise_on_error=False)
+    assert not failed.success
+    monkeypatch.setattr(TenantGraph, "_replace_group", original)
+    neo4j.up(timeout=240, progress=lambda message: None)
+
+    with local_resources["graph_store"].admin() as graph:
+        assert graph.tenant(killed).counts().nodes.get("Document", 0) == 0  # the uncommitted transaction left nothing
+    retried = dg.materialize([knowledge_graph], partition_key=killed, instance=instance, resources=local_resources)
+    assert retried.success
+    with local_resources["graph_store"].admin() as graph:
+        after, undisturbed = graph.tenant(killed).fingerprint(), graph.tenant(calm).fingerprint()
+        counts = graph.tenant(killed).counts()
+
+    def canonical(lines: list[str], tenant: str) -> list[str]:  # the Tenant node holds its creation time
+        return sorted(line.replace(f"'{tenant}'", "'T'") for line in lines if "'Tenant'" not in line)
+
+    assert counts.nodes["Document"] == 6 and counts.nodes["Chunk"] > 0
+    assert canonical(after, killed) == canonical(undisturbed, calm)  # every node, edge and property
+
+
+def test_falkordb_killed_and_restarted_brings_every_tenant_graph_back(services, local_resources):
+    store = local_resources["hot_graph"].store()
+    tenants = {"hot-a": 40, "hot-b": 7}
+    for tenant, n in tenants.items():
+        store.create_scope(tenant)
+        store.graph(tenant).query("UNWIND range(1, $n) AS i CREATE (:Entity {tenant_id: $tenant, i: i})",
+                                  {"n": n, "tenant": tenant})
+    try:
+        time.sleep(1.5)  # appendfsync everysec: a write is on disk within a second
+        falkordb = FalkorDBService(services)
+        kill_hard(falkordb.our_pid())
+        falkordb.up(timeout=120, progress=lambda message: None)
+        again = local_resources["hot_graph"].store()  # a fresh client, as a restarted worker has
+        assert {"hot-a", "hot-b"} <= set(again.tenants())
+        for tenant, n in tenants.items():
+            assert again.node_count(tenant) == n + 1  # its Tenant node and every entity
+    finally:
+        for tenant in tenants:
+            local_resources["hot_graph"].store().drop_scope(tenant)
+
+
+TRAIN = {"epochs": 3, "learning_rate": 1e-2, "max_seq_len": 256, "effective_batch": 4, "checkpoint_every": 2}
+WORKER = """
+import sys
+import dagster as dg
+from datacreek_assets.defs.finetune.assets import finetuned_adapter
+from datacreek_assets.partitions import TENANTS_PARTITION
+from tests.integration.test_fault_injection import training_resources
+root, tenant, config = sys.argv[1], sys.argv[2], sys.argv[3]
+with dg.DagsterInstance.ephemeral() as instance:
+    instance.add_dynamic_partitions(TENANTS_PARTITION, [tenant])
+    dg.materialize([finetuned_adapter], partition_key=tenant, instance=instance, resources=training_resources(root),
+                   run_config={"ops": {"finetuned_adapter": {"config": __import__("json").loads(config)}}})
+"""
+
+
+def training_resources(root: str) -> dict:
+    return {
+        "object_store": ObjectStoreResource(backend="local", root=f"{root}/objects"),
+        "finetune": FineTuneResource(models_dir=f"{root}/models", base_cache_dir=f"{root}/base",
+                                     tracking_uri=f"sqlite:///{root}/mlflow.db", artifact_root=f"{root}/artifacts",
+                                     base_model="tiny-llama", cpu_fallback="fp32", threads=1),
+        "credit_ledger": CreditLedgerResource(url=f"sqlite:///{root}/ledger.db", heartbeat_s=0.2),
+    }
+
+
+def test_a_training_worker_killed_mid_run_resumes_from_its_checkpoint_and_is_billed_once(tmp_path, instance):
+    from tests.integration.test_finetune_assets import write_dataset
+
+    tenant, root = "fault-train", str(tmp_path)
+    resources = training_resources(root)
+    write_dataset(resources["object_store"], tenant, f"{root}/models")
+    started = time.monotonic()
+    worker = subprocess.Popen([sys.executable, "-c", WORKER, root, tenant, json.dumps(TRAIN)], cwd=REPO,
+                              env={**os.environ, "PYTHONPATH": str(REPO)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while not list(Path(root, "models").glob("tenants/*/runs/*/checkpoints/*")):
+            assert worker.poll() is None, "the worker ended before its first checkpoint"
+            assert time.monotonic() - started < 600
+            time.sleep(0.1)
+        kill_hard(worker.pid)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    lived_ms = (time.monotonic() - started) * 1000
+    worker.wait()
+
+    ledger = CreditLedger(f"sqlite:///{root}/ledger.db")
+    [orphan] = ledger.meters(tenant, status="open")  # it died holding its meter
+    time.sleep(1.0)  # three missed beats
+    quota_sensor(dg.build_sensor_context(instance=instance, resources={"credit_ledger": resources["credit_ledger"]}))
+    assert ledger.meters_by_id(orphan.meter_id).status == "orphaned"
+
+    instance.add_dynamic_partitions(TENANTS_PARTITION, [tenant])
+    retry = dg.materialize([finetuned_adapter], partition_key=tenant, instance=instance, resources=resources,
+                           run_config={"ops": {"finetuned_adapter": {"config": TRAIN}}})
+    assert retry.success
+    meta = retry.asset_materializations_for_node("finetuned_adapter")[0].metadata
+    assert meta["resumed_from_step"].value >= TRAIN["checkpoint_every"]
+    assert meta["steps"].value > meta["resumed_from_step"].value
+
+    meters = ledger.meters(tenant)
+    assert sorted(m.status for m in meters) == ["closed", "orphaned"]
+    usage = [t for t in ledger.transactions(tenant) if t.kind == "usage"]
+    for meter in meters:  # each stretch of time is billed once, by its own meter
+        span = (meter.billed_until_ms - meter.started_ms) * meter.units
+        assert sum(t.resource_ms for t in usage if t.meter_id == meter.meter_id) == span
+    killed_meter = ledger.meters_by_id(orphan.meter_id)
+    assert 0 < killed_meter.billed_until_ms - killed_meter.started_ms <= lived_ms  # no more than it lived
+    [closed] = [m for m in meters if m.status == "closed"]
+    assert closed.started_ms >= killed_meter.billed_until_ms  # the stretches do not overlap
+
+
+def test_the_billing_exporter_killed_mid_scrape_loses_and_double_counts_nothing(cli_env, datacreek, tmp_path):
+    state = tmp_path / "state"
+    registry = TenantRegistryResource(url=f"sqlite:///{state / 'registry.db'}")
+    state.mkdir()
+    registry.registry().add("exporter-t")
+    ledger = CreditLedger(f"sqlite:///{state / 'ledger.db'}", trial_credits=100)
+    token, port = "exporter-admin-token-0001", free_port()
+    env = {**cli_env, "DATACREEK_STATE_DIR": str(state), "DATACREEK_ADMIN_TOKEN": token}
+
+    def bill(run: str, minutes: int) -> None:
+        meter = ledger.open_meter("exporter-t", run, "finetuned_adapter", "gpu", 1, 0)
+        ledger.bill_meter(meter, minutes * 60_000, close=True)
+
+    def start() -> subprocess.Popen:
+        exporter = subprocess.Popen([datacreek, "billing", "serve", "--port", str(port)], env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/metrics", headers=auth, timeout=2).ok:
+                    return exporter
+            except requests.ConnectionError:
+                time.sleep(0.3)
+        raise AssertionError("the exporter did not start")
+
+    def seen(prometheus, query: str, value: float) -> bool:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            result = prometheus.query(query)
+            if result and float(result[0]["value"][1]) == value:
+                return True
+            time.sleep(0.5)
+        return False
+
+    auth = {"Authorization": f"Bearer {token}"}
+    bill("run-1", 3)
+    exporter = start()
+    try:
+        with PrometheusServer(tmp_path / "prometheus", free_port(), [f"127.0.0.1:{port}"],
+                              bearer_token=token) as prometheus:
+            assert seen(prometheus, 'gpu_minutes_total{tenant="exporter-t"}', 3.0)
+            stop, scrapes = threading.Event(), []
+
+            def hammer():  # scrapes in flight when the kill lands
+                while not stop.is_set():
+                    try:
+                        scrapes.append(requests.get(f"http://127.0.0.1:{port}/metrics", headers=auth, timeout=2).ok)
+                    except requests.RequestException:
+                        scrapes.append(False)
+
+            threads = [threading.Thread(target=hammer) for _ in range(2)]
+            for thread in threads:
+                thread.start()
+            time.sleep(0.5)
+            kill_hard(exporter.pid)
+            bill("run-2", 2)  # usage goes on while the exporter is down
+            time.sleep(1.0)
+            stop.set()
+            for thread in threads:
+                thread.join()
+            assert True in scrapes and False in scrapes  # some scrapes were cut off
+            exporter = start()
+            assert seen(prometheus, 'gpu_minutes_total{tenant="exporter-t"}', 5.0)  # none lost, none twice
+            assert seen(prometheus, 'resets(gpu_minutes_total{tenant="exporter-t"}[5m])', 0.0)  # never reset
+            assert seen(prometheus, 'gpu_cost_total{tenant="exporter-t"}', 5.0)
+    finally:
+        exporter.kill()
+        exporter.wait()
+    [gpu] = [u for u in ledger.usage() if u.resource == "gpu"]
+    assert gpu.minutes == 5.0
