@@ -22,7 +22,8 @@ class HotGraphStore:
         self.graph(tenant_id).query("MERGE (:Tenant {tenant_id: $tenant})", {"tenant": tenant_id})
 
     def scope_exists(self, tenant_id: str) -> bool:
-        return hot_graph_name(tenant_id) in self.client.list_graphs()
+        # EXISTS on the graph's key, not GRAPH.LIST: a tenant's ACL user may touch its own key only
+        return bool(self.client.connection.exists(hot_graph_name(tenant_id)))
 
     def node_count(self, tenant_id: str) -> int:
         if not self.scope_exists(tenant_id):

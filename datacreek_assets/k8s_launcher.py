@@ -23,6 +23,7 @@ from dagster_k8s.job import UserDefinedDagsterK8sConfig, get_k8s_job_name
 
 from datacreek_assets.run_coordinator import check_tenant_tag
 from datacreek_assets.tenancy import TENANT_TAG, InvalidTenantId, validate_tenant_id
+from datacreek_assets.tenant_credentials import TENANT_SECRET
 
 RUN_SERVICE_ACCOUNT = "datacreek-run"
 
@@ -37,8 +38,10 @@ def tenant_container_context(run: DagsterRun) -> K8sContainerContext:
         tenant = validate_tenant_id(run.tags.get(TENANT_TAG, ""))
     except InvalidTenantId:
         return K8sContainerContext()
+    # the tenant's own credentials (tenant_credentials.TENANT_SECRET) come after the platform's
+    # secret in envFrom, so their variables win: its pods hold nothing that reaches another tenant
     return K8sContainerContext(namespace=tenant_namespace(tenant), service_account_name=RUN_SERVICE_ACCOUNT,
-                               labels={"datacreek/tenant": tenant})
+                               labels={"datacreek/tenant": tenant}, env_secrets=[TENANT_SECRET])
 
 
 class TenantNamespaceK8sRunLauncher(K8sRunLauncher):

@@ -74,6 +74,7 @@ def build_resources(profile: str, settings: LocalSettings | None = None) -> dict
             "hot_graph": HotGraphResource(
                 host=dg.EnvVar("DATACREEK_FALKORDB_HOST"),
                 port=dg.EnvVar.int("DATACREEK_FALKORDB_PORT"),
+                username=dg.EnvVar("DATACREEK_FALKORDB_USER"),  # "default", or the tenant's ACL user
                 password=dg.EnvVar("DATACREEK_FALKORDB_PASSWORD"),
             ),
             "object_store": ObjectStoreResource(

@@ -62,6 +62,7 @@ class HotGraphResource(dg.ConfigurableResource):
 
     host: str = "127.0.0.1"
     port: int = 6380
+    username: str = ""  # a tenant's pods connect as its ACL user (tenant-<id>); "" is Redis's default user
     password: str = ""
 
     def store(self) -> HotGraphStore:
@@ -69,7 +70,8 @@ class HotGraphResource(dg.ConfigurableResource):
         import redis
 
         try:
-            client = falkordb.FalkorDB(host=self.host, port=self.port, password=self.password or None)
+            client = falkordb.FalkorDB(host=self.host, port=self.port, username=self.username or None,
+                                       password=self.password or None)
             client.connection.ping()
         except (redis.RedisError, OSError) as err:
             raise ServiceError(
@@ -194,13 +196,13 @@ class CreditLedgerResource(dg.ConfigurableResource):
         """Meter a step: GPU-minutes x GPUs when ``gpus`` > 0, else CPU-fallback minutes.
         Running out of credits fails the step and tags the run ``datacreek/status=failed_quota``."""
         from datacreek_assets.billing.ledger import QuotaExceeded
-        from datacreek_assets.billing.meter import FAILED_QUOTA, STATUS_TAG, Meter
+        from datacreek_assets.billing.meter import FAILED_QUOTA, STATUS_TAG, Meter, step_process_started_ms
 
         resource, units = ("gpu", gpus) if gpus > 0 else ("cpu", 1)
         step = getattr(context, "op_execution_context", context).op_def.name
         try:
             with Meter(self.ledger(), tenant_id, context.run.run_id, str(step), resource, units,
-                       self.heartbeat_s) as meter:
+                       self.heartbeat_s, started_ms=step_process_started_ms()) as meter:
                 yield meter
                 meter.check()
         except QuotaExceeded as err:

@@ -20,11 +20,30 @@ FAILED_QUOTA = "failed_quota"
 STATUS_TAG = "datacreek/status"
 
 
+def step_process_started_ms(argv: list[str] | None = None) -> int | None:
+    """When this process exists for one step, the time it started; None when steps share it.
+
+    A Kubernetes step pod's container runs ``dagster api execute_step`` as its entrypoint, so
+    the process starts with the container. The pod holds its GPU from then on: Python's start,
+    the imports and the resources' setup are billed with the step. (Before it, the image pull
+    is the pod's too; its start time is in the Kubernetes API, which a step does not read yet.)"""
+    import sys
+
+    import psutil
+
+    if "execute_step" not in (sys.argv if argv is None else argv):
+        return None
+    return int(psutil.Process().create_time() * 1000)
+
+
 class Meter:
     def __init__(self, ledger: CreditLedger, tenant_id: str, run_id: str, step: str, resource: str, units: int = 1,
-                 heartbeat_s: float = 5.0):
+                 heartbeat_s: float = 5.0, started_ms: int | None = None):
+        """``started_ms``: when the billed resource became the step's, if before the meter opens
+        (``step_process_started_ms``); the meter opens now otherwise."""
         self.ledger, self.tenant_id, self.run_id, self.step = ledger, tenant_id, run_id, step
         self.resource, self.units, self.heartbeat_s = resource, units, heartbeat_s
+        self.started_ms = started_ms
         self.meter_id: str | None = None
         self.balance: float | None = None
         self._stop = threading.Event()
@@ -32,8 +51,9 @@ class Meter:
         self._lock = threading.Lock()
 
     def __enter__(self) -> "Meter":
+        opened = now_ms()
         self.meter_id = self.ledger.open_meter(self.tenant_id, self.run_id, self.step, self.resource, self.units,
-                                               now_ms())
+                                               min(self.started_ms or opened, opened))
         self._thread = threading.Thread(target=self._beat, name=f"meter-{self.meter_id[:8]}", daemon=True)
         self._thread.start()
         return self

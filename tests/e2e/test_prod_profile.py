@@ -1,7 +1,9 @@
 """`DATACREEK_PROFILE=prod` end to end on this machine: the Dagster instance, the tenant registry,
 the ledger and MLflow on a real PostgreSQL, documents and Feast's offline store on S3 (moto's
 server), Feast online in Redis (FalkorDB speaks it), Neo4j; `datacreek tenant add` and
-`datacreek materialize` run as an operator runs them, every variable coming from the environment.
+`datacreek materialize` run as an operator runs them, every variable coming from the environment,
+and the run itself with the tenant's own credentials (`datacreek tenant credentials`), as its pods
+would.
 
 Left out: `canary_release`. Its prod settings name a Ray cluster and a router of their own, and this
 session's router already serves the local release store; test_serving covers that asset's code
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+import yaml
 
 from datacreek_assets.demo_corpus import write_demo_corpus
 from datacreek_assets.object_store import S3ObjectStore, TenantObjectStore
@@ -51,7 +54,7 @@ def prod_env(services, postgres, s3_endpoint, s3_bucket, tmp_path) -> dict[str, 
         "DATACREEK_NEO4J_URI": services.neo4j_uri, "DATACREEK_NEO4J_USER": "", "DATACREEK_NEO4J_PASSWORD": "",
         "DATACREEK_NEO4J_ISOLATION": "label",
         "DATACREEK_FALKORDB_HOST": "127.0.0.1", "DATACREEK_FALKORDB_PORT": str(services.falkordb_port),
-        "DATACREEK_FALKORDB_PASSWORD": "",
+        "DATACREEK_FALKORDB_USER": "", "DATACREEK_FALKORDB_PASSWORD": "",
         "DATACREEK_S3_BUCKET": s3_bucket, "DATACREEK_S3_ENDPOINT_URL": s3_endpoint,
         "DATACREEK_FEAST_REGISTRY": str(tmp_path / "feast" / "registry.db"),
         "DATACREEK_FEAST_OFFLINE_URI": f"s3://{s3_bucket}/feast/offline",
@@ -69,15 +72,26 @@ def prod_env(services, postgres, s3_endpoint, s3_bucket, tmp_path) -> dict[str, 
 
 def test_the_prod_profile_materializes_a_tenant_on_postgres_s3_redis_and_neo4j(prod_env, datacreek, s3_endpoint,
                                                                                 s3_bucket, postgres):
-    def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([datacreek, *args], env=prod_env, capture_output=True, text=True, timeout=timeout)
+    def cli(*args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([datacreek, *args], env={**prod_env, **(env or {})}, capture_output=True, text=True,
+                              timeout=timeout)
 
     added = cli("tenant", "add", TENANT)
     assert added.returncode == 0, added.stderr
     try:
+        # the tenant's own credentials, as its pods get them: the Secret's variables over the platform's
+        issued = cli("tenant", "credentials", TENANT)
+        assert issued.returncode == 0, issued.stderr
+        secret = yaml.safe_load(issued.stdout)
+        assert (secret["kind"], secret["metadata"]["name"], secret["metadata"]["namespace"]) == (
+            "Secret", "datacreek-tenant", f"tenant-{TENANT}")
+        own = secret["stringData"]
+        assert all("dc_tenant_prod_e2e:" in own[k] for k in ("DATACREEK_POSTGRES_URL", "DATACREEK_LEDGER_URL",
+                                                              "DATACREEK_SERVING_STORE_URL"))
+        assert own["DATACREEK_FALKORDB_USER"] == f"tenant-{TENANT}"
         s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
         write_demo_corpus(TenantObjectStore(S3ObjectStore(s3_bucket, s3_endpoint, client=s3), TENANT), max_docs=4)
-        run = cli("materialize", "--tenant", TENANT, "--select", SELECT, timeout=1500)
+        run = cli("materialize", "--tenant", TENANT, "--select", SELECT, timeout=1500, env=own)
         # Every asset materializes; then the release gate judges the model against the prod margin
         # (tuned F1 0.02 above the base's). Whether a random 2-layer Llama clears it follows the CPU's
         # float kernels, so either verdict is right here, as long as the gate is the only failed step.
@@ -98,6 +112,13 @@ def test_the_prod_profile_materializes_a_tenant_on_postgres_s3_redis_and_neo4j(p
             assert [row[0] for row in conn.execute("SELECT tenant_id FROM tenants")] == [TENANT]
         balance = cli("tenant", "balance", TENANT, "--json")
         assert balance.returncode == 0 and '"balance"' in balance.stdout  # the ledger on Postgres, billed
+        # with its own credentials the tenant reads its own balance, and no other tenant's account
+        assert cli("tenant", "balance", TENANT, "--json", env=own).stdout == balance.stdout
+        assert cli("tenant", "add", "prod-other").returncode == 0
+        foreign = cli("tenant", "balance", "prod-other", env=own)
+        assert foreign.returncode == 2 and "not registered" in foreign.stderr  # invisible, as if absent
     finally:
         removed = cli("tenant", "remove", TENANT, "--force", timeout=300)
         assert removed.returncode == 0, removed.stderr
+        assert "revoked postgres role" in removed.stdout and "revoked falkordb user" in removed.stdout
+        cli("tenant", "remove", "prod-other", "--force", timeout=300)

@@ -156,6 +156,33 @@ def test_billed_minutes_equal_metered_minutes_for_normal_failed_and_killed_steps
     assert gpu.minutes == pytest.approx(billed_ms / 60000) and gpu.cost == pytest.approx(gpu.minutes * 2.0, abs=1e-5)
 
 
+STEP_PROCESS = """
+import sys, time
+from datacreek_assets.billing.ledger import CreditLedger
+from datacreek_assets.billing.meter import Meter, step_process_started_ms
+time.sleep(1.0)  # imports, resources: in a step pod the GPU is already the pod's
+with Meter(CreditLedger(sys.argv[1]), "acme", sys.argv[2], "finetuned_adapter", "gpu",
+           started_ms=step_process_started_ms()):
+    pass
+"""
+
+
+def test_a_step_pod_is_billed_from_its_process_start_a_shared_process_from_the_meter(ledger_url):
+    """A step pod's entrypoint is `dagster api execute_step`: the process starts with the container,
+    and its meter is backdated to that start. Where steps share a process, the meter opens at once."""
+    ledger = CreditLedger(ledger_url, trial_credits=100)
+    for run_id, argv in (("pod-run", ["api", "execute_step"]), ("shared-run", ["materialize"])):
+        done = subprocess.run([sys.executable, "-c", STEP_PROCESS, ledger_url, run_id, *argv], cwd=REPO,
+                              timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert done.returncode == 0
+    spans = {m.run_id: m.billed_until_ms - m.started_ms for m in ledger.meters("acme")}
+    assert spans["pod-run"] >= 1000  # the sleep (and the imports before it) billed
+    assert spans["shared-run"] < 1000
+    for meter in ledger.meters("acme"):  # and billed exactly so
+        assert sum(t.resource_ms for t in ledger.transactions("acme") if t.meter_id == meter.meter_id) == \
+            spans[meter.run_id]
+
+
 def test_a_tenant_without_credits_is_refused_before_gpu_work_starts(ledger_url):
     ledger = CreditLedger(ledger_url, trial_credits=0)
     with pytest.raises(QuotaExceeded, match="top it up"):

@@ -323,7 +323,8 @@ def test_gpu_step_jobs_run_in_the_tenant_namespace_on_a_gpu_pool_and_are_valid(t
     assert volumes["models"]["persistentVolumeClaim"]["claimName"] == "datacreek-models"
     assert {"name": "models", "mountPath": "/var/lib/datacreek/models"} in container["volumeMounts"]
     assert {"name": "DATACREEK_MODELS_DIR", "value": "/var/lib/datacreek/models"} in container["env"]
-    assert {"secretRef": {"name": "datacreek-prod"}} in container["envFrom"]
+    # the platform's secret, then the tenant's own credentials, whose variables win (last source)
+    assert container["envFrom"] == [{"secretRef": {"name": "datacreek-prod"}}, {"secretRef": {"name": "datacreek-tenant"}}]
     # secrets the deploy guide copies into every tenant namespace
     password = next(e for e in container["env"] if e["name"] == "DAGSTER_PG_PASSWORD")
     assert password["valueFrom"]["secretKeyRef"]["name"] == "dagster-postgresql-secret"
@@ -424,3 +425,85 @@ def test_tenant_manifests_command_renders_registered_tenants_only(tmp_path):
     assert quota["requests.nvidia.com/gpu"] == "2" and quota["pods"] == "20"  # override merged with defaults
     unknown = CliRunner().invoke(cli, ["tenant", "manifests", "globex"], env=env)
     assert unknown.exit_code == 2 and "not registered" in unknown.output
+
+
+def test_the_tenant_s3_policy_reaches_its_own_prefixes_only_under_real_iam_evaluation(helm, tmp_path):
+    """The chart's IAM policy for acme, enforced by moto's IAM engine (a moto server started with
+    authentication on): acme's role reads and writes its own objects, reads the shared Feast
+    registry, and is denied every object of globex. moto does not evaluate the s3:prefix condition
+    of ListBucket, so the listing statement is checked as written."""
+    import os
+    import socket
+    import sys
+    import time
+
+    import boto3
+    from botocore.exceptions import ClientError
+
+    from datacreek_assets.local_services import free_port
+
+    credentials = {"s3": {"bucket": "platform", "roleArn": "arn:aws:iam::123456789012:role/datacreek-tenant-acme",
+                          "feastOfflinePrefix": "feast/offline", "feastRegistryKey": "feast/registry.db",
+                          "mlflowPrefix": "mlflow"}, "neo4j": {"database": True}}
+    docs = k8s.render_tenant(helm, k8s.tenant_values("acme", credentials=credentials))
+    assert k8s.validate(docs) == []
+    account = next(d for d in docs if d["kind"] == "ServiceAccount")
+    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].endswith("datacreek-tenant-acme")
+    access = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "datacreek-tenant-access")
+    policy = json.loads(access["data"]["s3-policy.json"])
+    cypher = access["data"]["neo4j-user.cypher"]
+    assert "`tenant-acme`" in cypher and "tenant_acme" in cypher and "globex" not in cypher
+    [listing] = [s for s in policy["Statement"] if s["Sid"] == "TenantListing"]
+    assert all("acme" in prefix for prefix in listing["Condition"]["StringLike"]["s3:prefix"])
+
+    def keys(tenant):
+        return [f"tenants/{tenant}/inbox/a.md", f"ingest-toxic/{tenant}/x.json",
+                f"feast/offline/chunk_embeddings/{tenant}/part.parquet",
+                f"feast/offline/chunk_topology/{tenant}/part.parquet", f"mlflow/{tenant}/1/artifacts/a.png"]
+
+    seeds = keys("acme") + keys("globex") + ["feast/registry.db", "secrets.env"]
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL,
+                              env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(4 + len(seeds))})
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "moto's server did not start"
+                time.sleep(0.2)
+        url, region = f"http://127.0.0.1:{port}", "us-east-1"
+        admin = {"endpoint_url": url, "region_name": region, "aws_access_key_id": "setup", "aws_secret_access_key": "x"}
+        boto3.client("s3", **admin).create_bucket(Bucket="platform")
+        iam = boto3.client("iam", **admin)
+        iam.create_user(UserName="acme")
+        iam.put_user_policy(UserName="acme", PolicyName="tenant", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName="acme")["AccessKey"]
+        for seed in seeds:  # the last unauthenticated actions: from here on, every call is checked
+            boto3.client("s3", **admin).put_object(Bucket="platform", Key=seed, Body=b"seed")
+        acme = boto3.client("s3", endpoint_url=url, region_name=region, aws_access_key_id=key["AccessKeyId"],
+                            aws_secret_access_key=key["SecretAccessKey"])
+
+        def denied(call) -> bool:
+            try:
+                call()
+            except ClientError as err:
+                return err.response["Error"]["Code"] == "AccessDenied"
+            return False
+
+        for own in keys("acme"):
+            assert acme.get_object(Bucket="platform", Key=own)["Body"].read() == b"seed"
+            acme.put_object(Bucket="platform", Key=own, Body=b"mine")
+            acme.delete_object(Bucket="platform", Key=own)
+        assert acme.get_object(Bucket="platform", Key="feast/registry.db")["Body"].read() == b"seed"
+        assert denied(lambda: acme.put_object(Bucket="platform", Key="feast/registry.db", Body=b"x"))
+        for other in [*keys("globex"), "secrets.env"]:
+            assert denied(lambda: acme.get_object(Bucket="platform", Key=other)), other
+            assert denied(lambda: acme.put_object(Bucket="platform", Key=other, Body=b"x")), other
+            assert denied(lambda: acme.delete_object(Bucket="platform", Key=other)), other
+    finally:
+        server.kill()
+        server.wait()

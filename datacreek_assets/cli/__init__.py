@@ -1,0 +1,44 @@
+"""The `datacreek` command: one module per command group."""
+
+from __future__ import annotations
+
+import click
+
+from datacreek_assets.cli.billing import billing
+from datacreek_assets.cli.common import EXIT_UNAVAILABLE, Context, fail
+from datacreek_assets.cli.runs import backfill, demo, materialize
+from datacreek_assets.cli.services import services
+from datacreek_assets.cli.tenant import tenant
+from datacreek_assets.settings import ConfigError, current_profile
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--profile",
+    type=click.Choice(["local", "prod"]),
+    default=None,
+    help="Resource profile (default: $DATACREEK_PROFILE or 'local').",
+)
+@click.pass_context
+def cli(ctx: click.Context, profile: str | None) -> None:
+    """Datacreek: turn each tenant's documents into a fine-tuned, served model.
+
+    Local state lives under $DATACREEK_STATE_DIR (default ./.datacreek).
+    Exit codes: 0 ok, 1 run failed, 2 bad input, 3 service/config unavailable,
+    4 refused without --force.
+    """
+    from datacreek_assets.quiet import quiet_third_party
+
+    quiet_third_party()  # before any library is imported: runs execute their steps in this process
+    try:
+        ctx.obj = Context(profile or current_profile())
+    except ConfigError as err:
+        fail(err, EXIT_UNAVAILABLE)
+
+
+for command in (services, tenant, billing, materialize, backfill, demo):
+    cli.add_command(command)
+
+
+def main() -> None:
+    cli(prog_name="datacreek")

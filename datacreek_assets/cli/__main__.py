@@ -1,0 +1,3 @@
+from datacreek_assets.cli import main
+
+main()

@@ -1,0 +1,208 @@
+"""Per-tenant credentials, where the store can scope them to one tenant.
+
+A tenant's run and step pods get these instead of the platform's: a pod of one tenant then holds
+nothing that reaches another tenant's rows, graph or documents.
+
+- PostgreSQL (tenant registry, credit ledger, release store): one login role per tenant,
+  ``dc_tenant_<id>`` ('-' written '_'; ids have no '_', so the name maps back). Row-level
+  security on every table holding tenant rows lets the role read and write only rows whose
+  ``tenant_id`` is its own; the platform's role owns the tables and is not subject to it. A
+  guard trigger keeps a tenant role from raising its own balance or changing its prices: a run
+  bills itself, it does not top itself up.
+- FalkorDB: a Redis ACL user per tenant whose only key is the tenant's graph.
+- S3 and Neo4j Enterprise: the tenant chart renders the IAM policy (the tenant's prefixes only)
+  and the Cypher that creates a user for the tenant's database.
+
+What stays shared, and why, is in the README (Deploying, per-tenant credentials).
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from datacreek_assets.settings import ConfigError
+from datacreek_assets.tenancy import validate_tenant_id
+
+ROLE_PREFIX = "dc_tenant_"
+TENANT_SECRET = "datacreek-tenant"  # in the tenant's namespace; run and step pods read it after the platform's
+# every table whose rows carry a tenant_id, in the stores' databases (each store creates its own)
+TENANT_ROW_TABLES = ("tenants", "tenant_changes", "credit_accounts", "credit_transactions", "meters",
+                     "serving_api_keys", "serving_releases")
+# the tenant id of the connected role ('' for the platform's own role, which matches no row)
+_ROLE_TENANT = (f"(CASE WHEN current_user LIKE '{ROLE_PREFIX}%' "
+                f"THEN replace(substr(current_user, {len(ROLE_PREFIX) + 1}), '_', '-') ELSE '' END)")
+_GUARD = f"""
+CREATE OR REPLACE FUNCTION datacreek_tenant_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF current_user LIKE '{ROLE_PREFIX}%' AND (NEW.balance_micro > OLD.balance_micro
+      OR NEW.gpu_price_micro <> OLD.gpu_price_micro OR NEW.cpu_price_micro <> OLD.cpu_price_micro) THEN
+    RAISE EXCEPTION 'a tenant''s credentials may spend its credits, not add to them or change its prices'
+      USING ERRCODE = 'insufficient_privilege';
+  END IF;
+  RETURN NEW;
+END $$
+"""
+
+
+class CredentialError(ConfigError):
+    """The stores cannot hold per-tenant credentials as configured (SQLite, say)."""
+
+
+def postgres_role(tenant_id: str) -> str:
+    return ROLE_PREFIX + validate_tenant_id(tenant_id).replace("-", "_")
+
+
+def enable_tenant_row_security(engine) -> list[str]:
+    """Row-level security on this database's tenant-row tables (idempotent); returns the tables."""
+    from sqlalchemy import inspect, text
+
+    with engine.begin() as conn:
+        tables = sorted(set(inspect(conn).get_table_names()) & set(TENANT_ROW_TABLES))
+        for table in tables:
+            conn.execute(text(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY"))
+            conn.execute(text(f"DROP POLICY IF EXISTS tenant_rows ON {table}"))
+            conn.execute(text(f"CREATE POLICY tenant_rows ON {table} USING (tenant_id = {_ROLE_TENANT}) "
+                              f"WITH CHECK (tenant_id = {_ROLE_TENANT})"))
+        if "credit_accounts" in tables:
+            conn.execute(text(_GUARD))
+            conn.execute(text("DROP TRIGGER IF EXISTS tenant_guard ON credit_accounts"))
+            conn.execute(text("CREATE TRIGGER tenant_guard BEFORE UPDATE ON credit_accounts "
+                              "FOR EACH ROW EXECUTE FUNCTION datacreek_tenant_guard()"))
+    return tables
+
+
+def new_password() -> str:
+    return secrets.token_hex(24)  # hex: safe inside a SQL literal and an ACL rule
+
+
+def grant_postgres_role(engine, tenant_id: str, password: str | None = None) -> str:
+    """Create the tenant's role (or set its password), allowed the tenant-row tables of this
+    database under row-level security; returns the password. Needs CREATEROLE. The role is the
+    server's, not the database's: grant it in each store's database with the same password."""
+    from sqlalchemy import text
+
+    if engine.dialect.name != "postgresql":
+        raise CredentialError("per-tenant roles need PostgreSQL (SQLite has no roles)")
+    role, password = postgres_role(tenant_id), password or new_password()
+    if not all(c in "0123456789abcdef" for c in password):
+        raise ValueError("passwords here are hex (new_password())")
+    tables = enable_tenant_row_security(engine)
+    with engine.begin() as conn:
+        exists = conn.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :role"), {"role": role}).scalar()
+        # DDL takes no bound parameters: the role name is a validated id, the password hex
+        conn.execute(text(f"{'ALTER' if exists else 'CREATE'} ROLE {role} LOGIN NOSUPERUSER NOCREATEDB "
+                          f"NOCREATEROLE NOBYPASSRLS NOINHERIT PASSWORD '{password}'"))
+        database = conn.execute(text("SELECT current_database()")).scalar()
+        conn.execute(text(f'GRANT CONNECT ON DATABASE "{database}" TO {role}'))
+        conn.execute(text(f"GRANT USAGE ON SCHEMA public TO {role}"))
+        if tables:
+            conn.execute(text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {', '.join(tables)} TO {role}"))
+        conn.execute(text(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}"))
+    return password
+
+
+def revoke_postgres_role(engine, tenant_id: str) -> bool:
+    """Drop the tenant's role from this database's grants, and the role once no grant is left."""
+    from sqlalchemy import text
+
+    role = postgres_role(tenant_id)
+    with engine.begin() as conn:
+        if not conn.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :role"), {"role": role}).scalar():
+            return False
+        conn.execute(text(f"DROP OWNED BY {role}"))  # its grants in this database
+        still_granted = conn.execute(text(
+            "SELECT 1 FROM pg_database d WHERE has_database_privilege(:role, d.datname, 'CONNECT') "
+            "AND d.datname <> current_database() AND NOT d.datistemplate AND d.datname <> 'postgres'"),
+            {"role": role}).scalar()
+        if not still_granted:
+            conn.execute(text(f"DROP ROLE {role}"))
+    return True
+
+
+def role_url(url: str, tenant_id: str, password: str) -> str:
+    """The store's SQLAlchemy URL with the tenant's role and password instead of the platform's."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(username=postgres_role(tenant_id), password=password).render_as_string(
+        hide_password=False)
+
+
+def falkordb_user(tenant_id: str) -> str:
+    return "tenant-" + validate_tenant_id(tenant_id)
+
+
+def grant_falkordb_user(client, tenant_id: str) -> str:
+    """A Redis ACL user allowed graph commands on the tenant's graph key only; returns its password.
+    ``client`` is a redis.Redis connected as an administrator."""
+    from datacreek_assets.hot_graph import hot_graph_name
+
+    password = new_password()
+    client.execute_command("ACL", "SETUSER", falkordb_user(tenant_id), "reset", "on", f">{password}",
+                           f"~{hot_graph_name(tenant_id)}", "resetchannels",
+                           "+@read", "+@write", "+@connection", "+graph.query", "+graph.ro_query",
+                           "+graph.delete", "+graph.explain", "+graph.profile", "-@admin", "-@dangerous",
+                           "+info")  # the FalkorDB client reads INFO once to learn the server's mode
+    return password
+
+
+def revoke_falkordb_user(client, tenant_id: str) -> bool:
+    return bool(client.execute_command("ACL", "DELUSER", falkordb_user(tenant_id)))
+
+
+def _sql_urls(resources: dict) -> dict[str, str]:
+    """The environment variable and URL of each SQL store that holds tenant rows."""
+    return {"DATACREEK_POSTGRES_URL": resources["tenant_registry"].url,
+            "DATACREEK_LEDGER_URL": resources["credit_ledger"].url,
+            "DATACREEK_SERVING_STORE_URL": resources["serving"].store_url}
+
+
+def issue_credentials(resources: dict, tenant_id: str) -> dict[str, str]:
+    """Create or rotate the tenant's PostgreSQL role (in each store's database) and FalkorDB user;
+    returns the variables that replace the platform's in the tenant's pods."""
+    from sqlalchemy import create_engine
+
+    tenant_id = validate_tenant_id(tenant_id)
+    urls = _sql_urls(resources)
+    if any(not url.startswith("postgresql") for url in urls.values()):
+        raise CredentialError("per-tenant credentials need the prod profile's PostgreSQL stores")
+    password, env = new_password(), {}
+    for name, url in urls.items():
+        engine = create_engine(url)
+        try:
+            grant_postgres_role(engine, tenant_id, password)
+        finally:
+            engine.dispose()
+        env[name] = role_url(url, tenant_id, password)
+    env["DATACREEK_FALKORDB_USER"] = falkordb_user(tenant_id)
+    env["DATACREEK_FALKORDB_PASSWORD"] = grant_falkordb_user(resources["hot_graph"].store().client.connection,
+                                                             tenant_id)
+    return env
+
+
+def revoke_credentials(resources: dict, tenant_id: str) -> list[str]:
+    """Drop what ``issue_credentials`` made (where it exists); returns what was dropped."""
+    from sqlalchemy import create_engine
+
+    dropped = []
+    for name, url in _sql_urls(resources).items():
+        if url.startswith("postgresql"):
+            engine = create_engine(url)
+            try:
+                if revoke_postgres_role(engine, tenant_id):
+                    dropped.append(f"postgres role in {name}")
+            finally:
+                engine.dispose()
+    if revoke_falkordb_user(resources["hot_graph"].store().client.connection, tenant_id):
+        dropped.append("falkordb user")
+    return dropped
+
+
+def secret_manifest(tenant_id: str, env: dict[str, str]) -> dict:
+    """The Kubernetes Secret the tenant's run and step pods read (after the platform's secret, so
+    its variables win)."""
+    from datacreek_assets.k8s_launcher import tenant_namespace
+
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": TENANT_SECRET, "namespace": tenant_namespace(tenant_id),
+                         "labels": {"app.kubernetes.io/part-of": "datacreek", "datacreek/tenant": tenant_id}},
+            "stringData": env}

@@ -1,0 +1,99 @@
+"""Per-tenant credentials on the real stores: a tenant's PostgreSQL role sees and writes its own
+rows only and cannot mint credits; a tenant's FalkorDB user reaches its own graph only."""
+
+import uuid
+
+import pytest
+import redis
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import DBAPIError
+
+from datacreek_assets.billing.ledger import CreditLedger
+from datacreek_assets.hot_graph import HotGraphStore
+from datacreek_assets.serving.release_store import ServingStore
+from datacreek_assets.tenant_credentials import (
+    CredentialError,
+    falkordb_user,
+    grant_falkordb_user,
+    grant_postgres_role,
+    revoke_falkordb_user,
+    revoke_postgres_role,
+    role_url,
+)
+from datacreek_assets.tenant_registry import TenantRegistry
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_tenant_role_reads_and_writes_its_own_rows_only_and_cannot_mint_credits(postgres):
+    url = postgres.create_database(f"creds_{uuid.uuid4().hex[:10]}")
+    ledger, registry, store = CreditLedger(url, trial_credits=5), TenantRegistry(url), ServingStore(url)
+    for tenant in ("acme", "globex"):
+        registry.add(tenant)
+        ledger.top_up(tenant, 1)
+        store.issue_key(tenant)
+    engine = create_engine(url)
+    acme_url = role_url(url, "acme", grant_postgres_role(engine, "acme"))
+    grant_postgres_role(engine, "globex")
+
+    mine = CreditLedger(acme_url)
+    assert mine.balances() == {"acme": 6.0} and mine.transactions("globex") == []
+    meter = mine.open_meter("acme", "run-1", "finetuned_adapter", "gpu", 1, 0)  # a run bills itself
+    mine.bill_meter(meter, 60_000, close=True)
+    assert mine.account("acme").balance == 5.0
+    with pytest.raises(DBAPIError, match="row-level security"):
+        mine.open_meter("globex", "run-2", "finetuned_adapter", "gpu", 1, 0)  # not on another's account
+    with pytest.raises(DBAPIError, match="not add to them"):
+        mine.top_up("acme", 100)
+    with pytest.raises(DBAPIError, match="not add to them"):
+        mine.set_price("acme", 0.0)
+    with create_engine(acme_url).begin() as conn:  # raw SQL meets the same rules
+        assert conn.execute(text("UPDATE credit_accounts SET balance_micro = 0 WHERE tenant_id = 'globex'")).rowcount == 0
+        assert conn.execute(text("DELETE FROM credit_transactions WHERE tenant_id = 'globex'")).rowcount == 0
+        assert conn.execute(text("SELECT count(*) FROM serving_api_keys")).scalar() == 1
+    assert [t.tenant_id for t in TenantRegistry(acme_url).list()] == ["acme"]
+    assert ServingStore(acme_url).keys("globex") == [] and len(ServingStore(acme_url).keys("acme")) == 1
+    with pytest.raises(DBAPIError, match="row-level security"):
+        ServingStore(acme_url).issue_key("globex")
+    # the platform's own role still sees everyone, and nothing of globex moved
+    assert ledger.balances() == {"acme": 5.0, "globex": 6.0} and len(store.keys("globex")) == 1
+
+    assert revoke_postgres_role(engine, "acme")
+    with pytest.raises(DBAPIError, match="dc_tenant_acme"):
+        CreditLedger(acme_url).balances()
+    assert not revoke_postgres_role(engine, "acme")
+    with pytest.raises(CredentialError):
+        grant_postgres_role(create_engine(f"sqlite:///{postgres.data_dir}/x.db"), "acme")
+
+
+def test_a_tenant_falkordb_user_reaches_its_own_graph_only(services, local_resources):
+    import falkordb
+
+    platform = local_resources["hot_graph"].store()
+    admin = platform.client.connection
+    for tenant in ("cred-a", "cred-b"):
+        platform.create_scope(tenant)
+    try:
+        password = grant_falkordb_user(admin, "cred-a")
+        mine = HotGraphStore(falkordb.FalkorDB(port=services.falkordb_port, username=falkordb_user("cred-a"),
+                                               password=password))
+        mine.graph("cred-a").query("CREATE (:Entity {tenant_id: 'cred-a', name: 'x'})")
+        assert mine.scope_exists("cred-a") and mine.node_count("cred-a") == 2
+        for attempt in (lambda: mine.graph("cred-b").ro_query("MATCH (n) RETURN count(n)"),
+                        lambda: mine.graph("cred-b").query("CREATE (:Entity)"),
+                        lambda: mine.scope_exists("cred-b"),
+                        lambda: mine.client.list_graphs(),
+                        lambda: mine.client.connection.keys("*"),
+                        lambda: mine.client.connection.flushall(),
+                        lambda: mine.client.connection.execute_command("ACL", "LIST")):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                attempt()
+        assert platform.node_count("cred-b") == 1  # untouched
+        assert revoke_falkordb_user(admin, "cred-a")
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            falkordb.FalkorDB(port=services.falkordb_port, username=falkordb_user("cred-a"),
+                              password=password).connection.ping()
+    finally:
+        revoke_falkordb_user(admin, "cred-a")
+        for tenant in ("cred-a", "cred-b"):
+            platform.drop_scope(tenant)
