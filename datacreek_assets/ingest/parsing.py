@@ -15,13 +15,19 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 DEFAULT_MAX_BYTES = 5 * 1024 * 1024
-# Hostile-document limits. Browsers stop nesting elements at 512 levels; markdown-it silently drops
-# text nested deeper than its maxNesting, so deeper Markdown is refused rather than cut. A PDF
-# stream that inflates past 50 MiB is a decompression bomb, not prose (a text page is ~10 KiB).
-MAX_HTML_NESTING = 512
+# Hostile-document limits.
+# - HTML: html.parser does not close <p> or <li> implicitly, so a long legacy page can nest a few
+#   thousand levels; the chrome rules walk ancestors, which costs depth squared: 100,000 levels
+#   took 204 s, 4,096 took 0.5 s (2 shared cores). Deeper pages are refused.
+# - Markdown: markdown-it silently drops text nested deeper than its maxNesting, so deeper
+#   Markdown is refused rather than cut.
+# - PDF: a stream that inflates past 50 MiB is a decompression bomb, not prose (a text page is
+#   about 10 KiB).
+MAX_HTML_NESTING = 4096
 MAX_MARKDOWN_NESTING = 32
 MAX_PDF_STREAM_BYTES = 50 * 1024 * 1024
-_ENTITY_DECLARATION = re.compile(r"<!DOCTYPE[^>\[]*\[[^\]]*<!ENTITY", re.IGNORECASE)
+# a DTD internal subset: HTML has none, so it can only be an entity bomb's
+_DOCTYPE_SUBSET = re.compile(r"<!DOCTYPE[^>\[]{0,512}\[", re.IGNORECASE)
 _MARKDOWN_CONTAINERS = re.compile(r"[ \t]*(?:>|[-+*](?=[ \t]|$)|\d{1,9}[.)](?=[ \t]|$))")
 
 FORMATS = {".txt": "text", ".text": "text", ".md": "markdown", ".markdown": "markdown",
@@ -142,6 +148,16 @@ def _html_to_text(html: str) -> str:
     return root.get_text()
 
 
+def _declares_entities(source: str, anywhere: bool) -> bool:
+    """A DOCTYPE with an internal subset declaring entities: in HTML wherever the first DOCTYPE is,
+    in Markdown only opening the file (further down it is a tutorial's example). Linear: one find
+    and bounded matches."""
+    at = source.lower().find("<!doctype") if anywhere else len(source) - len(source.lstrip())
+    if at < 0 or not _DOCTYPE_SUBSET.match(source, at):
+        return False
+    return "<!entity" in source[at:at + 65536].lower()
+
+
 def _nesting(soup) -> int:
     """How deep the elements nest, in one pass (descendants come in document order, parents first)."""
     depth, deepest = {id(soup): 0}, 0
@@ -157,14 +173,14 @@ def _markdown_nesting(source: str) -> int:
     counting as levels when it is a list item itself."""
     deepest = 0
     for line in source.split("\n"):
+        count, at = 0, 0
         markers = _MARKDOWN_CONTAINERS.match(line)
-        count = 0
-        while markers:
-            count += 1
-            line = line[markers.end():]
-            markers = _MARKDOWN_CONTAINERS.match(line)
+        while markers and count <= MAX_MARKDOWN_NESTING:  # past the limit the answer is known
+            count, at = count + 1, markers.end()
+            markers = _MARKDOWN_CONTAINERS.match(line, at)
         if count:
-            deepest = max(deepest, count + (len(line) - len(line.lstrip(" \t"))) // 2)
+            indent = len(line) - at - len(line[at:].lstrip(" \t"))
+            deepest = max(deepest, count + indent // 2)
     return deepest
 
 
@@ -204,27 +220,43 @@ _ACTIVE = {"/JavaScript", "/Launch", "/ImportData", "/SubmitForm"}
 def _active_content(reader) -> bool:
     """Whether the PDF runs something when opened or used: document-level scripts, an open or
     additional action, or a link or form field whose action is a script or a program launch."""
-    root = reader.trailer["/Root"].get_object()
+    def resolved(value):
+        return value.get_object() if hasattr(value, "get_object") else value
 
-    def active(action) -> bool:
-        action = action.get_object() if action is not None else None
-        return hasattr(action, "get") and (action.get("/S") in _ACTIVE or "/JS" in action)
+    def active(action, hops: int = 0) -> bool:
+        """An action, or one chained after it through /Next (an array or one action), that runs something."""
+        action = resolved(action)
+        if hops > 64:  # a /Next chain this long (or a loop) is not a document's
+            return True
+        if isinstance(action, list):
+            return any(active(item, hops + 1) for item in action)
+        if not hasattr(action, "get"):
+            return False
+        return action.get("/S") in _ACTIVE or "/JS" in action or active(action.get("/Next"), hops + 1)
 
-    names = root.get("/Names")
-    if names is not None and "/JavaScript" in names.get_object():
+    def triggers(holder) -> bool:
+        """/AA: additional actions (on open, close, key strokes, field formatting...)."""
+        holder = resolved(holder)
+        extra = resolved(holder.get("/AA")) if hasattr(holder, "get") else None
+        return hasattr(extra, "values") and any(active(action) for action in extra.values())
+
+    root = resolved(reader.trailer["/Root"])
+    names = resolved(root.get("/Names"))
+    if hasattr(names, "get") and "/JavaScript" in names:
         return True
-    if active(root.get("/OpenAction")) or "/AA" in root:
+    if active(root.get("/OpenAction")) or triggers(root):
         return True
     for page in reader.pages:
-        if "/AA" in page:
+        if triggers(page):
             return True
-        for annotation in page.get("/Annots") or []:
-            annotation = annotation.get_object()
-            if active(annotation.get("/A")) or "/AA" in annotation:
+        for annotation in resolved(page.get("/Annots")) or []:
+            annotation = resolved(annotation)
+            if hasattr(annotation, "get") and (active(annotation.get("/A")) or triggers(annotation)):
                 return True
-    form = root.get("/AcroForm")
-    fields = form.get_object().get("/Fields") if form is not None else None
-    return any("/AA" in field.get_object() or active(field.get_object().get("/A")) for field in fields or [])
+    form = resolved(root.get("/AcroForm"))
+    fields = resolved(form.get("/Fields")) if hasattr(form, "get") else None
+    return any(triggers(field) or active(resolved(field).get("/A")) for field in fields or []
+               if hasattr(resolved(field), "get"))
 
 
 # A PDF's text comes out one printed line at a time, with each page's running head and foot (title,
@@ -381,7 +413,7 @@ def parse_document(doc_id: str, data: bytes, max_bytes: int = DEFAULT_MAX_BYTES)
                 source = _decode(data)
             except UnicodeDecodeError as err:
                 return quarantine(f"invalid UTF-8 at byte {err.start}")
-            if fmt != "text" and _ENTITY_DECLARATION.search(source):
+            if fmt != "text" and _declares_entities(source, anywhere=fmt == "html"):
                 return quarantine("entity declarations in a DOCTYPE (an entity-expansion bomb)")
             raw_text = {"text": lambda s: s, "markdown": _markdown_to_text, "html": _html_to_text}[fmt](source)
     except _Refused as err:

@@ -292,7 +292,7 @@ def raw_status(url: str, request: bytes, timeout: float = 30) -> int:
 def test_hostile_requests_get_a_status_book_nothing_and_the_api_keeps_serving(billing_server, hostile):
     ledger, url = billing_server
     auth = f"Authorization: Bearer {TOKEN}\r\n"
-    deep = b'{"amount": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    deep = b'{"amount": ' + b"[" * 2000 + b"]" * 2000 + b"}"  # under MAX_BODY, past the decoder's recursion
 
     def post(path: str, body: bytes, headers: str = auth, length: int | None = None) -> bytes:
         return (f"POST {path} HTTP/1.1\r\nHost: x\r\n{headers}Content-Length: "

@@ -3,6 +3,7 @@ clean shutdown) at a chosen moment, brought back, and what it held is checked to
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import requests
+from falkordb import FalkorDB as falkordb_client
 
 from datacreek_assets.billing.ledger import CreditLedger
 from datacreek_assets.billing.prometheus import PrometheusServer
@@ -24,9 +26,11 @@ from datacreek_assets.defs.graph.assets import knowledge_graph
 from datacreek_assets.defs.ingest.assets import parsed_chunks, raw_documents
 from datacreek_assets.demo_corpus import write_demo_corpus
 from datacreek_assets.graph_store import TenantGraph
-from datacreek_assets.local_services import FalkorDBService, Neo4jService, _process_cmdline, free_port
+from datacreek_assets.hot_graph import HotGraphStore
+from datacreek_assets.local_services import FalkorDBService, Neo4jService, free_port
 from datacreek_assets.object_store import TenantObjectStore
 from datacreek_assets.partitions import TENANTS_PARTITION
+from datacreek_assets.tenant_credentials import falkordb_user, grant_falkordb_user, revoke_falkordb_user
 from datacreek_assets.tenant_lifecycle import add_tenant, remove_tenant
 from resources.factory import open_tenant_stores
 from resources.stores import CreditLedgerResource, FineTuneResource, ObjectStoreResource, TenantRegistryResource
@@ -35,17 +39,28 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 
 
+def _alive(pid: int) -> bool:
+    """Running, not a zombie: a killed process whose parent has not reaped it yet is dead."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def kill_hard(pid: int) -> None:
     """SIGKILL and wait until the process is gone (reaped when it is this process's child)."""
-    os.kill(pid, signal.SIGKILL)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:  # it ended on its own meanwhile
+        return
     deadline = time.monotonic() + 30
-    while _process_cmdline(pid) is not None and time.monotonic() < deadline:
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
+    while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _process_cmdline(pid) is None, f"pid {pid} survived SIGKILL"
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    assert not _alive(pid), f"pid {pid} survived SIGKILL"
 
 
 @pytest.fixture
@@ -104,18 +119,26 @@ def test_falkordb_killed_and_restarted_brings_every_tenant_graph_back(services, 
         store.create_scope(tenant)
         store.graph(tenant).query("UNWIND range(1, $n) AS i CREATE (:Entity {tenant_id: $tenant, i: i})",
                                   {"n": n, "tenant": tenant})
+    password = grant_falkordb_user(store.client.connection, "hot-a")  # a tenant's user, in the ACL file
     try:
         time.sleep(1.5)  # appendfsync everysec: a write is on disk within a second
         falkordb = FalkorDBService(services)
-        kill_hard(falkordb.our_pid())
-        falkordb.up(timeout=120, progress=lambda message: None)
+        killed = falkordb.our_pid()
+        kill_hard(killed)
+        restarted = falkordb.up(timeout=120, progress=lambda message: None)
+        assert restarted.pid not in (None, killed) and restarted.answers, restarted
         again = local_resources["hot_graph"].store()  # a fresh client, as a restarted worker has
         assert {"hot-a", "hot-b"} <= set(again.tenants())
         for tenant, n in tenants.items():
             assert again.node_count(tenant) == n + 1  # its Tenant node and every entity
+        own = HotGraphStore(falkordb_client(port=services.falkordb_port, username=falkordb_user("hot-a"),
+                                            password=password))
+        assert own.node_count("hot-a") == tenants["hot-a"] + 1  # and the tenant's user came back with them
     finally:
-        for tenant in tenants:
-            local_resources["hot_graph"].store().drop_scope(tenant)
+        with contextlib.suppress(Exception):  # never hide why the test failed behind its cleanup
+            revoke_falkordb_user(local_resources["hot_graph"].store().client.connection, "hot-a")
+            for tenant in tenants:
+                local_resources["hot_graph"].store().drop_scope(tenant)
 
 
 TRAIN = {"epochs": 3, "learning_rate": 1e-2, "max_seq_len": 256, "effective_batch": 4, "checkpoint_every": 2}

@@ -109,7 +109,7 @@ def test_overlapping_writes_keep_every_row_and_a_write_costs_its_own_rows(feast_
     base, _ = rows_for([f"base {i}" for i in range(200)], 5)
     features.write(base)
     batches = [rows_for([f"writer {w} row {i}" for i in range(5)], 10 + w)[0] for w in range(6)]
-    barrier, errors = threading.Barrier(len(batches)), []
+    barrier, errors = threading.Barrier(len(batches), timeout=120), []
 
     def write(frame):
         from feast import FeatureStore

@@ -427,7 +427,7 @@ def test_tenant_manifests_command_renders_registered_tenants_only(tmp_path):
     assert unknown.exit_code == 2 and "not registered" in unknown.output
 
 
-def test_the_tenant_s3_policy_reaches_its_own_prefixes_only_under_real_iam_evaluation(helm, tmp_path):
+def test_the_tenant_s3_policy_reaches_its_own_prefixes_only_under_real_iam_evaluation(helm, tmp_path, monkeypatch):
     """The chart's IAM policy for acme, enforced by moto's IAM engine (a moto server started with
     authentication on): acme's role reads and writes its own objects, reads the shared Feast
     registry, and is denied every object of globex. moto does not evaluate the s3:prefix condition
@@ -504,6 +504,34 @@ def test_the_tenant_s3_policy_reaches_its_own_prefixes_only_under_real_iam_evalu
             assert denied(lambda: acme.get_object(Bucket="platform", Key=other)), other
             assert denied(lambda: acme.put_object(Bucket="platform", Key=other, Body=b"x")), other
             assert denied(lambda: acme.delete_object(Bucket="platform", Key=other)), other
+
+        # the feature store's offline files under acme's role: per-write files, compaction, removal
+        import numpy as np
+        import pandas as pd
+        from prometheus_client import CollectorRegistry
+
+        from datacreek_assets.embeddings.feature_store import (
+            COMPACT_AT,
+            FeatureStoreSettings,
+            TenantFeatures,
+            open_feature_store,
+        )
+        from datacreek_assets.metrics import FeatureCacheMetrics
+
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+        settings = FeatureStoreSettings(registry=str(tmp_path / "registry.db"), offline_dir="s3://platform/feast/offline",
+                                        online={"type": "sqlite", "path": str(tmp_path / "online.db")}, s3_endpoint=url)
+        features = TenantFeatures(open_feature_store(settings), settings, "acme",
+                                  FeatureCacheMetrics.for_registry(CollectorRegistry()))
+        for i in range(COMPACT_AT + 1):
+            features.write(pd.DataFrame({"embedding_hash": [f"h{i}"], "chunk_id": [f"c{i}"], "doc_id": ["d.md"],
+                                         "vector_fp8": [np.zeros(384, np.uint8).tobytes()], "scale": [1.0],
+                                         "deleted": [False]}))
+        assert len(features.offline_files()) == 1 and features.live_count() == COMPACT_AT + 1
+        assert features.drop_all() == COMPACT_AT + 1 and features.offline_files() == []
+        with pytest.raises(OSError, match="ACCESS_DENIED|AccessDenied"):  # globex's offline rows stay out of reach
+            TenantFeatures(open_feature_store(settings), settings, "globex").stored_rows()
     finally:
         server.kill()
         server.wait()

@@ -402,7 +402,7 @@ def test_the_ray_head_killed_during_a_canary_comes_back_with_every_route_and_no_
     ray.shutdown()
     head = RayService(services)
     for pid in [head.our_pid(), *head.head_processes()]:
-        if pid is not None and os.path.exists(f"/proc/{pid}"):
+        if pid is not None:
             kill_hard(pid)
     answers, stop = [], threading.Event()
 
@@ -413,7 +413,7 @@ def test_the_ray_head_killed_during_a_canary_comes_back_with_every_route_and_no_
                 answers.append((tenant, reply.status_code, reply.headers.get("X-Served-By", "")))
             except requests.RequestException:
                 answers.append((tenant, None, ""))
-                time.sleep(0.2)
+            time.sleep(0.2)  # leave the cores to the head's restart
 
     askers = [threading.Thread(target=ask, args=pair) for pair in ((alpha, alpha_key), (beta, beta_key))]
     for asker in askers:

@@ -13,6 +13,7 @@ from datacreek_assets.hot_graph import HotGraphStore
 from datacreek_assets.serving.release_store import ServingStore
 from datacreek_assets.tenant_credentials import (
     CredentialError,
+    drop_postgres_role,
     falkordb_user,
     grant_falkordb_user,
     grant_postgres_role,
@@ -41,27 +42,40 @@ def test_a_tenant_role_reads_and_writes_its_own_rows_only_and_cannot_mint_credit
     meter = mine.open_meter("acme", "run-1", "finetuned_adapter", "gpu", 1, 0)  # a run bills itself
     mine.bill_meter(meter, 60_000, close=True)
     assert mine.account("acme").balance == 5.0
-    with pytest.raises(DBAPIError, match="row-level security"):
+    with pytest.raises(DBAPIError, match="open its account"):
         mine.open_meter("globex", "run-2", "finetuned_adapter", "gpu", 1, 0)  # not on another's account
     with pytest.raises(DBAPIError, match="not add to them"):
         mine.top_up("acme", 100)
-    with pytest.raises(DBAPIError, match="not add to them"):
+    with pytest.raises(DBAPIError, match="change its prices"):
         mine.set_price("acme", 0.0)
-    with create_engine(acme_url).begin() as conn:  # raw SQL meets the same rules
+    assert mine.account("acme").balance == 5.0  # nothing of those was booked
+
+    def refused(sql: str, match: str) -> None:  # raw SQL meets the same rules
+        with pytest.raises(DBAPIError, match=match), create_engine(acme_url).begin() as conn:
+            conn.execute(text(sql))
+
+    with create_engine(acme_url).begin() as conn:
         assert conn.execute(text("UPDATE credit_accounts SET balance_micro = 0 WHERE tenant_id = 'globex'")).rowcount == 0
-        assert conn.execute(text("DELETE FROM credit_transactions WHERE tenant_id = 'globex'")).rowcount == 0
         assert conn.execute(text("SELECT count(*) FROM serving_api_keys")).scalar() == 1
+    refused("DELETE FROM credit_accounts WHERE tenant_id = 'acme'", "permission denied")  # then reopen it richer
+    refused("DELETE FROM credit_transactions WHERE tenant_id = 'acme'", "permission denied")  # erase usage
+    refused("UPDATE meters SET tenant_id = 'globex'", "row-level security")
+    refused("INSERT INTO credit_transactions (tenant_id, kind, amount_micro, balance_after_micro, resource_ms, note, at)"
+            " VALUES ('acme', 'topup', 1000000, 0, 0, '', 0)", "row-level security")  # credits booked by hand
+    refused("INSERT INTO tenants (tenant_id, created_at) VALUES ('acme-2', now())", "permission denied")
     assert [t.tenant_id for t in TenantRegistry(acme_url).list()] == ["acme"]
     assert ServingStore(acme_url).keys("globex") == [] and len(ServingStore(acme_url).keys("acme")) == 1
-    with pytest.raises(DBAPIError, match="row-level security"):
-        ServingStore(acme_url).issue_key("globex")
+    with pytest.raises(DBAPIError, match="permission denied"):
+        ServingStore(acme_url).issue_key("acme")  # keys are the platform's to issue
     # the platform's own role still sees everyone, and nothing of globex moved
     assert ledger.balances() == {"acme": 5.0, "globex": 6.0} and len(store.keys("globex")) == 1
 
-    assert revoke_postgres_role(engine, "acme")
+    assert revoke_postgres_role(engine, "acme") and drop_postgres_role(engine, "acme")
     with pytest.raises(DBAPIError, match="dc_tenant_acme"):
         CreditLedger(acme_url).balances()
-    assert not revoke_postgres_role(engine, "acme")
+    assert not revoke_postgres_role(engine, "acme") and not drop_postgres_role(engine, "acme")
+    revoke_postgres_role(engine, "globex")
+    assert drop_postgres_role(engine, "globex")
     with pytest.raises(CredentialError):
         grant_postgres_role(create_engine(f"sqlite:///{postgres.data_dir}/x.db"), "acme")
 
@@ -84,6 +98,10 @@ def test_a_tenant_falkordb_user_reaches_its_own_graph_only(services, local_resou
                         lambda: mine.scope_exists("cred-b"),
                         lambda: mine.client.list_graphs(),
                         lambda: mine.client.connection.keys("*"),
+                        lambda: mine.client.connection.scan(0),
+                        lambda: mine.client.connection.randomkey(),
+                        lambda: mine.client.connection.dbsize(),
+                        lambda: mine.client.connection.get("datacreek_tenant_cred-b"),
                         lambda: mine.client.connection.flushall(),
                         lambda: mine.client.connection.execute_command("ACL", "LIST")):
             with pytest.raises(redis.exceptions.NoPermissionError):
