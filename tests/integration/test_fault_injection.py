@@ -27,7 +27,7 @@ from datacreek_assets.defs.ingest.assets import parsed_chunks, raw_documents
 from datacreek_assets.demo_corpus import write_demo_corpus
 from datacreek_assets.graph_store import TenantGraph
 from datacreek_assets.hot_graph import HotGraphStore
-from datacreek_assets.local_services import FalkorDBService, Neo4jService, free_port
+from datacreek_assets.local_services import FalkorDBService, Neo4jService, _port_open, free_port
 from datacreek_assets.object_store import TenantObjectStore
 from datacreek_assets.partitions import TENANTS_PARTITION
 from datacreek_assets.tenant_credentials import falkordb_user, grant_falkordb_user, revoke_falkordb_user
@@ -48,19 +48,29 @@ def _alive(pid: int) -> bool:
 
 
 def kill_hard(pid: int) -> None:
-    """SIGKILL and wait until the process is gone (reaped when it is this process's child)."""
+    """SIGKILL the process and its children, as a crashed container loses them all (FalkorDB's
+    background save is a forked child that would otherwise hold the port), and wait until they
+    are gone (reaped when they are this process's children)."""
+    import psutil
+
     try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:  # it ended on its own meanwhile
+        children = [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:  # it ended on its own meanwhile
         return
+    for victim in (pid, *children):
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     deadline = time.monotonic() + 30
-    while _alive(pid) and time.monotonic() < deadline:
+    while any(_alive(victim) for victim in (pid, *children)) and time.monotonic() < deadline:
         time.sleep(0.1)
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    assert not _alive(pid), f"pid {pid} survived SIGKILL"
+    for victim in (pid, *children):
+        try:
+            os.waitpid(victim, os.WNOHANG)
+        except ChildProcessError:
+            pass
+    assert not any(_alive(victim) for victim in (pid, *children)), f"pid {pid} survived SIGKILL"
 
 
 @pytest.fixture
@@ -124,7 +134,11 @@ def test_falkordb_killed_and_restarted_brings_every_tenant_graph_back(services, 
         time.sleep(1.5)  # appendfsync everysec: a write is on disk within a second
         falkordb = FalkorDBService(services)
         killed = falkordb.our_pid()
+        store.client.connection.bgsave()  # killed during a background save, whose forked child goes too
         kill_hard(killed)
+        deadline = time.monotonic() + 30  # the kernel lets go of the listening socket
+        while _port_open(services.falkordb_port) and time.monotonic() < deadline:
+            time.sleep(0.2)
         restarted = falkordb.up(timeout=120, progress=lambda message: None)
         assert restarted.pid not in (None, killed) and restarted.answers, restarted
         again = local_resources["hot_graph"].store()  # a fresh client, as a restarted worker has
@@ -177,7 +191,8 @@ def test_a_training_worker_killed_mid_run_resumes_from_its_checkpoint_and_is_bil
                               env={**os.environ, "PYTHONPATH": str(REPO)},
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        while not list(Path(root, "models").glob("tenants/*/runs/*/checkpoints/*")):
+        # a complete checkpoint (state.json is written last, then the folder renamed into place)
+        while not list(Path(root, "models").glob("tenants/*/runs/*/checkpoints/step-*/state.json")):
             assert worker.poll() is None, "the worker ended before its first checkpoint"
             assert time.monotonic() - started < 600
             time.sleep(0.1)
