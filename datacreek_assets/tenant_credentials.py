@@ -108,7 +108,7 @@ def grant_postgres_role(engine, tenant_id: str, password: str | None = None) -> 
         raise ValueError("passwords here are hex (new_password())")
     tables = enable_tenant_row_security(engine)
     with engine.begin() as conn:
-        exists = conn.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :role"), {"role": role}).scalar()
+        exists = _role_exists(conn, role)
         # DDL takes no bound parameters: the role name is a validated id, the password hex
         conn.execute(text(f"{'ALTER' if exists else 'CREATE'} ROLE {role} LOGIN NOSUPERUSER NOCREATEDB "
                           f"NOCREATEROLE NOBYPASSRLS NOINHERIT PASSWORD '{password}'"))
@@ -124,24 +124,28 @@ def grant_postgres_role(engine, tenant_id: str, password: str | None = None) -> 
 def revoke_postgres_role(engine, tenant_id: str) -> bool:
     """Take back the tenant role's rights in this database (DROP OWNED works one database at a
     time); ``drop_postgres_role`` then drops the role, once every store's database is done."""
-    from sqlalchemy import text
-
-    role = postgres_role(tenant_id)
-    with engine.begin() as conn:
-        if not conn.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :role"), {"role": role}).scalar():
-            return False
-        conn.execute(text(f"DROP OWNED BY {role}"))
-    return True
+    return _if_role_exists(engine, tenant_id, "DROP OWNED BY {role}")
 
 
 def drop_postgres_role(engine, tenant_id: str) -> bool:
+    return _if_role_exists(engine, tenant_id, "DROP ROLE {role}")
+
+
+def _role_exists(conn, role: str) -> bool:
+    from sqlalchemy import text
+
+    return bool(conn.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :role"), {"role": role}).scalar())
+
+
+def _if_role_exists(engine, tenant_id: str, statement: str) -> bool:
+    """Run ``statement`` (DDL naming ``{role}``) when the tenant's role exists; whether it did."""
     from sqlalchemy import text
 
     role = postgres_role(tenant_id)
     with engine.begin() as conn:
-        if not conn.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :role"), {"role": role}).scalar():
+        if not _role_exists(conn, role):
             return False
-        conn.execute(text(f"DROP ROLE {role}"))
+        conn.execute(text(statement.format(role=role)))
     return True
 
 

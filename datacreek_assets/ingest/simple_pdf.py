@@ -33,6 +33,12 @@ def text_pdf(text: str, lines_per_page: int = 45) -> bytes:
             f"/Contents {5 + 2 * i} 0 R >>".encode()
         )
         objects.append(b"<< /Length %d >>\nstream\n" % len(data) + data + b"\nendstream")
+    return pdf_file(objects)
+
+
+def pdf_file(objects: list[bytes], trailer: bytes = b"") -> bytes:
+    """A PDF file from numbered object bodies (1 is the catalog), with a correct xref table;
+    ``trailer`` adds entries to the trailer dictionary."""
     out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
     offsets = []
     for number, body in enumerate(objects, start=1):
@@ -41,5 +47,6 @@ def text_pdf(text: str, lines_per_page: int = 45) -> bytes:
     xref = len(out)
     out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
     out += b"".join(b"%010d 00000 n \n" % off for off in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    out += b"trailer\n<< /Size %d /Root 1 0 R %s>>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1, trailer + b" " if trailer else b"", xref)
     return bytes(out)

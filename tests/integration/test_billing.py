@@ -23,6 +23,7 @@ from datacreek_assets.defs.billing.sensors import quota_sensor
 from datacreek_assets.local_services import free_port
 from datacreek_assets.tenancy import TENANT_TAG
 from resources.stores import CreditLedgerResource
+from tests.raw_http import raw_status
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "t0ken-for-tests-only-1234"
@@ -270,23 +271,6 @@ def test_admin_api_answers_422_for_amounts_it_cannot_book(billing_server, body, 
         assert reply.status_code == 422 and reply.json()["error"]
         assert not ledger.has_account("acme") and ledger.transactions("acme") == []  # nothing booked
         assert requests.get(f"{url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5).ok  # still serving
-
-
-def raw_status(url: str, request: bytes, timeout: float = 30) -> int:
-    """Send bytes as they are (no client fixing them up) and return the reply's status code."""
-    import socket
-    from urllib.parse import urlsplit
-
-    where = urlsplit(url)
-    with socket.create_connection((where.hostname, where.port), timeout=timeout) as sock:
-        sock.sendall(request)
-        reply = b""
-        while b"\r\n" not in reply:
-            part = sock.recv(4096)
-            if not part:
-                break
-            reply += part
-    return int(reply.split(b" ", 2)[1])
 
 
 def test_hostile_requests_get_a_status_book_nothing_and_the_api_keeps_serving(billing_server, hostile):

@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from datacreek_assets.defs.ingest.assets import CHUNKS_KEY, DOCUMENTS_KEY, QUARANTINE_KEY, parsed_chunks, raw_documents
+from datacreek_assets.ingest.simple_pdf import pdf_file as pdf
 from datacreek_assets.ingest.simple_pdf import text_pdf
 from datacreek_assets.partitions import TENANTS_PARTITION
 from resources.stores import ObjectStoreResource, TenantRegistryResource
@@ -26,19 +27,11 @@ pytestmark = pytest.mark.integration
 GOOD = b"# Rivers\n\nThe Danube flows through Vienna and Budapest."
 
 
-def pdf(objects: list[bytes], trailer: bytes = b"") -> bytes:
-    """A PDF file from numbered object bodies (1 is the catalog), with a correct xref table."""
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % off for off in offsets)
-    trailer = trailer.replace(b"XREF", b"%d" % xref)  # a trailer may point at its own table
-    out += b"trailer\n<< /Size %d /Root 1 0 R %s>>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, trailer, xref)
-    return bytes(out)
+def self_referencing_xref_pdf(objects: list[bytes]) -> bytes:
+    """A PDF whose trailer's /Prev names its own xref table (the table's offset does not depend on
+    the trailer after it)."""
+    xref = pdf(objects).index(b"\nxref\n") + 1
+    return pdf(objects, trailer=b"/Prev %d" % xref)
 
 
 PAGE = b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Contents 3 0 R >>"
@@ -95,8 +88,9 @@ HOSTILE_DOCUMENTS = [
                             TEXT]), r"cyclic page references"),  # a page tree whose node is its own kid
     ("loop-parent.pdf", pdf([b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [4 0 R] /Count 1 >>",
                              TEXT, b"<< /Type /Pages /Kids [2 0 R] /Count 1 >>"]), r"cyclic page references"),
-    ("loop-xref.pdf", pdf([b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [4 0 R] /Count 1 >>",
-                           TEXT, PAGE], trailer=b"/Prev XREF "), r"no extractable text"),  # /Prev to itself
+    ("loop-xref.pdf", self_referencing_xref_pdf([b"<< /Type /Catalog /Pages 2 0 R >>",
+                                                 b"<< /Type /Pages /Kids [4 0 R] /Count 1 >>", TEXT, PAGE]),
+     r"no extractable text"),  # /Prev to itself
     ("loop-xobject.pdf", pdf([b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [4 0 R] /Count 1 >>",
                               b"<< /Length 6 >>\nstream\n/X1 Do\nendstream",
                               b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Contents 3 0 R "

@@ -5,7 +5,6 @@ and the router's latency histograms scraped by a real Prometheus."""
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections import Counter
@@ -23,6 +22,7 @@ from datacreek_assets.partitions import TENANTS_PARTITION
 from datacreek_assets.serving.control import ServingError, parse_deployment
 from datacreek_assets.serving.routing import BUCKETS, Route, canary_bucket
 from datacreek_assets.serving.traffic import TrafficGenerator
+from tests.raw_http import raw_status
 
 pytestmark = pytest.mark.integration
 
@@ -79,26 +79,13 @@ def chat(control, key: str | None, body=BODY, authorization: str | None = None, 
 
 def chunked_body_status(control, key: str, chunks: int, chunk_bytes: int) -> int:
     """POST a chunked body of ``chunks`` chunks without its terminating chunk; the reply's status."""
-    import socket
     from urllib.parse import urlsplit
 
-    where = urlsplit(control.url)
-    with socket.create_connection((where.hostname, where.port), timeout=30) as sock:
-        sock.sendall((f"POST /v1/chat/completions HTTP/1.1\r\nHost: {where.netloc}\r\n"
-                      f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
-                      "Transfer-Encoding: chunked\r\n\r\n").encode())
-        try:
-            for _ in range(chunks):
-                sock.sendall(f"{chunk_bytes:x}\r\n".encode() + b" " * chunk_bytes + b"\r\n")
-        except (BrokenPipeError, ConnectionResetError):  # the router answered and closed: read its reply
-            pass
-        reply = b""
-        while b"\r\n" not in reply:
-            part = sock.recv(4096)
-            if not part:
-                break
-            reply += part
-    return int(reply.split(b" ", 2)[1])
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {urlsplit(control.url).netloc}\r\n"
+            f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n").encode()
+    body = (f"{chunk_bytes:x}\r\n".encode() + b" " * chunk_bytes + b"\r\n" for _ in range(chunks))
+    return raw_status(control.url, [head, *body])
 
 
 def test_requests_are_routed_by_key_and_pinned_version(control, tenants):
