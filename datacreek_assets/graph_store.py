@@ -31,6 +31,7 @@ SCHEMA_STATEMENTS = [
     "CREATE CONSTRAINT chunk_key IF NOT EXISTS FOR (c:Chunk) REQUIRE (c.tenant_id, c.chunk_id) IS UNIQUE",
     "CREATE CONSTRAINT entity_key IF NOT EXISTS FOR (e:Entity) REQUIRE (e.tenant_id, e.entity_id) IS UNIQUE",
     "CREATE CONSTRAINT fact_key IF NOT EXISTS FOR (f:Fact) REQUIRE (f.tenant_id, f.fact_id) IS UNIQUE",
+    "CREATE CONSTRAINT migration_key IF NOT EXISTS FOR (m:SchemaMigration) REQUIRE (m.tenant_id, m.version) IS UNIQUE",
     "CREATE INDEX chunk_document IF NOT EXISTS FOR (c:Chunk) ON (c.tenant_id, c.doc_id)",
     "CREATE INDEX fact_document IF NOT EXISTS FOR (f:Fact) ON (f.tenant_id, f.doc_id)",
 ]
@@ -52,6 +53,17 @@ T = TypeVar("T")
 
 class UnscopedQuery(ValueError):
     """Cypher handed to the repository without the ``$tenant`` scope."""
+
+
+# A migration's schema statement: an index or constraint, created or dropped idempotently (in
+# label isolation every tenant's migration meets the same, shared schema).
+_SCHEMA_STATEMENT = re.compile(
+    r"^\s*(CREATE|DROP)\s+((RANGE|TEXT|POINT|FULLTEXT|VECTOR|LOOKUP)\s+)?(INDEX|CONSTRAINT)\b.*\bIF\s+(NOT\s+)?EXISTS\b",
+    re.I | re.S)
+
+
+def is_schema_statement(cypher: str) -> bool:
+    return bool(_SCHEMA_STATEMENT.match(_COMMENT.sub(" ", cypher)))
 
 
 _STRING = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
@@ -113,11 +125,12 @@ def tenant_database_name(tenant_id: str) -> str:
 class GraphAdmin:
     """Schema and per-tenant scope management (not tenant data)."""
 
-    def __init__(self, driver, isolation: str = "label"):
+    def __init__(self, driver, isolation: str = "label", migrations_dir: str | None = None):
         if isolation not in ISOLATION_MODES:
             raise ValueError(f"isolation must be one of {ISOLATION_MODES}, got {isolation!r}")
         self.driver = driver
         self.isolation = isolation
+        self.migrations_dir = migrations_dir  # None: the project's db/migration
 
     def ensure_schema(self, database: str | None = None) -> None:
         for statement in SCHEMA_STATEMENTS:
@@ -125,6 +138,12 @@ class GraphAdmin:
 
     def tenant(self, tenant_id: str) -> "TenantGraph":
         return TenantGraph(self.driver, tenant_id, self.isolation)
+
+    def apply_schema_statement(self, tenant_id: str, statement: str) -> None:
+        """An idempotent index or constraint statement of a migration, on the tenant's database."""
+        if not is_schema_statement(statement):
+            raise UnscopedQuery("only CREATE/DROP INDEX or CONSTRAINT ... IF [NOT] EXISTS runs outside a tenant's scope")
+        self.driver.execute_query(statement, database_=self.tenant(tenant_id).database)
 
     def create_scope(self, tenant_id: str) -> None:
         graph = self.tenant(tenant_id)
@@ -192,7 +211,7 @@ class TenantGraph:
 
     def delete_everything(self, batch: int = 5000) -> int:
         deleted = 0
-        for label in (*TENANT_LABELS, "Tenant"):
+        for label in (*TENANT_LABELS, "SchemaMigration", "Tenant"):
             while True:
                 rows = self._execute(
                     f"MATCH (n:{label} {{tenant_id: $tenant}}) WITH n LIMIT $batch DETACH DELETE n RETURN count(*) AS n",
@@ -227,6 +246,31 @@ class TenantGraph:
             for label in TENANT_LABELS
         )
 
+
+    # -- schema migrations (graph/migrations.py decides what to apply) ----------
+    def applied_migrations(self) -> list[dict]:
+        return self._execute(
+            "MATCH (m:SchemaMigration {tenant_id: $tenant}) RETURN m.version AS version, m.rank AS rank, "
+            "m.description AS description, m.checksum AS checksum, m.script AS script, m.applied_at AS applied_at "
+            "ORDER BY m.rank"
+        )
+
+    def apply_migration(self, statements: list[str], record: dict) -> Counter:
+        """A data migration's statements and its version row in one write transaction: a failure
+        changes nothing and records nothing; the row's uniqueness refuses a concurrent second run."""
+
+        def work(tx: ScopedTransaction) -> None:
+            for statement in statements:
+                tx.run(statement)
+            tx.run("CREATE (m:SchemaMigration {tenant_id: $tenant}) SET m += $record, m.applied_at = datetime()",
+                   record=record)
+
+        return self._write(work)[1]
+
+    def record_migration(self, record: dict) -> None:
+        """The version row of a schema migration, whose statements cannot share a transaction."""
+        self._execute("CREATE (m:SchemaMigration {tenant_id: $tenant}) SET m += $record, m.applied_at = datetime()",
+                      record=record)
 
     # -- documents: incremental writes ----------------------------------------
     def document_states(self) -> dict[str, dict]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import tempfile
 import unicodedata
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Protocol
 
@@ -36,6 +38,18 @@ def _check_relative_key(key: str) -> str:
     return str(path)
 
 
+@dataclass(frozen=True)
+class StoredVersion:
+    """One stored copy of an object: the current one or, in a versioned bucket, an older one or a
+    delete marker. ``version_id`` is None where the store keeps no versions."""
+
+    key: str
+    modified: datetime
+    version_id: str | None = None
+    latest: bool = True
+    delete_marker: bool = False
+
+
 class ObjectStore(Protocol):
     def put(self, key: str, data: bytes) -> None: ...
     def get(self, key: str) -> bytes: ...
@@ -43,6 +57,8 @@ class ObjectStore(Protocol):
     def exists(self, key: str) -> bool: ...
     def list(self, prefix: str) -> Iterator[str]: ...
     def delete(self, key: str) -> None: ...
+    def versions(self, prefix: str) -> Iterator[StoredVersion]: ...
+    def delete_version(self, version: StoredVersion) -> None: ...
 
 
 class LocalObjectStore:
@@ -84,6 +100,18 @@ class LocalObjectStore:
         for path in sorted(base.rglob("*")):
             if path.is_file() and not path.name.startswith(".tmp-"):
                 yield path.relative_to(self.root).as_posix()
+
+    def versions(self, prefix: str) -> Iterator[StoredVersion]:
+        """Every file under ``prefix`` with its modification time (a directory keeps one version)."""
+        for key in self.list(prefix):
+            try:
+                mtime = self._path(key).stat().st_mtime
+            except FileNotFoundError:  # deleted since listed
+                continue
+            yield StoredVersion(key, datetime.fromtimestamp(mtime, timezone.utc))
+
+    def delete_version(self, version: StoredVersion) -> None:
+        self.delete(version.key)
 
     def delete(self, key: str) -> None:
         path = self._path(key)
@@ -140,6 +168,27 @@ class S3ObjectStore:
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=_check_relative_key(key))
 
+    def versions(self, prefix: str) -> Iterator[StoredVersion]:
+        """Every version and delete marker under ``prefix`` (paged). An unversioned bucket answers
+        with one version per object ("null"), so one listing serves both kinds of bucket: in a
+        versioned one, a deleted object's older versions still hold its bytes."""
+        prefix = _check_relative_key(prefix.rstrip("/")) + "/"
+        paginator = self.client.get_paginator("list_object_versions")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Versions", []):
+                yield StoredVersion(item["Key"], item["LastModified"], item.get("VersionId"), item.get("IsLatest", True))
+            for item in page.get("DeleteMarkers", []):
+                yield StoredVersion(item["Key"], item["LastModified"], item.get("VersionId"),
+                                    item.get("IsLatest", True), delete_marker=True)
+
+    def delete_version(self, version: StoredVersion) -> None:
+        """Remove that one copy for good (a plain delete in a versioned bucket only adds a marker)."""
+        key = _check_relative_key(version.key)
+        if version.version_id is None:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        else:  # "null" names the copy written while versioning was off
+            self.client.delete_object(Bucket=self.bucket, Key=key, VersionId=version.version_id)
+
 
 class TenantObjectStore:
     """One tenant's view of an object store. Every key is relative to its scope."""
@@ -178,6 +227,16 @@ class TenantObjectStore:
 
     def delete(self, relative: str, area: str = "tenant") -> None:
         self.store.delete(self.key(relative, area))
+
+    def versions(self, area: str = "tenant") -> list[StoredVersion]:
+        """Every stored copy in one area, keys relative to the scope."""
+        base = self._prefix(area)
+        return [StoredVersion(v.key[len(base) + 1:], v.modified, v.version_id, v.latest, v.delete_marker)
+                for v in self.store.versions(base) if v.key.startswith(base + "/")]
+
+    def delete_version(self, version: StoredVersion, area: str = "tenant") -> None:
+        self.store.delete_version(StoredVersion(self.key(version.key, area), version.modified, version.version_id,
+                                                version.latest, version.delete_marker))
 
     def delete_all(self) -> int:
         count = 0

@@ -15,6 +15,7 @@ from typing import Callable
 
 from dagster import DagsterInstance
 
+from datacreek_assets.graph.migrations import migrate_tenant
 from datacreek_assets.graph_store import GraphAdmin
 from datacreek_assets.hot_graph import HotGraphStore
 from datacreek_assets.object_store import ObjectStore, TenantObjectStore
@@ -58,6 +59,8 @@ def add_tenant(tenant_id: str, stores: TenantStores, instance: DagsterInstance) 
     report = LifecycleReport(tenant_id)
     stores.graph.create_scope(tenant_id)
     report.steps.append("neo4j scope")
+    migrated = migrate_tenant(stores.graph, tenant_id)
+    report.steps.append(f"graph migrations (at {migrated.version or 'no version'})")
     stores.hot_graph.create_scope(tenant_id)
     report.steps.append("falkordb graph")
     objects = TenantObjectStore(stores.objects, tenant_id)

@@ -23,6 +23,7 @@ class GraphStoreResource(dg.ConfigurableResource):
     user: str = ""
     password: str = ""
     isolation: str = "label"
+    migrations_dir: str = ""  # versioned Cypher migrations; empty: the project's db/migration
 
     @contextmanager
     def admin(self) -> Iterator[GraphAdmin]:
@@ -47,7 +48,7 @@ class GraphStoreResource(dg.ConfigurableResource):
                 ) from None
             except AuthError:
                 raise ServiceError(f"Neo4j at {self.uri} refused the configured credentials") from None
-            yield GraphAdmin(driver, self.isolation)
+            yield GraphAdmin(driver, self.isolation, self.migrations_dir or None)
         finally:
             driver.close()
 
@@ -103,6 +104,16 @@ class ObjectStoreResource(dg.ConfigurableResource):
 
     def for_tenant(self, tenant_id: str) -> TenantObjectStore:
         return TenantObjectStore(self.store(), tenant_id)
+
+    def ensure_lifecycle(self):
+        """Apply the bucket's ingest-toxic/ expiry rule (deploy time); None for a directory, which
+        has no lifecycle: there the retention audit alone enforces it."""
+        from datacreek_assets.retention.lifecycle import ensure_toxic_expiry
+
+        store = self.store()
+        if not isinstance(store, S3ObjectStore):
+            return None
+        return ensure_toxic_expiry(store.client, store.bucket)
 
 
 class TenantRegistryResource(dg.ConfigurableResource):

@@ -67,12 +67,15 @@ def _number(body: dict, key: str) -> float:
 
 
 def make_server(ledger: CreditLedger, admin_token: str, host: str = "127.0.0.1", port: int = 9464,
-                is_registered: Callable[[str], bool] | None = None) -> ThreadingHTTPServer:
-    """``is_registered``: the tenant registry's check; without it any valid id is served."""
+                is_registered: Callable[[str], bool] | None = None, collectors: tuple = ()) -> ThreadingHTTPServer:
+    """``is_registered``: the tenant registry's check; without it any valid id is served.
+    ``collectors``: more series on the same /metrics (the model volume's disk usage)."""
     if len(admin_token) < 16:
         raise ValueError("the admin token must be at least 16 characters")
     registry = CollectorRegistry()
     registry.register(LedgerCollector(ledger))
+    for collector in collectors:
+        registry.register(collector)
 
     class Handler(BaseHTTPRequestHandler):
         timeout = 10  # seconds a connection may stall: a body shorter than its Content-Length frees the thread

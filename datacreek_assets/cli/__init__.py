@@ -6,8 +6,10 @@ import click
 
 from datacreek_assets.cli.billing import billing
 from datacreek_assets.cli.common import EXIT_UNAVAILABLE, Context, fail
+from datacreek_assets.cli.maintenance import migrate
 from datacreek_assets.cli.runs import backfill, demo, materialize
 from datacreek_assets.cli.services import services
+from datacreek_assets.cli.storage import storage
 from datacreek_assets.cli.tenant import tenant
 from datacreek_assets.settings import ConfigError, current_profile
 
@@ -36,7 +38,7 @@ def cli(ctx: click.Context, profile: str | None) -> None:
         fail(err, EXIT_UNAVAILABLE)
 
 
-for command in (services, tenant, billing, materialize, backfill, demo):
+for command in (services, storage, tenant, billing, materialize, backfill, demo, migrate):
     cli.add_command(command)
 
 

@@ -21,9 +21,10 @@ def billing() -> None:
 @click.pass_obj
 @handle_errors
 def billing_serve(obj: Context, host: str, port: int) -> None:
-    """Serve /metrics (gpu_minutes_total, gpu_cost_total per tenant) and the admin API
-    (/admin/tenants/ID/balance|top-up|price, bearer token from DATACREEK_ADMIN_TOKEN)."""
+    """Serve /metrics (gpu_minutes_total, gpu_cost_total per tenant, the model volume's disk usage) and
+    the admin API (/admin/tenants/ID/balance|top-up|price, bearer token from DATACREEK_ADMIN_TOKEN)."""
     from datacreek_assets.billing.server import make_server
+    from datacreek_assets.retention.disk_usage import StateDiskCollector
 
     token = os.environ.get("DATACREEK_ADMIN_TOKEN", "")
     if len(token) < 16:
@@ -33,7 +34,8 @@ def billing_serve(obj: Context, host: str, port: int) -> None:
     def is_registered(tenant_id: str) -> bool:
         return registry.get(tenant_id) is not None
 
-    server = make_server(ledger_of(obj), token, host, port, is_registered)
+    disk = StateDiskCollector(obj.resources()["finetune"].models_dir)
+    server = make_server(ledger_of(obj), token, host, port, is_registered, collectors=(disk,))
     click.echo(f"billing: http://{host}:{port}/metrics and /admin/tenants/<id>/... (Ctrl-C stops)")
     try:
         server.serve_forever()

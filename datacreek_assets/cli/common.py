@@ -65,6 +65,7 @@ def handle_errors(func):
         from datacreek_assets.billing.ledger import LedgerError
         from datacreek_assets.local_services import ServiceError
         from datacreek_assets.object_store import InvalidObjectKey
+        from datacreek_assets.retention.lifecycle import LifecycleError
         from datacreek_assets.runner import UnknownAsset
         from datacreek_assets.serving.control import ServingError
         from datacreek_assets.serving.release_store import ReleaseConflict
@@ -77,7 +78,7 @@ def handle_errors(func):
             fail(err, EXIT_BAD_INPUT)
         except (TenantHasData, ReleaseConflict) as err:
             fail(err, EXIT_REFUSED)
-        except (ServiceError, ConfigError, WebserverUnavailable, ServingError) as err:
+        except (ServiceError, ConfigError, WebserverUnavailable, ServingError, LifecycleError) as err:
             fail(err, EXIT_UNAVAILABLE)
         except BackfillError as err:
             fail(err, EXIT_FAILED)

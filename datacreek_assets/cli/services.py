@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from datacreek_assets.cli.common import EXIT_UNAVAILABLE, Context, handle_errors, local_only
+from datacreek_assets.cli.storage import apply_lifecycle
 from datacreek_assets.settings import ensure_dagster_home
 
 
@@ -34,6 +35,7 @@ def services_up_cmd(obj: Context, timeout: float) -> None:
     ensure_dagster_home(Path(os.environ.get("DAGSTER_HOME", obj.settings.dagster_home)))
     started = time.monotonic()
     services_up(obj.settings, timeout=timeout, progress=lambda msg: click.echo(f"  {msg}"))
+    apply_lifecycle(obj, echo=lambda msg: click.echo(f"  {msg}"))
     click.echo(f"services up in {time.monotonic() - started:.1f}s")
 
 

@@ -19,6 +19,7 @@ def build_definitions(profile: str | None = None, settings: LocalSettings | None
     from datacreek_assets.defs.finetune import definitions as finetune_defs
     from datacreek_assets.defs.graph import definitions as graph_defs
     from datacreek_assets.defs.ingest import definitions as ingest_defs
+    from datacreek_assets.defs.retention import definitions as retention_defs
     from datacreek_assets.defs.retraining import definitions as retraining_defs
     from datacreek_assets.defs.retrieval import definitions as retrieval_defs
     from datacreek_assets.defs.serving import definitions as serving_defs
@@ -38,6 +39,7 @@ def build_definitions(profile: str | None = None, settings: LocalSettings | None
         topology_defs(),
         tenant_defs(),
         retraining_defs(),
+        retention_defs(),
         billing_defs(),
         dg.Definitions(resources=build_resources(profile, settings), executor=executor_for(profile)),
     )

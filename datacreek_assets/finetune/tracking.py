@@ -83,6 +83,16 @@ class TenantTracking:
                                                    run_id=run_id, tags=tags or {})
         return version.version
 
+    def delete_run(self, run_id: str) -> None:
+        """Garbage-collect one training: its model versions, its artifacts, then the run itself."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        run = self.run(run_id)
+        for version in self.client.search_model_versions(f"name='{self.model_name}' and run_id='{run_id}'"):
+            self.client.delete_model_version(self.model_name, version.version)
+        get_artifact_repository(run.info.artifact_uri).delete_artifacts()
+        self.client.delete_run(run_id)
+
     def remove(self) -> None:
         """Delete the tenant's registered model and experiment. The experiment is renamed first:
         MLflow keeps deleted names reserved, and the id may be onboarded again."""

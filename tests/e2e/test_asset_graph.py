@@ -123,6 +123,13 @@ def test_every_asset_materializes_for_a_small_tenant(services, local_resources, 
     else:
         assert stability["judged"] and stability_passed == (mapper["cluster_count_cv"] <= 0.05)
 
+    # retention: nothing in ingest-toxic/ is old yet; the one training is the newest and stays
+    audit = first.metadata["retention_audit"]
+    assert audit["scanned"] == len(objects.list(area="toxic")) and audit["deleted"] == 0
+    assert audit["remaining_over_limit"] == 0 and check_results(instance, first.run_id)["nothing_kept_past_retention"][0]
+    gc = first.metadata["model_gc"]
+    assert gc["deleted"] == 0 and gc["kept"] == 1 and "newest" in next(iter(gc["kept_trainings"].values()))
+
     # a document leaves the inbox: its graph data, vectors and dataset records go with it
     frame, _ = read_vectors(objects)
     gone_doc = sorted(set(frame["doc_id"]))[0]

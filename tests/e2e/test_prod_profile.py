@@ -21,13 +21,14 @@ import yaml
 
 from datacreek_assets.demo_corpus import write_demo_corpus
 from datacreek_assets.object_store import S3ObjectStore, TenantObjectStore
+from datacreek_assets.retention.lifecycle import TOXIC_RULE_ID
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 TENANT = "prod-e2e"
 # everything the main job builds but the release (see the module's docstring)
 SELECT = ("raw_documents,parsed_chunks,knowledge_graph,chunk_embeddings,embedding_features,retrieval_index,"
-          "persistence_sketches,umap_lens,mapper_graph,sft_dataset,finetuned_adapter,gguf_model,qa_eval")
+          "persistence_sketches,umap_lens,mapper_graph,sft_dataset,finetuned_adapter,gguf_model,qa_eval,retention_audit")
 
 
 @pytest.fixture
@@ -76,8 +77,12 @@ def test_the_prod_profile_materializes_a_tenant_on_postgres_s3_redis_and_neo4j(p
         return subprocess.run([datacreek, *args], env={**prod_env, **(env or {})}, capture_output=True, text=True,
                               timeout=timeout)
 
+    for state in ("written", "already in place"):  # the deploy step, twice: idempotent
+        lifecycle = cli("storage", "lifecycle")
+        assert lifecycle.returncode == 0 and f"rule {TOXIC_RULE_ID} {state}" in lifecycle.stdout, lifecycle.stderr
     added = cli("tenant", "add", TENANT)
     assert added.returncode == 0, added.stderr
+    assert "graph migrations (at 1)" in added.stdout
     try:
         # the tenant's own credentials, as its pods get them: the Secret's variables over the platform's
         issued = cli("tenant", "credentials", TENANT)

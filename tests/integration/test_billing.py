@@ -230,10 +230,18 @@ REGISTERED = {"acme", "globex"}
 
 
 @pytest.fixture
-def billing_server(ledger_url):
+def billing_server(ledger_url, tmp_path):
+    from datacreek_assets.retention.disk_usage import StateDiskCollector
+
     ledger = CreditLedger(ledger_url, trial_credits=5)
     port = free_port()
-    server = make_server(ledger, TOKEN, port=port, is_registered=REGISTERED.__contains__)
+    models = tmp_path / "models" / "tenants"
+    for tenant, size in (("acme", 3000), ("globex", 1000)):
+        (models / tenant / "runs" / "k1").mkdir(parents=True)
+        (models / tenant / "runs" / "k1" / "train.json").write_bytes(b"0" * size)
+    (models / "not a tenant").mkdir()
+    server = make_server(ledger, TOKEN, port=port, is_registered=REGISTERED.__contains__,
+                         collectors=(StateDiskCollector(tmp_path / "models"),))
     serve_in_thread(server)
     yield ledger, f"http://127.0.0.1:{port}"
     server.shutdown()
@@ -348,7 +356,12 @@ def test_prometheus_scrapes_gpu_minutes_and_cost_per_tenant(billing_server, tmp_
         balance = {r["metric"]["tenant"]: float(r["value"][1]) for r in prometheus.query("credit_balance")}
         assert balance == {"acme": -1.0, "globex": 4.0}
         rules = {r["name"] for g in prometheus.rule_groups() for r in g["rules"]}
-        assert {"tenant:gpu_cost:rate1h", "TenantCreditsLow", "TenantCreditsExhausted"} <= rules
+        assert {"tenant:gpu_cost:rate1h", "TenantCreditsLow", "TenantCreditsExhausted",
+                "ModelVolumeAbove80Percent"} <= rules
+        state = {r["metric"]["tenant"]: float(r["value"][1]) for r in prometheus.query("datacreek_tenant_state_bytes")}
+        assert state == {"acme": 3000.0, "globex": 1000.0}
+        [used] = prometheus.query("datacreek_state_volume_used_ratio")
+        assert 0 < float(used["value"][1]) < 1
         # every query of the Grafana dashboard is valid PromQL that this Prometheus evaluates
         dashboard = json.loads((REPO / "monitoring/grafana/datacreek-billing.json").read_text())
         for panel in dashboard["panels"]:

@@ -23,6 +23,7 @@ def test_asset_graph_is_grouped_by_concept(tmp_path):
         "persistence_sketches": "topology", "umap_lens": "topology", "mapper_graph": "topology",
         "finetuned_adapter": "finetune", "gguf_model": "finetune", "qa_eval": "finetune",
         "canary_release": "serving", "production_release": "serving",
+        "retention_audit": "retention", "model_gc": "retention",
     }
     for key in graph.get_all_asset_keys():
         assert graph.get(key).partitions_def.name == "tenants"
@@ -33,6 +34,9 @@ def test_asset_graph_is_grouped_by_concept(tmp_path):
     for sensor in ("embedding_drift_sensor", "quota_sensor", "canary_health_sensor"):
         assert defs.resolve_sensor_def(sensor) is not None
     assert defs.resolve_job_def("retrain_tenant") is not None
+    retention = defs.resolve_job_def("retention_job")
+    assert {n.name for n in retention.graph.nodes} == {"retention_audit", "model_gc", "retention_audit_nothing_kept_past_retention"}
+    assert defs.resolve_schedule_def("retention_schedule").cron_schedule == "37 3 * * *"
 
 
 def test_local_runs_keep_a_tenant_s_steps_in_its_run_process(tmp_path):

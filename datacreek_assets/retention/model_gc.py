@@ -1,0 +1,163 @@
+"""Garbage collection of a tenant's trainings: checkpoints, run folders, GGUF files, MLflow artifacts.
+
+A training is everything one run key left behind: ``runs/<key>/`` (checkpoints, adapter,
+``train.json``, its MLflow run id), ``gguf/<key>/`` and ``eval/<key>.json``. One older than the
+age limit (by its newest file) is deleted unless it is kept, and it is kept when it is:
+- the tenant's best by its evaluation metric (tuned F1 with retrieval, higher is better; compared
+  as numbers, never by name or time),
+- live in serving (a production or canary release points into its files),
+- the newest training (``latest.json``, and the most recently written).
+The plan, with the reason each training is kept, is written (by rename) to ``gc/`` before anything
+is deleted, so an interrupted collection leaves a record of what had to stay.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from datacreek_assets.finetune.training import write_json_atomic
+
+MAX_AGE = timedelta(days=30)
+# the metric a training is ranked by, and which way is better
+BEST_BY = ("tuned_f1", "max")
+
+
+@dataclass
+class Training:
+    run_key: str
+    paths: list[Path]
+    written_at: datetime
+    metric: float | None
+    mlflow_run_id: str | None
+    bytes: int
+
+
+def tree_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _newest_mtime(path: Path) -> float:
+    if path.is_file():
+        return path.stat().st_mtime
+    return max((p.stat().st_mtime for p in path.rglob("*") if p.is_file()), default=path.stat().st_mtime)
+
+
+def _metric(eval_file: Path) -> float | None:
+    """The training's score for BEST_BY; None when it was never evaluated or the score is not a number."""
+    if not eval_file.is_file():
+        return None
+    try:
+        value = float(json.loads(eval_file.read_text())["tuned"]["f1"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def list_trainings(tenant_dir: Path) -> list[Training]:
+    keys = {p.name for folder in ("runs", "gguf") if (tenant_dir / folder).is_dir()
+            for p in (tenant_dir / folder).iterdir() if p.is_dir()}
+    keys |= {p.stem for p in (tenant_dir / "eval").glob("*.json") if p.stem != "latest"} if (
+        tenant_dir / "eval").is_dir() else set()
+    trainings = []
+    for key in sorted(keys):
+        paths = [p for p in (tenant_dir / "runs" / key, tenant_dir / "gguf" / key, tenant_dir / "eval" / f"{key}.json")
+                 if p.exists()]
+        run_file = tenant_dir / "runs" / key / "mlflow_run_id"
+        trainings.append(Training(
+            key, paths, datetime.fromtimestamp(max(_newest_mtime(p) for p in paths), timezone.utc),
+            _metric(tenant_dir / "eval" / f"{key}.json"),
+            run_file.read_text().strip() if run_file.is_file() else None, sum(tree_bytes(p) for p in paths)))
+    return trainings
+
+
+@dataclass
+class GcPlan:
+    keep: dict[str, list[str]] = field(default_factory=dict)  # run key -> why it stays
+    delete: list[str] = field(default_factory=list)
+
+
+def plan_gc(trainings: list[Training], live_paths: list[str], latest_key: str | None, now: datetime,
+            max_age: timedelta = MAX_AGE) -> GcPlan:
+    plan = GcPlan()
+    reasons: dict[str, list[str]] = {t.run_key: [] for t in trainings}
+    scored = [t for t in trainings if t.metric is not None]
+    if scored:
+        sign = 1 if BEST_BY[1] == "max" else -1
+        best = max(scored, key=lambda t: (sign * t.metric, t.written_at))
+        reasons[best.run_key].append(f"best {BEST_BY[0]} ({best.metric:.4f})")
+    if trainings:
+        reasons[max(trainings, key=lambda t: t.written_at).run_key].append("newest")
+    if latest_key in reasons:
+        reasons[latest_key].append("latest.json")
+    for training in trainings:
+        if any(Path(live).resolve().is_relative_to(p.resolve()) for live in live_paths for p in training.paths
+               if p.is_dir()):
+            reasons[training.run_key].append("live in serving")
+        if now - training.written_at <= max_age:
+            reasons[training.run_key].append(f"younger than {max_age.days} days")
+    for key, why in reasons.items():
+        if why:
+            plan.keep[key] = sorted(set(why))
+        else:
+            plan.delete.append(key)
+    return plan
+
+
+@dataclass
+class GcReport:
+    tenant_id: str
+    dry_run: bool
+    kept: dict[str, list[str]]
+    deleted: list[str]
+    freed_bytes: int
+    mlflow_runs_deleted: int
+    bytes_before: int
+    bytes_after: int
+    record: str
+
+    def as_metadata(self) -> dict:
+        return {"dry_run": self.dry_run, "kept": len(self.kept), "deleted": len(self.deleted),
+                "freed_bytes": self.freed_bytes, "mlflow_runs_deleted": self.mlflow_runs_deleted,
+                "tenant_bytes_before": self.bytes_before, "tenant_bytes_after": self.bytes_after,
+                "record": self.record,
+                "kept_trainings": {key: ", ".join(why) for key, why in self.kept.items()},
+                "deleted_trainings": self.deleted}
+
+
+def collect_garbage(tenant_id: str, tenant_dir: Path, live_paths: list[str], tracking=None, dry_run: bool = False,
+                    now: datetime | None = None, max_age: timedelta = MAX_AGE) -> GcReport:
+    now = now or datetime.now(timezone.utc)
+    before = tree_bytes(tenant_dir) if tenant_dir.exists() else 0
+    trainings = {t.run_key: t for t in list_trainings(tenant_dir)}
+    latest = tenant_dir / "latest.json"
+    latest_key = json.loads(latest.read_text()).get("run_key") if latest.is_file() else None
+    plan = plan_gc(list(trainings.values()), live_paths, latest_key, now, max_age)
+    record = tenant_dir / "gc" / f"{now:%Y%m%dT%H%M%SZ}{'-dry-run' if dry_run else ''}.json"
+    write_json_atomic(record, {"at": now.isoformat(), "dry_run": dry_run, "keep": plan.keep, "delete": plan.delete,
+                               "best_by": list(BEST_BY), "max_age_days": max_age.days})
+    freed, mlflow_deleted = 0, 0
+    if not dry_run:
+        for key in plan.delete:
+            training = trainings[key]
+            if tracking is not None and training.mlflow_run_id:
+                tracking.delete_run(training.mlflow_run_id)
+                mlflow_deleted += 1
+            for path in training.paths:
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
+            freed += training.bytes
+    for old in sorted((tenant_dir / "gc").glob("*.json"))[:-1]:  # the records themselves expire too
+        if now - datetime.fromtimestamp(old.stat().st_mtime, timezone.utc) > max_age:
+            old.unlink(missing_ok=True)
+    after = tree_bytes(tenant_dir) if tenant_dir.exists() else 0
+    return GcReport(tenant_id, dry_run, plan.keep, plan.delete, freed if not dry_run else 0, mlflow_deleted,
+                    before, after, str(record))
