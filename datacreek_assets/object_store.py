@@ -182,8 +182,10 @@ class S3ObjectStore:
                                     item.get("IsLatest", True), delete_marker=True)
 
     def delete_version(self, version: StoredVersion) -> None:
-        """Remove that one copy for good (a plain delete in a versioned bucket only adds a marker)."""
-        key = _check_relative_key(version.key)
+        """Remove that one copy for good (a plain delete in a versioned bucket only adds a marker).
+        The key is the listing's, as S3 spells it: a folder marker ("x/") or "a//b" is still an object
+        the listing found, and S3 gives no path meaning to "..", so it is deleted as listed."""
+        key = version.key
         if version.version_id is None:
             self.client.delete_object(Bucket=self.bucket, Key=key)
         else:  # "null" names the copy written while versioning was off
@@ -235,8 +237,12 @@ class TenantObjectStore:
                 for v in self.store.versions(base) if v.key.startswith(base + "/")]
 
     def delete_version(self, version: StoredVersion, area: str = "tenant") -> None:
-        self.store.delete_version(StoredVersion(self.key(version.key, area), version.modified, version.version_id,
-                                                version.latest, version.delete_marker))
+        """A copy that ``versions`` listed (its key relative to the scope, possibly one no put would
+        accept, such as a folder marker): deleted under this tenant's prefix, never outside it."""
+        if version.key.startswith("/") or not version.key:
+            raise InvalidObjectKey(f"object key {version.key!r} is not relative to the scope")
+        self.store.delete_version(StoredVersion(f"{self._prefix(area)}/{version.key}", version.modified,
+                                                version.version_id, version.latest, version.delete_marker))
 
     def delete_all(self) -> int:
         count = 0

@@ -83,15 +83,24 @@ class TenantTracking:
                                                    run_id=run_id, tags=tags or {})
         return version.version
 
-    def delete_run(self, run_id: str) -> None:
-        """Garbage-collect one training: its model versions, its artifacts, then the run itself."""
+    def delete_run(self, run_id: str) -> bool:
+        """Garbage-collect one training: its model versions, its artifacts, then the run itself.
+        False when MLflow no longer has the run (deleted before): nothing left to do."""
+        from mlflow.exceptions import MlflowException
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-        run = self.run(run_id)
+        try:
+            run = self.run(run_id)
+        except MlflowException as err:
+            if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return False
+            raise
         for version in self.client.search_model_versions(f"name='{self.model_name}' and run_id='{run_id}'"):
             self.client.delete_model_version(self.model_name, version.version)
         get_artifact_repository(run.info.artifact_uri).delete_artifacts()
-        self.client.delete_run(run_id)
+        if run.info.lifecycle_stage != "deleted":
+            self.client.delete_run(run_id)
+        return True
 
     def remove(self) -> None:
         """Delete the tenant's registered model and experiment. The experiment is renamed first:

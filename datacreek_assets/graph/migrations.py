@@ -71,6 +71,7 @@ def split_statements(text: str) -> list[str]:
             if end < 0:
                 raise MigrationError("an unterminated /* comment")
             i = end + 2
+            current.append(" ")  # a comment separates tokens: d/**/AS is "d AS", not "dAS"
             continue
         elif ch in "'\"`":
             quote = ch
@@ -85,6 +86,27 @@ def split_statements(text: str) -> list[str]:
         raise MigrationError(f"an unterminated {quote} string")
     statements.append("".join(current).strip())
     return [s for s in statements if s]
+
+
+# What the repository's scope check reads past, refused in a migration's data statements: quoted
+# identifiers (which can hide a pattern), procedures and CSV loads (Cypher inside strings, other
+# sources), label expressions and inline WHERE in node patterns, and any use of tenant_id but the
+# scope map itself (a SET of tenant_id would move nodes to another tenant).
+_REFUSED = [
+    (re.compile(r"`"), "quoted identifiers"),
+    (re.compile(r"\bCALL\b|\bLOAD\s+CSV\b", re.I), "CALL or LOAD CSV"),
+    (re.compile(r"\(\s*\w*\s*:[^()]*[|&!%]"), "label expressions"),
+    (re.compile(r"\(\s*\w+(\s*:\s*\w+)*\s+WHERE\b", re.I), "WHERE inside a node pattern"),
+]
+_SCOPE_MAP = re.compile(r"\btenant_id\s*:\s*\$tenant\b")
+
+
+def _check_data_statement(statement: str) -> None:
+    for pattern, what in _REFUSED:
+        if pattern.search(statement):
+            raise MigrationError(f"{what} are not allowed in a migration's data statements")
+    if re.search(r"\btenant_id\b", _SCOPE_MAP.sub("", statement)):
+        raise MigrationError("a migration uses tenant_id only as {tenant_id: $tenant}")
 
 
 def _load_file(path: Path, script: str, common: bool) -> Migration:
@@ -102,6 +124,12 @@ def _load_file(path: Path, script: str, common: bool) -> Migration:
     if len(kinds) > 1:
         raise MigrationError(f"{script}: index/constraint statements cannot share a migration with data statements")
     schema = kinds == {True}
+    if not schema:
+        for statement in statements:
+            try:
+                _check_data_statement(statement)
+            except MigrationError as err:
+                raise MigrationError(f"{script}: {err}") from None
     if schema and not common:
         raise MigrationError(f"{script}: a tenant's own migration cannot change the schema all tenants share")
     version = tuple(int(p) for p in re.split(r"[._]", match.group(1)))
@@ -113,6 +141,8 @@ def load_migrations(root: Path, tenant_id: str) -> list[Migration]:
     """The tenant's sequence: the common folder's files and its own folder's, by version."""
     tenant_id = validate_tenant_id(tenant_id)
     found: list[Migration] = []
+    if not root.is_dir():  # an install without db/migration must not look like one with nothing to apply
+        raise MigrationError(f"the migrations folder {root} does not exist")
     if root.is_dir():
         for path in sorted(root.iterdir()):
             if path.is_file() and path.suffix == ".cypher":

@@ -23,22 +23,34 @@ class StateDiskCollector:
         self._lock = threading.Lock()
         self._sample: tuple[float, dict[str, int], float, int] | None = None
 
-    def sample(self) -> tuple[dict[str, int], float, int]:
+    def _measure(self) -> tuple[float, dict[str, int], float, int]:
+        per_tenant = {}
+        tenants = self.models_dir / "tenants"
+        for folder in sorted(tenants.iterdir()) if tenants.is_dir() else []:
+            try:
+                per_tenant[validate_tenant_id(folder.name)] = tree_bytes(folder)
+            except InvalidTenantId:
+                continue
+        volume = self.models_dir
+        while not volume.exists():  # not created yet: the volume it will live on
+            volume = volume.parent
+        usage = shutil.disk_usage(volume)
+        return time.monotonic(), per_tenant, usage.used / usage.total, usage.total
+
+    def sample(self) -> tuple[dict[str, int], float, int] | None:
         with self._lock:
             if self._sample is None or time.monotonic() - self._sample[0] > self.cache_s:
-                per_tenant = {}
-                tenants = self.models_dir / "tenants"
-                for folder in sorted(tenants.iterdir()) if tenants.is_dir() else []:
-                    try:
-                        per_tenant[validate_tenant_id(folder.name)] = tree_bytes(folder)
-                    except InvalidTenantId:
-                        continue
-                usage = shutil.disk_usage(self.models_dir if self.models_dir.exists() else self.models_dir.parent)
-                self._sample = (time.monotonic(), per_tenant, usage.used / usage.total, usage.total)
-            return self._sample[1], self._sample[2], self._sample[3]
+                try:
+                    self._sample = self._measure()
+                except OSError:  # keep the last good sample: the billing series must not go with it
+                    pass
+            return None if self._sample is None else self._sample[1:]
 
     def collect(self):
-        per_tenant, used_ratio, total = self.sample()
+        sample = self.sample()
+        if sample is None:
+            return
+        per_tenant, used_ratio, total = sample
         tenant_bytes = GaugeMetricFamily("datacreek_tenant_state_bytes", "bytes of a tenant's models, runs and "
                                          "evaluations on the model volume", labels=["tenant"])
         for tenant, size in per_tenant.items():

@@ -13,6 +13,7 @@ place (deploy, `datacreek storage lifecycle`) avoids the other.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 TOXIC_PREFIX = "ingest-toxic/"
@@ -43,15 +44,19 @@ def toxic_expiry_rule(days: int = TOXIC_RETENTION_DAYS, versioned: bool = False)
     return rule
 
 
-def read_rules(client, bucket: str) -> list[dict]:
+def read_configuration(client, bucket: str) -> dict:
     from botocore.exceptions import ClientError
 
     try:
-        return list(client.get_bucket_lifecycle_configuration(Bucket=bucket).get("Rules", []))
+        return client.get_bucket_lifecycle_configuration(Bucket=bucket)
     except ClientError as err:
         if err.response["Error"]["Code"] == "NoSuchLifecycleConfiguration":
-            return []
+            return {"Rules": []}
         raise
+
+
+def read_rules(client, bucket: str) -> list[dict]:
+    return list(read_configuration(client, bucket).get("Rules", []))
 
 
 def is_versioned(client, bucket: str) -> bool:
@@ -70,15 +75,23 @@ def ensure_toxic_expiry(client, bucket: str, days: int = TOXIC_RETENTION_DAYS) -
     """Insert or replace our rule, keep every other rule; idempotent (no write when it is in place)."""
     versioned = is_versioned(client, bucket)
     wanted = toxic_expiry_rule(days, versioned)
-    rules = read_rules(client, bucket)
+    configuration = read_configuration(client, bucket)
+    rules = list(configuration.get("Rules", []))
     ours = [r for r in rules if r.get("ID") == TOXIC_RULE_ID]
     others = [r for r in rules if r.get("ID") != TOXIC_RULE_ID]
     if len(ours) == 1 and _essentials(ours[0]) == _essentials(wanted):
         return LifecycleResult(bucket, False, versioned, ours[0], [r.get("ID", "") for r in rules])
-    client.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [*others, wanted]})
-    after = read_rules(client, bucket)
-    found = [r for r in after if r.get("ID") == TOXIC_RULE_ID]
-    if len(found) != 1 or _essentials(found[0]) != _essentials(wanted):
+    extra = {k: configuration[k] for k in ("TransitionDefaultMinimumObjectSize",) if k in configuration}
+    client.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [*others, wanted]},
+                                              **extra)  # a put resets bucket-level settings not passed again
+    # AWS propagates a new configuration over a while: a read right after the put may be stale
+    for delay in (0, 1, 2, 4, 8, 15, 30):
+        time.sleep(delay)
+        after = read_rules(client, bucket)
+        found = [r for r in after if r.get("ID") == TOXIC_RULE_ID]
+        if len(found) == 1 and _essentials(found[0]) == _essentials(wanted):
+            break
+    else:
         raise LifecycleError(f"bucket {bucket!r}: the lifecycle rule {TOXIC_RULE_ID!r} did not read back as written")
     lost = {r.get("ID") for r in others} - {r.get("ID") for r in after}
     if lost:

@@ -37,16 +37,23 @@ class Training:
     bytes: int
 
 
+def _stats(path: Path):
+    """Stat every file under ``path`` (or ``path`` itself), skipping files removed while walking:
+    checkpoint rotation and collections run beside the walkers."""
+    for item in ([path] if path.is_file() else path.rglob("*")):
+        try:
+            if item.is_file() and not item.is_symlink():
+                yield item.stat()
+        except OSError:
+            continue
+
+
 def tree_bytes(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+    return sum(st.st_size for st in _stats(path))
 
 
 def _newest_mtime(path: Path) -> float:
-    if path.is_file():
-        return path.stat().st_mtime
-    return max((p.stat().st_mtime for p in path.rglob("*") if p.is_file()), default=path.stat().st_mtime)
+    return max((st.st_mtime for st in _stats(path)), default=path.stat().st_mtime)
 
 
 def _metric(eval_file: Path) -> float | None:
@@ -84,9 +91,13 @@ class GcPlan:
 
 
 def plan_gc(trainings: list[Training], live_paths: list[str], latest_key: str | None, now: datetime,
-            max_age: timedelta = MAX_AGE) -> GcPlan:
+            max_age: timedelta = MAX_AGE, in_flight: str | None = None) -> GcPlan:
+    if max_age < timedelta(days=1):
+        raise ValueError(f"model GC keeps trainings at least a day, not {max_age}")
     plan = GcPlan()
     reasons: dict[str, list[str]] = {t.run_key: [] for t in trainings}
+    if in_flight in reasons:  # a resumed training may not have written a file for a while yet
+        reasons[in_flight].append("training in flight")
     scored = [t for t in trainings if t.metric is not None]
     if scored:
         sign = 1 if BEST_BY[1] == "max" else -1
@@ -138,7 +149,10 @@ def collect_garbage(tenant_id: str, tenant_dir: Path, live_paths: list[str], tra
     trainings = {t.run_key: t for t in list_trainings(tenant_dir)}
     latest = tenant_dir / "latest.json"
     latest_key = json.loads(latest.read_text()).get("run_key") if latest.is_file() else None
-    plan = plan_gc(list(trainings.values()), live_paths, latest_key, now, max_age)
+    heartbeat = tenant_dir / "training_heartbeat.json"
+    beat = json.loads(heartbeat.read_text()) if heartbeat.is_file() else {}
+    in_flight = beat.get("run_key") if beat.get("state") in ("running", "interrupted") else None
+    plan = plan_gc(list(trainings.values()), live_paths, latest_key, now, max_age, in_flight)
     record = tenant_dir / "gc" / f"{now:%Y%m%dT%H%M%SZ}{'-dry-run' if dry_run else ''}.json"
     write_json_atomic(record, {"at": now.isoformat(), "dry_run": dry_run, "keep": plan.keep, "delete": plan.delete,
                                "best_by": list(BEST_BY), "max_age_days": max_age.days})
@@ -147,8 +161,7 @@ def collect_garbage(tenant_id: str, tenant_dir: Path, live_paths: list[str], tra
         for key in plan.delete:
             training = trainings[key]
             if tracking is not None and training.mlflow_run_id:
-                tracking.delete_run(training.mlflow_run_id)
-                mlflow_deleted += 1
+                mlflow_deleted += tracking.delete_run(training.mlflow_run_id)
             for path in training.paths:
                 if path.is_dir():
                     shutil.rmtree(path)
@@ -156,7 +169,11 @@ def collect_garbage(tenant_id: str, tenant_dir: Path, live_paths: list[str], tra
                     path.unlink(missing_ok=True)
             freed += training.bytes
     for old in sorted((tenant_dir / "gc").glob("*.json"))[:-1]:  # the records themselves expire too
-        if now - datetime.fromtimestamp(old.stat().st_mtime, timezone.utc) > max_age:
+        try:
+            at = datetime.fromisoformat(json.loads(old.read_text())["at"])
+        except (OSError, ValueError, KeyError):
+            continue
+        if now - at > max_age:
             old.unlink(missing_ok=True)
     after = tree_bytes(tenant_dir) if tenant_dir.exists() else 0
     return GcReport(tenant_id, dry_run, plan.keep, plan.delete, freed if not dry_run else 0, mlflow_deleted,

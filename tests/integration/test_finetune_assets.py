@@ -165,3 +165,46 @@ def test_an_invalid_precision_fails_once_before_any_training_or_billing(stores, 
     # no checkpoints, heartbeat or MLflow run file: only the retrieval index the test wrote
     assert [p.name for p in finetune(0.0).tenant_dir("hooli").iterdir()] == ["retrieval"]
     assert ledger.ledger().meters("hooli") == []  # nothing was metered
+
+
+def test_model_gc_stops_the_state_directory_growing_over_five_retrainings(stores, instance, tmp_path):
+    """Five retrainings a month apart (the clock is moved by backdating the previous trainings'
+    files): without GC every training stays; with model_gc after each, the tenant's folder holds
+    the best, the newest and nothing older, and stops growing. Prints the sizes it measured."""
+    import os
+    import time
+
+    from datacreek_assets.defs.retention.assets import model_gc
+    from datacreek_assets.finetune.pipeline import read_latest
+    from datacreek_assets.retention.model_gc import list_trainings, tree_bytes
+    from resources.stores import ServingResource
+
+    objects, finetune, ledger = stores
+    tuning = finetune(-1.0)  # every training passes its gate: GC, not the gate, is measured here
+    serving = ServingResource(ray_address="", http_port=0, store_url=f"sqlite:///{tmp_path / 'serving.db'}",
+                              admin_token="t" * 24)
+    write_dataset(objects, "gc-t", tuning.models_dir)
+    instance.add_dynamic_partitions(TENANTS_PARTITION, ["gc-t"])
+    tenant_dir = tuning.tenant_dir("gc-t")
+    without_gc, with_gc = [], []
+    for retraining in range(5):
+        config = {"ops": {"finetuned_adapter": {"config": {"epochs": 2, "learning_rate": 1e-2, "max_seq_len": 256,
+                                                           "effective_batch": 4, "max_steps": 4 + retraining}}}}
+        result = dg.materialize([*ASSETS, model_gc], partition_key="gc-t", instance=instance, run_config=config,
+                                resources={"object_store": objects, "finetune": tuning, "credit_ledger": ledger,
+                                           "serving": serving})
+        assert result.success
+        key = read_latest(tenant_dir)["run_key"]
+        [training] = [t for t in list_trainings(tenant_dir) if t.run_key == key]
+        without_gc.append((without_gc[-1] if without_gc else tree_bytes(tenant_dir) - training.bytes) + training.bytes)
+        with_gc.append(tree_bytes(tenant_dir))
+        month_ago = time.time() - 31 * 86400
+        for folder in ("runs", "gguf", "eval"):
+            for path in (tenant_dir / folder).rglob("*"):
+                os.utime(path, (month_ago, month_ago))
+    print("\nretraining  state bytes without GC  with model_gc")
+    for i, (a, b) in enumerate(zip(without_gc, with_gc), 1):
+        print(f"{i:>10}  {a:>22,}  {b:>13,}")
+    assert len(list_trainings(tenant_dir)) <= 2  # the newest and, if another one, the best
+    assert with_gc[4] <= max(with_gc[1:4]) * 1.05  # flat from the second retraining on
+    assert without_gc[4] > 2 * with_gc[4]

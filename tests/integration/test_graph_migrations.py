@@ -118,4 +118,20 @@ def test_migration_files_are_checked_before_anything_runs(tmp_path):
     write(root / "Not A Tenant", "V9__x.cypher", "RETURN 1")
     with pytest.raises(MigrationError, match="named after a tenant id"):
         load_migrations(root, "acme")
+    (root / "Not A Tenant" / "V9__x.cypher").unlink()
+    (root / "Not A Tenant").rmdir()
+    # what the repository's scope check reads past is refused before anything runs
+    for statement, refusal in [
+        ("MATCH (t:Tenant {tenant_id: $tenant}) SET t.`x'` = 1 WITH t MATCH (n) DETACH DELETE n", "quoted"),
+        ("MATCH (n:Chunk|Document) DETACH DELETE n", "label expressions"),
+        ("MATCH (n WHERE n.x = 1) DETACH DELETE n", "WHERE inside"),
+        ("MATCH (d:Document {tenant_id: $tenant}) SET d.tenant_id = 'victim'", "only as"),
+        ("CALL apoc.periodic.iterate('MATCH (n) RETURN n', 'DETACH DELETE n', {})", "CALL"),
+    ]:
+        write(root, "V4__hostile.cypher", statement)
+        with pytest.raises(MigrationError, match=refusal):
+            load_migrations(root, "acme")
+    (root / "V4__hostile.cypher").unlink()
+    with pytest.raises(MigrationError, match="does not exist"):
+        load_migrations(tmp_path / "nowhere", "acme")
     assert [m.schema for m in load_migrations(DEFAULT_MIGRATIONS_DIR, "acme")] == [True]

@@ -75,12 +75,13 @@ def test_the_audit_removes_every_old_copy_in_a_versioned_bucket(s3_endpoint, s3_
     acme.put("doc-2/chunk.json", b"gone", area="toxic")
     acme.delete("doc-2/chunk.json", area="toxic")  # a delete marker over a version that still holds bytes
     globex.put("doc-9/chunk.json", b"globex's", area="toxic")
-    assert len(acme.versions(area="toxic")) == 4
+    s3.put_object(Bucket=s3_bucket, Key="ingest-toxic/acme/folder/", Body=b"")  # a key no put of ours makes
+    assert len(acme.versions(area="toxic")) == 5
 
     # moto never ages an object: look at the bucket from eight days on
     later = datetime.now(timezone.utc) + timedelta(days=8)
     report = enforce_retention(acme, now=later)
-    assert (report.scanned, report.over_limit, report.deleted, report.remaining_over_limit) == (4, 4, 4, 0)
+    assert (report.scanned, report.over_limit, report.deleted, report.remaining_over_limit) == (5, 5, 5, 0)
     listed = s3.list_object_versions(Bucket=s3_bucket, Prefix="ingest-toxic/")
     keys = [v["Key"] for v in listed.get("Versions", []) + listed.get("DeleteMarkers", [])]
     assert keys == ["ingest-toxic/globex/doc-9/chunk.json"]  # acme's copies are gone, all of them

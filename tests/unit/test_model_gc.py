@@ -33,6 +33,7 @@ class RecordingTracking:
 
     def delete_run(self, run_id):
         self.deleted.append(run_id)
+        return True
 
 
 def test_old_trainings_go_unless_best_live_or_newest(tmp_path):
@@ -64,6 +65,19 @@ def test_old_trainings_go_unless_best_live_or_newest(tmp_path):
         (tenant_dir / "gc" / "20261202T000000Z.json").read_bytes())
     # a second collection finds nothing more to delete
     assert collect_garbage("acme", tenant_dir, live, tracking, now=NOW).deleted == []
+
+
+def test_a_training_in_flight_stays_and_an_age_under_a_day_is_refused(tmp_path):
+    import pytest
+
+    tenant_dir = tmp_path / "t"
+    training(tenant_dir, "k-resumed", 45)  # resumed from its checkpoints: no file written for weeks
+    training(tenant_dir, "k-newer", 40, f1=0.3)
+    (tenant_dir / "training_heartbeat.json").write_text(json.dumps({"state": "running", "run_key": "k-resumed"}))
+    report = collect_garbage("t", tenant_dir, [], None, now=NOW)
+    assert report.deleted == [] and report.kept["k-resumed"] == ["training in flight"]
+    with pytest.raises(ValueError, match="at least a day"):
+        collect_garbage("t", tenant_dir, [], None, now=NOW, max_age=timedelta(hours=1))
 
 
 def test_the_best_is_chosen_by_value_not_by_name_or_time(tmp_path):
