@@ -387,6 +387,16 @@ class TenantGraph:
 
         return self._write(work)[0]
 
+    def documents_due_for_purge(self, older_than: timedelta, now: datetime | None = None) -> list[str]:
+        """Documents soft-deleted before ``now - older_than`` whose copies are still to be erased."""
+        now = now or datetime.now(timezone.utc)
+        rows = self._execute(
+            "MATCH (d:Document {tenant_id: $tenant}) WHERE d.deleted_at < $cutoff AND d.purged_at IS NULL "
+            "RETURN d.doc_id AS doc_id ORDER BY doc_id",
+            cutoff=now - older_than,
+        )
+        return [r["doc_id"] for r in rows]
+
     def purge_deleted(self, older_than: timedelta, now: datetime | None = None) -> int:
         """Hard-delete what was soft-deleted before ``now - older_than``."""
         now = now or datetime.now(timezone.utc)

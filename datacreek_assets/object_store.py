@@ -230,11 +230,12 @@ class TenantObjectStore:
     def delete(self, relative: str, area: str = "tenant") -> None:
         self.store.delete(self.key(relative, area))
 
-    def versions(self, area: str = "tenant") -> list[StoredVersion]:
-        """Every stored copy in one area, keys relative to the scope."""
+    def versions(self, area: str = "tenant", folder: str = "") -> list[StoredVersion]:
+        """Every stored copy in one area (or one folder of it), keys relative to the scope."""
         base = self._prefix(area)
+        listed = f"{base}/{_check_relative_key(folder)}" if folder else base
         return [StoredVersion(v.key[len(base) + 1:], v.modified, v.version_id, v.latest, v.delete_marker)
-                for v in self.store.versions(base) if v.key.startswith(base + "/")]
+                for v in self.store.versions(listed) if v.key.startswith(base + "/")]
 
     def delete_version(self, version: StoredVersion, area: str = "tenant") -> None:
         """A copy that ``versions`` listed (its key relative to the scope, possibly one no put would

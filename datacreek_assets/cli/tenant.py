@@ -84,10 +84,20 @@ def tenant_delete_document(obj: Context, tenant_id: str, doc_id: str) -> None:
     from datacreek_assets.graph.sync import OPERATOR
     from datacreek_assets.tenant_lifecycle import UnknownTenant
 
-    with obj.resources()["graph_store"].tenant(tenant_id) as graph:
+    from datacreek_assets.erasure.documents import hide_vectors, log_erasure
+
+    resources = obj.resources()
+    with resources["graph_store"].tenant(tenant_id) as graph:
         if graph.soft_delete_documents([doc_id], by=OPERATOR) == 0:
             raise UnknownTenant(f"tenant {tenant_id!r} has no live document {doc_id!r}")
-    click.echo(f"{tenant_id}/{doc_id}: deleted (undo within 30 days: datacreek tenant undo {tenant_id} {doc_id})")
+    hidden = hide_vectors(feature_views(resources, tenant_id), doc_id)
+    log_erasure(resources["object_store"].for_tenant(tenant_id), "delete", doc_id, {"vectors_hidden": hidden})
+    click.echo(f"{tenant_id}/{doc_id}: deleted, {hidden} vectors hidden at once "
+               f"(undo within 30 days: datacreek tenant undo {tenant_id} {doc_id})")
+
+
+def feature_views(resources: dict, tenant_id: str) -> list:
+    return [resources["feature_store"].for_tenant(tenant_id, view=view) for view in ("chunk_embeddings", "chunk_topology")]
 
 
 @tenant.command("undo")
@@ -100,10 +110,14 @@ def tenant_undo(obj: Context, tenant_id: str, doc_id: str) -> None:
     from datacreek_assets.defs.graph.schedules import UNDO_WINDOW
     from datacreek_assets.tenant_lifecycle import UnknownTenant
 
-    with obj.resources()["graph_store"].tenant(tenant_id) as graph:
+    from datacreek_assets.erasure.documents import log_erasure
+
+    resources = obj.resources()
+    with resources["graph_store"].tenant(tenant_id) as graph:
         if not graph.restore_document(doc_id, UNDO_WINDOW):
             raise UnknownTenant(f"tenant {tenant_id!r} has no document {doc_id!r} deleted within the last 30 days")
-    click.echo(f"{tenant_id}/{doc_id}: restored")
+    log_erasure(resources["object_store"].for_tenant(tenant_id), "undo", doc_id, {})
+    click.echo(f"{tenant_id}/{doc_id}: restored (its vectors return at the next embedding_features)")
 
 
 @tenant.command("top-up")

@@ -228,6 +228,23 @@ class TenantFeatures:
             self.write(pd.concat(changes, ignore_index=True))
         return len(upserts), len(gone)
 
+    def tombstone_document(self, doc_id: str) -> int:
+        """Mark the document's live rows deleted now (online lookups return nothing from this write on)."""
+        rows = self.stored_rows()
+        live = rows[~rows["deleted"].astype(bool) & (rows["doc_id"] == doc_id)] if len(rows) else rows
+        if len(live):
+            self.write(self.tombstones(live))
+        return len(live)
+
+    def erase_document(self, doc_id: str) -> int:
+        """Purge: tombstone the document's rows and fold the offline files, so no file keeps an older
+        row with its values (a tombstone holds the hash, chunk and document ids, no values)."""
+        self.tombstone_document(doc_id)
+        rows = self.stored_rows()
+        mine = int((rows["doc_id"] == doc_id).sum()) if len(rows) else 0
+        self.compact()
+        return mine
+
     def drop_all(self) -> int:
         """Tenant removal: tombstone every vector online, then delete the offline files."""
         rows = self.stored_rows()

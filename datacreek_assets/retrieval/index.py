@@ -147,6 +147,24 @@ def publish(index: RetrievalIndex, folder: Path) -> Path:
     return path
 
 
+def erase_document(folder: Path, tenant_id: str, doc_id: str) -> int:
+    """Purge: publish the current index without the document's passages and remove every older
+    file (the previous one, kept for readers, holds them too); returns the passages removed."""
+    index = load_current(folder, tenant_id)
+    if index is None:
+        return 0
+    keep = [i for i, d in enumerate(index.doc_ids) if d != doc_id]
+    removed = len(index) - len(keep)
+    if removed:
+        index = RetrievalIndex(tenant_id, [index.chunk_ids[i] for i in keep], [index.doc_ids[i] for i in keep],
+                               [index.texts[i] for i in keep], index.vectors[keep])
+    current = publish(index, folder)
+    for stale in folder.glob("*.npz"):
+        if stale != current:
+            stale.unlink(missing_ok=True)
+    return removed
+
+
 def current_version(folder: Path) -> str | None:
     import json
 

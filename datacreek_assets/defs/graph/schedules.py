@@ -5,13 +5,37 @@ from datetime import timedelta
 
 import dagster as dg
 
-from resources.stores import GraphStoreResource, TenantRegistryResource
+from resources.stores import (
+    FeatureStoreResource,
+    FineTuneResource,
+    GraphStoreResource,
+    ObjectStoreResource,
+    TenantRegistryResource,
+)
 
 UNDO_WINDOW = timedelta(days=30)
 
 
-@dg.op(description="Hard-delete graph data soft-deleted more than 30 days ago, tenant by tenant.")
-def purge_soft_deleted(context: dg.OpExecutionContext, graph_store: GraphStoreResource, tenant_registry: TenantRegistryResource) -> None:
+def purge_tenant(graph, objects, feature_views, retrieval_folder=None, now=None) -> tuple[int, int]:
+    """Copies first, then the graph: a failure in between leaves the documents due, so the next
+    purge erases them again (every step is idempotent)."""
+    from datacreek_assets.erasure.documents import log_erasure, purge_copies
+    from datacreek_assets.retrieval.index import erase_document
+
+    due = graph.documents_due_for_purge(UNDO_WINDOW, now)
+    for doc_id in due:
+        counts = purge_copies(objects, feature_views, doc_id)
+        if retrieval_folder is not None:
+            counts["retrieval_passages"] = erase_document(retrieval_folder, graph.tenant_id, doc_id)
+        log_erasure(objects, "purge", doc_id, counts, now)
+    return graph.purge_deleted(UNDO_WINDOW, now), len(due)
+
+
+@dg.op(description="Hard-delete data soft-deleted more than 30 days ago, tenant by tenant: the graph, and each "
+       "purged document's inbox file, parsed text, screened-out copies, feature-store values and retrieval passages.")
+def purge_soft_deleted(context: dg.OpExecutionContext, graph_store: GraphStoreResource,
+                       tenant_registry: TenantRegistryResource, object_store: ObjectStoreResource,
+                       feature_store: FeatureStoreResource, finetune: FineTuneResource) -> None:
     registry = tenant_registry.registry()
     try:
         tenants = [t.tenant_id for t in registry.list()]
@@ -21,12 +45,15 @@ def purge_soft_deleted(context: dg.OpExecutionContext, graph_store: GraphStoreRe
     with graph_store.admin() as admin:
         for tenant in tenants:
             try:
-                purged = admin.tenant(tenant).purge_deleted(UNDO_WINDOW)
+                purged, erased = purge_tenant(admin.tenant(tenant), object_store.for_tenant(tenant),
+                                              [feature_store.for_tenant(tenant, view=view)
+                                               for view in ("chunk_embeddings", "chunk_topology")],
+                                              finetune.tenant_dir(tenant) / "retrieval")
             except Exception as err:  # keep going: one tenant's failure must not spare the others' data
                 context.log.error(f"{tenant}: purge failed: {err}")
                 failed.append(tenant)
                 continue
-            context.log.info(f"{tenant}: purged {purged} nodes")
+            context.log.info(f"{tenant}: purged {purged} nodes and the copies of {erased} document(s)")
     if failed:
         raise dg.Failure(f"purge failed for {len(failed)} tenant(s): {', '.join(failed)}")
 

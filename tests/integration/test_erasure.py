@@ -1,0 +1,120 @@
+"""Erasure of one document through the real pipeline and stores: ingest (local object store),
+the Neo4j graph, MiniLM embeddings in Feast (SQLite online, parquet offline). A document carries a
+marker string; its neighbour tenant holds the same marker and must keep it."""
+
+from datetime import datetime, timedelta, timezone
+
+import dagster as dg
+import pytest
+
+from datacreek_assets.defs.embeddings.assets import chunk_embeddings, embedding_features, read_vectors
+from datacreek_assets.defs.graph.assets import knowledge_graph
+from datacreek_assets.defs.graph.schedules import purge_tenant
+from datacreek_assets.defs.ingest.assets import parsed_chunks, raw_documents
+from datacreek_assets.defs.retrieval.assets import retrieval_dir, retrieval_index
+from datacreek_assets.erasure.documents import document_hash, hide_vectors, log_erasure, read_erasure_log
+from datacreek_assets.graph.sync import OPERATOR
+from datacreek_assets.partitions import TENANTS_PARTITION
+
+pytestmark = pytest.mark.integration
+MARKER = "zqxmarker7731"
+VAULT = " ".join(f"The {MARKER} vault number {i} stores the keys of office {i} on the Danube." for i in range(40))
+DOCS = {
+    # long enough for several chunks: the last one, with an e-mail address, is screened out
+    "marker.md": f"# Vault\n\n{VAULT}\n\nWrite to {MARKER}.owner@example.com for access to the vault.",
+    "rivers.md": "# Rivers\n\nThe Danube flows through Vienna and Budapest. The Rhine flows through Basel.",
+}
+
+
+def everything_stored(objects, graph, views, models) -> str:
+    """Every byte the tenant's stores hold, as text: object-store objects (all areas, every copy),
+    the graph's nodes and edges, the feature store's offline rows, every file of its models folder."""
+    texts = [objects.get(key, area).decode("utf-8", "replace")
+             for area in ("tenant", "toxic") for key in objects.list(area=area)]
+    texts += [model_file_text(path) for path in models.rglob("*") if path.is_file()]
+    texts += graph.fingerprint()
+    texts += [view.stored_rows().to_csv() for view in views]
+    return "\n".join(texts)
+
+
+def model_file_text(path) -> str:
+    """A file's text; numpy archives store strings as UTF-32, so their arrays are read and joined."""
+    if path.suffix == ".npz":
+        import numpy as np
+
+        with np.load(path, allow_pickle=False) as archive:
+            return "\n".join(str(archive[name].tolist()) for name in archive.files)
+    return path.read_bytes().decode("utf-8", "replace")
+
+
+@pytest.fixture
+def tenants(local_resources, instance):
+    registry = local_resources["tenant_registry"].registry()
+    names = ["erase-a", "erase-b"]
+    for name in names:
+        registry.add(name)
+        with local_resources["graph_store"].admin() as admin:
+            admin.tenant(name).delete_everything()
+            admin.create_scope(name)
+        local_resources["object_store"].for_tenant(name).delete_all()
+        for view in ("chunk_embeddings", "chunk_topology"):
+            local_resources["feature_store"].for_tenant(name, view=view).drop_all()
+    instance.add_dynamic_partitions(TENANTS_PARTITION, names)
+    yield names
+    for name in names:
+        registry.remove(name)
+    registry.close()
+
+
+def test_a_deleted_documents_copies_go_at_purge_and_its_vectors_at_once(local_resources, instance, tenants):
+    assets = [raw_documents, parsed_chunks, knowledge_graph, chunk_embeddings, embedding_features, retrieval_index]
+    for tenant in tenants:
+        objects = local_resources["object_store"].for_tenant(tenant)
+        for name, text in DOCS.items():
+            objects.put(f"inbox/{name}", text.encode())
+        result = dg.materialize(assets, partition_key=tenant, instance=instance, resources=local_resources)
+        assert result.success
+    objects = local_resources["object_store"].for_tenant("erase-a")
+    views = [local_resources["feature_store"].for_tenant("erase-a", view=v) for v in ("chunk_embeddings", "chunk_topology")]
+    frame, _ = read_vectors(objects)
+    hashes = list(frame.loc[frame["doc_id"] == "marker.md", "embedding_hash"])
+    others = list(frame.loc[frame["doc_id"] != "marker.md", "embedding_hash"])
+    assert hashes and others and objects.list(area="toxic")  # the e-mail address sent a chunk to ingest-toxic/
+    with local_resources["graph_store"].tenant("erase-a") as graph:
+        folder = retrieval_dir(local_resources["finetune"], "erase-a")
+        models = local_resources["finetune"].tenant_dir("erase-a")
+        assert MARKER in everything_stored(objects, graph, views, models)
+        assert MARKER in "".join(model_file_text(p) for p in folder.glob("*.npz"))  # the scan reads archives
+
+        # delete: the graph hides it, and its vectors are gone from lookups at once
+        assert graph.soft_delete_documents(["marker.md"], by=OPERATOR) == 1
+        hidden = hide_vectors(views, "marker.md")
+        log_erasure(objects, "delete", "marker.md", {"vectors_hidden": hidden})
+        assert hidden == len(hashes)
+        assert set(views[0].lookup(hashes).values()) == {None}
+        assert all(v is not None for v in views[0].lookup(others).values())
+
+        # purge (31 days on): every copy in the object store, the graph and the feature store goes
+        purged, erased = purge_tenant(graph, objects, views, folder, now=datetime.now(timezone.utc) + timedelta(days=31))
+        assert erased == 1 and purged > 0
+        stored = everything_stored(objects, graph, views, models)
+        assert MARKER not in stored
+        assert "Budapest" in stored  # the other document is untouched
+        assert not objects.exists("inbox/marker.md") and objects.list(area="toxic") == []
+        offline = views[0].stored_rows()
+        assert not any(offline.loc[offline["doc_id"] == "marker.md", "vector_fp8"].map(len))  # no values kept
+        assert graph.documents_due_for_purge(timedelta(days=30), datetime.now(timezone.utc) + timedelta(days=31)) == []
+
+    log = read_erasure_log(objects)
+    assert [e["action"] for e in log] == ["delete", "purge"]
+    assert {e["document"] for e in log} == {document_hash("erase-a", "marker.md")}
+    assert "marker.md" not in objects.get("erasure/log.jsonl").decode()  # a hash, never the id
+    assert log[1]["counts"]["inbox_files"] == 1 and log[1]["counts"]["toxic_copies"] >= 1
+    assert log[1]["counts"]["retrieval_passages"] == len(hashes)
+
+    # the next ingest does not bring it back, and the neighbour still holds its own copy
+    assert dg.materialize([raw_documents, parsed_chunks], partition_key="erase-a", instance=instance,
+                          resources=local_resources).success
+    assert MARKER not in objects.get("chunks/chunks.jsonl").decode()
+    neighbour = local_resources["object_store"].for_tenant("erase-b")
+    assert MARKER in neighbour.get("inbox/marker.md").decode() and neighbour.list(area="toxic")
