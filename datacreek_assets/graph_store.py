@@ -397,6 +397,11 @@ class TenantGraph:
         )
         return [r["doc_id"] for r in rows]
 
+    def document_chunk_texts(self, doc_id: str) -> list[str]:
+        """The document's chunk texts, soft-deleted ones included (what a purge looks for elsewhere)."""
+        rows = self._execute("MATCH (c:Chunk {tenant_id: $tenant, doc_id: $id}) RETURN c.text AS text", id=doc_id)
+        return [r["text"] for r in rows if r["text"]]
+
     def purge_deleted(self, older_than: timedelta, now: datetime | None = None) -> int:
         """Hard-delete what was soft-deleted before ``now - older_than``."""
         now = now or datetime.now(timezone.utc)

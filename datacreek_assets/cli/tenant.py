@@ -81,19 +81,26 @@ def tenant_remove(obj: Context, tenant_id: str, force: bool) -> None:
 @handle_errors
 def tenant_delete_document(obj: Context, tenant_id: str, doc_id: str) -> None:
     """Soft-delete DOC_ID (its path under the inbox) of TENANT_ID; `undo` restores it within 30 days."""
+    from datacreek_assets.erasure.documents import dataset_versions_with, hide_vectors, log_erasure
     from datacreek_assets.graph.sync import OPERATOR
     from datacreek_assets.tenant_lifecycle import UnknownTenant
 
-    from datacreek_assets.erasure.documents import hide_vectors, log_erasure
-
     resources = obj.resources()
     with resources["graph_store"].tenant(tenant_id) as graph:
+        if doc_id not in graph.document_states():
+            raise UnknownTenant(f"tenant {tenant_id!r} has no live document {doc_id!r}")
+        # vectors first: if the graph write then fails, the next embedding_features writes them back
+        hidden = hide_vectors(feature_views(resources, tenant_id), doc_id)
         if graph.soft_delete_documents([doc_id], by=OPERATOR) == 0:
             raise UnknownTenant(f"tenant {tenant_id!r} has no live document {doc_id!r}")
-    hidden = hide_vectors(feature_views(resources, tenant_id), doc_id)
-    log_erasure(resources["object_store"].for_tenant(tenant_id), "delete", doc_id, {"vectors_hidden": hidden})
-    click.echo(f"{tenant_id}/{doc_id}: deleted, {hidden} vectors hidden at once "
-               f"(undo within 30 days: datacreek tenant undo {tenant_id} {doc_id})")
+    objects = resources["object_store"].for_tenant(tenant_id)
+    quoted = dataset_versions_with(objects, doc_id)
+    records = sum(len(ids) for ids in quoted.values())
+    log_erasure(objects, "delete", doc_id, {"vectors_hidden": hidden, "dataset_versions": len(quoted),
+                                            "dataset_records": records})
+    click.echo(f"{tenant_id}/{doc_id}: deleted, {hidden} vectors hidden at once; quoted by {records} records of "
+               f"{len(quoted)} dataset version(s) ({', '.join(sorted(quoted)) or 'none'}), which new versions leave "
+               f"out and the purge removes (undo within 30 days: datacreek tenant undo {tenant_id} {doc_id})")
 
 
 def feature_views(resources: dict, tenant_id: str) -> list:

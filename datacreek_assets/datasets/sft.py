@@ -80,6 +80,7 @@ class SftRecord:
     score: float = 0.0
     passages: list[str] | None = None  # None: closed-book
     split: str = "train"
+    passage_docs: list[str] = field(default_factory=list)  # documents its passages come from (lineage)
 
     @property
     def instruction(self) -> str:
@@ -388,17 +389,30 @@ def _with_passages(records: list[SftRecord], index, embed, k: int) -> tuple[list
         if any(p.chunk_id in r.chunk_ids or (p.doc_id == r.doc_id and answer in p.text.lower()) for p in found[:k]):
             hits += 1
             r.passages = top
+            r.passage_docs = sorted({p.doc_id for p in found[:k]})
         else:
             slot = int(r.record_id[8:12], 16) % k  # where the source goes, spread over the slots
             r.passages = (top[:k - 1])[:slot] + [r.source_text] + (top[:k - 1])[slot:]
+            r.passage_docs = sorted({p.doc_id for p in found[:k - 1]} | {r.doc_id})
         if r.split == "train" and _percent(r.record_id[4:]) < ABSENT_SHARE:
             without = [p.text for p in found if p.chunk_id not in r.chunk_ids and answer not in p.text.lower()][:k]
             if len(without) == k:
                 absent.append(SftRecord(_record_id(r.question, NOT_IN_DOCUMENTS), "absent.j2", r.question,
                                         NOT_IN_DOCUMENTS, r.source_text, r.doc_id, r.chunk_ids, r.fact_ids,
                                         quality_score("absent.j2", NOT_IN_DOCUMENTS, NOT_IN_DOCUMENTS),
-                                        without, "train"))
+                                        without, "train",
+                                        sorted({p.doc_id for p in found if p.text in without} | {r.doc_id})))
     return records + absent, hits / len(records) if records else 0.0
+
+
+def documents_index(records: list[SftRecord]) -> dict[str, list[str]]:
+    """doc_id -> ids of the records that quote it (as source or in a passage): what erasure reads
+    to find a document's records without scanning every version."""
+    index: dict[str, set[str]] = {}
+    for r in records:
+        for doc in {r.doc_id, *r.passage_docs}:
+            index.setdefault(doc, set()).add(r.record_id)
+    return {doc: sorted(ids) for doc, ids in sorted(index.items())}
 
 
 def to_jsonl(rows: list[dict]) -> bytes:

@@ -4,8 +4,9 @@ At delete, its vectors are tombstoned in the feature store at once (lookups retu
 then on, not from the next materialization). At undo, the graph is restored and the next
 ``embedding_features`` writes its vectors again (the tombstone keeps no values to restore from).
 At purge, every copy the object store and the feature store hold is removed: the inbox file, the
-parsed text and chunks, the screened-out (toxic) copies with all their versions, and the
-offline files' rows with its values. Every step is written to the tenant's erasure log, which
+parsed text and chunks, the screened-out (toxic) copies with all their versions, the SFT records
+that quote it (as source or passage) in every dataset version, and the offline files' rows with
+its values. Every step is written to the tenant's erasure log, which
 keeps a hash of the document id, never the id.
 """
 
@@ -18,6 +19,8 @@ from datetime import datetime, timezone
 from datacreek_assets.object_store import TenantObjectStore
 
 ERASURE_LOG = "erasure/log.jsonl"
+DATASET_PREFIX = "datasets/sft"
+DOCUMENTS_INDEX = "documents.json"
 PARSED_FILES = ("parsed/documents.jsonl", "chunks/chunks.jsonl")  # the ingest assets' hand-offs
 
 
@@ -53,9 +56,63 @@ def _older_copies(objects: TenantObjectStore, key: str, keep_latest: bool) -> in
     return removed
 
 
-def purge_copies(objects: TenantObjectStore, feature_views: list, doc_id: str) -> dict[str, int]:
+def dataset_versions_with(objects: TenantObjectStore, doc_id: str, chunk_texts: list[str] = ()) -> dict[str, list[str]]:
+    """SFT version -> ids of its records that quote the document, read from each version's
+    documents index. A version written before the index existed is read record by record: its
+    source lineage, and passages holding the start of one of the document's chunks."""
+    versions = sorted({key.split("/")[2] for key in objects.list(DATASET_PREFIX) if key.count("/") == 3})
+    found = {}
+    for version in versions:
+        folder = f"{DATASET_PREFIX}/{version}"
+        if objects.exists(f"{folder}/{DOCUMENTS_INDEX}"):
+            ids = objects.get_json(f"{folder}/{DOCUMENTS_INDEX}").get(doc_id, [])
+        elif objects.exists(f"{folder}/chat.jsonl"):
+            starts = [text[:120] for text in chunk_texts if text]
+            ids = [row["id"] for row in objects.get_jsonl(f"{folder}/chat.jsonl")
+                   if row.get("lineage", {}).get("doc_id") == doc_id
+                   or any(start in row["messages"][1]["content"] for start in starts)]
+        else:
+            ids = []
+        if ids:
+            found[version] = sorted(ids)
+    return found
+
+
+def rewrite_dataset_version(objects: TenantObjectStore, version: str, record_ids: list[str]) -> int:
+    """The version without those records (chat, Alpaca, index and manifest counts); older stored
+    copies of the rewritten files go too. The version keeps its name: trainings refer to it."""
+    from datacreek_assets.datasets.sft import to_jsonl
+
+    folder, drop = f"{DATASET_PREFIX}/{version}", set(record_ids)
+    removed = 0
+    for name in ("chat.jsonl", "alpaca.jsonl"):
+        key = f"{folder}/{name}"
+        if objects.exists(key):
+            rows = objects.get_jsonl(key)
+            kept = [row for row in rows if row.get("id") not in drop]
+            objects.put(key, to_jsonl(kept))
+            _older_copies(objects, key, keep_latest=True)
+            if name == "chat.jsonl":
+                removed = len(rows) - len(kept)
+    for name, change in ((DOCUMENTS_INDEX, lambda index: {d: [i for i in ids if i not in drop]
+                                                           for d, ids in index.items() if set(ids) - drop}),
+                         ("manifest.json", lambda m: {**m, "records": m.get("records", 0) - removed,
+                                                      "erased_records": m.get("erased_records", 0) + removed})):
+        key = f"{folder}/{name}"
+        if objects.exists(key):
+            objects.put_json(key, change(objects.get_json(key)))
+            _older_copies(objects, key, keep_latest=True)
+    return removed
+
+
+def purge_copies(objects: TenantObjectStore, feature_views: list, doc_id: str,
+                 chunk_texts: list[str] = ()) -> dict[str, int]:
     """Remove every object-store and feature-store copy of a purged document; returns counts."""
-    counts = {"inbox_files": 0, "parsed_rows": 0, "toxic_copies": 0, "feature_rows": 0}
+    counts = {"inbox_files": 0, "parsed_rows": 0, "toxic_copies": 0, "feature_rows": 0,
+              "dataset_versions": 0, "dataset_records": 0}
+    for version, record_ids in dataset_versions_with(objects, doc_id, chunk_texts).items():
+        counts["dataset_records"] += rewrite_dataset_version(objects, version, record_ids)
+        counts["dataset_versions"] += 1
     counts["inbox_files"] = _older_copies(objects, f"inbox/{doc_id}", keep_latest=False)
     for key in PARSED_FILES:  # rewritten now: the next ingest run is not when the text goes
         if objects.exists(key):

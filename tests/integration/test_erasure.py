@@ -8,6 +8,7 @@ import dagster as dg
 import pytest
 
 from datacreek_assets.defs.embeddings.assets import chunk_embeddings, embedding_features, read_vectors
+from datacreek_assets.defs.datasets.assets import sft_dataset
 from datacreek_assets.defs.graph.assets import knowledge_graph
 from datacreek_assets.defs.graph.schedules import purge_tenant
 from datacreek_assets.defs.ingest.assets import parsed_chunks, raw_documents
@@ -18,12 +19,18 @@ from datacreek_assets.partitions import TENANTS_PARTITION
 
 pytestmark = pytest.mark.integration
 MARKER = "zqxmarker7731"
-VAULT = " ".join(f"The {MARKER} vault number {i} stores the keys of office {i} on the Danube." for i in range(40))
-DOCS = {
-    # long enough for several chunks: the last one, with an e-mail address, is screened out
-    "marker.md": f"# Vault\n\n{VAULT}\n\nWrite to {MARKER}.owner@example.com for access to the vault.",
-    "rivers.md": "# Rivers\n\nThe Danube flows through Vienna and Budapest. The Rhine flows through Basel.",
-}
+
+
+def corpus() -> dict[str, str]:
+    """Two documents of the demo corpus; the first carries the marker in every sentence (so every
+    chunk, and every SFT record quoting one, holds it) and ends with an e-mail address (so a chunk
+    is screened out to ingest-toxic/)."""
+    from datacreek_assets.demo_corpus import MODULES, module_text
+
+    (title, body), (other_title, other_body) = module_text(MODULES[0]), module_text(MODULES[1])
+    marked = body.replace(". ", f". The {MARKER} note. ")
+    return {"marker.md": f"# The {title} module\n\n{marked}\n\nWrite to {MARKER}.owner@example.com for access.\n",
+            "other.md": f"# The {other_title} module\n\n{other_body}\n"}
 
 
 def everything_stored(objects, graph, views, models) -> str:
@@ -67,10 +74,11 @@ def tenants(local_resources, instance):
 
 
 def test_a_deleted_documents_copies_go_at_purge_and_its_vectors_at_once(local_resources, instance, tenants):
-    assets = [raw_documents, parsed_chunks, knowledge_graph, chunk_embeddings, embedding_features, retrieval_index]
+    assets = [raw_documents, parsed_chunks, knowledge_graph, chunk_embeddings, embedding_features, retrieval_index,
+              sft_dataset]
     for tenant in tenants:
         objects = local_resources["object_store"].for_tenant(tenant)
-        for name, text in DOCS.items():
+        for name, text in corpus().items():
             objects.put(f"inbox/{name}", text.encode())
         result = dg.materialize(assets, partition_key=tenant, instance=instance, resources=local_resources)
         assert result.success
@@ -85,6 +93,9 @@ def test_a_deleted_documents_copies_go_at_purge_and_its_vectors_at_once(local_re
         models = local_resources["finetune"].tenant_dir("erase-a")
         assert MARKER in everything_stored(objects, graph, views, models)
         assert MARKER in "".join(model_file_text(p) for p in folder.glob("*.npz"))  # the scan reads archives
+        version = objects.get_json("datasets/sft/latest.json")["version"]
+        quoting = objects.get_json(f"datasets/sft/{version}/documents.json")["marker.md"]
+        assert quoting and MARKER in objects.get(f"datasets/sft/{version}/chat.jsonl").decode()
 
         # delete: the graph hides it, and its vectors are gone from lookups at once
         assert graph.soft_delete_documents(["marker.md"], by=OPERATOR) == 1
@@ -99,7 +110,10 @@ def test_a_deleted_documents_copies_go_at_purge_and_its_vectors_at_once(local_re
         assert erased == 1 and purged > 0
         stored = everything_stored(objects, graph, views, models)
         assert MARKER not in stored
-        assert "Budapest" in stored  # the other document is untouched
+        assert corpus()["other.md"][40:120] in stored  # the other document is untouched
+        chat = objects.get_jsonl(f"datasets/sft/{version}/chat.jsonl")
+        manifest = objects.get_json(f"datasets/sft/{version}/manifest.json")
+        assert chat and manifest["records"] == len(chat) and manifest["erased_records"] == len(quoting)
         assert not objects.exists("inbox/marker.md") and objects.list(area="toxic") == []
         offline = views[0].stored_rows()
         assert not any(offline.loc[offline["doc_id"] == "marker.md", "vector_fp8"].map(len))  # no values kept
@@ -111,6 +125,7 @@ def test_a_deleted_documents_copies_go_at_purge_and_its_vectors_at_once(local_re
     assert "marker.md" not in objects.get("erasure/log.jsonl").decode()  # a hash, never the id
     assert log[1]["counts"]["inbox_files"] == 1 and log[1]["counts"]["toxic_copies"] >= 1
     assert log[1]["counts"]["retrieval_passages"] == len(hashes)
+    assert log[1]["counts"]["dataset_versions"] == 1 and log[1]["counts"]["dataset_records"] == len(quoting)
 
     # the next ingest does not bring it back, and the neighbour still holds its own copy
     assert dg.materialize([raw_documents, parsed_chunks], partition_key="erase-a", instance=instance,

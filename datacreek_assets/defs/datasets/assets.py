@@ -6,14 +6,13 @@ import dagster as dg
 
 from datacreek_assets.automation import downstream_condition
 
-from datacreek_assets.datasets.sft import generate, to_jsonl
+from datacreek_assets.datasets.sft import documents_index, generate, to_jsonl
 from datacreek_assets.defs.graph.assets import knowledge_graph
 from datacreek_assets.defs.retrieval.assets import retrieval_dir, retrieval_index
+from datacreek_assets.erasure.documents import DATASET_PREFIX, DOCUMENTS_INDEX  # the layout erasure reads
 from datacreek_assets.partitions import tenant_asset
 from datacreek_assets.tenancy import validate_tenant_id
 from resources.stores import FineTuneResource, GraphStoreResource, ObjectStoreResource
-
-DATASET_PREFIX = "datasets/sft"
 
 
 @tenant_asset(
@@ -55,7 +54,10 @@ def sft_dataset(context: dg.AssetExecutionContext, graph_store: GraphStoreResour
     if new_version:
         store.put(f"{folder}/chat.jsonl", to_jsonl([r.chat() for r in dataset.records]))
         store.put(f"{folder}/alpaca.jsonl", to_jsonl([r.alpaca() for r in dataset.records]))
+        store.put_json(f"{folder}/{DOCUMENTS_INDEX}", documents_index(dataset.records))
         store.put_json(f"{folder}/manifest.json", manifest)  # written last: a version exists once complete
+    elif not store.exists(f"{folder}/{DOCUMENTS_INDEX}"):  # a version from before the index existed
+        store.put_json(f"{folder}/{DOCUMENTS_INDEX}", documents_index(dataset.records))
     store.put_json(f"{DATASET_PREFIX}/latest.json", {"version": dataset.version})
     sample = "\n".join(
         f"| {r.template} | {r.question[:90]} | {r.output[:60]} | {r.score} | {r.split} |" for r in dataset.records[:8]

@@ -24,7 +24,7 @@ def purge_tenant(graph, objects, feature_views, retrieval_folder=None, now=None)
 
     due = graph.documents_due_for_purge(UNDO_WINDOW, now)
     for doc_id in due:
-        counts = purge_copies(objects, feature_views, doc_id)
+        counts = purge_copies(objects, feature_views, doc_id, graph.document_chunk_texts(doc_id))
         if retrieval_folder is not None:
             counts["retrieval_passages"] = erase_document(retrieval_folder, graph.tenant_id, doc_id)
         log_erasure(objects, "purge", doc_id, counts, now)
