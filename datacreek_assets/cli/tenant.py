@@ -81,7 +81,13 @@ def tenant_remove(obj: Context, tenant_id: str, force: bool) -> None:
 @handle_errors
 def tenant_delete_document(obj: Context, tenant_id: str, doc_id: str) -> None:
     """Soft-delete DOC_ID (its path under the inbox) of TENANT_ID; `undo` restores it within 30 days."""
-    from datacreek_assets.erasure.documents import dataset_versions_with, hide_vectors, log_erasure
+    from datacreek_assets.erasure.documents import (
+        dataset_versions_with,
+        hide_vectors,
+        log_erasure,
+        tainted_releases,
+        trainings_with,
+    )
     from datacreek_assets.graph.sync import OPERATOR
     from datacreek_assets.tenant_lifecycle import UnknownTenant
 
@@ -96,11 +102,24 @@ def tenant_delete_document(obj: Context, tenant_id: str, doc_id: str) -> None:
     objects = resources["object_store"].for_tenant(tenant_id)
     quoted = dataset_versions_with(objects, doc_id)
     records = sum(len(ids) for ids in quoted.values())
-    log_erasure(objects, "delete", doc_id, {"vectors_hidden": hidden, "dataset_versions": len(quoted),
-                                            "dataset_records": records})
+    tenant_dir = resources["finetune"].tenant_dir(tenant_id)
+    trainings = trainings_with(tenant_dir, quoted)
+    with serving_store(obj) as store:
+        releases = tainted_releases(store.live(tenant_id), tenant_dir, trainings)
+    entry = log_erasure(objects, "delete", doc_id, {
+        "vectors_hidden": hidden, "dataset_versions": len(quoted), "dataset_records": records,
+        "tainted_trainings": len(trainings), "tainted_releases": len(releases)})
+    if trainings:  # the asset's page in the UI shows which trainings and releases learnt from it
+        import dagster as dg
+
+        obj.instance().report_runless_asset_event(dg.AssetObservation(
+            asset_key="finetuned_adapter", partition=tenant_id,
+            metadata={"tainted_by_deleted_document": entry["document"], "tainted_trainings": trainings,
+                      "tainted_releases": releases, "dataset_versions": sorted(quoted)}))
     click.echo(f"{tenant_id}/{doc_id}: deleted, {hidden} vectors hidden at once; quoted by {records} records of "
                f"{len(quoted)} dataset version(s) ({', '.join(sorted(quoted)) or 'none'}), which new versions leave "
-               f"out and the purge removes (undo within 30 days: datacreek tenant undo {tenant_id} {doc_id})")
+               f"out and the purge removes; trainings on them: {', '.join(trainings) or 'none'}; live releases: "
+               f"{', '.join(releases) or 'none'} (undo within 30 days: datacreek tenant undo {tenant_id} {doc_id})")
 
 
 def feature_views(resources: dict, tenant_id: str) -> list:

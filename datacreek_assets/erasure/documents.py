@@ -127,3 +127,33 @@ def purge_copies(objects: TenantObjectStore, feature_views: list, doc_id: str,
         counts["toxic_copies"] += 1
     counts["feature_rows"] = sum(view.erase_document(doc_id) for view in feature_views)
     return counts
+
+
+def trainings_with(tenant_dir, dataset_versions) -> list[str]:
+    """Run keys of the tenant's trainings on any of ``dataset_versions`` (from each training's
+    ``lineage.json``; a training from before it, by ``latest.json`` when it is the newest)."""
+    from pathlib import Path
+
+    versions, runs = set(dataset_versions), Path(tenant_dir) / "runs"
+    latest = Path(tenant_dir) / "latest.json"
+    newest = json.loads(latest.read_text()) if latest.is_file() else {}
+    found = []
+    for folder in sorted(runs.iterdir()) if runs.is_dir() else []:
+        lineage = folder / "lineage.json"
+        if lineage.is_file():
+            version = json.loads(lineage.read_text()).get("dataset_version")
+        else:
+            version = newest.get("dataset_version") if newest.get("run_key") == folder.name else None
+        if version in versions:
+            found.append(folder.name)
+    return found
+
+
+def tainted_releases(live_releases: dict, tenant_dir, run_keys: list[str]) -> list[str]:
+    """Live release versions (production or canary) serving one of those trainings' files."""
+    from pathlib import Path
+
+    folders = [(Path(tenant_dir) / "gguf" / key).resolve() for key in run_keys]
+    return sorted(version for version, release in live_releases.items()
+                  if any(Path(p).resolve().is_relative_to(f) for p in (release.model_path, release.adapter_path) if p
+                         for f in folders))

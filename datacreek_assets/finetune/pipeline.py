@@ -1,7 +1,8 @@
 """Fine-tune -> GGUF -> QA evaluation for one tenant, as plain functions the assets call.
 
 Files live under ``<models_dir>/tenants/<tenant>/``:
-- ``runs/<run_key>/``: checkpoints, the adapter and ``train.json`` of one training
+- ``runs/<run_key>/``: checkpoints, the adapter, ``train.json`` and ``lineage.json`` (its dataset
+  version) of one training
   configuration (run_key hashes the dataset version, base model and training config,
   so a retried run resumes its own checkpoints and never another configuration's);
 - ``gguf/<run_key>/``: ``model.f16.gguf``, ``model.q8_0.gguf``, ``adapter.gguf``;
@@ -139,6 +140,8 @@ def fine_tune(tenant_dir: Path, base_cache: Path, base_model: str, data: SftData
     key = run_key(data.version, base_model, config, f"{plan.device}-{precision}")
     out_dir = tenant_dir / "runs" / key
     out_dir.mkdir(parents=True, exist_ok=True)
+    # lineage: which dataset version this training learns from (erasure finds tainted trainings by it)
+    write_json_atomic(out_dir / "lineage.json", {"dataset_version": data.version, "base_model": base_model})
     run_file = out_dir / "mlflow_run_id"
     if run_file.exists():  # a resumed training continues its MLflow run
         run_id = run_file.read_text().strip()
