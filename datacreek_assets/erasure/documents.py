@@ -157,3 +157,24 @@ def tainted_releases(live_releases: dict, tenant_dir, run_keys: list[str]) -> li
     return sorted(version for version, release in live_releases.items()
                   if any(Path(p).resolve().is_relative_to(f) for p in (release.model_path, release.adapter_path) if p
                          for f in folders))
+
+
+PURGED_TRAININGS = "erasure_purged_trainings.json"  # in the tenant's models folder, read by model_gc
+
+
+def mark_purged_trainings(tenant_dir, run_keys: list[str]) -> None:
+    """Trainings that learnt from purged data: model_gc no longer keeps them as best or young."""
+    from pathlib import Path
+
+    from datacreek_assets.finetune.training import write_json_atomic
+
+    path = Path(tenant_dir) / PURGED_TRAININGS
+    known = set(json.loads(path.read_text())) if path.is_file() else set()
+    write_json_atomic(path, sorted(known | set(run_keys)))
+
+
+def purged_trainings(tenant_dir) -> set[str]:
+    from pathlib import Path
+
+    path = Path(tenant_dir) / PURGED_TRAININGS
+    return set(json.loads(path.read_text())) if path.is_file() else set()

@@ -7,6 +7,7 @@ age limit (by its newest file) is deleted unless it is kept, and it is kept when
   as numbers, never by name or time),
 - live in serving (a production or canary release points into its files),
 - the newest training (``latest.json``, and the most recently written).
+A training that learnt from a purged document loses the "best", "newest" and "young" reasons.
 The plan, with the reason each training is kept, is written (by rename) to ``gc/`` before anything
 is deleted, so an interrupted collection leaves a record of what had to stay.
 """
@@ -91,14 +92,16 @@ class GcPlan:
 
 
 def plan_gc(trainings: list[Training], live_paths: list[str], latest_key: str | None, now: datetime,
-            max_age: timedelta = MAX_AGE, in_flight: str | None = None) -> GcPlan:
+            max_age: timedelta = MAX_AGE, in_flight: str | None = None, purged: set[str] = frozenset()) -> GcPlan:
+    """``purged``: trainings that learnt from purged documents. They are kept only while serving,
+    in flight or named by latest.json (which the requested retraining replaces), never as best or young."""
     if max_age < timedelta(days=1):
         raise ValueError(f"model GC keeps trainings at least a day, not {max_age}")
     plan = GcPlan()
     reasons: dict[str, list[str]] = {t.run_key: [] for t in trainings}
     if in_flight in reasons:  # a resumed training may not have written a file for a while yet
         reasons[in_flight].append("training in flight")
-    scored = [t for t in trainings if t.metric is not None]
+    scored = [t for t in trainings if t.metric is not None and t.run_key not in purged]
     if scored:
         sign = 1 if BEST_BY[1] == "max" else -1
         best = max(scored, key=lambda t: (sign * t.metric, t.written_at))
@@ -113,6 +116,8 @@ def plan_gc(trainings: list[Training], live_paths: list[str], latest_key: str | 
             reasons[training.run_key].append("live in serving")
         if now - training.written_at <= max_age:
             reasons[training.run_key].append(f"younger than {max_age.days} days")
+    for key in purged & reasons.keys():
+        reasons[key] = [r for r in reasons[key] if r in ("live in serving", "latest.json", "training in flight")]
     for key, why in reasons.items():
         if why:
             plan.keep[key] = sorted(set(why))
@@ -152,7 +157,10 @@ def collect_garbage(tenant_id: str, tenant_dir: Path, live_paths: list[str], tra
     heartbeat = tenant_dir / "training_heartbeat.json"
     beat = json.loads(heartbeat.read_text()) if heartbeat.is_file() else {}
     in_flight = beat.get("run_key") if beat.get("state") in ("running", "interrupted") else None
-    plan = plan_gc(list(trainings.values()), live_paths, latest_key, now, max_age, in_flight)
+    from datacreek_assets.erasure.documents import purged_trainings
+
+    plan = plan_gc(list(trainings.values()), live_paths, latest_key, now, max_age, in_flight,
+                   purged_trainings(tenant_dir))
     record = tenant_dir / "gc" / f"{now:%Y%m%dT%H%M%SZ}{'-dry-run' if dry_run else ''}.json"
     write_json_atomic(record, {"at": now.isoformat(), "dry_run": dry_run, "keep": plan.keep, "delete": plan.delete,
                                "best_by": list(BEST_BY), "max_age_days": max_age.days})

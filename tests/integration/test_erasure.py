@@ -2,6 +2,7 @@
 the Neo4j graph, MiniLM embeddings in Feast (SQLite online, parquet offline). A document carries a
 marker string; its neighbour tenant holds the same marker and must keep it."""
 
+import json
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
@@ -13,7 +14,13 @@ from datacreek_assets.defs.graph.assets import knowledge_graph
 from datacreek_assets.defs.graph.schedules import purge_tenant
 from datacreek_assets.defs.ingest.assets import parsed_chunks, raw_documents
 from datacreek_assets.defs.retrieval.assets import retrieval_dir, retrieval_index
-from datacreek_assets.erasure.documents import document_hash, hide_vectors, log_erasure, read_erasure_log
+from datacreek_assets.erasure.documents import (
+    document_hash,
+    hide_vectors,
+    log_erasure,
+    purged_trainings,
+    read_erasure_log,
+)
 from datacreek_assets.graph.sync import OPERATOR
 from datacreek_assets.partitions import TENANTS_PARTITION
 
@@ -106,8 +113,13 @@ def test_a_deleted_documents_copies_go_at_purge_and_its_vectors_at_once(local_re
         assert all(v is not None for v in views[0].lookup(others).values())
 
         # purge (31 days on): every copy in the object store, the graph and the feature store goes
-        purged, erased = purge_tenant(graph, objects, views, folder, now=datetime.now(timezone.utc) + timedelta(days=31))
-        assert erased == 1 and purged > 0
+        # a training on that dataset version (its lineage names it): tainted, recorded for model_gc
+        (models / "runs" / "k-on-marker").mkdir(parents=True)
+        (models / "runs" / "k-on-marker" / "lineage.json").write_text(json.dumps({"dataset_version": version}))
+        purged, erased, tainted = purge_tenant(graph, objects, views, models,
+                                               now=datetime.now(timezone.utc) + timedelta(days=31))
+        assert erased == 1 and purged > 0 and tainted == ["k-on-marker"]
+        assert purged_trainings(models) == {"k-on-marker"}
         stored = everything_stored(objects, graph, views, models)
         assert MARKER not in stored
         assert corpus()["other.md"][40:120] in stored  # the other document is untouched
@@ -133,3 +145,19 @@ def test_a_deleted_documents_copies_go_at_purge_and_its_vectors_at_once(local_re
     assert MARKER not in objects.get("chunks/chunks.jsonl").decode()
     neighbour = local_resources["object_store"].for_tenant("erase-b")
     assert MARKER in neighbour.get("inbox/marker.md").decode() and neighbour.list(area="toxic")
+
+
+def test_an_observation_of_purged_training_data_requests_one_retraining_per_tenant(instance):
+    from datacreek_assets.defs.graph.schedules import RETRAIN_REASON
+    from datacreek_assets.defs.retraining.sensors import purged_data_retrain_sensor
+
+    instance.add_dynamic_partitions(TENANTS_PARTITION, ["erase-a", "erase-b"])
+    for partition, metadata in (("erase-a", {RETRAIN_REASON: "trained on purged data"}),
+                                ("erase-a", {RETRAIN_REASON: "trained on purged data"}),
+                                ("erase-b", {"note": "an ordinary observation"})):
+        instance.report_runless_asset_event(dg.AssetObservation(asset_key="finetuned_adapter", partition=partition,
+                                                                metadata=metadata))
+    result = purged_data_retrain_sensor(dg.build_sensor_context(instance=instance))
+    assert [(r.partition_key, r.tags["datacreek/trigger"]) for r in result.run_requests] == [("erase-a", "erasure")]
+    again = purged_data_retrain_sensor(dg.build_sensor_context(instance=instance, cursor=result.cursor))
+    assert again.run_requests == []

@@ -31,7 +31,7 @@ def test_asset_graph_is_grouped_by_concept(tmp_path):
         assert graph.get(key).backfill_policy.max_partitions_per_run == 1
     assert defs.resolve_job_def("purge_job") is not None
     assert defs.resolve_sensor_def("tenant_partitions_sync") is not None
-    for sensor in ("embedding_drift_sensor", "quota_sensor", "canary_health_sensor"):
+    for sensor in ("embedding_drift_sensor", "quota_sensor", "canary_health_sensor", "purged_data_retrain_sensor"):
         assert defs.resolve_sensor_def(sensor) is not None
     assert defs.resolve_job_def("retrain_tenant") is not None
     retention = defs.resolve_job_def("retention_job")

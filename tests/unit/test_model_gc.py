@@ -88,3 +88,19 @@ def test_the_best_is_chosen_by_value_not_by_name_or_time(tmp_path):
     report = collect_garbage("t", tenant_dir, [], None, now=NOW)
     assert report.deleted == ["a-older"]
     assert report.kept == {"z-best": ["best tuned_f1 (0.9000)"], "m-newest": ["newest"]}
+
+
+def test_a_training_on_purged_data_is_kept_only_while_it_serves(tmp_path):
+    from datacreek_assets.erasure.documents import mark_purged_trainings
+
+    tenant_dir = tmp_path / "t"
+    training(tenant_dir, "k-best-tainted", 40, f1=0.9)
+    training(tenant_dir, "k-live-tainted", 45, f1=0.2)
+    training(tenant_dir, "k-young-tainted", 2, f1=0.1)
+    training(tenant_dir, "k-clean", 50, f1=0.3)
+    mark_purged_trainings(tenant_dir, ["k-best-tainted", "k-live-tainted"])
+    mark_purged_trainings(tenant_dir, ["k-young-tainted"])  # merged with what is recorded
+    live = [str(tenant_dir / "gguf" / "k-live-tainted" / "adapter.gguf")]
+    report = collect_garbage("t", tenant_dir, live, None, now=NOW)
+    assert sorted(report.deleted) == ["k-best-tainted", "k-young-tainted"]
+    assert report.kept == {"k-live-tainted": ["live in serving"], "k-clean": ["best tuned_f1 (0.3000)"]}

@@ -14,21 +14,35 @@ from resources.stores import (
 )
 
 UNDO_WINDOW = timedelta(days=30)
+RETRAIN_REASON = "retrain_reason"  # an observation of finetuned_adapter asking for a retraining
 
 
-def purge_tenant(graph, objects, feature_views, retrieval_folder=None, now=None) -> tuple[int, int]:
+def purge_tenant(graph, objects, feature_views, tenant_dir=None, now=None) -> tuple[int, int, list[str]]:
     """Copies first, then the graph: a failure in between leaves the documents due, so the next
-    purge erases them again (every step is idempotent)."""
-    from datacreek_assets.erasure.documents import log_erasure, purge_copies
+    purge erases them again (every step is idempotent). Returns the nodes purged, the documents
+    erased and the trainings that learnt from them (recorded for model_gc, to be retrained)."""
+    from datacreek_assets.erasure.documents import (
+        dataset_versions_with,
+        log_erasure,
+        mark_purged_trainings,
+        purge_copies,
+        trainings_with,
+    )
     from datacreek_assets.retrieval.index import erase_document
 
     due = graph.documents_due_for_purge(UNDO_WINDOW, now)
+    tainted: set[str] = set()
     for doc_id in due:
-        counts = purge_copies(objects, feature_views, doc_id, graph.document_chunk_texts(doc_id))
-        if retrieval_folder is not None:
-            counts["retrieval_passages"] = erase_document(retrieval_folder, graph.tenant_id, doc_id)
+        texts = graph.document_chunk_texts(doc_id)
+        if tenant_dir is not None:
+            tainted |= set(trainings_with(tenant_dir, dataset_versions_with(objects, doc_id, texts)))
+        counts = purge_copies(objects, feature_views, doc_id, texts)
+        if tenant_dir is not None:
+            counts["retrieval_passages"] = erase_document(tenant_dir / "retrieval", graph.tenant_id, doc_id)
         log_erasure(objects, "purge", doc_id, counts, now)
-    return graph.purge_deleted(UNDO_WINDOW, now), len(due)
+    if tainted:
+        mark_purged_trainings(tenant_dir, sorted(tainted))
+    return graph.purge_deleted(UNDO_WINDOW, now), len(due), sorted(tainted)
 
 
 @dg.op(description="Hard-delete data soft-deleted more than 30 days ago, tenant by tenant: the graph, and each "
@@ -45,15 +59,19 @@ def purge_soft_deleted(context: dg.OpExecutionContext, graph_store: GraphStoreRe
     with graph_store.admin() as admin:
         for tenant in tenants:
             try:
-                purged, erased = purge_tenant(admin.tenant(tenant), object_store.for_tenant(tenant),
-                                              [feature_store.for_tenant(tenant, view=view)
-                                               for view in ("chunk_embeddings", "chunk_topology")],
-                                              finetune.tenant_dir(tenant) / "retrieval")
+                purged, erased, tainted = purge_tenant(admin.tenant(tenant), object_store.for_tenant(tenant),
+                                                       [feature_store.for_tenant(tenant, view=view)
+                                                        for view in ("chunk_embeddings", "chunk_topology")],
+                                                       finetune.tenant_dir(tenant))
             except Exception as err:  # keep going: one tenant's failure must not spare the others' data
                 context.log.error(f"{tenant}: purge failed: {err}")
                 failed.append(tenant)
                 continue
             context.log.info(f"{tenant}: purged {purged} nodes and the copies of {erased} document(s)")
+            if tainted:  # purged_data_retrain_sensor requests the tenant's retraining from this
+                context.log_event(dg.AssetObservation(
+                    asset_key="finetuned_adapter", partition=tenant,
+                    metadata={RETRAIN_REASON: "trained on purged data", "purged_trainings": tainted}))
     if failed:
         raise dg.Failure(f"purge failed for {len(failed)} tenant(s): {', '.join(failed)}")
 

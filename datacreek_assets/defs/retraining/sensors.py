@@ -63,3 +63,30 @@ def embedding_drift_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResu
             tags={TENANT_TAG: tenant, TRIGGER_TAG: "drift", DETECTED_AT_TAG: f"{record.timestamp:.3f}",
                   "datacreek/drift": f"{drift.value:.4f}"}))
     return dg.SensorResult(run_requests=requests, cursor=str(watermark))
+
+
+@dg.sensor(job=retrain_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Requests a tenant's retraining when the purge erased documents its trainings learnt from.")
+def purged_data_retrain_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+    from datacreek_assets.defs.graph.schedules import RETRAIN_REASON
+
+    after = int(context.cursor or 0)
+    result = context.instance.fetch_observations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("finetuned_adapter"), after_storage_id=after),
+        limit=BATCH, ascending=True)
+    requests, watermark, asked = [], after, set()
+    for record in result.records:
+        watermark = max(watermark, record.storage_id)
+        observation = record.asset_observation
+        try:
+            tenant = validate_tenant_id(observation.partition or "")
+        except InvalidTenantId:
+            continue
+        if RETRAIN_REASON not in observation.metadata or tenant in asked:
+            continue
+        if triggered_run_in_flight(context.instance, tenant, "erasure"):
+            continue
+        asked.add(tenant)
+        requests.append(dg.RunRequest(run_key=f"erasure:{tenant}:{record.storage_id}", partition_key=tenant,
+                                      tags={TENANT_TAG: tenant, TRIGGER_TAG: "erasure"}))
+    return dg.SensorResult(run_requests=requests, cursor=str(watermark))
