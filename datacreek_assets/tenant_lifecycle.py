@@ -109,7 +109,9 @@ def remove_tenant(tenant_id: str, stores: TenantStores, instance: DagsterInstanc
     TenantObjectStore(stores.objects, tenant_id).delete_all()
     report.steps.append("object-store prefix")
     if stores.features:
-        for view in ("chunk_embeddings", "chunk_topology"):
+        from datacreek_assets.embeddings.feature_store import FEATURE_VIEWS
+
+        for view in FEATURE_VIEWS:
             stores.features(tenant_id, view=view).drop_all()
         report.steps.append("feature store")
     if stores.serving:  # before the model files: a live deployment must stop serving them first

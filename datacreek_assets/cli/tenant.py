@@ -123,7 +123,9 @@ def tenant_delete_document(obj: Context, tenant_id: str, doc_id: str) -> None:
 
 
 def feature_views(resources: dict, tenant_id: str) -> list:
-    return [resources["feature_store"].for_tenant(tenant_id, view=view) for view in ("chunk_embeddings", "chunk_topology")]
+    from datacreek_assets.embeddings.feature_store import FEATURE_VIEWS
+
+    return [resources["feature_store"].for_tenant(tenant_id, view=view) for view in FEATURE_VIEWS]
 
 
 @tenant.command("undo")

@@ -59,6 +59,7 @@ class FeatureStoreSettings:
 
 
 _applied: dict[str, object] = {}
+FEATURE_VIEWS = ("chunk_embeddings", "chunk_topology")  # every view a tenant's rows live in
 
 
 def open_feature_store(settings: FeatureStoreSettings):
@@ -70,7 +71,7 @@ def open_feature_store(settings: FeatureStoreSettings):
 
     quiet_third_party()  # importing feast turned every DeprecationWarning on: the filters go back in front
     if not settings.offline_dir.startswith("s3://"):
-        for view in ("chunk_embeddings", "chunk_topology"):
+        for view in FEATURE_VIEWS:
             Path(settings.offline_dir, view).mkdir(parents=True, exist_ok=True)
         Path(settings.registry).parent.mkdir(parents=True, exist_ok=True)
     key = repr(settings)
@@ -83,7 +84,7 @@ def open_feature_store(settings: FeatureStoreSettings):
             # use the definitions the platform applied. Anything else, or a registry without
             # them, is an error.
             views = {view.name for view in store.list_feature_views()} if "AccessDenied" in str(err) else set()
-            if not {"chunk_embeddings", "chunk_topology"} <= views:
+            if not set(FEATURE_VIEWS) <= views:
                 raise
         _applied[key] = store
     return _applied[key]

@@ -143,20 +143,19 @@ def load_migrations(root: Path, tenant_id: str) -> list[Migration]:
     found: list[Migration] = []
     if not root.is_dir():  # an install without db/migration must not look like one with nothing to apply
         raise MigrationError(f"the migrations folder {root} does not exist")
-    if root.is_dir():
-        for path in sorted(root.iterdir()):
-            if path.is_file() and path.suffix == ".cypher":
-                found.append(_load_file(path, path.name, common=True))
-            elif path.is_dir():
-                try:
-                    validate_tenant_id(path.name)
-                except InvalidTenantId:
-                    raise MigrationError(f"{path.name}/: a folder in {root} is named after a tenant id") from None
-        own = root / tenant_id
-        if own.is_dir():
-            for path in sorted(own.iterdir()):
-                if path.is_file():
-                    found.append(_load_file(path, f"{tenant_id}/{path.name}", common=False))
+    for path in sorted(root.iterdir()):
+        if path.is_file() and path.suffix == ".cypher":
+            found.append(_load_file(path, path.name, common=True))
+        elif path.is_dir():
+            try:
+                validate_tenant_id(path.name)
+            except InvalidTenantId:
+                raise MigrationError(f"{path.name}/: a folder in {root} is named after a tenant id") from None
+    own = root / tenant_id
+    if own.is_dir():
+        for path in sorted(own.iterdir()):
+            if path.is_file():
+                found.append(_load_file(path, f"{tenant_id}/{path.name}", common=False))
     found.sort(key=lambda m: m.version)
     for a, b in zip(found, found[1:]):
         if a.version == b.version:

@@ -5,6 +5,7 @@ from datetime import timedelta
 
 import dagster as dg
 
+from datacreek_assets.embeddings.feature_store import FEATURE_VIEWS
 from resources.stores import (
     FeatureStoreResource,
     FineTuneResource,
@@ -61,7 +62,7 @@ def purge_soft_deleted(context: dg.OpExecutionContext, graph_store: GraphStoreRe
             try:
                 purged, erased, tainted = purge_tenant(admin.tenant(tenant), object_store.for_tenant(tenant),
                                                        [feature_store.for_tenant(tenant, view=view)
-                                                        for view in ("chunk_embeddings", "chunk_topology")],
+                                                        for view in FEATURE_VIEWS],
                                                        finetune.tenant_dir(tenant))
             except Exception as err:  # keep going: one tenant's failure must not spare the others' data
                 context.log.error(f"{tenant}: purge failed: {err}")

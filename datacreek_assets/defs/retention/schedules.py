@@ -4,6 +4,7 @@ from datetime import datetime, timezone
 
 import dagster as dg
 
+from datacreek_assets.defs.retraining.sensors import TRIGGER_TAG
 from datacreek_assets.partitions import TENANTS_PARTITION, tenant_partitions
 from datacreek_assets.tenancy import TENANT_TAG
 
@@ -19,5 +20,5 @@ retention_job = dg.define_asset_job(
 def retention_schedule(context: dg.ScheduleEvaluationContext):
     day = (context.scheduled_execution_time or datetime.now(timezone.utc)).strftime("%Y-%m-%d")
     return [dg.RunRequest(run_key=f"retention:{tenant}:{day}", partition_key=tenant,
-                          tags={TENANT_TAG: tenant, "datacreek/trigger": "schedule"})
+                          tags={TENANT_TAG: tenant, TRIGGER_TAG: "schedule"})
             for tenant in context.instance.get_dynamic_partitions(TENANTS_PARTITION)]
