@@ -31,6 +31,14 @@ class HotGraphStore:
         result = self.graph(tenant_id).ro_query("MATCH (n) RETURN count(n)")
         return int(result.result_set[0][0])
 
+    def delete_document(self, tenant_id: str, doc_id: str) -> int:
+        """Erasure: every node of the tenant's graph that carries the document's id; returns how many."""
+        if not self.scope_exists(tenant_id):
+            return 0
+        result = self.graph(tenant_id).query(
+            "MATCH (n) WHERE n.doc_id = $doc DETACH DELETE n RETURN count(n)", {"doc": doc_id})
+        return int(result.result_set[0][0])
+
     def drop_scope(self, tenant_id: str) -> bool:
         if not self.scope_exists(tenant_id):
             return False

@@ -81,45 +81,34 @@ def tenant_remove(obj: Context, tenant_id: str, force: bool) -> None:
 @handle_errors
 def tenant_delete_document(obj: Context, tenant_id: str, doc_id: str) -> None:
     """Soft-delete DOC_ID (its path under the inbox) of TENANT_ID; `undo` restores it within 30 days."""
-    from datacreek_assets.erasure.documents import (
-        dataset_versions_with,
-        hide_vectors,
-        log_erasure,
-        tainted_releases,
-        trainings_with,
-    )
+    from datacreek_assets.erasure.actions import NotDeletable, delete_document
     from datacreek_assets.graph.sync import OPERATOR
     from datacreek_assets.tenant_lifecycle import UnknownTenant
 
     resources = obj.resources()
-    with resources["graph_store"].tenant(tenant_id) as graph:
-        if doc_id not in graph.document_states():
-            raise UnknownTenant(f"tenant {tenant_id!r} has no live document {doc_id!r}")
-        # vectors first: if the graph write then fails, the next embedding_features writes them back
-        hidden = hide_vectors(feature_views(resources, tenant_id), doc_id)
-        if graph.soft_delete_documents([doc_id], by=OPERATOR) == 0:
-            raise UnknownTenant(f"tenant {tenant_id!r} has no live document {doc_id!r}")
-    objects = resources["object_store"].for_tenant(tenant_id)
-    quoted = dataset_versions_with(objects, doc_id)
-    records = sum(len(ids) for ids in quoted.values())
     tenant_dir = resources["finetune"].tenant_dir(tenant_id)
-    trainings = trainings_with(tenant_dir, quoted)
-    with serving_store(obj) as store:
-        releases = tainted_releases(store.live(tenant_id), tenant_dir, trainings)
-    entry = log_erasure(objects, "delete", doc_id, {
-        "vectors_hidden": hidden, "dataset_versions": len(quoted), "dataset_records": records,
-        "tainted_trainings": len(trainings), "tainted_releases": len(releases)})
-    if trainings:  # the asset's page in the UI shows which trainings and releases learnt from it
+    with resources["graph_store"].tenant(tenant_id) as graph, serving_store(obj) as store:
+        try:
+            report = delete_document(graph, resources["object_store"].for_tenant(tenant_id),
+                                     feature_views(resources, tenant_id), tenant_dir, store.live(tenant_id).values(),
+                                     doc_id, by=OPERATOR)
+        except NotDeletable as err:
+            raise UnknownTenant(str(err)) from err
+    observe_erasure(obj, tenant_id, report)
+    if report["trainings"]:  # the adapter's page in the UI shows which trainings and releases learnt from it
         import dagster as dg
 
         obj.instance().report_runless_asset_event(dg.AssetObservation(
             asset_key="finetuned_adapter", partition=tenant_id,
-            metadata={"tainted_by_deleted_document": entry["document"], "tainted_trainings": trainings,
-                      "tainted_releases": releases, "dataset_versions": sorted(quoted)}))
-    click.echo(f"{tenant_id}/{doc_id}: deleted, {hidden} vectors hidden at once; quoted by {records} records of "
-               f"{len(quoted)} dataset version(s) ({', '.join(sorted(quoted)) or 'none'}), which new versions leave "
-               f"out and the purge removes; trainings on them: {', '.join(trainings) or 'none'}; live releases: "
-               f"{', '.join(releases) or 'none'} (undo within 30 days: datacreek tenant undo {tenant_id} {doc_id})")
+            metadata={"tainted_by_deleted_document": report["document"], "tainted_trainings": report["trainings"],
+                      "tainted_releases": report["releases"], "dataset_versions": report["dataset_versions"]}))
+    counts = report["counts"]
+    click.echo(f"{tenant_id}/{doc_id}: deleted; {counts['feature_rows_hidden']} vectors and "
+               f"{counts['retrieval_passages_hidden']} retrieval passages hidden at once; quoted by "
+               f"{counts['dataset_records']} records of {counts['dataset_versions']} dataset version(s) "
+               f"({', '.join(report['dataset_versions']) or 'none'}), which new versions leave out and the purge "
+               f"removes; trainings on them: {', '.join(report['trainings']) or 'none'}; live releases: "
+               f"{', '.join(report['releases']) or 'none'} (undo within 30 days: datacreek tenant undo {tenant_id} {doc_id})")
 
 
 def feature_views(resources: dict, tenant_id: str) -> list:
@@ -128,24 +117,39 @@ def feature_views(resources: dict, tenant_id: str) -> list:
     return [resources["feature_store"].for_tenant(tenant_id, view=view) for view in FEATURE_VIEWS]
 
 
+def observe_erasure(obj: Context, tenant_id: str, entry: dict) -> None:
+    from datacreek_assets.defs.graph.schedules import erasure_observation
+
+    obj.instance().report_runless_asset_event(erasure_observation(tenant_id, entry))
+
+
 @tenant.command("undo")
 @tenant_argument
 @click.argument("doc_id")
 @click.pass_obj
 @handle_errors
 def tenant_undo(obj: Context, tenant_id: str, doc_id: str) -> None:
-    """Restore a document soft-deleted less than 30 days ago."""
+    """Restore a document soft-deleted less than 30 days ago: its graph data, vectors and passages."""
     from datacreek_assets.defs.graph.schedules import UNDO_WINDOW
+    from datacreek_assets.erasure.actions import NotDeletable, undo_delete
     from datacreek_assets.tenant_lifecycle import UnknownTenant
-
-    from datacreek_assets.erasure.documents import log_erasure
 
     resources = obj.resources()
     with resources["graph_store"].tenant(tenant_id) as graph:
-        if not graph.restore_document(doc_id, UNDO_WINDOW):
-            raise UnknownTenant(f"tenant {tenant_id!r} has no document {doc_id!r} deleted within the last 30 days")
-    log_erasure(resources["object_store"].for_tenant(tenant_id), "undo", doc_id, {})
-    click.echo(f"{tenant_id}/{doc_id}: restored (its vectors return at the next embedding_features)")
+        try:
+            entry = undo_delete(graph, resources["object_store"].for_tenant(tenant_id),
+                                feature_views(resources, tenant_id), resources["finetune"].tenant_dir(tenant_id),
+                                doc_id, UNDO_WINDOW)
+        except NotDeletable as err:
+            raise UnknownTenant(str(err)) from err
+    observe_erasure(obj, tenant_id, entry)
+    import dagster as dg
+
+    # the adapter's page said which trainings the deletion tainted: say the document is back
+    obj.instance().report_runless_asset_event(dg.AssetObservation(
+        asset_key="finetuned_adapter", partition=tenant_id, metadata={"restored_document": entry["document"]}))
+    click.echo(f"{tenant_id}/{doc_id}: restored, with {entry['counts']['feature_rows_restored']} vectors "
+               f"and {entry['counts'].get('retrieval_passages_restored', 0)} retrieval passages")
 
 
 @tenant.command("top-up")

@@ -229,22 +229,41 @@ class TenantFeatures:
             self.write(pd.concat(changes, ignore_index=True))
         return len(upserts), len(gone)
 
-    def tombstone_document(self, doc_id: str) -> int:
-        """Mark the document's live rows deleted now (online lookups return nothing from this write on)."""
+    def _document_rows(self, doc_id: str):
         rows = self.stored_rows()
-        live = rows[~rows["deleted"].astype(bool) & (rows["doc_id"] == doc_id)] if len(rows) else rows
+        return rows[rows["doc_id"] == doc_id] if len(rows) else rows
+
+    def hide_document(self, doc_id: str) -> int:
+        """Soft delete: the document's live rows are marked deleted now (online lookups return nothing
+        from this write on) and keep their values, so ``restore_document`` can bring them back."""
+        mine = self._document_rows(doc_id)
+        live = mine[~mine["deleted"].astype(bool)] if len(mine) else mine
         if len(live):
-            self.write(self.tombstones(live))
+            self.write(live.drop(columns=["tenant_id", "event_timestamp"], errors="ignore").assign(deleted=True))
         return len(live)
 
+    def restore_document(self, doc_id: str) -> int:
+        """Undo: rows hidden with their values are live again at once; returns how many."""
+        mine = self._document_rows(doc_id)
+        hidden = mine[mine["deleted"].astype(bool) & mine[self.value_column].map(len).astype(bool)] if len(mine) else mine
+        if len(hidden):
+            self.write(hidden.drop(columns=["tenant_id", "event_timestamp"], errors="ignore").assign(deleted=False))
+        return len(hidden)
+
+    @property
+    def value_column(self) -> str:
+        return "vector_fp8" if self.view == "chunk_embeddings" else "doc_signature"
+
     def erase_document(self, doc_id: str) -> int:
-        """Purge: tombstone the document's rows and fold the offline files, so no file keeps an older
-        row with its values (a tombstone holds the hash, chunk and document ids, no values)."""
-        self.tombstone_document(doc_id)
-        rows = self.stored_rows()
-        mine = int((rows["doc_id"] == doc_id).sum()) if len(rows) else 0
+        """Purge: every row of the document, hidden or live, becomes a tombstone without values, and
+        the offline files are folded, so no file keeps an older row with its values (a tombstone
+        holds the hash, chunk and document ids only)."""
+        mine = self._document_rows(doc_id)
+        holding = mine[mine[self.value_column].map(len).astype(bool) | ~mine["deleted"].astype(bool)] if len(mine) else mine
+        if len(holding):
+            self.write(self.tombstones(holding))
         self.compact()
-        return mine
+        return len(mine)
 
     def drop_all(self) -> int:
         """Tenant removal: tombstone every vector online, then delete the offline files."""

@@ -1,13 +1,11 @@
-"""Deleting, restoring and purging one document beyond the graph.
+"""The copies of one document beyond the graph: where they are and how they go.
 
-At delete, its vectors are tombstoned in the feature store at once (lookups return nothing from
-then on, not from the next materialization). At undo, the graph is restored and the next
-``embedding_features`` writes its vectors again (the tombstone keeps no values to restore from).
-At purge, every copy the object store and the feature store hold is removed: the inbox file, the
-parsed text and chunks, the screened-out (toxic) copies with all their versions, the SFT records
-that quote it (as source or passage) in every dataset version, and the offline files' rows with
-its values. Every step is written to the tenant's erasure log, which
-keeps a hash of the document id, never the id.
+The dataset versions quoting it are found from each version's documents index, the trainings on
+those versions from their lineage files. At purge (``purge_copies``) every copy the object store and
+the feature store hold is removed: the inbox file, the parsed text and chunks, the screened-out
+(toxic) copies with all their versions, the SFT records that quote it (as source or passage) in
+every dataset version, and the feature store's rows with its values. Every step is written to the
+tenant's erasure log, which keeps a hash of the document id, never the id.
 """
 
 from __future__ import annotations
@@ -41,11 +39,7 @@ def read_erasure_log(objects: TenantObjectStore) -> list[dict]:
     return objects.get_jsonl(ERASURE_LOG) if objects.exists(ERASURE_LOG) else []
 
 
-def hide_vectors(feature_views: list, doc_id: str) -> int:
-    return sum(view.tombstone_document(doc_id) for view in feature_views)
-
-
-def _older_copies(objects: TenantObjectStore, key: str, keep_latest: bool) -> int:
+def remove_copies(objects: TenantObjectStore, key: str, keep_latest: bool) -> int:
     """Delete the stored copies of ``key`` (in a versioned bucket, the older versions too)."""
     folder = key.rsplit("/", 1)[0]
     removed = 0
@@ -91,7 +85,7 @@ def rewrite_dataset_version(objects: TenantObjectStore, version: str, record_ids
             rows = objects.get_jsonl(key)
             kept = [row for row in rows if row.get("id") not in drop]
             objects.put(key, to_jsonl(kept))
-            _older_copies(objects, key, keep_latest=True)
+            remove_copies(objects, key, keep_latest=True)
             if name == "chat.jsonl":
                 removed = len(rows) - len(kept)
     for name, change in ((DOCUMENTS_INDEX, lambda index: {d: [i for i in ids if i not in drop]
@@ -101,7 +95,7 @@ def rewrite_dataset_version(objects: TenantObjectStore, version: str, record_ids
         key = f"{folder}/{name}"
         if objects.exists(key):
             objects.put_json(key, change(objects.get_json(key)))
-            _older_copies(objects, key, keep_latest=True)
+            remove_copies(objects, key, keep_latest=True)
     return removed
 
 
@@ -113,14 +107,14 @@ def purge_copies(objects: TenantObjectStore, feature_views: list, doc_id: str,
     for version, record_ids in dataset_versions_with(objects, doc_id, chunk_texts).items():
         counts["dataset_records"] += rewrite_dataset_version(objects, version, record_ids)
         counts["dataset_versions"] += 1
-    counts["inbox_files"] = _older_copies(objects, f"inbox/{doc_id}", keep_latest=False)
+    counts["inbox_files"] = remove_copies(objects, f"inbox/{doc_id}", keep_latest=False)
     for key in PARSED_FILES:  # rewritten now: the next ingest run is not when the text goes
         if objects.exists(key):
             rows = objects.get_jsonl(key)
             kept = [row for row in rows if row.get("doc_id") != doc_id]
             if len(kept) != len(rows):
                 objects.put_jsonl(key, kept)
-                _older_copies(objects, key, keep_latest=True)  # the rewrite's predecessors held the text
+                remove_copies(objects, key, keep_latest=True)  # the rewrite's predecessors held the text
                 counts["parsed_rows"] += len(rows) - len(kept)
     for version in objects.versions(area="toxic", folder=doc_id):
         objects.delete_version(version, area="toxic")
@@ -149,12 +143,13 @@ def trainings_with(tenant_dir, dataset_versions) -> list[str]:
     return found
 
 
-def tainted_releases(live_releases: dict, tenant_dir, run_keys: list[str]) -> list[str]:
-    """Live release versions (production or canary) serving one of those trainings' files."""
+def tainted_releases(live_releases, tenant_dir, run_keys: list[str]) -> list[str]:
+    """Versions of the live releases (production or canary; ``ReleaseStore.live(...).values()``)
+    serving one of those trainings' files."""
     from pathlib import Path
 
     folders = [(Path(tenant_dir) / "gguf" / key).resolve() for key in run_keys]
-    return sorted(version for version, release in live_releases.items()
+    return sorted(release.version for release in live_releases
                   if any(Path(p).resolve().is_relative_to(f) for p in (release.model_path, release.adapter_path) if p
                          for f in folders))
 

@@ -147,19 +147,29 @@ def publish(index: RetrievalIndex, folder: Path) -> Path:
     return path
 
 
-def erase_document(folder: Path, tenant_id: str, doc_id: str) -> int:
-    """Purge: publish the current index without the document's passages and remove every older
-    file (the previous one, kept for readers, holds them too); returns the passages removed."""
+def _publish_without(folder: Path, tenant_id: str, doc_id: str) -> tuple[int, Path | None]:
     index = load_current(folder, tenant_id)
     if index is None:
-        return 0
+        return 0, None
     keep = [i for i, d in enumerate(index.doc_ids) if d != doc_id]
     removed = len(index) - len(keep)
     if removed:
         index = RetrievalIndex(tenant_id, [index.chunk_ids[i] for i in keep], [index.doc_ids[i] for i in keep],
                                [index.texts[i] for i in keep], index.vectors[keep])
-    current = publish(index, folder)
-    for stale in folder.glob("*.npz"):
+    return removed, publish(index, folder)
+
+
+def hide_document(folder: Path, tenant_id: str, doc_id: str) -> int:
+    """Delete: publish the current index without the document's passages (served answers stop
+    quoting it at once); returns the passages hidden."""
+    return _publish_without(folder, tenant_id, doc_id)[0]
+
+
+def erase_document(folder: Path, tenant_id: str, doc_id: str) -> int:
+    """Purge: as ``hide_document``, and every older file goes too (the previous one, kept for
+    readers, holds the passages); returns the passages removed."""
+    removed, current = _publish_without(folder, tenant_id, doc_id)
+    for stale in folder.glob("*.npz") if current is not None else ():
         if stale != current:
             stale.unlink(missing_ok=True)
     return removed

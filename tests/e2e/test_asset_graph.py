@@ -8,16 +8,19 @@ import pytest
 
 from datacreek_assets.defs import build_definitions
 from datacreek_assets.defs.embeddings.assets import read_vectors
-from datacreek_assets.demo_corpus import MODULES, demo_questions, write_demo_corpus
+from datacreek_assets.demo_corpus import MODULES, demo_questions, module_text, write_demo_corpus
+from datacreek_assets.embeddings.feature_store import FEATURE_VIEWS
 from datacreek_assets.object_store import TenantObjectStore
 from datacreek_assets.runner import TENANT_TAG, main_graph, materialize_tenant
 from datacreek_assets.serving.routing import Route
 from datacreek_assets.tenant_lifecycle import add_tenant, remove_tenant
 from resources.factory import open_tenant_stores
+from tests.stored_text import feature_store_text, folder_text, marked_module, object_store_text, online_values_held
 
 pytestmark = pytest.mark.e2e
 
 TENANT = "e2e-small"
+MARKED, MARKER = "zz-marked.md", "qvzmarker4417"  # a document carrying a unique string, erased at the end
 # The tiny random Llama needs many passes over a six-document dataset to beat its (random) base.
 # Grounded records are long (three retrieved passages): 1024 tokens, as the demo trains.
 TINY_TRAINING = {"ops": {"finetuned_adapter": {"config": {"epochs": 10, "learning_rate": 1e-2, "max_seq_len": 1024}}}}
@@ -53,6 +56,7 @@ def test_every_asset_materializes_for_a_small_tenant(services, local_resources, 
     objects = TenantObjectStore(tenant.objects, TENANT)
     written = write_demo_corpus(objects, max_docs=6)
     objects.put("inbox/hostile.html", b"<script>" + b"\xff" * 10)
+    objects.put(f"inbox/{MARKED}", marked_module(MODULES[6], MARKER).encode())  # erased at the end
     defs = build_definitions("local", services)
     all_keys = set(main_graph(defs))  # all but production_release, which the canary sensor launches
 
@@ -66,7 +70,8 @@ def test_every_asset_materializes_for_a_small_tenant(services, local_resources, 
     assert run.tags[TENANT_TAG] == TENANT
 
     raw = first.metadata["raw_documents"]
-    assert raw["documents"] == len(written) - 2 and raw["quarantined"] == 3  # two demo junk files + hostile.html
+    # the demo's files but two junk ones, and the marked one; quarantined: the junk files + hostile.html
+    assert raw["documents"] == len(written) - 2 + 1 and raw["quarantined"] == 3
     graph_meta = first.metadata["knowledge_graph"]
     assert graph_meta["documents_written"] == raw["documents"]
     assert graph_meta["nodes"]["Chunk"] == first.metadata["parsed_chunks"]["chunks"]
@@ -221,3 +226,81 @@ def test_every_asset_materializes_for_a_small_tenant(services, local_resources, 
     quota_run, status = quota_scene(defs, instance, local_resources, TENANT)
     assert not quota_run.success and status == "failed_quota"
     assert local_resources["credit_ledger"].ledger().account(TENANT).balance > 0  # restored afterwards
+
+    check_erasure(local_resources, instance, tenant, objects)
+
+
+def everything_stored(local_resources, instance, stores, objects, tmp) -> dict[str, str]:
+    """Store -> all the text it holds for the tenant, decoded (parquet, numpy archives): every store
+    the marked document went through, and Dagster's event log of the tenant's runs."""
+    finetune, features = local_resources["finetune"], local_resources["feature_store"]
+    tracking = finetune.tracking(TENANT)
+    mlflow = []
+    for run in tracking.client.search_runs([tracking.experiment_id]):
+        folder = tmp / run.info.run_id
+        folder.mkdir()
+        tracking.client.download_artifacts(run.info.run_id, "", str(folder))
+        mlflow += [repr(run.data), folder_text(folder)]
+    control = local_resources["serving"].control()
+    try:
+        releases = repr(control.store.releases(TENANT))
+    finally:
+        control.close()
+    hot = stores.hot_graph.graph(TENANT).ro_query("MATCH (n) RETURN labels(n), properties(n)").result_set
+    runs = instance.get_runs(dg.RunsFilter(tags={TENANT_TAG: TENANT}))
+    with local_resources["graph_store"].tenant(TENANT) as graph:
+        neo4j = "\n".join(graph.fingerprint())
+    return {
+        "neo4j": neo4j, "falkordb": repr(hot), "object store": object_store_text(objects),
+        "feast": feature_store_text([features.for_tenant(TENANT, view=view) for view in FEATURE_VIEWS]),
+        "mlflow": "\n".join(mlflow), "models folder": folder_text(finetune.tenant_dir(TENANT)),
+        "release store": releases,
+        "dagster event log": "\n".join(repr(event) for run in runs for event in instance.all_logs(run.run_id)),
+    }
+
+
+def check_erasure(local_resources, instance, stores, objects) -> None:
+    """The marked document went through the whole graph, two trainings and a release; deleted, it is
+    hidden at once; undone, it is back; deleted again and purged, no store holds its marker."""
+    import tempfile
+    from datetime import datetime, timedelta, timezone
+    from pathlib import Path
+
+    from datacreek_assets.defs.graph.schedules import UNDO_WINDOW, purge_tenant
+    from datacreek_assets.erasure.actions import delete_document, undo_delete
+    from datacreek_assets.erasure.documents import purged_trainings
+    from datacreek_assets.graph.sync import OPERATOR
+
+    finetune = local_resources["finetune"]
+    tenant_dir = finetune.tenant_dir(TENANT)
+    views = [local_resources["feature_store"].for_tenant(TENANT, view=view) for view in FEATURE_VIEWS]
+    frame, _ = read_vectors(objects)
+    hashes = list(frame.loc[frame["doc_id"] == MARKED, "embedding_hash"])
+    with tempfile.TemporaryDirectory() as tmp:
+        before = everything_stored(local_resources, instance, stores, objects, Path(tmp))
+    # where the marker is before: every store it went through (the hot layer and the release store
+    # hold no text of the tenant's documents; the event log holds ids and scores only)
+    assert [name for name, text in before.items() if MARKER in text] == ["neo4j", "object store", "models folder"]
+    assert hashes and all(v is not None for v in views[0].lookup(hashes).values())
+    trainings = sorted(p.name for p in (tenant_dir / "runs").iterdir())
+    control = local_resources["serving"].control()
+    with local_resources["graph_store"].tenant(TENANT) as graph:
+        deleted = delete_document(graph, objects, views, tenant_dir, control.store.live(TENANT).values(), MARKED,
+                                  by=OPERATOR)
+        # every training learnt from it (the first, the drift retraining, the one stopped for credits); v1 serves
+        assert deleted["trainings"] == trainings and len(trainings) >= 2 and deleted["releases"] == ["v1"]
+        assert set(views[0].lookup(hashes).values()) == {None}
+        assert undo_delete(graph, objects, views, tenant_dir, MARKED, UNDO_WINDOW)["counts"]["feature_rows_restored"] \
+            == deleted["counts"]["feature_rows_hidden"] > 0
+        assert all(v is not None for v in views[0].lookup(hashes).values())
+        delete_document(graph, objects, views, tenant_dir, control.store.live(TENANT).values(), MARKED, by=OPERATOR)
+        _, reports, tainted = purge_tenant(graph, objects, views, tenant_dir,
+                                           now=datetime.now(timezone.utc) + timedelta(days=31))
+    control.close()
+    # purged: the marked document, and the one that left the inbox above
+    assert len(reports) == 2 and tainted == trainings and purged_trainings(tenant_dir) == set(trainings)
+    assert online_values_held(views[0], hashes) == 0
+    with tempfile.TemporaryDirectory() as tmp:
+        after = everything_stored(local_resources, instance, stores, objects, Path(tmp))
+    assert [name for name, text in after.items() if MARKER in text] == []
+    assert module_text(MODULES[0])[1][30:100] in after["object store"]  # the other documents stay

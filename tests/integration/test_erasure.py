@@ -14,51 +14,30 @@ from datacreek_assets.defs.graph.assets import knowledge_graph
 from datacreek_assets.defs.graph.schedules import purge_tenant
 from datacreek_assets.defs.ingest.assets import parsed_chunks, raw_documents
 from datacreek_assets.defs.retrieval.assets import retrieval_dir, retrieval_index
-from datacreek_assets.erasure.documents import (
-    document_hash,
-    hide_vectors,
-    log_erasure,
-    purged_trainings,
-    read_erasure_log,
-)
+from datacreek_assets.defs.graph.schedules import UNDO_WINDOW
+from datacreek_assets.erasure.actions import delete_document, undo_delete
+from datacreek_assets.erasure.documents import document_hash, purged_trainings, read_erasure_log
 from datacreek_assets.graph.sync import OPERATOR
 from datacreek_assets.partitions import TENANTS_PARTITION
+from datacreek_assets.retrieval.index import load_current
+from tests.stored_text import feature_store_text, folder_text, marked_module, object_store_text, online_values_held
 
 pytestmark = pytest.mark.integration
 MARKER = "zqxmarker7731"
 
 
 def corpus() -> dict[str, str]:
-    """Two documents of the demo corpus; the first carries the marker in every sentence (so every
-    chunk, and every SFT record quoting one, holds it) and ends with an e-mail address (so a chunk
-    is screened out to ingest-toxic/)."""
+    """Two documents of the demo corpus, the first carrying the marker."""
     from datacreek_assets.demo_corpus import MODULES, module_text
 
-    (title, body), (other_title, other_body) = module_text(MODULES[0]), module_text(MODULES[1])
-    marked = body.replace(". ", f". The {MARKER} note. ")
-    return {"marker.md": f"# The {title} module\n\n{marked}\n\nWrite to {MARKER}.owner@example.com for access.\n",
-            "other.md": f"# The {other_title} module\n\n{other_body}\n"}
+    other_title, other_body = module_text(MODULES[1])
+    return {"marker.md": marked_module(MODULES[0], MARKER), "other.md": f"# The {other_title} module\n\n{other_body}\n"}
 
 
 def everything_stored(objects, graph, views, models) -> str:
-    """Every byte the tenant's stores hold, as text: object-store objects (all areas, every copy),
-    the graph's nodes and edges, the feature store's offline rows, every file of its models folder."""
-    texts = [objects.get(key, area).decode("utf-8", "replace")
-             for area in ("tenant", "toxic") for key in objects.list(area=area)]
-    texts += [model_file_text(path) for path in models.rglob("*") if path.is_file()]
-    texts += graph.fingerprint()
-    texts += [view.stored_rows().to_csv() for view in views]
-    return "\n".join(texts)
-
-
-def model_file_text(path) -> str:
-    """A file's text; numpy archives store strings as UTF-32, so their arrays are read and joined."""
-    if path.suffix == ".npz":
-        import numpy as np
-
-        with np.load(path, allow_pickle=False) as archive:
-            return "\n".join(str(archive[name].tolist()) for name in archive.files)
-    return path.read_bytes().decode("utf-8", "replace")
+    """Every byte the tenant's stores hold, decoded: object-store objects (both areas), the graph's
+    nodes and edges, the feature store offline and online, every file of its models folder."""
+    return "\n".join([object_store_text(objects), folder_text(models), *graph.fingerprint(), feature_store_text(views)])
 
 
 @pytest.fixture
@@ -99,45 +78,74 @@ def test_a_deleted_documents_copies_go_at_purge_and_its_vectors_at_once(local_re
         folder = retrieval_dir(local_resources["finetune"], "erase-a")
         models = local_resources["finetune"].tenant_dir("erase-a")
         assert MARKER in everything_stored(objects, graph, views, models)
-        assert MARKER in "".join(model_file_text(p) for p in folder.glob("*.npz"))  # the scan reads archives
+        assert MARKER in folder_text(folder)  # the scan reads numpy archives
         version = objects.get_json("datasets/sft/latest.json")["version"]
         quoting = objects.get_json(f"datasets/sft/{version}/documents.json")["marker.md"]
         assert quoting and MARKER in objects.get(f"datasets/sft/{version}/chat.jsonl").decode()
+        before = views[0].lookup(hashes)
+        passages = load_current(folder, "erase-a").doc_ids.count("marker.md")
+        assert passages == len(hashes)
 
-        # delete: the graph hides it, and its vectors are gone from lookups at once
-        assert graph.soft_delete_documents(["marker.md"], by=OPERATOR) == 1
-        hidden = hide_vectors(views, "marker.md")
-        log_erasure(objects, "delete", "marker.md", {"vectors_hidden": hidden})
-        assert hidden == len(hashes)
-        assert set(views[0].lookup(hashes).values()) == {None}
+        def served() -> tuple[set, int, int]:
+            """What lookups, the retrieval index and the vectors file give for the document now."""
+            looked_up = {v is None for v in views[0].lookup(hashes).values()}
+            return (looked_up, load_current(folder, "erase-a").doc_ids.count("marker.md"),
+                    int((read_vectors(objects)[0]["doc_id"] == "marker.md").sum()))
+
+        # delete: the graph hides it; its vectors and passages are gone from lookups at once
+        report = delete_document(graph, objects, views, models, [], "marker.md", by=OPERATOR)
+        assert report["counts"]["feature_rows_hidden"] == len(hashes) == report["counts"]["vector_file_rows"]
+        assert report["counts"]["retrieval_passages_hidden"] == passages
+        assert report["dataset_versions"] == [version] and report["counts"]["dataset_records"] == len(quoting)
+        assert served() == ({True}, 0, 0)
         assert all(v is not None for v in views[0].lookup(others).values())
+        with pytest.raises(LookupError, match="no live document"):
+            delete_document(graph, objects, views, models, [], "marker.md", by=OPERATOR)
 
-        # purge (31 days on): every copy in the object store, the graph and the feature store goes
-        # a training on that dataset version (its lineage names it): tainted, recorded for model_gc
+        # undo: everything is back at once, the same vectors (the hidden rows kept their values)
+        restored = undo_delete(graph, objects, views, models, "marker.md", UNDO_WINDOW)
+        assert restored["counts"] == {"feature_rows_restored": len(hashes), "retrieval_passages_restored": passages}
+        assert "marker.md" in {c["doc_id"] for c in graph.live_chunks()}
+        assert all((views[0].lookup([h])[h] == before[h]).all() for h in hashes)
+        assert served()[:2] == ({False}, passages)
+        assert dg.materialize([chunk_embeddings, embedding_features], partition_key="erase-a", instance=instance,
+                              resources=local_resources).success  # the vectors file's rows are recomputed
+        assert served() == ({False}, passages, len(hashes))
+
+        # delete again, and purge 31 days on: every copy in every store goes; the training on that
+        # dataset version (its lineage names it) is tainted and recorded for model_gc
+        delete_document(graph, objects, views, models, [], "marker.md", by=OPERATOR)
         (models / "runs" / "k-on-marker").mkdir(parents=True)
         (models / "runs" / "k-on-marker" / "lineage.json").write_text(json.dumps({"dataset_version": version}))
-        purged, erased, tainted = purge_tenant(graph, objects, views, models,
-                                               now=datetime.now(timezone.utc) + timedelta(days=31))
-        assert erased == 1 and purged > 0 and tainted == ["k-on-marker"]
+        (models / "eval").mkdir(parents=True)
+        (models / "eval" / "k-on-marker.json").write_text(json.dumps({
+            "dataset_version": version, "tuned": {"f1": 0.5}, "examples": [{"question": f"Who is {MARKER}?"}]}))
+        purged, reports, tainted = purge_tenant(graph, objects, views, models,
+                                                now=datetime.now(timezone.utc) + timedelta(days=31))
+        assert len(reports) == 1 and purged > 0 and tainted == ["k-on-marker"]
         assert purged_trainings(models) == {"k-on-marker"}
         stored = everything_stored(objects, graph, views, models)
         assert MARKER not in stored
         assert corpus()["other.md"][40:120] in stored  # the other document is untouched
+        assert json.loads((models / "eval" / "k-on-marker.json").read_text())["tuned"] == {"f1": 0.5}  # scores stay
         chat = objects.get_jsonl(f"datasets/sft/{version}/chat.jsonl")
         manifest = objects.get_json(f"datasets/sft/{version}/manifest.json")
         assert chat and manifest["records"] == len(chat) and manifest["erased_records"] == len(quoting)
         assert not objects.exists("inbox/marker.md") and objects.list(area="toxic") == []
+        assert not objects.list("reports")  # the graph's picture named the document's entities
         offline = views[0].stored_rows()
         assert not any(offline.loc[offline["doc_id"] == "marker.md", "vector_fp8"].map(len))  # no values kept
+        assert online_values_held(views[0], hashes) == 0 and online_values_held(views[0], others) == len(others)
         assert graph.documents_due_for_purge(timedelta(days=30), datetime.now(timezone.utc) + timedelta(days=31)) == []
 
     log = read_erasure_log(objects)
-    assert [e["action"] for e in log] == ["delete", "purge"]
+    assert [e["action"] for e in log] == ["delete", "undo", "delete", "purge"]
     assert {e["document"] for e in log} == {document_hash("erase-a", "marker.md")}
     assert "marker.md" not in objects.get("erasure/log.jsonl").decode()  # a hash, never the id
-    assert log[1]["counts"]["inbox_files"] == 1 and log[1]["counts"]["toxic_copies"] >= 1
-    assert log[1]["counts"]["retrieval_passages"] == len(hashes)
-    assert log[1]["counts"]["dataset_versions"] == 1 and log[1]["counts"]["dataset_records"] == len(quoting)
+    purge = log[-1]["counts"]
+    assert purge["inbox_files"] == 1 and purge["toxic_copies"] >= 1 and purge["eval_reports"] == 1
+    assert purge["feature_rows"] == len(hashes) and purge["vector_file_rows"] == 0  # hidden at the delete
+    assert purge["dataset_versions"] == 1 and purge["dataset_records"] == len(quoting) and purge["pictures"] >= 1
 
     # the next ingest does not bring it back, and the neighbour still holds its own copy
     assert dg.materialize([raw_documents, parsed_chunks], partition_key="erase-a", instance=instance,

@@ -2,6 +2,7 @@
 
 from datetime import datetime, timedelta, timezone
 
+import dagster as dg
 import pytest
 
 from datacreek_assets.graph.sync import OPERATOR, sync_documents
@@ -171,6 +172,9 @@ def test_purge_job_runs_over_registered_tenants(graphs, local_resources):
     sync_documents(graph, *inputs(CORPUS))
     graph.soft_delete_documents(["tools.md"], by=OPERATOR, now=datetime.now(timezone.utc) - timedelta(days=40))
     total_before = graph.total_node_count()
+    hot = local_resources["hot_graph"].store()  # the hot layer holds a copy of the document's node too
+    hot.create_scope(graph.tenant_id)
+    hot.graph(graph.tenant_id).query("CREATE (:Document {doc_id: 'tools.md'}), (:Document {doc_id: 'rivers.txt'})")
     registry = local_resources["tenant_registry"].registry()
     registry.add(graph.tenant_id)
     try:
@@ -183,6 +187,16 @@ def test_purge_job_runs_over_registered_tenants(graphs, local_resources):
     assert "tools.md" not in {c["doc_id"] for c in graph.live_chunks()}
     assert graph.document_states()["tools.md"]["deleted_by"] == OPERATOR  # tombstone only
     assert graph.total_node_count() < total_before
+    # the erasure's report, on the documents asset's page: a hash for the document, counts per store
+    observed = [e.event_specific_data.asset_observation for e in result.all_events
+                if e.event_type == dg.DagsterEventType.ASSET_OBSERVATION]
+    report = next(o for o in observed if o.asset_key == dg.AssetKey("raw_documents"))
+    assert report.partition == graph.tenant_id and report.metadata["erasure"].value == "purge"
+    assert "tools.md" not in str(report.metadata) and "| inbox files |" in report.metadata["erasure_report"].value
+    assert report.metadata["erasure_hot_graph_nodes"].value == 1
+    left = hot.graph(graph.tenant_id).ro_query("MATCH (d:Document) RETURN d.doc_id").result_set
+    hot.drop_scope(graph.tenant_id)
+    assert left == [["rivers.txt"]]
 
 
 def test_reads_ignore_edges_that_cross_tenants(graphs):

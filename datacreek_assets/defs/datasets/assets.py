@@ -59,15 +59,15 @@ def sft_dataset(context: dg.AssetExecutionContext, graph_store: GraphStoreResour
     elif not store.exists(f"{folder}/{DOCUMENTS_INDEX}"):  # a version from before the index existed
         store.put_json(f"{folder}/{DOCUMENTS_INDEX}", documents_index(dataset.records))
     store.put_json(f"{DATASET_PREFIX}/latest.json", {"version": dataset.version})
-    sample = "\n".join(
-        f"| {r.template} | {r.question[:90]} | {r.output[:60]} | {r.score} | {r.split} |" for r in dataset.records[:8]
-    )
+    # ids and scores, no record text: Dagster's event log is append-only, and erasure must reach every copy
+    sample = "\n".join(f"| {r.record_id} | {r.template} | {r.score} | {r.split} |" for r in dataset.records[:8])
     return dg.MaterializeResult(
         metadata={
             **{k: v for k, v in manifest.items()},
             "new_version": new_version,
             "path": store.key(folder),
-            "sample": dg.MetadataValue.md("| template | question | answer | quality | split |\n|---|---|---|---|---|\n" + sample),
+            "sample": dg.MetadataValue.md("| record | template | quality | split |\n|---|---|---|---|\n" + sample),
+            "records_file": store.key(f"{folder}/chat.jsonl"),
         },
         data_version=dg.DataVersion(dataset.version),
     )

@@ -10,12 +10,12 @@ from datacreek_assets.automation import CPU_OP_TAGS, downstream_condition, gpu_c
 import numpy as np
 
 from datacreek_assets.defs.graph.assets import knowledge_graph
+from datacreek_assets.embeddings import VECTORS_KEY
 from datacreek_assets.embeddings.embedder import MODEL_ID, embedding_hash
 from datacreek_assets.partitions import tenant_asset
 from datacreek_assets.tenancy import validate_tenant_id
 from resources.stores import CreditLedgerResource, FeatureStoreResource, GraphStoreResource, ObjectStoreResource
 
-VECTORS_KEY = "embeddings/vectors.parquet"
 # Statistics of the newest embeddings, and the reference drift is measured against: the data
 # the released model was trained on (moved by qa_eval when a tuned model passes its gate).
 LATEST_STATS_KEY = "embeddings/stats/latest.npz"

@@ -10,6 +10,7 @@ from resources.stores import (
     FeatureStoreResource,
     FineTuneResource,
     GraphStoreResource,
+    HotGraphResource,
     ObjectStoreResource,
     TenantRegistryResource,
 )
@@ -18,63 +19,70 @@ UNDO_WINDOW = timedelta(days=30)
 RETRAIN_REASON = "retrain_reason"  # an observation of finetuned_adapter asking for a retraining
 
 
-def purge_tenant(graph, objects, feature_views, tenant_dir=None, now=None) -> tuple[int, int, list[str]]:
+def purge_tenant(graph, objects, feature_views, tenant_dir=None, now=None,
+                 hot_graph=None) -> tuple[int, list[dict], list[str]]:
     """Copies first, then the graph: a failure in between leaves the documents due, so the next
-    purge erases them again (every step is idempotent). Returns the nodes purged, the documents
-    erased and the trainings that learnt from them (recorded for model_gc, to be retrained)."""
-    from datacreek_assets.erasure.documents import (
-        dataset_versions_with,
-        log_erasure,
-        mark_purged_trainings,
-        purge_copies,
-        trainings_with,
-    )
-    from datacreek_assets.retrieval.index import erase_document
+    purge erases them again (every step is idempotent). Returns the nodes purged, each erased
+    document's report and the trainings that learnt from them (recorded for model_gc, to be retrained)."""
+    from datacreek_assets.erasure.actions import purge_document
+    from datacreek_assets.erasure.documents import mark_purged_trainings
 
-    due = graph.documents_due_for_purge(UNDO_WINDOW, now)
-    tainted: set[str] = set()
-    for doc_id in due:
-        texts = graph.document_chunk_texts(doc_id)
-        if tenant_dir is not None:
-            tainted |= set(trainings_with(tenant_dir, dataset_versions_with(objects, doc_id, texts)))
-        counts = purge_copies(objects, feature_views, doc_id, texts)
-        if tenant_dir is not None:
-            counts["retrieval_passages"] = erase_document(tenant_dir / "retrieval", graph.tenant_id, doc_id)
-        log_erasure(objects, "purge", doc_id, counts, now)
+    reports, tainted = [], set()
+    for doc_id in graph.documents_due_for_purge(UNDO_WINDOW, now):
+        entry, trainings = purge_document(graph, objects, feature_views, tenant_dir, doc_id, now, hot_graph)
+        reports.append(entry)
+        tainted |= set(trainings)
     if tainted:
         mark_purged_trainings(tenant_dir, sorted(tainted))
-    return graph.purge_deleted(UNDO_WINDOW, now), len(due), sorted(tainted)
+    return graph.purge_deleted(UNDO_WINDOW, now), reports, sorted(tainted)
 
 
 @dg.op(description="Hard-delete data soft-deleted more than 30 days ago, tenant by tenant: the graph, and each "
-       "purged document's inbox file, parsed text, screened-out copies, feature-store values and retrieval passages.")
+       "purged document's inbox file, parsed text, screened-out copies, dataset records, vectors, feature-store "
+       "values, retrieval passages, pictures and evaluation examples; each erasure's report is observed on "
+       "raw_documents, and a model trained on purged data is sent to retraining.")
 def purge_soft_deleted(context: dg.OpExecutionContext, graph_store: GraphStoreResource,
                        tenant_registry: TenantRegistryResource, object_store: ObjectStoreResource,
-                       feature_store: FeatureStoreResource, finetune: FineTuneResource) -> None:
+                       feature_store: FeatureStoreResource, finetune: FineTuneResource,
+                       hot_graph: HotGraphResource) -> None:
     registry = tenant_registry.registry()
     try:
         tenants = [t.tenant_id for t in registry.list()]
     finally:
         registry.close()
     failed = []
+    hot = hot_graph.store()
     with graph_store.admin() as admin:
         for tenant in tenants:
             try:
-                purged, erased, tainted = purge_tenant(admin.tenant(tenant), object_store.for_tenant(tenant),
+                purged, reports, tainted = purge_tenant(admin.tenant(tenant), object_store.for_tenant(tenant),
                                                        [feature_store.for_tenant(tenant, view=view)
                                                         for view in FEATURE_VIEWS],
-                                                       finetune.tenant_dir(tenant))
+                                                       finetune.tenant_dir(tenant), hot_graph=hot)
             except Exception as err:  # keep going: one tenant's failure must not spare the others' data
                 context.log.error(f"{tenant}: purge failed: {err}")
                 failed.append(tenant)
                 continue
-            context.log.info(f"{tenant}: purged {purged} nodes and the copies of {erased} document(s)")
+            context.log.info(f"{tenant}: purged {purged} nodes and the copies of {len(reports)} document(s)")
+            for entry in reports:  # the erasure report, on the documents asset's page
+                context.log_event(erasure_observation(tenant, entry))
             if tainted:  # purged_data_retrain_sensor requests the tenant's retraining from this
                 context.log_event(dg.AssetObservation(
                     asset_key="finetuned_adapter", partition=tenant,
                     metadata={RETRAIN_REASON: "trained on purged data", "purged_trainings": tainted}))
     if failed:
         raise dg.Failure(f"purge failed for {len(failed)} tenant(s): {', '.join(failed)}")
+
+
+def erasure_observation(tenant: str, entry: dict) -> dg.AssetObservation:
+    """An erasure's report (what was removed or hidden where, counts) on ``raw_documents``; the
+    document is named by the hash the erasure log keeps."""
+    from datacreek_assets.erasure.actions import report_markdown
+
+    return dg.AssetObservation(asset_key="raw_documents", partition=tenant, metadata={
+        "erasure": entry["action"], "document_hash": entry["document"],
+        "erasure_report": dg.MetadataValue.md(report_markdown(entry)),
+        **{f"erasure_{what}": n for what, n in entry["counts"].items()}})
 
 
 @dg.job(description="Purge soft-deleted data past the 30-day undo window.")

@@ -13,6 +13,7 @@ from resources.stores import FineTuneResource, ObjectStoreResource, ServingResou
 @tenant_asset(
     group_name="retention",
     kinds={"s3"},
+    deps=["parsed_chunks"],  # in the main job it scans after the run's screened-out copies are written
     description="Scans every stored copy under the tenant's ingest-toxic/ (noncurrent versions included), "
     "deletes those older than 7 days (the bucket's lifecycle rule promises it; moto and the local store "
     "never expire anything, and S3 expires asynchronously) and reports what it found. Daily.",
