@@ -103,7 +103,7 @@ def tenant_delete_document(obj: Context, tenant_id: str, doc_id: str) -> None:
             metadata={"tainted_by_deleted_document": report["document"], "tainted_trainings": report["trainings"],
                       "tainted_releases": report["releases"], "dataset_versions": report["dataset_versions"]}))
     counts = report["counts"]
-    click.echo(f"{tenant_id}/{doc_id}: deleted; {counts['feature_rows_hidden']} vectors and "
+    click.echo(f"{tenant_id}/{doc_id}: deleted; {counts['feature_rows_hidden']} feature rows and "
                f"{counts['retrieval_passages_hidden']} retrieval passages hidden at once; quoted by "
                f"{counts['dataset_records']} records of {counts['dataset_versions']} dataset version(s) "
                f"({', '.join(report['dataset_versions']) or 'none'}), which new versions leave out and the purge "
@@ -148,7 +148,7 @@ def tenant_undo(obj: Context, tenant_id: str, doc_id: str) -> None:
     # the adapter's page said which trainings the deletion tainted: say the document is back
     obj.instance().report_runless_asset_event(dg.AssetObservation(
         asset_key="finetuned_adapter", partition=tenant_id, metadata={"restored_document": entry["document"]}))
-    click.echo(f"{tenant_id}/{doc_id}: restored, with {entry['counts']['feature_rows_restored']} vectors "
+    click.echo(f"{tenant_id}/{doc_id}: restored, with {entry['counts']['feature_rows_restored']} feature rows "
                f"and {entry['counts'].get('retrieval_passages_restored', 0)} retrieval passages")
 
 

@@ -229,6 +229,15 @@ class TenantFeatures:
             self.write(pd.concat(changes, ignore_index=True))
         return len(upserts), len(gone)
 
+    def holds_value(self, rows):
+        """Per row: does it keep a feature value (a live row, or one hidden by a soft delete)?"""
+        return rows[self.value_column].map(lambda v: isinstance(v, bytes | bytearray) and len(v) > 0)
+
+    def hidden_hashes(self) -> set[str]:
+        """Hashes soft-deleted with their values kept: only undo (or the purge) changes them."""
+        rows = self.stored_rows()
+        return set(rows.loc[rows["deleted"].astype(bool) & self.holds_value(rows), "embedding_hash"]) if len(rows) else set()
+
     def _document_rows(self, doc_id: str):
         rows = self.stored_rows()
         return rows[rows["doc_id"] == doc_id] if len(rows) else rows
@@ -245,7 +254,7 @@ class TenantFeatures:
     def restore_document(self, doc_id: str) -> int:
         """Undo: rows hidden with their values are live again at once; returns how many."""
         mine = self._document_rows(doc_id)
-        hidden = mine[mine["deleted"].astype(bool) & mine[self.value_column].map(len).astype(bool)] if len(mine) else mine
+        hidden = mine[mine["deleted"].astype(bool) & self.holds_value(mine)] if len(mine) else mine
         if len(hidden):
             self.write(hidden.drop(columns=["tenant_id", "event_timestamp"], errors="ignore").assign(deleted=False))
         return len(hidden)
@@ -259,18 +268,20 @@ class TenantFeatures:
         the offline files are folded, so no file keeps an older row with its values (a tombstone
         holds the hash, chunk and document ids only)."""
         mine = self._document_rows(doc_id)
-        holding = mine[mine[self.value_column].map(len).astype(bool) | ~mine["deleted"].astype(bool)] if len(mine) else mine
+        holding = mine[self.holds_value(mine) | ~mine["deleted"].astype(bool)] if len(mine) else mine
         if len(holding):
             self.write(self.tombstones(holding))
         self.compact()
         return len(mine)
 
     def drop_all(self) -> int:
-        """Tenant removal: tombstone every vector online, then delete the offline files."""
+        """Tenant removal: every row holding a value online (live, or hidden by a soft delete) becomes
+        a tombstone, then the offline files are deleted; returns the live rows dropped."""
         rows = self.stored_rows()
+        holding = rows[self.holds_value(rows) | ~rows["deleted"].astype(bool)] if len(rows) else rows
+        if len(holding):
+            self.write(self.tombstones(holding))
         live = rows[~rows["deleted"].astype(bool)] if len(rows) else rows
-        if len(live):
-            self.write(self.tombstones(live))
         filesystem, _ = self.settings.filesystem(self.offline_path)
         for path in self.offline_files():
             try:

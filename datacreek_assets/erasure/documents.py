@@ -27,9 +27,11 @@ def document_hash(tenant_id: str, doc_id: str) -> str:
     return hashlib.sha256(f"{tenant_id}\0{doc_id}".encode()).hexdigest()
 
 
-def log_erasure(objects: TenantObjectStore, action: str, doc_id: str, counts: dict, now: datetime | None = None) -> dict:
+def log_erasure(objects: TenantObjectStore, action: str, doc_id: str, counts: dict, now: datetime | None = None,
+                **details) -> dict:
+    """Append an entry; ``details`` hold names that are no personal data (run keys, versions)."""
     entry = {"at": (now or datetime.now(timezone.utc)).isoformat(), "action": action,
-             "document": document_hash(objects.tenant_id, doc_id), "counts": counts}
+             "document": document_hash(objects.tenant_id, doc_id), "counts": counts, **details}
     previous = objects.get(ERASURE_LOG) if objects.exists(ERASURE_LOG) else b""
     objects.put(ERASURE_LOG, previous + json.dumps(entry, sort_keys=True).encode() + b"\n")
     return entry
@@ -104,9 +106,6 @@ def purge_copies(objects: TenantObjectStore, feature_views: list, doc_id: str,
     """Remove every object-store and feature-store copy of a purged document; returns counts."""
     counts = {"inbox_files": 0, "parsed_rows": 0, "toxic_copies": 0, "feature_rows": 0,
               "dataset_versions": 0, "dataset_records": 0}
-    for version, record_ids in dataset_versions_with(objects, doc_id, chunk_texts).items():
-        counts["dataset_records"] += rewrite_dataset_version(objects, version, record_ids)
-        counts["dataset_versions"] += 1
     counts["inbox_files"] = remove_copies(objects, f"inbox/{doc_id}", keep_latest=False)
     for key in PARSED_FILES:  # rewritten now: the next ingest run is not when the text goes
         if objects.exists(key):
@@ -114,12 +113,16 @@ def purge_copies(objects: TenantObjectStore, feature_views: list, doc_id: str,
             kept = [row for row in rows if row.get("doc_id") != doc_id]
             if len(kept) != len(rows):
                 objects.put_jsonl(key, kept)
-                remove_copies(objects, key, keep_latest=True)  # the rewrite's predecessors held the text
                 counts["parsed_rows"] += len(rows) - len(kept)
+            remove_copies(objects, key, keep_latest=True)  # older versions may hold the text
     for version in objects.versions(area="toxic", folder=doc_id):
         objects.delete_version(version, area="toxic")
         counts["toxic_copies"] += 1
     counts["feature_rows"] = sum(view.erase_document(doc_id) for view in feature_views)
+    # the dataset versions last: their indexes are how a purge that failed before here finds them again
+    for version, record_ids in dataset_versions_with(objects, doc_id, chunk_texts).items():
+        counts["dataset_records"] += rewrite_dataset_version(objects, version, record_ids)
+        counts["dataset_versions"] += 1
     return counts
 
 

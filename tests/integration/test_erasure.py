@@ -93,6 +93,7 @@ def test_a_deleted_documents_copies_go_at_purge_and_its_vectors_at_once(local_re
                     int((read_vectors(objects)[0]["doc_id"] == "marker.md").sum()))
 
         # delete: the graph hides it; its vectors and passages are gone from lookups at once
+        stale_vectors = objects.get("embeddings/vectors.parquet")
         report = delete_document(graph, objects, views, models, [], "marker.md", by=OPERATOR)
         assert report["counts"]["feature_rows_hidden"] == len(hashes) == report["counts"]["vector_file_rows"]
         assert report["counts"]["retrieval_passages_hidden"] == passages
@@ -101,6 +102,12 @@ def test_a_deleted_documents_copies_go_at_purge_and_its_vectors_at_once(local_re
         assert all(v is not None for v in views[0].lookup(others).values())
         with pytest.raises(LookupError, match="no live document"):
             delete_document(graph, objects, views, models, [], "marker.md", by=OPERATOR)
+        # a chunk_embeddings run that began before the delete writes the vectors file with the
+        # document again: embedding_features does not bring its hidden rows back
+        objects.put("embeddings/vectors.parquet", stale_vectors)
+        assert dg.materialize([embedding_features], partition_key="erase-a", instance=instance,
+                              resources=local_resources).success
+        assert served()[:2] == ({True}, 0)
 
         # undo: everything is back at once, the same vectors (the hidden rows kept their values)
         restored = undo_delete(graph, objects, views, models, "marker.md", UNDO_WINDOW)
@@ -120,14 +127,27 @@ def test_a_deleted_documents_copies_go_at_purge_and_its_vectors_at_once(local_re
         (models / "eval").mkdir(parents=True)
         (models / "eval" / "k-on-marker.json").write_text(json.dumps({
             "dataset_version": version, "tuned": {"f1": 0.5}, "examples": [{"question": f"Who is {MARKER}?"}]}))
-        purged, reports, tainted = purge_tenant(graph, objects, views, models,
-                                                now=datetime.now(timezone.utc) + timedelta(days=31))
+        # the first purge fails after rewriting the dataset version, where the training is found
+        # from: run again, it still knows the training (from the plan it logged first)
+        import datacreek_assets.erasure.documents as documents
+
+        def rewrite_then_fail(*args):
+            rewrite(*args)
+            raise OSError("the object store went away")
+
+        rewrite, later = documents.rewrite_dataset_version, datetime.now(timezone.utc) + timedelta(days=31)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(documents, "rewrite_dataset_version", rewrite_then_fail)
+            with pytest.raises(OSError):
+                purge_tenant(graph, objects, views, models, now=later)
+        purged, reports, tainted = purge_tenant(graph, objects, views, models, now=later)
         assert len(reports) == 1 and purged > 0 and tainted == ["k-on-marker"]
         assert purged_trainings(models) == {"k-on-marker"}
         stored = everything_stored(objects, graph, views, models)
         assert MARKER not in stored
         assert corpus()["other.md"][40:120] in stored  # the other document is untouched
-        assert json.loads((models / "eval" / "k-on-marker.json").read_text())["tuned"] == {"f1": 0.5}  # scores stay
+        evaluation = json.loads((models / "eval" / "k-on-marker.json").read_text())
+        assert evaluation["tuned"] == {"f1": 0.5} and evaluation["examples_erased"] == 1  # the scores stay
         chat = objects.get_jsonl(f"datasets/sft/{version}/chat.jsonl")
         manifest = objects.get_json(f"datasets/sft/{version}/manifest.json")
         assert chat and manifest["records"] == len(chat) and manifest["erased_records"] == len(quoting)
@@ -139,13 +159,15 @@ def test_a_deleted_documents_copies_go_at_purge_and_its_vectors_at_once(local_re
         assert graph.documents_due_for_purge(timedelta(days=30), datetime.now(timezone.utc) + timedelta(days=31)) == []
 
     log = read_erasure_log(objects)
-    assert [e["action"] for e in log] == ["delete", "undo", "delete", "purge"]
+    assert [e["action"] for e in log] == ["delete", "undo", "delete", "purge-plan", "purge"]
+    assert log[3]["trainings"] == ["k-on-marker"]
     assert {e["document"] for e in log} == {document_hash("erase-a", "marker.md")}
     assert "marker.md" not in objects.get("erasure/log.jsonl").decode()  # a hash, never the id
+    # the report is the finishing attempt's: the failed one had removed all but the graph nodes
     purge = log[-1]["counts"]
-    assert purge["inbox_files"] == 1 and purge["toxic_copies"] >= 1 and purge["eval_reports"] == 1
-    assert purge["feature_rows"] == len(hashes) and purge["vector_file_rows"] == 0  # hidden at the delete
-    assert purge["dataset_versions"] == 1 and purge["dataset_records"] == len(quoting) and purge["pictures"] >= 1
+    assert purge["tainted_trainings"] == 1 and purge["feature_rows"] == len(hashes)  # as tombstones
+    assert purge["inbox_files"] == purge["toxic_copies"] == purge["eval_reports"] == purge["pictures"] == 0
+    assert purge["dataset_versions"] == purge["vector_file_rows"] == 0
 
     # the next ingest does not bring it back, and the neighbour still holds its own copy
     assert dg.materialize([raw_documents, parsed_chunks], partition_key="erase-a", instance=instance,

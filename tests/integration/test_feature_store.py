@@ -98,6 +98,25 @@ def test_soft_deleted_vectors_are_excluded(feast_settings):
     assert features.stored_rows().set_index("embedding_hash").loc[frame["embedding_hash"][1], "deleted"]
 
 
+def test_a_hidden_document_is_restored_by_undo_and_its_values_go_with_the_tenant(feast_settings):
+    from tests.stored_text import online_values_held
+
+    settings = feast_settings
+    store = open_feature_store(settings)
+    features = TenantFeatures(store, settings, "feat-h", FeatureCacheMetrics.for_registry(CollectorRegistry()))
+    frame, vectors = rows_for(["one", "two"], 5)
+    features.write(frame.assign(doc_id=["hidden.txt", "other.txt"]))
+    hashes = list(frame["embedding_hash"])
+    assert features.hide_document("hidden.txt") == 1 and features.hidden_hashes() == {hashes[0]}
+    assert features.lookup(hashes[:1]) == {hashes[0]: None} and online_values_held(features, hashes) == 2
+    assert features.restore_document("hidden.txt") == 1 and features.restore_document("hidden.txt") == 0
+    assert np.abs(features.lookup(hashes[:1])[hashes[0]] - vectors[0]).max() < 0.01
+    features.hide_document("hidden.txt")
+    # tenant removal drops the hidden document's values too, online and offline
+    assert features.drop_all() == 1 and features.stored_rows().empty
+    assert online_values_held(features, hashes) == 0
+
+
 def test_overlapping_writes_keep_every_row_and_a_write_costs_its_own_rows(feast_settings):
     import threading
 

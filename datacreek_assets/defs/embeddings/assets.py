@@ -85,6 +85,10 @@ def chunk_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfig,
         vector = fresh[h] if h in fresh else old_matrix[known[h]]
         rows.append({"embedding_hash": h, "chunk_id": c["chunk_id"], "doc_id": c["doc_id"]})
         vectors.append(vector)
+    with graph_store.tenant(tenant) as graph:  # a document deleted while this run embedded stays out
+        deleted = {d for d, state in graph.document_states().items() if state["deleted_at"] is not None}
+    keep = [i for i, row in enumerate(rows) if row["doc_id"] not in deleted]
+    rows, vectors = [rows[i] for i in keep], [vectors[i] for i in keep]
     matrix = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1)
     frame = pd.DataFrame(rows)
     frame["vector"] = [v.tobytes() for v in matrix]
@@ -143,7 +147,9 @@ def embedding_features(context: dg.AssetExecutionContext, object_store: ObjectSt
     tenant = validate_tenant_id(context.partition_key)
     frame, matrix = read_vectors(object_store.for_tenant(tenant))
     features = feature_store.for_tenant(tenant)
-    new_mask = ~frame["embedding_hash"].isin(features.live_values().keys())
+    # a row hidden by delete-document comes back by undo only, even if a chunk_embeddings run that
+    # started before the delete wrote it to the vectors file again
+    new_mask = ~frame["embedding_hash"].isin(features.live_values().keys() | features.hidden_hashes())
     blobs, scales = quantize(matrix[new_mask.to_numpy()]) if new_mask.any() else ([], [])
     upserts = frame.loc[new_mask, ["embedding_hash", "chunk_id", "doc_id"]].assign(
         vector_fp8=blobs, scale=np.asarray(scales, dtype=np.float32), deleted=False)

@@ -25,15 +25,12 @@ def purge_tenant(graph, objects, feature_views, tenant_dir=None, now=None,
     purge erases them again (every step is idempotent). Returns the nodes purged, each erased
     document's report and the trainings that learnt from them (recorded for model_gc, to be retrained)."""
     from datacreek_assets.erasure.actions import purge_document
-    from datacreek_assets.erasure.documents import mark_purged_trainings
 
     reports, tainted = [], set()
     for doc_id in graph.documents_due_for_purge(UNDO_WINDOW, now):
         entry, trainings = purge_document(graph, objects, feature_views, tenant_dir, doc_id, now, hot_graph)
         reports.append(entry)
         tainted |= set(trainings)
-    if tainted:
-        mark_purged_trainings(tenant_dir, sorted(tainted))
     return graph.purge_deleted(UNDO_WINDOW, now), reports, sorted(tainted)
 
 
@@ -51,10 +48,10 @@ def purge_soft_deleted(context: dg.OpExecutionContext, graph_store: GraphStoreRe
     finally:
         registry.close()
     failed = []
-    hot = hot_graph.store()
     with graph_store.admin() as admin:
         for tenant in tenants:
             try:
+                hot = hot_graph.store()  # unreachable: this tenant's purge fails, its documents stay due
                 purged, reports, tainted = purge_tenant(admin.tenant(tenant), object_store.for_tenant(tenant),
                                                        [feature_store.for_tenant(tenant, view=view)
                                                         for view in FEATURE_VIEWS],
