@@ -450,6 +450,14 @@ class TenantGraph:
             "f.sentence AS sentence, c.chunk_id AS chunk_id, f.doc_id AS doc_id ORDER BY fact_id"
         )
 
+    def live_mentions(self) -> list[dict]:
+        return self._execute(
+            "MATCH (c:Chunk {tenant_id: $tenant})-[:MENTIONS]->(e:Entity {tenant_id: $tenant}) "
+            "WHERE c.deleted_at IS NULL "
+            "RETURN c.chunk_id AS chunk_id, c.doc_id AS doc_id, e.entity_id AS entity_id, e.name AS entity "
+            "ORDER BY chunk_id, entity_id"
+        )
+
     def document_subgraph(self, doc_id: str, limit: int = 60) -> list[dict]:
         """Edges (source, type, target) around one live document, for pictures."""
         return self._execute(

@@ -189,6 +189,24 @@ class ManagedProcess:
         return True
 
 
+def fetch_maven_jars(name: str, pom: Path, lib_dir: Path, properties: dict[str, str]) -> None:
+    """A service's jars and their dependencies from Maven Central into ``lib_dir``, renamed into
+    place only when complete, so an interrupted fetch is redone."""
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise ServiceError(f"{name}: Maven is required the first time (to fetch its jars from Maven Central); "
+                           "install it with `apt-get install -y maven`")
+    staging = lib_dir.with_name("lib.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    result = subprocess.run([mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
+                             f"-DoutputDirectory={staging}", *(f"-D{k}={v}" for k, v in properties.items())],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ServiceError(f"{name}: Maven could not fetch the jars:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+    shutil.rmtree(lib_dir, ignore_errors=True)
+    staging.rename(lib_dir)
+
+
 def _tail(path: Path, lines: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -240,26 +258,8 @@ class Neo4jService(ManagedProcess):
         )
 
     def _fetch_jars(self, progress: Callable[[str], None]) -> None:
-        mvn = shutil.which("mvn")
-        if mvn is None:
-            raise ServiceError(
-                "neo4j: Maven is required the first time (to fetch Neo4j from Maven Central); "
-                "install it with `apt-get install -y maven`"
-            )
         progress(f"neo4j: fetching Neo4j Community {NEO4J_VERSION} from Maven Central (first run only)")
-        staging = self.lib_dir.with_name("lib.partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        result = subprocess.run(
-            [mvn, "-q", "-B", "-f", str(NEO4J_POM), "dependency:copy-dependencies",
-             f"-DoutputDirectory={staging}", f"-Dneo4j.version={NEO4J_VERSION}"],
-            capture_output=True,
-            text=True,
-        )
-        if result.returncode != 0:
-            raise ServiceError(f"neo4j: Maven could not fetch the jars:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
-        # Rename into place only when complete, so an interrupted fetch is redone.
-        shutil.rmtree(self.lib_dir, ignore_errors=True)
-        staging.rename(self.lib_dir)
+        fetch_maven_jars("neo4j", NEO4J_POM, self.lib_dir, {"neo4j.version": NEO4J_VERSION})
 
     def command(self) -> list[str]:
         return [
@@ -516,7 +516,9 @@ class RayService(ManagedProcess):
 
 
 def all_services(settings: LocalSettings) -> list[ManagedProcess]:
-    return [Neo4jService(settings), FalkorDBService(settings), RayService(settings)]
+    from datacreek_assets.streaming.kafka_service import KafkaService
+
+    return [Neo4jService(settings), FalkorDBService(settings), KafkaService(settings), RayService(settings)]
 
 
 def services_up(settings: LocalSettings, timeout: float = 180.0, progress: Callable[[str], None] = print) -> list[ServiceStatus]:

@@ -15,6 +15,7 @@ from datacreek_assets.settings import ConfigError, LocalSettings
 from datacreek_assets.tenant_lifecycle import TenantStores
 from resources.stores import (
     CreditLedgerResource,
+    EventLogResource,
     FeatureStoreResource,
     FineTuneResource,
     GraphStoreResource,
@@ -31,6 +32,7 @@ def build_resources(profile: str, settings: LocalSettings | None = None) -> dict
         return {
             "graph_store": GraphStoreResource(uri=settings.neo4j_uri, isolation="label"),
             "hot_graph": HotGraphResource(host="127.0.0.1", port=settings.falkordb_port),
+            "event_log": EventLogResource(bootstrap_servers=f"127.0.0.1:{settings.kafka_port}"),
             "object_store": ObjectStoreResource(backend="local", root=str(settings.object_store_root)),
             "tenant_registry": TenantRegistryResource(url=settings.registry_url),
             "feature_store": FeatureStoreResource(
@@ -77,6 +79,7 @@ def build_resources(profile: str, settings: LocalSettings | None = None) -> dict
                 username=dg.EnvVar("DATACREEK_FALKORDB_USER"),  # "default", or the tenant's ACL user
                 password=dg.EnvVar("DATACREEK_FALKORDB_PASSWORD"),
             ),
+            "event_log": EventLogResource(bootstrap_servers=dg.EnvVar("DATACREEK_KAFKA_BOOTSTRAP")),
             "object_store": ObjectStoreResource(
                 backend="s3",
                 bucket=dg.EnvVar("DATACREEK_S3_BUCKET"),

@@ -82,6 +82,17 @@ class HotGraphResource(dg.ConfigurableResource):
         return HotGraphStore(client)
 
 
+class EventLogResource(dg.ConfigurableResource):
+    """Kafka: the tenant-keyed graph events topic."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+
+    def event_log(self):
+        from datacreek_assets.streaming.events import EventLog
+
+        return EventLog(self.bootstrap_servers)
+
+
 class ObjectStoreResource(dg.ConfigurableResource):
     """``backend='local'`` (a directory) or ``'s3'`` (a bucket, any S3 endpoint)."""
 

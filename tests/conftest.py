@@ -61,6 +61,7 @@ def settings(tmp_path_factory) -> LocalSettings:
         ray_port=int(os.environ.get("DATACREEK_TEST_RAY_PORT", "16390")),
         postgres_port=int(os.environ.get("DATACREEK_TEST_POSTGRES_PORT", "15432")),
         serve_port=int(os.environ.get("DATACREEK_TEST_SERVE_PORT", "18100")),
+        kafka_port=int(os.environ.get("DATACREEK_TEST_KAFKA_PORT", "19092")),
         # a canary earns production after 8 requests on each side instead of minutes of traffic
         canary_min_requests=8, canary_promote_after_s=0.0, canary_promote_min_requests=8,
         # With 8 requests a side, p99 is the slowest of 8: on 2 shared cores one scheduler stall
@@ -164,6 +165,7 @@ def cli_env(services) -> dict[str, str]:
         "DATACREEK_FALKORDB_PORT": str(services.falkordb_port),
         "DATACREEK_RAY_PORT": str(services.ray_port),
         "DATACREEK_SERVE_PORT": str(services.serve_port),
+        "DATACREEK_KAFKA_PORT": str(services.kafka_port),
         "DATACREEK_PROFILE": "local",
     })
     env.pop("DAGSTER_HOME", None)

@@ -70,6 +70,7 @@ def handle_errors(func):
         from datacreek_assets.serving.control import ServingError
         from datacreek_assets.serving.release_store import ReleaseConflict
         from datacreek_assets.serving.routing import InvalidVersion
+        from datacreek_assets.streaming.events import EventLogError
         from datacreek_assets.tenant_lifecycle import TenantHasData, UnknownTenant
 
         try:
@@ -78,7 +79,7 @@ def handle_errors(func):
             fail(err, EXIT_BAD_INPUT)
         except (TenantHasData, ReleaseConflict) as err:
             fail(err, EXIT_REFUSED)
-        except (ServiceError, ConfigError, WebserverUnavailable, ServingError, LifecycleError) as err:
+        except (ServiceError, ConfigError, WebserverUnavailable, ServingError, LifecycleError, EventLogError) as err:
             fail(err, EXIT_UNAVAILABLE)
         except BackfillError as err:
             fail(err, EXIT_FAILED)
@@ -94,7 +95,7 @@ def handle_errors(func):
 def _is_service_error(err: Exception) -> bool:
     """Errors raised by a store's client (Neo4j, Redis/FalkorDB, S3, SQL, Dagster config)."""
     module = type(err).__module__.split(".")[0]
-    return module in {"neo4j", "redis", "botocore", "boto3", "sqlalchemy", "falkordb"} or (
+    return module in {"neo4j", "redis", "botocore", "boto3", "sqlalchemy", "falkordb", "confluent_kafka"} or (
         type(err).__name__ == "DagsterInvalidConfigError")
 
 
@@ -103,14 +104,21 @@ def fail(err: Exception, code: int) -> None:
     sys.exit(code)
 
 
-def tenant_argument(func):
-    def check(_ctx, _param, value):
-        try:
-            return validate_tenant_id(value)
-        except InvalidTenantId as err:
-            raise click.BadParameter(str(err)) from None
+def _valid_tenant(_ctx, _param, value):
+    if value is None:
+        return None
+    try:
+        return validate_tenant_id(value)
+    except InvalidTenantId as err:
+        raise click.BadParameter(str(err)) from None
 
-    return click.argument("tenant_id", callback=check)(func)
+
+def tenant_argument(func):
+    return click.argument("tenant_id", callback=_valid_tenant)(func)
+
+
+def tenant_option(required: bool = False, help: str = "Only this tenant (default: every registered one)."):
+    return click.option("--tenant", "tenant_id", callback=_valid_tenant, required=required, help=help)
 
 
 def local_only(obj: Context) -> None:

@@ -6,21 +6,11 @@ import sys
 
 import click
 
-from datacreek_assets.cli.common import EXIT_FAILED, Context, handle_errors, require_registered
-from datacreek_assets.tenancy import InvalidTenantId, validate_tenant_id
-
-
-def _tenant_option(_ctx, _param, value):
-    if value is None:
-        return None
-    try:
-        return validate_tenant_id(value)
-    except InvalidTenantId as err:
-        raise click.BadParameter(str(err)) from None
+from datacreek_assets.cli.common import EXIT_FAILED, Context, handle_errors, require_registered, tenant_option
 
 
 @click.command("migrate")
-@click.option("--tenant", "tenant_id", callback=_tenant_option, help="Only this tenant (default: every registered one).")
+@tenant_option()
 @click.option("--dry-run", is_flag=True, help="Validate and list what would be applied; change nothing.")
 @click.pass_obj
 @handle_errors

@@ -95,6 +95,7 @@ def tenant_delete_document(obj: Context, tenant_id: str, doc_id: str) -> None:
         except NotDeletable as err:
             raise UnknownTenant(str(err)) from err
     observe_erasure(obj, tenant_id, report)
+    publish_document_events(obj, tenant_id, doc_id, deleted=True)
     if report["trainings"]:  # the adapter's page in the UI shows which trainings and releases learnt from it
         import dagster as dg
 
@@ -123,6 +124,27 @@ def observe_erasure(obj: Context, tenant_id: str, entry: dict) -> None:
     obj.instance().report_runless_asset_event(erasure_observation(tenant_id, entry))
 
 
+def publish_document_events(obj: Context, tenant_id: str, doc_id: str, deleted: bool) -> None:
+    """Tell the real-time path: a delete event, or the restored document's rows. Neo4j is already
+    written, so an unreachable event log is a warning with the way to catch up, not a failure."""
+    from datacreek_assets.streaming.events import EventLogError, document_events, graph_events
+
+    resources = obj.resources()
+    if deleted:
+        events = document_events(tenant_id, [], [], [], deleted=[doc_id])
+    else:
+        with resources["graph_store"].tenant(tenant_id) as graph:
+            events = graph_events(graph, [doc_id])
+    log = resources["event_log"].event_log()
+    try:
+        log.publish(events)
+    except EventLogError as err:
+        click.secho(f"warning: the graph events were not published ({err}); catch up with "
+                    f"`datacreek events replay --tenant {tenant_id}`", fg="yellow", err=True)
+    finally:
+        log.close()
+
+
 @tenant.command("undo")
 @tenant_argument
 @click.argument("doc_id")
@@ -143,6 +165,7 @@ def tenant_undo(obj: Context, tenant_id: str, doc_id: str) -> None:
         except NotDeletable as err:
             raise UnknownTenant(str(err)) from err
     observe_erasure(obj, tenant_id, entry)
+    publish_document_events(obj, tenant_id, doc_id, deleted=False)
     import dagster as dg
 
     # the adapter's page said which trainings the deletion tainted: say the document is back

@@ -13,18 +13,22 @@ from datacreek_assets.graph.sync import sync_documents
 from datacreek_assets.partitions import tenant_asset
 from datacreek_assets.pictures import bipartite_picture, png_markdown
 from datacreek_assets.tenancy import validate_tenant_id
-from resources.stores import GraphStoreResource, ObjectStoreResource
+from resources.stores import EventLogResource, GraphStoreResource, ObjectStoreResource
 
 
 @tenant_asset(
     automation_condition=downstream_condition(),
     group_name="graph",
-    kinds={"neo4j"},
+    kinds={"neo4j", "kafka"},
     deps=[parsed_chunks],
     description="Tenant-scoped knowledge graph in Neo4j, written incrementally: unchanged documents are "
-    "skipped, changed ones replaced, removed ones soft-deleted.",
+    "skipped, changed ones replaced, removed ones soft-deleted; each change is published as graph events "
+    "(Kafka, keyed by tenant) for the real-time path.",
 )
-def knowledge_graph(context: dg.AssetExecutionContext, graph_store: GraphStoreResource, object_store: ObjectStoreResource) -> dg.MaterializeResult:
+def knowledge_graph(context: dg.AssetExecutionContext, graph_store: GraphStoreResource,
+                    object_store: ObjectStoreResource, event_log: EventLogResource) -> dg.MaterializeResult:
+    from datacreek_assets.streaming.events import graph_events
+
     tenant = validate_tenant_id(context.partition_key)
     store = object_store.for_tenant(tenant)
     documents = [{k: d[k] for k in ("doc_id", "content_hash", "format", "size_bytes")} for d in store.get_jsonl(DOCUMENTS_KEY)]
@@ -34,6 +38,7 @@ def knowledge_graph(context: dg.AssetExecutionContext, graph_store: GraphStoreRe
     quarantined = store.get_json(QUARANTINE_KEY)
     with graph_store.tenant(tenant) as graph:
         report = sync_documents(graph, documents, chunks_by_doc)
+        events = graph_events(graph, report.written, report.soft_deleted)
         counts = graph.counts()
         biggest = max(documents, key=lambda d: len(chunks_by_doc.get(d["doc_id"], [])), default=None)
         edges = []
@@ -49,9 +54,26 @@ def knowledge_graph(context: dg.AssetExecutionContext, graph_store: GraphStoreRe
         "relationships": counts.relationships,
         "quarantined_documents": [q["doc_id"] + ": " + q["reason"] for q in quarantined],
         "extraction_precision_sample": measure_precision(),
+        **publish_events(context, event_log, tenant, events),
     }
     if edges:
         png = bipartite_picture(edges, f"{tenant}: {biggest['doc_id']} (chunks -> entities)")
         store.put("reports/knowledge_graph.png", png)
         metadata["graph_picture"] = dg.MetadataValue.md(png_markdown(png, "knowledge graph sample"))
     return dg.MaterializeResult(metadata=metadata)
+
+
+def publish_events(context: dg.AssetExecutionContext, event_log: EventLogResource, tenant: str, events: list) -> dict:
+    """The graph is written (Neo4j is the truth): an event log that cannot take the events is
+    logged with the way to catch up, and the hot layer lags until then."""
+    from datacreek_assets.streaming.events import EventLogError
+
+    log = event_log.event_log()
+    try:
+        return {"events_published": log.publish(events)}
+    except EventLogError as err:
+        context.log.error(f"{tenant}: {len(events)} graph events not published ({err}); "
+                          f"catch up with `datacreek events replay --tenant {tenant}`")
+        return {"events_published": 0, "events_not_published": len(events)}
+    finally:
+        log.close()

@@ -1,0 +1,190 @@
+"""Graph events: one per chunk, entity mention and fact of a written document, and one per
+deleted document, published to Kafka keyed by tenant (a tenant's events keep their order in one
+partition). The stream job turns them into the tenant's hot graph; `events replay` re-publishes
+a tenant's live graph from Neo4j, the truth, to rebuild or bootstrap it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+from datacreek_assets.tenancy import validate_tenant_id
+
+EVENTS_TOPIC = "datacreek.graph-events"
+DEAD_LETTER_TOPIC = "datacreek.graph-events.dead-letter"
+TOPIC_PARTITIONS = 4
+KINDS = ("chunk", "mention", "fact", "document")
+MAX_EVENT_BYTES = 64 * 1024  # an event names ids and short strings; anything larger is hostile
+# Events quote entity names and facts: kept 7 days, well inside the 30 days after which erasure
+# promises a deleted document is gone. Neo4j, not the log, is what a replay rebuilds from.
+RETENTION_MS = 7 * 24 * 3600 * 1000
+
+
+class EventLogError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class GraphEvent:
+    tenant_id: str
+    doc_id: str
+    kind: str  # chunk | mention | fact | document
+    op: str  # upsert | delete
+    event_time: str  # ISO 8601, UTC: when the graph changed (the stream's event time)
+    ids: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        validate_tenant_id(self.tenant_id)
+        if not all(isinstance(v, str) for v in (self.doc_id, self.event_time)) or not isinstance(self.ids, dict):
+            raise EventLogError("not a graph event: doc_id and event_time are strings, ids an object")
+        if self.kind not in KINDS or self.op not in ("upsert", "delete"):
+            raise EventLogError(f"not a graph event: kind={self.kind!r} op={self.op!r}")
+
+    def to_bytes(self) -> bytes:
+        data = json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
+        if len(data) > MAX_EVENT_BYTES:
+            raise EventLogError(f"event of {len(data)} bytes is over {MAX_EVENT_BYTES}")
+        return data
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "GraphEvent":
+        if len(data) > MAX_EVENT_BYTES:
+            raise EventLogError(f"event of {len(data)} bytes is over {MAX_EVENT_BYTES}")
+        try:
+            raw = json.loads(data)
+            return cls(**{k: raw[k] for k in ("tenant_id", "doc_id", "kind", "op", "event_time", "ids")})
+        except (ValueError, TypeError, KeyError) as err:
+            raise EventLogError(f"not a graph event: {err}") from err
+
+
+def document_events(tenant_id: str, chunks: list[dict], mentions: list[dict], facts: list[dict],
+                    deleted: Iterable[str] = (), at: datetime | None = None) -> list[GraphEvent]:
+    """For each document of the given live rows (``TenantGraph.live_chunks/live_mentions/live_facts``,
+    or those of some documents) a document upsert, which replaces whatever the hot graph held of it,
+    then the upserts of its rows; and a delete per deleted document."""
+    when = (at or datetime.now(timezone.utc)).isoformat()
+    written = sorted({row["doc_id"] for row in (*chunks, *mentions, *facts)})
+    events = [GraphEvent(tenant_id, doc_id, "document", "upsert", when) for doc_id in written]
+    events += [GraphEvent(tenant_id, c["doc_id"], "chunk", "upsert", when, {"chunk_id": c["chunk_id"]})
+               for c in chunks]
+    events += [GraphEvent(tenant_id, m["doc_id"], "mention", "upsert", when,
+                          {"chunk_id": m["chunk_id"], "entity_id": m["entity_id"], "entity": m["entity"]})
+               for m in mentions]
+    events += [GraphEvent(tenant_id, f["doc_id"], "fact", "upsert", when,
+                          {k: f[k] for k in ("fact_id", "chunk_id", "subject", "predicate", "object")})
+               for f in facts]
+    events += [GraphEvent(tenant_id, doc_id, "document", "delete", when) for doc_id in deleted]
+    return events
+
+
+def graph_events(graph, doc_ids: Iterable[str] | None = None, deleted: Iterable[str] = ()) -> list[GraphEvent]:
+    """The events of a tenant's live graph (every document, or ``doc_ids``), read from Neo4j."""
+    wanted = None if doc_ids is None else set(doc_ids)
+
+    def mine(rows: list[dict]) -> list[dict]:
+        return rows if wanted is None else [r for r in rows if r["doc_id"] in wanted]
+
+    if wanted is not None and not wanted:
+        return document_events(graph.tenant_id, [], [], [], deleted)
+    return document_events(graph.tenant_id, mine(graph.live_chunks()), mine(graph.live_mentions()),
+                           mine(graph.live_facts()), deleted)
+
+
+class EventLog:
+    """A producer and admin client for the tenant-keyed graph events topic."""
+
+    def __init__(self, bootstrap_servers: str, timeout_s: float = 30.0):
+        self.bootstrap_servers = bootstrap_servers
+        self.timeout_s = timeout_s
+        self._producer = None
+
+    def _config(self) -> dict:
+        return {"bootstrap.servers": self.bootstrap_servers, "log_level": 3}
+
+    def ensure_topics(self) -> list[str]:
+        """Create the events and dead-letter topics if missing; returns those created."""
+        from confluent_kafka import KafkaException
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        admin = AdminClient(self._config())
+        try:
+            existing = set(admin.list_topics(timeout=self.timeout_s).topics)
+        except KafkaException as err:
+            raise EventLogError(f"Kafka is not reachable at {self.bootstrap_servers} ({err}); locally, start it "
+                                "with `datacreek services up`") from None
+        missing = [t for t in (EVENTS_TOPIC, DEAD_LETTER_TOPIC) if t not in existing]
+        if missing:
+            futures = admin.create_topics([NewTopic(t, num_partitions=TOPIC_PARTITIONS, replication_factor=1,
+                                                    config={"retention.ms": str(RETENTION_MS)}) for t in missing])
+            for topic, future in futures.items():
+                try:
+                    future.result(timeout=self.timeout_s)
+                except KafkaException as err:
+                    if "TOPIC_ALREADY_EXISTS" not in str(err):  # another process made it meanwhile
+                        raise EventLogError(f"cannot create topic {topic}: {err}") from None
+        return missing
+
+    def publish(self, events: list[GraphEvent], on_progress: Callable[[int, int], None] | None = None) -> int:
+        """Publish and wait until the broker has every event (idempotent producer, acks from all
+        replicas); raises EventLogError when any is not delivered."""
+        from confluent_kafka import Producer
+
+        if not events:
+            return 0
+        self.ensure_topics()
+        if self._producer is None:
+            self._producer = Producer({**self._config(), "enable.idempotence": True, "acks": "all",
+                                       "linger.ms": 20, "compression.type": "lz4"})
+        failures: list[str] = []
+
+        def delivered(err, _msg) -> None:
+            if err is not None:
+                failures.append(str(err))
+
+        for i, event in enumerate(events, 1):
+            while True:
+                try:
+                    self._producer.produce(EVENTS_TOPIC, key=event.tenant_id.encode(), value=event.to_bytes(),
+                                           on_delivery=delivered)
+                    break
+                except BufferError:  # the local queue is full: let the broker catch up
+                    self._producer.poll(0.5)
+            if on_progress and i % 500 == 0:
+                on_progress(i, len(events))
+        left = self._producer.flush(self.timeout_s)
+        if left or failures:
+            raise EventLogError(f"{left + len(failures)} of {len(events)} events not delivered to "
+                                f"{self.bootstrap_servers}: {failures[:3]}")
+        if on_progress:
+            on_progress(len(events), len(events))
+        return len(events)
+
+    def read(self, tenant_id: str, group: str, limit: int, timeout_s: float = 30.0) -> Iterator[GraphEvent]:
+        """Read up to ``limit`` of one tenant's events from the start (a consumer group of its own);
+        other tenants' events on the same partitions are skipped. For checks and tests."""
+        import time
+
+        from confluent_kafka import Consumer
+
+        tenant_id = validate_tenant_id(tenant_id)
+        consumer = Consumer({**self._config(), "group.id": group, "auto.offset.reset": "earliest",
+                             "enable.auto.commit": False})
+        consumer.subscribe([EVENTS_TOPIC])
+        try:
+            found, deadline = 0, time.monotonic() + timeout_s
+            while found < limit and time.monotonic() < deadline:
+                message = consumer.poll(0.5)
+                if message is None or message.error():
+                    continue
+                if message.key() == tenant_id.encode():
+                    found += 1
+                    yield GraphEvent.from_bytes(message.value())
+        finally:
+            consumer.close()
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(self.timeout_s)
+            self._producer = None

@@ -1,0 +1,154 @@
+"""Graph events in the real Kafka (KRaft, started by the test session like every service): the
+knowledge_graph asset publishes one per chunk, mention and fact it writes and one per deleted
+document, keyed by tenant; `datacreek events replay` publishes a tenant's live graph."""
+
+import subprocess
+import uuid
+
+import dagster as dg
+import pytest
+
+from datacreek_assets.defs.graph.assets import knowledge_graph
+from datacreek_assets.defs.ingest.assets import parsed_chunks, raw_documents
+from datacreek_assets.partitions import TENANTS_PARTITION
+from datacreek_assets.streaming.events import EVENTS_TOPIC, EventLog, EventLogError, GraphEvent
+from datacreek_assets.tenant_lifecycle import add_tenant, remove_tenant
+from resources.factory import open_tenant_stores
+
+pytestmark = pytest.mark.integration
+TENANTS = ("events-a", "events-b")
+CORPUS = {  # the same document names and entities in both tenants
+    "rivers.txt": "The Danube flows through Vienna and Budapest. The Rhine rises in the Swiss Alps.",
+    "tools.md": "# Tools\n\nGit is a distributed version control system. Neo4j stores data as nodes.",
+}
+
+
+def all_messages(bootstrap: str, timeout_s: float = 20.0) -> list:
+    """Every message of the events topic from the start, with its key and partition."""
+    import time
+
+    from confluent_kafka import Consumer
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"test-{uuid.uuid4().hex}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([EVENTS_TOPIC])
+    found, started, last = [], time.monotonic(), time.monotonic()
+    try:
+        while True:  # until 3 s pass without a message (or nothing came at all)
+            message = consumer.poll(0.5)
+            now = time.monotonic()
+            if message is not None and not message.error():
+                found.append(message)
+                last = now
+            elif (found and now - last > 3) or (not found and now - started > timeout_s):
+                break
+    finally:
+        consumer.close()
+    return found
+
+
+@pytest.fixture
+def tenants(local_resources, instance):
+    with open_tenant_stores(local_resources) as stores:
+        for tenant in TENANTS:
+            add_tenant(tenant, stores, instance)
+        yield stores
+        for tenant in TENANTS:
+            remove_tenant(tenant, stores, instance, force=True)
+
+
+def test_the_graph_asset_publishes_events_keyed_by_tenant_and_replay_publishes_the_live_graph(
+        local_resources, instance, tenants, cli_env, datacreek):
+    from datacreek_assets.object_store import TenantObjectStore
+
+    bootstrap = local_resources["event_log"].bootstrap_servers
+    for tenant in TENANTS:
+        objects = TenantObjectStore(tenants.objects, tenant)
+        for name, text in CORPUS.items():
+            objects.put(f"inbox/{name}", text.encode())
+        result = dg.materialize([raw_documents, parsed_chunks, knowledge_graph], partition_key=tenant,
+                                instance=instance, resources=local_resources)
+        assert result.success
+    published = result.asset_materializations_for_node("knowledge_graph")[0].metadata["events_published"].value
+    graph = tenants.graph.tenant("events-b")
+    live = {"chunk": len(graph.live_chunks()), "mention": len(graph.live_mentions()), "fact": len(graph.live_facts())}
+    assert published == len(CORPUS) + sum(live.values()) and live["mention"] > 0  # + a document event each
+
+    def events_of(messages, tenant):
+        return [GraphEvent.from_bytes(m.value()) for m in messages if m.key() == tenant.encode()]
+
+    messages = all_messages(bootstrap)
+    for message in messages:  # the key is the tenant, and a tenant's events keep one partition
+        assert GraphEvent.from_bytes(message.value()).tenant_id == message.key().decode()
+    for tenant in TENANTS:
+        assert len({m.partition() for m in messages if m.key() == tenant.encode()}) == 1
+        mine = events_of(messages, tenant)
+        assert {kind: sum(e.kind == kind for e in mine) for kind in live} == live  # same corpus, same counts
+        assert {e.doc_id for e in mine} == set(CORPUS) and {e.op for e in mine} == {"upsert"}
+
+    # a document leaves the inbox: one delete event, for that tenant only
+    TenantObjectStore(tenants.objects, "events-a").delete("inbox/tools.md")
+    assert dg.materialize([raw_documents, parsed_chunks, knowledge_graph], partition_key="events-a",
+                          instance=instance, resources=local_resources).success
+    messages = all_messages(bootstrap)
+    deletes = [(e.tenant_id, e.doc_id) for tenant in TENANTS for e in events_of(messages, tenant) if e.op == "delete"]
+    assert deletes == [("events-a", "tools.md")]
+
+    # replay: every live row of the tenant's graph again (what rebuilds a lost hot layer)
+    before = len(events_of(messages, "events-a"))
+    run = subprocess.run([datacreek, "events", "replay", "--tenant", "events-a"], env=cli_env, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    graph = tenants.graph.tenant("events-a")
+    expected = 1 + len(graph.live_chunks()) + len(graph.live_mentions()) + len(graph.live_facts())  # 1 document
+    assert f"events-a: {expected} events published" in run.stdout
+    replayed = events_of(all_messages(bootstrap), "events-a")[before:]
+    assert len(replayed) == expected and {e.doc_id for e in replayed} == {"rivers.txt"}
+    # an operator's delete and undo reach the event log at once
+    for args in (["tenant", "delete-document", "events-a", "rivers.txt"], ["tenant", "undo", "events-a", "rivers.txt"]):
+        done = subprocess.run([datacreek, *args], env=cli_env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and "warning" not in done.stderr, done.stderr
+    after_cli = events_of(all_messages(bootstrap), "events-a")[before + expected:]
+    assert (after_cli[0].op, after_cli[0].doc_id) == ("delete", "rivers.txt")
+    assert len(after_cli) == 1 + expected and {e.op for e in after_cli[1:]} == {"upsert"}
+    for bad, code in (("../events-a", 2), ("events-z", 2)):  # invalid, and not registered
+        refused = subprocess.run([datacreek, "events", "replay", "--tenant", bad], env=cli_env, capture_output=True,
+                                 text=True, timeout=120)
+        assert refused.returncode == code, refused.stderr
+
+
+def test_the_topics_keep_events_no_longer_than_erasure_allows(local_resources):
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    from datacreek_assets.streaming.events import DEAD_LETTER_TOPIC, RETENTION_MS
+
+    bootstrap = local_resources["event_log"].bootstrap_servers
+    local_resources["event_log"].event_log().ensure_topics()
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for topic in (EVENTS_TOPIC, DEAD_LETTER_TOPIC):
+        resource = ConfigResource("topic", topic)
+        config = admin.describe_configs([resource])[resource].result()
+        assert int(config["retention.ms"].value) == RETENTION_MS < 30 * 24 * 3600 * 1000
+
+
+def test_an_unreachable_event_log_is_a_clear_error():
+    log = EventLog("127.0.0.1:1", timeout_s=3)
+    event = GraphEvent("events-a", "a.txt", "document", "delete", "2026-12-02T00:00:00+00:00")
+    with pytest.raises(EventLogError, match="not reachable at 127.0.0.1:1"):
+        log.publish([event])
+
+
+@pytest.mark.parametrize("value, reason", [
+    (b"not json", "Expecting value"),
+    (b'{"tenant_id": "../x", "doc_id": "a", "kind": "chunk", "op": "upsert", "event_time": "t", "ids": {}}',
+     "tenant id"),
+    (b'{"tenant_id": "acme", "doc_id": "a", "kind": "drop", "op": "upsert", "event_time": "t", "ids": {}}',
+     "kind='drop'"),
+    (b'{"tenant_id": "acme", "doc_id": "a"}', "kind"),
+    (b'{"tenant_id": "acme", "doc_id": 7, "kind": "chunk", "op": "upsert", "event_time": "t", "ids": []}',
+     "strings"),
+    (b"[" * 70_000, "over 65536"),
+])
+def test_hostile_event_bytes_are_refused_with_a_reason(value, reason):
+    with pytest.raises(EventLogError, match=reason):
+        GraphEvent.from_bytes(value)
