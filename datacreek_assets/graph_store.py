@@ -433,29 +433,30 @@ class TenantGraph:
         return self._write(work)[0]
 
     # -- reads for downstream assets (soft-deleted data is invisible) ------------
-    def live_chunks(self) -> list[dict]:
+    # the live rows of the tenant, or of some of its documents (``doc_ids``)
+    def live_chunks(self, doc_ids: list[str] | None = None) -> list[dict]:
         return self._execute(
             "MATCH (d:Document {tenant_id: $tenant})-[:HAS_CHUNK]->(c:Chunk {tenant_id: $tenant}) "
-            "WHERE d.deleted_at IS NULL AND c.deleted_at IS NULL "
+            "WHERE d.deleted_at IS NULL AND c.deleted_at IS NULL AND ($docs IS NULL OR d.doc_id IN $docs) "
             "RETURN c.chunk_id AS chunk_id, d.doc_id AS doc_id, c.position AS position, c.text AS text "
-            "ORDER BY doc_id, position"
+            "ORDER BY doc_id, position", docs=doc_ids,
         )
 
-    def live_facts(self) -> list[dict]:
+    def live_facts(self, doc_ids: list[str] | None = None) -> list[dict]:
         return self._execute(
             "MATCH (f:Fact {tenant_id: $tenant})-[:SUBJECT]->(s:Entity {tenant_id: $tenant}), "
             "(f)-[:OBJECT]->(o:Entity {tenant_id: $tenant}), (f)-[:SOURCE]->(c:Chunk {tenant_id: $tenant}) "
-            "WHERE f.deleted_at IS NULL AND c.deleted_at IS NULL "
+            "WHERE f.deleted_at IS NULL AND c.deleted_at IS NULL AND ($docs IS NULL OR f.doc_id IN $docs) "
             "RETURN f.fact_id AS fact_id, s.name AS subject, f.predicate AS predicate, o.name AS object, "
-            "f.sentence AS sentence, c.chunk_id AS chunk_id, f.doc_id AS doc_id ORDER BY fact_id"
+            "f.sentence AS sentence, c.chunk_id AS chunk_id, f.doc_id AS doc_id ORDER BY fact_id", docs=doc_ids,
         )
 
-    def live_mentions(self) -> list[dict]:
+    def live_mentions(self, doc_ids: list[str] | None = None) -> list[dict]:
         return self._execute(
             "MATCH (c:Chunk {tenant_id: $tenant})-[:MENTIONS]->(e:Entity {tenant_id: $tenant}) "
-            "WHERE c.deleted_at IS NULL "
+            "WHERE c.deleted_at IS NULL AND ($docs IS NULL OR c.doc_id IN $docs) "
             "RETURN c.chunk_id AS chunk_id, c.doc_id AS doc_id, e.entity_id AS entity_id, e.name AS entity "
-            "ORDER BY chunk_id, entity_id"
+            "ORDER BY chunk_id, entity_id", docs=doc_ids,
         )
 
     def document_subgraph(self, doc_id: str, limit: int = 60) -> list[dict]:

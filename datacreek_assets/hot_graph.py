@@ -5,6 +5,8 @@ from __future__ import annotations
 from datacreek_assets.tenancy import validate_tenant_id
 
 GRAPH_PREFIX = "datacreek_tenant_"
+HOT_INDEXES = (("Chunk", "chunk_id"), ("Chunk", "doc_id"), ("Entity", "entity_id"), ("Fact", "fact_id"),
+               ("Fact", "doc_id"))
 
 
 def hot_graph_name(tenant_id: str) -> str:
@@ -19,7 +21,16 @@ class HotGraphStore:
         return self.client.select_graph(hot_graph_name(tenant_id))
 
     def create_scope(self, tenant_id: str) -> None:
-        self.graph(tenant_id).query("MERGE (:Tenant {tenant_id: $tenant})", {"tenant": tenant_id})
+        import redis
+
+        graph = self.graph(tenant_id)
+        graph.query("MERGE (:Tenant {tenant_id: $tenant})", {"tenant": tenant_id})
+        for label, key in HOT_INDEXES:  # what the stream's MERGEs and the hot queries look up
+            try:
+                graph.query(f"CREATE INDEX FOR (n:{label}) ON (n.{key})")
+            except redis.ResponseError as err:
+                if "already indexed" not in str(err):
+                    raise
 
     def scope_exists(self, tenant_id: str) -> bool:
         # EXISTS on the graph's key, not GRAPH.LIST: a tenant's ACL user may touch its own key only
@@ -32,12 +43,17 @@ class HotGraphStore:
         return int(result.result_set[0][0])
 
     def delete_document(self, tenant_id: str, doc_id: str) -> int:
-        """Erasure: every node of the tenant's graph that carries the document's id; returns how many."""
+        """Erasure: the document's chunks and facts go as a stream window's delete takes them (the
+        co-occurrence weights recomputed, entities no chunk names removed); returns the nodes removed."""
+        from datacreek_assets.streaming.events import document_events
+        from datacreek_assets.streaming.windows import apply_window, fold
+
         if not self.scope_exists(tenant_id):
             return 0
-        result = self.graph(tenant_id).query(
-            "MATCH (n) WHERE n.doc_id = $doc DETACH DELETE n RETURN count(n)", {"doc": doc_id})
-        return int(result.result_set[0][0])
+        graph = self.graph(tenant_id)
+        before = self.node_count(tenant_id)
+        apply_window(graph, fold(tenant_id, "erasure", document_events(tenant_id, [], [], [], deleted=[doc_id])))
+        return before - self.node_count(tenant_id)
 
     def drop_scope(self, tenant_id: str) -> bool:
         if not self.scope_exists(tenant_id):

@@ -86,11 +86,13 @@ class EventLogResource(dg.ConfigurableResource):
     """Kafka: the tenant-keyed graph events topic."""
 
     bootstrap_servers: str = "127.0.0.1:9092"
+    timeout_s: float = 10.0  # the longest a run or command waits on an unreachable broker
+    replication_factor: int = 1  # of the topics it creates; a production cluster wants 3
 
     def event_log(self):
         from datacreek_assets.streaming.events import EventLog
 
-        return EventLog(self.bootstrap_servers)
+        return EventLog(self.bootstrap_servers, self.timeout_s, self.replication_factor)
 
 
 class ObjectStoreResource(dg.ConfigurableResource):

@@ -15,7 +15,9 @@ from datacreek_assets.tenancy import validate_tenant_id
 EVENTS_TOPIC = "datacreek.graph-events"
 DEAD_LETTER_TOPIC = "datacreek.graph-events.dead-letter"
 TOPIC_PARTITIONS = 4
-KINDS = ("chunk", "mention", "fact", "document")
+# the ids each kind carries, all strings (what the stream job reads)
+KIND_IDS = {"document": (), "chunk": ("chunk_id",), "mention": ("chunk_id", "entity_id", "entity"),
+            "fact": ("fact_id", "chunk_id", "subject", "predicate", "object")}
 MAX_EVENT_BYTES = 64 * 1024  # an event names ids and short strings; anything larger is hostile
 # Events quote entity names and facts: kept 7 days, well inside the 30 days after which erasure
 # promises a deleted document is gone. Neo4j, not the log, is what a replay rebuilds from.
@@ -39,8 +41,20 @@ class GraphEvent:
         validate_tenant_id(self.tenant_id)
         if not all(isinstance(v, str) for v in (self.doc_id, self.event_time)) or not isinstance(self.ids, dict):
             raise EventLogError("not a graph event: doc_id and event_time are strings, ids an object")
-        if self.kind not in KINDS or self.op not in ("upsert", "delete"):
+        if self.kind not in KIND_IDS or self.op not in ("upsert", "delete"):
             raise EventLogError(f"not a graph event: kind={self.kind!r} op={self.op!r}")
+        if set(self.ids) != set(KIND_IDS[self.kind]) or not all(isinstance(v, str) for v in self.ids.values()):
+            raise EventLogError(f"not a graph event: a {self.kind} event carries the strings "
+                                f"{', '.join(KIND_IDS[self.kind]) or 'no ids'}")
+        try:
+            if datetime.fromisoformat(self.event_time).tzinfo is None:
+                raise ValueError("no time zone")
+        except ValueError as err:
+            raise EventLogError(f"not a graph event: event_time {self.event_time[:40]!r} ({err})") from None
+
+    @property
+    def timestamp_ms(self) -> int:
+        return int(datetime.fromisoformat(self.event_time).timestamp() * 1000)
 
     def to_bytes(self) -> bytes:
         data = json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
@@ -60,44 +74,48 @@ class GraphEvent:
 
 
 def document_events(tenant_id: str, chunks: list[dict], mentions: list[dict], facts: list[dict],
-                    deleted: Iterable[str] = (), at: datetime | None = None) -> list[GraphEvent]:
-    """For each document of the given live rows (``TenantGraph.live_chunks/live_mentions/live_facts``,
-    or those of some documents) a document upsert, which replaces whatever the hot graph held of it,
-    then the upserts of its rows; and a delete per deleted document."""
+                    deleted: Iterable[str] = (), documents: Iterable[str] | None = None,
+                    at: datetime | None = None) -> list[GraphEvent]:
+    """For each written document (``documents``; by default those of the rows) a document upsert,
+    which replaces whatever the hot graph held of it (a document rewritten to no chunk included),
+    then the upserts of the given live rows (``TenantGraph.live_chunks/live_mentions/live_facts``);
+    and a delete per deleted document."""
     when = (at or datetime.now(timezone.utc)).isoformat()
-    written = sorted({row["doc_id"] for row in (*chunks, *mentions, *facts)})
+    written = sorted(set(documents) if documents is not None else {r["doc_id"] for r in (*chunks, *mentions, *facts)})
     events = [GraphEvent(tenant_id, doc_id, "document", "upsert", when) for doc_id in written]
     events += [GraphEvent(tenant_id, c["doc_id"], "chunk", "upsert", when, {"chunk_id": c["chunk_id"]})
                for c in chunks]
     events += [GraphEvent(tenant_id, m["doc_id"], "mention", "upsert", when,
-                          {"chunk_id": m["chunk_id"], "entity_id": m["entity_id"], "entity": m["entity"]})
-               for m in mentions]
+                          {k: _text(m[k]) for k in KIND_IDS["mention"]}) for m in mentions]
     events += [GraphEvent(tenant_id, f["doc_id"], "fact", "upsert", when,
-                          {k: f[k] for k in ("fact_id", "chunk_id", "subject", "predicate", "object")})
-               for f in facts]
+                          {k: _text(f[k]) for k in KIND_IDS["fact"]}) for f in facts]
     events += [GraphEvent(tenant_id, doc_id, "document", "delete", when) for doc_id in deleted]
     return events
 
 
+def _text(value) -> str:
+    return "" if value is None else str(value)
+
+
 def graph_events(graph, doc_ids: Iterable[str] | None = None, deleted: Iterable[str] = ()) -> list[GraphEvent]:
-    """The events of a tenant's live graph (every document, or ``doc_ids``), read from Neo4j."""
-    wanted = None if doc_ids is None else set(doc_ids)
-
-    def mine(rows: list[dict]) -> list[dict]:
-        return rows if wanted is None else [r for r in rows if r["doc_id"] in wanted]
-
-    if wanted is not None and not wanted:
-        return document_events(graph.tenant_id, [], [], [], deleted)
-    return document_events(graph.tenant_id, mine(graph.live_chunks()), mine(graph.live_mentions()),
-                           mine(graph.live_facts()), deleted)
+    """The events of a tenant's documents ``doc_ids`` (every live one by default) read from Neo4j,
+    and a delete per ``deleted`` document."""
+    docs = None if doc_ids is None else sorted(set(doc_ids))
+    if docs == []:
+        return document_events(graph.tenant_id, [], [], [], deleted, documents=[])
+    if docs is None:
+        docs = sorted(d for d, state in graph.document_states().items() if state["deleted_at"] is None)
+    return document_events(graph.tenant_id, graph.live_chunks(docs), graph.live_mentions(docs),
+                           graph.live_facts(docs), deleted, documents=docs)
 
 
 class EventLog:
     """A producer and admin client for the tenant-keyed graph events topic."""
 
-    def __init__(self, bootstrap_servers: str, timeout_s: float = 30.0):
+    def __init__(self, bootstrap_servers: str, timeout_s: float = 10.0, replication_factor: int = 1):
         self.bootstrap_servers = bootstrap_servers
-        self.timeout_s = timeout_s
+        self.timeout_s = timeout_s  # the longest a caller waits on an unreachable broker, per call
+        self.replication_factor = replication_factor
         self._producer = None
 
     def _config(self) -> dict:
@@ -105,7 +123,7 @@ class EventLog:
 
     def ensure_topics(self) -> list[str]:
         """Create the events and dead-letter topics if missing; returns those created."""
-        from confluent_kafka import KafkaException
+        from confluent_kafka import KafkaError, KafkaException
         from confluent_kafka.admin import AdminClient, NewTopic
 
         admin = AdminClient(self._config())
@@ -116,27 +134,38 @@ class EventLog:
                                 "with `datacreek services up`") from None
         missing = [t for t in (EVENTS_TOPIC, DEAD_LETTER_TOPIC) if t not in existing]
         if missing:
-            futures = admin.create_topics([NewTopic(t, num_partitions=TOPIC_PARTITIONS, replication_factor=1,
+            futures = admin.create_topics([NewTopic(t, num_partitions=TOPIC_PARTITIONS,
+                                                    replication_factor=self.replication_factor,
                                                     config={"retention.ms": str(RETENTION_MS)}) for t in missing])
             for topic, future in futures.items():
                 try:
                     future.result(timeout=self.timeout_s)
                 except KafkaException as err:
-                    if "TOPIC_ALREADY_EXISTS" not in str(err):  # another process made it meanwhile
+                    if err.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:  # made by another process meanwhile
                         raise EventLogError(f"cannot create topic {topic}: {err}") from None
+                except TimeoutError:
+                    raise EventLogError(f"creating topic {topic} took over {self.timeout_s:.0f}s") from None
         return missing
 
     def publish(self, events: list[GraphEvent], on_progress: Callable[[int, int], None] | None = None) -> int:
-        """Publish and wait until the broker has every event (idempotent producer, acks from all
-        replicas); raises EventLogError when any is not delivered."""
-        from confluent_kafka import Producer
+        """Publish and wait until the broker has every event (idempotent producer, acks=all);
+        raises EventLogError when any is not delivered within ``timeout_s``."""
+        from confluent_kafka import KafkaException, Producer
 
+        self.ensure_topics()  # also when there is nothing to send: an unreachable log is said at once
         if not events:
             return 0
-        self.ensure_topics()
         if self._producer is None:
             self._producer = Producer({**self._config(), "enable.idempotence": True, "acks": "all",
-                                       "linger.ms": 20, "compression.type": "lz4"})
+                                       "linger.ms": 20, "compression.type": "lz4",
+                                       "message.timeout.ms": int(self.timeout_s * 1000)})
+        try:
+            return self._send(events, on_progress)
+        except KafkaException as err:
+            self._producer.purge()  # nothing half-sent lingers into a later call
+            raise EventLogError(f"publishing to {self.bootstrap_servers} failed: {err}") from None
+
+    def _send(self, events: list[GraphEvent], on_progress: Callable[[int, int], None] | None) -> int:
         failures: list[str] = []
 
         def delivered(err, _msg) -> None:
@@ -155,6 +184,7 @@ class EventLog:
                 on_progress(i, len(events))
         left = self._producer.flush(self.timeout_s)
         if left or failures:
+            self._producer.purge()
             raise EventLogError(f"{left + len(failures)} of {len(events)} events not delivered to "
                                 f"{self.bootstrap_servers}: {failures[:3]}")
         if on_progress:
@@ -179,12 +209,15 @@ class EventLog:
                 if message is None or message.error():
                     continue
                 if message.key() == tenant_id.encode():
+                    event = GraphEvent.from_bytes(message.value())
+                    if event.tenant_id != tenant_id:  # keyed to one tenant, naming another: not its event
+                        raise EventLogError(f"an event keyed {tenant_id!r} names tenant {event.tenant_id!r}")
                     found += 1
-                    yield GraphEvent.from_bytes(message.value())
+                    yield event
         finally:
             consumer.close()
 
     def close(self) -> None:
         if self._producer is not None:
-            self._producer.flush(self.timeout_s)
+            self._producer.flush(min(self.timeout_s, 5.0))
             self._producer = None

@@ -79,12 +79,14 @@ class KafkaService(ManagedProcess):
 
     def _java(self, main: str, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(["java", "-Xmx256m", f"-Dlog4j2.configurationFile={self.home / 'log4j2.yaml'}",
-                               "-cp", f"{self.lib_dir}/*", main, *args], capture_output=True, text=True)
+                               "-cp", f"{self.lib_dir}/*", main, *args], capture_output=True, text=True, timeout=120)
 
     def _format(self, progress: Callable[[str], None]) -> None:
         progress("kafka: formatting its storage (first run only)")
         shutil.rmtree(self.home / "data", ignore_errors=True)
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()  # Kafka's id format
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # Kafka's id format; a leading dash would read as an option
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         result = self._java("kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id,
                             "-c", str(self.home / "server.properties"))
         if result.returncode != 0:

@@ -167,6 +167,8 @@ def test_cli_delete_document_and_undo(graphs, cli_env, datacreek):
 
 def test_purge_job_runs_over_registered_tenants(graphs, local_resources):
     from datacreek_assets.defs import build_definitions
+    from datacreek_assets.streaming.events import document_events
+    from datacreek_assets.streaming.windows import apply_window, fold
 
     graph, _ = graphs
     sync_documents(graph, *inputs(CORPUS))
@@ -174,7 +176,9 @@ def test_purge_job_runs_over_registered_tenants(graphs, local_resources):
     total_before = graph.total_node_count()
     hot = local_resources["hot_graph"].store()  # the hot layer holds a copy of the document's node too
     hot.create_scope(graph.tenant_id)
-    hot.graph(graph.tenant_id).query("CREATE (:Document {doc_id: 'tools.md'}), (:Document {doc_id: 'rivers.txt'})")
+    tenant = graph.tenant_id
+    apply_window(hot.graph(tenant), fold(tenant, "w1", document_events(tenant, [
+        {"chunk_id": "c1", "doc_id": "tools.md"}, {"chunk_id": "c2", "doc_id": "rivers.txt"}], [], [])))
     registry = local_resources["tenant_registry"].registry()
     registry.add(graph.tenant_id)
     try:
@@ -194,7 +198,7 @@ def test_purge_job_runs_over_registered_tenants(graphs, local_resources):
     assert report.partition == graph.tenant_id and report.metadata["erasure"].value == "purge"
     assert "tools.md" not in str(report.metadata) and "| inbox files |" in report.metadata["erasure_report"].value
     assert report.metadata["erasure_hot_graph_nodes"].value == 1
-    left = hot.graph(graph.tenant_id).ro_query("MATCH (d:Document) RETURN d.doc_id").result_set
+    left = hot.graph(graph.tenant_id).ro_query("MATCH (c:Chunk) RETURN c.doc_id").result_set
     hot.drop_scope(graph.tenant_id)
     assert left == [["rivers.txt"]]
 
