@@ -20,6 +20,7 @@ ERASURE_LOG = "erasure/log.jsonl"
 DATASET_PREFIX = "datasets/sft"
 DOCUMENTS_INDEX = "documents.json"
 PARSED_FILES = ("parsed/documents.jsonl", "chunks/chunks.jsonl")  # the ingest assets' hand-offs
+QUARANTINE_FILE = "parsed/quarantine.json"  # documents that could not be parsed, with the reason
 
 
 def document_hash(tenant_id: str, doc_id: str) -> str:
@@ -115,6 +116,13 @@ def purge_copies(objects: TenantObjectStore, feature_views: list, doc_id: str,
                 objects.put_jsonl(key, kept)
                 counts["parsed_rows"] += len(rows) - len(kept)
             remove_copies(objects, key, keep_latest=True)  # older versions may hold the text
+    if objects.exists(QUARANTINE_FILE):
+        entries = objects.get_json(QUARANTINE_FILE)
+        kept = [entry for entry in entries if entry.get("doc_id") != doc_id]
+        if len(kept) != len(entries):
+            objects.put_json(QUARANTINE_FILE, kept)
+        remove_copies(objects, QUARANTINE_FILE, keep_latest=True)
+        counts["quarantine_entries"] = len(entries) - len(kept)
     for version in objects.versions(area="toxic", folder=doc_id):
         objects.delete_version(version, area="toxic")
         counts["toxic_copies"] += 1

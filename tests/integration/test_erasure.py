@@ -135,6 +135,8 @@ def test_a_deleted_documents_copies_go_at_purge_and_its_vectors_at_once(local_re
             rewrite(*args)
             raise OSError("the object store went away")
 
+        quarantined = objects.get_json("parsed/quarantine.json")  # as if a later version had been unparseable
+        objects.put_json("parsed/quarantine.json", [*quarantined, {"doc_id": "marker.md", "reason": "broken"}])
         rewrite, later = documents.rewrite_dataset_version, datetime.now(timezone.utc) + timedelta(days=31)
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(documents, "rewrite_dataset_version", rewrite_then_fail)
@@ -152,6 +154,7 @@ def test_a_deleted_documents_copies_go_at_purge_and_its_vectors_at_once(local_re
         manifest = objects.get_json(f"datasets/sft/{version}/manifest.json")
         assert chat and manifest["records"] == len(chat) and manifest["erased_records"] == len(quoting)
         assert not objects.exists("inbox/marker.md") and objects.list(area="toxic") == []
+        assert objects.get_json("parsed/quarantine.json") == quarantined
         assert not objects.list("reports")  # the graph's picture named the document's entities
         offline = views[0].stored_rows()
         assert not any(offline.loc[offline["doc_id"] == "marker.md", "vector_fp8"].map(len))  # no values kept
