@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 
 from datacreek_assets.streaming.events import document_events
-from datacreek_assets.streaming.windows import apply_window, fold
+from datacreek_assets.streaming.windows import fold
 
 pytestmark = pytest.mark.integration
 TENANTS = ("hot-a", "hot-b")
@@ -47,28 +47,28 @@ def test_windows_fold_into_weights_idempotently_and_deletes_take_their_contribut
     a, b = hot.graph("hot-a"), hot.graph("hot-b")
     first = document_events("hot-a", *rows("one.txt", {"c1": ["danube", "vienna", "budapest"],
                                                         "c2": ["danube", "vienna"]}))
-    report = apply_window(a, fold("hot-a", "w1", first))
+    report = hot.apply_window(fold("hot-a", "w1", first))
     assert report["chunks"] == 2 and report["facts"] == 2
     expected = {("danube", "vienna"): 2, ("budapest", "danube"): 1, ("budapest", "vienna"): 1}
     assert weights(a) == expected
     once = snapshot(a)
-    apply_window(a, fold("hot-a", "w1", first))  # the same window again (a restart replays it)
+    hot.apply_window(fold("hot-a", "w1", first))  # the same window again (a restart replays it)
     assert snapshot(a) == once
 
     # the same events split over two windows, the other tenant: the same graph, apart from hot-a's
-    apply_window(b, fold("hot-b", "w1", [replace(e, tenant_id="hot-b") for e in first[:4]]))
-    apply_window(b, fold("hot-b", "w2", [replace(e, tenant_id="hot-b") for e in first[4:]]))
+    hot.apply_window(fold("hot-b", "w1", [replace(e, tenant_id="hot-b") for e in first[:4]]))
+    hot.apply_window(fold("hot-b", "w2", [replace(e, tenant_id="hot-b") for e in first[4:]]))
     assert weights(b) == expected and snapshot(a) == once
 
     # a second document shares a pair: weights add up across documents
-    apply_window(a, fold("hot-a", "w2", document_events("hot-a", *rows("two.txt", {"c9": ["danube", "vienna"]}))))
+    hot.apply_window(fold("hot-a", "w2", document_events("hot-a", *rows("two.txt", {"c9": ["danube", "vienna"]}))))
     assert weights(a)[("danube", "vienna")] == 3
 
     # rewritten: one.txt now has a single chunk; its older chunks and their weight go
-    apply_window(a, fold("hot-a", "w3", document_events("hot-a", *rows("one.txt", {"c3": ["vienna", "linz"]}))))
+    hot.apply_window(fold("hot-a", "w3", document_events("hot-a", *rows("one.txt", {"c3": ["vienna", "linz"]}))))
     assert weights(a) == {("danube", "vienna"): 1, ("linz", "vienna"): 1}
     # deleted in a later window: only two.txt's edge is left; no entity without a chunk stays
-    report = apply_window(a, fold("hot-a", "w4", document_events("hot-a", [], [], [], deleted=["one.txt"])))
+    report = hot.apply_window(fold("hot-a", "w4", document_events("hot-a", [], [], [], deleted=["one.txt"])))
     assert report["deleted_documents"] == 1 and weights(a) == {("danube", "vienna"): 1}
     names = {row[0] for row in a.ro_query("MATCH (e:Entity) RETURN e.entity_id").result_set}
     assert names == {"danube", "vienna"}
@@ -82,7 +82,7 @@ def test_a_delete_and_a_rewrite_inside_one_window_keep_only_what_came_last(hot):
     again = document_events("hot-a", *rows("one.txt", {"c2": ["rhine", "basel"]}))
     delta = fold("hot-a", "w1", written + gone + again)
     assert set(delta.chunks) == {"c2"} and delta.deleted_docs == set()
-    apply_window(a, delta)
+    hot.apply_window(delta)
     assert weights(a) == {("basel", "rhine"): 1}
     with pytest.raises(ValueError, match="hot-b"):
         fold("hot-a", "w1", [replace(e, tenant_id="hot-b") for e in written])

@@ -168,7 +168,7 @@ def test_cli_delete_document_and_undo(graphs, cli_env, datacreek):
 def test_purge_job_runs_over_registered_tenants(graphs, local_resources):
     from datacreek_assets.defs import build_definitions
     from datacreek_assets.streaming.events import document_events
-    from datacreek_assets.streaming.windows import apply_window, fold
+    from datacreek_assets.streaming.windows import fold
 
     graph, _ = graphs
     sync_documents(graph, *inputs(CORPUS))
@@ -177,7 +177,7 @@ def test_purge_job_runs_over_registered_tenants(graphs, local_resources):
     hot = local_resources["hot_graph"].store()  # the hot layer holds a copy of the document's node too
     hot.create_scope(graph.tenant_id)
     tenant = graph.tenant_id
-    apply_window(hot.graph(tenant), fold(tenant, "w1", document_events(tenant, [
+    hot.apply_window(fold(tenant, "w1", document_events(tenant, [
         {"chunk_id": "c1", "doc_id": "tools.md"}, {"chunk_id": "c2", "doc_id": "rivers.txt"}], [], [])))
     registry = local_resources["tenant_registry"].registry()
     registry.add(graph.tenant_id)
