@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NCA_STAMP := .venv-nca/.installed
+FLINK_STAMP := .venv-flink/.installed
 export DATACREEK_STATE_DIR ?= $(CURDIR)/.datacreek
 export DAGSTER_HOME ?= $(DATACREEK_STATE_DIR)/dagster_home
 # Two shared cores: keep native thread pools from oversubscribing them.
@@ -42,7 +43,14 @@ $(NCA_STAMP): requirements-nca.lock
 	.venv-nca/bin/pip install -q -r requirements-nca.lock
 	touch $@
 
-venv: $(STAMP) $(NCA_STAMP) ## create .venv (and .venv-nca) and install the pinned dependencies
+# PyFlink pins its own Beam, protobuf and numpy: the hot-graph stream job gets its own environment.
+$(FLINK_STAMP): requirements-flink.lock
+	$(PYTHON) -m venv .venv-flink
+	.venv-flink/bin/pip install -q --upgrade pip
+	.venv-flink/bin/pip install -q -r requirements-flink.lock
+	touch $@
+
+venv: $(STAMP) $(NCA_STAMP) $(FLINK_STAMP) ## create .venv (and .venv-nca, .venv-flink) and install the pinned dependencies
 
 demo: prereqs venv ## set up, start services, build every asset for the demo tenant
 	$(BIN)/datacreek demo

@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     settings = LocalSettings(state_dir=root / "state", neo4j_port=37687, falkordb_port=36380)
     results = {}
     with console.status("starting services"):
-        services_up(settings, progress=lambda m: None)
+        services_up(settings, progress=lambda m: None, stream=False)
     home_a = ensure_dagster_home(root / "home-backfill")
     home_b = ensure_dagster_home(root / "home-inprocess")
     tenants = [f"scale-{i:03d}" for i in range(args.tenants)]

@@ -38,7 +38,7 @@ def rows(docs: list[dict]) -> int:
 def comparisons(quick: bool = False) -> list[Comparison]:
     global _admin_cm
     settings = LocalSettings.from_env()
-    services_up(settings, progress=lambda m: None)
+    services_up(settings, progress=lambda m: None, stream=False)
     _admin_cm = build_resources("local", settings)["graph_store"].admin()
     admin = _admin_cm.__enter__()
     admin.create_scope(TENANT)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from datetime import datetime, timezone
 from itertools import combinations
 from typing import TYPE_CHECKING
 
@@ -11,8 +13,16 @@ if TYPE_CHECKING:
     from datacreek_assets.streaming.windows import WindowDelta
 
 GRAPH_PREFIX = "datacreek_tenant_"
-HOT_INDEXES = (("Chunk", "chunk_id"), ("Chunk", "doc_id"), ("Entity", "entity_id"), ("Fact", "fact_id"),
-               ("Fact", "doc_id"))
+HOT_INDEXES = (("Chunk", "chunk_id"), ("Chunk", "doc_id"), ("Entity", "entity_id"), ("Entity", "name"),
+               ("Fact", "fact_id"), ("Fact", "doc_id"))
+# event-to-queryable latency buckets (seconds) the stream job counts per tenant
+LATENCY_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 35.0, 45.0, 60.0, 120.0, 300.0)
+MAX_HOPS = 2
+MAX_ROWS = 1000
+
+
+class UnknownEntity(LookupError):
+    pass
 
 
 def hot_graph_name(tenant_id: str) -> str:
@@ -52,12 +62,14 @@ class HotGraphStore:
         """Erasure: the document's chunks and facts go as a stream window's delete takes them (the
         co-occurrence weights recomputed, entities no chunk names removed); returns the nodes removed."""
         from datacreek_assets.streaming.events import document_events
-        from datacreek_assets.streaming.windows import fold
+        from datacreek_assets.streaming.windows import fold, window_of
 
         if not self.scope_exists(tenant_id):
             return 0
         before = self.node_count(tenant_id)
-        self.apply_window(fold(tenant_id, "erasure", document_events(tenant_id, [], [], [], deleted=[doc_id])))
+        now = datetime.now(timezone.utc)
+        self.apply_window(fold(tenant_id, window_of(now), document_events(tenant_id, [], [], [], deleted=[doc_id],
+                                                                           at=now)))
         return before - self.node_count(tenant_id)
 
     def apply_window(self, delta: WindowDelta) -> dict[str, int]:
@@ -92,6 +104,90 @@ class HotGraphStore:
         return {"chunks": len(delta.chunks), "mentions": len(delta.mentions), "facts": len(delta.facts),
                 "deleted_documents": len(delta.deleted_docs), "pairs": len(touched),
                 "edges_removed": sum(1 for weight in weights.values() if weight == 0)}
+
+    # -- the stream job's status, per tenant (on its :Tenant node) ----------------
+    def record_window(self, tenant_id: str, window_id: str, window_end_ms: int, events: int,
+                      latencies_s: list[float], applied_ms: int) -> None:
+        """A window was written: when, how many events, and their event-to-queryable latencies
+        (cumulative histogram buckets; the stream job is a tenant's one writer)."""
+        graph = self.graph(tenant_id)
+        row = graph.query("MERGE (t:Tenant {tenant_id: $tenant}) RETURN t.latency_counts, t.latency_sum",
+                          {"tenant": tenant_id}).result_set[0]
+        counts = list(row[0] or [0] * (len(LATENCY_BUCKETS) + 1))
+        for seconds in latencies_s:
+            counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        graph.query(
+            "MATCH (t:Tenant {tenant_id: $tenant}) SET t.last_window = $w, t.last_applied_ms = $applied, "
+            "t.last_window_end_ms = CASE WHEN coalesce(t.last_window_end_ms, 0) > $end "
+            "THEN t.last_window_end_ms ELSE $end END, t.events = coalesce(t.events, 0) + $n, "
+            "t.windows = coalesce(t.windows, 0) + 1, t.latency_counts = $counts, t.latency_sum = $sum",
+            {"tenant": tenant_id, "w": window_id, "applied": applied_ms, "end": window_end_ms, "n": events,
+             "counts": counts, "sum": float(row[1] or 0.0) + sum(latencies_s)})
+
+    def record_late(self, tenant_id: str, dropped: int) -> None:
+        self.graph(tenant_id).query("MERGE (t:Tenant {tenant_id: $tenant}) "
+                                    "SET t.late_dropped = coalesce(t.late_dropped, 0) + $n",
+                                    {"tenant": tenant_id, "n": dropped})
+
+    def status(self, tenant_id: str) -> dict:
+        """The stream's status of a tenant and its hot graph's size (all zero before any window)."""
+        if not self.scope_exists(tenant_id):
+            return {"exists": False}
+        graph = self.graph(tenant_id)
+        row = graph.ro_query(
+            "MATCH (t:Tenant {tenant_id: $tenant}) RETURN t.last_window, t.last_window_end_ms, t.last_applied_ms, "
+            "t.events, t.windows, t.late_dropped, t.latency_counts, t.latency_sum", {"tenant": tenant_id}).result_set
+        keys = ("last_window", "last_window_end_ms", "last_applied_ms", "events", "windows", "late_dropped",
+                "latency_counts", "latency_sum")
+        status = dict(zip(keys, row[0] if row else [None] * len(keys)))
+        for key in ("events", "windows", "late_dropped", "latency_sum"):
+            status[key] = status[key] or 0
+        status["latency_counts"] = list(status["latency_counts"] or [0] * (len(LATENCY_BUCKETS) + 1))
+        status["nodes"] = int(graph.ro_query("MATCH (n) RETURN count(n)").result_set[0][0])
+        status["edges"] = int(graph.ro_query("MATCH ()-[e:CO_OCCURS]->() RETURN count(e)").result_set[0][0])
+        return {"exists": True, **status}
+
+    # -- hot queries (read-only; every one inside the tenant's own graph) --------
+    def neighbours(self, tenant_id: str, entity: str, hops: int = 1, limit: int = 50) -> list[dict]:
+        """Entities co-occurring with ``entity`` (its name), 1 or 2 hops away; weight of a 2-hop
+        neighbour: the weaker edge of its strongest path."""
+        if hops not in range(1, MAX_HOPS + 1):
+            raise ValueError(f"hops must be 1 or {MAX_HOPS}")
+        graph = self.graph(tenant_id)
+        if not graph.ro_query("MATCH (e:Entity {name: $name}) RETURN count(e)", {"name": entity}).result_set[0][0]:
+            raise UnknownEntity(f"no entity named {entity!r} in this tenant's hot graph")
+        if hops == 1:
+            cypher = ("MATCH (:Entity {name: $name})-[r:CO_OCCURS]-(n:Entity) "
+                      "RETURN n.name, r.weight, 1 ORDER BY r.weight DESC, n.name LIMIT $limit")
+        else:
+            cypher = ("MATCH (s:Entity {name: $name})-[r1:CO_OCCURS]-(m:Entity)-[r2:CO_OCCURS]-(n:Entity) "
+                      "WHERE n <> s AND NOT (s)-[:CO_OCCURS]-(n) "
+                      "WITH n, max(CASE WHEN r1.weight < r2.weight THEN r1.weight ELSE r2.weight END) AS w "
+                      "RETURN n.name, w, 2 ORDER BY w DESC, n.name LIMIT $limit")
+            near = self.neighbours(tenant_id, entity, 1, limit)
+            far = graph.ro_query(cypher, {"name": entity, "limit": limit}).result_set
+            return (near + [{"entity": n, "weight": int(w), "hops": 2} for n, w, _ in far])[:limit]
+        rows = graph.ro_query(cypher, {"name": entity, "limit": limit}).result_set
+        return [{"entity": n, "weight": int(w), "hops": h} for n, w, h in rows]
+
+    def recent_edges(self, tenant_id: str, since_window: str, limit: int = 100) -> list[dict]:
+        """Co-occurrence edges a window at or after ``since_window`` wrote, newest first."""
+        rows = self.graph(tenant_id).ro_query(
+            "MATCH (a:Entity)-[r:CO_OCCURS]->(b:Entity) WHERE r.window >= $since "
+            "RETURN a.name, b.name, r.weight, r.window ORDER BY r.window DESC, r.weight DESC, a.name, b.name "
+            "LIMIT $limit", {"since": since_window, "limit": limit}).result_set
+        return [{"a": a, "b": b, "weight": int(w), "window": win} for a, b, w, win in rows]
+
+    def top_pairs(self, tenant_id: str, limit: int = 20) -> list[dict]:
+        """The most co-occurring entity pairs."""
+        rows = self.graph(tenant_id).ro_query(
+            "MATCH (a:Entity)-[r:CO_OCCURS]->(b:Entity) RETURN a.name, b.name, r.weight "
+            "ORDER BY r.weight DESC, a.name, b.name LIMIT $limit", {"limit": limit}).result_set
+        return [{"a": a, "b": b, "weight": int(w)} for a, b, w in rows]
+
+    def explain(self, tenant_id: str, cypher: str, params: dict | None = None) -> str:
+        """FalkorDB's plan for a query (GRAPH.EXPLAIN), one operation per line."""
+        return str(self.graph(tenant_id).explain(cypher, params))
 
     def drop_scope(self, tenant_id: str) -> bool:
         if not self.scope_exists(tenant_id):

@@ -515,14 +515,19 @@ class RayService(ManagedProcess):
         return stopped
 
 
-def all_services(settings: LocalSettings) -> list[ManagedProcess]:
+def all_services(settings: LocalSettings, stream: bool = True) -> list[ManagedProcess]:
+    """The local profile's services in start order; ``stream``: with the hot-graph stream job,
+    which reads Kafka and writes FalkorDB, so it comes after them."""
+    from datacreek_assets.streaming.flink_service import FlinkJobService
     from datacreek_assets.streaming.kafka_service import KafkaService
 
-    return [Neo4jService(settings), FalkorDBService(settings), KafkaService(settings), RayService(settings)]
+    core = [Neo4jService(settings), FalkorDBService(settings), KafkaService(settings), RayService(settings)]
+    return core + [FlinkJobService(settings)] if stream else core
 
 
-def services_up(settings: LocalSettings, timeout: float = 180.0, progress: Callable[[str], None] = print) -> list[ServiceStatus]:
-    return [svc.up(timeout, progress) for svc in all_services(settings)]
+def services_up(settings: LocalSettings, timeout: float = 180.0, progress: Callable[[str], None] = print,
+                stream: bool = True) -> list[ServiceStatus]:
+    return [svc.up(timeout, progress) for svc in all_services(settings, stream)]
 
 
 def services_down(settings: LocalSettings, progress: Callable[[str], None] = print) -> list[bool]:

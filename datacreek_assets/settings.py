@@ -37,6 +37,7 @@ class LocalSettings:
     postgres_port: int = 5433  # PostgreSQL for the stores' Postgres tests and a local prod profile
     serve_port: int = 8100  # the serving router's HTTP port
     kafka_port: int = 9092  # the event log's broker; its KRaft controller listens on the next port
+    flink_rest_port: int = 8081  # the hot-graph stream job's Flink REST API (its health)
     # canary policy (the demo and the tests shorten it: a real canary earns production over minutes)
     canary_min_requests: int = 20
     canary_promote_after_s: float = 300.0
@@ -97,6 +98,7 @@ class LocalSettings:
             serve_port=_port(env, "DATACREEK_SERVE_PORT", 8100),
             postgres_port=_port(env, "DATACREEK_POSTGRES_PORT", 5433),
             kafka_port=_port(env, "DATACREEK_KAFKA_PORT", 9092),
+            flink_rest_port=_port(env, "DATACREEK_FLINK_REST_PORT", 8081),
             cache_dir=Path(cache).resolve() if cache else None,
             base_model=_choice(env, "DATACREEK_BASE_MODEL", (SMOLLM2, TINY), SMOLLM2),
             cpu_fallback=_choice(env, "DATACREEK_CPU_FALLBACK", CPU_FALLBACKS, "int8"),

@@ -62,6 +62,7 @@ def settings(tmp_path_factory) -> LocalSettings:
         postgres_port=int(os.environ.get("DATACREEK_TEST_POSTGRES_PORT", "15432")),
         serve_port=int(os.environ.get("DATACREEK_TEST_SERVE_PORT", "18100")),
         kafka_port=int(os.environ.get("DATACREEK_TEST_KAFKA_PORT", "19092")),
+        flink_rest_port=int(os.environ.get("DATACREEK_TEST_FLINK_REST_PORT", "18081")),
         # a canary earns production after 8 requests on each side instead of minutes of traffic
         canary_min_requests=8, canary_promote_after_s=0.0, canary_promote_min_requests=8,
         # With 8 requests a side, p99 is the slowest of 8: on 2 shared cores one scheduler stall
@@ -82,12 +83,27 @@ def services(settings):
     from datacreek_assets.local_services import services_down, services_up
 
     try:
-        services_up(settings, timeout=240, progress=lambda msg: None)
+        # the stream job starts with the tests that need it (`stream_job`): a job folding every
+        # tenant's events into hot graphs would race the tests that write those graphs directly
+        services_up(settings, timeout=240, progress=lambda msg: None, stream=False)
     except BaseException:  # a half-started session must not leave the others running
         services_down(settings, progress=lambda msg: None)
         raise
     yield settings
     services_down(settings, progress=lambda msg: None)
+
+
+@pytest.fixture(scope="module")
+def stream_job(services):
+    """The hot-graph stream job (real Flink, reading the test Kafka), for one test module."""
+    from datacreek_assets.streaming.flink_service import FlinkJobService
+
+    job = FlinkJobService(services)
+    try:
+        job.up(240, progress=lambda msg: None)
+        yield job
+    finally:
+        job.down(progress=lambda msg: None)
 
 
 @pytest.fixture(scope="session")
@@ -166,6 +182,7 @@ def cli_env(services) -> dict[str, str]:
         "DATACREEK_RAY_PORT": str(services.ray_port),
         "DATACREEK_SERVE_PORT": str(services.serve_port),
         "DATACREEK_KAFKA_PORT": str(services.kafka_port),
+        "DATACREEK_FLINK_REST_PORT": str(services.flink_rest_port),
         "DATACREEK_PROFILE": "local",
     })
     env.pop("DAGSTER_HOME", None)

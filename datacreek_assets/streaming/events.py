@@ -15,6 +15,8 @@ from datacreek_assets.tenancy import validate_tenant_id
 EVENTS_TOPIC = "datacreek.graph-events"
 DEAD_LETTER_TOPIC = "datacreek.graph-events.dead-letter"
 TOPIC_PARTITIONS = 4
+STREAM_JOB_NAME = "datacreek-hot-graph"  # the Flink job that folds the events into hot graphs
+STREAM_CONSUMER_GROUP = "datacreek-hot-graph"  # its Kafka group: the committed offsets lag is read from
 # the ids each kind carries, all strings (what the stream job reads)
 KIND_IDS = {"document": (), "chunk": ("chunk_id",), "mention": ("chunk_id", "entity_id", "entity"),
             "fact": ("fact_id", "chunk_id", "subject", "predicate", "object")}

@@ -11,22 +11,29 @@ document's contribution goes with its chunks. Every write records the window tha
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 from datacreek_assets.streaming.events import GraphEvent
 
 WINDOW_SECONDS = 30
 
 
-def stable_id(*parts: str) -> str:
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
+def window_id(start_ms: int) -> str:
+    """A window's id: its start, UTC, to the second (ids sort as the windows do)."""
+    return datetime.fromtimestamp(start_ms / 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def window_of(at: datetime) -> str:
+    """The id of the window a moment falls in."""
+    ms = int(at.timestamp() * 1000)
+    return window_id(ms - ms % (WINDOW_SECONDS * 1000))
 
 
 @dataclass
 class WindowDelta:
     tenant_id: str
-    window_id: str  # the window's start, ISO 8601
+    window_id: str  # the window's start (``window_id``)
     chunks: dict[str, str] = field(default_factory=dict)  # chunk_id -> doc_id
     mentions: set[tuple[str, str, str]] = field(default_factory=set)  # (chunk_id, entity_id, name)
     facts: dict[str, dict] = field(default_factory=dict)  # fact_id -> the fact

@@ -1,0 +1,182 @@
+"""The hot-graph stream job for real: PyFlink (its own environment) reading the test Kafka, 30 s
+event-time windows per tenant, written to the real FalkorDB. Events are published as the platform
+publishes them; the assertions read the tenants' hot graphs back."""
+
+import json
+import time
+import uuid
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from datacreek_assets.streaming.events import DEAD_LETTER_TOPIC, EVENTS_TOPIC, EventLog, document_events
+from datacreek_assets.streaming.windows import WINDOW_SECONDS, fold, window_of
+
+pytestmark = pytest.mark.integration
+TENANTS = ("stream-a", "stream-b", "stream-ref")
+CLOSE_S = WINDOW_SECONDS + 15  # a window closes at its end plus a second's grace; the rest is slack
+
+
+def rows(doc_id: str, chunks: dict[str, list[str]]) -> tuple[list, list, list]:
+    chunk_rows = [{"chunk_id": f"{doc_id}:{c}", "doc_id": doc_id} for c in chunks]
+    mentions = [{"chunk_id": f"{doc_id}:{c}", "doc_id": doc_id, "entity_id": e, "entity": e.title()}
+                for c, es in chunks.items() for e in es]
+    return chunk_rows, mentions, []
+
+
+def graph_of(hot, tenant: str) -> dict:
+    """A tenant's hot graph as comparable data: chunks per document and co-occurrence weights."""
+    graph = hot.graph(tenant)
+    chunks = graph.ro_query("MATCH (c:Chunk) RETURN c.doc_id, c.chunk_id ORDER BY c.doc_id, c.chunk_id").result_set
+    edges = graph.ro_query("MATCH (a:Entity)-[e:CO_OCCURS]->(b:Entity) RETURN a.name, b.name, e.weight "
+                           "ORDER BY a.name, b.name").result_set
+    return {"chunks": [tuple(r) for r in chunks], "edges": [tuple(r) for r in edges]}
+
+
+def wait_until(check, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"not within {timeout:.0f}s: {what}")
+
+
+def applied_events(hot, tenant: str) -> int:
+    return hot.status(tenant).get("events", 0)
+
+
+def dead_letters(bootstrap: str) -> list[dict]:
+    """Every dead letter so far (reason, event)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"test-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False})
+    try:
+        partitions = consumer.list_topics(DEAD_LETTER_TOPIC, timeout=10).topics[DEAD_LETTER_TOPIC].partitions
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(DEAD_LETTER_TOPIC, p), timeout=10)[1]
+                for p in partitions}
+        consumer.assign([TopicPartition(DEAD_LETTER_TOPIC, p, 0) for p in partitions])
+        found, left = [], {p: end for p, end in ends.items() if end > 0}
+        while left:
+            message = consumer.poll(10)
+            assert message is not None, f"the dead-letter topic ended early: {left} still to read"
+            if message.error():
+                continue
+            found.append(json.loads(message.value()))
+            if message.offset() + 1 >= left.get(message.partition(), 0):
+                left.pop(message.partition(), None)
+        return found
+    finally:
+        consumer.close()
+
+
+@pytest.fixture
+def hot(local_resources):
+    store = local_resources["hot_graph"].store()
+    for tenant in TENANTS:
+        store.drop_scope(tenant)
+        store.create_scope(tenant)
+    yield store
+    for tenant in TENANTS:
+        store.drop_scope(tenant)
+
+
+@pytest.fixture
+def event_log(services):
+    log = EventLog(f"127.0.0.1:{services.kafka_port}")
+    yield log
+    log.close()
+
+
+def test_a_document_reaches_the_hot_graph_when_its_window_closes_and_its_delete_takes_it_away(
+        stream_job, hot, event_log):
+    now = datetime.now(timezone.utc)
+    # both tenants: the same document and entity names, different co-occurrences
+    event_log.publish(document_events("stream-a", *rows("rivers.txt", {"c1": ["danube", "vienna"]}), at=now)
+                      + document_events("stream-b", *rows("rivers.txt", {"c1": ["danube", "budapest"]}), at=now))
+    wait_until(lambda: applied_events(hot, "stream-a") >= 4 and applied_events(hot, "stream-b") >= 4, CLOSE_S,
+               "both tenants' windows applied")
+    assert graph_of(hot, "stream-a")["edges"] == [("Danube", "Vienna", 1)]
+    assert graph_of(hot, "stream-b")["edges"] == [("Budapest", "Danube", 1)]
+    assert hot.neighbours("stream-a", "Danube") == [{"entity": "Vienna", "weight": 1, "hops": 1}]
+    status = hot.status("stream-a")
+    assert status["last_window"] == window_of(now) and status["windows"] >= 1
+    assert sum(status["latency_counts"]) == status["events"] == 4  # one latency per event, counted once
+
+    event_log.publish(document_events("stream-a", [], [], [], deleted=["rivers.txt"]))
+    wait_until(lambda: not graph_of(hot, "stream-a")["chunks"], CLOSE_S, "the deleted document gone")
+    assert graph_of(hot, "stream-a") == {"chunks": [], "edges": []}
+    assert graph_of(hot, "stream-b")["edges"] == [("Budapest", "Danube", 1)]  # the neighbour keeps its own
+
+
+def test_hostile_and_late_events_go_to_the_dead_letters_and_the_job_keeps_running(
+        stream_job, hot, event_log, services):
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": event_log.bootstrap_servers})
+    good = document_events("stream-a", *rows("ok.txt", {"c1": ["alpha", "beta"]}))[0]
+    hostile = {
+        "not json": b"\xff\xfe{{{ not json",
+        "invalid tenant": json.dumps({**json.loads(good.to_bytes()), "tenant_id": "../etc"}).encode(),
+        "unknown tenant": json.dumps({**json.loads(good.to_bytes()), "tenant_id": "stream-nobody"}).encode(),
+        "oversized": json.dumps({**json.loads(good.to_bytes()), "doc_id": "x" * 70_000}).encode(),
+        "wrong types": json.dumps({**json.loads(good.to_bytes()), "ids": {"chunk_id": 7}}).encode(),
+    }
+    marker = uuid.uuid4().hex
+    for name, value in hostile.items():
+        producer.produce(EVENTS_TOPIC, key=b"stream-a", value=value.replace(b"ok.txt", marker.encode())
+                         if name != "not json" else value + marker.encode())
+    assert producer.flush(10) == 0
+    # a good event after them is still applied: the job did not stop
+    event_log.publish(document_events("stream-a", *rows("ok.txt", {"c1": ["alpha", "beta"]})))
+    wait_until(lambda: graph_of(hot, "stream-a")["edges"] == [("Alpha", "Beta", 1)], CLOSE_S, "the good event")
+    assert stream_job.ready()
+    letters = [d for d in dead_letters(event_log.bootstrap_servers) if marker in d["event"]]
+    reasons = " | ".join(d["reason"] for d in letters)
+    assert len(letters) == 4, reasons  # the oversized one is cut to 1 KiB in its letter: found by reason
+    assert "not a graph event" in reasons and "unknown tenant 'stream-nobody'" in reasons
+    assert "tenant id" in reasons and "carries the strings" in reasons
+    assert any("over 65536" in d["reason"] for d in dead_letters(event_log.bootstrap_servers))
+
+    # the watermark is now past this window: an event over a minute older than it is dropped and
+    # counted, one inside the lateness is applied
+    late = datetime.now(timezone.utc) - timedelta(minutes=5)
+    event_log.publish(document_events("stream-a", *rows("late.txt", {"c1": ["gamma", "delta"]}), at=late))
+    wait_until(lambda: hot.status("stream-a")["late_dropped"] >= 4, 30, "the late events counted")
+    recent = datetime.now(timezone.utc) - timedelta(seconds=WINDOW_SECONDS + 5)
+    event_log.publish(document_events("stream-a", *rows("recent.txt", {"c1": ["epsilon", "zeta"]}), at=recent))
+    wait_until(lambda: ("Epsilon", "Zeta", 1) in graph_of(hot, "stream-a")["edges"], 30, "the recent late event")
+    assert ("Delta", "Gamma", 1) not in graph_of(hot, "stream-a")["edges"]
+    assert any(d["reason"].startswith("late:") and "late.txt" in d["event"]
+               for d in dead_letters(event_log.bootstrap_servers))
+    assert stream_job.ready()
+
+
+def test_killed_mid_stream_and_restarted_gives_the_graph_of_an_uninterrupted_run(stream_job, hot, event_log):
+    at = datetime.now(timezone.utc) - timedelta(seconds=WINDOW_SECONDS + 5)  # late within the lateness: quick
+    first = document_events("stream-a", *rows("one.txt", {"c1": ["danube", "vienna", "linz"], "c2": ["danube", "vienna"]}),
+                            at=at)
+    first += document_events("stream-a", *rows("two.txt", {"c1": ["vienna", "linz"]}), at=at)
+    event_log.publish(first)
+    wait_until(lambda: applied_events(hot, "stream-a") >= len(first), 40, "the first batch applied")
+    time.sleep(6)  # a checkpoint after it (every 5 s)
+    at = datetime.now(timezone.utc)
+    second = document_events("stream-a", *rows("three.txt", {"c1": ["linz", "salzburg"]}), at=at)
+    second += document_events("stream-a", *rows("one.txt", {"c1": ["danube", "salzburg"]}), at=at)  # rewritten
+    second += document_events("stream-a", [], [], [], deleted=["two.txt"], at=at)
+    event_log.publish(second)
+    stream_job.kill()  # mid-stream: its window is open, nothing of it written
+    stream_job.up(240, progress=lambda msg: None)
+    assert "resuming from" in stream_job.log_file.read_text()  # from its last checkpoint's offsets and state
+    wait_until(lambda: ("three.txt", "three.txt:c1") in graph_of(hot, "stream-a")["chunks"]
+               and ("two.txt", "two.txt:c1") not in graph_of(hot, "stream-a")["chunks"], CLOSE_S + 30,
+               "the second batch applied after the restart")
+
+    # the uninterrupted run: the same events, folded window by window into another tenant's graph
+    for i, batch in enumerate((first, second)):
+        hot.apply_window(fold("stream-ref", f"w{i}", [replace(e, tenant_id="stream-ref") for e in batch]))
+    assert graph_of(hot, "stream-a") == graph_of(hot, "stream-ref")
+    assert graph_of(hot, "stream-a")["edges"] == [("Danube", "Salzburg", 1), ("Linz", "Salzburg", 1)]
