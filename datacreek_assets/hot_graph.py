@@ -21,6 +21,28 @@ MAX_HOPS = 2
 MAX_ROWS = 1000
 
 
+# the hot queries and the stream's MERGEs, named so `query_plans` can show that each uses an index
+NEIGHBOURS_1HOP = ("MATCH (:Entity {name: $name})-[r:CO_OCCURS]-(n:Entity) "
+                   "RETURN n.name, r.weight ORDER BY r.weight DESC, n.name LIMIT $limit")
+NEIGHBOURS_2HOP = ("MATCH (s:Entity {name: $name})-[r1:CO_OCCURS]-(m:Entity)-[r2:CO_OCCURS]-(n:Entity) "
+                   "WHERE n <> s AND NOT (s)-[:CO_OCCURS]-(n) "
+                   "WITH n, max(CASE WHEN r1.weight < r2.weight THEN r1.weight ELSE r2.weight END) AS w "
+                   "RETURN n.name, w ORDER BY w DESC, n.name LIMIT $limit")
+RECENT_EDGES = ("MATCH (a:Entity)-[r:CO_OCCURS]->(b:Entity) WHERE r.window >= $since "
+                "RETURN a.name, b.name, r.weight, r.window ORDER BY r.window DESC, r.weight DESC, a.name, b.name "
+                "LIMIT $limit")
+TOP_PAIRS = ("MATCH (a:Entity)-[r:CO_OCCURS]->(b:Entity) RETURN a.name, b.name, r.weight "
+             "ORDER BY r.weight DESC, a.name, b.name LIMIT $limit")
+MERGE_CHUNKS = "UNWIND $rows AS r MERGE (c:Chunk {chunk_id: r.chunk_id}) SET c.doc_id = r.doc_id, c.window = $w"
+MERGE_MENTIONS = ("UNWIND $rows AS r MERGE (e:Entity {entity_id: r.entity_id}) SET e.name = r.name "
+                  "WITH r, e MATCH (c:Chunk {chunk_id: r.chunk_id}) MERGE (c)-[m:MENTIONS]->(e) SET m.window = $w")
+MERGE_FACTS = ("UNWIND $rows AS r MERGE (f:Fact {fact_id: r.fact_id}) "
+               "SET f.doc_id = r.doc_id, f.predicate = r.predicate, f.subject = r.subject, f.object = r.object, "
+               "f.chunk_id = r.chunk_id, f.window = $w")
+MERGE_PAIRS = ("UNWIND $rows AS r MATCH (a:Entity {entity_id: r.a}), (b:Entity {entity_id: r.b}) "
+               "MERGE (a)-[e:CO_OCCURS]->(b) SET e.weight = r.weight, e.window = $w")
+
+
 class UnknownEntity(LookupError):
     pass
 
@@ -82,19 +104,13 @@ class HotGraphStore:
                 {"doc": doc_id}).result_set)
             graph.query("MATCH (n) WHERE (n:Chunk OR n:Fact) AND n.doc_id = $doc DETACH DELETE n", {"doc": doc_id})
         if delta.chunks:
-            graph.query("UNWIND $rows AS r MERGE (c:Chunk {chunk_id: r.chunk_id}) SET c.doc_id = r.doc_id, c.window = $w",
-                        {"rows": [{"chunk_id": c, "doc_id": d} for c, d in sorted(delta.chunks.items())], "w": w})
+            graph.query(MERGE_CHUNKS, {"rows": [{"chunk_id": c, "doc_id": d} for c, d in sorted(delta.chunks.items())], "w": w})
         if delta.mentions:
             graph.query(
-                "UNWIND $rows AS r MERGE (e:Entity {entity_id: r.entity_id}) SET e.name = r.name "
-                "WITH r, e MATCH (c:Chunk {chunk_id: r.chunk_id}) MERGE (c)-[m:MENTIONS]->(e) SET m.window = $w",
-                {"rows": [{"chunk_id": c, "entity_id": e, "name": n} for c, e, n in sorted(delta.mentions)], "w": w})
+                MERGE_MENTIONS, {"rows": [{"chunk_id": c, "entity_id": e, "name": n} for c, e, n in sorted(delta.mentions)], "w": w})
         if delta.facts:
             graph.query(
-                "UNWIND $rows AS r MERGE (f:Fact {fact_id: r.fact_id}) "
-                "SET f.doc_id = r.doc_id, f.predicate = r.predicate, f.subject = r.subject, f.object = r.object, "
-                "f.chunk_id = r.chunk_id, f.window = $w",
-                {"rows": [delta.facts[f] for f in sorted(delta.facts)], "w": w})
+                MERGE_FACTS, {"rows": [delta.facts[f] for f in sorted(delta.facts)], "w": w})
         # every pair in a chunk this window wrote to: its mentions may have come in an earlier window
         touched |= _chunk_pairs(graph.query(
             "UNWIND $chunks AS id MATCH (c:Chunk {chunk_id: id})-[:MENTIONS]->(e:Entity) RETURN c.chunk_id, e.entity_id",
@@ -149,45 +165,38 @@ class HotGraphStore:
 
     # -- hot queries (read-only; every one inside the tenant's own graph) --------
     def neighbours(self, tenant_id: str, entity: str, hops: int = 1, limit: int = 50) -> list[dict]:
-        """Entities co-occurring with ``entity`` (its name), 1 or 2 hops away; weight of a 2-hop
-        neighbour: the weaker edge of its strongest path."""
+        """Entities co-occurring with ``entity`` (its name), 1 or 2 hops away, strongest first; a
+        2-hop neighbour's weight is the weaker edge of its strongest path."""
         if hops not in range(1, MAX_HOPS + 1):
             raise ValueError(f"hops must be 1 or {MAX_HOPS}")
-        graph = self.graph(tenant_id)
-        if not graph.ro_query("MATCH (e:Entity {name: $name}) RETURN count(e)", {"name": entity}).result_set[0][0]:
+        graph, params = self.graph(tenant_id), {"name": entity, "limit": limit}
+        if not graph.ro_query("MATCH (e:Entity {name: $name}) RETURN count(e)", params).result_set[0][0]:
             raise UnknownEntity(f"no entity named {entity!r} in this tenant's hot graph")
-        if hops == 1:
-            cypher = ("MATCH (:Entity {name: $name})-[r:CO_OCCURS]-(n:Entity) "
-                      "RETURN n.name, r.weight, 1 ORDER BY r.weight DESC, n.name LIMIT $limit")
-        else:
-            cypher = ("MATCH (s:Entity {name: $name})-[r1:CO_OCCURS]-(m:Entity)-[r2:CO_OCCURS]-(n:Entity) "
-                      "WHERE n <> s AND NOT (s)-[:CO_OCCURS]-(n) "
-                      "WITH n, max(CASE WHEN r1.weight < r2.weight THEN r1.weight ELSE r2.weight END) AS w "
-                      "RETURN n.name, w, 2 ORDER BY w DESC, n.name LIMIT $limit")
-            near = self.neighbours(tenant_id, entity, 1, limit)
-            far = graph.ro_query(cypher, {"name": entity, "limit": limit}).result_set
-            return (near + [{"entity": n, "weight": int(w), "hops": 2} for n, w, _ in far])[:limit]
-        rows = graph.ro_query(cypher, {"name": entity, "limit": limit}).result_set
-        return [{"entity": n, "weight": int(w), "hops": h} for n, w, h in rows]
+        found = [{"entity": n, "weight": int(w), "hops": 1} for n, w in graph.ro_query(NEIGHBOURS_1HOP, params).result_set]
+        if hops == 2:
+            found += [{"entity": n, "weight": int(w), "hops": 2} for n, w in graph.ro_query(NEIGHBOURS_2HOP, params).result_set]
+        return found[:limit]
 
     def recent_edges(self, tenant_id: str, since_window: str, limit: int = 100) -> list[dict]:
         """Co-occurrence edges a window at or after ``since_window`` wrote, newest first."""
-        rows = self.graph(tenant_id).ro_query(
-            "MATCH (a:Entity)-[r:CO_OCCURS]->(b:Entity) WHERE r.window >= $since "
-            "RETURN a.name, b.name, r.weight, r.window ORDER BY r.window DESC, r.weight DESC, a.name, b.name "
-            "LIMIT $limit", {"since": since_window, "limit": limit}).result_set
+        rows = self.graph(tenant_id).ro_query(RECENT_EDGES, {"since": since_window, "limit": limit}).result_set
         return [{"a": a, "b": b, "weight": int(w), "window": win} for a, b, w, win in rows]
 
     def top_pairs(self, tenant_id: str, limit: int = 20) -> list[dict]:
         """The most co-occurring entity pairs."""
-        rows = self.graph(tenant_id).ro_query(
-            "MATCH (a:Entity)-[r:CO_OCCURS]->(b:Entity) RETURN a.name, b.name, r.weight "
-            "ORDER BY r.weight DESC, a.name, b.name LIMIT $limit", {"limit": limit}).result_set
+        rows = self.graph(tenant_id).ro_query(TOP_PAIRS, {"limit": limit}).result_set
         return [{"a": a, "b": b, "weight": int(w)} for a, b, w in rows]
 
-    def explain(self, tenant_id: str, cypher: str, params: dict | None = None) -> str:
-        """FalkorDB's plan for a query (GRAPH.EXPLAIN), one operation per line."""
-        return str(self.graph(tenant_id).explain(cypher, params))
+    def query_plans(self, tenant_id: str) -> dict[str, str]:
+        """FalkorDB's plan (GRAPH.EXPLAIN) of each hot query and each of the stream's MERGEs."""
+        graph = self.graph(tenant_id)
+        one = {"rows": [{"chunk_id": "c", "doc_id": "d", "entity_id": "e", "name": "n", "fact_id": "f",
+                         "predicate": "p", "subject": "s", "object": "o", "a": "e", "b": "e", "weight": 1}], "w": "w"}
+        queries = {"neighbours_1hop": (NEIGHBOURS_1HOP, {"name": "n", "limit": 1}),
+                   "neighbours_2hop": (NEIGHBOURS_2HOP, {"name": "n", "limit": 1}),
+                   "merge_chunks": (MERGE_CHUNKS, one), "merge_mentions": (MERGE_MENTIONS, one),
+                   "merge_facts": (MERGE_FACTS, one), "merge_pairs": (MERGE_PAIRS, one)}
+        return {name: str(graph.explain(cypher, params)) for name, (cypher, params) in queries.items()}
 
     def drop_scope(self, tenant_id: str) -> bool:
         if not self.scope_exists(tenant_id):
@@ -219,9 +228,7 @@ def _recompute_pairs(graph, pairs: list[tuple[str, str]], window_id: str) -> dic
     live = [{"a": a, "b": b, "weight": n} for (a, b), n in weights.items() if n > 0]
     gone = [[a, b] for (a, b), n in weights.items() if n == 0]
     if live:
-        graph.query(
-            "UNWIND $rows AS r MATCH (a:Entity {entity_id: r.a}), (b:Entity {entity_id: r.b}) "
-            "MERGE (a)-[e:CO_OCCURS]->(b) SET e.weight = r.weight, e.window = $w", {"rows": live, "w": window_id})
+        graph.query(MERGE_PAIRS, {"rows": live, "w": window_id})
     if gone:
         graph.query("UNWIND $pairs AS p MATCH (:Entity {entity_id: p[0]})-[e:CO_OCCURS]->(:Entity {entity_id: p[1]}) "
                     "DELETE e", {"pairs": gone})

@@ -83,11 +83,13 @@ class HotGraphResource(dg.ConfigurableResource):
 
 
 class EventLogResource(dg.ConfigurableResource):
-    """Kafka: the tenant-keyed graph events topic."""
+    """Kafka: the tenant-keyed graph events topic; and the Flink REST API of the stream job that
+    folds them into the hot graphs (its health)."""
 
     bootstrap_servers: str = "127.0.0.1:9092"
     timeout_s: float = 10.0  # the longest a run or command waits on an unreachable broker
     replication_factor: int = 1  # of the topics it creates; a production cluster wants 3
+    stream_rest_url: str = "http://127.0.0.1:8081"
 
     def event_log(self):
         from datacreek_assets.streaming.events import EventLog

@@ -7,6 +7,7 @@ import click
 from datacreek_assets.cli.billing import billing
 from datacreek_assets.cli.common import EXIT_UNAVAILABLE, Context, fail
 from datacreek_assets.cli.events import events
+from datacreek_assets.cli.hot import hot
 from datacreek_assets.cli.maintenance import migrate
 from datacreek_assets.cli.runs import backfill, demo, materialize
 from datacreek_assets.cli.services import services
@@ -39,7 +40,7 @@ def cli(ctx: click.Context, profile: str | None) -> None:
         fail(err, EXIT_UNAVAILABLE)
 
 
-for command in (services, storage, tenant, events, billing, materialize, backfill, demo, migrate):
+for command in (services, storage, tenant, events, hot, billing, materialize, backfill, demo, migrate):
     cli.add_command(command)
 
 

@@ -23,6 +23,7 @@ def build_definitions(profile: str | None = None, settings: LocalSettings | None
     from datacreek_assets.defs.retraining import definitions as retraining_defs
     from datacreek_assets.defs.retrieval import definitions as retrieval_defs
     from datacreek_assets.defs.serving import definitions as serving_defs
+    from datacreek_assets.defs.streaming import definitions as streaming_defs
     from datacreek_assets.defs.tenants import definitions as tenant_defs
     from datacreek_assets.defs.topology import definitions as topology_defs
     from resources.factory import build_resources
@@ -36,6 +37,7 @@ def build_definitions(profile: str | None = None, settings: LocalSettings | None
         retrieval_defs(),
         finetune_defs(),
         serving_defs(),
+        streaming_defs(),
         topology_defs(),
         tenant_defs(),
         retraining_defs(),

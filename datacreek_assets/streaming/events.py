@@ -30,6 +30,14 @@ class EventLogError(RuntimeError):
     pass
 
 
+def tenant_partition(tenant_id: str) -> int:
+    """The one partition a tenant's events go to: its events keep their order, and its lag is
+    that partition's (``streaming.monitor``)."""
+    import zlib
+
+    return zlib.crc32(validate_tenant_id(tenant_id).encode()) % TOPIC_PARTITIONS
+
+
 @dataclass(frozen=True)
 class GraphEvent:
     tenant_id: str
@@ -178,7 +186,7 @@ class EventLog:
             while True:
                 try:
                     self._producer.produce(EVENTS_TOPIC, key=event.tenant_id.encode(), value=event.to_bytes(),
-                                           on_delivery=delivered)
+                                           partition=tenant_partition(event.tenant_id), on_delivery=delivered)
                     break
                 except BufferError:  # the local queue is full: let the broker catch up
                     self._producer.poll(0.5)

@@ -24,9 +24,10 @@ def test_missing_maven_is_explained_when_jars_must_be_fetched(tmp_path, monkeypa
 
 def test_status_of_services_that_were_never_started(tmp_path):
     statuses = services_status(LocalSettings(state_dir=tmp_path, neo4j_port=29687, falkordb_port=29380,
-                                             ray_port=29390, kafka_port=29092))
+                                             ray_port=29390, kafka_port=29092, flink_rest_port=29081))
     assert [(s.name, s.answers, s.started_by_us) for s in statuses] == [
-        ("neo4j", False, False), ("falkordb", False, False), ("kafka", False, False), ("ray", False, False)]
+        ("neo4j", False, False), ("falkordb", False, False), ("kafka", False, False), ("ray", False, False),
+        ("flink", False, False)]
 
 
 def test_a_stale_pid_file_is_not_trusted(tmp_path):
