@@ -180,3 +180,106 @@ def test_killed_mid_stream_and_restarted_gives_the_graph_of_an_uninterrupted_run
         hot.apply_window(fold("stream-ref", f"w{i}", [replace(e, tenant_id="stream-ref") for e in batch]))
     assert graph_of(hot, "stream-a") == graph_of(hot, "stream-ref")
     assert graph_of(hot, "stream-a")["edges"] == [("Danube", "Salzburg", 1), ("Linz", "Salzburg", 1)]
+
+
+def sensor_result(instance, local_resources, cursor=None):
+    import dagster as dg
+
+    from datacreek_assets.defs.streaming.sensors import hot_stream_sensor
+
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={
+        "hot_graph": local_resources["hot_graph"], "event_log": local_resources["event_log"]})
+    return hot_stream_sensor(context)
+
+
+def check_of(result):
+    import dagster as dg
+
+    [check] = [e for e in result.asset_events if isinstance(e, dg.AssetCheckEvaluation)]
+    return check
+
+
+def observed(result) -> dict:
+    import dagster as dg
+
+    return {e.partition: e.metadata for e in result.asset_events if isinstance(e, dg.AssetObservation)}
+
+
+def test_the_sensor_observes_each_tenant_and_fails_its_check_while_the_job_is_down_or_lagging(
+        stream_job, hot, event_log, local_resources, instance):
+    from confluent_kafka import Producer
+
+    from datacreek_assets.streaming.events import tenant_partition
+
+    instance.add_dynamic_partitions("tenants", ["stream-a", "stream-b"])
+    event_log.publish(document_events("stream-a", *rows("s.txt", {"c1": ["oak", "elm"]})))
+    wait_until(lambda: applied_events(hot, "stream-a") >= 4, CLOSE_S, "the window applied")
+    time.sleep(6)  # the offsets committed with the next checkpoint
+    result = sensor_result(instance, local_resources)
+    assert check_of(result).passed, check_of(result).description
+    seen = observed(result)
+    assert set(seen) == {"stream-a", "stream-b"}
+    assert seen["stream-a"]["edges"].value == 1 and seen["stream-a"]["events"].value == 4
+    assert seen["stream-a"]["lag_s"].value < 30
+    # a second tick with nothing new observes nobody again
+    assert observed(sensor_result(instance, local_resources, result.cursor)) == {}
+
+    stream_job.down(progress=lambda msg: None)
+    try:
+        # an event published five minutes ago (its Kafka time) that nobody consumes: over 3 windows behind
+        old_ms = int((time.time() - 300) * 1000)
+        producer = Producer({"bootstrap.servers": event_log.bootstrap_servers})
+        for event in document_events("stream-a", *rows("t.txt", {"c1": ["ash", "yew"]})):
+            producer.produce(EVENTS_TOPIC, key=b"stream-a", value=event.to_bytes(),
+                             partition=tenant_partition("stream-a"), timestamp=old_ms)
+        assert producer.flush(10) == 0
+        down = sensor_result(instance, local_resources, result.cursor)
+        assert not check_of(down).passed and "not answering" in check_of(down).description
+        lagging = observed(down)
+        assert lagging["stream-a"]["lag_s"].value >= 290 and lagging["stream-a"]["pending_events"].value >= 4
+    finally:
+        stream_job.up(240, progress=lambda msg: None)
+    wait_until(lambda: ("Ash", "Yew", 1) in graph_of(hot, "stream-a")["edges"], CLOSE_S + 30, "caught up")
+    time.sleep(6)
+    caught_up = check_of(sensor_result(instance, local_resources))
+    assert caught_up.passed, caught_up.description
+
+
+def test_the_graph_asset_s_events_build_the_hot_graph_and_a_lost_one_is_rebuilt_by_replay(
+        stream_job, hot, local_resources, instance, datacreek, cli_env):
+    import subprocess
+
+    import dagster as dg
+
+    from datacreek_assets.defs.graph.assets import knowledge_graph
+    from datacreek_assets.defs.ingest.assets import parsed_chunks, raw_documents
+    from datacreek_assets.object_store import TenantObjectStore
+    from datacreek_assets.tenant_lifecycle import add_tenant, remove_tenant
+    from resources.factory import open_tenant_stores
+    from tests.integration.test_events import CORPUS
+
+    tenant = "stream-replay"
+    with open_tenant_stores(local_resources) as stores:
+        add_tenant(tenant, stores, instance)
+        try:
+            objects = TenantObjectStore(stores.objects, tenant)
+            for name, text in CORPUS.items():
+                objects.put(f"inbox/{name}", text.encode())
+            result = dg.materialize([raw_documents, parsed_chunks, knowledge_graph], partition_key=tenant,
+                                    instance=instance, resources=local_resources)
+            assert result.success
+            published = result.asset_materializations_for_node("knowledge_graph")[0].metadata["events_published"].value
+            wait_until(lambda: applied_events(hot, tenant) >= published, CLOSE_S, "the graph run's events applied")
+            built = graph_of(hot, tenant)
+            live = stores.graph.tenant(tenant).live_chunks()
+            assert sorted((c["doc_id"], c["chunk_id"]) for c in live) == built["chunks"] and built["edges"]
+
+            hot.drop_scope(tenant)  # lost
+            hot.create_scope(tenant)
+            replay = subprocess.run([datacreek, "events", "replay", "--tenant", tenant], env=cli_env,
+                                    capture_output=True, text=True)
+            assert replay.returncode == 0, replay.stderr
+            wait_until(lambda: applied_events(hot, tenant) >= published, CLOSE_S, "the replay applied")
+            assert graph_of(hot, tenant) == built
+        finally:
+            remove_tenant(tenant, stores, instance, force=True)

@@ -25,7 +25,7 @@ def hot_stream_sensor(context: dg.SensorEvaluationContext, hot_graph: HotGraphRe
     seen = json.loads(context.cursor) if context.cursor else {}
     events: list = []
     for stream in report.tenants:
-        moved = (stream.last_window, stream.events) != tuple(seen.get(stream.tenant_id, (None, 0)))
+        moved = seen.get(stream.tenant_id) != [stream.last_window, stream.events]  # or first seen
         if moved or stream.lagging:  # an idle, caught-up tenant is not observed again every minute
             events.append(dg.AssetObservation(asset_key="hot_graph", partition=stream.tenant_id,
                                               metadata=stream.as_metadata()))
