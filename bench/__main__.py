@@ -11,7 +11,7 @@ from rich.console import Console
 from bench.harness import format_table, run_comparison, write_json
 
 SUITES = ["bench.graph_writer", "bench.tenant_registry", "bench.embeddings", "bench.topology", "bench.drift", "bench.finetune",
-          "bench.serving", "bench.retrieval", "bench.html_extraction",
+          "bench.serving", "bench.retrieval", "bench.hot_graph", "bench.html_extraction",
           "bench.pdf_extraction"]
 
 

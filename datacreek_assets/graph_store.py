@@ -469,6 +469,28 @@ class TenantGraph:
             id=doc_id, limit=limit,
         )
 
+    def entity_neighbours(self, entity_id: str, limit: int = 50) -> list[dict]:
+        """Entities named in a live chunk with ``entity_id``, weighted by those chunks: the hot
+        layer's 1-hop neighbours question, answered from the chunks."""
+        return self._execute(
+            "MATCH (s:Entity {tenant_id: $tenant, entity_id: $id})<-[:MENTIONS]-(c:Chunk {tenant_id: $tenant})"
+            "-[:MENTIONS]->(n:Entity {tenant_id: $tenant}) WHERE c.deleted_at IS NULL AND n <> s "
+            "RETURN n.name AS entity, count(DISTINCT c) AS weight ORDER BY weight DESC, entity LIMIT $limit",
+            id=entity_id, limit=limit)
+
+    def document_cooccurrence(self, doc_ids: list[str], limit: int = 100) -> list[dict]:
+        """The entity pairs that the documents' live chunks name together, each weighted by every
+        live chunk naming both: the hot layer's recent-edges question, answered from the chunks
+        (what the stream's windows keep precomputed in FalkorDB; bench/hot_graph.py compares)."""
+        return self._execute(
+            "MATCH (c:Chunk {tenant_id: $tenant})-[:MENTIONS]->(a:Entity {tenant_id: $tenant}), "
+            "(c)-[:MENTIONS]->(b:Entity {tenant_id: $tenant}) "
+            "WHERE c.doc_id IN $docs AND c.deleted_at IS NULL AND a.entity_id < b.entity_id "
+            "WITH DISTINCT a, b "
+            "MATCH (a)<-[:MENTIONS]-(x:Chunk {tenant_id: $tenant})-[:MENTIONS]->(b) WHERE x.deleted_at IS NULL "
+            "RETURN a.name AS a, b.name AS b, count(DISTINCT x) AS weight "
+            "ORDER BY weight DESC, a, b LIMIT $limit", docs=doc_ids, limit=limit)
+
     def fingerprint(self) -> list[tuple]:
         """A canonical listing of the tenant's graph, to prove a rerun changed nothing."""
         nodes, rels = [], []

@@ -16,7 +16,7 @@ GRAPH_PREFIX = "datacreek_tenant_"
 HOT_INDEXES = (("Chunk", "chunk_id"), ("Chunk", "doc_id"), ("Entity", "entity_id"), ("Entity", "name"),
                ("Fact", "fact_id"), ("Fact", "doc_id"))
 # event-to-queryable latency buckets (seconds) the stream job counts per tenant
-LATENCY_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 35.0, 45.0, 60.0, 120.0, 300.0)
+LATENCY_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 31.0, 32.0, 35.0, 45.0, 60.0, 120.0, 300.0)
 MAX_HOPS = 2
 MAX_ROWS = 1000
 
@@ -63,9 +63,10 @@ class HotGraphStore:
 
         graph = self.graph(tenant_id)
         graph.query("MERGE (:Tenant {tenant_id: $tenant})", {"tenant": tenant_id})
-        for label, key in HOT_INDEXES:  # what the stream's MERGEs and the hot queries look up
+        indexes = [f"CREATE INDEX FOR (n:{label}) ON (n.{key})" for label, key in HOT_INDEXES]
+        for statement in [*indexes, "CREATE INDEX FOR ()-[r:CO_OCCURS]-() ON (r.window)"]:  # recent edges
             try:
-                graph.query(f"CREATE INDEX FOR (n:{label}) ON (n.{key})")
+                graph.query(statement)
             except redis.ResponseError as err:
                 if "already indexed" not in str(err):
                     raise

@@ -14,7 +14,7 @@ from datacreek_assets.streaming.events import DEAD_LETTER_TOPIC, EVENTS_TOPIC, E
 from datacreek_assets.streaming.windows import WINDOW_SECONDS, fold, window_of
 
 pytestmark = pytest.mark.integration
-TENANTS = ("stream-a", "stream-b", "stream-ref")
+TENANTS = ("stream-a", "stream-b", "stream-late", "stream-kill", "stream-ref", "stream-watch", "stream-idle")
 CLOSE_S = WINDOW_SECONDS + 15  # a window closes at its end plus a second's grace; the rest is slack
 
 
@@ -117,7 +117,7 @@ def test_hostile_and_late_events_go_to_the_dead_letters_and_the_job_keeps_runnin
     from confluent_kafka import Producer
 
     producer = Producer({"bootstrap.servers": event_log.bootstrap_servers})
-    good = document_events("stream-a", *rows("ok.txt", {"c1": ["alpha", "beta"]}))[0]
+    good = document_events("stream-late", *rows("ok.txt", {"c1": ["alpha", "beta"]}))[0]
     hostile = {
         "not json": b"\xff\xfe{{{ not json",
         "invalid tenant": json.dumps({**json.loads(good.to_bytes()), "tenant_id": "../etc"}).encode(),
@@ -127,12 +127,12 @@ def test_hostile_and_late_events_go_to_the_dead_letters_and_the_job_keeps_runnin
     }
     marker = uuid.uuid4().hex
     for name, value in hostile.items():
-        producer.produce(EVENTS_TOPIC, key=b"stream-a", value=value.replace(b"ok.txt", marker.encode())
+        producer.produce(EVENTS_TOPIC, key=b"stream-late", value=value.replace(b"ok.txt", marker.encode())
                          if name != "not json" else value + marker.encode())
     assert producer.flush(10) == 0
     # a good event after them is still applied: the job did not stop
-    event_log.publish(document_events("stream-a", *rows("ok.txt", {"c1": ["alpha", "beta"]})))
-    wait_until(lambda: graph_of(hot, "stream-a")["edges"] == [("Alpha", "Beta", 1)], CLOSE_S, "the good event")
+    event_log.publish(document_events("stream-late", *rows("ok.txt", {"c1": ["alpha", "beta"]})))
+    wait_until(lambda: graph_of(hot, "stream-late")["edges"] == [("Alpha", "Beta", 1)], CLOSE_S, "the good event")
     assert stream_job.ready()
     letters = [d for d in dead_letters(event_log.bootstrap_servers) if marker in d["event"]]
     reasons = " | ".join(d["reason"] for d in letters)
@@ -144,12 +144,12 @@ def test_hostile_and_late_events_go_to_the_dead_letters_and_the_job_keeps_runnin
     # the watermark is now past this window: an event over a minute older than it is dropped and
     # counted, one inside the lateness is applied
     late = datetime.now(timezone.utc) - timedelta(minutes=5)
-    event_log.publish(document_events("stream-a", *rows("late.txt", {"c1": ["gamma", "delta"]}), at=late))
-    wait_until(lambda: hot.status("stream-a")["late_dropped"] >= 4, 30, "the late events counted")
+    event_log.publish(document_events("stream-late", *rows("late.txt", {"c1": ["gamma", "delta"]}), at=late))
+    wait_until(lambda: hot.status("stream-late")["late_dropped"] >= 4, 30, "the late events counted")
     recent = datetime.now(timezone.utc) - timedelta(seconds=WINDOW_SECONDS + 5)
-    event_log.publish(document_events("stream-a", *rows("recent.txt", {"c1": ["epsilon", "zeta"]}), at=recent))
-    wait_until(lambda: ("Epsilon", "Zeta", 1) in graph_of(hot, "stream-a")["edges"], 30, "the recent late event")
-    assert ("Delta", "Gamma", 1) not in graph_of(hot, "stream-a")["edges"]
+    event_log.publish(document_events("stream-late", *rows("recent.txt", {"c1": ["epsilon", "zeta"]}), at=recent))
+    wait_until(lambda: ("Epsilon", "Zeta", 1) in graph_of(hot, "stream-late")["edges"], 30, "the recent late event")
+    assert ("Delta", "Gamma", 1) not in graph_of(hot, "stream-late")["edges"]
     assert any(d["reason"].startswith("late:") and "late.txt" in d["event"]
                for d in dead_letters(event_log.bootstrap_servers))
     assert stream_job.ready()
@@ -157,29 +157,29 @@ def test_hostile_and_late_events_go_to_the_dead_letters_and_the_job_keeps_runnin
 
 def test_killed_mid_stream_and_restarted_gives_the_graph_of_an_uninterrupted_run(stream_job, hot, event_log):
     at = datetime.now(timezone.utc) - timedelta(seconds=WINDOW_SECONDS + 5)  # late within the lateness: quick
-    first = document_events("stream-a", *rows("one.txt", {"c1": ["danube", "vienna", "linz"], "c2": ["danube", "vienna"]}),
+    first = document_events("stream-kill", *rows("one.txt", {"c1": ["danube", "vienna", "linz"], "c2": ["danube", "vienna"]}),
                             at=at)
-    first += document_events("stream-a", *rows("two.txt", {"c1": ["vienna", "linz"]}), at=at)
+    first += document_events("stream-kill", *rows("two.txt", {"c1": ["vienna", "linz"]}), at=at)
     event_log.publish(first)
-    wait_until(lambda: applied_events(hot, "stream-a") >= len(first), 40, "the first batch applied")
+    wait_until(lambda: applied_events(hot, "stream-kill") >= len(first), 40, "the first batch applied")
     time.sleep(6)  # a checkpoint after it (every 5 s)
     at = datetime.now(timezone.utc)
-    second = document_events("stream-a", *rows("three.txt", {"c1": ["linz", "salzburg"]}), at=at)
-    second += document_events("stream-a", *rows("one.txt", {"c1": ["danube", "salzburg"]}), at=at)  # rewritten
-    second += document_events("stream-a", [], [], [], deleted=["two.txt"], at=at)
+    second = document_events("stream-kill", *rows("three.txt", {"c1": ["linz", "salzburg"]}), at=at)
+    second += document_events("stream-kill", *rows("one.txt", {"c1": ["danube", "salzburg"]}), at=at)  # rewritten
+    second += document_events("stream-kill", [], [], [], deleted=["two.txt"], at=at)
     event_log.publish(second)
     stream_job.kill()  # mid-stream: its window is open, nothing of it written
     stream_job.up(240, progress=lambda msg: None)
     assert "resuming from" in stream_job.log_file.read_text()  # from its last checkpoint's offsets and state
-    wait_until(lambda: ("three.txt", "three.txt:c1") in graph_of(hot, "stream-a")["chunks"]
-               and ("two.txt", "two.txt:c1") not in graph_of(hot, "stream-a")["chunks"], CLOSE_S + 30,
+    wait_until(lambda: ("three.txt", "three.txt:c1") in graph_of(hot, "stream-kill")["chunks"]
+               and ("two.txt", "two.txt:c1") not in graph_of(hot, "stream-kill")["chunks"], CLOSE_S + 30,
                "the second batch applied after the restart")
 
     # the uninterrupted run: the same events, folded window by window into another tenant's graph
     for i, batch in enumerate((first, second)):
         hot.apply_window(fold("stream-ref", f"w{i}", [replace(e, tenant_id="stream-ref") for e in batch]))
-    assert graph_of(hot, "stream-a") == graph_of(hot, "stream-ref")
-    assert graph_of(hot, "stream-a")["edges"] == [("Danube", "Salzburg", 1), ("Linz", "Salzburg", 1)]
+    assert graph_of(hot, "stream-kill") == graph_of(hot, "stream-ref")
+    assert graph_of(hot, "stream-kill")["edges"] == [("Danube", "Salzburg", 1), ("Linz", "Salzburg", 1)]
 
 
 def sensor_result(instance, local_resources, cursor=None):
@@ -211,16 +211,16 @@ def test_the_sensor_observes_each_tenant_and_fails_its_check_while_the_job_is_do
 
     from datacreek_assets.streaming.events import tenant_partition
 
-    instance.add_dynamic_partitions("tenants", ["stream-a", "stream-b"])
-    event_log.publish(document_events("stream-a", *rows("s.txt", {"c1": ["oak", "elm"]})))
-    wait_until(lambda: applied_events(hot, "stream-a") >= 4, CLOSE_S, "the window applied")
+    instance.add_dynamic_partitions("tenants", ["stream-watch", "stream-idle"])
+    event_log.publish(document_events("stream-watch", *rows("s.txt", {"c1": ["oak", "elm"]})))
+    wait_until(lambda: applied_events(hot, "stream-watch") >= 4, CLOSE_S, "the window applied")
     time.sleep(6)  # the offsets committed with the next checkpoint
     result = sensor_result(instance, local_resources)
     assert check_of(result).passed, check_of(result).description
     seen = observed(result)
-    assert set(seen) == {"stream-a", "stream-b"}
-    assert seen["stream-a"]["edges"].value == 1 and seen["stream-a"]["events"].value == 4
-    assert seen["stream-a"]["lag_s"].value < 30
+    assert set(seen) == {"stream-watch", "stream-idle"}
+    assert seen["stream-watch"]["edges"].value == 1 and seen["stream-watch"]["events"].value == 4
+    assert seen["stream-watch"]["lag_s"].value < 30
     # a second tick with nothing new observes nobody again
     assert observed(sensor_result(instance, local_resources, result.cursor)) == {}
 
@@ -229,17 +229,17 @@ def test_the_sensor_observes_each_tenant_and_fails_its_check_while_the_job_is_do
         # an event published five minutes ago (its Kafka time) that nobody consumes: over 3 windows behind
         old_ms = int((time.time() - 300) * 1000)
         producer = Producer({"bootstrap.servers": event_log.bootstrap_servers})
-        for event in document_events("stream-a", *rows("t.txt", {"c1": ["ash", "yew"]})):
-            producer.produce(EVENTS_TOPIC, key=b"stream-a", value=event.to_bytes(),
-                             partition=tenant_partition("stream-a"), timestamp=old_ms)
+        for event in document_events("stream-watch", *rows("t.txt", {"c1": ["ash", "yew"]})):
+            producer.produce(EVENTS_TOPIC, key=b"stream-watch", value=event.to_bytes(),
+                             partition=tenant_partition("stream-watch"), timestamp=old_ms)
         assert producer.flush(10) == 0
         down = sensor_result(instance, local_resources, result.cursor)
         assert not check_of(down).passed and "not answering" in check_of(down).description
         lagging = observed(down)
-        assert lagging["stream-a"]["lag_s"].value >= 290 and lagging["stream-a"]["pending_events"].value >= 4
+        assert lagging["stream-watch"]["lag_s"].value >= 290 and lagging["stream-watch"]["pending_events"].value >= 4
     finally:
         stream_job.up(240, progress=lambda msg: None)
-    wait_until(lambda: ("Ash", "Yew", 1) in graph_of(hot, "stream-a")["edges"], CLOSE_S + 30, "caught up")
+    wait_until(lambda: ("Ash", "Yew", 1) in graph_of(hot, "stream-watch")["edges"], CLOSE_S + 30, "caught up")
     time.sleep(6)
     caught_up = check_of(sensor_result(instance, local_resources))
     assert caught_up.passed, caught_up.description
