@@ -24,11 +24,22 @@ MAX_ROWS = 1000
 # the hot queries and the stream's MERGEs, named so `query_plans` can show that each uses an index
 NEIGHBOURS_1HOP = ("MATCH (:Entity {name: $name})-[r:CO_OCCURS]-(n:Entity) "
                    "RETURN n.name, r.weight ORDER BY r.weight DESC, n.name LIMIT $limit")
-NEIGHBOURS_2HOP = ("MATCH (s:Entity {name: $name})-[r1:CO_OCCURS]-(m:Entity)-[r2:CO_OCCURS]-(n:Entity) "
-                   "WHERE n <> s AND NOT (s)-[:CO_OCCURS]-(n) "
-                   "WITH n, max(CASE WHEN r1.weight < r2.weight THEN r1.weight ELSE r2.weight END) AS w "
+# 2 hops through each entity's TOP_NEIGHBOURS strongest neighbours, which every window keeps on
+# the entity (REFRESH_TOP): a hub's full 2-hop neighbourhood is most of the graph, this is at
+# most TOP_NEIGHBOURS^2 rows whatever the degrees. Direct neighbours among the top are left out.
+NEIGHBOURS_2HOP = ("MATCH (s:Entity {name: $name}) "
+                   "UNWIND range(0, size(coalesce(s.top_ids, [])) - 1) AS i "
+                   "WITH s, s.top_ids[i] AS mid, s.top_weights[i] AS w1 "
+                   "MATCH (m:Entity {entity_id: mid}) "
+                   "UNWIND range(0, size(coalesce(m.top_ids, [])) - 1) AS j "
+                   "WITH s, w1, m.top_ids[j] AS nid, m.top_weights[j] AS w2 "
+                   "WHERE nid <> s.entity_id AND NOT nid IN s.top_ids "
+                   "WITH nid, max(CASE WHEN w1 < w2 THEN w1 ELSE w2 END) AS w "
+                   "MATCH (n:Entity {entity_id: nid}) "
                    "RETURN n.name, w ORDER BY w DESC, n.name LIMIT $limit")
-RECENT_EDGES = ("MATCH (a:Entity)-[r:CO_OCCURS]->(b:Entity) WHERE r.window >= $since "
+# from the edge index on the window, not from every entity (startNode/endNode)
+RECENT_EDGES = ("MATCH ()-[r:CO_OCCURS]->() WHERE r.window >= $since "
+                "WITH startNode(r) AS a, endNode(r) AS b, r "
                 "RETURN a.name, b.name, r.weight, r.window ORDER BY r.window DESC, r.weight DESC, a.name, b.name "
                 "LIMIT $limit")
 TOP_PAIRS = ("MATCH (a:Entity)-[r:CO_OCCURS]->(b:Entity) RETURN a.name, b.name, r.weight "
@@ -39,6 +50,12 @@ MERGE_MENTIONS = ("UNWIND $rows AS r MERGE (e:Entity {entity_id: r.entity_id}) S
 MERGE_FACTS = ("UNWIND $rows AS r MERGE (f:Fact {fact_id: r.fact_id}) "
                "SET f.doc_id = r.doc_id, f.predicate = r.predicate, f.subject = r.subject, f.object = r.object, "
                "f.chunk_id = r.chunk_id, f.window = $w")
+TOP_NEIGHBOURS = 20
+REFRESH_TOP = ("UNWIND $ids AS id MATCH (e:Entity {entity_id: id}) "
+               "OPTIONAL MATCH (e)-[r:CO_OCCURS]-(n:Entity) "
+               "WITH e, n, r.weight AS w ORDER BY w DESC, n.entity_id "
+               "WITH e, collect(CASE WHEN n IS NULL THEN null ELSE [n.entity_id, w] END)[0..$k] AS top "
+               "SET e.top_ids = [x IN top | x[0]], e.top_weights = [x IN top | x[1]]")
 MERGE_PAIRS = ("UNWIND $rows AS r MATCH (a:Entity {entity_id: r.a}), (b:Entity {entity_id: r.b}) "
                "MERGE (a)-[e:CO_OCCURS]->(b) SET e.weight = r.weight, e.window = $w")
 
@@ -118,6 +135,9 @@ class HotGraphStore:
             {"chunks": sorted(delta.chunks)}).result_set) if delta.chunks else set()
         weights = _recompute_pairs(graph, sorted(touched), w)
         graph.query("MATCH (e:Entity) WHERE NOT (e)<-[:MENTIONS]-(:Chunk) DETACH DELETE e")  # no chunk names it
+        entities = sorted({e for pair in touched for e in pair})
+        for start in range(0, len(entities), 2000):  # their strongest neighbours, for 2-hop queries
+            graph.query(REFRESH_TOP, {"ids": entities[start:start + 2000], "k": TOP_NEIGHBOURS})
         return {"chunks": len(delta.chunks), "mentions": len(delta.mentions), "facts": len(delta.facts),
                 "deleted_documents": len(delta.deleted_docs), "pairs": len(touched),
                 "edges_removed": sum(1 for weight in weights.values() if weight == 0)}
@@ -166,16 +186,17 @@ class HotGraphStore:
 
     # -- hot queries (read-only; every one inside the tenant's own graph) --------
     def neighbours(self, tenant_id: str, entity: str, hops: int = 1, limit: int = 50) -> list[dict]:
-        """Entities co-occurring with ``entity`` (its name), 1 or 2 hops away, strongest first; a
-        2-hop neighbour's weight is the weaker edge of its strongest path."""
+        """Entities co-occurring with ``entity`` (its name), strongest first; with ``hops=2`` also
+        those reached through its strongest neighbours (NEIGHBOURS_2HOP), a 2-hop neighbour's
+        weight being the weaker edge of its strongest path."""
         if hops not in range(1, MAX_HOPS + 1):
             raise ValueError(f"hops must be 1 or {MAX_HOPS}")
         graph, params = self.graph(tenant_id), {"name": entity, "limit": limit}
-        if not graph.ro_query("MATCH (e:Entity {name: $name}) RETURN count(e)", params).result_set[0][0]:
-            raise UnknownEntity(f"no entity named {entity!r} in this tenant's hot graph")
         found = [{"entity": n, "weight": int(w), "hops": 1} for n, w in graph.ro_query(NEIGHBOURS_1HOP, params).result_set]
         if hops == 2:
             found += [{"entity": n, "weight": int(w), "hops": 2} for n, w in graph.ro_query(NEIGHBOURS_2HOP, params).result_set]
+        if not found and not graph.ro_query("MATCH (e:Entity {name: $name}) RETURN count(e)", params).result_set[0][0]:
+            raise UnknownEntity(f"no entity named {entity!r} in this tenant's hot graph")
         return found[:limit]
 
     def recent_edges(self, tenant_id: str, since_window: str, limit: int = 100) -> list[dict]:
@@ -196,7 +217,9 @@ class HotGraphStore:
         queries = {"neighbours_1hop": (NEIGHBOURS_1HOP, {"name": "n", "limit": 1}),
                    "neighbours_2hop": (NEIGHBOURS_2HOP, {"name": "n", "limit": 1}),
                    "merge_chunks": (MERGE_CHUNKS, one), "merge_mentions": (MERGE_MENTIONS, one),
-                   "merge_facts": (MERGE_FACTS, one), "merge_pairs": (MERGE_PAIRS, one)}
+                   "recent_edges": (RECENT_EDGES, {"since": "w", "limit": 1}),
+                   "merge_facts": (MERGE_FACTS, one), "merge_pairs": (MERGE_PAIRS, one),
+                   "refresh_top": (REFRESH_TOP, {"ids": ["e"], "k": TOP_NEIGHBOURS})}
         return {name: str(graph.explain(cypher, params)) for name, (cypher, params) in queries.items()}
 
     def drop_scope(self, tenant_id: str) -> bool:
