@@ -118,3 +118,18 @@ def write_drift_corpus(store: TenantObjectStore, docs: int = 60, seed: int = 0) 
         store.put(key, "\n".join(lines).encode())
         written.append(key)
     return written
+
+
+HOT_NEWS = {  # the real-time scene's documents: short, with entities that name each other
+    "inbox/hot_rivers.md": "# Rivers\n\nThe Danube flows through Vienna, Bratislava and Budapest. The Rhine flows "
+                           "through Basel, Strasbourg and Cologne. Vienna and Budapest trade along the Danube.",
+    "inbox/hot_rail.md": "# Rail\n\nThe Orient Express ran from Paris through Vienna and Budapest. Trains from Basel "
+                         "reach Cologne along the Rhine.",
+}
+
+
+def write_hot_corpus(store: TenantObjectStore) -> list[str]:
+    """The documents that arrive during the demo's real-time scene."""
+    for key, text in HOT_NEWS.items():
+        store.put(key, text.encode())
+    return sorted(HOT_NEWS)

@@ -7,6 +7,9 @@
 - drift: documents on a new subject arrive; the embeddings are refreshed; one tick of the
   drift sensor (the same code the daemon runs) requests the tenant's retraining, which runs
   with the sensor's tags (`datacreek/trigger=drift`); a passing model moves the reference.
+- hot graph: documents arrive; knowledge_graph publishes their graph events and the Flink job
+  folds them into the tenant's FalkorDB hot graph within about one 30 s window; the scene waits
+  until a hot query sees them and reports the time it took.
 - quota: the tenant's price is raised past its balance and a fine-tune starts; its meter
   sees the balance go negative and the run ends tagged `datacreek/status=failed_quota`. The
   price is put back and the tenant topped up again, all as ledger transactions.
@@ -148,6 +151,43 @@ def canary_scene(defs: dg.Definitions, instance: dg.DagsterInstance, resources: 
                            {role: len(v) for role, v in traffic.latencies.items()}, promotion, timings)
     finally:
         control.close()
+
+
+@dataclass
+class HotScene:
+    documents: int
+    events: int
+    seconds: float | None  # from the graph run's end (its events published) to all of them queryable
+    latency_p95_s: float | None  # the job's own event-to-queryable measure, over the tenant's windows
+    edges: list[dict]
+
+
+def hot_scene(defs: dg.Definitions, instance: dg.DagsterInstance, resources: dict, tenant: str,
+              timeout_s: float = 150.0) -> HotScene:
+    import time
+
+    from datacreek_assets.demo_corpus import write_hot_corpus
+    from datacreek_assets.streaming.hot_queries import HotQueries
+    from datacreek_assets.streaming.monitor import latency_quantile
+
+    hot = resources["hot_graph"].store()
+    before = hot.status(tenant).get("events", 0)
+    written = write_hot_corpus(resources["object_store"].for_tenant(tenant))
+    run = materialize_tenant(defs, tenant, instance, selection=["raw_documents", "parsed_chunks", "knowledge_graph"],
+                             launched_by="demo")
+    if not run.success:
+        raise RuntimeError(run.error)
+    published_at = time.monotonic()
+    events = int(run.metadata["knowledge_graph"].get("events_published", 0))
+    deadline, seconds = published_at + timeout_s, None
+    while time.monotonic() < deadline:
+        if hot.status(tenant).get("events", 0) >= before + events:
+            seconds = time.monotonic() - published_at
+            break
+        time.sleep(0.25)
+    status = hot.status(tenant)
+    return HotScene(len(written), events, seconds, latency_quantile(status.get("latency_counts", []), 0.95),
+                    HotQueries(hot, tenant).recent_edges(windows=3, limit=5))
 
 
 def answers_scene(resources: dict, tenant: str, questions: list[dict], progress=lambda done, total: None) -> dict:

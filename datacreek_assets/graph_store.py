@@ -469,6 +469,31 @@ class TenantGraph:
             id=doc_id, limit=limit,
         )
 
+    # -- co-occurrence: the stream's windows write it (weights recomputed from the live chunks) --
+    def write_cooccurrence(self, pairs: list[tuple[str, str]], window_id: str) -> Counter:
+        """Set each (entity_id, entity_id) pair's CO_OCCURS weight to the number of live chunks
+        naming both, or remove the edge at 0; idempotent, the window recorded on the edge."""
+        def work(tx: ScopedTransaction) -> None:
+            for batch in batched([list(p) for p in pairs], 500):
+                tx.run("UNWIND $rows AS p MATCH (a:Entity {tenant_id: $tenant, entity_id: p[0]}) "
+                       "MATCH (b:Entity {tenant_id: $tenant, entity_id: p[1]}) "
+                       "OPTIONAL MATCH (a)<-[:MENTIONS]-(c:Chunk {tenant_id: $tenant})-[:MENTIONS]->(b) "
+                       "WHERE c.deleted_at IS NULL "
+                       "WITH a, b, count(DISTINCT c) AS weight "
+                       "FOREACH (_ IN CASE WHEN weight > 0 THEN [1] ELSE [] END | "
+                       "  MERGE (a)-[r:CO_OCCURS]->(b) SET r.weight = weight, r.window = $w) "
+                       "WITH a, b, weight WHERE weight = 0 "
+                       "OPTIONAL MATCH (a)-[r:CO_OCCURS]->(b) DELETE r", rows=batch, w=window_id)
+
+        return self._write(work)[1]
+
+    def cooccurrence_edges(self) -> list[tuple[str, str, int]]:
+        """Every CO_OCCURS edge as (name, name, weight), ordered."""
+        rows = self._execute(
+            "MATCH (a:Entity {tenant_id: $tenant})-[r:CO_OCCURS]->(b:Entity {tenant_id: $tenant}) "
+            "RETURN a.name AS a, b.name AS b, r.weight AS weight ORDER BY a, b")
+        return [(r["a"], r["b"], r["weight"]) for r in rows]
+
     def entity_neighbours(self, entity_id: str, limit: int = 50) -> list[dict]:
         """Entities named in a live chunk with ``entity_id``, weighted by those chunks: the hot
         layer's 1-hop neighbours question, answered from the chunks."""
@@ -511,7 +536,9 @@ def _refresh_entities(tx: ScopedTransaction, now: datetime | None = None) -> Non
     """Entities follow the chunks and facts that mention them: orphans go, entities
     mentioned only by soft-deleted data are hidden, re-mentioned ones come back.
     Only entities whose state changes are written, so a no-op sync writes nothing."""
-    tx.run("MATCH (e:Entity {tenant_id: $tenant}) WHERE NOT (e)--({tenant_id: $tenant}) DELETE e")
+    # the stream's CO_OCCURS edges between entities keep no entity alive: they go with it
+    tx.run("MATCH (e:Entity {tenant_id: $tenant}) WHERE NOT (e)-[:MENTIONS|SUBJECT|OBJECT]-({tenant_id: $tenant}) "
+           "DETACH DELETE e")
     tx.run(
         "MATCH (e:Entity {tenant_id: $tenant}) "
         "OPTIONAL MATCH (c:Chunk {tenant_id: $tenant})-[:MENTIONS]->(e) WHERE c.deleted_at IS NULL "

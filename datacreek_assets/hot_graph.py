@@ -24,16 +24,27 @@ MAX_ROWS = 1000
 # the hot queries and the stream's MERGEs, named so `query_plans` can show that each uses an index
 NEIGHBOURS_1HOP = ("MATCH (:Entity {name: $name})-[r:CO_OCCURS]-(n:Entity) "
                    "RETURN n.name, r.weight ORDER BY r.weight DESC, n.name LIMIT $limit")
-# 2 hops through each entity's TOP_NEIGHBOURS strongest neighbours, which every window keeps on
-# the entity (REFRESH_TOP): a hub's full 2-hop neighbourhood is most of the graph, this is at
-# most TOP_NEIGHBOURS^2 rows whatever the degrees. Direct neighbours among the top are left out.
+# Each window keeps on every entity it touched its TOP_NEIGHBOURS strongest neighbours (REFRESH_TOP,
+# ordered by weight, then name): a hub's neighbourhood is thousands of edges, its top list one
+# property. 1 hop reads the list when it is long enough for the limit.
+TOP_NEIGHBOURS = 50
+NEIGHBOURS_TOP = ("MATCH (s:Entity {name: $name}) "
+                  "UNWIND range(0, size(coalesce(s.top_ids, [])) - 1) AS i "
+                  "WITH s.top_ids[i] AS nid, s.top_weights[i] AS w "
+                  "MATCH (n:Entity {entity_id: nid}) "
+                  "RETURN n.name, w ORDER BY w DESC, n.name LIMIT $limit")
+# 2 hops through the TWO_HOP_FANOUT strongest neighbours and theirs: at most 400 rows whatever the
+# degrees (a hub's full 2-hop neighbourhood is most of the graph). Direct neighbours in the top list
+# are left out; a 2-hop neighbour's weight is the weaker edge of its strongest path.
+TWO_HOP_FANOUT = 20
 NEIGHBOURS_2HOP = ("MATCH (s:Entity {name: $name}) "
-                   "UNWIND range(0, size(coalesce(s.top_ids, [])) - 1) AS i "
-                   "WITH s, s.top_ids[i] AS mid, s.top_weights[i] AS w1 "
+                   "WITH s, coalesce(s.top_ids, []) AS near "
+                   "UNWIND range(0, size(near[0..$fanout]) - 1) AS i "
+                   "WITH s, near, near[i] AS mid, s.top_weights[i] AS w1 "
                    "MATCH (m:Entity {entity_id: mid}) "
-                   "UNWIND range(0, size(coalesce(m.top_ids, [])) - 1) AS j "
-                   "WITH s, w1, m.top_ids[j] AS nid, m.top_weights[j] AS w2 "
-                   "WHERE nid <> s.entity_id AND NOT nid IN s.top_ids "
+                   "UNWIND range(0, size(coalesce(m.top_ids, [])[0..$fanout]) - 1) AS j "
+                   "WITH s, near, w1, m.top_ids[j] AS nid, m.top_weights[j] AS w2 "
+                   "WHERE nid <> s.entity_id AND NOT nid IN near "
                    "WITH nid, max(CASE WHEN w1 < w2 THEN w1 ELSE w2 END) AS w "
                    "MATCH (n:Entity {entity_id: nid}) "
                    "RETURN n.name, w ORDER BY w DESC, n.name LIMIT $limit")
@@ -50,10 +61,9 @@ MERGE_MENTIONS = ("UNWIND $rows AS r MERGE (e:Entity {entity_id: r.entity_id}) S
 MERGE_FACTS = ("UNWIND $rows AS r MERGE (f:Fact {fact_id: r.fact_id}) "
                "SET f.doc_id = r.doc_id, f.predicate = r.predicate, f.subject = r.subject, f.object = r.object, "
                "f.chunk_id = r.chunk_id, f.window = $w")
-TOP_NEIGHBOURS = 20
 REFRESH_TOP = ("UNWIND $ids AS id MATCH (e:Entity {entity_id: id}) "
                "OPTIONAL MATCH (e)-[r:CO_OCCURS]-(n:Entity) "
-               "WITH e, n, r.weight AS w ORDER BY w DESC, n.entity_id "
+               "WITH e, n, r.weight AS w ORDER BY w DESC, n.name "
                "WITH e, collect(CASE WHEN n IS NULL THEN null ELSE [n.entity_id, w] END)[0..$k] AS top "
                "SET e.top_ids = [x IN top | x[0]], e.top_weights = [x IN top | x[1]]")
 MERGE_PAIRS = ("UNWIND $rows AS r MATCH (a:Entity {entity_id: r.a}), (b:Entity {entity_id: r.b}) "
@@ -140,7 +150,8 @@ class HotGraphStore:
             graph.query(REFRESH_TOP, {"ids": entities[start:start + 2000], "k": TOP_NEIGHBOURS})
         return {"chunks": len(delta.chunks), "mentions": len(delta.mentions), "facts": len(delta.facts),
                 "deleted_documents": len(delta.deleted_docs), "pairs": len(touched),
-                "edges_removed": sum(1 for weight in weights.values() if weight == 0)}
+                "edges_removed": sum(1 for weight in weights.values() if weight == 0),
+                "touched_pairs": sorted(touched)}  # what Neo4j's co-occurrence recomputes too
 
     # -- the stream job's status, per tenant (on its :Tenant node) ----------------
     def record_window(self, tenant_id: str, window_id: str, window_end_ms: int, events: int,
@@ -187,12 +198,13 @@ class HotGraphStore:
     # -- hot queries (read-only; every one inside the tenant's own graph) --------
     def neighbours(self, tenant_id: str, entity: str, hops: int = 1, limit: int = 50) -> list[dict]:
         """Entities co-occurring with ``entity`` (its name), strongest first; with ``hops=2`` also
-        those reached through its strongest neighbours (NEIGHBOURS_2HOP), a 2-hop neighbour's
-        weight being the weaker edge of its strongest path."""
+        those reached through its strongest neighbours (NEIGHBOURS_2HOP)."""
         if hops not in range(1, MAX_HOPS + 1):
             raise ValueError(f"hops must be 1 or {MAX_HOPS}")
-        graph, params = self.graph(tenant_id), {"name": entity, "limit": limit}
-        found = [{"entity": n, "weight": int(w), "hops": 1} for n, w in graph.ro_query(NEIGHBOURS_1HOP, params).result_set]
+        graph = self.graph(tenant_id)
+        params = {"name": entity, "limit": limit, "fanout": TWO_HOP_FANOUT}
+        near = graph.ro_query(NEIGHBOURS_TOP if limit <= TOP_NEIGHBOURS else NEIGHBOURS_1HOP, params).result_set
+        found = [{"entity": n, "weight": int(w), "hops": 1} for n, w in near]
         if hops == 2:
             found += [{"entity": n, "weight": int(w), "hops": 2} for n, w in graph.ro_query(NEIGHBOURS_2HOP, params).result_set]
         if not found and not graph.ro_query("MATCH (e:Entity {name: $name}) RETURN count(e)", params).result_set[0][0]:
@@ -215,7 +227,8 @@ class HotGraphStore:
         one = {"rows": [{"chunk_id": "c", "doc_id": "d", "entity_id": "e", "name": "n", "fact_id": "f",
                          "predicate": "p", "subject": "s", "object": "o", "a": "e", "b": "e", "weight": 1}], "w": "w"}
         queries = {"neighbours_1hop": (NEIGHBOURS_1HOP, {"name": "n", "limit": 1}),
-                   "neighbours_2hop": (NEIGHBOURS_2HOP, {"name": "n", "limit": 1}),
+                   "neighbours_top": (NEIGHBOURS_TOP, {"name": "n", "limit": 1}),
+                   "neighbours_2hop": (NEIGHBOURS_2HOP, {"name": "n", "limit": 1, "fanout": TWO_HOP_FANOUT}),
                    "merge_chunks": (MERGE_CHUNKS, one), "merge_mentions": (MERGE_MENTIONS, one),
                    "recent_edges": (RECENT_EDGES, {"since": "w", "limit": 1}),
                    "merge_facts": (MERGE_FACTS, one), "merge_pairs": (MERGE_PAIRS, one),

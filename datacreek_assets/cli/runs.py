@@ -145,7 +145,8 @@ def backfill(obj: Context, tenants: str, all_tenants: bool, select: str, retry_f
 @click.option("--max-docs", default=40, show_default=True, help="Documents in the demo corpus.")
 @click.option("--scenes/--no-scenes", default=True, show_default=True,
               help="After the asset graph: the canary promoted under traffic, a drift-triggered retraining, "
-              "a spiked canary rolled back, and a run stopped by its quota.")
+              "a spiked canary rolled back, a run stopped by its quota, and new documents reaching the hot "
+              "graph through the stream.")
 @click.pass_obj
 @handle_errors
 def demo(obj: Context, tenant_id: str, max_docs: int, scenes: bool) -> None:
@@ -160,7 +161,7 @@ def demo(obj: Context, tenant_id: str, max_docs: int, scenes: bool) -> None:
     validate_tenant_id(tenant_id)
     obj.settings = dataclasses.replace(obj.settings, **DEMO_CANARY_POLICY)
     started = time.monotonic()
-    total = 9 if scenes else 4
+    total = 10 if scenes else 4
     click.echo(f"[1/{total}] services")
     if obj.profile == "local":
         services_up(obj.settings, progress=lambda msg: click.echo(f"  {msg}"))
@@ -198,7 +199,7 @@ DEMO_SERVED_EVERY = 4  # a quarter of the hand-written questions go through the 
 
 def _demo_scenes(obj: Context, resources: dict, tenant_id: str, total: int) -> None:
     from datacreek_assets.demo_corpus import MODULES, demo_questions
-    from datacreek_assets.demo_scenarios import answers_scene, canary_scene, drift_scene, quota_scene
+    from datacreek_assets.demo_scenarios import answers_scene, canary_scene, drift_scene, hot_scene, quota_scene
 
     defs, instance = obj.definitions(), obj.instance()
     questions = demo_questions(MODULES)[::DEMO_SERVED_EVERY]
@@ -248,6 +249,15 @@ def _demo_scenes(obj: Context, resources: dict, tenant_id: str, total: int) -> N
         click.echo(f"  reason: {run.error}")
     if run.success or status != "failed_quota":
         fail(RuntimeError("the quota did not stop the run"), EXIT_FAILED)
+    click.echo(f"[10/{total}] hot graph: new documents reach FalkorDB through Kafka and the Flink job")
+    with _terminal_console() as console, console.status("waiting for the stream's window"):
+        hot = hot_scene(defs, instance, resources, tenant_id)
+    if hot.seconds is None:
+        fail(RuntimeError(f"the {hot.events} graph events did not reach the hot graph in time"), EXIT_FAILED)
+    click.echo(f"  {hot.documents} documents, {hot.events} graph events: queryable {hot.seconds:.1f}s after the graph "
+               f"run published them (one 30 s window; the job's event-to-queryable p95 <= {hot.latency_p95_s} s)")
+    for edge in hot.edges:
+        click.echo(f"  {edge['a']} -- {edge['b']}  weight {edge['weight']}  (window {edge['window']})")
 
 
 def _echo_canary(tenant_id: str, scene) -> None:

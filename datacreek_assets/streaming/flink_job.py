@@ -67,6 +67,20 @@ def dead_letter(reason: str, raw: str) -> str:
                        "event": raw[:1024]}, sort_keys=True)
 
 
+def tenant_graphs(neo4j_uri: str, isolation: str):
+    """Neo4j, the truth: the window's co-occurrence goes there too, through the tenant repository."""
+    import os
+
+    from neo4j import GraphDatabase
+
+    from datacreek_assets.graph_store import TenantGraph
+
+    user = os.environ.get("DATACREEK_NEO4J_USER", "")
+    auth = (user, os.environ.get("DATACREEK_NEO4J_PASSWORD", "")) if user else None
+    driver = GraphDatabase.driver(neo4j_uri, auth=auth)
+    return lambda tenant_id: TenantGraph(driver, tenant_id, isolation)
+
+
 def hot_graph_store(falkordb_host: str, falkordb_port: int):
     import falkordb
 
@@ -153,14 +167,17 @@ class CloseOnWatermarkOrClock(Trigger):
 
 
 class ApplyWindow(ProcessWindowFunction):
-    """Fold a tenant's window and write it to its hot graph; emits the window's status line."""
+    """Fold a tenant's window and write it to its hot graph and its co-occurrence to Neo4j;
+    emits the window's status line."""
 
-    def __init__(self, falkordb_host: str, falkordb_port: int):
+    def __init__(self, falkordb_host: str, falkordb_port: int, neo4j_uri: str, isolation: str):
         self.falkordb_host, self.falkordb_port = falkordb_host, falkordb_port
-        self.store = None
+        self.neo4j_uri, self.isolation = neo4j_uri, isolation
+        self.store = self.graph_of = None
 
     def open(self, runtime_context) -> None:
         self.store = hot_graph_store(self.falkordb_host, self.falkordb_port)
+        self.graph_of = tenant_graphs(self.neo4j_uri, self.isolation)
 
     def process(self, key: str, context, elements):
         window = context.window()
@@ -171,7 +188,10 @@ class ApplyWindow(ProcessWindowFunction):
             return
         delta = fold(key, window_id(window.start), events)  # the whole window: the write is idempotent
         counts = self.store.apply_window(delta)
-        applied_ms = int(time.time() * 1000)
+        applied_ms = int(time.time() * 1000)  # queryable in the hot graph from now
+        # then the truth; a failure here fails the window, and the restart writes both again
+        # (each write is idempotent)
+        self.graph_of(key).write_cooccurrence(counts.pop("touched_pairs"), delta.window_id)
         latencies = [max(0, applied_ms - e.timestamp_ms) / 1000 for e in events[before:]]  # each event once
         self.store.record_window(key, delta.window_id, window.end, len(events) - before, latencies, applied_ms)
         applied.update(len(events))
@@ -200,7 +220,8 @@ class CountLate(ProcessFunction):
         yield dead_letter(f"late: the event is over {ALLOWED_LATENESS_S}s behind the watermark", raw)
 
 
-def build(env: StreamExecutionEnvironment, bootstrap: str, falkordb_host: str, falkordb_port: int) -> None:
+def build(env: StreamExecutionEnvironment, bootstrap: str, falkordb_host: str, falkordb_port: int, neo4j_uri: str,
+          isolation: str) -> None:
     source = (KafkaSource.builder().set_bootstrap_servers(bootstrap).set_topics(EVENTS_TOPIC)
               .set_group_id(STREAM_CONSUMER_GROUP)
               .set_starting_offsets(KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST))
@@ -218,7 +239,7 @@ def build(env: StreamExecutionEnvironment, bootstrap: str, falkordb_host: str, f
                .trigger(CloseOnWatermarkOrClock(CLOSE_GRACE_S * 1000))
                .allowed_lateness(ALLOWED_LATENESS_S * 1000)
                .side_output_late_data(LATE)
-               .process(ApplyWindow(falkordb_host, falkordb_port), output_type=Types.STRING()).uid("apply-window"))
+               .process(ApplyWindow(falkordb_host, falkordb_port, neo4j_uri, isolation), output_type=Types.STRING()).uid("apply-window"))
     windows.print("window")
     late = windows.get_side_output(LATE).process(CountLate(falkordb_host, falkordb_port),
                                                  output_type=Types.STRING()).uid("late")
@@ -247,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers")
     parser.add_argument("--falkordb-host", default="127.0.0.1")
     parser.add_argument("--falkordb-port", type=int, required=True)
+    parser.add_argument("--neo4j-uri", required=True, help="the truth the window's co-occurrence also goes to")
+    parser.add_argument("--neo4j-isolation", default="label", choices=("label", "database"))
     parser.add_argument("--state-dir", type=Path, required=True, help="checkpoints live under it")
     parser.add_argument("--rest-port", type=int, required=True, help="the Flink REST API (job health)")
     parser.add_argument("--connector-jar", type=Path, required=True, help="flink-sql-connector-kafka")
@@ -273,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         ExternalizedCheckpointRetention.RETAIN_ON_CANCELLATION)
     config.set_string("execution.checkpointing.dir", checkpoints.resolve().as_uri())
     env.configure(config)
-    build(env, args.bootstrap, args.falkordb_host, args.falkordb_port)
+    build(env, args.bootstrap, args.falkordb_host, args.falkordb_port, args.neo4j_uri, args.neo4j_isolation)
     env.execute(STREAM_JOB_NAME)
     return 0
 

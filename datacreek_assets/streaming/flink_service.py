@@ -59,7 +59,8 @@ class FlinkJobService(ManagedProcess):
 
     def command(self) -> list[str]:
         return [str(self.python), "-m", JOB_MODULE, "--bootstrap", f"127.0.0.1:{self.settings.kafka_port}",
-                "--falkordb-port", str(self.settings.falkordb_port), "--state-dir", str(self.home / "state"),
+                "--falkordb-port", str(self.settings.falkordb_port), "--neo4j-uri", self.settings.neo4j_uri,
+                "--state-dir", str(self.home / "state"),
                 "--rest-port", str(self.port), "--connector-jar", str(self.connector_jar)]
 
     def environment(self) -> dict[str, str]:

@@ -73,7 +73,7 @@ def test_python_queries_answer_from_the_tenant_s_own_graph(hot):
 
 def test_every_hot_query_and_stream_merge_uses_an_index(hot):
     plans = hot.query_plans("hq-a")
-    assert set(plans) == {"neighbours_1hop", "neighbours_2hop", "recent_edges", "merge_chunks", "merge_mentions",
+    assert set(plans) == {"neighbours_1hop", "neighbours_top", "neighbours_2hop", "recent_edges", "merge_chunks", "merge_mentions",
                           "merge_facts", "merge_pairs", "refresh_top"}
     for name, plan in plans.items():
         assert "By Index Scan" in plan, f"{name} scans without an index:\n{plan}"

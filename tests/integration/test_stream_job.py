@@ -273,6 +273,8 @@ def test_the_graph_asset_s_events_build_the_hot_graph_and_a_lost_one_is_rebuilt_
             built = graph_of(hot, tenant)
             live = stores.graph.tenant(tenant).live_chunks()
             assert sorted((c["doc_id"], c["chunk_id"]) for c in live) == built["chunks"] and built["edges"]
+            # the windows' co-occurrence also went to Neo4j, recomputed from its own chunks: the same edges
+            assert stores.graph.tenant(tenant).cooccurrence_edges() == built["edges"]
 
             hot.drop_scope(tenant)  # lost
             hot.create_scope(tenant)
