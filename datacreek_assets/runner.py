@@ -36,11 +36,11 @@ def tenant_tags(tenant_id: str, launched_by: str) -> dict[str, str]:
 
 def main_graph(defs: dg.Definitions) -> list[str]:
     """Every asset a tenant's full run builds: all but those a sensor launches when live
-    traffic says so (production_release)."""
+    traffic says so (production_release) and the external ones services keep (hot_graph)."""
     from datacreek_assets.defs.serving.assets import LAUNCH_TAG
 
     graph = defs.resolve_asset_graph()
-    return sorted(k.to_user_string() for k in graph.get_all_asset_keys()
+    return sorted(k.to_user_string() for k in graph.executable_asset_keys
                   if graph.get(k).tags.get(LAUNCH_TAG) != "sensor")
 
 
@@ -94,7 +94,7 @@ def materialize_tenant(
     """
     job = defs.resolve_implicit_global_asset_job_def()
     graph = defs.resolve_asset_graph()
-    all_keys = sorted(k.to_user_string() for k in graph.get_all_asset_keys())
+    all_keys = sorted(k.to_user_string() for k in graph.executable_asset_keys)
     wanted = selection or main_graph(defs)
     unknown = sorted(set(wanted) - set(all_keys))
     if unknown:

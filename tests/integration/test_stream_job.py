@@ -283,5 +283,15 @@ def test_the_graph_asset_s_events_build_the_hot_graph_and_a_lost_one_is_rebuilt_
             assert replay.returncode == 0, replay.stderr
             wait_until(lambda: applied_events(hot, tenant) >= published, CLOSE_S, "the replay applied")
             assert graph_of(hot, tenant) == built
+
+            # a document leaves: its edges go from both graphs, the other document's stay
+            objects.delete("inbox/tools.md")
+            assert dg.materialize([raw_documents, parsed_chunks, knowledge_graph], partition_key=tenant,
+                                  instance=instance, resources=local_resources).success
+            wait_until(lambda: all(doc != "tools.md" for doc, _ in graph_of(hot, tenant)["chunks"]), CLOSE_S,
+                       "the deleted document gone from the hot graph")
+            after = graph_of(hot, tenant)
+            assert after["edges"] and len(after["edges"]) < len(built["edges"])
+            assert stores.graph.tenant(tenant).cooccurrence_edges() == after["edges"]
         finally:
             remove_tenant(tenant, stores, instance, force=True)

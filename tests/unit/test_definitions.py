@@ -23,15 +23,18 @@ def test_asset_graph_is_grouped_by_concept(tmp_path):
         "persistence_sketches": "topology", "umap_lens": "topology", "mapper_graph": "topology",
         "finetuned_adapter": "finetune", "gguf_model": "finetune", "qa_eval": "finetune",
         "canary_release": "serving", "production_release": "serving",
-        "retention_audit": "retention", "model_gc": "retention",
+        "retention_audit": "retention", "model_gc": "retention", "hot_graph": "streaming",
     }
+    assert graph.executable_asset_keys == graph.get_all_asset_keys() - {dg.AssetKey("hot_graph")}  # a service keeps it
     for key in graph.get_all_asset_keys():
         assert graph.get(key).partitions_def.name == "tenants"
+    for key in graph.executable_asset_keys:
         # one run per tenant for every group: a run is what Dagster tags, limits and retries
         assert graph.get(key).backfill_policy.max_partitions_per_run == 1
     assert defs.resolve_job_def("purge_job") is not None
     assert defs.resolve_sensor_def("tenant_partitions_sync") is not None
-    for sensor in ("embedding_drift_sensor", "quota_sensor", "canary_health_sensor", "purged_data_retrain_sensor"):
+    for sensor in ("embedding_drift_sensor", "quota_sensor", "canary_health_sensor", "purged_data_retrain_sensor",
+                   "hot_stream_sensor"):
         assert defs.resolve_sensor_def(sensor) is not None
     assert defs.resolve_job_def("retrain_tenant") is not None
     retention = defs.resolve_job_def("retention_job")
