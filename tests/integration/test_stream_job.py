@@ -288,9 +288,11 @@ def test_the_graph_asset_s_events_build_the_hot_graph_and_a_lost_one_is_rebuilt_
             objects.delete("inbox/tools.md")
             assert dg.materialize([raw_documents, parsed_chunks, knowledge_graph], partition_key=tenant,
                                   instance=instance, resources=local_resources).success
-            wait_until(lambda: all(doc != "tools.md" for doc, _ in graph_of(hot, tenant)["chunks"]), CLOSE_S,
-                       "the deleted document gone from the hot graph")
+            before_delete = applied_events(hot, tenant)
+            # the window's status is recorded after both writes (the hot graph, then Neo4j)
+            wait_until(lambda: applied_events(hot, tenant) > before_delete, CLOSE_S, "the delete's window applied")
             after = graph_of(hot, tenant)
+            assert all(doc != "tools.md" for doc, _ in after["chunks"])
             assert after["edges"] and len(after["edges"]) < len(built["edges"])
             assert stores.graph.tenant(tenant).cooccurrence_edges() == after["edges"]
         finally:
