@@ -21,7 +21,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datacreek_assets.graph_store import GraphAdmin, is_schema_statement
+from datacreek_assets.graph.cypher_scope import is_schema_statement
+from datacreek_assets.graph_store import GraphAdmin
 from datacreek_assets.tenancy import InvalidTenantId, validate_tenant_id
 
 DEFAULT_MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "db" / "migration"

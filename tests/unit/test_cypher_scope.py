@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from datacreek_assets.graph_store import TenantGraph, UnscopedQuery
+from datacreek_assets.graph.cypher_scope import UnscopedQuery
+from datacreek_assets.graph_store import TenantGraph
 
 REPO = Path(__file__).resolve().parents[2]
 REPOSITORY = REPO / "datacreek_assets" / "graph_store.py"
@@ -85,6 +86,6 @@ def test_every_node_pattern_must_be_bound_to_the_tenant(cypher):
     "MATCH (d:Document {tenant_id: $tenant}) WHERE d.name = 'a (b) c' RETURN d",
 ])
 def test_scoped_queries_pass_the_guard(cypher):
-    from datacreek_assets.graph_store import _check_scoped
+    from datacreek_assets.graph.cypher_scope import check_scoped
 
-    _check_scoped(cypher, {})
+    check_scoped(cypher, {})
