@@ -48,6 +48,12 @@ RELATIONSHIPS = {
 }
 
 
+# Every write of a document's state (written, soft-deleted, restored) gives it a newer revision:
+# the database's clock in ms, or one more than the last when the clock has not moved past it. The
+# graph events carry it, so the hot graph can order a graph run's events and a concurrent delete's.
+NEXT_REVISION = ("d.revision = CASE WHEN coalesce(d.revision, 0) >= timestamp() THEN d.revision + 1 "
+                 "ELSE timestamp() END")
+
 T = TypeVar("T")
 
 
@@ -208,10 +214,12 @@ class TenantGraph:
 
     # -- documents: incremental writes ----------------------------------------
     def document_states(self) -> dict[str, dict]:
-        """doc_id -> {signature, deleted_at, deleted_by} for every document, live or soft-deleted."""
+        """doc_id -> {signature, deleted_at, deleted_by, revision} for every document, live or
+        soft-deleted."""
         rows = self._execute(
             "MATCH (d:Document {tenant_id: $tenant}) "
-            "RETURN d.doc_id AS doc_id, d.signature AS signature, d.deleted_at AS deleted_at, d.deleted_by AS deleted_by"
+            "RETURN d.doc_id AS doc_id, d.signature AS signature, d.deleted_at AS deleted_at, "
+            "d.deleted_by AS deleted_by, coalesce(d.revision, 0) AS revision"
         )
         return {r["doc_id"]: r for r in rows}
 
@@ -240,7 +248,7 @@ class TenantGraph:
             tx.run("UNWIND $ids AS id MATCH (f:Fact {tenant_id: $tenant, doc_id: id}) DETACH DELETE f", ids=ids)
         _unwind(tx, [{"doc_id": d["doc_id"], "props": d["props"]} for d in docs], batch_size,
                 "UNWIND $rows AS row MERGE (d:Document {tenant_id: $tenant, doc_id: row.doc_id}) "
-                "SET d += row.props, d.deleted_at = null, d.deleted_by = null")
+                "SET d += row.props, d.deleted_at = null, d.deleted_by = null, " + NEXT_REVISION)
         _unwind(tx, flat["chunks"], batch_size,
                 "UNWIND $rows AS row MATCH (d:Document {tenant_id: $tenant, doc_id: row.doc_id}) "
                 "MERGE (c:Chunk {tenant_id: $tenant, chunk_id: row.chunk_id}) SET c += row.props "
@@ -290,7 +298,7 @@ class TenantGraph:
         def work(tx: ScopedTransaction) -> int:
             rows = tx.run(
                 "UNWIND $ids AS id MATCH (d:Document {tenant_id: $tenant, doc_id: id}) WHERE d.deleted_at IS NULL "
-                "SET d.deleted_at = $now, d.deleted_by = $by RETURN count(d) AS n",
+                "SET d.deleted_at = $now, d.deleted_by = $by, " + NEXT_REVISION + " RETURN count(d) AS n",
                 ids=doc_ids, now=now, by=by,
             )
             for label in ("Chunk", "Fact"):
@@ -310,7 +318,8 @@ class TenantGraph:
         def work(tx: ScopedTransaction) -> bool:
             rows = tx.run(
                 "MATCH (d:Document {tenant_id: $tenant, doc_id: $id}) WHERE d.deleted_at >= $cutoff "
-                "AND d.purged_at IS NULL SET d.deleted_at = null, d.deleted_by = null RETURN count(d) AS n",
+                "AND d.purged_at IS NULL SET d.deleted_at = null, d.deleted_by = null, " + NEXT_REVISION +
+                " RETURN count(d) AS n",
                 id=doc_id, cutoff=now - max_age,
             )
             if rows and rows[0]["n"]:

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 GRAPH_PREFIX = "datacreek_tenant_"
 HOT_INDEXES = (("Chunk", "chunk_id"), ("Chunk", "doc_id"), ("Entity", "entity_id"), ("Entity", "name"),
-               ("Fact", "fact_id"), ("Fact", "doc_id"))
+               ("Fact", "fact_id"), ("Fact", "doc_id"), ("Document", "doc_id"))
 # event-to-queryable latency buckets (seconds) the stream job counts per tenant
 LATENCY_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 31.0, 32.0, 35.0, 45.0, 60.0, 120.0, 300.0)
 MAX_HOPS = 2
@@ -61,6 +61,11 @@ MERGE_MENTIONS = ("UNWIND $rows AS r MERGE (e:Entity {entity_id: r.entity_id}) S
 MERGE_FACTS = ("UNWIND $rows AS r MERGE (f:Fact {fact_id: r.fact_id}) "
                "SET f.doc_id = r.doc_id, f.predicate = r.predicate, f.subject = r.subject, f.object = r.object, "
                "f.chunk_id = r.chunk_id, f.window = $w")
+# each document's newest revision applied, and whether it is deleted (kept as a tombstone): events
+# of an older revision that arrive later are stale
+DOCUMENT_REVISIONS = "UNWIND $docs AS id MATCH (d:Document {doc_id: id}) RETURN d.doc_id, d.revision"
+MERGE_DOCUMENTS = ("UNWIND $rows AS r MERGE (d:Document {doc_id: r.doc_id}) "
+                   "SET d.revision = r.revision, d.deleted = r.deleted")
 REFRESH_TOP = ("UNWIND $ids AS id MATCH (e:Entity {entity_id: id}) "
                "OPTIONAL MATCH (e)-[r:CO_OCCURS]-(n:Entity) "
                "WITH e, n, r.weight AS w ORDER BY w DESC, n.name "
@@ -116,15 +121,23 @@ class HotGraphStore:
 
         if not self.scope_exists(tenant_id):
             return 0
+        graph = self.graph(tenant_id)
         before = self.node_count(tenant_id)
         now = datetime.now(timezone.utc)
+        stored = graph.query(DOCUMENT_REVISIONS, {"docs": [doc_id]}).result_set  # the delete is its newest state
+        revisions = {doc_id: int(stored[0][1] or 0)} if stored else None
         self.apply_window(fold(tenant_id, window_of(now), document_events(tenant_id, [], [], [], deleted=[doc_id],
-                                                                           at=now)))
+                                                                           at=now, revisions=revisions)))
+        graph.query("MATCH (d:Document {doc_id: $doc}) DELETE d", {"doc": doc_id})  # erased: no tombstone either
         return before - self.node_count(tenant_id)
 
     def apply_window(self, delta: WindowDelta) -> dict[str, int]:
         """Write one window's delta (``streaming.windows.fold``) to its tenant's graph; idempotent."""
         graph, w = self.graph(delta.tenant_id), delta.window_id
+        stored = dict(graph.query(DOCUMENT_REVISIONS, {"docs": sorted(delta.revisions)}).result_set
+                      ) if delta.revisions else {}
+        stale = {d for d, revision in delta.revisions.items() if (stored.get(d) or 0) > revision}
+        delta.without(stale)
         touched: set[tuple[str, str]] = set()
         for doc_id in sorted(delta.cleared_docs):  # the pairs their older chunks joined lose them
             touched |= _chunk_pairs(graph.query(
@@ -144,12 +157,15 @@ class HotGraphStore:
             "UNWIND $chunks AS id MATCH (c:Chunk {chunk_id: id})-[:MENTIONS]->(e:Entity) RETURN c.chunk_id, e.entity_id",
             {"chunks": sorted(delta.chunks)}).result_set) if delta.chunks else set()
         weights = _recompute_pairs(graph, sorted(touched), w)
+        if delta.revisions:
+            graph.query(MERGE_DOCUMENTS, {"rows": [{"doc_id": d, "revision": r, "deleted": d in delta.deleted_docs}
+                                                   for d, r in sorted(delta.revisions.items())]})
         graph.query("MATCH (e:Entity) WHERE NOT (e)<-[:MENTIONS]-(:Chunk) DETACH DELETE e")  # no chunk names it
         entities = sorted({e for pair in touched for e in pair})
         for start in range(0, len(entities), 2000):  # their strongest neighbours, for 2-hop queries
             graph.query(REFRESH_TOP, {"ids": entities[start:start + 2000], "k": TOP_NEIGHBOURS})
         return {"chunks": len(delta.chunks), "mentions": len(delta.mentions), "facts": len(delta.facts),
-                "deleted_documents": len(delta.deleted_docs), "pairs": len(touched),
+                "deleted_documents": len(delta.deleted_docs), "stale_documents": len(stale), "pairs": len(touched),
                 "edges_removed": sum(1 for weight in weights.values() if weight == 0),
                 "touched_pairs": sorted(touched)}  # what Neo4j's co-occurrence recomputes too
 
@@ -232,6 +248,8 @@ class HotGraphStore:
                    "merge_chunks": (MERGE_CHUNKS, one), "merge_mentions": (MERGE_MENTIONS, one),
                    "recent_edges": (RECENT_EDGES, {"since": "w", "limit": 1}),
                    "merge_facts": (MERGE_FACTS, one), "merge_pairs": (MERGE_PAIRS, one),
+                   "document_revisions": (DOCUMENT_REVISIONS, {"docs": ["d"]}),
+                   "merge_documents": (MERGE_DOCUMENTS, {"rows": [{"doc_id": "d", "revision": 1, "deleted": False}]}),
                    "refresh_top": (REFRESH_TOP, {"ids": ["e"], "k": TOP_NEIGHBOURS})}
         return {name: str(graph.explain(cypher, params)) for name, (cypher, params) in queries.items()}
 

@@ -95,7 +95,7 @@ def tenant_delete_document(obj: Context, tenant_id: str, doc_id: str) -> None:
         except NotDeletable as err:
             raise UnknownTenant(str(err)) from err
     observe_erasure(obj, tenant_id, report)
-    publish_document_events(obj, tenant_id, doc_id, deleted=True)
+    publish_document_events(obj, tenant_id, doc_id)
     if report["trainings"]:  # the adapter's page in the UI shows which trainings and releases learnt from it
         import dagster as dg
 
@@ -124,17 +124,14 @@ def observe_erasure(obj: Context, tenant_id: str, entry: dict) -> None:
     obj.instance().report_runless_asset_event(erasure_observation(tenant_id, entry))
 
 
-def publish_document_events(obj: Context, tenant_id: str, doc_id: str, deleted: bool) -> None:
+def publish_document_events(obj: Context, tenant_id: str, doc_id: str) -> None:
     """Tell the real-time path: a delete event, or the restored document's rows. Neo4j is already
     written, so an unreachable event log is a warning with the way to catch up, not a failure."""
-    from datacreek_assets.streaming.events import EventLogError, document_events, graph_events
+    from datacreek_assets.streaming.events import EventLogError, graph_events
 
     resources = obj.resources()
-    if deleted:
-        events = document_events(tenant_id, [], [], [], deleted=[doc_id])
-    else:
-        with resources["graph_store"].tenant(tenant_id) as graph:
-            events = graph_events(graph, [doc_id])
+    with resources["graph_store"].tenant(tenant_id) as graph:  # its state now, with its revision
+        events = graph_events(graph, [doc_id])
     log = resources["event_log"].event_log()
     try:
         log.publish(events)
@@ -165,7 +162,7 @@ def tenant_undo(obj: Context, tenant_id: str, doc_id: str) -> None:
         except NotDeletable as err:
             raise UnknownTenant(str(err)) from err
     observe_erasure(obj, tenant_id, entry)
-    publish_document_events(obj, tenant_id, doc_id, deleted=False)
+    publish_document_events(obj, tenant_id, doc_id)
     import dagster as dg
 
     # the adapter's page said which trainings the deletion tainted: say the document is back

@@ -46,11 +46,17 @@ class GraphEvent:
     op: str  # upsert | delete
     event_time: str  # ISO 8601, UTC: when the graph changed (the stream's event time)
     ids: dict = field(default_factory=dict)
+    # the document's revision in Neo4j when its state was read (``TenantGraph.document_states``):
+    # a graph run's events published after a concurrent delete's carry the older one, and the hot
+    # graph keeps the newer state whatever order the events arrive in
+    revision: int = 0
 
     def __post_init__(self) -> None:
         validate_tenant_id(self.tenant_id)
         if not all(isinstance(v, str) for v in (self.doc_id, self.event_time)) or not isinstance(self.ids, dict):
             raise EventLogError("not a graph event: doc_id and event_time are strings, ids an object")
+        if type(self.revision) is not int or self.revision < 0:
+            raise EventLogError(f"not a graph event: revision {self.revision!r} is not a whole number >= 0")
         if self.kind not in KIND_IDS or self.op not in ("upsert", "delete"):
             raise EventLogError(f"not a graph event: kind={self.kind!r} op={self.op!r}")
         if set(self.ids) != set(KIND_IDS[self.kind]) or not all(isinstance(v, str) for v in self.ids.values()):
@@ -78,28 +84,33 @@ class GraphEvent:
             raise EventLogError(f"event of {len(data)} bytes is over {MAX_EVENT_BYTES}")
         try:
             raw = json.loads(data)
-            return cls(**{k: raw[k] for k in ("tenant_id", "doc_id", "kind", "op", "event_time", "ids")})
+            # events written before revisions existed read as revision 0
+            return cls(**{k: raw[k] for k in ("tenant_id", "doc_id", "kind", "op", "event_time", "ids")},
+                       revision=raw.get("revision", 0))
         except (ValueError, TypeError, KeyError) as err:
             raise EventLogError(f"not a graph event: {err}") from err
 
 
 def document_events(tenant_id: str, chunks: list[dict], mentions: list[dict], facts: list[dict],
                     deleted: Iterable[str] = (), documents: Iterable[str] | None = None,
-                    at: datetime | None = None) -> list[GraphEvent]:
+                    at: datetime | None = None, revisions: dict[str, int] | None = None) -> list[GraphEvent]:
     """For each written document (``documents``; by default those of the rows) a document upsert,
     which replaces whatever the hot graph held of it (a document rewritten to no chunk included),
     then the upserts of the given live rows (``TenantGraph.live_chunks/live_mentions/live_facts``);
-    and a delete per deleted document."""
+    and a delete per deleted document. Each event carries its document's revision (0 if not given)."""
     when = (at or datetime.now(timezone.utc)).isoformat()
+    revision = (revisions or {}).get
     written = sorted(set(documents) if documents is not None else {r["doc_id"] for r in (*chunks, *mentions, *facts)})
-    events = [GraphEvent(tenant_id, doc_id, "document", "upsert", when) for doc_id in written]
-    events += [GraphEvent(tenant_id, c["doc_id"], "chunk", "upsert", when, {"chunk_id": c["chunk_id"]})
-               for c in chunks]
-    events += [GraphEvent(tenant_id, m["doc_id"], "mention", "upsert", when,
-                          {k: _text(m[k]) for k in KIND_IDS["mention"]}) for m in mentions]
-    events += [GraphEvent(tenant_id, f["doc_id"], "fact", "upsert", when,
-                          {k: _text(f[k]) for k in KIND_IDS["fact"]}) for f in facts]
-    events += [GraphEvent(tenant_id, doc_id, "document", "delete", when) for doc_id in deleted]
+
+    def event(doc_id: str, kind: str, op: str, ids: dict | None = None) -> GraphEvent:
+        return GraphEvent(tenant_id, doc_id, kind, op, when, ids or {}, revision(doc_id, 0))
+
+    events = [event(doc_id, "document", "upsert") for doc_id in written]
+    events += [event(c["doc_id"], "chunk", "upsert", {"chunk_id": c["chunk_id"]}) for c in chunks]
+    events += [event(m["doc_id"], "mention", "upsert", {k: _text(m[k]) for k in KIND_IDS["mention"]})
+               for m in mentions]
+    events += [event(f["doc_id"], "fact", "upsert", {k: _text(f[k]) for k in KIND_IDS["fact"]}) for f in facts]
+    events += [event(doc_id, "document", "delete") for doc_id in deleted]
     return events
 
 
@@ -108,15 +119,17 @@ def _text(value) -> str:
 
 
 def graph_events(graph, doc_ids: Iterable[str] | None = None, deleted: Iterable[str] = ()) -> list[GraphEvent]:
-    """The events of a tenant's documents ``doc_ids`` (every live one by default) read from Neo4j,
-    and a delete per ``deleted`` document."""
-    docs = None if doc_ids is None else sorted(set(doc_ids))
-    if docs == []:
-        return document_events(graph.tenant_id, [], [], [], deleted, documents=[])
-    if docs is None:
-        docs = sorted(d for d, state in graph.document_states().items() if state["deleted_at"] is None)
-    return document_events(graph.tenant_id, graph.live_chunks(docs), graph.live_mentions(docs),
-                           graph.live_facts(docs), deleted, documents=docs)
+    """The current state of a tenant's documents ``doc_ids`` and ``deleted`` (every document by
+    default) read from Neo4j, as events: a live one's rows, a delete for a soft-deleted one, each
+    with the document's revision. The states are read before the rows: a document changed in
+    between has a newer revision, whose own events win in the hot graph."""
+    states = graph.document_states()
+    asked = set(states) if doc_ids is None else set(doc_ids) | set(deleted)
+    live = sorted(d for d in asked if d in states and states[d]["deleted_at"] is None)
+    gone = sorted(d for d in asked if d in states and states[d]["deleted_at"] is not None)
+    revisions = {d: states[d]["revision"] or 0 for d in (*live, *gone)}
+    rows = (graph.live_chunks(live), graph.live_mentions(live), graph.live_facts(live)) if live else ([], [], [])
+    return document_events(graph.tenant_id, *rows, gone, documents=live, revisions=revisions)
 
 
 class EventLog:

@@ -39,24 +39,48 @@ class WindowDelta:
     facts: dict[str, dict] = field(default_factory=dict)  # fact_id -> the fact
     cleared_docs: set[str] = field(default_factory=set)  # deleted or rewritten: older rows go first
     deleted_docs: set[str] = field(default_factory=set)
+    revisions: dict[str, int] = field(default_factory=dict)  # doc_id -> the newest revision its events carry
+
+    def drop_rows(self, doc_ids: set[str]) -> None:
+        self.chunks = {c: d for c, d in self.chunks.items() if d not in doc_ids}
+        self.mentions = {m for m in self.mentions if m[0] in self.chunks}
+        self.facts = {f: fact for f, fact in self.facts.items() if fact["doc_id"] not in doc_ids}
+
+    def without(self, doc_ids: set[str]) -> None:
+        """Leave out these documents: the hot graph already holds a newer state of them."""
+        self.drop_rows(doc_ids)
+        self.cleared_docs -= doc_ids
+        self.deleted_docs -= doc_ids
+        self.revisions = {d: r for d, r in self.revisions.items() if d not in doc_ids}
 
 
 def fold(tenant_id: str, window_id: str, events: list[GraphEvent]) -> WindowDelta:
     """The window's events, in their order, as one delta. A document event (a delete, or the
     upsert that starts a rewritten document's rows) drops the document's earlier rows, in this
-    window and in the hot graph."""
+    window and in the hot graph. An event of an older revision than one already seen for its
+    document is stale (read before a change the newer events tell) and left out."""
     delta = WindowDelta(tenant_id, window_id)
+    with_rows: set[str] = set()  # documents with rows in the delta: only theirs are worth dropping
     for event in events:
         if event.tenant_id != tenant_id:
             raise ValueError(f"event of tenant {event.tenant_id!r} in a window of {tenant_id!r}")
         doc_id, ids = event.doc_id, event.ids
+        seen = delta.revisions.get(doc_id, event.revision)
+        if event.revision < seen:
+            continue
+        delta.revisions[doc_id] = event.revision
+        if event.kind == "document" or event.revision > seen:  # a new state: the older rows go
+            if doc_id in with_rows:
+                delta.drop_rows({doc_id})
+                with_rows.discard(doc_id)
+            delta.deleted_docs.discard(doc_id)
         if event.kind == "document":
             delta.cleared_docs.add(doc_id)
-            delta.chunks = {c: d for c, d in delta.chunks.items() if d != doc_id}
-            delta.mentions = {m for m in delta.mentions if m[0] in delta.chunks}
-            delta.facts = {f: fact for f, fact in delta.facts.items() if fact["doc_id"] != doc_id}
-            (delta.deleted_docs.add if event.op == "delete" else delta.deleted_docs.discard)(doc_id)
-        elif event.kind == "chunk":
+            if event.op == "delete":
+                delta.deleted_docs.add(doc_id)
+        else:
+            with_rows.add(doc_id)
+        if event.kind == "chunk":
             delta.chunks[ids["chunk_id"]] = doc_id
         elif event.kind == "mention":
             delta.chunks.setdefault(ids["chunk_id"], doc_id)

@@ -115,6 +115,11 @@ def test_the_graph_asset_publishes_events_keyed_by_tenant_and_replay_publishes_t
     after_cli = events_of(all_messages(bootstrap), "events-a")[before + rows + 1:]
     assert (after_cli[0].op, after_cli[0].doc_id) == ("delete", "rivers.txt")
     assert len(after_cli) == 1 + rows and {e.op for e in after_cli[1:]} == {"upsert"}
+    # each state of the document has a newer revision (the hot graph orders them by it)
+    written = {e.revision for e in replayed if e.doc_id == "rivers.txt"}
+    assert len(written) == 1 and min(written) > 0
+    undone = {e.revision for e in after_cli[1:]}
+    assert len(undone) == 1 and min(written) < after_cli[0].revision < min(undone)
     for bad, code in (("../events-a", 2), ("events-z", 2)):  # invalid, and not registered
         refused = subprocess.run([datacreek, "events", "replay", "--tenant", bad], env=cli_env, capture_output=True,
                                  text=True, timeout=120)
@@ -172,6 +177,10 @@ def test_an_unreachable_event_log_is_a_clear_error():
     (b'{"tenant_id": "acme", "doc_id": "a", "kind": "document", "op": "delete", "event_time": "yesterday",'
      b' "ids": {}}', "event_time"),
     (b"[" * 70_000, "over 65536"),
+    (b'{"tenant_id": "acme", "doc_id": "a", "kind": "document", "op": "delete", "event_time": "2026-01-01T00:00:00+00:00",'
+     b' "ids": {}, "revision": "7"}', "revision"),
+    (b'{"tenant_id": "acme", "doc_id": "a", "kind": "document", "op": "delete", "event_time": "2026-01-01T00:00:00+00:00",'
+     b' "ids": {}, "revision": -1}', "revision"),
 ])
 def test_hostile_event_bytes_are_refused_with_a_reason(value, reason):
     with pytest.raises(EventLogError, match=reason):

@@ -74,7 +74,7 @@ def test_python_queries_answer_from_the_tenant_s_own_graph(hot):
 def test_every_hot_query_and_stream_merge_uses_an_index(hot):
     plans = hot.query_plans("hq-a")
     assert set(plans) == {"neighbours_1hop", "neighbours_top", "neighbours_2hop", "recent_edges", "merge_chunks", "merge_mentions",
-                          "merge_facts", "merge_pairs", "refresh_top"}
+                          "merge_facts", "merge_pairs", "refresh_top", "document_revisions", "merge_documents"}
     for name, plan in plans.items():
         assert "By Index Scan" in plan, f"{name} scans without an index:\n{plan}"
         assert "All Node Scan" not in plan and "Label Scan" not in plan, f"{name}:\n{plan}"

@@ -86,3 +86,26 @@ def test_a_delete_and_a_rewrite_inside_one_window_keep_only_what_came_last(hot):
     assert weights(a) == {("basel", "rhine"): 1}
     with pytest.raises(ValueError, match="hot-b"):
         fold("hot-a", "w1", [replace(e, tenant_id="hot-b") for e in written])
+
+
+def test_events_read_before_a_newer_change_never_undo_it(hot):
+    """A graph run reads a document (revision 5), a delete lands (revision 6) and publishes first,
+    then the run publishes: whatever the windows and the order, the delete stays."""
+    a = hot.graph("hot-a")
+    stale = document_events("hot-a", *rows("one.txt", {"c1": ["danube", "vienna"]}), revisions={"one.txt": 5})
+    gone = document_events("hot-a", [], [], [], deleted=["one.txt"], revisions={"one.txt": 6})
+    for events in (gone + stale, stale + gone):  # inside one window, in either order
+        delta = fold("hot-a", "w1", events)
+        assert (delta.chunks, delta.deleted_docs, delta.revisions) == ({}, {"one.txt"}, {"one.txt": 6})
+    hot.apply_window(fold("hot-a", "w1", gone))
+    report = hot.apply_window(fold("hot-a", "w2", stale))  # the run's events in a later window
+    assert report["stale_documents"] == 1 and report["chunks"] == 0
+    assert weights(a) == {} and not a.ro_query("MATCH (c:Chunk) RETURN c").result_set
+    assert a.ro_query("MATCH (d:Document) RETURN d.doc_id, d.revision, d.deleted").result_set == [["one.txt", 6, True]]
+    # a newer state (an undo, revision 7) brings it back
+    hot.apply_window(fold("hot-a", "w3", document_events("hot-a", *rows("one.txt", {"c1": ["danube", "vienna"]}),
+                                                         revisions={"one.txt": 7})))
+    assert weights(a) == {("danube", "vienna"): 1}
+    # erasure removes the document and its tombstone, whatever its revision
+    assert hot.delete_document("hot-a", "one.txt") > 0
+    assert not a.ro_query("MATCH (n) WHERE n:Document OR n:Chunk RETURN n").result_set
