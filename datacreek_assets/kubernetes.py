@@ -99,16 +99,20 @@ class Connection:
     src_ns: str
     dst_ns: str
     connection: str
+    dst_pods: str = "[*]"  # nca's selection of pods in dst_ns: "[*]" (every pod) or "[name,...]"
 
 
 def model_cluster(tenants: list[str]) -> list[dict]:
-    """Namespaces and one pod each: the tenants' run pods, kube-dns and the platform."""
-    docs = []
+    """Namespaces and their pods: the tenants' run pods, kube-dns, and the platform's Dagster and
+    Kafka."""
+    docs, namespaces = [], set()
 
     def add(namespace: str, pod: str, labels: dict, ns_labels: dict | None = None) -> None:
-        docs.append({"apiVersion": "v1", "kind": "Namespace",
-                     "metadata": {"name": namespace,
-                                  "labels": {"kubernetes.io/metadata.name": namespace, **(ns_labels or {})}}})
+        if namespace not in namespaces:
+            namespaces.add(namespace)
+            docs.append({"apiVersion": "v1", "kind": "Namespace",
+                         "metadata": {"name": namespace,
+                                      "labels": {"kubernetes.io/metadata.name": namespace, **(ns_labels or {})}}})
         docs.append({"apiVersion": "v1", "kind": "Pod",
                      "metadata": {"name": pod, "namespace": namespace, "labels": labels},
                      "spec": {"containers": [{"name": "main", "image": "busybox"}]}})
@@ -117,6 +121,7 @@ def model_cluster(tenants: list[str]) -> list[dict]:
         add(f"tenant-{tenant}", "run", {"app": "dagster-run"}, {"datacreek/tenant": tenant})
     add("kube-system", "coredns", {"k8s-app": "kube-dns"})
     add(PLATFORM_NAMESPACE, "dagster", {"app": "dagster"})
+    add(PLATFORM_NAMESPACE, "kafka", {"app.kubernetes.io/name": "kafka"})
     return docs
 
 
@@ -149,7 +154,7 @@ def connectivity(policies: list[dict], cluster: list[dict]) -> set[Connection]:
             continue
         for s in _namespaces(src):
             for d in _namespaces(dst):
-                allowed.add(Connection(s, d, conn))
+                allowed.add(Connection(s, d, conn, row.get("dst_pods", "") or "[*]"))
     return allowed
 
 
@@ -165,12 +170,21 @@ OUTSIDE = "<outside the cluster>"
 _HTTPS_ONLY = re.compile(r"\{protocols:TCP,dst_ports:(443|6443|443,6443)\}")
 
 
-def isolation_violations(allowed: set[Connection], tenants: list[str]) -> list[str]:
+def reaches_kafka(c: Connection) -> bool:
+    """Whether the connection's destination pods include the platform's Kafka (``model_cluster``)."""
+    return c.dst_ns == PLATFORM_NAMESPACE and (c.dst_pods == "[*]" or "kafka" in c.dst_pods.strip("[]").split(","))
+
+
+def isolation_violations(allowed: set[Connection], tenants: list[str], kafka_tenant_port: int = 9094) -> list[str]:
     """Connections from one tenant's namespace to another's; from outside the cluster into a
-    tenant; from a tenant out of the cluster on anything but HTTPS (443/6443)."""
+    tenant; from a tenant out of the cluster on anything but HTTPS (443/6443); from a tenant to
+    the platform's Kafka on anything but its tenant listener (the platform's authenticates no one)."""
     namespaces = {f"tenant-{t}" for t in tenants}
     holes = []
-    for c in sorted(allowed, key=lambda c: (c.src_ns, c.dst_ns, c.connection)):
+    for c in sorted(allowed, key=lambda c: (c.src_ns, c.dst_ns, c.connection, c.dst_pods)):
+        if c.src_ns in namespaces and reaches_kafka(c) and c.connection != f"{{protocols:TCP,dst_ports:{kafka_tenant_port}}}":
+            holes.append(f"{c.src_ns} -> {c.dst_ns} {c.dst_pods}: {c.connection}")
+            continue
         if c.src_ns in namespaces and c.dst_ns in namespaces and c.src_ns != c.dst_ns:
             holes.append(f"{c.src_ns} -> {c.dst_ns}: {c.connection}")
         elif c.src_ns == OUTSIDE and c.dst_ns in namespaces:

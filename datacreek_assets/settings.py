@@ -65,10 +65,19 @@ class LocalSettings:
         return f"sqlite:///{self.state_dir / 'serving.db'}"
 
     def serving_admin_token(self) -> str:
-        """The local router's admin token: made once (owner-only file) and kept in the state dir."""
+        """The local router's admin token."""
+        return self._kept_secret(Path("serving") / "admin_token")
+
+    def event_signing_secret(self) -> str:
+        """The local platform's secret that tenants' event signing keys derive from (the services,
+        the stream job and the CLI read the same one)."""
+        return self._kept_secret(Path("streaming") / "event_signing_secret")
+
+    def _kept_secret(self, relative: Path) -> str:
+        """A random secret made once (owner-only file, published by rename) and kept in the state dir."""
         import secrets
 
-        path = self.state_dir / "serving" / "admin_token"
+        path = self.state_dir / relative
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_suffix(f".{os.getpid()}")
@@ -76,6 +85,11 @@ class LocalSettings:
             partial.chmod(0o600)
             partial.replace(path)
         return path.read_text().strip()
+
+    @property
+    def kafka_tenant_port(self) -> int:
+        """Kafka's listener for tenants' SCRAM users (the controller has the port before it)."""
+        return self.kafka_port + 2
 
     @property
     def neo4j_uri(self) -> str:

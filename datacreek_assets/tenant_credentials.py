@@ -12,6 +12,10 @@ nothing that reaches another tenant's rows, graph or documents.
   policy lets it book debits only.
 - FalkorDB: a Redis ACL user per tenant allowed the graph commands on the tenant's graph key and
   nothing else (no SCAN, KEYS or GRAPH.LIST to learn other tenants' names), saved to the ACL file.
+- Kafka: a SCRAM user per tenant on the tenant listener, whose ACLs allow writing (and
+  describing) the graph events topic and nothing else: no reading any topic, no other topic, no
+  consumer group. Kafka cannot scope a write to a key, so the tenant also gets its event signing
+  key, and the stream job refuses events not signed with their tenant's (``streaming.event_auth``).
 - S3 and Neo4j Enterprise: the tenant chart renders the IAM policy (the tenant's prefixes only)
   and the Cypher that creates a user for the tenant's database.
 
@@ -196,6 +200,77 @@ def _save_acl(client) -> None:
                               "--aclfile") from None
 
 
+def kafka_user(tenant_id: str) -> str:
+    return "tenant-" + validate_tenant_id(tenant_id)
+
+
+def tenant_of_kafka_user(username: str) -> str:
+    if not username.startswith("tenant-"):
+        raise ConfigError(f"Kafka user {username!r} is not a tenant's (tenant-<id>)")
+    return validate_tenant_id(username[len("tenant-"):])
+
+
+def _kafka_admin(bootstrap: str):
+    from confluent_kafka.admin import AdminClient
+
+    return AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
+
+
+def _kafka_acls(tenant_id: str) -> list:
+    from confluent_kafka.admin import AclBinding, AclOperation, AclPermissionType, ResourcePatternType, ResourceType
+
+    from datacreek_assets.streaming.events import EVENTS_TOPIC
+
+    return [AclBinding(ResourceType.TOPIC, EVENTS_TOPIC, ResourcePatternType.LITERAL, f"User:{kafka_user(tenant_id)}",
+                       "*", operation, AclPermissionType.ALLOW)
+            for operation in (AclOperation.WRITE, AclOperation.DESCRIBE)]
+
+
+def _wait_all(futures, what: str, timeout: float = 30.0) -> list:
+    from confluent_kafka import KafkaException
+
+    try:
+        return [future.result(timeout=timeout) for future in futures]
+    except KafkaException as err:
+        raise CredentialError(f"Kafka refused to {what}: {err}") from None
+
+
+def grant_kafka_user(bootstrap: str, tenant_id: str) -> str:
+    """Create (or rotate) the tenant's SCRAM user and its ACLs; returns its password. ``bootstrap``
+    is the platform's listener (its principal may manage users and ACLs)."""
+    from confluent_kafka.admin import ScramCredentialInfo, ScramMechanism, UserScramCredentialUpsertion
+
+    admin, password = _kafka_admin(bootstrap), new_password()
+    upsert = UserScramCredentialUpsertion(kafka_user(tenant_id), ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512,
+                                                                                      8192), password.encode())
+    _wait_all(admin.alter_user_scram_credentials([upsert]).values(), "set the tenant's Kafka user")
+    _wait_all(admin.create_acls(_kafka_acls(tenant_id)).values(), "grant the tenant's Kafka ACLs")
+    return password
+
+
+def revoke_kafka_user(bootstrap: str, tenant_id: str) -> bool:
+    """Delete the tenant's ACLs and SCRAM user; whether the user existed."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import (AclBindingFilter, AclOperation, AclPermissionType, ResourcePatternType,
+                                       ResourceType, ScramMechanism, UserScramCredentialDeletion)
+
+    admin, user = _kafka_admin(bootstrap), kafka_user(tenant_id)
+    every_acl = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, f"User:{user}", None,
+                                 AclOperation.ANY, AclPermissionType.ANY)
+    _wait_all(admin.delete_acls([every_acl]).values(), "delete the tenant's Kafka ACLs")
+    try:
+        described = admin.describe_user_scram_credentials([user])[user].result(timeout=30)
+    except KafkaException as err:
+        if err.args[0].code() == KafkaError.RESOURCE_NOT_FOUND:  # never issued, or revoked before
+            return False
+        raise CredentialError(f"Kafka refused to describe the tenant's Kafka user: {err}") from None
+    if not described.scram_credential_infos:
+        return False
+    deletion = UserScramCredentialDeletion(user, ScramMechanism.SCRAM_SHA_512)
+    _wait_all(admin.alter_user_scram_credentials([deletion]).values(), "delete the tenant's Kafka user")
+    return True
+
+
 def _sql_urls(resources: dict) -> dict[str, str]:
     """The environment variable and URL of each SQL store that holds tenant rows."""
     return {"DATACREEK_POSTGRES_URL": resources["tenant_registry"].url,
@@ -224,7 +299,22 @@ def issue_credentials(resources: dict, tenant_id: str) -> dict[str, str]:
     env["DATACREEK_FALKORDB_USER"] = falkordb_user(tenant_id)
     env["DATACREEK_FALKORDB_PASSWORD"] = grant_falkordb_user(resources["hot_graph"].store().client.connection,
                                                              tenant_id)
+    env.update(kafka_credentials(resources["event_log"], tenant_id))
     return env
+
+
+def kafka_credentials(event_log, tenant_id: str) -> dict[str, str]:
+    """The tenant's Kafka user on the tenant listener, and its event signing key in place of the
+    platform's secret (``event_log``: the platform's EventLogResource)."""
+    from datacreek_assets.streaming.event_auth import tenant_signing_key
+
+    if not event_log.tenant_bootstrap_servers:
+        raise CredentialError("the event log has no tenant listener (DATACREEK_KAFKA_TENANT_BOOTSTRAP)")
+    return {"DATACREEK_KAFKA_BOOTSTRAP": event_log.tenant_bootstrap_servers,
+            "DATACREEK_KAFKA_USERNAME": kafka_user(tenant_id),
+            "DATACREEK_KAFKA_PASSWORD": grant_kafka_user(event_log.bootstrap_servers, tenant_id),
+            "DATACREEK_EVENT_SIGNING_KEY": tenant_signing_key(event_log.signing_secret, tenant_id),
+            "DATACREEK_EVENT_SIGNING_SECRET": ""}  # the platform's, which signs for every tenant
 
 
 def revoke_credentials(resources: dict, tenant_id: str) -> list[str]:
@@ -244,6 +334,8 @@ def revoke_credentials(resources: dict, tenant_id: str) -> list[str]:
         dropped.append("postgres role")
     if revoke_falkordb_user(resources["hot_graph"].store().client.connection, tenant_id):
         dropped.append("falkordb user")
+    if revoke_kafka_user(resources["event_log"].bootstrap_servers, tenant_id):
+        dropped.append("kafka user")
     return dropped
 
 

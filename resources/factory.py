@@ -33,7 +33,9 @@ def build_resources(profile: str, settings: LocalSettings | None = None) -> dict
             "graph_store": GraphStoreResource(uri=settings.neo4j_uri, isolation="label"),
             "hot_graph": HotGraphResource(host="127.0.0.1", port=settings.falkordb_port),
             "event_log": EventLogResource(bootstrap_servers=f"127.0.0.1:{settings.kafka_port}",
-                                          stream_rest_url=f"http://127.0.0.1:{settings.flink_rest_port}"),
+                                          stream_rest_url=f"http://127.0.0.1:{settings.flink_rest_port}",
+                                          signing_secret=settings.event_signing_secret(),
+                                          tenant_bootstrap_servers=f"127.0.0.1:{settings.kafka_tenant_port}"),
             "object_store": ObjectStoreResource(backend="local", root=str(settings.object_store_root)),
             "tenant_registry": TenantRegistryResource(url=settings.registry_url),
             "feature_store": FeatureStoreResource(
@@ -80,8 +82,15 @@ def build_resources(profile: str, settings: LocalSettings | None = None) -> dict
                 username=dg.EnvVar("DATACREEK_FALKORDB_USER"),  # "default", or the tenant's ACL user
                 password=dg.EnvVar("DATACREEK_FALKORDB_PASSWORD"),
             ),
-            "event_log": EventLogResource(bootstrap_servers=dg.EnvVar("DATACREEK_KAFKA_BOOTSTRAP"),
-                                          stream_rest_url=dg.EnvVar("DATACREEK_FLINK_REST_URL")),
+            "event_log": EventLogResource(
+                bootstrap_servers=dg.EnvVar("DATACREEK_KAFKA_BOOTSTRAP"),  # a tenant's pods: the tenant listener
+                stream_rest_url=dg.EnvVar("DATACREEK_FLINK_REST_URL"),
+                signing_secret=dg.EnvVar("DATACREEK_EVENT_SIGNING_SECRET"),  # "" in a tenant's pods
+                tenant_bootstrap_servers=dg.EnvVar("DATACREEK_KAFKA_TENANT_BOOTSTRAP"),
+                username=dg.EnvVar("DATACREEK_KAFKA_USERNAME"),  # "" for the platform, or tenant-<id>
+                password=dg.EnvVar("DATACREEK_KAFKA_PASSWORD"),
+                signing_key=dg.EnvVar("DATACREEK_EVENT_SIGNING_KEY"),  # a tenant's pods only
+            ),
             "object_store": ObjectStoreResource(
                 backend="s3",
                 bucket=dg.EnvVar("DATACREEK_S3_BUCKET"),

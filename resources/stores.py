@@ -90,11 +90,23 @@ class EventLogResource(dg.ConfigurableResource):
     timeout_s: float = 10.0  # the longest a run or command waits on an unreachable broker
     replication_factor: int = 1  # of the topics it creates; a production cluster wants 3
     stream_rest_url: str = "http://127.0.0.1:8081"
+    # the platform's: its secret signs any tenant's events; tenants' pods get neither of these
+    signing_secret: str = ""
+    tenant_bootstrap_servers: str = ""  # the listener tenants' pods reach, with their SCRAM users
+    # a tenant's pods: its Kafka user (tenant-<id>) and signing key (``tenant_credentials``)
+    username: str = ""
+    password: str = ""
+    signing_key: str = ""
 
     def event_log(self):
+        from datacreek_assets.streaming.event_auth import EventSigner
         from datacreek_assets.streaming.events import EventLog
+        from datacreek_assets.tenant_credentials import tenant_of_kafka_user
 
-        return EventLog(self.bootstrap_servers, self.timeout_s, self.replication_factor)
+        tenant = tenant_of_kafka_user(self.username) if self.username else ""
+        signer = EventSigner.from_settings(self.signing_secret, self.signing_key, tenant)
+        return EventLog(self.bootstrap_servers, self.timeout_s, self.replication_factor, self.username,
+                        self.password, signer)
 
 
 class ObjectStoreResource(dg.ConfigurableResource):

@@ -133,19 +133,34 @@ def graph_events(graph, doc_ids: Iterable[str] | None = None, deleted: Iterable[
 
 
 class EventLog:
-    """A producer and admin client for the tenant-keyed graph events topic."""
+    """A producer and admin client for the tenant-keyed graph events topic: the platform's (no
+    username: its own listener, it creates the topics) or one tenant's (its SCRAM user, which may
+    write the events topic and nothing else). ``signer`` (``event_auth.EventSigner``) signs what
+    it publishes."""
 
-    def __init__(self, bootstrap_servers: str, timeout_s: float = 10.0, replication_factor: int = 1):
+    def __init__(self, bootstrap_servers: str, timeout_s: float = 10.0, replication_factor: int = 1,
+                 username: str = "", password: str = "", signer=None):
         self.bootstrap_servers = bootstrap_servers
         self.timeout_s = timeout_s  # the longest a caller waits on an unreachable broker, per call
         self.replication_factor = replication_factor
+        self.username, self._password, self.signer = username, password, signer
         self._producer = None
+        self._errors: list[str] = []  # what the client reported (a refused login, say), for the error said
 
     def _config(self) -> dict:
-        return {"bootstrap.servers": self.bootstrap_servers, "log_level": 3}
+        config = {"bootstrap.servers": self.bootstrap_servers, "log_level": 3,
+                  "error_cb": lambda err: self._errors.append(err.str())}
+        if self.username:
+            config.update({"security.protocol": "SASL_PLAINTEXT", "sasl.mechanisms": "SCRAM-SHA-512",
+                           "sasl.username": self.username, "sasl.password": self._password})
+        return config
+
+    def _reported(self) -> str:
+        return f"; the client reported: {self._errors[-1]}" if self._errors else ""
 
     def ensure_topics(self) -> list[str]:
-        """Create the events and dead-letter topics if missing; returns those created."""
+        """Create the events and dead-letter topics if missing; returns those created. With a
+        tenant's credentials only check that the events topic is there: topics are the platform's."""
         from confluent_kafka import KafkaError, KafkaException
         from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -153,8 +168,16 @@ class EventLog:
         try:
             existing = set(admin.list_topics(timeout=self.timeout_s).topics)
         except KafkaException as err:
-            raise EventLogError(f"Kafka is not reachable at {self.bootstrap_servers} ({err}); locally, start it "
-                                "with `datacreek services up`") from None
+            admin.poll(0.1)  # serve the client's error callbacks: a refused login says so
+            if self._errors and "Authentication failed" in self._errors[-1]:
+                raise EventLogError(f"Kafka at {self.bootstrap_servers} refused user {self.username!r}: "
+                                    f"{self._errors[-1]}") from None
+            raise EventLogError(f"Kafka is not reachable at {self.bootstrap_servers} ({err}{self._reported()}); "
+                                "locally, start it with `datacreek services up`") from None
+        if self.username:
+            if EVENTS_TOPIC not in existing:
+                raise EventLogError(f"{EVENTS_TOPIC} is missing, or Kafka user {self.username!r} may not write it")
+            return []
         missing = [t for t in (EVENTS_TOPIC, DEAD_LETTER_TOPIC) if t not in existing]
         if missing:
             futures = admin.create_topics([NewTopic(t, num_partitions=TOPIC_PARTITIONS,
@@ -178,6 +201,9 @@ class EventLog:
         self.ensure_topics()  # also when there is nothing to send: an unreachable log is said at once
         if not events:
             return 0
+        if self.signer is None:
+            raise EventLogError("no event signing secret or key is configured (DATACREEK_EVENT_SIGNING_SECRET, "
+                                "or a tenant's DATACREEK_EVENT_SIGNING_KEY): the stream job would refuse the events")
         if self._producer is None:
             self._producer = Producer({**self._config(), "enable.idempotence": True, "acks": "all",
                                        "linger.ms": 20, "compression.type": "lz4",
@@ -195,10 +221,11 @@ class EventLog:
             if err is not None:
                 failures.append(str(err))
 
-        for i, event in enumerate(events, 1):
+        values = [self.signer.signed(event) for event in events]  # all signed (or refused) before any is sent
+        for i, (event, value) in enumerate(zip(events, values), 1):
             while True:
                 try:
-                    self._producer.produce(EVENTS_TOPIC, key=event.tenant_id.encode(), value=event.to_bytes(),
+                    self._producer.produce(EVENTS_TOPIC, key=event.tenant_id.encode(), value=value,
                                            partition=tenant_partition(event.tenant_id), on_delivery=delivered)
                     break
                 except BufferError:  # the local queue is full: let the broker catch up
@@ -209,10 +236,11 @@ class EventLog:
         if left or failures:
             self._producer.purge()
             raise EventLogError(f"{left + len(failures)} of {len(events)} events not delivered to "
-                                f"{self.bootstrap_servers}: {failures[:3]}")
+                                f"{self.bootstrap_servers}: {failures[:3]}{self._reported()}")
         if on_progress:
             on_progress(len(events), len(events))
         return len(events)
+
 
     def read(self, tenant_id: str, group: str, limit: int, timeout_s: float = 30.0) -> Iterator[GraphEvent]:
         """Read up to ``limit`` of one tenant's events from the start (a consumer group of its own);

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -37,6 +38,7 @@ from pyflink.datastream.connectors.kafka import (KafkaOffsetResetStrategy, Kafka
 from pyflink.datastream.state import ValueStateDescriptor
 from pyflink.datastream.window import TimeWindow, Trigger, TriggerResult, TumblingEventTimeWindows
 
+from datacreek_assets.streaming.event_auth import SIGNING_SECRET_ENV, verified
 from datacreek_assets.streaming.events import (DEAD_LETTER_TOPIC, EVENTS_TOPIC, STREAM_CONSUMER_GROUP,
                                                STREAM_JOB_NAME, EventLogError, GraphEvent)
 from datacreek_assets.streaming.windows import WINDOW_SECONDS, fold, window_id
@@ -98,12 +100,16 @@ class ValidateEvent(ProcessFunction):
         self.known: dict[str, float] = {}
 
     def open(self, runtime_context) -> None:
+        import os
+
         self.store = hot_graph_store(self.falkordb_host, self.falkordb_port)
+        # from the environment, not the job graph: the secret derives every tenant's signing key
+        self.secret = os.environ[SIGNING_SECRET_ENV]
 
     def process_element(self, value: str, ctx):
         try:
             data = value.encode("utf-8", "surrogatepass")
-            event = GraphEvent.from_bytes(data)
+            event = verified(data, self.secret)  # its tenant's key signed it
         except (EventLogError, ValueError) as err:  # ValueError: an invalid tenant id
             yield DEAD_LETTER, dead_letter(str(err)[:300], value)
             return
@@ -277,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rest-port", type=int, required=True, help="the Flink REST API (job health)")
     parser.add_argument("--connector-jar", type=Path, required=True, help="flink-sql-connector-kafka")
     args = parser.parse_args(argv)
+    if not os.environ.get(SIGNING_SECRET_ENV):
+        parser.error(f"${SIGNING_SECRET_ENV} is not set: events are verified with the platform's signing secret")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     checkpoints = args.state_dir / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)

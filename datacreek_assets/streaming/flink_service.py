@@ -64,8 +64,11 @@ class FlinkJobService(ManagedProcess):
                 "--rest-port", str(self.port), "--connector-jar", str(self.connector_jar)]
 
     def environment(self) -> dict[str, str]:
+        from datacreek_assets.streaming.event_auth import SIGNING_SECRET_ENV
+
         return {**os.environ, "PYTHONPATH": str(REPO_ROOT), "JVM_ARGS": FLINK_JVM_OPTS,
-                "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+                "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+                SIGNING_SECRET_ENV: self.settings.event_signing_secret()}
 
     def job(self) -> dict | None:
         """The stream job's overview from the REST API (state, start time), or None."""

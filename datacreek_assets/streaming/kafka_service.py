@@ -44,6 +44,10 @@ class KafkaService(ManagedProcess):
         return self.settings.kafka_port + 1
 
     @property
+    def tenant_port(self) -> int:
+        return self.settings.kafka_tenant_port
+
+    @property
     def lib_dir(self) -> Path:
         return self.settings.download_cache / f"kafka-{KAFKA_VERSION}" / "lib"
 
@@ -52,10 +56,20 @@ class KafkaService(ManagedProcess):
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}",
-            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+            # PLAINTEXT: the platform's listener (the services, the stream job; in a cluster only the
+            # platform's namespace reaches it). TENANT: tenants' pods, each with its SCRAM user, whose
+            # ACLs allow writing the events topic and nothing else (``tenant_credentials``).
+            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port},"
+            f"TENANT://127.0.0.1:{self.tenant_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port},TENANT://127.0.0.1:{self.tenant_port}",
             "controller.listener.names=CONTROLLER",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,TENANT:SASL_PLAINTEXT",
+            "listener.name.tenant.sasl.enabled.mechanisms=SCRAM-SHA-512",
+            "listener.name.tenant.scram-sha-512.sasl.jaas.config="
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "allow.everyone.if.no.acl.found=false",
+            "super.users=User:ANONYMOUS",  # the platform's listener (and the controller's) authenticate no one
             f"log.dirs={self.home / 'data'}",
             "num.partitions=4",
             "offsets.topic.replication.factor=1",

@@ -31,6 +31,32 @@ SELECT = ("raw_documents,parsed_chunks,knowledge_graph,chunk_embeddings,embeddin
           "persistence_sketches,umap_lens,mapper_graph,sft_dataset,finetuned_adapter,gguf_model,qa_eval,retention_audit")
 
 
+def tenant_events(bootstrap: str, tenant: str, secret: str) -> list:
+    """The tenant's events on the topic (its partition, up to its end now), each verified against
+    the tenant's signing key (EventLogError if one is not)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from datacreek_assets.streaming.event_auth import verified
+    from datacreek_assets.streaming.events import EVENTS_TOPIC, tenant_partition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"test-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False})
+    try:
+        partition = TopicPartition(EVENTS_TOPIC, tenant_partition(tenant), 0)
+        end = consumer.get_watermark_offsets(partition, timeout=10)[1]
+        consumer.assign([partition])
+        found = []
+        while end and (message := consumer.poll(10)) is not None:
+            if not message.error():
+                if message.key() == tenant.encode():
+                    found.append(verified(message.value(), secret))
+                if message.offset() + 1 >= end:
+                    break
+        return found
+    finally:
+        consumer.close()
+
+
 @pytest.fixture
 def prod_env(services, postgres, s3_endpoint, s3_bucket, tmp_path) -> dict[str, str]:
     def database(purpose: str, driver: str = "psycopg") -> str:
@@ -61,6 +87,9 @@ def prod_env(services, postgres, s3_endpoint, s3_bucket, tmp_path) -> dict[str, 
         "DATACREEK_FEAST_OFFLINE_URI": f"s3://{s3_bucket}/feast/offline",
         "DATACREEK_FEAST_REDIS": f"127.0.0.1:{services.falkordb_port}",
         "DATACREEK_KAFKA_BOOTSTRAP": f"127.0.0.1:{services.kafka_port}",
+        "DATACREEK_KAFKA_TENANT_BOOTSTRAP": f"127.0.0.1:{services.kafka_tenant_port}",
+        "DATACREEK_KAFKA_USERNAME": "", "DATACREEK_KAFKA_PASSWORD": "", "DATACREEK_EVENT_SIGNING_KEY": "",
+        "DATACREEK_EVENT_SIGNING_SECRET": services.event_signing_secret(),
         "DATACREEK_FLINK_REST_URL": f"http://127.0.0.1:{services.flink_rest_port}",
         "DATACREEK_MODELS_DIR": str(tmp_path / "models"),
         "DATACREEK_BASE_MODELS_DIR": str(services.download_cache / "models"),
@@ -95,7 +124,9 @@ def test_the_prod_profile_materializes_a_tenant_on_postgres_s3_redis_and_neo4j(p
         own = secret["stringData"]
         assert all("dc_tenant_prod_e2e:" in own[k] for k in ("DATACREEK_POSTGRES_URL", "DATACREEK_LEDGER_URL",
                                                               "DATACREEK_SERVING_STORE_URL"))
-        assert own["DATACREEK_FALKORDB_USER"] == f"tenant-{TENANT}"
+        assert own["DATACREEK_FALKORDB_USER"] == own["DATACREEK_KAFKA_USERNAME"] == f"tenant-{TENANT}"
+        assert own["DATACREEK_EVENT_SIGNING_SECRET"] == "" and own["DATACREEK_EVENT_SIGNING_KEY"]
+        assert own["DATACREEK_KAFKA_BOOTSTRAP"] == prod_env["DATACREEK_KAFKA_TENANT_BOOTSTRAP"]
         s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
         write_demo_corpus(TenantObjectStore(S3ObjectStore(s3_bucket, s3_endpoint, client=s3), TENANT), max_docs=4)
         run = cli("materialize", "--tenant", TENANT, "--select", SELECT, timeout=800, env=own)  # < pytest's 900 s
@@ -105,6 +136,10 @@ def test_the_prod_profile_materializes_a_tenant_on_postgres_s3_redis_and_neo4j(p
         output = run.stdout + run.stderr
         assert (run.returncode == 0 and "succeeded" in run.stdout) or (
             run.returncode == 1 and "Steps failed: ['qa_eval_tuned_beats_base']" in output), output[-4000:]
+
+        # the graph's events went out as the tenant's Kafka user, signed with the tenant's key
+        events = tenant_events(prod_env["DATACREEK_KAFKA_BOOTSTRAP"], TENANT, prod_env["DATACREEK_EVENT_SIGNING_SECRET"])
+        assert events and {e.tenant_id for e in events} == {TENANT}
 
         keys = {item["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=s3_bucket)
                 for item in page.get("Contents", [])}
@@ -128,4 +163,5 @@ def test_the_prod_profile_materializes_a_tenant_on_postgres_s3_redis_and_neo4j(p
         removed = cli("tenant", "remove", TENANT, "--force", timeout=300)
         assert removed.returncode == 0, removed.stderr
         assert "revoked postgres role" in removed.stdout and "revoked falkordb user" in removed.stdout
+        assert "revoked kafka user" in removed.stdout
         cli("tenant", "remove", "prod-other", "--force", timeout=300)

@@ -11,7 +11,8 @@ import pytest
 from datacreek_assets.defs.graph.assets import knowledge_graph
 from datacreek_assets.defs.ingest.assets import parsed_chunks, raw_documents
 from datacreek_assets.partitions import TENANTS_PARTITION
-from datacreek_assets.streaming.events import EVENTS_TOPIC, EventLog, EventLogError, GraphEvent, tenant_partition
+from datacreek_assets.streaming.events import (DEAD_LETTER_TOPIC, EVENTS_TOPIC, EventLog, EventLogError, GraphEvent,
+                                               tenant_partition)
 from datacreek_assets.tenant_lifecycle import add_tenant, remove_tenant
 from resources.factory import open_tenant_stores
 
@@ -152,6 +153,63 @@ def test_the_graph_is_written_when_the_event_log_is_down(local_resources, instan
     metadata = result.asset_materializations_for_node("knowledge_graph")[0].metadata
     assert metadata["events_published"].value == 0 and metadata["events_not_published"].value > 0
     assert metadata["documents_written"].value == 1
+
+
+def test_a_tenant_s_kafka_user_writes_its_own_signed_events_and_nothing_else(local_resources):
+    """`tenant credentials` gives a tenant's pods a SCRAM user on the tenant listener and the
+    tenant's signing key: they publish the tenant's events, and cannot read any topic, write
+    another, sign another tenant's events, or log in once revoked."""
+    from confluent_kafka import Consumer, Producer
+
+    from datacreek_assets.streaming.event_auth import verified
+    from datacreek_assets.tenant_credentials import kafka_credentials, revoke_kafka_user
+    from resources.stores import EventLogResource
+
+    platform = local_resources["event_log"]
+    env = kafka_credentials(platform, "events-a")
+    assert env["DATACREEK_KAFKA_BOOTSTRAP"] == platform.tenant_bootstrap_servers != platform.bootstrap_servers
+    assert env["DATACREEK_EVENT_SIGNING_SECRET"] == "" and env["DATACREEK_EVENT_SIGNING_KEY"]
+    own = EventLogResource(bootstrap_servers=env["DATACREEK_KAFKA_BOOTSTRAP"], timeout_s=8,
+                           username=env["DATACREEK_KAFKA_USERNAME"], password=env["DATACREEK_KAFKA_PASSWORD"],
+                           signing_key=env["DATACREEK_EVENT_SIGNING_KEY"])
+    doc = f"{uuid.uuid4().hex}.txt"
+    mine = GraphEvent("events-a", doc, "document", "delete", "2026-12-02T00:00:00+00:00", revision=3)
+    log = own.event_log()
+    try:
+        assert log.publish([mine]) == 1
+        with pytest.raises(EventLogError, match="cannot publish tenant 'events-b'"):
+            log.publish([GraphEvent("events-b", doc, "document", "delete", mine.event_time)])
+    finally:
+        log.close()
+    # on the topic, signed with events-a's key (what the stream job checks)
+    [message] = [m for m in all_messages(platform.bootstrap_servers) if doc.encode() in m.value()]
+    assert verified(message.value(), platform.signing_secret) == mine
+
+    sasl = {"bootstrap.servers": env["DATACREEK_KAFKA_BOOTSTRAP"], "security.protocol": "SASL_PLAINTEXT",
+            "sasl.mechanisms": "SCRAM-SHA-512", "sasl.username": env["DATACREEK_KAFKA_USERNAME"],
+            "sasl.password": env["DATACREEK_KAFKA_PASSWORD"], "log_level": 0}
+    reader = Consumer({**sasl, "group.id": f"test-{uuid.uuid4().hex}", "auto.offset.reset": "earliest"})
+    try:
+        reader.subscribe([EVENTS_TOPIC])
+        message = reader.poll(10)
+        assert message is not None and message.error() is not None  # no group, no read: other tenants' events
+        assert "AUTHORIZATION_FAILED" in message.error().name()
+    finally:
+        reader.close()
+    refused = []
+    writer = Producer({**sasl, "message.timeout.ms": 8000})
+    writer.produce(DEAD_LETTER_TOPIC, value=b"x", on_delivery=lambda err, _msg: refused.append(err))
+    writer.flush(10)
+    assert refused and refused[0] is not None and refused[0].name() == "TOPIC_AUTHORIZATION_FAILED"
+
+    assert revoke_kafka_user(platform.bootstrap_servers, "events-a")
+    assert not revoke_kafka_user(platform.bootstrap_servers, "events-a")  # already gone
+    log = own.event_log()
+    try:
+        with pytest.raises(EventLogError, match="Authentication failed"):
+            log.publish([mine])
+    finally:
+        log.close()
 
 
 def test_an_unreachable_event_log_is_a_clear_error():

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from datacreek_assets.streaming.events import DEAD_LETTER_TOPIC, EVENTS_TOPIC, EventLog, document_events
+from datacreek_assets.streaming.events import DEAD_LETTER_TOPIC, EVENTS_TOPIC, document_events
 from datacreek_assets.streaming.windows import WINDOW_SECONDS, fold, window_of
 
 pytestmark = pytest.mark.integration
@@ -85,8 +85,8 @@ def hot(local_resources):
 
 
 @pytest.fixture
-def event_log(services):
-    log = EventLog(f"127.0.0.1:{services.kafka_port}")
+def event_log(local_resources):
+    log = local_resources["event_log"].event_log()  # the platform's: it signs any tenant's events
     yield log
     log.close()
 
@@ -118,22 +118,28 @@ def test_a_document_reaches_the_hot_graph_when_its_window_closes_and_its_delete_
 
 
 def test_hostile_and_late_events_go_to_the_dead_letters_and_the_job_keeps_running(
-        stream_job, hot, event_log, services):
+        stream_job, hot, event_log, local_resources):
     from confluent_kafka import Producer
 
+    from datacreek_assets.streaming.event_auth import EventSigner, tenant_signing_key
+
     producer = Producer({"bootstrap.servers": event_log.bootstrap_servers})
-    good = document_events("stream-late", *rows("ok.txt", {"c1": ["alpha", "beta"]}))[0]
+    marker = uuid.uuid4().hex  # the hostile events' document: their letters are found by it
+    good = document_events("stream-late", *rows(marker, {"c1": ["alpha", "beta"]}))[0]
+    body = json.loads(good.to_bytes())
+    # what a tenant with Kafka credentials could write: its own key, but another tenant's name
+    other_key = tenant_signing_key(local_resources["event_log"].signing_secret, "stream-a")
     hostile = {
-        "not json": b"\xff\xfe{{{ not json",
-        "invalid tenant": json.dumps({**json.loads(good.to_bytes()), "tenant_id": "../etc"}).encode(),
-        "unknown tenant": json.dumps({**json.loads(good.to_bytes()), "tenant_id": "stream-nobody"}).encode(),
-        "oversized": json.dumps({**json.loads(good.to_bytes()), "doc_id": "x" * 70_000}).encode(),
-        "wrong types": json.dumps({**json.loads(good.to_bytes()), "ids": {"chunk_id": 7}}).encode(),
+        "not json": b"\xff\xfe{{{ not json" + marker.encode(),
+        "invalid tenant": json.dumps({**body, "tenant_id": "../etc"}).encode(),
+        "unknown tenant": event_log.signer.signed(replace(good, tenant_id="stream-nobody")),
+        "oversized": json.dumps({**body, "doc_id": "x" * 70_000}).encode(),
+        "wrong types": json.dumps({**body, "ids": {"chunk_id": 7}}).encode(),
+        "unsigned": good.to_bytes(),
+        "another tenant's key": EventSigner(tenant_id="stream-late", tenant_key=other_key).signed(good),
     }
-    marker = uuid.uuid4().hex
-    for name, value in hostile.items():
-        producer.produce(EVENTS_TOPIC, key=b"stream-late", value=value.replace(b"ok.txt", marker.encode())
-                         if name != "not json" else value + marker.encode())
+    for value in hostile.values():
+        producer.produce(EVENTS_TOPIC, key=b"stream-late", value=value)
     assert producer.flush(10) == 0
     # a good event after them is still applied: the job did not stop
     event_log.publish(document_events("stream-late", *rows("ok.txt", {"c1": ["alpha", "beta"]})))
@@ -141,9 +147,12 @@ def test_hostile_and_late_events_go_to_the_dead_letters_and_the_job_keeps_runnin
     assert stream_job.ready()
     letters = [d for d in dead_letters(event_log.bootstrap_servers) if marker in d["event"]]
     reasons = " | ".join(d["reason"] for d in letters)
-    assert len(letters) == 4, reasons  # the oversized one is cut to 1 KiB in its letter: found by reason
+    assert len(letters) == 6, reasons  # the oversized one is cut to 1 KiB in its letter: found by reason
     assert "not a graph event" in reasons and "unknown tenant 'stream-nobody'" in reasons
     assert "tenant id" in reasons and "carries the strings" in reasons
+    assert "unsigned event" in reasons and "the signature is not tenant 'stream-late''s" in reasons
+    documents = hot.graph("stream-late").ro_query("MATCH (d:Document) RETURN d.doc_id").result_set
+    assert marker not in {row[0] for row in documents}  # none of them reached the graph
     assert any("over 65536" in d["reason"] for d in dead_letters(event_log.bootstrap_servers))
 
     # the watermark is now past this window: an event over a minute older than it is dropped and
@@ -235,7 +244,7 @@ def test_the_sensor_observes_each_tenant_and_fails_its_check_while_the_job_is_do
         old_ms = int((time.time() - 300) * 1000)
         producer = Producer({"bootstrap.servers": event_log.bootstrap_servers})
         for event in document_events("stream-watch", *rows("t.txt", {"c1": ["ash", "yew"]})):
-            producer.produce(EVENTS_TOPIC, key=b"stream-watch", value=event.to_bytes(),
+            producer.produce(EVENTS_TOPIC, key=b"stream-watch", value=event_log.signer.signed(event),
                              partition=tenant_partition("stream-watch"), timestamp=old_ms)
         assert producer.flush(10) == 0
         down = sensor_result(instance, local_resources, result.cursor)
