@@ -27,6 +27,7 @@ from datacreek_assets.tenancy import validate_tenant_id
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "k8s" / "charts" / "datacreek-tenant"
+STREAM_CHART = REPO / "k8s" / "charts" / "datacreek-stream"
 INSTANCE_YAML = REPO / "k8s" / "dagster-instance.yaml"
 HELM_VERSION = "v3.22.0"
 KUBERNETES_VERSION = "1.37"  # the newest minor kubernetes-validate ships schemas for
@@ -68,10 +69,19 @@ def tenant_values(tenant_id: str, **overrides) -> dict:
 
 def render_tenant(helm: Path, values: dict, chart: Path = CHART) -> list[dict]:
     """`helm template` of the tenant chart: the manifests as dicts."""
+    return _render(helm, "datacreek-tenant", chart, values)
+
+
+def render_stream(helm: Path, values: dict | None = None) -> list[dict]:
+    """`helm template` of the stream job's chart (the platform namespace)."""
+    return _render(helm, "datacreek-stream", STREAM_CHART, values or {})
+
+
+def _render(helm: Path, release: str, chart: Path, values: dict) -> list[dict]:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml") as handle:
         yaml.safe_dump(values, handle)
         handle.flush()
-        out = subprocess.run([str(helm), "template", "datacreek-tenant", str(chart), "-f", handle.name],
+        out = subprocess.run([str(helm), "template", release, str(chart), "-f", handle.name],
                              capture_output=True, text=True)
     if out.returncode != 0:
         raise ManifestError(out.stderr.strip())

@@ -71,8 +71,6 @@ def dead_letter(reason: str, raw: str) -> str:
 
 def tenant_graphs(neo4j_uri: str, isolation: str):
     """Neo4j, the truth: the window's co-occurrence goes there too, through the tenant repository."""
-    import os
-
     from neo4j import GraphDatabase
 
     from datacreek_assets.graph_store import TenantGraph
@@ -84,11 +82,14 @@ def tenant_graphs(neo4j_uri: str, isolation: str):
 
 
 def hot_graph_store(falkordb_host: str, falkordb_port: int):
+    """The platform's FalkorDB user, from the environment as for Neo4j (none locally)."""
     import falkordb
 
     from datacreek_assets.hot_graph import HotGraphStore
 
-    return HotGraphStore(falkordb.FalkorDB(host=falkordb_host, port=falkordb_port))
+    return HotGraphStore(falkordb.FalkorDB(host=falkordb_host, port=falkordb_port,
+                                           username=os.environ.get("DATACREEK_FALKORDB_USER") or None,
+                                           password=os.environ.get("DATACREEK_FALKORDB_PASSWORD") or None))
 
 
 class ValidateEvent(ProcessFunction):
@@ -100,8 +101,6 @@ class ValidateEvent(ProcessFunction):
         self.known: dict[str, float] = {}
 
     def open(self, runtime_context) -> None:
-        import os
-
         self.store = hot_graph_store(self.falkordb_host, self.falkordb_port)
         # from the environment, not the job graph: the secret derives every tenant's signing key
         self.secret = os.environ[SIGNING_SECRET_ENV]
@@ -281,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--neo4j-isolation", default="label", choices=("label", "database"))
     parser.add_argument("--state-dir", type=Path, required=True, help="checkpoints live under it")
     parser.add_argument("--rest-port", type=int, required=True, help="the Flink REST API (job health)")
+    parser.add_argument("--rest-bind-address", default="127.0.0.1", help="0.0.0.0 in a pod, for its Service")
     parser.add_argument("--connector-jar", type=Path, required=True, help="flink-sql-connector-kafka")
     args = parser.parse_args(argv)
     if not os.environ.get(SIGNING_SECRET_ENV):
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     checkpoints.mkdir(parents=True, exist_ok=True)
     config = Configuration()
     config.set_string("rest.port", str(args.rest_port))
-    config.set_string("rest.bind-address", "127.0.0.1")
+    config.set_string("rest.bind-address", args.rest_bind_address)
     config.set_string("rest.address", "127.0.0.1")
     config.set_string("pipeline.jars", args.connector_jar.resolve().as_uri())
     config.set_string("python.executable", sys.executable)

@@ -51,6 +51,35 @@ def test_the_tenant_chart_renders_valid_manifests(rendered):
         assert k8s.validate(rendered[tenant]) == []
 
 
+def test_the_stream_job_chart_runs_the_job_as_services_up_does(helm, tmp_path):
+    """One pod (never two writers), the same module and flags as the local FlinkJobService, the
+    platform's Secret, checkpoints on a volume mounted at the job's state dir, its REST API as
+    the Service the sensor reads; the image fetches the connector version the service pins."""
+    from datacreek_assets.streaming.flink_service import JOB_MODULE, KAFKA_CONNECTOR_VERSION, FlinkJobService
+
+    docs = k8s.render_stream(helm, {"image": "registry.example.com/datacreek-stream:test"})
+    assert kinds(docs) == ["Deployment/datacreek-stream", "PersistentVolumeClaim/datacreek-stream-checkpoints",
+                           "Service/datacreek-stream"]
+    assert k8s.validate(docs) == []
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["command"][1:] == ["-m", JOB_MODULE]
+    flags = {arg.split("=", 1)[0] for arg in container["args"]}
+    local = FlinkJobService(LocalSettings(state_dir=tmp_path)).command()
+    assert {arg for arg in local if arg.startswith("--")} <= flags
+    assert container["envFrom"] == [{"secretRef": {"name": "datacreek-prod"}}]
+    state_dir = next(a.split("=", 1)[1] for a in container["args"] if a.startswith("--state-dir="))
+    assert container["volumeMounts"] == [{"name": "checkpoints", "mountPath": state_dir}]
+    assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "datacreek-stream-checkpoints"
+    service = next(d for d in docs if d["kind"] == "Service")
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"][0]["port"] == container["ports"][0]["containerPort"] == 8081
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert f"flink-sql-connector-kafka/{KAFKA_CONNECTOR_VERSION}/" in dockerfile and "AS stream" in dockerfile
+
+
 def test_a_broken_manifest_fails_validation(rendered):
     quota = json.loads(json.dumps(next(d for d in rendered["acme"] if d["kind"] == "ResourceQuota")))
     quota["spec"]["hrad"] = quota["spec"].pop("hard")  # a typo strict validation must catch
