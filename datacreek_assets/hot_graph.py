@@ -115,7 +115,9 @@ class HotGraphStore:
 
     def delete_document(self, tenant_id: str, doc_id: str) -> int:
         """Erasure: the document's chunks and facts go as a stream window's delete takes them (the
-        co-occurrence weights recomputed, entities no chunk names removed); returns the nodes removed."""
+        co-occurrence weights recomputed, entities no chunk names removed); returns the nodes removed.
+        Its tombstone (id, revision) stays, as Neo4j keeps the purged Document node: an event read
+        before the delete still finds it newer."""
         from datacreek_assets.streaming.events import document_events
         from datacreek_assets.streaming.windows import fold, window_of
 
@@ -128,8 +130,7 @@ class HotGraphStore:
         revisions = {doc_id: int(stored[0][1] or 0)} if stored else None
         self.apply_window(fold(tenant_id, window_of(now), document_events(tenant_id, [], [], [], deleted=[doc_id],
                                                                            at=now, revisions=revisions)))
-        graph.query("MATCH (d:Document {doc_id: $doc}) DELETE d", {"doc": doc_id})  # erased: no tombstone either
-        return before - self.node_count(tenant_id)
+        return max(0, before - self.node_count(tenant_id))  # a graph older than tombstones gains one
 
     def apply_window(self, delta: WindowDelta) -> dict[str, int]:
         """Write one window's delta (``streaming.windows.fold``) to its tenant's graph; idempotent."""

@@ -109,12 +109,14 @@ class Connection:
     src_ns: str
     dst_ns: str
     connection: str
-    dst_pods: str = "[*]"  # nca's selection of pods in dst_ns: "[*]" (every pod) or "[name,...]"
 
 
-def model_cluster(tenants: list[str]) -> list[dict]:
-    """Namespaces and their pods: the tenants' run pods, kube-dns, and the platform's Dagster and
-    Kafka."""
+# the platform's pods a tenant's network policy tells apart (app.kubernetes.io/name)
+PLATFORM_PODS = ("dagster", "kafka", "datacreek-stream")
+
+
+def model_cluster(tenants: list[str], platform_pods: tuple[str, ...] = PLATFORM_PODS) -> list[dict]:
+    """Namespaces and their pods: the tenants' run pods, kube-dns, and the platform's pods."""
     docs, namespaces = [], set()
 
     def add(namespace: str, pod: str, labels: dict, ns_labels: dict | None = None) -> None:
@@ -130,8 +132,8 @@ def model_cluster(tenants: list[str]) -> list[dict]:
     for tenant in tenants:
         add(f"tenant-{tenant}", "run", {"app": "dagster-run"}, {"datacreek/tenant": tenant})
     add("kube-system", "coredns", {"k8s-app": "kube-dns"})
-    add(PLATFORM_NAMESPACE, "dagster", {"app": "dagster"})
-    add(PLATFORM_NAMESPACE, "kafka", {"app.kubernetes.io/name": "kafka"})
+    for pod in platform_pods:
+        add(PLATFORM_NAMESPACE, pod, {"app.kubernetes.io/name": pod})
     return docs
 
 
@@ -164,7 +166,7 @@ def connectivity(policies: list[dict], cluster: list[dict]) -> set[Connection]:
             continue
         for s in _namespaces(src):
             for d in _namespaces(dst):
-                allowed.add(Connection(s, d, conn, row.get("dst_pods", "") or "[*]"))
+                allowed.add(Connection(s, d, conn))
     return allowed
 
 
@@ -180,21 +182,31 @@ OUTSIDE = "<outside the cluster>"
 _HTTPS_ONLY = re.compile(r"\{protocols:TCP,dst_ports:(443|6443|443,6443)\}")
 
 
-def reaches_kafka(c: Connection) -> bool:
-    """Whether the connection's destination pods include the platform's Kafka (``model_cluster``)."""
-    return c.dst_ns == PLATFORM_NAMESPACE and (c.dst_pods == "[*]" or "kafka" in c.dst_pods.strip("[]").split(","))
+def platform_exposure(policies: list[dict], tenants: list[str]) -> dict[str, set[str]]:
+    """What the tenants' pods may open to each platform pod: one analysis per pod, alone in the
+    platform namespace (nca reports a namespace's pods as label expressions, not names)."""
+    exposure = {}
+    for pod in PLATFORM_PODS:
+        allowed = connectivity(policies, model_cluster(tenants, (pod,)))
+        exposure[pod] = {c.connection for c in allowed
+                         if c.src_ns.startswith("tenant-") and c.dst_ns == PLATFORM_NAMESPACE}
+    return exposure
 
 
-def isolation_violations(allowed: set[Connection], tenants: list[str], kafka_tenant_port: int = 9094) -> list[str]:
+def platform_holes(exposure: dict[str, set[str]], kafka_tenant_port: int = 9094) -> list[str]:
+    """Kafka open on anything but its tenant listener (the platform's listener authenticates no
+    one); the stream job open at all (its REST API controls the job every tenant depends on)."""
+    holes = [f"tenants -> kafka: {c}" for c in sorted(exposure.get("kafka", ()))
+             if c != f"{{protocols:TCP,dst_ports:{kafka_tenant_port}}}"]
+    return holes + [f"tenants -> datacreek-stream: {c}" for c in sorted(exposure.get("datacreek-stream", ()))]
+
+
+def isolation_violations(allowed: set[Connection], tenants: list[str]) -> list[str]:
     """Connections from one tenant's namespace to another's; from outside the cluster into a
-    tenant; from a tenant out of the cluster on anything but HTTPS (443/6443); from a tenant to
-    the platform's Kafka on anything but its tenant listener (the platform's authenticates no one)."""
+    tenant; from a tenant out of the cluster on anything but HTTPS (443/6443)."""
     namespaces = {f"tenant-{t}" for t in tenants}
     holes = []
-    for c in sorted(allowed, key=lambda c: (c.src_ns, c.dst_ns, c.connection, c.dst_pods)):
-        if c.src_ns in namespaces and reaches_kafka(c) and c.connection != f"{{protocols:TCP,dst_ports:{kafka_tenant_port}}}":
-            holes.append(f"{c.src_ns} -> {c.dst_ns} {c.dst_pods}: {c.connection}")
-            continue
+    for c in sorted(allowed, key=lambda c: (c.src_ns, c.dst_ns, c.connection)):
         if c.src_ns in namespaces and c.dst_ns in namespaces and c.src_ns != c.dst_ns:
             holes.append(f"{c.src_ns} -> {c.dst_ns}: {c.connection}")
         elif c.src_ns == OUTSIDE and c.dst_ns in namespaces:

@@ -233,6 +233,8 @@ def _wait_all(futures, what: str, timeout: float = 30.0) -> list:
         return [future.result(timeout=timeout) for future in futures]
     except KafkaException as err:
         raise CredentialError(f"Kafka refused to {what}: {err}") from None
+    except TimeoutError:
+        raise CredentialError(f"Kafka did not answer within {timeout:.0f}s when asked to {what}") from None
 
 
 def grant_kafka_user(bootstrap: str, tenant_id: str) -> str:
@@ -311,6 +313,7 @@ def kafka_credentials(event_log, tenant_id: str) -> dict[str, str]:
     if not event_log.tenant_bootstrap_servers:
         raise CredentialError("the event log has no tenant listener (DATACREEK_KAFKA_TENANT_BOOTSTRAP)")
     return {"DATACREEK_KAFKA_BOOTSTRAP": event_log.tenant_bootstrap_servers,
+            "DATACREEK_KAFKA_TENANT_BOOTSTRAP": event_log.tenant_bootstrap_servers,
             "DATACREEK_KAFKA_USERNAME": kafka_user(tenant_id),
             "DATACREEK_KAFKA_PASSWORD": grant_kafka_user(event_log.bootstrap_servers, tenant_id),
             "DATACREEK_EVENT_SIGNING_KEY": tenant_signing_key(event_log.signing_secret, tenant_id),

@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import json
 
-from datacreek_assets.streaming.events import EventLogError, GraphEvent
+from datacreek_assets.streaming.events import MAX_EVENT_BYTES, EventLogError, GraphEvent
 from datacreek_assets.tenancy import validate_tenant_id
 
 SIGNATURE_FIELD = "sig"
@@ -66,7 +66,10 @@ class EventSigner:
         data = event.to_bytes()
         body = json.loads(data)
         body[SIGNATURE_FIELD] = _signature(self.key(event.tenant_id), data)
-        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        signed = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        if len(signed) > MAX_EVENT_BYTES:  # the stream job measures what is on the wire
+            raise EventLogError(f"signed event of {len(signed)} bytes is over {MAX_EVENT_BYTES}")
+        return signed
 
 
 def verified(data: bytes, secret: str) -> GraphEvent:

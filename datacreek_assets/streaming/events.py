@@ -55,8 +55,8 @@ class GraphEvent:
         validate_tenant_id(self.tenant_id)
         if not all(isinstance(v, str) for v in (self.doc_id, self.event_time)) or not isinstance(self.ids, dict):
             raise EventLogError("not a graph event: doc_id and event_time are strings, ids an object")
-        if type(self.revision) is not int or self.revision < 0:
-            raise EventLogError(f"not a graph event: revision {self.revision!r} is not a whole number >= 0")
+        if type(self.revision) is not int or not 0 <= self.revision < 2 ** 63:  # a graph's integers are 64-bit
+            raise EventLogError(f"not a graph event: revision {self.revision!r} is not a whole number in [0, 2**63)")
         if self.kind not in KIND_IDS or self.op not in ("upsert", "delete"):
             raise EventLogError(f"not a graph event: kind={self.kind!r} op={self.op!r}")
         if set(self.ids) != set(KIND_IDS[self.kind]) or not all(isinstance(v, str) for v in self.ids.values()):

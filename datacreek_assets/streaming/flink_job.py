@@ -49,6 +49,8 @@ ALLOWED_LATENESS_S = 60
 IDLE_S = 10  # a Kafka partition quiet this long stops holding back the watermark
 CHECKPOINT_S = 5
 TENANT_CHECK_S = 30  # how long "this tenant has a hot graph" is believed
+# the watermark is shared by every tenant: one event from the future would make everyone's late
+MAX_AHEAD_S = 60
 
 log = logging.getLogger("datacreek.flink_job")
 DEAD_LETTER = OutputTag("dead-letter", Types.STRING())
@@ -111,6 +113,10 @@ class ValidateEvent(ProcessFunction):
             event = verified(data, self.secret)  # its tenant's key signed it
         except (EventLogError, ValueError) as err:  # ValueError: an invalid tenant id
             yield DEAD_LETTER, dead_letter(str(err)[:300], value)
+            return
+        if event.timestamp_ms > time.time() * 1000 + MAX_AHEAD_S * 1000:
+            yield DEAD_LETTER, dead_letter(f"event time {event.event_time} is over {MAX_AHEAD_S} s ahead of the "
+                                           "clock", value)
             return
         if not self._known(event.tenant_id):
             yield DEAD_LETTER, dead_letter(f"unknown tenant {event.tenant_id!r}: it has no hot graph", value)
@@ -179,6 +185,7 @@ class ApplyWindow(ProcessWindowFunction):
         self.falkordb_host, self.falkordb_port = falkordb_host, falkordb_port
         self.neo4j_uri, self.isolation = neo4j_uri, isolation
         self.store = self.graph_of = None
+        self.indexed: set[str] = set()
 
     def open(self, runtime_context) -> None:
         self.store = hot_graph_store(self.falkordb_host, self.falkordb_port)
@@ -195,6 +202,9 @@ class ApplyWindow(ProcessWindowFunction):
         # applies a delta on top of it as a later window would (re-folding the whole window on
         # each late firing made a window behind the watermark cost O(n^2): measured in bench/)
         delta = fold(key, window_id(window.start), events[before:])
+        if key not in self.indexed:  # once per tenant and run: a graph made before an index was added gets it
+            self.store.create_scope(key)
+            self.indexed.add(key)
         counts = self.store.apply_window(delta)
         applied_ms = int(time.time() * 1000)  # queryable in the hot graph from now
         # then the truth; a failure here fails the window, and the restart writes both again
@@ -291,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     config = Configuration()
     config.set_string("rest.port", str(args.rest_port))
     config.set_string("rest.bind-address", args.rest_bind_address)
+    # the REST API reports the job's health; it takes no jars and cancels nothing
+    config.set_string("web.submit.enable", "false")
+    config.set_string("web.cancel.enable", "false")
     config.set_string("rest.address", "127.0.0.1")
     config.set_string("pipeline.jars", args.connector_jar.resolve().as_uri())
     config.set_string("python.executable", sys.executable)

@@ -111,10 +111,13 @@ def test_nca_proves_tenants_cannot_reach_each_other_but_reach_dns_and_the_platfo
         outside = {c.connection for c in allowed if c.src_ns == ns and c.dst_ns == k8s.OUTSIDE}
         assert outside == {"{protocols:TCP,dst_ports:443}"}
         assert not [c for c in allowed if c.src_ns == k8s.OUTSIDE and c.dst_ns == ns]
-        # the platform's Kafka: its tenant listener only (the platform's listener authenticates no one)
-        assert {c.connection for c in allowed if c.src_ns == ns and k8s.reaches_kafka(c)} == {
-            "{protocols:TCP,dst_ports:9094}"}
-    assert ("tenant-acme", "tenant-globex") not in pairs and ("tenant-globex", "tenant-acme") not in pairs
+    assert ("tenant-acme", "tenant-globex") not in pairs
+    # the platform's pods: Kafka on its tenant listener only (the platform's authenticates no
+    # one), the stream job not at all (its REST API controls the job)
+    exposure = k8s.platform_exposure(policies, TENANTS)
+    assert exposure == {"dagster": {"All connections"}, "kafka": {"{protocols:TCP,dst_ports:9094}"},
+                        "datacreek-stream": set()}
+    assert k8s.platform_holes(exposure) == [] and ("tenant-globex", "tenant-acme") not in pairs
 
 
 def widened(policies: list[dict], namespace: str, direction: str) -> list[dict]:
@@ -137,9 +140,7 @@ def test_nca_finds_an_isolation_hole(rendered):
     assert k8s.isolation_violations(k8s.connectivity(one_side, cluster), TENANTS) == []
     both = widened(one_side, "tenant-acme", "egress")
     holes = k8s.isolation_violations(k8s.connectivity(both, cluster), TENANTS)
-    # egress to every namespace reaches the platform's Kafka listener too
-    assert holes == [f"tenant-acme -> {k8s.PLATFORM_NAMESPACE} [*]: All connections",
-                     "tenant-acme -> tenant-globex: All connections"]
+    assert holes == ["tenant-acme -> tenant-globex: All connections"]
     # an egress rule that opens every port to the outside is reported too
     opened = json.loads(json.dumps(policies))
     for doc in opened:
@@ -147,13 +148,13 @@ def test_nca_finds_an_isolation_hole(rendered):
             del doc["spec"]["egress"][0]["ports"]
     holes = k8s.isolation_violations(k8s.connectivity(opened, cluster), TENANTS)
     assert holes == ["tenant-acme -> <outside the cluster>: All connections"]
-    # the platform rule without its Kafka exclusion: every port of Kafka is reported
+    # globex's platform rule without its exclusions: Kafka's every port and the stream job are reported
     unfenced = json.loads(json.dumps(policies))
     for doc in unfenced:
         if doc["metadata"]["name"] == "allow-platform" and doc["metadata"]["namespace"] == "tenant-globex":
             del doc["spec"]["egress"][0]["to"][0]["podSelector"]
-    holes = k8s.isolation_violations(k8s.connectivity(unfenced, cluster), TENANTS)
-    assert holes == [f"tenant-globex -> {k8s.PLATFORM_NAMESPACE} [*]: All connections"]
+    holes = k8s.platform_holes(k8s.platform_exposure(unfenced, TENANTS))
+    assert holes == ["tenants -> kafka: All connections", "tenants -> datacreek-stream: All connections"]
 
 
 def test_gpu_node_pools_match_the_karpenter_nodepool_schema(tmp_path):
