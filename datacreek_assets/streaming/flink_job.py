@@ -168,7 +168,7 @@ class CloseOnWatermarkOrClock(Trigger):
         return TriggerResult.FIRE if time == window.max_timestamp() else TriggerResult.CONTINUE
 
     def on_merge(self, window: TimeWindow, ctx) -> None:
-        raise NotImplementedError("tumbling windows never merge")
+        """Never called: ``can_merge`` is False, as tumbling windows never merge."""
 
     def can_merge(self) -> bool:
         return False
