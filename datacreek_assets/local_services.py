@@ -320,6 +320,9 @@ class FalkorDBService(ManagedProcess):
             "--save", "60 1",
             "--appendonly", "yes",
             "--appendfsync", "everysec",
+            # a restart replays the log's graph writes one by one (a 34 MB log of stream windows took
+            # minutes), while the compacted base loads in a second: compact the log early
+            "--auto-aof-rewrite-min-size", "8mb",
             "--aclfile", str(self.acl_file),  # tenants' users (tenant_credentials) survive restarts
             "--protected-mode", "yes",
         ]

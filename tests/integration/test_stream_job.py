@@ -14,8 +14,8 @@ from datacreek_assets.streaming.events import DEAD_LETTER_TOPIC, EVENTS_TOPIC, d
 from datacreek_assets.streaming.windows import WINDOW_SECONDS, fold, window_of
 
 pytestmark = pytest.mark.integration
-TENANTS = ("stream-a", "stream-b", "stream-late", "stream-kill", "stream-ref", "stream-watch", "stream-idle")
-CLOSE_S = WINDOW_SECONDS + 15  # a window closes at its end plus a second's grace; the rest is slack
+TENANTS = ("stream-a", "stream-b", "stream-early", "stream-late", "stream-kill", "stream-ref", "stream-watch", "stream-idle")
+CLOSE_S = WINDOW_SECONDS + 15  # a window closes at its end plus a second's grace (its early firings come sooner)
 
 
 def rows(doc_id: str, chunks: dict[str, list[str]]) -> tuple[list, list, list]:
@@ -42,6 +42,14 @@ def wait_until(check, timeout: float, what: str):
             return value
         time.sleep(0.5)
     raise AssertionError(f"not within {timeout:.0f}s: {what}")
+
+
+def offsets_committed(event_log, tenant: str) -> bool:
+    """The job committed its offsets past every event of the tenant's partition (a checkpoint after them)."""
+    from datacreek_assets.streaming.events import tenant_partition
+    from datacreek_assets.streaming.monitor import partition_lags
+
+    return partition_lags(event_log.bootstrap_servers)[tenant_partition(tenant)].pending == 0
 
 
 def applied_events(hot, tenant: str) -> int:
@@ -89,6 +97,22 @@ def event_log(local_resources):
     log = local_resources["event_log"].event_log()  # the platform's: it signs any tenant's events
     yield log
     log.close()
+
+
+def test_an_open_window_s_events_are_queryable_before_it_closes(stream_job, hot, event_log):
+    from datacreek_assets.streaming.windows import EARLY_FIRE_S
+
+    def seconds_left() -> float:
+        return WINDOW_SECONDS - time.time() % WINDOW_SECONDS
+
+    wait_until(lambda: seconds_left() >= 20, WINDOW_SECONDS + 1, "a window with 20 s left")
+    now = datetime.now(timezone.utc)
+    event_log.publish(document_events("stream-early", *rows("early.txt", {"c1": ["oder", "neisse"]}), at=now))
+    wait_until(lambda: applied_events(hot, "stream-early") >= 4, 3 * EARLY_FIRE_S, "an early firing")
+    assert graph_of(hot, "stream-early")["edges"] == [("Neisse", "Oder", 1)]
+    status = hot.status("stream-early")
+    assert status["last_window"] == window_of(now)
+    assert status["last_applied_ms"] < status["last_window_end_ms"]  # written while its window was open
 
 
 def test_a_document_reaches_the_hot_graph_when_its_window_closes_and_its_delete_takes_it_away(
@@ -180,7 +204,7 @@ def test_killed_mid_stream_and_restarted_gives_the_graph_of_an_uninterrupted_run
     first += document_events("stream-kill", *rows("two.txt", {"c1": ["vienna", "linz"]}), at=at)
     event_log.publish(first)
     wait_until(lambda: applied_events(hot, "stream-kill") >= len(first), 40, "the first batch applied")
-    time.sleep(6)  # a checkpoint after it (every 5 s)
+    wait_until(lambda: offsets_committed(event_log, "stream-kill"), 30, "a checkpoint after it")
     at = datetime.now(timezone.utc)
     second = document_events("stream-kill", *rows("three.txt", {"c1": ["linz", "salzburg"]}), at=at)
     second += document_events("stream-kill", *rows("one.txt", {"c1": ["danube", "salzburg"]}), at=at)  # rewritten
@@ -232,7 +256,7 @@ def test_the_sensor_observes_each_tenant_and_fails_its_check_while_the_job_is_do
     instance.add_dynamic_partitions("tenants", ["stream-watch", "stream-idle"])
     event_log.publish(document_events("stream-watch", *rows("s.txt", {"c1": ["oak", "elm"]})))
     wait_until(lambda: applied_events(hot, "stream-watch") >= 4, CLOSE_S, "the window applied")
-    time.sleep(6)  # the offsets committed with the next checkpoint
+    wait_until(lambda: offsets_committed(event_log, "stream-watch"), 30, "the offsets committed by a checkpoint")
     result = sensor_result(instance, local_resources)
     assert check_of(result).passed, check_of(result).description
     seen = observed(result)
@@ -258,7 +282,7 @@ def test_the_sensor_observes_each_tenant_and_fails_its_check_while_the_job_is_do
     finally:
         stream_job.up(240, progress=lambda msg: None)
     wait_until(lambda: ("Ash", "Yew", 1) in graph_of(hot, "stream-watch")["edges"], CLOSE_S + 30, "caught up")
-    time.sleep(6)
+    wait_until(lambda: offsets_committed(event_log, "stream-watch"), 30, "the offsets committed by a checkpoint")
     caught_up = check_of(sensor_result(instance, local_resources))
     assert caught_up.passed, caught_up.description
 
