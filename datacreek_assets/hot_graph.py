@@ -69,7 +69,7 @@ MERGE_DOCUMENTS = ("UNWIND $rows AS r MERGE (d:Document {doc_id: r.doc_id}) "
                    "SET d.revision = r.revision, d.deleted = r.deleted")
 MENTION_DEGREES = "UNWIND $ids AS id MATCH (e:Entity {entity_id: id}) RETURN id, indegree(e, 'MENTIONS')"
 PAIR_WEIGHTS = ("UNWIND $pairs AS p MATCH (a:Entity {entity_id: p[0]}), (b:Entity {entity_id: p[1]}) "
-                "OPTIONAL MATCH (a)<-[:MENTIONS]-(c:Chunk)-[:MENTIONS]->(b) RETURN p[0], p[1], count(c)")
+                "OPTIONAL MATCH (a)<-[:MENTIONS]-(c:Chunk)-[:MENTIONS]->(b) RETURN p[0], p[1], count(DISTINCT c)")
 # a cleared document's rows, through the doc_id indexes (one label per MATCH: an OR of labels scans)
 CLEARED_MENTIONS = ("UNWIND $docs AS id MATCH (c:Chunk {doc_id: id})-[:MENTIONS]->(e:Entity) "
                     "RETURN c.chunk_id, e.entity_id")
@@ -77,6 +77,8 @@ CLEAR_CHUNKS = "UNWIND $docs AS id MATCH (c:Chunk {doc_id: id}) DETACH DELETE c"
 CLEAR_FACTS = "UNWIND $docs AS id MATCH (f:Fact {doc_id: id}) DETACH DELETE f"
 DROP_UNNAMED = ("UNWIND $ids AS id MATCH (e:Entity {entity_id: id}) WHERE NOT (e)<-[:MENTIONS]-(:Chunk) "
                 "DETACH DELETE e")
+# every entity no chunk names (a scan): what a write that failed between a clear and DROP_UNNAMED left
+SWEEP_UNNAMED = "MATCH (e:Entity) WHERE NOT (e)<-[:MENTIONS]-(:Chunk) DETACH DELETE e"
 REFRESH_TOP = ("UNWIND $ids AS id MATCH (e:Entity {entity_id: id}) "
                "OPTIONAL MATCH (e)-[r:CO_OCCURS]-(n:Entity) "
                "WITH e, n, r.weight AS w ORDER BY w DESC, n.name "
@@ -141,6 +143,7 @@ class HotGraphStore:
         revisions = {doc_id: int(stored[0][1] or 0)} if stored else None
         self.apply_window(fold(tenant_id, window_of(now), document_events(tenant_id, [], [], [], deleted=[doc_id],
                                                                            at=now, revisions=revisions)))
+        self.drop_unnamed_entities(tenant_id)  # and any name an earlier, failed attempt left
         return max(0, before - self.node_count(tenant_id))  # a graph older than tombstones gains one
 
     def apply_window(self, delta: WindowDelta) -> dict[str, int]:
@@ -185,6 +188,12 @@ class HotGraphStore:
                 "edges_removed": sum(1 for weight in weights.values() if weight == 0),
                 "touched_pairs": sorted(touched)}  # what Neo4j's co-occurrence recomputes too
 
+    def drop_unnamed_entities(self, tenant_id: str) -> None:
+        """Remove every entity no chunk names (a scan of the tenant's entities). ``apply_window``
+        drops those of the documents it clears; this heals a write that failed in between, whose
+        replay no longer finds the chunks (the stream job runs it once per tenant and start)."""
+        self.graph(tenant_id).query(SWEEP_UNNAMED)
+
     # -- the stream job's status, per tenant (on its :Tenant node) ----------------
     def record_window(self, tenant_id: str, window_id: str, window_end_ms: int, events: int,
                       latencies_s: list[float], applied_ms: int) -> None:
@@ -193,7 +202,9 @@ class HotGraphStore:
         graph = self.graph(tenant_id)
         row = graph.query("MERGE (t:Tenant {tenant_id: $tenant}) RETURN t.latency_counts, t.latency_sum",
                           {"tenant": tenant_id}).result_set[0]
-        counts = _latency_counts(row[0])
+        counts, total = _latency_counts(row[0]), float(row[1] or 0.0)
+        if counts != row[0]:  # started over: the sum with the counts
+            total = 0.0
         for seconds in latencies_s:
             counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         graph.query(
@@ -202,7 +213,7 @@ class HotGraphStore:
             "THEN t.last_window_end_ms ELSE $end END, t.events = coalesce(t.events, 0) + $n, "
             "t.windows = coalesce(t.windows, 0) + 1, t.latency_counts = $counts, t.latency_sum = $sum",
             {"tenant": tenant_id, "w": window_id, "applied": applied_ms, "end": window_end_ms, "n": events,
-             "counts": counts, "sum": float(row[1] or 0.0) + sum(latencies_s)})
+             "counts": counts, "sum": total + sum(latencies_s)})
 
     def record_late(self, tenant_id: str, dropped: int) -> None:
         self.graph(tenant_id).query("MERGE (t:Tenant {tenant_id: $tenant}) "
@@ -222,6 +233,8 @@ class HotGraphStore:
         status = dict(zip(keys, row[0] if row else [None] * len(keys)))
         for key in ("events", "windows", "late_dropped", "latency_sum"):
             status[key] = status[key] or 0
+        if _latency_counts(status["latency_counts"]) != status["latency_counts"]:  # counted on other buckets
+            status["latency_sum"] = 0.0
         status["latency_counts"] = _latency_counts(status["latency_counts"])
         status["nodes"] = int(graph.ro_query("MATCH (n) RETURN count(n)").result_set[0][0])
         status["edges"] = int(graph.ro_query("MATCH ()-[e:CO_OCCURS]->() RETURN count(e)").result_set[0][0])

@@ -298,30 +298,38 @@ def issue_credentials(resources: dict, tenant_id: str) -> dict[str, str]:
         finally:
             engine.dispose()
         env[name] = role_url(url, tenant_id, password)
+    falkordb = resources["hot_graph"].store().client.connection
     env["DATACREEK_FALKORDB_USER"] = falkordb_user(tenant_id)
-    env["DATACREEK_FALKORDB_PASSWORD"] = grant_falkordb_user(resources["hot_graph"].store().client.connection,
-                                                             tenant_id)
-    env.update(kafka_credentials(resources["event_log"], tenant_id))
+    env["DATACREEK_FALKORDB_PASSWORD"] = grant_falkordb_user(falkordb, tenant_id)
+    env.update(kafka_credentials(resources["event_log"], falkordb, tenant_id))
     return env
 
 
-def kafka_credentials(event_log, tenant_id: str) -> dict[str, str]:
-    """The tenant's Kafka user on the tenant listener, and its event signing key in place of the
-    platform's secret (``event_log``: the platform's EventLogResource)."""
-    from datacreek_assets.streaming.event_auth import tenant_signing_key
+def kafka_credentials(event_log, falkordb, tenant_id: str) -> dict[str, str]:
+    """The tenant's Kafka user on the tenant listener, and a new generation of its event signing
+    key in place of the platform's secret: the key issued before is refused from now on
+    (``event_log``: the platform's EventLogResource; ``falkordb``: a redis.Redis as the platform,
+    where the generations are kept)."""
+    from datacreek_assets.streaming.event_auth import KeyGenerations, tenant_signing_key
 
     if not event_log.tenant_bootstrap_servers:
         raise CredentialError("the event log has no tenant listener (DATACREEK_KAFKA_TENANT_BOOTSTRAP)")
+    if not event_log.signing_secret:
+        raise CredentialError("the event log has no signing secret (DATACREEK_EVENT_SIGNING_SECRET)")
+    password = grant_kafka_user(event_log.bootstrap_servers, tenant_id)
+    generation = KeyGenerations(falkordb).rotate(tenant_id)
     return {"DATACREEK_KAFKA_BOOTSTRAP": event_log.tenant_bootstrap_servers,
             "DATACREEK_KAFKA_TENANT_BOOTSTRAP": event_log.tenant_bootstrap_servers,
             "DATACREEK_KAFKA_USERNAME": kafka_user(tenant_id),
-            "DATACREEK_KAFKA_PASSWORD": grant_kafka_user(event_log.bootstrap_servers, tenant_id),
-            "DATACREEK_EVENT_SIGNING_KEY": tenant_signing_key(event_log.signing_secret, tenant_id),
+            "DATACREEK_KAFKA_PASSWORD": password,
+            "DATACREEK_EVENT_SIGNING_KEY": tenant_signing_key(event_log.signing_secret, tenant_id, generation),
             "DATACREEK_EVENT_SIGNING_SECRET": ""}  # the platform's, which signs for every tenant
 
 
 def revoke_credentials(resources: dict, tenant_id: str) -> list[str]:
     """Drop what ``issue_credentials`` made (where it exists); returns what was dropped."""
+    from datacreek_assets.streaming.event_auth import KeyGenerations
+
     from sqlalchemy import create_engine
 
     dropped, engine = [], None
@@ -339,6 +347,9 @@ def revoke_credentials(resources: dict, tenant_id: str) -> list[str]:
         dropped.append("falkordb user")
     if revoke_kafka_user(resources["event_log"].bootstrap_servers, tenant_id):
         dropped.append("kafka user")
+    keys = KeyGenerations(resources["hot_graph"].store().client.connection)
+    if keys.current(tenant_id):  # its key is retired: a new generation, issued to nobody
+        dropped.append(f"event signing key (generation {keys.rotate(tenant_id) - 1})")
     return dropped
 
 

@@ -40,7 +40,7 @@ from pyflink.datastream.connectors.kafka import (KafkaOffsetResetStrategy, Kafka
 from pyflink.datastream.state import ValueStateDescriptor
 from pyflink.datastream.window import TimeWindow, Trigger, TriggerResult, TumblingEventTimeWindows
 
-from datacreek_assets.streaming.event_auth import SIGNING_SECRET_ENV, verified
+from datacreek_assets.streaming.event_auth import SIGNING_SECRET_ENV, KeyGenerations, verified
 from datacreek_assets.streaming.events import (DEAD_LETTER_TOPIC, EVENTS_TOPIC, STREAM_CONSUMER_GROUP,
                                                STREAM_JOB_NAME, EventLogError, GraphEvent)
 from datacreek_assets.streaming.windows import EARLY_FIRE_S, WINDOW_SECONDS, fold, window_id
@@ -108,11 +108,13 @@ class ValidateEvent(ProcessFunction):
         self.store = hot_graph_store(self.falkordb_host, self.falkordb_port)
         # from the environment, not the job graph: the secret derives every tenant's signing key
         self.secret = os.environ[SIGNING_SECRET_ENV]
+        # a tenant's key rotated away is refused within TENANT_CHECK_S; its new key at once
+        self.keys = KeyGenerations(self.store.client.connection, keep_s=TENANT_CHECK_S)
 
     def process_element(self, value: str, ctx):
         try:
             data = value.encode("utf-8", "surrogatepass")
-            event = verified(data, self.secret)  # its tenant's key signed it
+            event = verified(data, self.secret, self.keys.current)  # the platform or its tenant's current key
         except (EventLogError, ValueError) as err:  # ValueError: an invalid tenant id
             yield DEAD_LETTER, dead_letter(str(err)[:300], value)
             return
@@ -194,7 +196,7 @@ class ApplyWindow(ProcessWindowFunction):
         self.falkordb_host, self.falkordb_port = falkordb_host, falkordb_port
         self.neo4j_uri, self.isolation = neo4j_uri, isolation
         self.store = self.graph_of = None
-        self.indexed: set[str] = set()
+        self.prepared: set[str] = set()
 
     def open(self, runtime_context) -> None:
         self.store = hot_graph_store(self.falkordb_host, self.falkordb_port)
@@ -213,9 +215,10 @@ class ApplyWindow(ProcessWindowFunction):
         # applies a delta on top of it as a later window would (re-folding the whole window on
         # each late firing made a window behind the watermark cost O(n^2): measured in bench/)
         delta = fold(key, window_id(window.start), events)
-        if key not in self.indexed:  # once per tenant and run: a graph made before an index was added gets it
-            self.store.create_scope(key)
-            self.indexed.add(key)
+        if key not in self.prepared:  # once per tenant and start: a graph made before an index was added gets
+            self.store.create_scope(key)  # it, and what a write cut short left is swept
+            self.store.drop_unnamed_entities(key)
+            self.prepared.add(key)
         folded = time.time()
         counts = self.store.apply_window(delta)
         applied_ms = int(time.time() * 1000)  # queryable in the hot graph from now

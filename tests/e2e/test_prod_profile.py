@@ -9,6 +9,7 @@ Left out: `canary_release`. Its prod settings name a Ray cluster and a router of
 session's router already serves the local release store; test_serving covers that asset's code
 against a real Ray Serve."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -17,11 +18,13 @@ from pathlib import Path
 
 import boto3
 import pytest
+import redis
 import yaml
 
 from datacreek_assets.demo_corpus import write_demo_corpus
 from datacreek_assets.object_store import S3ObjectStore, TenantObjectStore
 from datacreek_assets.retention.lifecycle import TOXIC_RULE_ID
+from datacreek_assets.streaming.event_auth import KeyGenerations
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -31,12 +34,12 @@ SELECT = ("raw_documents,parsed_chunks,knowledge_graph,chunk_embeddings,embeddin
           "persistence_sketches,umap_lens,mapper_graph,sft_dataset,finetuned_adapter,gguf_model,qa_eval,retention_audit")
 
 
-def tenant_events(bootstrap: str, tenant: str, secret: str) -> list:
+def tenant_events(bootstrap: str, tenant: str, secret: str, keys) -> list:
     """The tenant's events on the topic (its partition, up to its end now), each verified against
-    the tenant's signing key (EventLogError if one is not)."""
+    the tenant's current signing key (EventLogError if one is not) and with its key id."""
     from confluent_kafka import Consumer, TopicPartition
 
-    from datacreek_assets.streaming.event_auth import verified
+    from datacreek_assets.streaming.event_auth import KEY_ID_FIELD, verified
     from datacreek_assets.streaming.events import EVENTS_TOPIC, tenant_partition
 
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"test-{uuid.uuid4().hex}",
@@ -49,7 +52,8 @@ def tenant_events(bootstrap: str, tenant: str, secret: str) -> list:
         while end and (message := consumer.poll(10)) is not None:
             if not message.error():
                 if message.key() == tenant.encode():
-                    found.append(verified(message.value(), secret))
+                    found.append((verified(message.value(), secret, keys.current),
+                                  json.loads(message.value())[KEY_ID_FIELD]))
                 if message.offset() + 1 >= end:
                     break
         return found
@@ -137,9 +141,12 @@ def test_the_prod_profile_materializes_a_tenant_on_postgres_s3_redis_and_neo4j(p
         assert (run.returncode == 0 and "succeeded" in run.stdout) or (
             run.returncode == 1 and "Steps failed: ['qa_eval_tuned_beats_base']" in output), output[-4000:]
 
-        # the graph's events went out as the tenant's Kafka user, signed with the tenant's key
-        events = tenant_events(prod_env["DATACREEK_KAFKA_BOOTSTRAP"], TENANT, prod_env["DATACREEK_EVENT_SIGNING_SECRET"])
-        assert events and {e.tenant_id for e in events} == {TENANT}
+        # the graph's events went out as the tenant's Kafka user, signed with the tenant's key as issued
+        keys = KeyGenerations(redis.Redis(host="127.0.0.1", port=int(prod_env["DATACREEK_FALKORDB_PORT"])))
+        events = tenant_events(prod_env["DATACREEK_KAFKA_BOOTSTRAP"], TENANT, prod_env["DATACREEK_EVENT_SIGNING_SECRET"],
+                               keys)
+        assert events and {e.tenant_id for e, _ in events} == {TENANT}
+        assert {kid for _, kid in events} == {keys.current(TENANT)} == {int(own["DATACREEK_EVENT_SIGNING_KEY"].split(":")[0])}
 
         keys = {item["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=s3_bucket)
                 for item in page.get("Contents", [])}
@@ -163,5 +170,5 @@ def test_the_prod_profile_materializes_a_tenant_on_postgres_s3_redis_and_neo4j(p
         removed = cli("tenant", "remove", TENANT, "--force", timeout=300)
         assert removed.returncode == 0, removed.stderr
         assert "revoked postgres role" in removed.stdout and "revoked falkordb user" in removed.stdout
-        assert "revoked kafka user" in removed.stdout
+        assert "revoked kafka user" in removed.stdout and "revoked event signing key" in removed.stdout
         cli("tenant", "remove", "prod-other", "--force", timeout=300)

@@ -159,22 +159,29 @@ def test_a_tenant_s_kafka_user_writes_its_own_signed_events_and_nothing_else(loc
     """`tenant credentials` gives a tenant's pods a SCRAM user on the tenant listener and the
     tenant's signing key: they publish the tenant's events, and cannot read any topic, write
     another, sign another tenant's events, or log in once revoked."""
+    import redis
     from confluent_kafka import Consumer, Producer
 
-    from datacreek_assets.streaming.event_auth import verified
-    from datacreek_assets.tenant_credentials import kafka_credentials, revoke_kafka_user
+    from datacreek_assets.streaming.event_auth import KEY_GENERATIONS, KeyGenerations, verified
+    from datacreek_assets.tenant_credentials import (falkordb_user, grant_falkordb_user, kafka_credentials,
+                                                     revoke_falkordb_user, revoke_kafka_user)
     from resources.stores import EventLogResource
 
     platform = local_resources["event_log"]
-    env = kafka_credentials(platform, "events-a")
+    falkordb = local_resources["hot_graph"].store().client.connection
+    keys = KeyGenerations(falkordb)
+    env = kafka_credentials(platform, falkordb, "events-a")
     assert env["DATACREEK_KAFKA_BOOTSTRAP"] == platform.tenant_bootstrap_servers != platform.bootstrap_servers
     assert env["DATACREEK_EVENT_SIGNING_SECRET"] == "" and env["DATACREEK_EVENT_SIGNING_KEY"]
-    own = EventLogResource(bootstrap_servers=env["DATACREEK_KAFKA_BOOTSTRAP"], timeout_s=8,
-                           username=env["DATACREEK_KAFKA_USERNAME"], password=env["DATACREEK_KAFKA_PASSWORD"],
-                           signing_key=env["DATACREEK_EVENT_SIGNING_KEY"])
+
+    def own(env: dict):  # the event log as the tenant's pods configure it
+        return EventLogResource(bootstrap_servers=env["DATACREEK_KAFKA_BOOTSTRAP"], timeout_s=8,
+                                username=env["DATACREEK_KAFKA_USERNAME"], password=env["DATACREEK_KAFKA_PASSWORD"],
+                                signing_key=env["DATACREEK_EVENT_SIGNING_KEY"]).event_log()
+
     doc = f"{uuid.uuid4().hex}.txt"
     mine = GraphEvent("events-a", doc, "document", "delete", "2026-12-02T00:00:00+00:00", revision=3)
-    log = own.event_log()
+    log = own(env)
     try:
         assert log.publish([mine]) == 1
         with pytest.raises(EventLogError, match="cannot publish tenant 'events-b'"):
@@ -183,7 +190,26 @@ def test_a_tenant_s_kafka_user_writes_its_own_signed_events_and_nothing_else(loc
         log.close()
     # on the topic, signed with events-a's key (what the stream job checks)
     [message] = [m for m in all_messages(platform.bootstrap_servers) if doc.encode() in m.value()]
-    assert verified(message.value(), platform.signing_secret) == mine
+    assert verified(message.value(), platform.signing_secret, keys.current) == mine
+    # credentials issued again rotate the key: the one issued before is refused from then on
+    generation = keys.current("events-a")
+    assert env["DATACREEK_EVENT_SIGNING_KEY"].startswith(f"{generation}:")
+    env = kafka_credentials(platform, falkordb, "events-a")
+    assert env["DATACREEK_EVENT_SIGNING_KEY"].startswith(f"{generation + 1}:")
+    assert keys.current("events-a") == generation + 1
+    with pytest.raises(EventLogError, match=f"retired key of tenant 'events-a' \\(generation {generation};"):
+        verified(message.value(), platform.signing_secret, keys.current)
+    # and a tenant's FalkorDB user reaches its own graph only, not the generations
+    as_tenant = redis.Redis(port=falkordb.connection_pool.connection_kwargs["port"], username=falkordb_user("events-a"),
+                            password=grant_falkordb_user(falkordb, "events-a"))
+    try:
+        for attempt in (lambda: as_tenant.hget(KEY_GENERATIONS, "events-a"),
+                        lambda: as_tenant.hset(KEY_GENERATIONS, "events-a", 1)):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                attempt()
+    finally:
+        as_tenant.close()
+        revoke_falkordb_user(falkordb, "events-a")
 
     sasl = {"bootstrap.servers": env["DATACREEK_KAFKA_BOOTSTRAP"], "security.protocol": "SASL_PLAINTEXT",
             "sasl.mechanisms": "SCRAM-SHA-512", "sasl.username": env["DATACREEK_KAFKA_USERNAME"],
@@ -204,7 +230,7 @@ def test_a_tenant_s_kafka_user_writes_its_own_signed_events_and_nothing_else(loc
 
     assert revoke_kafka_user(platform.bootstrap_servers, "events-a")
     assert not revoke_kafka_user(platform.bootstrap_servers, "events-a")  # already gone
-    log = own.event_log()
+    log = own(env)
     try:
         with pytest.raises(EventLogError, match="Authentication failed"):
             log.publish([mine])
