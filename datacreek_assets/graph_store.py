@@ -19,6 +19,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, TypeVar
 
 from datacreek_assets.graph.cypher_scope import ScopedTransaction, UnscopedQuery, check_scoped, is_schema_statement
+from datacreek_assets.graph.fact_curation import FactCuration, carry_curation, restore_curation
 from datacreek_assets.tenancy import validate_tenant_id
 
 ISOLATION_MODES = ("label", "database")
@@ -108,7 +109,7 @@ class GraphCounts:
     relationships: dict[str, int]
 
 
-class TenantGraph:
+class TenantGraph(FactCuration):
     """Everything one tenant may do in the graph. Nothing here can name another tenant."""
 
     def __init__(self, driver, tenant_id: str, isolation: str = "label"):
@@ -243,6 +244,7 @@ class TenantGraph:
         doc_ids = [d["doc_id"] for d in docs]
         flat = {key: [row for d in docs for row in d[key]] for key in ("chunks", "next", "entities", "mentions", "facts")}
         entities = list({e["entity_id"]: e for e in flat["entities"]}.values())
+        carried = [row for ids in batched(doc_ids, batch_size) for row in carry_curation(tx, ids)]
         for ids in batched(doc_ids, batch_size):
             tx.run("UNWIND $ids AS id MATCH (c:Chunk {tenant_id: $tenant, doc_id: id}) DETACH DELETE c", ids=ids)
             tx.run("UNWIND $ids AS id MATCH (f:Fact {tenant_id: $tenant, doc_id: id}) DETACH DELETE f", ids=ids)
@@ -270,6 +272,7 @@ class TenantGraph:
                 "MERGE (f:Fact {tenant_id: $tenant, fact_id: row.fact_id}) "
                 "SET f.predicate = row.predicate, f.sentence = row.sentence, f.doc_id = row.doc_id "
                 "MERGE (f)-[:SUBJECT]->(s) MERGE (f)-[:OBJECT]->(o) MERGE (f)-[:SOURCE]->(c)")
+        restore_curation(tx, carried)  # a curator's decisions outlive a re-ingestion of the same facts
 
     def merge_rows_one_by_one(self, docs: list[dict]) -> None:
         """Baseline for the writer benchmark: one transaction per row, no UNWIND."""
@@ -389,7 +392,8 @@ class TenantGraph:
         return self._execute(
             "MATCH (f:Fact {tenant_id: $tenant})-[:SUBJECT]->(s:Entity {tenant_id: $tenant}), "
             "(f)-[:OBJECT]->(o:Entity {tenant_id: $tenant}), (f)-[:SOURCE]->(c:Chunk {tenant_id: $tenant}) "
-            "WHERE f.deleted_at IS NULL AND c.deleted_at IS NULL AND ($docs IS NULL OR f.doc_id IN $docs) "
+            "WHERE f.deleted_at IS NULL AND f.rejected_at IS NULL AND c.deleted_at IS NULL "
+            "AND ($docs IS NULL OR f.doc_id IN $docs) "
             "RETURN f.fact_id AS fact_id, s.name AS subject, f.predicate AS predicate, o.name AS object, "
             "f.sentence AS sentence, c.chunk_id AS chunk_id, f.doc_id AS doc_id ORDER BY fact_id", docs=doc_ids,
         )

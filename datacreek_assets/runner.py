@@ -150,6 +150,7 @@ def materialize_tenant(
             if line != shown:
                 shown = line
                 on_activity(line)
+    _stop_log_tailers(outcome["result"].run_id if "result" in outcome else run_id)
     if "error" in outcome:
         raise outcome["error"]
     result = outcome["result"]
@@ -168,3 +169,21 @@ def materialize_tenant(
             f"{e.step_key}: {e.event_specific_data.error.message.strip()}" for e in failures
         ) or "run failed"
     return summary
+
+
+def _stop_log_tailers(run_id: str | None) -> None:
+    """Dagster mirrors an in-process run's compute logs back to our stdout through `tail -F`
+    processes on files under the run's id. After a run whose blocking check failed, they were seen
+    to outlive it (and the CLI), holding its stdout open: a pipe reading the CLI never saw the end.
+    Once the run has returned, the run's own have nothing left to mirror."""
+    import psutil
+
+    if not run_id:
+        return
+    for process in psutil.process_iter(["name", "cmdline"]):
+        try:
+            line = process.info["cmdline"] or []
+            if process.info["name"] == "tail" and any(f"{run_id}" in arg and "compute_logs" in arg for arg in line):
+                process.terminate()
+        except psutil.Error:  # gone meanwhile
+            pass

@@ -13,10 +13,12 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import uuid
 from pathlib import Path
 
 import boto3
+import psutil
 import pytest
 import redis
 import yaml
@@ -32,6 +34,13 @@ TENANT = "prod-e2e"
 # everything the main job builds but the release (see the module's docstring)
 SELECT = ("raw_documents,parsed_chunks,knowledge_graph,chunk_embeddings,embedding_features,retrieval_index,"
           "persistence_sketches,umap_lens,mapper_graph,sft_dataset,finetuned_adapter,gguf_model,qa_eval,retention_audit")
+
+
+def _command_line(process) -> str:
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:  # gone, or not ours to read
+        return ""
 
 
 def tenant_events(bootstrap: str, tenant: str, secret: str, keys) -> list:
@@ -109,8 +118,18 @@ def prod_env(services, postgres, s3_endpoint, s3_bucket, tmp_path) -> dict[str, 
 def test_the_prod_profile_materializes_a_tenant_on_postgres_s3_redis_and_neo4j(prod_env, datacreek, s3_endpoint,
                                                                                 s3_bucket, postgres):
     def cli(*args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run([datacreek, *args], env={**prod_env, **(env or {})}, capture_output=True, text=True,
-                              timeout=timeout)
+        # its output through files, not pipes: a process it left behind holding them would make a
+        # pipe's reader wait forever (Dagster's compute-log tailers once did; see leftovers below)
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            done = subprocess.run([datacreek, *args], env={**prod_env, **(env or {})}, stdout=out, stderr=err,
+                                  text=True, timeout=timeout)
+            out.seek(0), err.seek(0)
+            return subprocess.CompletedProcess(done.args, done.returncode, out.read(), err.read())
+
+    def leftovers() -> list[str]:
+        """Processes still running on this test's Dagster home (a run's log tailers, say)."""
+        home = prod_env["DAGSTER_HOME"]
+        return [line for line in map(_command_line, psutil.process_iter()) if home in line]
 
     for state in ("written", "already in place"):  # the deploy step, twice: idempotent
         lifecycle = cli("storage", "lifecycle")
@@ -138,6 +157,7 @@ def test_the_prod_profile_materializes_a_tenant_on_postgres_s3_redis_and_neo4j(p
         # (tuned F1 0.02 above the base's). Whether a random 2-layer Llama clears it follows the CPU's
         # float kernels, so either verdict is right here, as long as the gate is the only failed step.
         output = run.stdout + run.stderr
+        assert not (left := leftovers()), left  # the CLI leaves nothing of the run behind
         assert (run.returncode == 0 and "succeeded" in run.stdout) or (
             run.returncode == 1 and "Steps failed: ['qa_eval_tuned_beats_base']" in output), output[-4000:]
 

@@ -70,3 +70,29 @@ def test_activity_names_the_step_being_built_and_the_training_step_total_and_los
 def test_activity_line():
     assert activity_line("gguf_model", None) == "building gguf_model"
     assert activity_line("finetuned_adapter", (12, 40, 2.31404)) == "finetuned_adapter: step 12/40, loss 2.3140"
+
+
+def test_a_run_s_left_over_log_tailers_are_stopped_and_no_one_else_s(tmp_path):
+    """Dagster's `tail -F` mirrors of a run's compute logs once outlived a failed run and held the
+    CLI's stdout open; after the run, the runner stops those of that run only."""
+    import subprocess
+    import uuid
+
+    from datacreek_assets.runner import _stop_log_tailers
+
+    logs = {run: tmp_path / run / "compute_logs" / "step.out" for run in (uuid.uuid4().hex, uuid.uuid4().hex)}
+    tailers = {}
+    for run, path in logs.items():
+        path.parent.mkdir(parents=True)
+        path.write_text("")
+        tailers[run] = subprocess.Popen(["tail", "-F", "-c", "+0", str(path)], stdout=subprocess.DEVNULL)
+    ours, other = logs
+    try:
+        time.sleep(0.2)  # both running
+        _stop_log_tailers(ours)
+        assert tailers[ours].wait(10) != 0  # terminated
+        assert tailers[other].poll() is None  # another run's mirror goes on
+    finally:
+        for process in tailers.values():
+            process.kill()
+            process.wait()

@@ -1,0 +1,94 @@
+"""A curator's decisions on a tenant's facts, in Neo4j (``TenantGraph`` mixes this in: every
+statement passes its tenant-scope choke points).
+
+A decision changes the fact's curated state and raises its ``version``; it names the version it
+was made on, and a fact changed since (another curator was faster) refuses it. Rejection is its
+own state (``rejected_at``, ``_by``, ``_reason``), not the ``deleted_at`` a document's soft
+delete sets on its facts: restoring the document must not bring rejected facts back. A
+document ingested again keeps its facts' curated states (``carry_curation``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+# what a decision changes, and so what undo puts back
+CURATED = ("predicate", "extracted_predicate", "confirmed_at", "confirmed_by", "rejected_at", "rejected_by",
+           "rejected_reason")
+_STATE = ("f {" + ", ".join(f".{k}" for k in CURATED) + "} AS state, coalesce(f.version, 0) AS version, "
+          "f.deleted_at IS NOT NULL AS document_deleted")
+
+
+class UnknownFact(LookupError):
+    pass
+
+
+class StaleFactVersion(Exception):
+    """The fact changed since the version the decision was made on."""
+
+    def __init__(self, fact_id: str, expected: int, current: int):
+        super().__init__(f"fact {fact_id} is at version {current}, not {expected}: another decision came first")
+        self.fact_id, self.expected, self.current = fact_id, expected, current
+
+
+class FactCuration:
+    def fact_state(self, fact_id: str) -> dict | None:
+        """The fact's curated fields and version (None: no such fact in this tenant)."""
+        rows = self._execute(f"MATCH (f:Fact {{tenant_id: $tenant, fact_id: $id}}) RETURN {_STATE}", id=fact_id)
+        return _as_state(rows[0]) if rows else None
+
+    def curate_fact(self, fact_id: str, expected_version: int, change: dict[str, Any]) -> tuple[dict, dict]:
+        """Apply ``change`` (curated fields) to the fact if it is still at ``expected_version``;
+        returns its state before and after (the version raised by one)."""
+        unknown = set(change) - set(CURATED)
+        if unknown:
+            raise ValueError(f"not curated fields: {sorted(unknown)}")
+
+        def work(tx) -> tuple[dict, dict]:
+            # a write first: it takes the fact's lock, so the version read next is the committed one
+            locked = tx.run("MATCH (f:Fact {tenant_id: $tenant, fact_id: $id}) SET f.version = coalesce(f.version, 0) "
+                            "RETURN f.fact_id AS id", id=fact_id)
+            if not locked:
+                raise UnknownFact(f"no fact {fact_id!r} in this tenant's graph")
+            before = _as_state(tx.run(f"MATCH (f:Fact {{tenant_id: $tenant, fact_id: $id}}) RETURN {_STATE}",
+                                      id=fact_id)[0])
+            if before["version"] != expected_version:
+                raise StaleFactVersion(fact_id, expected_version, before["version"])
+            after = tx.run("MATCH (f:Fact {tenant_id: $tenant, fact_id: $id}) SET f += $change, "
+                           f"f.version = f.version + 1 RETURN {_STATE}", id=fact_id, change=change)
+            return before, _as_state(after[0])
+
+        return self._write(work)[0]
+
+    def curated_facts(self) -> list[dict]:
+        """Facts a curator decided on: id, state and version (what a re-ingestion carries over)."""
+        rows = self._execute("MATCH (f:Fact {tenant_id: $tenant}) WHERE f.version > 0 "
+                             f"RETURN f.fact_id AS fact_id, {_STATE} ORDER BY fact_id")
+        return [{"fact_id": r["fact_id"], **_as_state(r)} for r in rows]
+
+
+def carry_curation(tx, doc_ids: list[str]) -> list[dict]:
+    """Read the curated states of these documents' facts (before their rows are replaced);
+    ``restore_curation`` puts them back on the facts the new extraction makes with the same ids."""
+    return tx.run("UNWIND $ids AS id MATCH (f:Fact {tenant_id: $tenant, doc_id: id}) WHERE f.version > 0 "
+                  "RETURN f.fact_id AS fact_id, f {" + ", ".join(f".{k}" for k in CURATED) + ", .version} AS state",
+                  ids=doc_ids)
+
+
+def restore_curation(tx, carried: list[dict]) -> None:
+    if carried:
+        tx.run("UNWIND $rows AS row MATCH (f:Fact {tenant_id: $tenant, fact_id: row.fact_id}) SET f += row.state",
+               rows=carried)
+
+
+def _as_state(row: dict) -> dict:
+    state = {k: _plain(row["state"].get(k)) for k in CURATED}
+    return {**state, "version": int(row["version"]), "document_deleted": bool(row.get("document_deleted"))}
+
+
+def _plain(value: Any) -> Any:
+    """Neo4j's temporal values as ISO strings (what the repair log stores and the UI shows)."""
+    if hasattr(value, "to_native"):
+        value = value.to_native()
+    return value.isoformat() if isinstance(value, datetime) else value
