@@ -27,6 +27,7 @@ from datacreek_assets.demo_corpus import write_demo_corpus
 from datacreek_assets.object_store import S3ObjectStore, TenantObjectStore
 from datacreek_assets.retention.lifecycle import TOXIC_RULE_ID
 from datacreek_assets.streaming.event_auth import KeyGenerations
+from datacreek_assets.streaming.events import EventLog
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -134,6 +135,8 @@ def test_the_prod_profile_materializes_a_tenant_on_postgres_s3_redis_and_neo4j(p
     for state in ("written", "already in place"):  # the deploy step, twice: idempotent
         lifecycle = cli("storage", "lifecycle")
         assert lifecycle.returncode == 0 and f"rule {TOXIC_RULE_ID} {state}" in lifecycle.stdout, lifecycle.stderr
+    # and the event topics, which the platform makes (a tenant's Kafka user may not create topics)
+    EventLog(prod_env["DATACREEK_KAFKA_BOOTSTRAP"]).ensure_topics()
     added = cli("tenant", "add", TENANT)
     assert added.returncode == 0, added.stderr
     assert "graph migrations (at 1)" in added.stdout
