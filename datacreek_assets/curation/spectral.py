@@ -69,6 +69,8 @@ class _Spectrum:
     vectors: np.ndarray  # D^{-1/2} scaled (y), one column per value
     unit: np.ndarray  # the normalized Laplacian's unit eigenvectors (x)
     exact_only: bool  # dense: every candidate is solved exactly
+    local: np.ndarray  # graph index -> index in the component (-1: another component's node)
+    degrees: np.ndarray  # weighted, of the component's nodes
 
 
 class SpectralScorer:
@@ -126,9 +128,9 @@ class SpectralScorer:
     def exact(self, candidate: Candidate) -> EdgeScore:
         """Δλ from the changed graph's own eigenvalues (the component re-solved, warm-started)."""
         spectrum, (a, b), delta_w = self._locate(candidate)
-        changed = spectrum.adjacency.tolil(copy=True)
-        changed[a, b] = changed[b, a] = changed[a, b] + delta_w
-        changed = changed.tocsr()
+        n = spectrum.adjacency.shape[0]
+        changed = (spectrum.adjacency + sp.csr_matrix(([delta_w, delta_w], ([a, b], [b, a])), shape=(n, n))).tocsr()
+        changed.data[np.abs(changed.data) < ZERO] = 0.0  # a removed edge: gone, not a tiny weight
         changed.eliminate_zeros()
         # a removal may split the component (a bridge) or isolate a node: each part has its own
         # trivial 0 (which an eigensolver run on the whole would not be sure to find twice), and
@@ -172,8 +174,7 @@ class SpectralScorer:
         else:
             delta_w = candidate.weight or 1.0
         spectrum = self._spectrum(int(self.component[i]))
-        where = {g: local for local, g in enumerate(spectrum.nodes)}
-        return spectrum, (where[i], where[j]), delta_w
+        return spectrum, (int(spectrum.local[i]), int(spectrum.local[j])), delta_w
 
     def _spectrum(self, component: int) -> _Spectrum:
         if component not in self._spectra:
@@ -182,13 +183,15 @@ class SpectralScorer:
             dense = len(nodes) <= DENSE_MAX
             values, unit = _eigenpairs(adjacency, self.k + 2, dense)  # one above the last tracked: its gap
             degrees = np.asarray(adjacency.sum(axis=1)).ravel()
+            local = np.full(len(self.component), -1)
+            local[nodes] = np.arange(len(nodes))
             self._spectra[component] = _Spectrum(nodes, adjacency, values, unit / np.sqrt(degrees)[:, None], unit,
-                                                 dense)
+                                                 dense, local, degrees)
         return self._spectra[component]
 
     def _distrust(self, spectrum: _Spectrum, a: int, b: int, delta_w: float, delta: np.ndarray,
                   x: np.ndarray) -> str:
-        degrees = np.asarray(spectrum.adjacency[[a, b]].sum(axis=1)).ravel()
+        degrees = spectrum.degrees[[a, b]]
         if delta_w < 0 and (degrees + delta_w <= ZERO).any():
             return "removing it isolates a node"
         if (abs(delta_w) > WEIGHT_SHARE * degrees).any():
