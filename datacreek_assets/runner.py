@@ -173,9 +173,10 @@ def materialize_tenant(
 
 def _stop_log_tailers(run_id: str | None) -> None:
     """Dagster mirrors an in-process run's compute logs back to our stdout through `tail -F`
-    processes on files under the run's id. After a run whose blocking check failed, they were seen
-    to outlive it (and the CLI), holding its stdout open: a pipe reading the CLI never saw the end.
-    Once the run has returned, the run's own have nothing left to mirror."""
+    processes on files under the run's id, and stops them (and its orphan watcher does) with
+    SIGTERM. Tailers found outliving a CLI run ignored SIGTERM, SIGINT, SIGHUP and SIGQUIT
+    (inherited), and held the CLI's stdout open: a pipe reading it never saw the end. Once the
+    run has returned, the run's own have nothing left to mirror: SIGKILL."""
     import psutil
 
     if not run_id:
@@ -183,7 +184,7 @@ def _stop_log_tailers(run_id: str | None) -> None:
     for process in psutil.process_iter(["name", "cmdline"]):
         try:
             line = process.info["cmdline"] or []
-            if process.info["name"] == "tail" and any(f"{run_id}" in arg and "compute_logs" in arg for arg in line):
-                process.terminate()
+            if process.info["name"] == "tail" and any(run_id in arg and "compute_logs" in arg for arg in line):
+                process.kill()
         except psutil.Error:  # gone meanwhile
             pass

@@ -75,6 +75,7 @@ def test_activity_line():
 def test_a_run_s_left_over_log_tailers_are_stopped_and_no_one_else_s(tmp_path):
     """Dagster's `tail -F` mirrors of a run's compute logs once outlived a failed run and held the
     CLI's stdout open; after the run, the runner stops those of that run only."""
+    import signal
     import subprocess
     import uuid
 
@@ -85,12 +86,14 @@ def test_a_run_s_left_over_log_tailers_are_stopped_and_no_one_else_s(tmp_path):
     for run, path in logs.items():
         path.parent.mkdir(parents=True)
         path.write_text("")
-        tailers[run] = subprocess.Popen(["tail", "-F", "-c", "+0", str(path)], stdout=subprocess.DEVNULL)
+        # as the leftovers were: SIGTERM (Dagster's own way to stop them) ignored
+        tailers[run] = subprocess.Popen(["tail", "-F", "-c", "+0", str(path)], stdout=subprocess.DEVNULL,
+                                        preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN))
     ours, other = logs
     try:
         time.sleep(0.2)  # both running
         _stop_log_tailers(ours)
-        assert tailers[ours].wait(10) != 0  # terminated
+        assert tailers[ours].wait(10) == -signal.SIGKILL
         assert tailers[other].poll() is None  # another run's mirror goes on
     finally:
         for process in tailers.values():
