@@ -9,7 +9,7 @@ import re
 from datetime import datetime, timezone
 
 from datacreek_assets.curation.repair_log import RepairEntry, RepairLog, as_entry
-from datacreek_assets.graph.fact_curation import StaleFactVersion
+from datacreek_assets.graph.fact_curation import CURATED, StaleFactVersion
 
 MAX_PREDICATE = 80
 _PREDICATE = re.compile(r"^[\w][\w \-']*$")
@@ -53,8 +53,7 @@ def undo(graph, log: RepairLog, entry_id: int, curator: str, now: datetime | Non
         raise DecisionError(f"decision {entry_id} is an undo; decide again instead")
     if log.undone(graph.tenant_id, entry_id):
         raise DecisionError(f"decision {entry_id} was undone already")
-    restore = {k: v for k, v in entry.before.items() if k not in ("version", "document_deleted")}
-    return _apply(graph, log, entry.edge_id, entry.version, restore, "undo", curator, entry.delta_lambda, now,
+    return _apply(graph, log, entry.edge_id, entry.version, _curated(entry.before), "undo", curator, entry.delta_lambda, now,
                   undoes=entry_id)
 
 
@@ -69,12 +68,16 @@ def _apply(graph, log: RepairLog, fact_id: str, version: int, change: dict, deci
             return as_entry(row)
         except Exception:
             session.rollback()
-            revert = {k: v for k, v in before.items() if k not in ("version", "document_deleted")}
             try:  # the graph keeps no decision the log does not hold
-                graph.curate_fact(fact_id, after["version"], revert)
+                graph.curate_fact(fact_id, after["version"], _curated(before))
             except StaleFactVersion:
                 pass  # someone decided again meanwhile: theirs stands, and is logged
             raise
+
+
+def _curated(state: dict) -> dict:
+    """A logged state's curated fields: what putting it back sets."""
+    return {k: v for k, v in state.items() if k in CURATED}
 
 
 def _predicate(predicate: str | None) -> str:
