@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, TypeVar
 
 from datacreek_assets.graph.cypher_scope import ScopedTransaction, UnscopedQuery, check_scoped, is_schema_statement
 from datacreek_assets.graph.fact_curation import FactCuration, carry_curation, restore_curation
+from datacreek_assets.graph.revisions import NEXT_REVISION
 from datacreek_assets.tenancy import validate_tenant_id
 
 ISOLATION_MODES = ("label", "database")
@@ -49,11 +50,6 @@ RELATIONSHIPS = {
 }
 
 
-# Every write of a document's state (written, soft-deleted, restored) gives it a newer revision:
-# the database's clock in ms, or one more than the last when the clock has not moved past it. The
-# graph events carry it, so the hot graph can order a graph run's events and a concurrent delete's.
-NEXT_REVISION = ("d.revision = CASE WHEN coalesce(d.revision, 0) >= timestamp() THEN d.revision + 1 "
-                 "ELSE timestamp() END")
 
 T = TypeVar("T")
 
@@ -395,7 +391,8 @@ class TenantGraph(FactCuration):
             "WHERE f.deleted_at IS NULL AND f.rejected_at IS NULL AND c.deleted_at IS NULL "
             "AND ($docs IS NULL OR f.doc_id IN $docs) "
             "RETURN f.fact_id AS fact_id, s.name AS subject, f.predicate AS predicate, o.name AS object, "
-            "f.sentence AS sentence, c.chunk_id AS chunk_id, f.doc_id AS doc_id ORDER BY fact_id", docs=doc_ids,
+            "f.sentence AS sentence, c.chunk_id AS chunk_id, f.doc_id AS doc_id, "
+            "f.confirmed_at IS NOT NULL AS confirmed ORDER BY fact_id", docs=doc_ids,
         )
 
     def live_mentions(self, doc_ids: list[str] | None = None) -> list[dict]:

@@ -143,3 +143,23 @@ def eval_comparison_picture(scores: dict[str, dict[str, float]], title: str) -> 
     ax.set_title(title)
     ax.legend()
     return figure_png(fig)
+
+
+def delta_lambda_picture(scores: list[float], tau: float, title: str) -> bytes:
+    """The undecided facts' Δλ (log scale), with τ: how much of the graph's structure the queue holds."""
+    import numpy as np
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3))
+    positive = np.array([s for s in scores if s > 0]) if scores else np.array([])
+    if len(positive):
+        bins = np.logspace(np.log10(positive.min()), np.log10(max(positive.max(), positive.min() * 1.01)), 30)
+        ax.hist(positive, bins=bins, color="#36a")
+        ax.set_xscale("log")
+    if tau > 0:
+        ax.axvline(tau, color="#c63", linestyle="--", label=f"τ = {tau:g}")
+        ax.legend()
+    ax.set_xlabel("Δλ (largest change of the smallest non-trivial eigenvalues)")
+    ax.set_ylabel("undecided facts")
+    ax.set_title(title, fontsize=9)
+    return figure_png(fig)

@@ -61,6 +61,10 @@ class LocalSettings:
         return f"sqlite:///{self.state_dir / 'ledger.db'}"
 
     @property
+    def curation_url(self) -> str:
+        return f"sqlite:///{self.state_dir / 'curation.db'}"
+
+    @property
     def serving_url(self) -> str:
         return f"sqlite:///{self.state_dir / 'serving.db'}"
 

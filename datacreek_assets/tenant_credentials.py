@@ -38,6 +38,8 @@ TABLE_GRANTS = {
     "credit_accounts": "SELECT, INSERT, UPDATE",  # INSERT: the ledger's ON CONFLICT DO NOTHING needs it
     "credit_transactions": "SELECT, INSERT", "meters": "SELECT, INSERT, UPDATE",
     "serving_api_keys": "SELECT", "serving_releases": "SELECT, INSERT, UPDATE",
+    # its review queue, rewritten by its run; curator keys are the platform's alone
+    "edge_review_queue": "SELECT, INSERT, DELETE", "curation_settings": "SELECT", "edge_repair_log": "SELECT",
 }
 TENANT_ROW_TABLES = tuple(TABLE_GRANTS)
 # the tenant id of the connected role ('' for the platform's own role, which matches no row)
@@ -277,7 +279,8 @@ def _sql_urls(resources: dict) -> dict[str, str]:
     """The environment variable and URL of each SQL store that holds tenant rows."""
     return {"DATACREEK_POSTGRES_URL": resources["tenant_registry"].url,
             "DATACREEK_LEDGER_URL": resources["credit_ledger"].url,
-            "DATACREEK_SERVING_STORE_URL": resources["serving"].store_url}
+            "DATACREEK_SERVING_STORE_URL": resources["serving"].store_url,
+            "DATACREEK_CURATION_STORE_URL": resources["curation"].url}
 
 
 def issue_credentials(resources: dict, tenant_id: str) -> dict[str, str]:
@@ -290,6 +293,7 @@ def issue_credentials(resources: dict, tenant_id: str) -> dict[str, str]:
     if any(not url.startswith("postgresql") for url in urls.values()):
         raise CredentialError("per-tenant credentials need the prod profile's PostgreSQL stores")
     resources["credit_ledger"].ledger().open_account(tenant_id)  # the platform opens it, the tenant bills it
+    resources["curation"].review_store(), resources["curation"].repair_log()  # their tables, to grant on
     password, env = new_password(), {}
     for name, url in urls.items():
         engine = create_engine(url)

@@ -15,6 +15,7 @@ from datacreek_assets.settings import ConfigError, LocalSettings
 from datacreek_assets.tenant_lifecycle import TenantStores
 from resources.stores import (
     CreditLedgerResource,
+    CurationResource,
     EventLogResource,
     FeatureStoreResource,
     FineTuneResource,
@@ -45,6 +46,7 @@ def build_resources(profile: str, settings: LocalSettings | None = None) -> dict
                 online_path=str(settings.state_dir / "feast" / "online.db"),
             ),
             "credit_ledger": CreditLedgerResource(url=settings.ledger_url),
+            "curation": CurationResource(url=settings.curation_url),
             "finetune": FineTuneResource(
                 models_dir=str(settings.state_dir / "models"),
                 base_cache_dir=str(settings.download_cache / "models"),
@@ -105,6 +107,7 @@ def build_resources(profile: str, settings: LocalSettings | None = None) -> dict
                 s3_endpoint=dg.EnvVar("DATACREEK_S3_ENDPOINT_URL"),
             ),
             "credit_ledger": CreditLedgerResource(url=dg.EnvVar("DATACREEK_LEDGER_URL")),  # Postgres
+            "curation": CurationResource(url=dg.EnvVar("DATACREEK_CURATION_STORE_URL")),  # Postgres
             "finetune": FineTuneResource(
                 models_dir=dg.EnvVar("DATACREEK_MODELS_DIR"),  # the run pod's volume
                 base_cache_dir=dg.EnvVar("DATACREEK_BASE_MODELS_DIR"),

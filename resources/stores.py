@@ -250,6 +250,25 @@ class CreditLedgerResource(dg.ConfigurableResource):
                              allow_retries=False) from err
 
 
+class CurationResource(dg.ConfigurableResource):
+    """The curator loop's SQL store (SQLAlchemy URL): the review queues, curator keys, each tenant's
+    τ and `edge_repair_log`; and the queue's defaults."""
+
+    url: str
+    tau: float = 1e-3  # Δλ a fact needs to be queued, until a tenant's own is set
+    queue_limit: int = 500
+
+    def review_store(self):
+        from datacreek_assets.curation.review_store import ReviewStore
+
+        return ReviewStore(self.url)
+
+    def repair_log(self):
+        from datacreek_assets.curation.repair_log import RepairLog
+
+        return RepairLog(self.url)
+
+
 class ServingResource(dg.ConfigurableResource):
     """Ray Serve (the cluster's GCS address), the router's port, the release store (SQLAlchemy
     URL), the router's admin token, and the canary policy the health sensor applies."""

@@ -6,6 +6,7 @@ import click
 
 from datacreek_assets.cli.billing import billing
 from datacreek_assets.cli.common import EXIT_UNAVAILABLE, Context, fail
+from datacreek_assets.cli.curate import curate
 from datacreek_assets.cli.events import events
 from datacreek_assets.cli.hot import hot
 from datacreek_assets.cli.maintenance import migrate
@@ -40,7 +41,7 @@ def cli(ctx: click.Context, profile: str | None) -> None:
         fail(err, EXIT_UNAVAILABLE)
 
 
-for command in (services, storage, tenant, events, hot, billing, materialize, backfill, demo, migrate):
+for command in (services, storage, tenant, events, hot, curate, billing, materialize, backfill, demo, migrate):
     cli.add_command(command)
 
 

@@ -25,7 +25,7 @@ def decide(graph, log: RepairLog, fact_id: str, version: int, decision: str, cur
            now: datetime | None = None) -> RepairEntry:
     """Accept, reject or edit the fact at ``version`` (StaleFactVersion if it moved on; UnknownFact
     if the tenant has none of that id)."""
-    curator = _curator(curator)
+    curator = valid_curator(curator)
     at = (now or datetime.now(timezone.utc)).isoformat()
     if decision == "accept":
         change = {"confirmed_at": at, "confirmed_by": curator, "rejected_at": None, "rejected_by": None,
@@ -45,7 +45,7 @@ def decide(graph, log: RepairLog, fact_id: str, version: int, decision: str, cur
 
 def undo(graph, log: RepairLog, entry_id: int, curator: str, now: datetime | None = None) -> RepairEntry:
     """Put the fact back as it was before the decision ``entry_id``, if nothing changed it since."""
-    curator = _curator(curator)
+    curator = valid_curator(curator)
     entry = log.entry(graph.tenant_id, entry_id)
     if entry is None:
         raise DecisionError(f"no decision {entry_id} in this tenant's repair log")
@@ -95,7 +95,7 @@ def _reason(reason: str | None) -> str:
     return text
 
 
-def _curator(curator: str) -> str:
+def valid_curator(curator: str) -> str:
     if not isinstance(curator, str) or not _CURATOR.match(curator):
         raise DecisionError(f"a curator is named by 1 to 80 letters, digits, . @ _ or - (got {curator!r})")
     return curator

@@ -86,6 +86,13 @@ class RepairLog:
             row = session.get(RepairRow, entry_id)
             return as_entry(row) if row is not None and row.tenant_id == validate_tenant_id(tenant_id) else None
 
+    def decisions_after(self, entry_id: int, limit: int = 1000) -> list[tuple[int, str]]:
+        """(id, tenant) of every tenant's rows after ``entry_id``, oldest first: what the curation
+        sensor turns into rebuilds."""
+        with Session(self.engine) as session:
+            return [tuple(r) for r in session.execute(select(RepairRow.id, RepairRow.tenant_id)
+                                                      .where(RepairRow.id > entry_id).order_by(RepairRow.id).limit(limit))]
+
     def undone(self, tenant_id: str, entry_id: int) -> bool:
         with Session(self.engine) as session:
             return session.scalars(select(RepairRow.id).where(RepairRow.tenant_id == validate_tenant_id(tenant_id),

@@ -81,6 +81,7 @@ class SftRecord:
     passages: list[str] | None = None  # None: closed-book
     split: str = "train"
     passage_docs: list[str] = field(default_factory=list)  # documents its passages come from (lineage)
+    confirmed: bool = False  # from a fact a curator confirmed: preferred over an unreviewed twin
 
     @property
     def instruction(self) -> str:
@@ -326,6 +327,9 @@ def generate(facts: list[dict], chunks: list[dict], index=None, embed=None,
     env = _environment(template_dir)
     filtered: Counter = Counter()
     candidates = _candidates(env, facts, chunks, filtered)
+    confirmed = {f["fact_id"] for f in facts if f.get("confirmed")}
+    for r in candidates:
+        r.confirmed = any(fact_id in confirmed for fact_id in r.fact_ids)
     kept: list[SftRecord] = []
     for r in candidates:
         if not r.question or not r.output:
@@ -340,7 +344,7 @@ def generate(facts: list[dict], chunks: list[dict], index=None, embed=None,
     # answers: only the best-scored stays), then near-duplicates
     by_id: dict[str, SftRecord] = {}
     duplicates = 0
-    for r in sorted(kept, key=lambda r: (-r.score, r.question, r.output, r.chunk_ids)):
+    for r in sorted(kept, key=lambda r: (not r.confirmed, -r.score, r.question, r.output, r.chunk_ids)):
         key = _record_id(r.question, r.output)
         if key in by_id:
             duplicates += 1
@@ -371,6 +375,20 @@ def generate(facts: list[dict], chunks: list[dict], index=None, embed=None,
     body = "".join(json.dumps(r.chat(), sort_keys=True) for r in records)
     version = hashlib.sha256(f"{sha}\0{body}".encode()).hexdigest()[:12]
     return SftDataset(records, sha, version, filtered, duplicates, QUALITY_THRESHOLD, hit_rate)
+
+
+def curation_drops(rejected: list[dict], chunks: list[dict], template_dir: Path = TEMPLATE_DIR) -> list[dict]:
+    """The records the rejected facts (``TenantGraph.rejected_facts``) would have made, each with
+    its fact and the rejection: what the dataset says it dropped, and why."""
+    by_fact = {f["fact_id"]: f for f in rejected}
+    drops = {}
+    for r in _candidates(_environment(template_dir), rejected, chunks, Counter()):
+        fact = next((by_fact[i] for i in r.fact_ids if i in by_fact), None)
+        if fact is not None and r.question and r.output:
+            record = _record_id(r.question, r.output)
+            drops[record] = {"record": record, "fact": fact["fact_id"], "template": r.template,
+                             "rejected_by": fact["rejected_by"], "reason": fact["rejected_reason"]}
+    return sorted(drops.values(), key=lambda d: (d["fact"], d["record"]))
 
 
 def _with_passages(records: list[SftRecord], index, embed, k: int) -> tuple[list[SftRecord], float]:

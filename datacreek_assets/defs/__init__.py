@@ -14,6 +14,7 @@ def build_definitions(profile: str | None = None, settings: LocalSettings | None
     # every process that loads the code location (code server, run and step workers): first
     quiet_third_party()
     from datacreek_assets.defs.billing import definitions as billing_defs
+    from datacreek_assets.defs.curation import definitions as curation_defs
     from datacreek_assets.defs.datasets import definitions as dataset_defs
     from datacreek_assets.defs.embeddings import definitions as embedding_defs
     from datacreek_assets.defs.finetune import definitions as finetune_defs
@@ -32,6 +33,7 @@ def build_definitions(profile: str | None = None, settings: LocalSettings | None
     return dg.Definitions.merge(
         ingest_defs(),
         graph_defs(),
+        curation_defs(),
         dataset_defs(),
         embedding_defs(),
         retrieval_defs(),

@@ -13,6 +13,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from datacreek_assets.graph.revisions import NEXT_REVISION
+
 # what a decision changes, and so what undo puts back
 CURATED = ("predicate", "extracted_predicate", "confirmed_at", "confirmed_by", "rejected_at", "rejected_by",
            "rejected_reason")
@@ -57,9 +59,39 @@ class FactCuration:
                 raise StaleFactVersion(fact_id, expected_version, before["version"])
             after = tx.run("MATCH (f:Fact {tenant_id: $tenant, fact_id: $id}) SET f += $change, "
                            f"f.version = f.version + 1 RETURN {_STATE}", id=fact_id, change=change)
+            # the document's events, published again, must win over any published before it
+            tx.run("MATCH (f:Fact {tenant_id: $tenant, fact_id: $id}) "
+                   "MATCH (d:Document {tenant_id: $tenant, doc_id: f.doc_id}) SET " + NEXT_REVISION, id=fact_id)
             return before, _as_state(after[0])
 
         return self._write(work)[0]
+
+    def fact_document(self, fact_id: str) -> str | None:
+        rows = self._execute("MATCH (f:Fact {tenant_id: $tenant, fact_id: $id}) RETURN f.doc_id AS doc_id", id=fact_id)
+        return rows[0]["doc_id"] if rows else None
+
+    def review_facts(self) -> list[dict]:
+        """Every live fact, with what a review needs: its entities' ids, the source chunk's text,
+        its version and whether a curator confirmed it (undecided facts have version 0)."""
+        return self._execute(
+            "MATCH (f:Fact {tenant_id: $tenant})-[:SUBJECT]->(s:Entity {tenant_id: $tenant}), "
+            "(f)-[:OBJECT]->(o:Entity {tenant_id: $tenant}), (f)-[:SOURCE]->(c:Chunk {tenant_id: $tenant}) "
+            "WHERE f.deleted_at IS NULL AND f.rejected_at IS NULL AND c.deleted_at IS NULL "
+            "RETURN f.fact_id AS fact_id, s.entity_id AS subject_id, s.name AS subject, f.predicate AS predicate, "
+            "o.entity_id AS object_id, o.name AS object, f.sentence AS sentence, c.chunk_id AS chunk_id, "
+            "c.text AS chunk_text, f.doc_id AS doc_id, coalesce(f.version, 0) AS version, "
+            "f.confirmed_at IS NOT NULL AS confirmed ORDER BY fact_id")
+
+    def rejected_facts(self) -> list[dict]:
+        """Facts a curator rejected (of live documents), with who and why: what ``sft_dataset``
+        says it dropped."""
+        return self._execute(
+            "MATCH (f:Fact {tenant_id: $tenant})-[:SUBJECT]->(s:Entity {tenant_id: $tenant}), "
+            "(f)-[:OBJECT]->(o:Entity {tenant_id: $tenant}), (f)-[:SOURCE]->(c:Chunk {tenant_id: $tenant}) "
+            "WHERE f.rejected_at IS NOT NULL AND f.deleted_at IS NULL AND c.deleted_at IS NULL "
+            "RETURN f.fact_id AS fact_id, s.name AS subject, f.predicate AS predicate, o.name AS object, "
+            "f.sentence AS sentence, c.chunk_id AS chunk_id, f.doc_id AS doc_id, f.rejected_by AS rejected_by, "
+            "f.rejected_reason AS rejected_reason ORDER BY fact_id")
 
     def curated_facts(self) -> list[dict]:
         """Facts a curator decided on: id, state and version (what a re-ingestion carries over)."""

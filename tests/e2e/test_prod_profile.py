@@ -89,6 +89,7 @@ def prod_env(services, postgres, s3_endpoint, s3_bucket, tmp_path) -> dict[str, 
         "DATACREEK_POSTGRES_URL": database("registry"),
         "DATACREEK_LEDGER_URL": database("ledger"),
         "DATACREEK_SERVING_STORE_URL": database("serving"),
+        "DATACREEK_CURATION_STORE_URL": database("curation"),
         "DATACREEK_MLFLOW_TRACKING_URI": database("mlflow", "psycopg2"),
         "DATACREEK_MLFLOW_ARTIFACT_ROOT": f"s3://{s3_bucket}/mlflow",
         "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
@@ -149,7 +150,8 @@ def test_the_prod_profile_materializes_a_tenant_on_postgres_s3_redis_and_neo4j(p
             "Secret", "datacreek-tenant", f"tenant-{TENANT}")
         own = secret["stringData"]
         assert all("dc_tenant_prod_e2e:" in own[k] for k in ("DATACREEK_POSTGRES_URL", "DATACREEK_LEDGER_URL",
-                                                              "DATACREEK_SERVING_STORE_URL"))
+                                                              "DATACREEK_SERVING_STORE_URL",
+                                                              "DATACREEK_CURATION_STORE_URL"))
         assert own["DATACREEK_FALKORDB_USER"] == own["DATACREEK_KAFKA_USERNAME"] == f"tenant-{TENANT}"
         assert own["DATACREEK_EVENT_SIGNING_SECRET"] == "" and own["DATACREEK_EVENT_SIGNING_KEY"]
         assert own["DATACREEK_KAFKA_BOOTSTRAP"] == prod_env["DATACREEK_KAFKA_TENANT_BOOTSTRAP"]

@@ -3,12 +3,14 @@ strongest first, cut at τ."""
 
 import pytest
 
-from datacreek_assets.curation.queue import build_queue, entity_graph
+from datacreek_assets.curation.queue import LOW_CONFIDENCE, build_queue, entity_graph, neighbourhood
 
 
-def fact(fact_id: str, s: str, o: str, version: int = 0) -> dict:
-    return {"fact_id": fact_id, "subject_id": s, "subject": s.title(), "object_id": o, "object": o.title(),
-            "predicate": "near", "sentence": f"{s} is near {o}.", "doc_id": "d.md", "chunk_id": "c", "version": version}
+def fact(fact_id: str, s: str, o: str, version: int = 0, subject: str = "") -> dict:
+    subject = subject or f"{s.title()}ville"
+    return {"fact_id": fact_id, "subject_id": s, "subject": subject, "object_id": o, "object": f"{o.title()}ville",
+            "predicate": "contains", "sentence": f"{subject} contains {o.title()}ville.", "doc_id": "d.md",
+            "chunk_id": "c", "version": version}
 
 
 # two tight groups of places; "bridge" is the one fact between them
@@ -28,7 +30,7 @@ def test_undecided_facts_are_queued_strongest_first():
     queue = build_queue(MENTIONS, FACTS, tau=0.0)
     assert [item.fact_id for item in queue] == ["bridge", "inside"]  # decided ones and self-loops are not
     assert queue[0].score > queue[1].score and queue[0].exact
-    assert queue[0].subject == "A" and queue[0].sentence == "a is near w."
+    assert queue[0].subject == "Aville" and queue[0].sentence == "Aville contains Wville."
 
 
 def test_tau_keeps_the_queue_short():
@@ -38,3 +40,22 @@ def test_tau_keeps_the_queue_short():
     assert len(build_queue(MENTIONS, FACTS, tau=0.0, limit=1)) == 1
     with pytest.raises(ValueError):
         build_queue(MENTIONS, FACTS, tau=-1.0)
+
+
+def test_doubtful_extractions_are_queued_whatever_their_delta():
+    facts = [*FACTS, fact("expecting", "b", "c", subject="Expecting")]
+    everything = build_queue(MENTIONS, facts, tau=0.0)
+    doubtful = {i.fact_id: i for i in everything}["expecting"]
+    assert doubtful.confidence < LOW_CONFIDENCE and "low_confidence" in doubtful.reasons
+    sure = {i.fact_id: i for i in everything}["inside"]
+    assert sure.confidence == 1.0 and sure.reasons == ("structural",)
+    # above every Δλ, only the doubtful one stays
+    assert [i.fact_id for i in build_queue(MENTIONS, facts, tau=10.0)] == ["expecting"]
+
+
+def test_an_edge_s_neighbourhood_starts_with_the_edge_and_names_its_strongest_neighbours():
+    edges = entity_graph(MENTIONS, FACTS)
+    rows = neighbourhood(edges, {"a": "Alpha", "w": "Whiskey"}, "a", "w", per_endpoint=2)
+    assert rows[0] == ["Alpha", "Whiskey", 1.0]
+    assert len(rows) == 5 and all(r[0] in ("Alpha", "Whiskey") for r in rows[1:])
+    assert rows[1][2] >= rows[2][2]  # strongest first

@@ -6,7 +6,7 @@ import dagster as dg
 
 from datacreek_assets.automation import downstream_condition
 
-from datacreek_assets.datasets.sft import documents_index, generate, to_jsonl
+from datacreek_assets.datasets.sft import curation_drops, documents_index, generate, to_jsonl
 from datacreek_assets.defs.graph.assets import knowledge_graph
 from datacreek_assets.defs.retrieval.assets import retrieval_dir, retrieval_index
 from datacreek_assets.erasure.documents import DATASET_PREFIX, DOCUMENTS_INDEX  # the layout erasure reads
@@ -35,7 +35,9 @@ def sft_dataset(context: dg.AssetExecutionContext, graph_store: GraphStoreResour
     if index is None:
         raise dg.Failure(f"tenant {tenant} has no retrieval index yet: materialize retrieval_index first")
     with graph_store.tenant(tenant) as graph:
-        dataset = generate(graph.live_facts(), graph.live_chunks(), index, embed_texts)
+        chunks = graph.live_chunks()
+        dataset = generate(graph.live_facts(), chunks, index, embed_texts)
+        dropped = curation_drops(graph.rejected_facts(), chunks)
     folder = f"{DATASET_PREFIX}/{dataset.version}"
     new_version = not store.exists(f"{folder}/manifest.json")
     manifest = {
@@ -50,6 +52,8 @@ def sft_dataset(context: dg.AssetExecutionContext, graph_store: GraphStoreResour
         "templates": dict(Counter(r.template for r in dataset.records)),
         "retrieval_index": index.version,
         "source_retrieved_share": round(dataset.retrieval_hit_rate or 0.0, 3),
+        "records_from_confirmed_facts": sum(r.confirmed for r in dataset.records),
+        "dropped_by_curation": len(dropped),
     }
     if new_version:
         store.put(f"{folder}/chat.jsonl", to_jsonl([r.chat() for r in dataset.records]))
@@ -68,6 +72,16 @@ def sft_dataset(context: dg.AssetExecutionContext, graph_store: GraphStoreResour
             "path": store.key(folder),
             "sample": dg.MetadataValue.md("| record | template | quality | split |\n|---|---|---|---|\n" + sample),
             "records_file": store.key(f"{folder}/chat.jsonl"),
+            # which records curators' rejections took out, and why (ids, no record text)
+            "curation_drops": dg.MetadataValue.md(
+                "| record | fact | template | rejected by | reason |\n|---|---|---|---|---|\n" + "\n".join(
+                    f"| {d['record']} | {d['fact']} | {d['template']} | {d['rejected_by']} | "
+                    f"{_cell(d['reason'])} |" for d in dropped[:50])),
         },
         data_version=dg.DataVersion(dataset.version),
     )
+
+
+def _cell(text: str | None) -> str:
+    """A curator's reason as one Markdown table cell."""
+    return " ".join((text or "").replace("|", "/").split())[:120]
