@@ -44,6 +44,7 @@ class TenantStores:
     finetune: "object | None" = None  # FineTuneResource: model files and MLflow
     ledger: "object | None" = None  # CreditLedger
     serving: "object | None" = None  # ServingControl: live deployments, API keys, release history
+    curation: "object | None" = None  # CurationResource: review queue, curator keys, edge_repair_log
 
 
 @dataclass
@@ -123,6 +124,10 @@ def remove_tenant(tenant_id: str, stores: TenantStores, instance: DagsterInstanc
         shutil.rmtree(stores.finetune.tenant_dir(tenant_id), ignore_errors=True)
         stores.finetune.tracking(tenant_id).remove()
         report.steps.append("models and MLflow")
+    if stores.curation:
+        stores.curation.review_store().forget_tenant(tenant_id)
+        stores.curation.repair_log().forget_tenant(tenant_id)
+        report.steps.append("review queue, curator keys and repair log")
     if stores.ledger:
         stores.ledger.close_account(tenant_id)
         report.steps.append("credit account closed")

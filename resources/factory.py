@@ -164,6 +164,7 @@ def open_tenant_stores(resources: dict[str, dg.ConfigurableResource]) -> Iterato
                 finetune=resources.get("finetune"),
                 ledger=resources["credit_ledger"].ledger() if "credit_ledger" in resources else None,
                 serving=serving,
+                curation=resources.get("curation"),
             )
     finally:
         registry.close()

@@ -22,9 +22,10 @@ class DecisionError(ValueError):
 
 def decide(graph, log: RepairLog, fact_id: str, version: int, decision: str, curator: str,
            predicate: str | None = None, reason: str | None = None, delta_lambda: float | None = None,
-           now: datetime | None = None) -> RepairEntry:
+           now: datetime | None = None, proposal: dict | None = None) -> RepairEntry:
     """Accept, reject or edit the fact at ``version`` (StaleFactVersion if it moved on; UnknownFact
-    if the tenant has none of that id)."""
+    if the tenant has none of that id). ``proposal``: the co-occurrence the id proposes (the
+    queue's ``QueueItem.proposal()``), made a fact by the decision."""
     curator = valid_curator(curator)
     at = (now or datetime.now(timezone.utc)).isoformat()
     if decision == "accept":
@@ -35,12 +36,12 @@ def decide(graph, log: RepairLog, fact_id: str, version: int, decision: str, cur
                   "confirmed_at": None, "confirmed_by": None}
     elif decision == "edit":
         state = graph.fact_state(fact_id)
-        original = state and (state["extracted_predicate"] or state["predicate"])
+        original = (state and (state["extracted_predicate"] or state["predicate"])) or (proposal or {}).get("predicate")
         change = {"predicate": _predicate(predicate), "extracted_predicate": original, "confirmed_at": at,
                   "confirmed_by": curator, "rejected_at": None, "rejected_by": None, "rejected_reason": None}
     else:
         raise DecisionError(f"a decision is accept, reject or edit, not {decision!r} (undo names a log entry)")
-    return _apply(graph, log, fact_id, version, change, decision, curator, delta_lambda, now)
+    return _apply(graph, log, fact_id, version, change, decision, curator, delta_lambda, now, proposal=proposal)
 
 
 def undo(graph, log: RepairLog, entry_id: int, curator: str, now: datetime | None = None) -> RepairEntry:
@@ -58,8 +59,9 @@ def undo(graph, log: RepairLog, entry_id: int, curator: str, now: datetime | Non
 
 
 def _apply(graph, log: RepairLog, fact_id: str, version: int, change: dict, decision: str, curator: str,
-           delta_lambda: float | None, now: datetime | None, undoes: int | None = None) -> RepairEntry:
-    before, after = graph.curate_fact(fact_id, version, change)
+           delta_lambda: float | None, now: datetime | None, undoes: int | None = None,
+           proposal: dict | None = None) -> RepairEntry:
+    before, after = graph.curate_fact(fact_id, version, change, proposal)
     with log.session() as session:
         try:
             row = log.add(session, graph.tenant_id, fact_id, curator, decision, before, after, delta_lambda,

@@ -6,10 +6,17 @@ fact's candidate change is its own share of that weight: one, taken away.
 
 A fact is queued when its Δλ reaches τ (it shapes the graph: a mistake there costs most) or when
 its extraction is doubtful (``confidence`` under ``LOW_CONFIDENCE``), whatever its Δλ.
+
+Co-occurrence proposes edges too: two entities that at least ``MIN_COOCCURRENCE`` live chunks
+name together, with no fact between them (live, rejected or proposed before), are a candidate
+relation; its Δλ is that of the co-occurrence edge removed, and it is queued when that reaches τ.
+A curator's decision on one makes it a fact (``proposal_id``: the same pair, the same id), so a
+pair is proposed once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -21,6 +28,8 @@ DEFAULT_TAU = 1e-3  # Δλ below this does not reach the queue (per tenant: a sh
 DEFAULT_LIMIT = 500
 LOW_CONFIDENCE = 0.6
 NEIGHBOURS = 4  # per endpoint, in the picture of an edge's neighbourhood
+MIN_COOCCURRENCE = 2  # chunks naming a pair before it is proposed as a relation
+COOCCURS = "co-occurs with"  # a proposed edge's predicate until a curator names it
 _PARTICIPLE = re.compile(r"^[A-Z][a-z]+(?:ing|ed)$")  # "Expecting", "Returned": a sentence's first word, not a thing
 
 
@@ -40,7 +49,16 @@ class QueueItem:
     trusted: bool
     reason: str
     confidence: float = 1.0
-    reasons: tuple[str, ...] = ()  # why it is queued: "structural" (Δλ ≥ τ), "low_confidence"
+    reasons: tuple[str, ...] = ()  # why it is queued: "structural" (Δλ ≥ τ), "low_confidence", "cooccurrence"
+    subject_id: str = ""
+    object_id: str = ""
+    proposed: bool = False  # a co-occurrence, not yet a fact (``QueuedEdge.proposal`` is what deciding makes)
+
+
+def proposal_id(a: str, b: str) -> str:
+    """A proposed edge's id: its entity pair's (either order)."""
+    first, second = sorted((a, b))
+    return "co-" + hashlib.sha256(f"{first}\0{second}".encode()).hexdigest()[:20]
 
 
 def entity_graph(mentions: list[dict], facts: list[dict]) -> list[tuple[str, str, float]]:
@@ -94,27 +112,81 @@ def neighbourhood(edges: list[tuple[str, str, float]], names: dict[str, str], u:
 
 
 def build_queue(mentions: list[dict], facts: list[dict], tau: float = DEFAULT_TAU, limit: int = DEFAULT_LIMIT,
-                k: int = 4, top_k: int = 20) -> list[QueueItem]:
-    """The undecided facts (no version yet) with a Δλ of at least ``tau``, strongest first, at most
+                k: int = 4, top_k: int = 20, fact_pairs: set | None = None,
+                chunk_texts: dict[str, str] | None = None) -> list[QueueItem]:
+    """The undecided facts (not confirmed; rejected ones are not given) with a Δλ of at least ``tau`` or a doubtful extraction,
+    and the proposed co-occurrence edges with a Δλ of at least ``tau``, strongest first, at most
     ``limit``; the first ``top_k`` exact (``SpectralScorer.scores``)."""
+    return select(scored_candidates(mentions, facts, k, top_k, fact_pairs, chunk_texts), tau, limit)
+
+
+def scored_candidates(mentions: list[dict], facts: list[dict], k: int = 4, top_k: int = 20,
+                      fact_pairs: set | None = None, chunk_texts: dict[str, str] | None = None) -> list[QueueItem]:
+    """Every undecided fact (not confirmed, not a self-loop) and every proposed co-occurrence edge
+    with its Δλ (one eigensolve for all), strongest first. ``fact_pairs``: the entity pairs that
+    have any fact (rejected ones too; default: those of ``facts``), which are not proposed."""
+    # undecided: neither confirmed nor rejected (an undone decision leaves a fact undecided again)
+    undecided = [f for f in facts if not f.get("confirmed") and f["subject_id"] != f["object_id"]]
+    support = Counter(m["entity_id"] for m in mentions)
+    taken = {tuple(sorted(p)) for p in (fact_pairs if fact_pairs is not None else
+                                        ((f["subject_id"], f["object_id"]) for f in facts))}
+    proposals = _proposals(mentions, taken, chunk_texts or {})
+    if not undecided and not proposals:
+        return []
+    scorer = SpectralScorer(entity_graph(mentions, facts), k=k)
+    by_pair: dict[tuple[str, str], list[QueueItem]] = {}
+    for f in undecided:
+        by_pair.setdefault((f["subject_id"], f["object_id"]), []).append(QueueItem(
+            f["fact_id"], f["subject"], f["predicate"], f["object"], f.get("sentence") or "", f["doc_id"],
+            f["chunk_id"], int(f.get("version") or 0), (), 0.0, False, False, "", confidence(f, support),
+            subject_id=f["subject_id"], object_id=f["object_id"]))
+    candidates = [Candidate(u, v, weight=1.0) for u, v in by_pair]  # a fact's own share of the edge
+    for item in proposals:
+        by_pair[(item.subject_id, item.object_id)] = [item]
+        candidates.append(Candidate(item.subject_id, item.object_id))  # the whole co-occurrence edge
+    return [replace(item, delta=s.delta, score=s.score, exact=s.exact, trusted=s.trusted, reason=s.reason)
+            for s in scorer.scores(candidates, top_k=top_k) for item in by_pair[(s.u, s.v)]]
+
+
+def _proposals(mentions: list[dict], taken: set, chunk_texts: dict[str, str]) -> list[QueueItem]:
+    from datacreek_assets.ingest.chunking import split_sentences
+
+    names, doc_of, by_chunk = {}, {}, {}
+    for m in mentions:
+        names[m["entity_id"]] = m.get("entity") or m["entity_id"]
+        doc_of[m["chunk_id"]] = m.get("doc_id") or ""
+        by_chunk.setdefault(m["chunk_id"], set()).add(m["entity_id"])
+    shared: dict[tuple[str, str], list[str]] = {}
+    for chunk, entities in sorted(by_chunk.items()):
+        for pair in combinations(sorted(entities), 2):
+            shared.setdefault(pair, []).append(chunk)
+    items = []
+    for (a, b), chunks in sorted(shared.items()):
+        if len(chunks) < MIN_COOCCURRENCE or (a, b) in taken:
+            continue
+        text = chunk_texts.get(chunks[0], "")
+        sentence = next((x for x in split_sentences(text) if names[a].lower() in x.lower()
+                         and names[b].lower() in x.lower()), text[:300])
+        # how often they meet: 2 chunks 0.5, 3 chunks 0.75... (a co-occurrence, not an extraction)
+        strength = round(1 - 0.5 ** (len(chunks) - 1), 3)
+        items.append(QueueItem(proposal_id(a, b), names[a], COOCCURS, names[b], sentence, doc_of[chunks[0]],
+                               chunks[0], 0, (), 0.0, False, False, "", strength, subject_id=a, object_id=b,
+                               proposed=True))
+    return items
+
+
+def select(items: list[QueueItem], tau: float = DEFAULT_TAU, limit: int = DEFAULT_LIMIT) -> list[QueueItem]:
+    """Facts whose Δλ reaches ``tau`` or whose extraction is doubtful, and proposed edges whose Δλ
+    reaches ``tau``, with the reasons, at most ``limit``."""
     if tau < 0 or limit < 1:
         raise ValueError("tau is at least 0 and limit at least 1")
-    undecided = [f for f in facts if not f.get("version") and f["subject_id"] != f["object_id"]]
-    if not undecided:
-        return []
-    support = Counter(m["entity_id"] for m in mentions)
-    scorer = SpectralScorer(entity_graph(mentions, facts), k=k)
-    by_pair: dict[tuple[str, str], list[dict]] = {}
-    for fact in undecided:
-        by_pair.setdefault((fact["subject_id"], fact["object_id"]), []).append(fact)
-    scores = scorer.scores([Candidate(u, v, weight=1.0) for u, v in by_pair], top_k=top_k)
-    items = []
-    for s in scores:
-        for f in by_pair[(s.u, s.v)]:
-            believed = confidence(f, support)
-            reasons = (("structural",) if s.score >= tau else ()) + (("low_confidence",) if believed < LOW_CONFIDENCE else ())
-            if reasons:
-                items.append(QueueItem(f["fact_id"], f["subject"], f["predicate"], f["object"], f.get("sentence") or "",
-                                       f["doc_id"], f["chunk_id"], int(f.get("version") or 0), s.delta, s.score,
-                                       s.exact, s.trusted, s.reason, believed, reasons))
-    return items[:limit]
+    queued = []
+    for item in items:
+        structural = ("structural",) if item.score >= tau else ()
+        if item.proposed:
+            reasons = structural + ("cooccurrence",) if structural else ()
+        else:
+            reasons = structural + (("low_confidence",) if item.confidence < LOW_CONFIDENCE else ())
+        if reasons:
+            queued.append(replace(item, reasons=reasons))
+    return queued[:limit]

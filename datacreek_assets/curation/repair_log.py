@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import DateTime, Float, Integer, String, Text, select
+from sqlalchemy import DateTime, Float, Integer, String, Text, delete, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from datacreek_assets.sql import open_store
@@ -92,6 +92,11 @@ class RepairLog:
         with Session(self.engine) as session:
             return [tuple(r) for r in session.execute(select(RepairRow.id, RepairRow.tenant_id)
                                                       .where(RepairRow.id > entry_id).order_by(RepairRow.id).limit(limit))]
+
+    def forget_tenant(self, tenant_id: str) -> int:
+        """The tenant is removed: its log goes with it."""
+        with Session(self.engine) as session, session.begin():
+            return session.execute(delete(RepairRow).where(RepairRow.tenant_id == validate_tenant_id(tenant_id))).rowcount
 
     def undone(self, tenant_id: str, entry_id: int) -> bool:
         with Session(self.engine) as session:

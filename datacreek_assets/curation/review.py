@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from datacreek_assets.curation.decisions import decide, undo
-from datacreek_assets.curation.queue import DEFAULT_LIMIT, build_queue, entity_graph, neighbourhood
+from datacreek_assets.curation.queue import DEFAULT_LIMIT, entity_graph, neighbourhood, scored_candidates, select
 from datacreek_assets.curation.repair_log import RepairEntry, RepairLog
 from datacreek_assets.curation.review_store import ReviewStore
 
@@ -27,27 +27,30 @@ class QueueSummary:
     tau: float
     structural: int
     low_confidence: int
+    proposed: int
     untrusted: int
     top: list  # the first QueueItems, for the asset's page
+    scores: list  # every undecided fact's Δλ, for the asset's picture
 
 
 def refresh_queue(graph, store: ReviewStore, tau: float, limit: int = DEFAULT_LIMIT) -> QueueSummary:
-    """Score the tenant's undecided facts and replace its queue with those that pass τ or are doubtful."""
+    """Score the tenant's undecided facts and proposed co-occurrence edges and replace its queue with
+    those that pass τ (and the doubtful facts)."""
     facts, mentions = graph.review_facts(), graph.live_mentions()
-    items = build_queue(mentions, facts, tau=tau, limit=limit)
+    chunk_texts = {c["chunk_id"]: c["text"] or "" for c in graph.live_chunks()}
+    scored = scored_candidates(mentions, facts, fact_pairs=graph.fact_pairs(), chunk_texts=chunk_texts)
+    items = select(scored, tau, limit)
     edges = entity_graph(mentions, facts)
     names = {m["entity_id"]: m["entity"] for m in mentions}
     names.update({f["subject_id"]: f["subject"] for f in facts})
     names.update({f["object_id"]: f["object"] for f in facts})
-    by_id = {f["fact_id"]: f for f in facts}
-    pictures = {i.fact_id: neighbourhood(edges, names, by_id[i.fact_id]["subject_id"], by_id[i.fact_id]["object_id"])
-                for i in items}
-    chunk_texts = {f["chunk_id"]: f["chunk_text"] or "" for f in facts}
+    pictures = {i.fact_id: neighbourhood(edges, names, i.subject_id, i.object_id) for i in items}
     version = hashlib.sha256("\0".join(f"{i.fact_id}:{i.version}:{i.score:.6g}" for i in items).encode()).hexdigest()[:12]
     store.replace_queue(graph.tenant_id, version, items, chunk_texts, pictures)
-    return QueueSummary(version, len(items), sum(1 for f in facts if not f["version"]), len(facts), tau,
+    return QueueSummary(version, len(items), sum(1 for f in facts if not f["confirmed"]), len(facts), tau,
                         sum("structural" in i.reasons for i in items), sum("low_confidence" in i.reasons for i in items),
-                        sum(not i.trusted for i in items), items[:10])
+                        sum(i.proposed for i in items), sum(not i.trusted for i in items), items[:10],
+                        [i.score for i in scored if not i.proposed])
 
 
 class EdgeReview:
@@ -60,7 +63,8 @@ class EdgeReview:
                reason: str | None = None) -> RepairEntry:
         queued = self.store.edge(self.graph.tenant_id, fact_id)
         entry = decide(self.graph, self.repair_log, fact_id, version, decision, curator, predicate=predicate,
-                       reason=reason, delta_lambda=queued.delta_lambda if queued else None)
+                       reason=reason, delta_lambda=queued.delta_lambda if queued else None,
+                       proposal=queued.proposal() if queued else None)
         self.store.mark(self.graph.tenant_id, fact_id, decision, entry.version, entry.after.get("predicate"))
         self._follow(fact_id)
         return entry

@@ -50,6 +50,9 @@ class QueueRow(_Base):
     confidence: Mapped[float] = mapped_column(Float)
     reasons: Mapped[str] = mapped_column(Text)  # JSON: why it is queued (structural, low_confidence...)
     neighbourhood: Mapped[str] = mapped_column(Text)  # JSON: [[entity, entity, weight], ...] around the edge
+    subject_id: Mapped[str] = mapped_column(String(128))
+    object_id: Mapped[str] = mapped_column(String(128))
+    proposed: Mapped[bool] = mapped_column(Boolean)  # a co-occurrence a decision makes a fact
     decision: Mapped[str | None] = mapped_column(String(16), nullable=True)
     decided_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -93,6 +96,18 @@ class QueuedEdge:
     neighbourhood: list[list]
     decision: str | None
     decided_version: int | None
+    subject_id: str
+    object_id: str
+    proposed: bool
+
+    def proposal(self) -> dict | None:
+        """What a decision on a proposed edge makes a fact of (``decisions.decide``)."""
+        if not self.proposed:
+            return None
+        from datacreek_assets.curation.queue import COOCCURS
+
+        return {"subject_id": self.subject_id, "object_id": self.object_id, "chunk_id": self.chunk_id,
+                "doc_id": self.doc_id, "sentence": self.sentence, "predicate": COOCCURS}
 
     @property
     def current_version(self) -> int:
@@ -112,7 +127,8 @@ def _edge(row: QueueRow) -> QueuedEdge:
     return QueuedEdge(row.fact_id, row.rank, row.queue_version, row.subject, row.predicate, row.object, row.sentence,
                       row.chunk_text, row.doc_id, row.chunk_id, row.version, row.delta_lambda, json.loads(row.deltas),
                       row.exact, row.trusted, row.trust_reason, row.confidence, json.loads(row.reasons),
-                      json.loads(row.neighbourhood), row.decision, row.decided_version)
+                      json.loads(row.neighbourhood), row.decision, row.decided_version, row.subject_id, row.object_id,
+                      row.proposed)
 
 
 class ReviewStore:
@@ -130,6 +146,7 @@ class ReviewStore:
                          version=i.version, delta_lambda=i.score, deltas=json.dumps(list(i.delta)), exact=i.exact,
                          trusted=i.trusted, trust_reason=i.reason, confidence=i.confidence,
                          reasons=json.dumps(list(i.reasons)), neighbourhood=json.dumps(neighbourhoods.get(i.fact_id, [])),
+                         subject_id=i.subject_id, object_id=i.object_id, proposed=i.proposed,
                          decision=None, decided_version=None, queued_at=at)
                 for rank, i in enumerate(items, 1)]
         with Session(self.engine) as session, session.begin():

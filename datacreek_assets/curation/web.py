@@ -184,7 +184,7 @@ def curation_app(graph_admin, store, repair_log, admin_token: str, publish=None)
         status = status if status in STATUSES else "open"
         floor = _number(min_delta)
         filters = {"status": status, "q": q[:200], "predicate": predicate[:200], "min_delta": min_delta[:32],
-                   "reason": reason if reason in ("structural", "low_confidence") else "", "per_page": per_page}
+                   "reason": reason if reason in ("structural", "low_confidence", "cooccurrence") else "", "per_page": per_page}
 
         def render() -> str:
             total_page = store.page(curator.tenant, 0, 1, status, filters["q"], filters["predicate"], floor,
@@ -310,7 +310,7 @@ def _edge_json(edge) -> dict:
             "object": edge.object, "sentence": edge.sentence, "doc_id": edge.doc_id, "chunk_id": edge.chunk_id,
             "version": edge.current_version, "delta_lambda": edge.delta_lambda, "exact": edge.exact,
             "trusted": edge.trusted, "trust_reason": edge.trust_reason, "confidence": edge.confidence,
-            "reasons": edge.reasons, "decision": edge.decision}
+            "reasons": edge.reasons, "proposed": edge.proposed, "decision": edge.decision}
 
 
 def _entry_json(entry) -> dict:

@@ -131,7 +131,8 @@ def pending_purge(objects: TenantObjectStore, doc_id: str) -> dict | None:
 
 
 def purge_document(graph, objects: TenantObjectStore, feature_views: list, tenant_dir: Path | None,
-                   doc_id: str, now: datetime | None = None, hot_graph=None) -> tuple[dict, list[str]]:
+                   doc_id: str, now: datetime | None = None, hot_graph=None,
+                   review_store=None) -> tuple[dict, list[str]]:
     """Hard-delete every copy of a soft-deleted document but its graph nodes (``purge_deleted``
     removes those after, for all due documents at once); returns the log entry and the trainings
     on a version that quoted it. The plan (those trainings) is logged and recorded for model_gc
@@ -151,6 +152,8 @@ def purge_document(graph, objects: TenantObjectStore, feature_views: list, tenan
     counts = {"pictures": 0}
     if hot_graph is not None:  # FalkorDB, the hot layer
         counts["hot_graph_nodes"] = hot_graph.delete_document(graph.tenant_id, doc_id)
+    if review_store is not None:  # queued edges quote their sentences and chunks
+        counts["review_queue_rows"] = review_store.forget_documents(graph.tenant_id, [doc_id])
     if tenant_dir is not None:
         counts["retrieval_passages"] = erase_document(Path(tenant_dir) / "retrieval", graph.tenant_id, doc_id)
         counts["eval_reports"] = strip_eval_examples(Path(tenant_dir))

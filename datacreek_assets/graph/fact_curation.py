@@ -6,6 +6,11 @@ was made on, and a fact changed since (another curator was faster) refuses it. R
 own state (``rejected_at``, ``_by``, ``_reason``), not the ``deleted_at`` a document's soft
 delete sets on its facts: restoring the document must not bring rejected facts back. A
 document ingested again keeps its facts' curated states (``carry_curation``).
+
+A decision on a proposed edge (a co-occurrence the review queue offers, ``proposal``) makes it a
+fact first, in the same transaction: ``origin`` "cooccurrence", its source the chunk that named
+both entities. Such a fact is not the extractor's, so a re-ingestion puts it back itself while
+its chunk and entities are still there.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any
 
 from datacreek_assets.graph.revisions import NEXT_REVISION
 
+PROPOSED = "cooccurrence"  # the origin of a fact a curator made from a proposed edge
 # what a decision changes, and so what undo puts back
 CURATED = ("predicate", "extracted_predicate", "confirmed_at", "confirmed_by", "rejected_at", "rejected_by",
            "rejected_reason")
@@ -40,14 +46,18 @@ class FactCuration:
         rows = self._execute(f"MATCH (f:Fact {{tenant_id: $tenant, fact_id: $id}}) RETURN {_STATE}", id=fact_id)
         return _as_state(rows[0]) if rows else None
 
-    def curate_fact(self, fact_id: str, expected_version: int, change: dict[str, Any]) -> tuple[dict, dict]:
+    def curate_fact(self, fact_id: str, expected_version: int, change: dict[str, Any],
+                    proposal: dict | None = None) -> tuple[dict, dict]:
         """Apply ``change`` (curated fields) to the fact if it is still at ``expected_version``;
-        returns its state before and after (the version raised by one)."""
+        returns its state before and after (the version raised by one). ``proposal``: the
+        co-occurrence this id proposes, made a fact first if it is not one yet."""
         unknown = set(change) - set(CURATED)
         if unknown:
             raise ValueError(f"not curated fields: {sorted(unknown)}")
 
         def work(tx) -> tuple[dict, dict]:
+            if proposal is not None:
+                _propose(tx, [{**proposal, "fact_id": fact_id}])
             # a write first: it takes the fact's lock, so the version read next is the committed one
             locked = tx.run("MATCH (f:Fact {tenant_id: $tenant, fact_id: $id}) SET f.version = coalesce(f.version, 0) "
                             "RETURN f.fact_id AS id", id=fact_id)
@@ -93,6 +103,14 @@ class FactCuration:
             "f.sentence AS sentence, c.chunk_id AS chunk_id, f.doc_id AS doc_id, f.rejected_by AS rejected_by, "
             "f.rejected_reason AS rejected_reason ORDER BY fact_id")
 
+    def fact_pairs(self) -> set[tuple[str, str]]:
+        """(subject id, object id) of every fact of a live document, rejected ones too: the pairs
+        the review queue does not propose again."""
+        rows = self._execute("MATCH (s:Entity {tenant_id: $tenant})<-[:SUBJECT]-(f:Fact {tenant_id: $tenant})"
+                             "-[:OBJECT]->(o:Entity {tenant_id: $tenant}) WHERE f.deleted_at IS NULL "
+                             "RETURN DISTINCT s.entity_id AS s, o.entity_id AS o")
+        return {(r["s"], r["o"]) for r in rows}
+
     def curated_facts(self) -> list[dict]:
         """Facts a curator decided on: id, state and version (what a re-ingestion carries over)."""
         rows = self._execute("MATCH (f:Fact {tenant_id: $tenant}) WHERE f.version > 0 "
@@ -102,16 +120,36 @@ class FactCuration:
 
 def carry_curation(tx, doc_ids: list[str]) -> list[dict]:
     """Read the curated states of these documents' facts (before their rows are replaced);
-    ``restore_curation`` puts them back on the facts the new extraction makes with the same ids."""
+    ``restore_curation`` puts them back on the facts the new extraction makes with the same ids,
+    and makes the facts curators made from proposals again."""
     return tx.run("UNWIND $ids AS id MATCH (f:Fact {tenant_id: $tenant, doc_id: id}) WHERE f.version > 0 "
-                  "RETURN f.fact_id AS fact_id, f {" + ", ".join(f".{k}" for k in CURATED) + ", .version} AS state",
-                  ids=doc_ids)
+                  "OPTIONAL MATCH (f)-[:SUBJECT]->(s:Entity {tenant_id: $tenant}) "
+                  "OPTIONAL MATCH (f)-[:OBJECT]->(o:Entity {tenant_id: $tenant}) "
+                  "OPTIONAL MATCH (f)-[:SOURCE]->(c:Chunk {tenant_id: $tenant}) "
+                  "RETURN f.fact_id AS fact_id, f.origin AS origin, s.entity_id AS subject_id, "
+                  "o.entity_id AS object_id, c.chunk_id AS chunk_id, f.doc_id AS doc_id, f.sentence AS sentence, "
+                  "f {" + ", ".join(f".{k}" for k in CURATED) + ", .version} AS state", ids=doc_ids)
 
 
 def restore_curation(tx, carried: list[dict]) -> None:
+    proposed = [r for r in carried if r["origin"] == PROPOSED and r["subject_id"] and r["object_id"] and r["chunk_id"]]
+    if proposed:
+        _propose(tx, [{**r, "predicate": r["state"].get("predicate")} for r in proposed])
     if carried:
         tx.run("UNWIND $rows AS row MATCH (f:Fact {tenant_id: $tenant, fact_id: row.fact_id}) SET f += row.state",
-               rows=carried)
+               rows=[{"fact_id": r["fact_id"], "state": r["state"]} for r in carried])
+
+
+def _propose(tx, rows: list[dict]) -> None:
+    """Proposed edges made facts (where their chunk and entities exist; one already a fact is left
+    as it is)."""
+    tx.run("UNWIND $rows AS row MATCH (c:Chunk {tenant_id: $tenant, chunk_id: row.chunk_id}) "
+           "MATCH (s:Entity {tenant_id: $tenant, entity_id: row.subject_id}) "
+           "MATCH (o:Entity {tenant_id: $tenant, entity_id: row.object_id}) "
+           "MERGE (f:Fact {tenant_id: $tenant, fact_id: row.fact_id}) "
+           "ON CREATE SET f.predicate = row.predicate, f.sentence = row.sentence, f.doc_id = row.doc_id, "
+           "f.origin = $origin, f.version = 0 "
+           "MERGE (f)-[:SUBJECT]->(s) MERGE (f)-[:OBJECT]->(o) MERGE (f)-[:SOURCE]->(c)", rows=rows, origin=PROPOSED)
 
 
 def _as_state(row: dict) -> dict:

@@ -140,6 +140,8 @@ def test_every_asset_materializes_for_a_small_tenant(services, local_resources, 
     # a document leaves the inbox: its graph data, vectors and dataset records go with it
     frame, _ = read_vectors(objects)
     gone_doc = sorted(set(frame["doc_id"]))[0]
+    # and a curator rejects a queued fact the dataset learnt from (of a document that stays)
+    rejected = reject_a_queued_fact(local_resources, first.metadata["edge_review_queue"], {gone_doc, MARKED})
     gone_hashes = list(frame.loc[frame["doc_id"] == gone_doc, "embedding_hash"])
     objects.delete(f"inbox/{gone_doc}")
     # (the tiny model is not retrained here: its gate on a new validation split is luck, not signal)
@@ -149,6 +151,10 @@ def test_every_asset_materializes_for_a_small_tenant(services, local_resources, 
     assert third.metadata["knowledge_graph"]["documents_soft_deleted"] == 1
     assert third.metadata["embedding_features"]["marked_deleted"] == len(gone_hashes)
     assert third.metadata["sft_dataset"]["version"] != sft["version"]
+    assert third.metadata["sft_dataset"]["dropped_by_curation"] >= 1
+    assert rejected in third.metadata["sft_dataset"]["curation_drops"] and "wrong subject" in \
+        third.metadata["sft_dataset"]["curation_drops"]
+    assert local_resources["curation"].review_store().edge(TENANT, rejected) is None  # decided: not queued again
     features = local_resources["feature_store"].for_tenant(TENANT)
     assert set(features.lookup(gone_hashes).values()) == {None}
     others = list(frame.loc[frame["doc_id"] != gone_doc, "embedding_hash"][:3])
@@ -252,6 +258,29 @@ def test_every_asset_materializes_for_a_small_tenant(services, local_resources, 
     check_erasure(local_resources, instance, tenant, objects)
 
 
+def reject_a_queued_fact(local_resources, queue_meta: dict, spared_docs: set[str]) -> str:
+    """The review queue the run wrote; a curator rejects the first queued fact that a dataset
+    record comes from (in a document not in ``spared_docs``), through the decision path the API uses."""
+    from datacreek_assets.curation.review import EdgeReview
+    from datacreek_assets.datasets.sft import curation_drops
+
+    curation = local_resources["curation"]
+    review = curation.review_store()
+    queued = review.page(TENANT, 0, 500).edges
+    assert queue_meta["queued"] == review.page(TENANT, 0, 1).total == len(queued) > 0
+    assert queue_meta["untrusted_estimates"] >= 0 and "data:image/png;base64," in queue_meta["delta_lambda"]
+    assert queued[0].exact and [e.delta_lambda for e in queued if "structural" in e.reasons] == sorted(
+        (e.delta_lambda for e in queued if "structural" in e.reasons), reverse=True)
+    with local_resources["graph_store"].tenant(TENANT) as graph:
+        facts, chunks = {f["fact_id"]: f for f in graph.review_facts()}, graph.live_chunks()
+        as_rejected = lambda e: [{**facts[e.fact_id], "rejected_by": "e2e", "rejected_reason": "r"}]  # noqa: E731
+        edge = next(e for e in queued if e.doc_id not in spared_docs and curation_drops(as_rejected(e), chunks))
+        entry = EdgeReview(graph, curation.repair_log(), review).decide(edge.fact_id, edge.version, "reject",
+                                                                        "e2e-curator", reason="wrong subject")
+    assert entry.decision == "reject" and entry.delta_lambda == edge.delta_lambda
+    return edge.fact_id
+
+
 def everything_stored(local_resources, instance, stores, objects, tmp) -> dict[str, str]:
     """Store -> all the text it holds for the tenant, decoded (parquet, numpy archives): every store
     the marked document went through, and Dagster's event log of the tenant's runs."""
@@ -272,11 +301,13 @@ def everything_stored(local_resources, instance, stores, objects, tmp) -> dict[s
     runs = instance.get_runs(dg.RunsFilter(tags={TENANT_TAG: TENANT}))
     with local_resources["graph_store"].tenant(TENANT) as graph:
         neo4j = "\n".join(graph.fingerprint())
+    curation = local_resources["curation"]
+    queue = curation.review_store().page(TENANT, 0, 100_000, "all").edges
     return {
         "neo4j": neo4j, "falkordb": repr(hot), "object store": object_store_text(objects),
         "feast": feature_store_text([features.for_tenant(TENANT, view=view) for view in FEATURE_VIEWS]),
         "mlflow": "\n".join(mlflow), "models folder": folder_text(finetune.tenant_dir(TENANT)),
-        "release store": releases,
+        "release store": releases, "review store": repr(queue) + repr(curation.repair_log().entries(TENANT, limit=10**6)),
         "dagster event log": "\n".join(repr(event) for run in runs for event in instance.all_logs(run.run_id)),
     }
 
@@ -304,7 +335,8 @@ def check_erasure(local_resources, instance, stores, objects) -> None:
     # the tenant's documents; the event log holds ids and scores only; the hot layer holds entity
     # names, which include the marker when the extractor takes it for one)
     found = [name for name, text in before.items() if MARKER in text]
-    assert [name for name in found if name != "falkordb"] == ["neo4j", "object store", "models folder"]
+    assert [name for name in found if name not in ("falkordb", "review store")] == [
+        "neo4j", "object store", "models folder"]
     assert hashes and all(v is not None for v in views[0].lookup(hashes).values())
     trainings = sorted(p.name for p in (tenant_dir / "runs").iterdir())
     control = local_resources["serving"].control()
@@ -319,7 +351,8 @@ def check_erasure(local_resources, instance, stores, objects) -> None:
         assert all(v is not None for v in views[0].lookup(hashes).values())
         delete_document(graph, objects, views, tenant_dir, control.store.live(TENANT).values(), MARKED, by=OPERATOR)
         _, reports, tainted = purge_tenant(graph, objects, views, tenant_dir,
-                                           now=datetime.now(timezone.utc) + timedelta(days=31))
+                                           now=datetime.now(timezone.utc) + timedelta(days=31),
+                                           review_store=local_resources["curation"].review_store())
     control.close()
     # purged: the marked document, and the one that left the inbox above
     assert len(reports) == 2 and tainted == trainings and purged_trainings(tenant_dir) == set(trainings)

@@ -176,3 +176,44 @@ def test_a_decision_republishes_the_document_for_the_hot_layer(client, keys, gra
     assert "rev-a-f3" not in facts and "rev-a-f2" in facts  # the rejected fact leaves the hot graph
     revision = graphs[1]["rev-a"].document_states()["rivers.md"]["revision"]
     assert {e.revision for e in fresh} == {revision}  # the decision's revision: newer than what it replaces
+
+
+def test_a_proposed_co_occurrence_becomes_a_fact_once_and_outlives_a_reingestion(client, keys, graphs, stores):
+    from datacreek_assets.curation.queue import COOCCURS
+    from datacreek_assets.curation.review import refresh_queue
+    from tests.integration.edge_review_fixtures import review_document
+
+    graph, store = graphs[1]["rev-a"], stores[0]
+    bridges = {"doc_id": "bridges.md", "props": {"signature": "b"}, "next": [], "facts": [],
+               "entities": [{"entity_id": f"rev-a-{n}", "name": n.title(), "type": "PLACE"} for n in ("vienna", "ulm")],
+               "chunks": [{"chunk_id": f"rev-a-b{i}", "doc_id": "bridges.md",
+                           "props": {"doc_id": "bridges.md", "position": i, "text": text}}
+                          for i, text in enumerate(("Boats leave. Vienna and Ulm trade grain.", "Ulm sends salt to Vienna."))],
+               "mentions": [{"chunk_id": f"rev-a-b{i}", "entity_id": f"rev-a-{n}", "count": 1}
+                            for i in range(2) for n in ("vienna", "ulm")]}
+    graph.replace_documents([bridges])
+    summary = refresh_queue(graph, store, tau=0.0)
+    assert summary.proposed == 1
+    [proposal] = [e for e in client.get("/api/v1/edges?limit=100", headers=bearer(keys["a"])).json()["edges"]
+                  if e["proposed"]]
+    assert proposal["predicate"] == COOCCURS and {proposal["subject"], proposal["object"]} == {"Vienna", "Ulm"}
+    assert proposal["sentence"] == "Vienna and Ulm trade grain." and proposal["id"].startswith("co-")
+    assert graph.fact_state(proposal["id"]) is None  # not a fact until decided
+    decided = client.patch(f"/api/v1/edges/{proposal['id']}", headers=bearer(keys["a"]),
+                           json={"version": 0, "decision": "edit", "predicate": "trades with"})
+    assert decided.status_code == 200, decided.text
+    assert decided.json()["after"]["extracted_predicate"] == COOCCURS
+    late = client.patch(f"/api/v1/edges/{proposal['id']}", headers=bearer(keys["a2"]),
+                        json={"version": 0, "decision": "reject"})
+    assert late.status_code == 409  # the second curator on the proposal
+    live = {f["fact_id"]: f for f in graph.live_facts()}
+    assert live[proposal["id"]]["predicate"] == "trades with" and live[proposal["id"]]["confirmed"]
+    # both documents ingested again: the curator's fact is made again, decided as it was
+    graph.replace_documents([review_document("rev-a"), bridges])
+    state = graph.fact_state(proposal["id"])
+    assert state["predicate"] == "trades with" and state["confirmed_by"] == "ada" and state["version"] == 1
+    again = refresh_queue(graph, store, tau=0.0)
+    assert again.proposed == 0 and store.edge("rev-a", proposal["id"]) is None  # proposed once
+    # an unknown proposal id (not queued for this tenant) is not made a fact
+    assert client.patch("/api/v1/edges/co-0123456789abcdef0123", headers=bearer(keys["a"]),
+                        json={"version": 0, "decision": "accept"}).status_code == 404

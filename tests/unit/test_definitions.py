@@ -24,6 +24,7 @@ def test_asset_graph_is_grouped_by_concept(tmp_path):
         "finetuned_adapter": "finetune", "gguf_model": "finetune", "qa_eval": "finetune",
         "canary_release": "serving", "production_release": "serving",
         "retention_audit": "retention", "model_gc": "retention", "hot_graph": "streaming",
+        "edge_review_queue": "curation",
     }
     assert graph.executable_asset_keys == graph.get_all_asset_keys() - {dg.AssetKey("hot_graph")}  # a service keeps it
     for key in graph.get_all_asset_keys():
@@ -34,9 +35,11 @@ def test_asset_graph_is_grouped_by_concept(tmp_path):
     assert defs.resolve_job_def("purge_job") is not None
     assert defs.resolve_sensor_def("tenant_partitions_sync") is not None
     for sensor in ("embedding_drift_sensor", "quota_sensor", "canary_health_sensor", "purged_data_retrain_sensor",
-                   "hot_stream_sensor"):
+                   "hot_stream_sensor", "curation_sensor"):
         assert defs.resolve_sensor_def(sensor) is not None
     assert defs.resolve_job_def("retrain_tenant") is not None
+    assert set(defs.resolve_job_def("curated_rebuild").asset_layer.executable_asset_keys) >= {
+        dg.AssetKey("edge_review_queue"), dg.AssetKey("sft_dataset")}
     retention = defs.resolve_job_def("retention_job")
     assert {n.name for n in retention.graph.nodes} == {"retention_audit", "model_gc", "retention_audit_nothing_kept_past_retention"}
     assert defs.resolve_schedule_def("retention_schedule").cron_schedule == "37 3 * * *"

@@ -3,14 +3,23 @@ strongest first, cut at τ."""
 
 import pytest
 
-from datacreek_assets.curation.queue import LOW_CONFIDENCE, build_queue, entity_graph, neighbourhood
+from itertools import combinations
+
+from datacreek_assets.curation.queue import (
+    COOCCURS,
+    LOW_CONFIDENCE,
+    build_queue,
+    entity_graph,
+    neighbourhood,
+    proposal_id,
+)
 
 
 def fact(fact_id: str, s: str, o: str, version: int = 0, subject: str = "") -> dict:
     subject = subject or f"{s.title()}ville"
     return {"fact_id": fact_id, "subject_id": s, "subject": subject, "object_id": o, "object": f"{o.title()}ville",
             "predicate": "contains", "sentence": f"{subject} contains {o.title()}ville.", "doc_id": "d.md",
-            "chunk_id": "c", "version": version}
+            "chunk_id": "c", "version": version, "confirmed": version > 0}
 
 
 # two tight groups of places; "bridge" is the one fact between them
@@ -26,8 +35,12 @@ def test_the_entity_graph_weighs_chunks_and_facts():
     assert edges[("a", "w")] == 1 and ("a", "a") not in edges
 
 
+def facts_only(queue):
+    return [item for item in queue if not item.proposed]
+
+
 def test_undecided_facts_are_queued_strongest_first():
-    queue = build_queue(MENTIONS, FACTS, tau=0.0)
+    queue = facts_only(build_queue(MENTIONS, FACTS, tau=0.0))
     assert [item.fact_id for item in queue] == ["bridge", "inside"]  # decided ones and self-loops are not
     assert queue[0].score > queue[1].score and queue[0].exact
     assert queue[0].subject == "Aville" and queue[0].sentence == "Aville contains Wville."
@@ -35,6 +48,7 @@ def test_undecided_facts_are_queued_strongest_first():
 
 def test_tau_keeps_the_queue_short():
     everything = build_queue(MENTIONS, FACTS, tau=0.0)
+    assert everything[0].fact_id == "bridge"  # the one edge between the groups: above every proposal
     assert [i.fact_id for i in build_queue(MENTIONS, FACTS, tau=everything[0].score)] == ["bridge"]
     assert build_queue(MENTIONS, FACTS, tau=everything[0].score * 2) == []
     assert len(build_queue(MENTIONS, FACTS, tau=0.0, limit=1)) == 1
@@ -44,13 +58,29 @@ def test_tau_keeps_the_queue_short():
 
 def test_doubtful_extractions_are_queued_whatever_their_delta():
     facts = [*FACTS, fact("expecting", "b", "c", subject="Expecting")]
-    everything = build_queue(MENTIONS, facts, tau=0.0)
+    everything = facts_only(build_queue(MENTIONS, facts, tau=0.0))
     doubtful = {i.fact_id: i for i in everything}["expecting"]
     assert doubtful.confidence < LOW_CONFIDENCE and "low_confidence" in doubtful.reasons
     sure = {i.fact_id: i for i in everything}["inside"]
     assert sure.confidence == 1.0 and sure.reasons == ("structural",)
     # above every Δλ, only the doubtful one stays
     assert [i.fact_id for i in build_queue(MENTIONS, facts, tau=10.0)] == ["expecting"]
+
+
+def test_pairs_that_chunks_name_together_without_a_fact_are_proposed_once():
+    queue = build_queue(MENTIONS, FACTS, tau=0.0, chunk_texts={"w0": "Nothing here. Then a and c meet."})
+    proposed = {(i.subject_id, i.object_id): i for i in queue if i.proposed}
+    # every pair of each group (three chunks name it) but those with a fact: a-b, and c-d (decided)
+    assert set(proposed) == {p for group in ("abcd", "wxyz") for p in combinations(group, 2)} - {("a", "b"), ("c", "d")}
+    ac = proposed[("a", "c")]
+    assert ac.fact_id == proposal_id("c", "a") and ac.predicate == COOCCURS and "cooccurrence" in ac.reasons
+    assert ac.confidence == 0.75 and ac.chunk_id == "w0" and ac.sentence == "Then a and c meet."
+    assert ac.proposed and not queue[0].proposed
+    # a pair with any fact (a rejected one too) is not proposed again
+    again = build_queue(MENTIONS, FACTS, tau=0.0, fact_pairs={("a", "b"), ("c", "d"), ("c", "a")})
+    assert ("a", "c") not in {(i.subject_id, i.object_id) for i in again if i.proposed}
+    # a proposal needs τ: a weak one is not queued for doubt alone
+    assert not [i for i in build_queue(MENTIONS, FACTS, tau=10.0) if i.proposed]
 
 
 def test_an_edge_s_neighbourhood_starts_with_the_edge_and_names_its_strongest_neighbours():

@@ -7,6 +7,7 @@ import dagster as dg
 
 from datacreek_assets.embeddings.feature_store import FEATURE_VIEWS
 from resources.stores import (
+    CurationResource,
     FeatureStoreResource,
     FineTuneResource,
     GraphStoreResource,
@@ -20,7 +21,7 @@ RETRAIN_REASON = "retrain_reason"  # an observation of finetuned_adapter asking 
 
 
 def purge_tenant(graph, objects, feature_views, tenant_dir=None, now=None,
-                 hot_graph=None) -> tuple[int, list[dict], list[str]]:
+                 hot_graph=None, review_store=None) -> tuple[int, list[dict], list[str]]:
     """Copies first, then the graph: a failure in between leaves the documents due, so the next
     purge erases them again (every step is idempotent). Returns the nodes purged, each erased
     document's report and the trainings that learnt from them (recorded for model_gc, to be retrained)."""
@@ -28,7 +29,8 @@ def purge_tenant(graph, objects, feature_views, tenant_dir=None, now=None,
 
     reports, tainted = [], set()
     for doc_id in graph.documents_due_for_purge(UNDO_WINDOW, now):
-        entry, trainings = purge_document(graph, objects, feature_views, tenant_dir, doc_id, now, hot_graph)
+        entry, trainings = purge_document(graph, objects, feature_views, tenant_dir, doc_id, now, hot_graph,
+                                          review_store)
         reports.append(entry)
         tainted |= set(trainings)
     return graph.purge_deleted(UNDO_WINDOW, now), reports, sorted(tainted)
@@ -36,12 +38,12 @@ def purge_tenant(graph, objects, feature_views, tenant_dir=None, now=None,
 
 @dg.op(description="Hard-delete data soft-deleted more than 30 days ago, tenant by tenant: the graph, and each "
        "purged document's inbox file, parsed text, screened-out copies, dataset records, vectors, feature-store "
-       "values, retrieval passages, pictures and evaluation examples; each erasure's report is observed on "
+       "values, retrieval passages, review-queue rows, pictures and evaluation examples; each erasure's report is observed on "
        "raw_documents, and a model trained on purged data is sent to retraining.")
 def purge_soft_deleted(context: dg.OpExecutionContext, graph_store: GraphStoreResource,
                        tenant_registry: TenantRegistryResource, object_store: ObjectStoreResource,
                        feature_store: FeatureStoreResource, finetune: FineTuneResource,
-                       hot_graph: HotGraphResource) -> None:
+                       hot_graph: HotGraphResource, curation: CurationResource) -> None:
     registry = tenant_registry.registry()
     try:
         tenants = [t.tenant_id for t in registry.list()]
@@ -55,7 +57,8 @@ def purge_soft_deleted(context: dg.OpExecutionContext, graph_store: GraphStoreRe
                 purged, reports, tainted = purge_tenant(admin.tenant(tenant), object_store.for_tenant(tenant),
                                                        [feature_store.for_tenant(tenant, view=view)
                                                         for view in FEATURE_VIEWS],
-                                                       finetune.tenant_dir(tenant), hot_graph=hot)
+                                                       finetune.tenant_dir(tenant), hot_graph=hot,
+                                                       review_store=curation.review_store())
             except Exception as err:  # keep going: one tenant's failure must not spare the others' data
                 context.log.error(f"{tenant}: purge failed: {err}")
                 failed.append(tenant)
