@@ -63,6 +63,7 @@ def handle_errors(func):
     def wrapper(*args, **kwargs):
         from datacreek_assets.backfills import BackfillError, WebserverUnavailable
         from datacreek_assets.billing.ledger import LedgerError
+        from datacreek_assets.curation.decisions import DecisionError
         from datacreek_assets.local_services import ServiceError
         from datacreek_assets.object_store import InvalidObjectKey
         from datacreek_assets.retention.lifecycle import LifecycleError
@@ -75,7 +76,8 @@ def handle_errors(func):
 
         try:
             return func(*args, **kwargs)
-        except (InvalidTenantId, UnknownTenant, UnknownAsset, InvalidObjectKey, LedgerError, InvalidVersion) as err:
+        except (InvalidTenantId, UnknownTenant, UnknownAsset, InvalidObjectKey, LedgerError, InvalidVersion,
+                DecisionError) as err:
             fail(err, EXIT_BAD_INPUT)
         except (TenantHasData, ReleaseConflict) as err:
             fail(err, EXIT_REFUSED)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from datacreek_assets.cli.common import Context, handle_errors, tenant_argument
+from datacreek_assets.cli.common import EXIT_BAD_INPUT, Context, fail, handle_errors, require_registered, tenant_argument
 
 
 @click.group()
@@ -46,6 +46,7 @@ def curate_serve(obj: Context, host: str, port: int) -> None:
 @handle_errors
 def curate_issue_key(obj: Context, tenant_id: str, curator: str) -> None:
     """A new curator key for CURATOR on the tenant's edges. It is shown once; only its hash is kept."""
+    require_registered(obj, tenant_id)
     key_id, key = obj.resources()["curation"].review_store().issue_key(tenant_id, curator)
     click.echo(f"key id {key_id} ({curator} on {tenant_id}); the key, shown once:")
     click.echo(key)
@@ -59,7 +60,7 @@ def curate_issue_key(obj: Context, tenant_id: str, curator: str) -> None:
 def curate_revoke_key(obj: Context, tenant_id: str, key_id: str) -> None:
     """Revoke one of the tenant's curator keys (exit 2 if it has none of that id)."""
     if not obj.resources()["curation"].review_store().revoke_key(tenant_id, key_id):
-        raise click.BadParameter(f"tenant {tenant_id} has no curator key {key_id}", param_hint="KEY_ID")
+        fail(LookupError(f"tenant {tenant_id} has no curator key {key_id!r}"), EXIT_BAD_INPUT)
     click.echo(f"revoked {key_id}")
 
 
@@ -81,6 +82,7 @@ def curate_keys(obj: Context, tenant_id: str) -> None:
 def curate_set_tau(obj: Context, tenant_id: str, tau: float) -> None:
     """The Δλ a fact needs to reach the tenant's queue (larger: a shorter queue). Takes effect at the
     next edge_review_queue."""
+    require_registered(obj, tenant_id)
     obj.resources()["curation"].review_store().set_tau(tenant_id, tau)
     click.echo(f"{tenant_id}: τ = {tau:g} (materialize edge_review_queue to apply it)")
 

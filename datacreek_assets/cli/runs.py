@@ -186,6 +186,8 @@ def demo(obj: Context, tenant_id: str, max_docs: int, scenes: bool) -> None:
         _demo_scenes(obj, resources, tenant_id, total)
     click.echo(f"done in {time.monotonic() - started:.1f}s; state dir: {obj.settings.state_dir}")
     click.echo(f"  UI: DAGSTER_HOME={obj.settings.dagster_home} .venv/bin/dagster dev -w workspace.yaml")
+    click.echo(f"  curators: .venv/bin/datacreek curate issue-key {tenant_id} NAME, then .venv/bin/datacreek curate "
+               f"serve and http://127.0.0.1:8120/ui/edge_review")
 
 
 # The demo's retraining is bounded so the whole demo stays a coffee break on two cores.

@@ -94,3 +94,29 @@ def test_api_key_commands(tmp_path):
     assert store.tenant_for_key(key) is None
     listed = runner.invoke(cli, ["tenant", "releases", "acme"], env=env)
     assert listed.exit_code == 0 and "nothing released yet" in listed.output
+
+
+def test_curator_key_and_tau_commands(tmp_path):
+    from datacreek_assets.curation.review_store import ReviewStore
+    from datacreek_assets.tenant_registry import TenantRegistry
+
+    env = {"DATACREEK_STATE_DIR": str(tmp_path), "DATACREEK_NEO4J_PORT": "1", "DATACREEK_FALKORDB_PORT": "1"}
+    runner = CliRunner()
+    unknown = runner.invoke(cli, ["curate", "issue-key", "acme", "ada"], env=env)
+    assert unknown.exit_code == 2 and "not registered" in unknown.output
+    TenantRegistry(f"sqlite:///{tmp_path / 'registry.db'}").add("acme")
+    assert runner.invoke(cli, ["curate", "issue-key", "acme", "ada;drop"], env=env).exit_code == 2
+    issued = runner.invoke(cli, ["curate", "issue-key", "acme", "ada"], env=env)
+    assert issued.exit_code == 0, issued.output
+    key_id, key = issued.output.split()[2], issued.output.splitlines()[-1]
+    store = ReviewStore(f"sqlite:///{tmp_path / 'curation.db'}")
+    assert store.curator_for_key(key) == ("acme", "ada")
+    assert key_id in runner.invoke(cli, ["curate", "keys", "acme"], env=env).output
+    assert runner.invoke(cli, ["curate", "revoke-key", "globex", key_id], env=env).exit_code == 2
+    assert runner.invoke(cli, ["curate", "revoke-key", "acme", key_id], env=env).exit_code == 0
+    assert store.curator_for_key(key) is None
+    assert runner.invoke(cli, ["curate", "set-tau", "acme", "--", "-1"], env=env).exit_code == 2
+    assert runner.invoke(cli, ["curate", "set-tau", "acme", "0.02"], env=env).exit_code == 0
+    assert store.tau("acme", 1e-3) == 0.02 and store.tau("globex", 1e-3) == 1e-3
+    listed = runner.invoke(cli, ["curate", "queue", "acme"], env=env)
+    assert listed.exit_code == 0 and "0 open edges" in listed.output
