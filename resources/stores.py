@@ -255,7 +255,7 @@ class CurationResource(dg.ConfigurableResource):
     τ and `edge_repair_log`; and the queue's defaults."""
 
     url: str
-    tau: float = 1e-3  # Δλ a fact needs to be queued, until a tenant's own is set
+    tau: float = 1e-4  # Δλ a fact needs to be queued, until a tenant's own is set
     queue_limit: int = 500
 
     def review_store(self):

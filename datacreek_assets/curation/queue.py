@@ -7,9 +7,10 @@ fact's candidate change is its own share of that weight: one, taken away.
 A fact is queued when its Δλ reaches τ (it shapes the graph: a mistake there costs most) or when
 its extraction is doubtful (``confidence`` under ``LOW_CONFIDENCE``), whatever its Δλ.
 
-Co-occurrence proposes edges too: two entities that at least ``MIN_COOCCURRENCE`` live chunks
-name together, with no fact between them (live, rejected or proposed before), are a candidate
-relation; its Δλ is that of the co-occurrence edge removed, and it is queued when that reaches τ.
+Co-occurrence proposes edges too: two entities that at least ``MIN_COOCCURRENCE`` distinct
+sentences of live chunks name together (the same sentence in two overlapping chunks counts once),
+with no fact between them (live, rejected or proposed before), and that both look like things,
+are a candidate relation; its Δλ is that of the co-occurrence edge removed, and it is queued when that reaches τ.
 A curator's decision on one makes it a fact (``proposal_id``: the same pair, the same id), so a
 pair is proposed once.
 """
@@ -24,7 +25,7 @@ from itertools import combinations
 
 from datacreek_assets.curation.spectral import Candidate, SpectralScorer
 
-DEFAULT_TAU = 1e-3  # Δλ below this does not reach the queue (per tenant: a shorter or longer queue)
+DEFAULT_TAU = 1e-4  # Δλ below this does not reach the queue (per tenant: a shorter or longer queue)
 DEFAULT_LIMIT = 500
 LOW_CONFIDENCE = 0.6
 NEIGHBOURS = 4  # per endpoint, in the picture of an edge's neighbourhood
@@ -73,13 +74,13 @@ def entity_graph(mentions: list[dict], facts: list[dict]) -> list[tuple[str, str
 
 def confidence(fact: dict, support: Counter) -> float:
     """How far the rule-based extraction can be believed for this fact, from 0 to 1: its entities
-    look like things (not a capitalised participle, not a fragment), each is named by more than
+    look like things (not a capitalised participle, a literal or a fragment), each is named by more than
     one chunk, its predicate is a relation verb the dataset knows, and its sentence names both."""
     from datacreek_assets.datasets.sft import RELATION_VERBS, base_form
 
     value = 1.0
     for name, entity in ((fact["subject"], fact["subject_id"]), (fact["object"], fact["object_id"])):
-        if _PARTICIPLE.match(name or "") or len((name or "").strip()) <= 2:
+        if not _thing(name):
             value *= 0.5
         if support[entity] < 2:
             value *= 0.8
@@ -160,19 +161,35 @@ def _proposals(mentions: list[dict], taken: set, chunk_texts: dict[str, str]) ->
     for chunk, entities in sorted(by_chunk.items()):
         for pair in combinations(sorted(entities), 2):
             shared.setdefault(pair, []).append(chunk)
+    sentences: dict[str, list[str]] = {}
     items = []
     for (a, b), chunks in sorted(shared.items()):
-        if len(chunks) < MIN_COOCCURRENCE or (a, b) in taken:
+        if len(chunks) < MIN_COOCCURRENCE or (a, b) in taken or not (_thing(names[a]) and _thing(names[b])):
             continue
-        text = chunk_texts.get(chunks[0], "")
-        sentence = next((x for x in split_sentences(text) if names[a].lower() in x.lower()
-                         and names[b].lower() in x.lower()), text[:300])
-        # how often they meet: 2 chunks 0.5, 3 chunks 0.75... (a co-occurrence, not an extraction)
-        strength = round(1 - 0.5 ** (len(chunks) - 1), 3)
-        items.append(QueueItem(proposal_id(a, b), names[a], COOCCURS, names[b], sentence, doc_of[chunks[0]],
-                               chunks[0], 0, (), 0.0, False, False, "", strength, subject_id=a, object_id=b,
-                               proposed=True))
+        both = [re.compile(rf"(?<!\w){re.escape(names[e])}(?!\w)", re.IGNORECASE) for e in (a, b)]
+        evidence: dict[str, str] = {}  # distinct sentence -> its chunk
+        for chunk in chunks:
+            if chunk not in sentences:
+                sentences[chunk] = split_sentences(chunk_texts.get(chunk, ""))
+            for sentence in sentences[chunk]:
+                if all(p.search(sentence) for p in both):
+                    evidence.setdefault(" ".join(sentence.lower().split()), (sentence, chunk))
+        if len(evidence) < MIN_COOCCURRENCE:
+            continue
+        sentence, chunk = next(iter(evidence.values()))
+        # how often they meet: 2 sentences 0.5, 3 sentences 0.75... (a co-occurrence, not an extraction)
+        strength = round(1 - 0.5 ** (len(evidence) - 1), 3)
+        items.append(QueueItem(proposal_id(a, b), names[a], COOCCURS, names[b], sentence, doc_of[chunk], chunk, 0,
+                               (), 0.0, False, False, "", strength, subject_id=a, object_id=b, proposed=True))
     return items
+
+
+def _thing(name: str) -> bool:
+    """Whether an entity's name looks like a thing: not a literal, a fragment or a capitalised participle."""
+    from datacreek_assets.datasets.quality import LITERALS
+
+    name = (name or "").strip()
+    return len(name) > 2 and name not in LITERALS and not _PARTICIPLE.match(name)
 
 
 def select(items: list[QueueItem], tau: float = DEFAULT_TAU, limit: int = DEFAULT_LIMIT) -> list[QueueItem]:

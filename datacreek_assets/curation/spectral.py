@@ -1,11 +1,17 @@
 """Δλ: how much an edge matters to a tenant graph's structure, for the curator's review queue.
 
 The score of an edge is the change of the smallest non-trivial eigenvalues of the graph's
-normalized Laplacian if the edge were removed (an existing edge) or added (a proposed one). The
-eigenvalues are those of the edge's connected component (a co-occurrence graph has many small
-ones, each with its own zero eigenvalue). Non-trivial means not a component's 0: a removal that
+normalized Laplacian if the edge were removed (an existing edge) or added (a proposed one).
+The eigenvalues are the whole graph's ``k`` smallest non-trivial ones. A co-occurrence graph has
+many components, each with its own zero; non-trivial means not a component's 0: a removal that
 cuts off a node leaves it a component of its own and changes the rest a little, while one that
-cuts a bridge between two large parts takes away the small eigenvalue that bottleneck made.
+cuts a bridge between two large parts takes away the small eigenvalue that bottleneck made. Each
+component's spectrum is computed on its own (the graph's is their union), and an edge changes only
+its own component's: the graph's smallest move when that component holds some of them, or when the
+change brings one of its eigenvalues below them. An edge of a small, tight component (whose
+eigenvalues are all large) scores near 0, however much it reshapes that component: scored per
+component, such edges (often extraction debris: a heading's words, a table's cells) came first on
+the demo corpus.
 
 Every candidate is scored cheaply by first-order perturbation from eigenvectors computed once.
 With ``L y = λ D y`` (``L = D - A``, ``yᵀ D y = 1``), changing the weight of (u, v) by δ changes
@@ -97,6 +103,7 @@ class SpectralScorer:
         self.adjacency.sum_duplicates()
         _, self.component = connected_components(self.adjacency, directed=False)
         self._spectra: dict[int, _Spectrum] = {}
+        self._lowest: tuple[np.ndarray, list[tuple[float, int]]] | None = None
 
     # -- scores ---------------------------------------------------------------
     def scores(self, candidates: list[Candidate], top_k: int = 20) -> list[EdgeScore]:
@@ -123,7 +130,7 @@ class SpectralScorer:
         values, y, x = spectrum.values[1:self.k + 1], spectrum.vectors[:, 1:self.k + 1], spectrum.unit[:, 1:self.k + 1]
         delta = delta_w * ((y[a] - y[b]) ** 2 - values * (y[a] ** 2 + y[b] ** 2))
         reason = self._distrust(spectrum, a, b, delta_w, delta, x)
-        return _score(candidate, delta, exact=False, reason=reason)
+        return _score(candidate, self._graph_delta(spectrum, values + delta), exact=False, reason=reason)
 
     def exact(self, candidate: Candidate) -> EdgeScore:
         """Δλ from the changed graph's own eigenvalues (the component re-solved, warm-started)."""
@@ -143,9 +150,7 @@ class SpectralScorer:
                 warm = spectrum.unit[nodes][:, :self.k + 1].sum(axis=1)
                 values.append(_smallest(changed[nodes][:, nodes], self.k + 1, warm, spectrum.exact_only)[1:])
         new = np.sort(np.concatenate(values))[:self.k] if values else np.zeros(0)
-        old = spectrum.values[1:self.k + 1]
-        m = min(len(new), len(old))
-        return _score(candidate, new[:m] - old[:m], exact=True, reason="")
+        return _score(candidate, self._graph_delta(spectrum, new), exact=True, reason="")
 
     def eigenvalues(self, node: str) -> tuple[float, ...]:
         """The smallest eigenvalues of the node's component, its trivial 0 first."""
@@ -153,7 +158,29 @@ class SpectralScorer:
             raise KeyError(f"{node!r} is not a node of this graph")
         return tuple(float(v) for v in self._spectrum(int(self.component[self.index[node]])).values[:self.k + 1])
 
+    def smallest(self) -> tuple[float, ...]:
+        """The graph's ``k`` smallest non-trivial eigenvalues (every component's spectrum)."""
+        return tuple(float(v) for v in self._graph_floor()[0])
+
     # -- internals --------------------------------------------------------------
+    def _graph_floor(self) -> tuple[np.ndarray, list[tuple[float, int]]]:
+        """The graph's k smallest non-trivial eigenvalues, and the 2k smallest with their
+        components (any one component's k aside, k of them are left)."""
+        if self._lowest is None:
+            labelled = sorted((float(v), int(c)) for c in np.unique(self.component)
+                              for v in self._spectrum(int(c)).values[1:self.k + 1])
+            self._lowest = (np.array([v for v, _ in labelled[:self.k]]), labelled[:2 * self.k])
+        return self._lowest
+
+    def _graph_delta(self, spectrum: _Spectrum, new_values: np.ndarray) -> np.ndarray:
+        """Δ of the graph's k smallest non-trivial eigenvalues when the component's become ``new_values``."""
+        old, head = self._graph_floor()
+        component = int(self.component[spectrum.nodes[0]])
+        others = [v for v, c in head if c != component][:self.k]
+        new = np.sort(np.concatenate([np.asarray(others, dtype=float), np.asarray(new_values, dtype=float)]))[:self.k]
+        m = min(len(new), len(old))
+        return new[:m] - old[:m]
+
     def _locate(self, candidate: Candidate) -> tuple[_Spectrum, tuple[int, int], float]:
         for node in (candidate.u, candidate.v):
             if node not in self.index:

@@ -34,7 +34,8 @@ REPO = Path(__file__).resolve().parents[2]
 TENANT = "prod-e2e"
 # everything the main job builds but the release (see the module's docstring)
 SELECT = ("raw_documents,parsed_chunks,knowledge_graph,chunk_embeddings,embedding_features,retrieval_index,"
-          "persistence_sketches,umap_lens,mapper_graph,sft_dataset,finetuned_adapter,gguf_model,qa_eval,retention_audit")
+          "persistence_sketches,umap_lens,mapper_graph,sft_dataset,finetuned_adapter,gguf_model,qa_eval,retention_audit,"
+          "edge_review_queue")
 
 
 def _command_line(process) -> str:
@@ -184,6 +185,11 @@ def test_the_prod_profile_materializes_a_tenant_on_postgres_s3_redis_and_neo4j(p
         assert len(materialized) == len(SELECT.split(","))  # the run's events are in Postgres
         with postgres._connect(dbname=prod_env["DATACREEK_POSTGRES_URL"].rsplit("/", 1)[1]) as conn:
             assert [row[0] for row in conn.execute("SELECT tenant_id FROM tenants")] == [TENANT]
+        # the review queue, written by the tenant's own role under row-level security, read back by it
+        with postgres._connect(dbname=prod_env["DATACREEK_CURATION_STORE_URL"].rsplit("/", 1)[1]) as conn:
+            queued = conn.execute("SELECT count(*) FROM edge_review_queue WHERE tenant_id = %s", (TENANT,)).fetchone()[0]
+        listed = cli("curate", "queue", TENANT, env=own)
+        assert queued > 0 and listed.returncode == 0 and f"{queued} open edges" in listed.stdout, listed.stderr
         balance = cli("tenant", "balance", TENANT, "--json")
         assert balance.returncode == 0 and '"balance"' in balance.stdout  # the ledger on Postgres, billed
         # with its own credentials the tenant reads its own balance, and no other tenant's account

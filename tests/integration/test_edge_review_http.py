@@ -3,7 +3,6 @@ repair log): keys and tenants, hostile ids and bodies, two curators on one edge,
 evidence, and the hot layer told of each decision."""
 
 import json
-import uuid
 
 import pytest
 from fastapi.testclient import TestClient
@@ -11,7 +10,7 @@ from fastapi.testclient import TestClient
 from datacreek_assets.curation.repair_log import RepairLog
 from datacreek_assets.curation.review_store import ReviewStore
 from datacreek_assets.curation.web import curation_app
-from tests.integration.edge_review_fixtures import ADMIN, HOSTILE_SENTENCE, seed
+from tests.integration.edge_review_fixtures import ADMIN, seed
 
 pytestmark = pytest.mark.integration
 TENANTS = ("rev-a", "rev-b")

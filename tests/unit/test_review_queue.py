@@ -3,7 +3,6 @@ strongest first, cut at τ."""
 
 import pytest
 
-from itertools import combinations
 
 from datacreek_assets.curation.queue import (
     COOCCURS,
@@ -67,20 +66,33 @@ def test_doubtful_extractions_are_queued_whatever_their_delta():
     assert [i.fact_id for i in build_queue(MENTIONS, facts, tau=10.0)] == ["expecting"]
 
 
-def test_pairs_that_chunks_name_together_without_a_fact_are_proposed_once():
-    queue = build_queue(MENTIONS, FACTS, tau=0.0, chunk_texts={"w0": "Nothing here. Then a and c meet."})
+def test_pairs_that_sentences_name_together_without_a_fact_are_proposed_once():
+    mentions = [{**m, "entity": f"{m['entity_id'].title()}ville"} for m in MENTIONS]
+    texts = {"w0": "Nothing here. Then Aville and Cville meet.", "w1": "Later Cville greets Aville. Then Aville and "
+             "Cville meet.", "w2": "Then Aville and Cville meet."}  # the overlap's repeated sentence counts once
+    queue = build_queue(mentions, FACTS, tau=0.0, chunk_texts=texts)
     proposed = {(i.subject_id, i.object_id): i for i in queue if i.proposed}
-    # every pair of each group (three chunks name it) but those with a fact: a-b, and c-d (decided)
-    assert set(proposed) == {p for group in ("abcd", "wxyz") for p in combinations(group, 2)} - {("a", "b"), ("c", "d")}
+    assert set(proposed) == {("a", "c")}  # the only pair two distinct sentences name (no fact, not decided)
     ac = proposed[("a", "c")]
     assert ac.fact_id == proposal_id("c", "a") and ac.predicate == COOCCURS and "cooccurrence" in ac.reasons
-    assert ac.confidence == 0.75 and ac.chunk_id == "w0" and ac.sentence == "Then a and c meet."
-    assert ac.proposed and not queue[0].proposed
+    assert ac.confidence == 0.5 and ac.chunk_id == "w0" and ac.sentence == "Then Aville and Cville meet."
+    assert (ac.subject, ac.object) == ("Aville", "Cville") and not queue[0].proposed
+    # one sentence, however many chunks repeat it, proposes nothing
+    once = {c: "Then Aville and Cville meet." for c in texts}
+    assert not [i for i in build_queue(mentions, FACTS, tau=0.0, chunk_texts=once) if i.proposed]
     # a pair with any fact (a rejected one too) is not proposed again
-    again = build_queue(MENTIONS, FACTS, tau=0.0, fact_pairs={("a", "b"), ("c", "d"), ("c", "a")})
-    assert ("a", "c") not in {(i.subject_id, i.object_id) for i in again if i.proposed}
+    again = build_queue(mentions, FACTS, tau=0.0, fact_pairs={("a", "b"), ("c", "d"), ("c", "a")}, chunk_texts=texts)
+    assert not [i for i in again if i.proposed]
     # a proposal needs τ: a weak one is not queued for doubt alone
-    assert not [i for i in build_queue(MENTIONS, FACTS, tau=10.0) if i.proposed]
+    assert not [i for i in build_queue(mentions, FACTS, tau=10.0, chunk_texts=texts) if i.proposed]
+
+
+def test_literals_and_fragments_are_not_proposed():
+    mentions = [{"chunk_id": f"c{i}", "entity_id": e, "entity": name} for i in range(2)
+                for e, name in (("t", "True"), ("n", "None"), ("j", "json"))]
+    texts = {"c0": "True or None, says json.", "c1": "json maps None and True."}
+    proposed = {(i.subject, i.object) for i in build_queue(mentions, [], tau=0.0, chunk_texts=texts) if i.proposed}
+    assert proposed == set()
 
 
 def test_an_edge_s_neighbourhood_starts_with_the_edge_and_names_its_strongest_neighbours():
