@@ -46,11 +46,22 @@ def queue(n: int, seed: int = 3) -> tuple[list[QueueItem], dict[str, str], dict[
     return items, chunks, pictures
 
 
+_made: list[Path] = []
+
+
+def teardown() -> None:
+    import shutil
+
+    for folder in _made:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def comparisons(quick: bool = False) -> list[Comparison]:
     from fastapi.testclient import TestClient
     from jinja2 import Environment, FileSystemLoader, select_autoescape
 
     folder = Path(tempfile.mkdtemp(prefix="bench-review-"))
+    _made.append(folder)
     store = ReviewStore(f"sqlite:///{folder / 'curation.db'}")
     items, chunks, pictures = queue(200 if quick else EDGES)
     store.replace_queue(TENANT, "bench", items, chunks, pictures)

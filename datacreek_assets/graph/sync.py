@@ -40,6 +40,7 @@ def build_document_rows(doc: dict, chunks: list[dict]) -> dict:
     ``chunks``: [{chunk_id, position, text, n_tokens}] in order."""
     chunk_rows, mentions, facts = [], [], []
     entities: dict[str, dict] = {}
+    stated: set[tuple[str, str, str]] = set()  # a relation the document states is one fact (its first)
     for chunk in chunks:
         chunk_rows.append({
             "doc_id": doc["doc_id"],
@@ -54,6 +55,10 @@ def build_document_rows(doc: dict, chunks: list[dict]) -> dict:
         for entity_id, n in counts.items():
             mentions.append({"chunk_id": chunk["chunk_id"], "entity_id": entity_id, "count": n})
         for f in chunk_facts:
+            # chunks overlap: the sentence at a boundary is read twice, and would be two facts
+            if (triple := (f.subject.entity_id, f.predicate, f.object.entity_id)) in stated:
+                continue
+            stated.add(triple)
             for e in (f.subject, f.object):
                 entities.setdefault(e.entity_id, {"entity_id": e.entity_id, "name": e.name, "type": e.type})
             facts.append({

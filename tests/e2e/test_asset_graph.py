@@ -59,6 +59,8 @@ def test_every_asset_materializes_for_a_small_tenant(services, local_resources, 
     written = write_demo_corpus(objects, max_docs=6)
     objects.put("inbox/hostile.html", b"<script>" + b"\xff" * 10)
     objects.put(f"inbox/{MARKED}", marked_module(MODULES[6], MARKER).encode())  # erased at the end
+    # τ 0: every undecided fact is queued, so the curator below finds one a dataset record comes from
+    local_resources["curation"].review_store().set_tau(TENANT, 0.0)
     defs = build_definitions("local", services)
     all_keys = set(main_graph(defs))  # all but production_release, which the canary sensor launches
 
@@ -267,14 +269,16 @@ def reject_a_queued_fact(local_resources, queue_meta: dict, spared_docs: set[str
     curation = local_resources["curation"]
     review = curation.review_store()
     queued = review.page(TENANT, 0, 500).edges
-    assert queue_meta["queued"] == review.page(TENANT, 0, 1).total == len(queued) > 0
+    assert queue_meta["queued"] == review.page(TENANT, 0, 1).total == len(queued) > 0 and queue_meta["tau"] == 0.0
+    assert queue_meta["queued"] >= queue_meta["undecided_facts"]  # all of them, and the proposals
     assert queue_meta["untrusted_estimates"] >= 0 and "data:image/png;base64," in queue_meta["delta_lambda"]
     assert queued[0].exact and [e.delta_lambda for e in queued if "structural" in e.reasons] == sorted(
         (e.delta_lambda for e in queued if "structural" in e.reasons), reverse=True)
     with local_resources["graph_store"].tenant(TENANT) as graph:
         facts, chunks = {f["fact_id"]: f for f in graph.review_facts()}, graph.live_chunks()
         as_rejected = lambda e: [{**facts[e.fact_id], "rejected_by": "e2e", "rejected_reason": "r"}]  # noqa: E731
-        edge = next(e for e in queued if e.doc_id not in spared_docs and curation_drops(as_rejected(e), chunks))
+        edge = next(e for e in queued if not e.proposed and e.doc_id not in spared_docs
+                    and curation_drops(as_rejected(e), chunks))
         entry = EdgeReview(graph, curation.repair_log(), review).decide(edge.fact_id, edge.version, "reject",
                                                                         "e2e-curator", reason="wrong subject")
     assert entry.decision == "reject" and entry.delta_lambda == edge.delta_lambda

@@ -14,7 +14,8 @@ from datacreek_assets.streaming.events import DEAD_LETTER_TOPIC, EVENTS_TOPIC, d
 from datacreek_assets.streaming.windows import WINDOW_SECONDS, fold, window_of
 
 pytestmark = pytest.mark.integration
-TENANTS = ("stream-a", "stream-b", "stream-early", "stream-late", "stream-kill", "stream-ref", "stream-watch", "stream-idle")
+TENANTS = ("stream-a", "stream-b", "stream-early", "stream-late", "stream-kill", "stream-ref", "stream-watch", "stream-idle",
+           "stream-curated")
 CLOSE_S = WINDOW_SECONDS + 15  # a window closes at its end plus a second's grace (its early firings come sooner)
 
 
@@ -352,3 +353,38 @@ def test_the_graph_asset_s_events_build_the_hot_graph_and_a_lost_one_is_rebuilt_
             assert stores.graph.tenant(tenant).cooccurrence_edges() == after["edges"]
         finally:
             remove_tenant(tenant, stores, instance, force=True)
+
+
+def test_a_curator_s_rejection_takes_the_fact_out_of_the_hot_graph(stream_job, hot, event_log, local_resources,
+                                                                    tmp_path):
+    from datacreek_assets.curation.repair_log import RepairLog
+    from datacreek_assets.curation.review import EdgeReview, refresh_queue
+    from datacreek_assets.curation.review_store import ReviewStore
+    from datacreek_assets.streaming.events import graph_events
+    from tests.integration.edge_review_fixtures import review_document
+
+    tenant = "stream-curated"
+
+    def hot_facts() -> set[str]:
+        return {r[0] for r in hot.graph(tenant).ro_query("MATCH (f:Fact) RETURN f.fact_id").result_set}
+
+    url = f"sqlite:///{tmp_path / 'curation.db'}"
+    store = ReviewStore(url)
+    with local_resources["graph_store"].admin() as admin:
+        graph = admin.tenant(tenant)
+        graph.delete_everything()
+        admin.create_scope(tenant)
+        try:
+            graph.replace_documents([review_document(tenant)])
+            event_log.publish(graph_events(graph))  # what the graph run publishes
+            wait_until(lambda: f"{tenant}-f3" in hot_facts(), CLOSE_S, "the document's facts in the hot graph")
+            before = hot_facts()
+            refresh_queue(graph, store, tau=0.0)
+            review = EdgeReview(graph, RepairLog(url), store, event_log.publish)
+            review.decide(f"{tenant}-f3", 0, "reject", "ada", reason="not on this page")
+            wait_until(lambda: f"{tenant}-f3" not in hot_facts(), CLOSE_S, "the rejected fact gone from the hot graph")
+            assert hot_facts() == before - {f"{tenant}-f3"}  # the document's other facts stay
+            review.undo(RepairLog(url).entries(tenant)[0].id, "ada")
+            wait_until(lambda: f"{tenant}-f3" in hot_facts(), CLOSE_S, "the fact back after the undo")
+        finally:
+            graph.delete_everything()

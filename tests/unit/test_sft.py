@@ -143,3 +143,28 @@ def test_fill_in_the_blank_hides_one_name_or_value_that_occurs_once(monkeypatch)
     assert blank.question.replace("___", blank.output).split(": ", 1)[1] in " ".join(JSON_TEXT.split())
     monkeypatch.setattr(sft, "BLANK_SHARE", 0)
     assert not [r for r in generate(FACTS, CHUNKS).records if r.template == "blank.j2"]
+
+
+def test_a_confirmed_fact_wins_its_question_and_a_rejected_one_is_said_dropped():
+    from datacreek_assets.datasets.sft import curation_drops
+
+    text = "The json module\n\nJSON is a text format. Every JSON is a data interchange format."
+    chunks = [{"chunk_id": "j", "doc_id": "inbox/json.md", "position": 0, "text": text}]
+    facts = [{"fact_id": f"d{i}", "subject": "JSON", "predicate": "is_a", "object": answer,
+              "sentence": sentence, "chunk_id": "j", "doc_id": "inbox/json.md"}
+             for i, (answer, sentence) in enumerate((("text format", "JSON is a text format."),
+                                                     ("data interchange format", "Every JSON is a data interchange format.")))]
+
+    def definitions(dataset) -> dict:
+        return {r.output: r for r in dataset.records if r.question.endswith("what is JSON?")}
+
+    unreviewed = definitions(generate(facts, chunks))
+    assert len(unreviewed) == 1  # one question, one answer: the better-scored
+    loser = next(f for f in facts if f["object"] not in unreviewed)
+    confirmed = definitions(generate([{**f, "confirmed": f is loser} for f in facts], chunks))
+    assert list(confirmed) == [loser["object"]] and confirmed[loser["object"]].confirmed
+    # rejected, the winner's record is gone from the dataset and said dropped, with who and why
+    winner = next(f for f in facts if f is not loser)
+    drops = curation_drops([{**winner, "rejected_by": "ada", "rejected_reason": "not a definition"}], chunks)
+    assert [(d["fact"], d["rejected_by"], d["reason"]) for d in drops] == [(winner["fact_id"], "ada", "not a definition")]
+    assert drops[0]["record"] == unreviewed[winner["object"]].record_id
