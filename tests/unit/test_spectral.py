@@ -1,5 +1,6 @@
 """Δλ of candidate edges: first-order estimates against exact recomputation on random and
-community graphs, exact scores for the top of the queue, and distrust where first order fails."""
+community graphs and the demo corpus's entity graph, exact scores for the top of the queue, and
+distrust where first order fails."""
 
 import numpy as np
 import pytest
@@ -30,8 +31,13 @@ def largest_part(edges):
 @pytest.fixture(scope="module")
 def graphs():
     # over DENSE_MAX nodes: the eigensolver's path, not the dense one
+    from datacreek_assets.curation.offline_graph import demo_review_inputs
+    from datacreek_assets.curation.queue import entity_graph
+
+    demo = demo_review_inputs()  # the demo corpus's entity graph, as its graph run builds it
     return {"random": largest_part(random_graph(520, 0.016, 1)),
-            "community": largest_part(community_graph([180, 180, 180], 0.05, 0.002, 2))}
+            "community": largest_part(community_graph([180, 180, 180], 0.05, 0.002, 2)),
+            "demo": largest_part(entity_graph(demo.mentions, demo.facts))}
 
 
 def test_first_order_is_exact_to_first_order(graphs):
@@ -43,7 +49,7 @@ def test_first_order_is_exact_to_first_order(graphs):
         np.testing.assert_allclose(estimate.delta, exact.delta, rtol=2e-2, atol=1e-9)
 
 
-@pytest.mark.parametrize("name", ["random", "community"])
+@pytest.mark.parametrize("name", ["random", "community", "demo"])
 def test_estimates_rank_removals_as_exact_recomputation_does(graphs, name):
     edges = graphs[name]
     assert len({n for e in edges for n in e[:2]}) > DENSE_MAX
@@ -54,7 +60,7 @@ def test_estimates_rank_removals_as_exact_recomputation_does(graphs, name):
     exact = [scorer.exact(c).score for c in candidates]
     agreement = spearmanr(estimated, exact).statistic
     print(f"{name}: Spearman rank agreement of estimated and exact Δλ over 60 removals: {agreement:.2f}")
-    assert agreement > 0.6  # measured 0.80 (random) and 0.92 (community) on 150 removals
+    assert agreement > 0.6  # measured 0.80 (random) and 0.92 (community) on 150 removals, 0.98 (demo) on 60
 
 
 def test_the_top_of_the_queue_is_exact_and_sorted(graphs):
@@ -139,19 +145,3 @@ def test_an_edge_of_a_small_tight_component_does_not_move_the_graph_s_smallest_e
     assert ring_edge.score > 0.001
     assert [(s.u, s.v) for s in scorer.scores([Candidate("t0", "t1"), Candidate("r0", "r1")])][0] == ("r0", "r1")
 
-
-def test_estimates_rank_removals_on_the_demo_corpus_graph_as_exact_recomputation_does():
-    from datacreek_assets.curation.offline_graph import demo_review_inputs
-    from datacreek_assets.curation.queue import entity_graph
-
-    inputs = demo_review_inputs()
-    edges = largest_part(entity_graph(inputs.mentions, inputs.facts))
-    assert len({n for e in edges for n in e[:2]}) > DENSE_MAX  # the eigensolver's path
-    scorer = SpectralScorer(edges)
-    picked = np.random.default_rng(0).choice(len(edges), 60, replace=False)
-    candidates = [Candidate(edges[i][0], edges[i][1]) for i in picked]
-    estimated = [scorer.estimate(c).score for c in candidates]
-    exact = [scorer.exact(c).score for c in candidates]
-    agreement = spearmanr(estimated, exact).statistic
-    print(f"demo corpus: Spearman rank agreement of estimated and exact Δλ over 60 removals: {agreement:.2f}")
-    assert agreement > 0.6
