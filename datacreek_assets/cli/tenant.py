@@ -94,6 +94,8 @@ def tenant_delete_document(obj: Context, tenant_id: str, doc_id: str) -> None:
                                      doc_id, by=OPERATOR)
         except NotDeletable as err:
             raise UnknownTenant(str(err)) from err
+    # its queued edges leave the review page now (an undo's graph run queues them again)
+    resources["curation"].review_store().forget_documents(tenant_id, [doc_id])
     observe_erasure(obj, tenant_id, report)
     publish_document_events(obj, tenant_id, doc_id)
     if report["trainings"]:  # the adapter's page in the UI shows which trainings and releases learnt from it

@@ -9,7 +9,7 @@ import re
 from datetime import datetime, timezone
 
 from datacreek_assets.curation.repair_log import RepairEntry, RepairLog, as_entry
-from datacreek_assets.graph.fact_curation import CURATED, StaleFactVersion
+from datacreek_assets.graph.fact_curation import CURATED, PROPOSED, StaleFactVersion
 
 MAX_PREDICATE = 80
 _PREDICATE = re.compile(r"^[\w][\w \-']*$")
@@ -54,14 +54,19 @@ def undo(graph, log: RepairLog, entry_id: int, curator: str, now: datetime | Non
         raise DecisionError(f"decision {entry_id} is an undo; decide again instead")
     if log.undone(graph.tenant_id, entry_id):
         raise DecisionError(f"decision {entry_id} was undone already")
+    # a decision that made a proposed edge a fact is undone by making it a proposal again
+    withdraw = entry.before.get("origin") == PROPOSED and entry.before.get("version") == 0
     return _apply(graph, log, entry.edge_id, entry.version, _curated(entry.before), "undo", curator, entry.delta_lambda, now,
-                  undoes=entry_id)
+                  undoes=entry_id, withdraw=withdraw)
 
 
 def _apply(graph, log: RepairLog, fact_id: str, version: int, change: dict, decision: str, curator: str,
            delta_lambda: float | None, now: datetime | None, undoes: int | None = None,
-           proposal: dict | None = None) -> RepairEntry:
-    before, after = graph.curate_fact(fact_id, version, change, proposal)
+           proposal: dict | None = None, withdraw: bool = False) -> RepairEntry:
+    if withdraw:
+        before, after = graph.withdraw_proposal(fact_id, version)
+    else:
+        before, after = graph.curate_fact(fact_id, version, change, proposal)
     with log.session() as session:
         try:
             row = log.add(session, graph.tenant_id, fact_id, curator, decision, before, after, delta_lambda,
@@ -71,7 +76,10 @@ def _apply(graph, log: RepairLog, fact_id: str, version: int, change: dict, deci
         except Exception:
             session.rollback()
             try:  # the graph keeps no decision the log does not hold
-                graph.curate_fact(fact_id, after["version"], _curated(before))
+                if before.get("origin") == PROPOSED and before["version"] == 0:
+                    graph.withdraw_proposal(fact_id, after["version"])  # the fact this decision made
+                elif not withdraw:
+                    graph.curate_fact(fact_id, after["version"], _curated(before))
             except StaleFactVersion:
                 pass  # someone decided again meanwhile: theirs stands, and is logged
             raise
@@ -83,11 +91,13 @@ def _curated(state: dict) -> dict:
 
 
 def _predicate(predicate: str | None) -> str:
+    """The extractor's form ("depends_on"): words joined by _, which is how sft_dataset reads a
+    relation's verb and particle (an edit written "depends on" would leave the dataset)."""
     text = (predicate or "").strip()
     if not text or len(text) > MAX_PREDICATE or not _PREDICATE.match(text):
         raise DecisionError(f"a predicate is 1 to {MAX_PREDICATE} letters, digits, spaces, - or ' "
                             f"(got {predicate!r})")
-    return text
+    return "_".join(text.split())
 
 
 def _reason(reason: str | None) -> str:

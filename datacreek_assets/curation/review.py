@@ -10,10 +10,11 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
-from datacreek_assets.curation.decisions import decide, undo
+from datacreek_assets.curation.decisions import DecisionError, decide, undo
 from datacreek_assets.curation.queue import DEFAULT_LIMIT, entity_graph, neighbourhood, scored_candidates, select
 from datacreek_assets.curation.repair_log import RepairEntry, RepairLog
 from datacreek_assets.curation.review_store import ReviewStore
+from datacreek_assets.graph.fact_curation import StaleFactVersion, UnknownFact
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +63,15 @@ class EdgeReview:
     def decide(self, fact_id: str, version: int, decision: str, curator: str, predicate: str | None = None,
                reason: str | None = None) -> RepairEntry:
         queued = self.store.edge(self.graph.tenant_id, fact_id)
-        entry = decide(self.graph, self.repair_log, fact_id, version, decision, curator, predicate=predicate,
-                       reason=reason, delta_lambda=queued.delta_lambda if queued else None,
-                       proposal=queued.proposal() if queued else None)
+        try:
+            entry = decide(self.graph, self.repair_log, fact_id, version, decision, curator, predicate=predicate,
+                           reason=reason, delta_lambda=queued.delta_lambda if queued else None,
+                           proposal=queued.proposal() if queued else None)
+        except (StaleFactVersion, UnknownFact, DecisionError):
+            raise
+        except Exception:
+            self._resync(fact_id)  # reverted (the log refused it): the row names the version there is now
+            raise
         self.store.mark(self.graph.tenant_id, fact_id, decision, entry.version, entry.after.get("predicate"))
         self._follow(fact_id)
         return entry
@@ -74,6 +81,13 @@ class EdgeReview:
         self.store.mark(self.graph.tenant_id, entry.edge_id, None, entry.version, entry.after.get("predicate"))
         self._follow(entry.edge_id)
         return entry
+
+    def _resync(self, fact_id: str) -> None:
+        state = self.graph.fact_state(fact_id)
+        queued = self.store.edge(self.graph.tenant_id, fact_id)
+        if queued is not None:
+            self.store.mark(self.graph.tenant_id, fact_id, queued.decision if state else None,
+                            state["version"] if state else 0)
 
     def _follow(self, fact_id: str) -> None:
         """The hot layer follows: the fact's document, as Neo4j holds it now, published again. The

@@ -38,6 +38,7 @@ EDGE_ID = re.compile(r"^[\w.:\-]{1,128}$")
 MAX_BODY = 16 * 1024
 PER_PAGE = (10, 25, 50, 100)
 ADMIN = "admin"
+ADMIN_SESSION = "adm."  # an operator's sign-in cookie: an HMAC of the tenant under the admin token
 SECURITY_HEADERS = {"Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
                     "img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
                     "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
@@ -97,11 +98,19 @@ def curation_app(graph_admin, store, repair_log, admin_token: str, publish=None)
     def review(tenant: str) -> EdgeReview:
         return EdgeReview(graph_admin.tenant(tenant), repair_log, store, publish)
 
+    def admin_session(tenant: str) -> str:
+        return ADMIN_SESSION + hmac.new(admin_token.encode(), f"curation-session\0{tenant}".encode(),
+                                        "sha256").hexdigest()
+
     def curator_of(request: Request) -> Curator | JSONResponse:
         scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
         by_cookie = not (scheme.lower() == "bearer" and bearer)
         key = request.cookies.get(KEY_COOKIE, "") if by_cookie else bearer
         claimed = request.headers.get("x-tenant") or (request.cookies.get(TENANT_COOKIE) if by_cookie else None)
+        if by_cookie and key.startswith(ADMIN_SESSION) and claimed:  # an operator's page: one tenant's
+            if hmac.compare_digest(key.encode(), admin_session(claimed).encode()):
+                return Curator(claimed, ADMIN, True)
+            return error(401, "unauthorized", "this admin session is not for that tenant")
         if key and hmac.compare_digest(key.encode(), admin_token.encode()):
             try:
                 return Curator(validate_tenant_id(claimed or ""), ADMIN, by_cookie)
@@ -138,6 +147,8 @@ def curation_app(graph_admin, store, repair_log, admin_token: str, publish=None)
 
     @app.post("/ui/login")
     async def login(request: Request):
+        if not _same_origin(request):  # another site signing a victim in with its own key
+            return html("sign in from this site's own form", 403)
         body = await request.body()
         if len(body) > MAX_BODY:
             return html("too large", 413)
@@ -152,8 +163,11 @@ def curation_app(graph_admin, store, repair_log, admin_token: str, publish=None)
         if not tenant:
             return RedirectResponse("/ui/login?failed=1", status_code=303)
         response = RedirectResponse("/ui/edge_review", status_code=303)
-        for name, value in ((KEY_COOKIE, key), (TENANT_COOKIE, tenant)):
-            response.set_cookie(name, value, httponly=True, samesite="strict", path="/")
+        # Secure wherever the page is served over TLS (directly or behind a proxy that says so)
+        secure = request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
+        # the admin token itself never sits in a browser: its session opens this one tenant only
+        for name, value in ((KEY_COOKIE, admin_session(tenant) if is_admin else key), (TENANT_COOKIE, tenant)):
+            response.set_cookie(name, value, httponly=True, samesite="strict", path="/", secure=secure)
         return response
 
     @app.post("/ui/logout")
@@ -235,7 +249,7 @@ def curation_app(graph_admin, store, repair_log, admin_token: str, publish=None)
             return error(400, "invalid_edge_id", "an edge id is 1 to 128 letters, digits, _ . : or -")
         edge = await asyncio.to_thread(store.edge, curator.tenant, edge_id)
         state = await asyncio.to_thread(graph_admin.tenant(curator.tenant).fact_state, edge_id)
-        if state is None:
+        if state is None and edge is None:  # a queued proposal is not a fact yet
             return error(404, "unknown_edge", f"no edge {edge_id} in this tenant's graph")
         return {"id": edge_id, "state": state, "queued": _edge_json(edge) if edge else None}
 
@@ -295,6 +309,15 @@ def curation_app(graph_admin, store, repair_log, admin_token: str, publish=None)
         return Response("ok", media_type="text/plain")
 
     return app
+
+
+def _same_origin(request: Request) -> bool:
+    """A form post from this server's own pages: the browser's Sec-Fetch-Site, or its Origin."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site in ("same-origin", "none")
+    origin = request.headers.get("origin")
+    return origin is None or origin.split("://", 1)[-1] == request.headers.get("host", "")
 
 
 def _number(text: str) -> float | None:

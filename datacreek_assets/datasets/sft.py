@@ -377,14 +377,16 @@ def generate(facts: list[dict], chunks: list[dict], index=None, embed=None,
     return SftDataset(records, sha, version, filtered, duplicates, QUALITY_THRESHOLD, hit_rate)
 
 
-def curation_drops(rejected: list[dict], chunks: list[dict], template_dir: Path = TEMPLATE_DIR) -> list[dict]:
+def curation_drops(rejected: list[dict], chunks: list[dict], kept: set[str] = frozenset(),
+                   template_dir: Path = TEMPLATE_DIR) -> list[dict]:
     """The records the rejected facts (``TenantGraph.rejected_facts``) would have made, each with
-    its fact and the rejection: what the dataset says it dropped, and why."""
+    its fact and the rejection: what the dataset says it dropped, and why. ``kept``: the dataset's
+    record ids (a record a live twin fact still makes was not dropped)."""
     by_fact = {f["fact_id"]: f for f in rejected}
     drops = {}
     for r in _candidates(_environment(template_dir), rejected, chunks, Counter()):
         fact = next((by_fact[i] for i in r.fact_ids if i in by_fact), None)
-        if fact is not None and r.question and r.output:
+        if fact is not None and r.question and r.output and _record_id(r.question, r.output) not in kept:
             record = _record_id(r.question, r.output)
             drops[record] = {"record": record, "fact": fact["fact_id"], "template": r.template,
                              "rejected_by": fact["rejected_by"], "reason": fact["rejected_reason"]}

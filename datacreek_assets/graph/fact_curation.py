@@ -25,7 +25,7 @@ PROPOSED = "cooccurrence"  # the origin of a fact a curator made from a proposed
 CURATED = ("predicate", "extracted_predicate", "confirmed_at", "confirmed_by", "rejected_at", "rejected_by",
            "rejected_reason")
 _STATE = ("f {" + ", ".join(f".{k}" for k in CURATED) + "} AS state, coalesce(f.version, 0) AS version, "
-          "f.deleted_at IS NOT NULL AS document_deleted")
+          "f.deleted_at IS NOT NULL AS document_deleted, f.origin AS origin")
 
 
 class UnknownFact(LookupError):
@@ -103,6 +103,27 @@ class FactCuration:
             "f.sentence AS sentence, c.chunk_id AS chunk_id, f.doc_id AS doc_id, f.rejected_by AS rejected_by, "
             "f.rejected_reason AS rejected_reason ORDER BY fact_id")
 
+    def withdraw_proposal(self, fact_id: str, expected_version: int) -> tuple[dict, dict]:
+        """Make a fact a curator made from a proposed edge a proposal again (undo of that decision):
+        it is removed if still at ``expected_version``; returns its state before and the proposal's."""
+        def work(tx) -> tuple[dict, dict]:
+            locked = tx.run("MATCH (f:Fact {tenant_id: $tenant, fact_id: $id}) SET f.version = coalesce(f.version, 0) "
+                            "RETURN f.fact_id AS id", id=fact_id)
+            if not locked:
+                raise UnknownFact(f"no fact {fact_id!r} in this tenant's graph")
+            before = _as_state(tx.run(f"MATCH (f:Fact {{tenant_id: $tenant, fact_id: $id}}) RETURN {_STATE}",
+                                      id=fact_id)[0])
+            if before["version"] != expected_version:
+                raise StaleFactVersion(fact_id, expected_version, before["version"])
+            if before["origin"] != PROPOSED:
+                raise ValueError(f"fact {fact_id} was extracted, not proposed: it is decided, not withdrawn")
+            tx.run("MATCH (f:Fact {tenant_id: $tenant, fact_id: $id}) "
+                   "MATCH (d:Document {tenant_id: $tenant, doc_id: f.doc_id}) SET " + NEXT_REVISION, id=fact_id)
+            tx.run("MATCH (f:Fact {tenant_id: $tenant, fact_id: $id}) DETACH DELETE f", id=fact_id)
+            return before, {**{k: None for k in CURATED}, "version": 0, "document_deleted": False, "origin": None}
+
+        return self._write(work)[0]
+
     def fact_pairs(self) -> set[tuple[str, str]]:
         """(subject id, object id) of every fact of a live document, rejected ones too: the pairs
         the review queue does not propose again."""
@@ -121,7 +142,10 @@ class FactCuration:
 def carry_curation(tx, doc_ids: list[str]) -> list[dict]:
     """Read the curated states of these documents' facts (before their rows are replaced);
     ``restore_curation`` puts them back on the facts the new extraction makes with the same ids,
-    and makes the facts curators made from proposals again."""
+    and makes the facts curators made from proposals again. The facts are locked first (a write):
+    a decision committed after this read would otherwise be lost with the rows it replaces."""
+    tx.run("UNWIND $ids AS id MATCH (f:Fact {tenant_id: $tenant, doc_id: id}) SET f.version = coalesce(f.version, 0)",
+           ids=doc_ids)
     return tx.run("UNWIND $ids AS id MATCH (f:Fact {tenant_id: $tenant, doc_id: id}) WHERE f.version > 0 "
                   "OPTIONAL MATCH (f)-[:SUBJECT]->(s:Entity {tenant_id: $tenant}) "
                   "OPTIONAL MATCH (f)-[:OBJECT]->(o:Entity {tenant_id: $tenant}) "
@@ -144,6 +168,7 @@ def _propose(tx, rows: list[dict]) -> None:
     """Proposed edges made facts (where their chunk and entities exist; one already a fact is left
     as it is)."""
     tx.run("UNWIND $rows AS row MATCH (c:Chunk {tenant_id: $tenant, chunk_id: row.chunk_id}) "
+           "WHERE c.deleted_at IS NULL "
            "MATCH (s:Entity {tenant_id: $tenant, entity_id: row.subject_id}) "
            "MATCH (o:Entity {tenant_id: $tenant, entity_id: row.object_id}) "
            "MERGE (f:Fact {tenant_id: $tenant, fact_id: row.fact_id}) "
@@ -154,7 +179,8 @@ def _propose(tx, rows: list[dict]) -> None:
 
 def _as_state(row: dict) -> dict:
     state = {k: _plain(row["state"].get(k)) for k in CURATED}
-    return {**state, "version": int(row["version"]), "document_deleted": bool(row.get("document_deleted"))}
+    return {**state, "version": int(row["version"]), "document_deleted": bool(row.get("document_deleted")),
+            "origin": row.get("origin")}
 
 
 def _plain(value: Any) -> Any:

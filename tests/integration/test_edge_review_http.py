@@ -123,7 +123,7 @@ def test_the_second_curator_on_an_edge_gets_409_and_undo_restores(client, keys, 
     # bob reloads and decides at the current version: an edit
     edited = client.patch("/api/v1/edges/rev-a-f2", headers=bearer(keys["a2"]),
                           json={"version": 1, "decision": "edit", "predicate": "passes through"})
-    assert edited.status_code == 200 and graph.fact_state("rev-a-f2")["predicate"] == "passes through"
+    assert edited.status_code == 200 and graph.fact_state("rev-a-f2")["predicate"] == "passes_through"
     log = client.get("/api/v1/repairs", headers=bearer(keys["a"])).json()["entries"]
     assert [(e["decision"], e["curator"]) for e in log] == [("edit", "bob"), ("accept", "ada")]
     # undoing the accept now would overwrite bob's edit: refused
@@ -159,6 +159,18 @@ def test_the_page_escapes_evidence_and_cookie_changes_need_the_header(client, ke
     with hostile.case("http"):  # the admin token signs in for a tenant it names, validated
         bad = client.post("/ui/login", data={"key": ADMIN, "tenant": "../rev-b"}, follow_redirects=False)
         assert bad.headers["location"] == "/ui/login?failed=1"
+    with hostile.case("http"):  # another site's form cannot sign a victim in
+        assert client.post("/ui/login", data={"key": keys["b"]}, headers={"Sec-Fetch-Site": "cross-site"},
+                           follow_redirects=False).status_code == 403
+    # the operator's page: the admin token is not kept in the browser, and its session opens one tenant
+    operator = client.post("/ui/login", data={"key": ADMIN, "tenant": "rev-b"}, follow_redirects=False)
+    assert operator.status_code == 303 and ADMIN not in operator.headers["set-cookie"]
+    assert "rev-b-f1" in client.get("/ui/edge_review?per_page=100").text
+    client.cookies.set("datacreek_tenant", "rev-a")  # the session, pointed at another tenant
+    with hostile.case("http"):
+        moved = client.get("/ui/edge_review", follow_redirects=False)
+        assert moved.status_code == 303 and moved.headers["location"] == "/ui/login"
+        assert client.get("/api/v1/edges").status_code == 401
 
 
 def test_a_decision_republishes_the_document_for_the_hot_layer(client, keys, graphs, services):
@@ -206,13 +218,23 @@ def test_a_proposed_co_occurrence_becomes_a_fact_once_and_outlives_a_reingestion
                         json={"version": 0, "decision": "reject"})
     assert late.status_code == 409  # the second curator on the proposal
     live = {f["fact_id"]: f for f in graph.live_facts()}
-    assert live[proposal["id"]]["predicate"] == "trades with" and live[proposal["id"]]["confirmed"]
+    assert live[proposal["id"]]["predicate"] == "trades_with" and live[proposal["id"]]["confirmed"]
     # both documents ingested again: the curator's fact is made again, decided as it was
     graph.replace_documents([review_document("rev-a"), bridges])
     state = graph.fact_state(proposal["id"])
-    assert state["predicate"] == "trades with" and state["confirmed_by"] == "ada" and state["version"] == 1
+    assert state["predicate"] == "trades_with" and state["confirmed_by"] == "ada" and state["version"] == 1
     again = refresh_queue(graph, store, tau=0.0)
     assert again.proposed == 0 and store.edge("rev-a", proposal["id"]) is None  # proposed once
     # an unknown proposal id (not queued for this tenant) is not made a fact
     assert client.patch("/api/v1/edges/co-0123456789abcdef0123", headers=bearer(keys["a"]),
                         json={"version": 0, "decision": "accept"}).status_code == 404
+    # another tenant's curator cannot make A's proposal a fact in either graph
+    assert client.patch(f"/api/v1/edges/{proposal['id']}", headers=bearer(keys["b"]),
+                        json={"version": 1, "decision": "reject"}).status_code == 404
+    assert graphs[1]["rev-b"].fact_state(proposal["id"]) is None
+    # undone, the curator's fact is a proposal again: gone from the graph, proposed by the next queue
+    undone = client.post(f"/api/v1/repairs/{decided.json()['id']}/undo", headers=bearer(keys["a"]))
+    assert undone.status_code == 200, undone.text
+    assert undone.json()["version"] == 0 and graph.fact_state(proposal["id"]) is None
+    assert proposal["id"] not in {f["fact_id"] for f in graph.live_facts()}
+    assert refresh_queue(graph, store, tau=0.0).proposed == 1 and store.edge("rev-a", proposal["id"]).version == 0

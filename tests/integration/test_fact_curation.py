@@ -61,7 +61,7 @@ def test_accept_reject_edit_and_undo_change_the_graph_and_are_logged(graphs, log
     assert rejected.after["rejected_reason"] == "Linz is not on this page"
     assert set(predicates(a)) == {"cur-a-f0"}  # a rejected fact leaves the SFT dataset's input
     edited = decide(a, log, "cur-a-f0", 1, "edit", "bob", predicate="passes through")
-    assert predicates(a) == {"cur-a-f0": "passes through"}
+    assert predicates(a) == {"cur-a-f0": "passes_through"}
     assert edited.before["predicate"] == "flows through" and edited.after["extracted_predicate"] == "flows through"
 
     undone = undo(a, log, rejected.id, "bob")
@@ -131,8 +131,8 @@ def test_curation_outlives_a_re_ingestion_and_a_document_s_restore(graphs, log):
     decide(a, log, "cur-a-f0", 0, "edit", "ada", predicate="passes through")
     decide(a, log, "cur-a-f1", 0, "reject", "ada")
     a.replace_documents([document("cur-a")])  # extracted again: the same facts, the extractor's predicate
-    assert predicates(a) == {"cur-a-f0": "passes through"}
+    assert predicates(a) == {"cur-a-f0": "passes_through"}
     a.soft_delete_documents(["rivers.md"], by="test")
     assert a.restore_document("rivers.md", max_age=timedelta(days=1))
-    assert predicates(a) == {"cur-a-f0": "passes through"}  # the restore does not bring the rejected fact back
+    assert predicates(a) == {"cur-a-f0": "passes_through"}  # the restore does not bring the rejected fact back
     assert a.fact_state("cur-a-f1")["rejected_by"] == "ada"

@@ -12,7 +12,11 @@
     const response = await fetch(url, { method, headers, body: body ? JSON.stringify(body) : undefined,
                                          credentials: "same-origin" });
     const data = await response.json().catch(() => ({}));
-    if (!response.ok) throw new Error((data.error && data.error.message) || response.statusText);
+    if (!response.ok) {
+      const error = new Error((data.error && data.error.message) || response.statusText);
+      error.currentVersion = response.headers.get("X-Current-Version");
+      throw error;
+    }
     return data;
   }
 
@@ -44,7 +48,11 @@
       undoStack.push({ entry: entry.id, row });
       say(decision + " " + row.dataset.id + " (decision #" + entry.id + ", u to undo)");
       if (rows[current] === row) select(current + 1);
-    } catch (err) { say(err.message, true); }
+    } catch (err) {
+      // someone decided first: the row now names the version there is, so a second look can decide again
+      if (err.currentVersion !== null && err.currentVersion !== undefined) row.dataset.version = err.currentVersion;
+      say(err.message + (err.currentVersion ? " (reload to see their decision)" : ""), true);
+    }
   }
 
   async function undoLast() {

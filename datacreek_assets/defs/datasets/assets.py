@@ -37,7 +37,7 @@ def sft_dataset(context: dg.AssetExecutionContext, graph_store: GraphStoreResour
     with graph_store.tenant(tenant) as graph:
         chunks = graph.live_chunks()
         dataset = generate(graph.live_facts(), chunks, index, embed_texts)
-        dropped = curation_drops(graph.rejected_facts(), chunks)
+        dropped = curation_drops(graph.rejected_facts(), chunks, {r.record_id for r in dataset.records})
     folder = f"{DATASET_PREFIX}/{dataset.version}"
     new_version = not store.exists(f"{folder}/manifest.json")
     manifest = {
