@@ -124,6 +124,12 @@ def test_a_graph_change_the_log_cannot_hold_is_reverted(graphs, log):
     with pytest.raises(Exception, match="edge_repair_log"):
         decide(a, log, "cur-a-f1", 0, "reject", "ada")
     assert a.fact_state("cur-a-f1")["rejected_at"] is None and "cur-a-f1" in predicates(a)
+    # a decision on a proposed edge made it a fact: reverted, that fact is gone again
+    proposal = {"subject_id": "cur-a-vienna", "object_id": "cur-a-linz", "chunk_id": "cur-a-c1", "doc_id": "rivers.md",
+                "sentence": "The Danube flows through Vienna.", "predicate": "co-occurs with"}
+    with pytest.raises(Exception, match="edge_repair_log"):
+        decide(a, log, "co-vienna-linz", 0, "accept", "ada", proposal=proposal)
+    assert a.fact_state("co-vienna-linz") is None and "co-vienna-linz" not in predicates(a)
 
 
 def test_curation_outlives_a_re_ingestion_and_a_document_s_restore(graphs, log):
