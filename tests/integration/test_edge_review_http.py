@@ -166,11 +166,14 @@ def test_the_page_escapes_evidence_and_cookie_changes_need_the_header(client, ke
     operator = client.post("/ui/login", data={"key": ADMIN, "tenant": "rev-b"}, follow_redirects=False)
     assert operator.status_code == 303 and ADMIN not in operator.headers["set-cookie"]
     assert "rev-b-f1" in client.get("/ui/edge_review?per_page=100").text
-    client.cookies.set("datacreek_tenant", "rev-a")  # the session, pointed at another tenant
-    with hostile.case("http"):
-        moved = client.get("/ui/edge_review", follow_redirects=False)
+    session = operator.cookies["datacreek_curator"]
+    with hostile.case("http"):  # the session, pointed at another tenant
+        other = TestClient(client.app, cookies={"datacreek_curator": session, "datacreek_tenant": "rev-a"})
+        moved = other.get("/ui/edge_review", follow_redirects=False)
         assert moved.status_code == 303 and moved.headers["location"] == "/ui/login"
-        assert client.get("/api/v1/edges").status_code == 401
+        assert other.get("/api/v1/edges").status_code == 401
+    assert TestClient(client.app, cookies={"datacreek_curator": session, "datacreek_tenant": "rev-b"}).get(
+        "/api/v1/edges").status_code == 200  # and for its own tenant it works
 
 
 def test_a_decision_republishes_the_document_for_the_hot_layer(client, keys, graphs, services):
