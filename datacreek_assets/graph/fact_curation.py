@@ -58,15 +58,7 @@ class FactCuration:
         def work(tx) -> tuple[dict, dict]:
             if proposal is not None:
                 _propose(tx, [{**proposal, "fact_id": fact_id}])
-            # a write first: it takes the fact's lock, so the version read next is the committed one
-            locked = tx.run("MATCH (f:Fact {tenant_id: $tenant, fact_id: $id}) SET f.version = coalesce(f.version, 0) "
-                            "RETURN f.fact_id AS id", id=fact_id)
-            if not locked:
-                raise UnknownFact(f"no fact {fact_id!r} in this tenant's graph")
-            before = _as_state(tx.run(f"MATCH (f:Fact {{tenant_id: $tenant, fact_id: $id}}) RETURN {_STATE}",
-                                      id=fact_id)[0])
-            if before["version"] != expected_version:
-                raise StaleFactVersion(fact_id, expected_version, before["version"])
+            before = _locked_state(tx, fact_id, expected_version)
             after = tx.run("MATCH (f:Fact {tenant_id: $tenant, fact_id: $id}) SET f += $change, "
                            f"f.version = f.version + 1 RETURN {_STATE}", id=fact_id, change=change)
             # the document's events, published again, must win over any published before it
@@ -107,14 +99,7 @@ class FactCuration:
         """Make a fact a curator made from a proposed edge a proposal again (undo of that decision):
         it is removed if still at ``expected_version``; returns its state before and the proposal's."""
         def work(tx) -> tuple[dict, dict]:
-            locked = tx.run("MATCH (f:Fact {tenant_id: $tenant, fact_id: $id}) SET f.version = coalesce(f.version, 0) "
-                            "RETURN f.fact_id AS id", id=fact_id)
-            if not locked:
-                raise UnknownFact(f"no fact {fact_id!r} in this tenant's graph")
-            before = _as_state(tx.run(f"MATCH (f:Fact {{tenant_id: $tenant, fact_id: $id}}) RETURN {_STATE}",
-                                      id=fact_id)[0])
-            if before["version"] != expected_version:
-                raise StaleFactVersion(fact_id, expected_version, before["version"])
+            before = _locked_state(tx, fact_id, expected_version)
             if before["origin"] != PROPOSED:
                 raise ValueError(f"fact {fact_id} was extracted, not proposed: it is decided, not withdrawn")
             tx.run("MATCH (f:Fact {tenant_id: $tenant, fact_id: $id}) "
@@ -175,6 +160,19 @@ def _propose(tx, rows: list[dict]) -> None:
            "ON CREATE SET f.predicate = row.predicate, f.sentence = row.sentence, f.doc_id = row.doc_id, "
            "f.origin = $origin, f.version = 0 "
            "MERGE (f)-[:SUBJECT]->(s) MERGE (f)-[:OBJECT]->(o) MERGE (f)-[:SOURCE]->(c)", rows=rows, origin=PROPOSED)
+
+
+def _locked_state(tx, fact_id: str, expected_version: int) -> dict:
+    """The fact's state, locked for this transaction, if it is at ``expected_version``. A write
+    first: it takes the fact's lock, so the version read next is the committed one."""
+    locked = tx.run("MATCH (f:Fact {tenant_id: $tenant, fact_id: $id}) SET f.version = coalesce(f.version, 0) "
+                    "RETURN f.fact_id AS id", id=fact_id)
+    if not locked:
+        raise UnknownFact(f"no fact {fact_id!r} in this tenant's graph")
+    state = _as_state(tx.run(f"MATCH (f:Fact {{tenant_id: $tenant, fact_id: $id}}) RETURN {_STATE}", id=fact_id)[0])
+    if state["version"] != expected_version:
+        raise StaleFactVersion(fact_id, expected_version, state["version"])
+    return state
 
 
 def _as_state(row: dict) -> dict:
