@@ -20,6 +20,7 @@ class ReviewInputs:
 def demo_review_inputs(max_docs: int = 40) -> ReviewInputs:
     """The demo corpus (as `datacreek demo` writes it) through raw_documents, parsed_chunks and
     knowledge_graph's functions; entities and facts merged by id, as the graph merges them."""
+    from datacreek_assets.defs.ingest.assets import ChunkingConfig
     from datacreek_assets.demo_corpus import write_demo_corpus
     from datacreek_assets.graph.sync import build_document_rows
     from datacreek_assets.ingest.chunking import chunk_text, drop_exact_duplicates
@@ -36,7 +37,9 @@ def demo_review_inputs(max_docs: int = 40) -> ReviewInputs:
                 result = parse_document(key.removeprefix("inbox/"), store.get(key), DEFAULT_MAX_BYTES)
                 if isinstance(result, ParsedDocument):
                     parsed.append(result)
-    unique, _ = drop_exact_duplicates([c for doc in parsed for c in chunk_text(doc.doc_id, doc.text, 200, 32)])
+    chunking = ChunkingConfig()  # parsed_chunks' defaults
+    unique, _ = drop_exact_duplicates([c for doc in parsed for c in chunk_text(doc.doc_id, doc.text, chunking.max_tokens,
+                                                                               chunking.overlap_tokens)])
     chunks_by_doc: dict[str, list[dict]] = {}
     for c in unique:
         if not screen_text(c.text):

@@ -16,7 +16,8 @@ from datetime import datetime, timezone
 from sqlalchemy import Boolean, DateTime, Float, Integer, String, Text, delete, func, or_, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from datacreek_assets.curation.queue import QueueItem
+from datacreek_assets.curation.decisions import valid_curator
+from datacreek_assets.curation.queue import COOCCURS, QueueItem
 from datacreek_assets.sql import open_store
 from datacreek_assets.tenancy import validate_tenant_id
 
@@ -104,8 +105,6 @@ class QueuedEdge:
         """What a decision on a proposed edge makes a fact of (``decisions.decide``)."""
         if not self.proposed:
             return None
-        from datacreek_assets.curation.queue import COOCCURS
-
         return {"subject_id": self.subject_id, "object_id": self.object_id, "chunk_id": self.chunk_id,
                 "doc_id": self.doc_id, "sentence": self.sentence, "predicate": COOCCURS}
 
@@ -226,8 +225,6 @@ class ReviewStore:
     # -- curator keys -----------------------------------------------------------
     def issue_key(self, tenant_id: str, curator: str) -> tuple[str, str]:
         """A new curator key: (key_id, key). Only its SHA-256 is kept."""
-        from datacreek_assets.curation.decisions import valid_curator
-
         tenant_id, curator = validate_tenant_id(tenant_id), valid_curator(curator)
         key = CURATOR_KEY_PREFIX + secrets.token_urlsafe(32)
         key_id = secrets.token_hex(6)

@@ -25,6 +25,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from datacreek_assets.api_errors import error
 from datacreek_assets.curation.decisions import DecisionError
 from datacreek_assets.curation.review import EdgeReview
 from datacreek_assets.curation.review_store import STATUSES
@@ -55,10 +56,6 @@ class Decision(BaseModel):
 class Curator:
     def __init__(self, tenant: str, name: str, by_cookie: bool):
         self.tenant, self.name, self.by_cookie = tenant, name, by_cookie
-
-
-def error(status: int, kind: str, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status, headers=headers)
 
 
 def neighbourhood_svg(rows: list[list], width: int = 220, height: int = 120) -> dict:

@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 
+from datacreek_assets.api_errors import error
 from datacreek_assets.serving.routing import InvalidVersion, LatencyWindow, validate_version
 from datacreek_assets.tenancy import InvalidTenantId
 
@@ -60,10 +61,6 @@ async def read_capped(request: Request, limit: int) -> bytes | None:
             return None
         parts.append(part)
     return b"".join(parts)
-
-
-def error(status: int, kind: str, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status, headers=headers)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=8)

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from datacreek_assets.api_errors import error
 from datacreek_assets.hot_graph import LATENCY_BUCKETS, UnknownEntity
 from datacreek_assets.streaming.windows import WINDOW_SECONDS, window_of
 from datacreek_assets.tenancy import InvalidTenantId, validate_tenant_id
@@ -51,10 +52,6 @@ class HotQueries:
 
     def top_pairs(self, limit: int = 20) -> list[dict]:
         return self._timed("top_pairs", lambda: self.store.top_pairs(self.tenant_id, limit))
-
-
-def error(status: int, kind: str, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status, headers=headers)
 
 
 class StreamCollector:
