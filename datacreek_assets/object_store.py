@@ -127,13 +127,12 @@ class LocalObjectStore:
 
 
 class S3ObjectStore:
-    """An S3 bucket (prod; moto's server in tests)."""
+    """An S3 bucket (prod; moto's server in tests), through a boto3 client that dagster-aws's
+    ``S3Resource`` made (endpoint, region, credentials and profile are that resource's config)."""
 
-    def __init__(self, bucket: str, endpoint_url: str | None = None, region: str = "us-east-1", client=None):
-        import boto3
-
+    def __init__(self, bucket: str, client):
         self.bucket = bucket
-        self.client = client or boto3.client("s3", endpoint_url=endpoint_url or None, region_name=region)
+        self.client = client
 
     def put(self, key: str, data: bytes) -> None:
         self.client.put_object(Bucket=self.bucket, Key=_check_relative_key(key), Body=data)

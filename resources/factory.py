@@ -5,10 +5,11 @@ Called at definition-build time (and by the CLI), never at import.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Iterator
 
 import dagster as dg
+from dagster_aws.s3 import S3Resource
 
 from datacreek_assets.local_services import RayService
 from datacreek_assets.settings import ConfigError, LocalSettings
@@ -21,6 +22,7 @@ from resources.stores import (
     FineTuneResource,
     GraphStoreResource,
     HotGraphResource,
+    MlflowTrackingResource,
     ObjectStoreResource,
     ServingResource,
     TenantRegistryResource,
@@ -30,6 +32,9 @@ from resources.stores import (
 def build_resources(profile: str, settings: LocalSettings | None = None) -> dict[str, dg.ConfigurableResource]:
     if profile == "local":
         settings = settings or LocalSettings.from_env()
+        mlflow = MlflowTrackingResource(tracking_uri=f"sqlite:///{settings.state_dir / 'mlflow' / 'mlflow.db'}",
+                                        artifact_root=str(settings.state_dir / "mlflow" / "artifacts"),
+                                        ui_url="http://127.0.0.1:5000")  # `mlflow ui` (README: Configuration)
         return {
             "graph_store": GraphStoreResource(uri=settings.neo4j_uri, isolation="label"),
             "hot_graph": HotGraphResource(host="127.0.0.1", port=settings.falkordb_port),
@@ -47,11 +52,11 @@ def build_resources(profile: str, settings: LocalSettings | None = None) -> dict
             ),
             "credit_ledger": CreditLedgerResource(url=settings.ledger_url),
             "curation": CurationResource(url=settings.curation_url),
+            "mlflow": mlflow,
             "finetune": FineTuneResource(
                 models_dir=str(settings.state_dir / "models"),
                 base_cache_dir=str(settings.download_cache / "models"),
-                tracking_uri=f"sqlite:///{settings.state_dir / 'mlflow' / 'mlflow.db'}",
-                artifact_root=str(settings.state_dir / "mlflow" / "artifacts"),
+                mlflow=mlflow,
                 base_model=settings.base_model,
                 eval_margin=settings.eval_margin,
                 cpu_fallback=settings.cpu_fallback,
@@ -71,6 +76,12 @@ def build_resources(profile: str, settings: LocalSettings | None = None) -> dict
         }
     if profile == "prod":
         # Real endpoints; values are resolved by Dagster when a run starts.
+        s3 = s3_resource_from_env()
+        mlflow = MlflowTrackingResource(
+            tracking_uri=dg.EnvVar("DATACREEK_MLFLOW_TRACKING_URI"),
+            artifact_root=dg.EnvVar("DATACREEK_MLFLOW_ARTIFACT_ROOT"),  # s3://bucket/mlflow
+            ui_url=optional_env("DATACREEK_MLFLOW_UI_URL"),  # where operators open the tracking server
+        )
         return {
             "graph_store": GraphStoreResource(
                 uri=dg.EnvVar("DATACREEK_NEO4J_URI"),
@@ -93,26 +104,23 @@ def build_resources(profile: str, settings: LocalSettings | None = None) -> dict
                 password=dg.EnvVar("DATACREEK_KAFKA_PASSWORD"),
                 signing_key=dg.EnvVar("DATACREEK_EVENT_SIGNING_KEY"),  # a tenant's pods only
             ),
-            "object_store": ObjectStoreResource(
-                backend="s3",
-                bucket=dg.EnvVar("DATACREEK_S3_BUCKET"),
-                endpoint_url=dg.EnvVar("DATACREEK_S3_ENDPOINT_URL"),
-            ),
+            "s3": s3,
+            "object_store": ObjectStoreResource(backend="s3", bucket=dg.EnvVar("DATACREEK_S3_BUCKET"), s3=s3),
             "tenant_registry": TenantRegistryResource(url=dg.EnvVar("DATACREEK_POSTGRES_URL")),
             "feature_store": FeatureStoreResource(
                 registry=dg.EnvVar("DATACREEK_FEAST_REGISTRY"),  # s3://bucket/feast/registry.db
                 offline_dir=dg.EnvVar("DATACREEK_FEAST_OFFLINE_URI"),  # s3://bucket/feast/offline
                 online_type="redis",
                 online_connection=dg.EnvVar("DATACREEK_FEAST_REDIS"),
-                s3_endpoint=dg.EnvVar("DATACREEK_S3_ENDPOINT_URL"),
+                s3=s3,
             ),
             "credit_ledger": CreditLedgerResource(url=dg.EnvVar("DATACREEK_LEDGER_URL")),  # Postgres
             "curation": CurationResource(url=dg.EnvVar("DATACREEK_CURATION_STORE_URL")),  # Postgres
+            "mlflow": mlflow,
             "finetune": FineTuneResource(
                 models_dir=dg.EnvVar("DATACREEK_MODELS_DIR"),  # the run pod's volume
                 base_cache_dir=dg.EnvVar("DATACREEK_BASE_MODELS_DIR"),
-                tracking_uri=dg.EnvVar("DATACREEK_MLFLOW_TRACKING_URI"),
-                artifact_root=dg.EnvVar("DATACREEK_MLFLOW_ARTIFACT_ROOT"),  # s3://bucket/mlflow
+                mlflow=mlflow,
                 base_model=dg.EnvVar("DATACREEK_BASE_MODEL"),
                 cpu_fallback=dg.EnvVar("DATACREEK_CPU_FALLBACK"),
             ),
@@ -129,14 +137,44 @@ def build_resources(profile: str, settings: LocalSettings | None = None) -> dict
     raise ConfigError(f"unknown profile {profile!r}")
 
 
-def initialized(resources: dict[str, dg.ConfigurableResource]) -> dict[str, dg.ConfigurableResource]:
-    """Resolve EnvVars outside a Dagster run (the CLI); every unset variable is named in one line."""
+# S3Resource's settings and the variables they come from. Each one is optional: without a variable the
+# setting is left to boto3's default chain (AWS_REGION, AWS_PROFILE, the pod's web identity token).
+S3_SETTINGS = {
+    "endpoint_url": "DATACREEK_S3_ENDPOINT_URL",  # MinIO, moto, any S3 API; unset for AWS itself
+    "region_name": "DATACREEK_S3_REGION",
+    "profile_name": "DATACREEK_S3_PROFILE",
+    "aws_access_key_id": "DATACREEK_S3_ACCESS_KEY_ID",
+    "aws_secret_access_key": "DATACREEK_S3_SECRET_ACCESS_KEY",
+    "aws_session_token": "DATACREEK_S3_SESSION_TOKEN",
+}
+
+
+def optional_env(name: str, environ: dict[str, str] | None = None):
+    """An EnvVar where the variable is set (non-empty), else "": the value stays out of the run config
+    that the UI shows, and is read when a run starts."""
+    import os
+
+    env = os.environ if environ is None else environ
+    return dg.EnvVar(name) if env.get(name) else ""
+
+
+def s3_resource_from_env(environ: dict[str, str] | None = None) -> S3Resource:
+    """dagster-aws's S3Resource from the variables that are set."""
+    settings = {setting: optional_env(name, environ) for setting, name in S3_SETTINGS.items()}
+    return S3Resource(**{setting: value for setting, value in settings.items() if value})
+
+
+def initialized(resources: dict[str, dg.ConfigurableResource],
+                stack: ExitStack) -> dict[str, dg.ConfigurableResource]:
+    """Resolve EnvVars outside a Dagster run (the CLI); every unset variable is named in one line.
+    Resources that hold others (the S3Resource, MLflow's) are set up as Dagster does, as context
+    managers: ``stack`` tears them down."""
     import re
 
     done, missing, other = {}, [], []
     for name, resource in resources.items():
         try:
-            done[name] = resource.process_config_and_initialize()
+            done[name] = stack.enter_context(resource.process_config_and_initialize_cm())
         except dg.DagsterError as err:
             unset = re.findall(r'environment variable "(\w+)"', str(err))
             missing.extend(v for v in unset if v not in missing)

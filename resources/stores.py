@@ -4,9 +4,11 @@ clients; what is done with the clients lives in ``datacreek_assets``."""
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Optional
 
 import dagster as dg
+from dagster_aws.s3 import S3Resource
+from pydantic import PrivateAttr
 
 from datacreek_assets.graph_store import ISOLATION_MODES, GraphAdmin, TenantGraph
 from datacreek_assets.hot_graph import HotGraphStore
@@ -110,13 +112,13 @@ class EventLogResource(dg.ConfigurableResource):
 
 
 class ObjectStoreResource(dg.ConfigurableResource):
-    """``backend='local'`` (a directory) or ``'s3'`` (a bucket, any S3 endpoint)."""
+    """``backend='local'`` (a directory) or ``'s3'``: a bucket reached through dagster-aws's
+    ``S3Resource``, which holds the endpoint, region, credentials and profile."""
 
     backend: str = "local"
     root: str = ".datacreek/objects"
     bucket: str = ""
-    endpoint_url: str = ""
-    region: str = "us-east-1"
+    s3: Optional[S3Resource] = None
 
     def store(self):
         if self.backend == "local":
@@ -124,7 +126,9 @@ class ObjectStoreResource(dg.ConfigurableResource):
         if self.backend == "s3":
             if not self.bucket:
                 raise dg.DagsterInvalidConfigError("the s3 object store needs a bucket", [], self.bucket)
-            return S3ObjectStore(self.bucket, self.endpoint_url or None, self.region)
+            if self.s3 is None:
+                raise dg.DagsterInvalidConfigError("the s3 object store needs an S3Resource (s3=...)", [], self.bucket)
+            return S3ObjectStore(self.bucket, self.s3.get_client())
         raise dg.DagsterInvalidConfigError(
             f"object store backend must be 'local' or 's3', not {self.backend!r}", [], self.backend
         )
@@ -161,7 +165,7 @@ class FeatureStoreResource(dg.ConfigurableResource):
     online_type: str = "sqlite"  # sqlite | redis
     online_path: str = ""  # sqlite file
     online_connection: str = ""  # redis "host:port[,password=...]"
-    s3_endpoint: str = ""  # for an s3:// offline_dir on a custom endpoint
+    s3: Optional[S3Resource] = None  # for an s3:// registry or offline_dir: the object store's S3Resource
 
     def settings(self):
         from datacreek_assets.embeddings.feature_store import FeatureStoreSettings
@@ -172,8 +176,12 @@ class FeatureStoreResource(dg.ConfigurableResource):
             online = {"type": "redis", "connection_string": self.online_connection}
         else:
             raise dg.DagsterInvalidConfigError(f"online store must be sqlite or redis, not {self.online_type!r}", [], self.online_type)
+        s3 = self.s3
         return FeatureStoreSettings(registry=self.registry, offline_dir=self.offline_dir, online=online,
-                                    s3_endpoint=self.s3_endpoint)
+                                    s3_endpoint=(s3.endpoint_url or "") if s3 else "",
+                                    s3_region=(s3.region_name or "us-east-1") if s3 else "us-east-1",
+                                    s3_credentials=(s3.aws_access_key_id, s3.aws_secret_access_key,
+                                                    s3.aws_session_token) if s3 and s3.aws_access_key_id else None)
 
     def for_tenant(self, tenant_id: str, metrics=None, view: str = "chunk_embeddings"):
         from datacreek_assets.embeddings.feature_store import TenantFeatures, open_feature_store
@@ -182,15 +190,59 @@ class FeatureStoreResource(dg.ConfigurableResource):
         return TenantFeatures(open_feature_store(settings), settings, tenant_id, metrics, view=view)
 
 
+class MlflowTrackingResource(dg.ConfigurableResource):
+    """MLflow: the tracking store, the artifact root and, where a tracking server runs, its UI
+    address (materializations link to their MLflow run there).
+
+    ``for_tenant`` gives the tenant-scoped handle: one experiment per tenant, and a run id of another
+    tenant refused. dagster-mlflow's own ``mlflow_tracking`` resource is not used for that: it binds
+    one experiment for the whole code location through MLflow's process-global fluent state, while
+    here the experiment follows each run's tenant partition. This resource is what the integration's
+    ``end_mlflow_on_run_finished`` hook calls (``end_run``), under the resource key ``mlflow``."""
+
+    tracking_uri: str
+    artifact_root: str
+    ui_url: str = ""
+    _dagster_run_id: str = PrivateAttr(default="")
+    _partition: str = PrivateAttr(default="")
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        run = context.dagster_run
+        if run is not None:  # the step's run: the hook ends what this Dagster run opened
+            self._dagster_run_id = run.run_id
+            self._partition = run.tags.get("dagster/partition", "")
+
+    def for_tenant(self, tenant_id: str):
+        from datacreek_assets.finetune.tracking import TenantTracking
+
+        return TenantTracking(self.tracking_uri, self.artifact_root, tenant_id)
+
+    def end_run(self, status: str = "FINISHED") -> int:
+        """End the MLflow runs this Dagster run opened in its tenant's experiment and left running
+        (how the integration's hook closes a run when a step fails, or its job's last step ends)."""
+        from datacreek_assets.tenancy import InvalidTenantId, validate_tenant_id
+
+        try:
+            tenant = validate_tenant_id(self._partition)
+        except InvalidTenantId:  # not a tenant partition: this run opened no tenant's MLflow run
+            return 0
+        return self.for_tenant(tenant).end_runs_of(self._dagster_run_id, status)
+
+    def run_url(self, tracking, run_id: str) -> str:
+        """The run's page in the MLflow UI ("" without a UI address)."""
+        if not self.ui_url:
+            return ""
+        return f"{self.ui_url.rstrip('/')}/#/experiments/{tracking.experiment_id}/runs/{run_id}"
+
+
 class FineTuneResource(dg.ConfigurableResource):
     """Where models are trained and tracked: a work directory (base checkpoints, adapters,
-    GGUF files), the MLflow tracking store and artifact root, the base model, the CPU fallback
-    ("int8": the base in 8-bit through bitsandbytes, or "fp32") and the release margin of qa_eval."""
+    GGUF files), MLflow, the base model, the CPU fallback ("int8": the base in 8-bit through
+    bitsandbytes, or "fp32") and the release margin of qa_eval."""
 
     models_dir: str
     base_cache_dir: str  # converted base checkpoints and base GGUF files, shared by tenants
-    tracking_uri: str
-    artifact_root: str
+    mlflow: MlflowTrackingResource
     base_model: str = "smollm2-135m-instruct"
     cpu_fallback: str = "int8"
     eval_margin: float = 0.02
@@ -210,9 +262,7 @@ class FineTuneResource(dg.ConfigurableResource):
         return Path(self.base_cache_dir)
 
     def tracking(self, tenant_id: str):
-        from datacreek_assets.finetune.tracking import TenantTracking
-
-        return TenantTracking(self.tracking_uri, self.artifact_root, tenant_id)
+        return self.mlflow.for_tenant(tenant_id)
 
 
 class CreditLedgerResource(dg.ConfigurableResource):

@@ -163,11 +163,17 @@ def s3_endpoint():
 
 
 @pytest.fixture
-def s3_bucket(s3_endpoint, request):
-    import boto3
+def s3_resource(s3_endpoint):
+    """dagster-aws's S3Resource on moto's server: the resource the prod profile builds, pointed here."""
+    from dagster_aws.s3 import S3Resource
 
+    return S3Resource(endpoint_url=s3_endpoint, region_name="us-east-1")
+
+
+@pytest.fixture
+def s3_bucket(s3_resource, request):
     name = "datacreek-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
-    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
+    s3_resource.get_client().create_bucket(Bucket=name)
     return name
 
 

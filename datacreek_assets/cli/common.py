@@ -32,7 +32,11 @@ class Context:
     def resources(self):
         from resources.factory import build_resources, initialized
 
-        return initialized(build_resources(self.profile, self.settings))
+        stack = contextlib.ExitStack()
+        command = click.get_current_context(silent=True)
+        if command is not None:  # torn down with the command
+            command.call_on_close(stack.close)
+        return initialized(build_resources(self.profile, self.settings), stack)
 
     def instance(self):
         from dagster import DagsterInstance

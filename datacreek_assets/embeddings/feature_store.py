@@ -36,13 +36,19 @@ class FeatureStoreSettings:
     offline_dir: str  # directory (or s3:// prefix): <view>/<tenant>/<one parquet file per write>
     online: dict = field(default_factory=dict)  # Feast online_store config
     s3_endpoint: str = ""  # custom S3 endpoint (MinIO, moto); empty for AWS
+    s3_region: str = "us-east-1"
+    # (key id, secret, session token) from the S3Resource's config; None: the AWS default chain
+    # (environment, profile, the pod's web identity), which pyarrow's S3 client reads itself
+    s3_credentials: tuple | None = field(default=None, repr=False)
 
     def filesystem(self, path: str):
         """(pyarrow filesystem, path) for a local or s3:// path, as Feast's file source resolves it."""
         from pyarrow import fs
 
         if path.startswith("s3://"):
-            return fs.S3FileSystem(endpoint_override=self.s3_endpoint or None, region="us-east-1"), path[len("s3://"):]
+            key, secret, token = self.s3_credentials or (None, None, None)
+            return fs.S3FileSystem(endpoint_override=self.s3_endpoint or None, region=self.s3_region,
+                                   access_key=key, secret_key=secret, session_token=token), path[len("s3://"):]
         return fs.LocalFileSystem(), path
 
     def repo_config(self):

@@ -111,8 +111,9 @@ def gives_memory_back(func):
 
 @gives_memory_back
 def fine_tune(tenant_dir: Path, base_cache: Path, base_model: str, data: SftData, config: TrainConfig,
-              tracking, cpu_fallback: str, gpus: int, on_step=None) -> FineTuneOutcome:
-    """Train (or resume) the tenant's adapter; logs params and losses to the tenant's MLflow experiment."""
+              tracking, cpu_fallback: str, gpus: int, on_step=None, run_tags: dict | None = None) -> FineTuneOutcome:
+    """Train (or resume) the tenant's adapter; logs params and losses to the tenant's MLflow experiment.
+    ``run_tags`` (the Dagster run id, partition and asset key) go on the MLflow run."""
     import torch
 
     from datacreek_assets.finetune.heartbeat import TrainingHeartbeat
@@ -145,6 +146,7 @@ def fine_tune(tenant_dir: Path, base_cache: Path, base_model: str, data: SftData
     run_file = out_dir / "mlflow_run_id"
     if run_file.exists():  # a resumed training continues its MLflow run
         run_id = run_file.read_text().strip()
+        tracking.reopen(run_id, run_tags or {})
     else:
         run_id = tracking.start_run(f"finetune-{key}", {
             "learning_rate": config.learning_rate, "epochs": config.epochs, "max_steps": config.max_steps,
@@ -152,7 +154,7 @@ def fine_tune(tenant_dir: Path, base_cache: Path, base_model: str, data: SftData
             "dataset_version": data.version, "template_sha": data.template_sha,
             "effective_batch": config.effective_batch, "max_seq_len": config.max_seq_len,
             "device": plan.device, "load_in_8bit": load_8bit, "precision": precision, "run_key": key,
-        })
+        }, tags=run_tags)
         run_file.write_text(run_id)
     if rescheduled_after is not None:
         tracking.log_metric(run_id, "reschedule_latency_s", rescheduled_after)
@@ -173,8 +175,10 @@ def fine_tune(tenant_dir: Path, base_cache: Path, base_model: str, data: SftData
     except BaseException as err:
         # an Exception ended the training in Python (a failure, a quota stop); anything else came
         # from outside (the SIGTERM of an evicted node, which Dagster turns into an interrupt)
-        heartbeat.close("stopped" if isinstance(err, Exception) else "interrupted")
-        tracking.finish(run_id, "FAILED")  # a retry resumes the checkpoints and reopens nothing
+        stopped = isinstance(err, Exception)
+        heartbeat.close("stopped" if stopped else "interrupted")
+        # a retry resumes the checkpoints and reopens nothing
+        tracking.finish(run_id, "FAILED" if stopped else "KILLED")
         run_file.unlink(missing_ok=True)
         raise
     heartbeat.close("finished")

@@ -37,6 +37,28 @@ class TenantTracking:
             self.client.log_param(run.info.run_id, key, value)
         return run.info.run_id
 
+    def reopen(self, run_id: str, tags: dict) -> None:
+        """A resumed training continues its run: running again, under the Dagster run that resumed it
+        (a run that died without a word was ended FAILED by the run-status sensors meanwhile)."""
+        self.run(run_id)
+        self.client.update_run(run_id, status="RUNNING")
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, value)
+
+    def end_runs_of(self, dagster_run_id: str, status: str) -> int:
+        """End this tenant's MLflow runs that the Dagster run opened and left running; how many."""
+        import uuid
+
+        try:  # the filter is MLflow's query language: only a Dagster run id (a UUID) goes into it
+            dagster_run_id = str(uuid.UUID(dagster_run_id))
+        except ValueError:
+            return 0
+        found = self.client.search_runs([self.experiment_id], f"tags.dagster_run_id = '{dagster_run_id}' "
+                                        "and attributes.status = 'RUNNING'")
+        for run in found:
+            self.client.set_terminated(run.info.run_id, status)
+        return len(found)
+
     def run(self, run_id: str):
         run = self.client.get_run(run_id)
         if run.info.experiment_id != self.experiment_id:

@@ -23,6 +23,7 @@ from datacreek_assets.billing.ledger import CreditLedger
 from datacreek_assets.billing.prometheus import PrometheusServer
 from datacreek_assets.defs.billing.sensors import quota_sensor
 from datacreek_assets.defs.finetune.assets import finetuned_adapter
+from datacreek_assets.defs.finetune.sensors import mlflow_runs_of_canceled_runs
 from datacreek_assets.defs.graph.assets import knowledge_graph
 from datacreek_assets.defs.ingest.assets import parsed_chunks, raw_documents
 from datacreek_assets.demo_corpus import write_demo_corpus
@@ -34,7 +35,8 @@ from datacreek_assets.partitions import TENANTS_PARTITION
 from datacreek_assets.tenant_credentials import falkordb_user, grant_falkordb_user, revoke_falkordb_user
 from datacreek_assets.tenant_lifecycle import add_tenant, remove_tenant
 from resources.factory import open_tenant_stores
-from resources.stores import CreditLedgerResource, FineTuneResource, ObjectStoreResource, TenantRegistryResource
+from resources.stores import (CreditLedgerResource, FineTuneResource, MlflowTrackingResource, ObjectStoreResource,
+                              TenantRegistryResource)
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -166,7 +168,8 @@ from datacreek_assets.defs.finetune.assets import finetuned_adapter
 from datacreek_assets.partitions import TENANTS_PARTITION
 from tests.integration.test_fault_injection import training_resources
 root, tenant, config = sys.argv[1], sys.argv[2], sys.argv[3]
-with dg.DagsterInstance.ephemeral() as instance:
+__import__("os").makedirs(f"{root}/dagster", exist_ok=True)
+with dg.DagsterInstance.local_temp(tempdir=f"{root}/dagster") as instance:  # the test reads its runs after
     instance.add_dynamic_partitions(TENANTS_PARTITION, [tenant])
     dg.materialize([finetuned_adapter], partition_key=tenant, instance=instance, resources=training_resources(root),
                    run_config={"ops": {"finetuned_adapter": {"config": __import__("json").loads(config)}}})
@@ -174,13 +177,37 @@ with dg.DagsterInstance.ephemeral() as instance:
 
 
 def training_resources(root: str) -> dict:
+    mlflow = MlflowTrackingResource(tracking_uri=f"sqlite:///{root}/mlflow.db", artifact_root=f"{root}/artifacts")
     return {
         "object_store": ObjectStoreResource(backend="local", root=f"{root}/objects"),
-        "finetune": FineTuneResource(models_dir=f"{root}/models", base_cache_dir=f"{root}/base",
-                                     tracking_uri=f"sqlite:///{root}/mlflow.db", artifact_root=f"{root}/artifacts",
+        "mlflow": mlflow,
+        "finetune": FineTuneResource(models_dir=f"{root}/models", base_cache_dir=f"{root}/base", mlflow=mlflow,
                                      base_model="tiny-llama", cpu_fallback="fp32", threads=1),
         "credit_ledger": CreditLedgerResource(url=f"sqlite:///{root}/ledger.db", heartbeat_s=0.2),
     }
+
+
+def start_training_worker(root: str, tenant: str, config: dict) -> subprocess.Popen:
+    """A training run in its own process, stopped at its first complete checkpoint (state.json is
+    written last, then the folder renamed into place): it is mid-training then."""
+    started = time.monotonic()
+    worker = subprocess.Popen([sys.executable, "-c", WORKER, root, tenant, json.dumps(config)], cwd=REPO,
+                              env={**os.environ, "PYTHONPATH": str(REPO)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while not list(Path(root, "models").glob("tenants/*/runs/*/checkpoints/step-*/state.json")):
+            assert worker.poll() is None, "the worker ended before its first checkpoint"
+            assert time.monotonic() - started < 600
+            time.sleep(0.1)
+    except BaseException:
+        worker.kill()
+        raise
+    return worker
+
+
+def mlflow_runs_of(resources: dict, tenant: str) -> list:
+    tracking = resources["mlflow"].for_tenant(tenant)
+    return tracking.client.search_runs([tracking.experiment_id])
 
 
 def test_a_training_worker_killed_mid_run_resumes_from_its_checkpoint_and_is_billed_once(tmp_path, instance):
@@ -190,15 +217,8 @@ def test_a_training_worker_killed_mid_run_resumes_from_its_checkpoint_and_is_bil
     resources = training_resources(root)
     write_dataset(resources["object_store"], tenant, f"{root}/models")
     started = time.monotonic()
-    worker = subprocess.Popen([sys.executable, "-c", WORKER, root, tenant, json.dumps(TRAIN)], cwd=REPO,
-                              env={**os.environ, "PYTHONPATH": str(REPO)},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = start_training_worker(root, tenant, TRAIN)
     try:
-        # a complete checkpoint (state.json is written last, then the folder renamed into place)
-        while not list(Path(root, "models").glob("tenants/*/runs/*/checkpoints/step-*/state.json")):
-            assert worker.poll() is None, "the worker ended before its first checkpoint"
-            assert time.monotonic() - started < 600
-            time.sleep(0.1)
         kill_hard(worker.pid)
     finally:
         if worker.poll() is None:
@@ -212,6 +232,23 @@ def test_a_training_worker_killed_mid_run_resumes_from_its_checkpoint_and_is_bil
     quota_sensor(dg.build_sensor_context(instance=instance, resources={"credit_ledger": resources["credit_ledger"]}))
     assert ledger.meters_by_id(orphan.meter_id).status == "orphaned"
 
+    # No step code ran to end its MLflow run: the run is left RUNNING until the Dagster run is
+    # marked canceled (by an operator, or failed by run monitoring), and the run-status sensor ends it.
+    [opened] = mlflow_runs_of(resources, tenant)
+    assert opened.info.status == "RUNNING"
+    with dg.DagsterInstance.local_temp(tempdir=f"{root}/dagster") as killed_in:
+        [killed_run] = killed_in.get_runs()
+        assert opened.data.tags["dagster_run_id"] == killed_run.run_id
+        killed_in.report_run_canceled(killed_run)
+        [canceled] = killed_in.all_logs(killed_run.run_id, of_type=dg.DagsterEventType.RUN_CANCELED)
+        context = dg.build_run_status_sensor_context(
+            sensor_name=mlflow_runs_of_canceled_runs.name, dagster_event=canceled.dagster_event,
+            dagster_instance=killed_in, dagster_run=killed_in.get_run_by_id(killed_run.run_id),
+            resources={"mlflow": resources["mlflow"]})
+        assert mlflow_runs_of_canceled_runs(context) is None  # it ended one
+    [ended] = mlflow_runs_of(resources, tenant)
+    assert ended.info.status == "KILLED"
+
     instance.add_dynamic_partitions(TENANTS_PARTITION, [tenant])
     retry = dg.materialize([finetuned_adapter], partition_key=tenant, instance=instance, resources=resources,
                            run_config={"ops": {"finetuned_adapter": {"config": TRAIN}}})
@@ -219,6 +256,11 @@ def test_a_training_worker_killed_mid_run_resumes_from_its_checkpoint_and_is_bil
     meta = retry.asset_materializations_for_node("finetuned_adapter")[0].metadata
     assert meta["resumed_from_step"].value >= TRAIN["checkpoint_every"]
     assert meta["steps"].value > meta["resumed_from_step"].value
+    # the resumed training continued the same MLflow run, under the run that resumed it, and the
+    # run-end hook closed it when that run's last step succeeded
+    [resumed] = mlflow_runs_of(resources, tenant)
+    assert resumed.info.run_id == opened.info.run_id == meta["mlflow_run_id"].value
+    assert resumed.info.status == "FINISHED" and resumed.data.tags["dagster_run_id"] == retry.run_id
 
     meters = ledger.meters(tenant)
     assert sorted(m.status for m in meters) == ["closed", "orphaned"]
@@ -230,6 +272,38 @@ def test_a_training_worker_killed_mid_run_resumes_from_its_checkpoint_and_is_bil
     assert 0 < killed_meter.billed_until_ms - killed_meter.started_ms <= lived_ms  # no more than it lived
     [closed] = [m for m in meters if m.status == "closed"]
     assert closed.started_ms >= killed_meter.billed_until_ms  # the stretches do not overlap
+
+
+def test_a_training_step_interrupted_mid_run_ends_its_mlflow_run_killed_and_its_retry_opens_another(tmp_path):
+    """SIGTERM, as a spot node's drain sends it: the step is interrupted inside the training loop and
+    its MLflow run ends KILLED; the step's retry policy runs it again (on Kubernetes, on the next
+    rung), which resumes the checkpoint under a new MLflow run of the same Dagster run."""
+    from tests.integration.test_finetune_assets import write_dataset
+
+    tenant, root = "fault-stop", str(tmp_path)
+    resources = training_resources(root)
+    write_dataset(resources["object_store"], tenant, f"{root}/models")
+    worker = start_training_worker(root, tenant, {**TRAIN, "epochs": 50})
+    try:
+        [interrupted] = mlflow_runs_of(resources, tenant)
+        assert interrupted.info.status == "RUNNING"
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=600) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    runs = {run.info.run_id: run for run in mlflow_runs_of(resources, tenant)}
+    assert runs.pop(interrupted.info.run_id).info.status == "KILLED"
+    [retried] = runs.values()
+    assert retried.info.status == "FINISHED"  # the run-end hook, when the step (the job's last) succeeded
+    with dg.DagsterInstance.local_temp(tempdir=f"{root}/dagster") as ran_in:
+        [run] = ran_in.get_runs()
+        events = [e.dagster_event.event_type_value for e in ran_in.all_logs(run.run_id) if e.dagster_event]
+    assert "STEP_UP_FOR_RETRY" in events and run.status == dg.DagsterRunStatus.SUCCESS
+    for mlflow_run in (interrupted, retried):
+        assert mlflow_run.data.tags["dagster_run_id"] == run.run_id
+        assert mlflow_run.data.tags["dagster/partition"] == tenant
+        assert mlflow_run.data.tags["dagster/asset_key"] == "finetuned_adapter"
 
 
 def test_the_billing_exporter_killed_mid_scrape_loses_and_double_counts_nothing(cli_env, datacreek, tmp_path):

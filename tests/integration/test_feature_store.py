@@ -11,6 +11,7 @@ from datacreek_assets.embeddings.embedder import embedding_hash
 from datacreek_assets.embeddings.feature_store import FeatureStoreSettings, TenantFeatures, open_feature_store
 from datacreek_assets.embeddings.fp8 import quantize
 from datacreek_assets.metrics import FeatureCacheMetrics
+from resources.stores import FeatureStoreResource
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -28,17 +29,16 @@ def rows_for(texts, seed):
 
 
 @pytest.fixture(params=["local: sqlite online", "prod: redis online, s3 offline"])
-def feast_settings(request, tmp_path, services, s3_endpoint):
+def feast_settings(request, tmp_path, services, s3_resource):
     if request.param.startswith("local"):
         return FeatureStoreSettings(registry=str(tmp_path / "registry.db"), offline_dir=str(tmp_path / "offline"),
                                     online={"type": "sqlite", "path": str(tmp_path / "online.db")})
-    import boto3
-
     bucket = "feast-" + tmp_path.name.lower().replace("_", "-")[-40:].strip("-")
-    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
-    return FeatureStoreSettings(
-        registry=str(tmp_path / "registry.db"), offline_dir=f"s3://{bucket}/offline", s3_endpoint=s3_endpoint,
-        online={"type": "redis", "connection_string": f"127.0.0.1:{services.falkordb_port}"})
+    s3_resource.get_client().create_bucket(Bucket=bucket)
+    # the prod profile's path: the feature store resource takes its S3 settings from the S3Resource
+    return FeatureStoreResource(
+        registry=str(tmp_path / "registry.db"), offline_dir=f"s3://{bucket}/offline", online_type="redis",
+        online_connection=f"127.0.0.1:{services.falkordb_port}", s3=s3_resource).settings()
 
 
 def test_lookups_return_the_right_vectors_and_never_cross_tenants(feast_settings):

@@ -16,7 +16,7 @@ from datacreek_assets.defs.finetune.assets import finetuned_adapter, gguf_matche
 from datacreek_assets.finetune.pipeline import FineTuneError, read_sft
 from datacreek_assets.finetune.tracking import ForeignRun
 from datacreek_assets.partitions import TENANTS_PARTITION
-from resources.stores import CreditLedgerResource, FineTuneResource, ObjectStoreResource
+from resources.stores import CreditLedgerResource, FineTuneResource, MlflowTrackingResource, ObjectStoreResource
 from tests.unit.test_finetune import FACTS, chats
 
 ASSETS = [finetuned_adapter, gguf_model, qa_eval, gguf_matches_torch, tuned_beats_base]
@@ -60,8 +60,9 @@ def stores(tmp_path):
 
     def finetune(margin: float) -> FineTuneResource:
         return FineTuneResource(models_dir=str(tmp_path / "models"), base_cache_dir=str(tmp_path / "base"),
-                                tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-                                artifact_root=str(tmp_path / "artifacts"), base_model="tiny-llama",
+                                mlflow=MlflowTrackingResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                                                              artifact_root=str(tmp_path / "artifacts")),
+                                base_model="tiny-llama",
                                 cpu_fallback="fp32", eval_margin=margin, eval_questions=8, threads=1)
 
     return objects, finetune, CreditLedgerResource(url=f"sqlite:///{tmp_path / 'ledger.db'}", heartbeat_s=0.5)
@@ -70,7 +71,7 @@ def stores(tmp_path):
 def run(tenant: str, objects, finetune, instance, ledger):
     instance.add_dynamic_partitions(TENANTS_PARTITION, [tenant])
     return dg.materialize(ASSETS, partition_key=tenant, instance=instance, run_config=TRAINING,
-                          resources={"object_store": objects, "finetune": finetune,
+                          resources={"object_store": objects, "finetune": finetune, "mlflow": finetune.mlflow,
                                      "credit_ledger": ledger},
                           raise_on_error=False)
 
@@ -90,6 +91,18 @@ def test_release_gate_passes_a_model_that_learned_and_blocks_one_that_did_not_be
     assert check(passing, "gguf_matches_torch").passed and check(passing, "tuned_beats_base").passed
     tuned = passing.asset_materializations_for_node("finetuned_adapter")[0].metadata
     assert tuned["device"].value == "cpu" and not tuned["base_in_8bit"].value  # fp32 configured here
+    # one MLflow run for the training and its evaluation, tagged with the Dagster run that made it,
+    # named by every materialization of the chain, and ended when the chain was
+    tracking = finetune(0.0).tracking("acme")
+    [trained] = tracking.client.search_runs([tracking.experiment_id])
+    assert trained.info.status == "FINISHED"
+    assert trained.data.tags["dagster_run_id"] == passing.run_id
+    assert trained.data.tags["dagster/partition"] == "acme"
+    assert trained.data.tags["dagster/asset_key"] == "finetuned_adapter"
+    for node in ("finetuned_adapter", "gguf_model", "qa_eval"):
+        linked = passing.asset_materializations_for_node(node)[0].metadata
+        assert linked["mlflow_run_id"].value == trained.info.run_id
+        assert linked["mlflow_experiment"].value == "datacreek/acme"
 
     # the same tenant, an unreachable margin: the check fails and the run fails with it
     write_dataset(objects, "globex", finetune(0.0).models_dir)
@@ -116,6 +129,36 @@ def test_mlflow_runs_are_scoped_to_their_tenant(stores, instance):
     assert "reward_avg" in acme.run(acme_run).data.metrics
     with pytest.raises(ValueError):
         finetune(0.0).tracking("../acme")
+
+
+def test_the_run_end_hook_ends_the_mlflow_run_of_a_step_that_failed_after_opening_it(stores, instance):
+    """dagster-mlflow's hook on a failing step, with this project's resource under the key ``mlflow``:
+    it ends the run that the Dagster run opened in its tenant's experiment, and no other."""
+    from dagster_mlflow import end_mlflow_on_run_finished
+
+    from datacreek_assets.defs.finetune.assets import mlflow_run_tags
+    from datacreek_assets.partitions import tenant_asset
+
+    _, finetune, _ = stores
+    mlflow = finetune(0.0).mlflow
+    other = mlflow.for_tenant("globex")
+    bystander = other.start_run("still training", {}, tags={"dagster_run_id": "00000000-0000-0000-0000-000000000000"})
+
+    @tenant_asset(hooks={end_mlflow_on_run_finished})
+    def exports_then_fails(context, mlflow: MlflowTrackingResource):  # (annotations are strings here)
+        mlflow.for_tenant(context.partition_key).start_run("opened", {}, tags=mlflow_run_tags(context))
+        raise RuntimeError("the export broke after the run was opened")
+
+    instance.add_dynamic_partitions(TENANTS_PARTITION, ["acme"])
+    result = dg.materialize([exports_then_fails], partition_key="acme", instance=instance,
+                            resources={"mlflow": mlflow}, raise_on_error=False)
+    assert not result.success
+    acme = mlflow.for_tenant("acme")
+    [opened] = acme.client.search_runs([acme.experiment_id])
+    assert opened.info.status == "FAILED" and opened.data.tags["dagster_run_id"] == result.run_id
+    assert other.run(bystander).info.status == "RUNNING"  # another tenant's run, another Dagster run
+    for asset in (finetuned_adapter, gguf_model, qa_eval):  # the product's MLflow steps carry the hook
+        assert end_mlflow_on_run_finished in asset.hook_defs
 
 
 def test_a_tenant_without_a_dataset_gets_a_clear_error(stores, instance):
@@ -156,7 +199,8 @@ def test_an_invalid_precision_fails_once_before_any_training_or_billing(stores, 
     bad = {"ops": {"finetuned_adapter": {"config": {**TRAINING["ops"]["finetuned_adapter"]["config"],
                                                     "gpu_precision": "fp16"}}}}
     result = dg.materialize([finetuned_adapter], partition_key="hooli", instance=instance, run_config=bad,
-                            resources={"object_store": objects, "finetune": finetune(0.0), "credit_ledger": ledger},
+                            resources={"object_store": objects, "finetune": finetune(0.0), "mlflow": finetune(0.0).mlflow,
+                                       "credit_ledger": ledger},
                             raise_on_error=False)
     assert not result.success
     [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
@@ -191,7 +235,7 @@ def test_model_gc_stops_the_state_directory_growing_over_five_retrainings(stores
         config = {"ops": {"finetuned_adapter": {"config": {"epochs": 2, "learning_rate": 1e-2, "max_seq_len": 256,
                                                            "effective_batch": 4, "max_steps": 4 + retraining}}}}
         result = dg.materialize([*ASSETS, model_gc], partition_key="gc-t", instance=instance, run_config=config,
-                                resources={"object_store": objects, "finetune": tuning, "credit_ledger": ledger,
+                                resources={"object_store": objects, "finetune": tuning, "mlflow": tuning.mlflow, "credit_ledger": ledger,
                                            "serving": serving})
         assert result.success
         key = read_latest(tenant_dir)["run_key"]

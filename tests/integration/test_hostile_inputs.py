@@ -117,8 +117,8 @@ HOSTILE_NAMES = [
 
 
 @pytest.fixture
-def hostile_inbox(s3_endpoint, s3_bucket, tmp_path, instance):
-    objects = ObjectStoreResource(backend="s3", bucket=s3_bucket, endpoint_url=s3_endpoint)
+def hostile_inbox(s3_resource, s3_bucket, tmp_path, instance):
+    objects = ObjectStoreResource(backend="s3", bucket=s3_bucket, s3=s3_resource)
     registry = TenantRegistryResource(url=f"sqlite:///{tmp_path / 'registry.db'}")
     registry.registry().add("hostile")
     instance.add_dynamic_partitions(TENANTS_PARTITION, ["hostile"])
@@ -126,14 +126,12 @@ def hostile_inbox(s3_endpoint, s3_bucket, tmp_path, instance):
 
 
 def test_hostile_documents_and_names_are_quarantined_with_a_reason_and_the_good_ones_kept(
-        hostile_inbox, s3_endpoint, s3_bucket, hostile):
-    import boto3
-
+        hostile_inbox, s3_resource, s3_bucket, hostile):
     objects, registry, instance = hostile_inbox
     inbox = objects.for_tenant("hostile")
     for name, data, _ in HOSTILE_DOCUMENTS:
         inbox.put(f"inbox/{name}", data)
-    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    s3 = s3_resource.get_client()
     for name in HOSTILE_NAMES:
         s3.put_object(Bucket=s3_bucket, Key=f"tenants/hostile/inbox/{name}", Body=b"A name that hides a path.")
     inbox.put("inbox/good.md", GOOD)

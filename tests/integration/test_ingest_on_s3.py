@@ -11,10 +11,8 @@ from resources.stores import ObjectStoreResource, TenantRegistryResource
 pytestmark = pytest.mark.integration
 
 
-def test_ingest_reads_the_s3_inbox_and_quarantines_bad_keys(s3_endpoint, s3_bucket, tmp_path, instance):
-    import boto3
-
-    objects = ObjectStoreResource(backend="s3", bucket=s3_bucket, endpoint_url=s3_endpoint)
+def test_ingest_reads_the_s3_inbox_and_quarantines_bad_keys(s3_resource, s3_bucket, tmp_path, instance):
+    objects = ObjectStoreResource(backend="s3", bucket=s3_bucket, s3=s3_resource)
     registry = TenantRegistryResource(url=f"sqlite:///{tmp_path / 'registry.db'}")
     registry.registry().add("s3-tenant")
     inbox = objects.for_tenant("s3-tenant")
@@ -22,7 +20,7 @@ def test_ingest_reads_the_s3_inbox_and_quarantines_bad_keys(s3_endpoint, s3_buck
     inbox.put("inbox/b.pdf", text_pdf("Python is a programming language."))
     inbox.put("inbox/c.txt", b"\xff\xfe broken")
     # an S3 "folder" marker, which no filesystem would have: quarantined, not fatal
-    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").put_object(
+    s3_resource.get_client().put_object(
         Bucket=s3_bucket, Key="tenants/s3-tenant/inbox/sub/", Body=b"")
     objects.for_tenant("s3-other").put("inbox/secret.txt", b"Never read by s3-tenant.")
     instance.add_dynamic_partitions(TENANTS_PARTITION, ["s3-tenant"])
@@ -38,8 +36,8 @@ def test_ingest_reads_the_s3_inbox_and_quarantines_bad_keys(s3_endpoint, s3_buck
     assert not any("Never read" in c["text"] for c in chunks)
 
 
-def test_a_partition_without_onboarding_is_refused(s3_endpoint, s3_bucket, tmp_path, instance):
-    objects = ObjectStoreResource(backend="s3", bucket=s3_bucket, endpoint_url=s3_endpoint)
+def test_a_partition_without_onboarding_is_refused(s3_resource, s3_bucket, tmp_path, instance):
+    objects = ObjectStoreResource(backend="s3", bucket=s3_bucket, s3=s3_resource)
     registry = TenantRegistryResource(url=f"sqlite:///{tmp_path / 'registry.db'}")
     instance.add_dynamic_partitions(TENANTS_PARTITION, ["not-onboarded"])
     result = dg.materialize([raw_documents], partition_key="not-onboarded", instance=instance,

@@ -4,7 +4,6 @@ audit over S3 versions, and the retention_audit asset with its blocking check th
 import os
 from datetime import datetime, timedelta, timezone
 
-import boto3
 import dagster as dg
 import pytest
 
@@ -24,12 +23,8 @@ OTHER_RULES = [
 ]
 
 
-def client(endpoint):
-    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-
-
-def test_the_toxic_rule_is_merged_into_the_bucket_and_keeps_every_other_rule(s3_endpoint, s3_bucket):
-    s3 = client(s3_endpoint)
+def test_the_toxic_rule_is_merged_into_the_bucket_and_keeps_every_other_rule(s3_resource, s3_bucket):
+    s3 = s3_resource.get_client()
     assert read_rules(s3, s3_bucket) == []  # no configuration at all reads as no rules
     first = ensure_toxic_expiry(s3, s3_bucket)
     assert first.changed and first.rule_ids == [TOXIC_RULE_ID]
@@ -57,18 +52,18 @@ def test_the_toxic_rule_is_merged_into_the_bucket_and_keeps_every_other_rule(s3_
     assert len(read_rules(s3, s3_bucket)) == 3
 
 
-def test_the_object_store_resource_applies_the_rule_to_a_bucket_and_not_to_a_directory(s3_endpoint, s3_bucket,
+def test_the_object_store_resource_applies_the_rule_to_a_bucket_and_not_to_a_directory(s3_resource, s3_bucket,
                                                                                         tmp_path):
-    objects = ObjectStoreResource(backend="s3", bucket=s3_bucket, endpoint_url=s3_endpoint)
+    objects = ObjectStoreResource(backend="s3", bucket=s3_bucket, s3=s3_resource)
     assert objects.ensure_lifecycle().changed and not objects.ensure_lifecycle().changed
     local = ObjectStoreResource(backend="local", root=str(tmp_path))
     assert local.ensure_lifecycle() is None  # a directory has no lifecycle: the audit enforces it
 
 
-def test_the_audit_removes_every_old_copy_in_a_versioned_bucket(s3_endpoint, s3_bucket):
-    s3 = client(s3_endpoint)
+def test_the_audit_removes_every_old_copy_in_a_versioned_bucket(s3_resource, s3_bucket):
+    s3 = s3_resource.get_client()
     s3.put_bucket_versioning(Bucket=s3_bucket, VersioningConfiguration={"Status": "Enabled"})
-    root = S3ObjectStore(s3_bucket, s3_endpoint)
+    root = S3ObjectStore(s3_bucket, s3_resource.get_client())
     acme, globex = TenantObjectStore(root, "acme"), TenantObjectStore(root, "globex")
     acme.put("doc-1/chunk.json", b"first copy", area="toxic")
     acme.put("doc-1/chunk.json", b"second copy", area="toxic")  # the first becomes noncurrent

@@ -69,8 +69,8 @@ def test_hostile_ids_never_reach_a_store(stores, instance, bad):
     assert instance.get_dynamic_partitions(TENANTS_PARTITION) == []
 
 
-def test_s3_object_store_scope_against_moto_server(s3_endpoint, s3_bucket):
-    store = S3ObjectStore(s3_bucket, endpoint_url=s3_endpoint)
+def test_s3_object_store_scope_against_moto_server(s3_resource, s3_bucket):
+    store = S3ObjectStore(s3_bucket, s3_resource.get_client())
     a, b = TenantObjectStore(store, "acme"), TenantObjectStore(store, "acme-2")
     a.put("inbox/x.txt", b"A")
     b.put("inbox/x.txt", b"B")

@@ -35,7 +35,7 @@ def test_asset_graph_is_grouped_by_concept(tmp_path):
     assert defs.resolve_job_def("purge_job") is not None
     assert defs.resolve_sensor_def("tenant_partitions_sync") is not None
     for sensor in ("embedding_drift_sensor", "quota_sensor", "canary_health_sensor", "purged_data_retrain_sensor",
-                   "hot_stream_sensor", "curation_sensor"):
+                   "hot_stream_sensor", "curation_sensor", "mlflow_runs_of_failed_runs", "mlflow_runs_of_canceled_runs"):
         assert defs.resolve_sensor_def(sensor) is not None
     assert defs.resolve_job_def("retrain_tenant") is not None
     assert set(defs.resolve_job_def("curated_rebuild").asset_layer.executable_asset_keys) >= {
@@ -56,6 +56,26 @@ def test_prod_profile_uses_env_vars_not_local_paths():
     graph_store = defs.resources["graph_store"]
     assert isinstance(graph_store.uri, dg.EnvVar) and graph_store.uri.env_var_name == "DATACREEK_NEO4J_URI"
     assert defs.resources["object_store"].backend == "s3"
+
+
+def test_prod_s3_goes_through_one_dagster_aws_resource_configured_by_env_vars(monkeypatch):
+    from dagster_aws.s3 import S3Resource
+
+    for name in ("DATACREEK_S3_PROFILE", "DATACREEK_S3_ACCESS_KEY_ID", "DATACREEK_S3_SECRET_ACCESS_KEY",
+                 "DATACREEK_S3_SESSION_TOKEN", "DATACREEK_MLFLOW_UI_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DATACREEK_S3_ENDPOINT_URL", "http://s3.internal:9000")
+    monkeypatch.setenv("DATACREEK_S3_REGION", "eu-west-1")
+    resources = build_definitions("prod").resources
+    s3 = resources["s3"]
+    assert isinstance(s3, S3Resource)
+    assert resources["object_store"].s3 is s3 and resources["feature_store"].s3 is s3
+    # set variables become EnvVars (read when a run starts, never shown in run config); unset
+    # ones are left to boto3's default chain instead of failing on a missing variable
+    assert s3.endpoint_url.env_var_name == "DATACREEK_S3_ENDPOINT_URL"
+    assert s3.region_name.env_var_name == "DATACREEK_S3_REGION"
+    assert s3.aws_access_key_id is None and s3.profile_name is None
+    assert resources["finetune"].mlflow is resources["mlflow"] and resources["mlflow"].ui_url == ""
 
 
 def test_nothing_is_read_from_the_environment_at_import(monkeypatch):

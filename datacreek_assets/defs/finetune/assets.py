@@ -3,10 +3,10 @@
 import json
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import dagster as dg
+from dagster_mlflow import end_mlflow_on_run_finished
 
 from datacreek_assets.automation import GPU_OP_TAGS, GPU_POOL, downstream_condition, gpu_condition
 from datacreek_assets.defs.datasets.assets import sft_dataset
@@ -35,6 +35,20 @@ class FineTuneConfig(dg.Config):
     gpu_precision: str = TrainConfig.gpu_precision  # "bf16" autocast or "fp32", on CUDA only
 
 
+def mlflow_run_tags(context: dg.AssetExecutionContext) -> dict[str, str]:
+    """Which Dagster run, partition and asset made an MLflow run. ``dagster_run_id`` is the tag
+    dagster-mlflow itself sets and searches, and the run-end hook and sensors find the run by it."""
+    return {"dagster_run_id": context.run.run_id, "dagster/partition": context.partition_key,
+            "dagster/asset_key": context.asset_key.to_user_string(), "dagster/job": context.run.job_name}
+
+
+def mlflow_run_link(finetune: FineTuneResource, tracking, run_id: str) -> dict:
+    """The materialization's link to its MLflow run: the id, and its UI page where a server runs."""
+    url = finetune.mlflow.run_url(tracking, run_id)
+    return {"mlflow_run_id": run_id, "mlflow_experiment": tracking.experiment_name,
+            **({"mlflow_run": dg.MetadataValue.url(url)} if url else {})}
+
+
 @tenant_asset(
     automation_condition=gpu_condition(),
     pool=GPU_POOL,
@@ -44,6 +58,7 @@ class FineTuneConfig(dg.Config):
     retry_policy=dg.RetryPolicy(max_retries=2),
     group_name="finetune",
     kinds={"pytorch", "mlflow"},
+    hooks={end_mlflow_on_run_finished},
     deps=[sft_dataset],
     description="A LoRA adapter trained on the tenant's SFT dataset (prompt-masked, packed rows, measured "
     "micro-batch, resumable checkpoints), tracked in the tenant's MLflow experiment.",
@@ -74,7 +89,8 @@ def finetuned_adapter(context: dg.AssetExecutionContext, config: FineTuneConfig,
                 context.log.info(f"step {step}: loss {loss:.4f}")
 
         outcome = fine_tune(finetune.tenant_dir(tenant), finetune.base_dir(), finetune.base_model, data,
-                            train_config, tracking, finetune.cpu_fallback, gpus, on_step=progress)
+                            train_config, tracking, finetune.cpu_fallback, gpus, on_step=progress,
+                            run_tags=mlflow_run_tags(context))
         result = outcome.result
         picture = loss_curve_picture(result.losses, result.val_losses, f"{tenant}: LoRA fine-tuning")
         with tempfile.TemporaryDirectory() as tmp:
@@ -82,7 +98,7 @@ def finetuned_adapter(context: dg.AssetExecutionContext, config: FineTuneConfig,
             tracking.log_artifact(outcome.mlflow_run_id, Path(tmp) / "loss_curve.png", "pictures")
     return dg.MaterializeResult(
         metadata={
-            "mlflow_run_id": outcome.mlflow_run_id,
+            **mlflow_run_link(finetune, tracking, outcome.mlflow_run_id),
             "metered": f"{meter.resource} x{meter.units}, balance after {meter.balance:.4f} credits",
             "run_key": outcome.run_key,
             "dataset_version": data.version,
@@ -116,6 +132,7 @@ def finetuned_adapter(context: dg.AssetExecutionContext, config: FineTuneConfig,
     automation_condition=downstream_condition(),
     group_name="finetune",
     kinds={"gguf"},
+    hooks={end_mlflow_on_run_finished},
     deps=[finetuned_adapter],
     description="The merged model as GGUF (f16 and q8_0) and the adapter alone as a GGUF LoRA file "
     "(applied by llama.cpp to the shared base file), written by the project's exporter.",
@@ -131,6 +148,7 @@ def gguf_model(context: dg.AssetExecutionContext, finetune: FineTuneResource) ->
     tracking.log_artifact(latest["mlflow_run_id"], Path(manifest["lora"]["path"]), "gguf")
     return dg.MaterializeResult(
         metadata={
+            **mlflow_run_link(finetune, tracking, latest["mlflow_run_id"]),
             "run_key": latest["run_key"],
             "f16_path": manifest["f16"]["path"],
             "f16_mib": round(manifest["f16"]["bytes"] / 2**20, 1),
@@ -162,6 +180,7 @@ def gguf_matches_torch(context: dg.AssetCheckExecutionContext, finetune: FineTun
     automation_condition=downstream_condition(),
     group_name="finetune",
     kinds={"llama.cpp", "mlflow"},
+    hooks={end_mlflow_on_run_finished},
     deps=[gguf_model],
     description="Held-out questions (validation split) and the tenant's own hand-written ones, answered by "
     "llama.cpp from the base and the tuned GGUF, each closed-book and with the tenant's retrieval; exact "
@@ -224,6 +243,7 @@ def qa_eval(context: dg.AssetExecutionContext, finetune: FineTuneResource,
             "reward_avg": round(report["tuned"]["f1"], 4),
             "margin": finetune.eval_margin,
             "registered_model": f"{tracking.model_name} v{report['model_version']}",
+            **mlflow_run_link(finetune, tracking, run_id),
             **drift_meta,
             "scores": dg.MetadataValue.md("| set | model, mode | questions | exact match | contains | F1 |\n"
                                           "|---|---|---|---|---|---|\n" + table),

@@ -1,0 +1,36 @@
+"""MLflow runs end when their Dagster run does, also when no step code ran to end them.
+
+The run-end hook (dagster-mlflow's ``end_mlflow_on_run_finished``) ends a run when a step fails in
+Python. A step killed outright (an OOM kill, a node lost without its grace period) or a run an
+operator marks canceled runs no hook: these sensors close what such a run left RUNNING.
+"""
+
+import dagster as dg
+
+from datacreek_assets.tenancy import InvalidTenantId, validate_tenant_id
+from resources.stores import MlflowTrackingResource
+
+
+def close_mlflow_runs(dagster_run: dg.DagsterRun, mlflow: MlflowTrackingResource, status: str) -> dg.SkipReason | None:
+    """End the MLflow runs a finished Dagster run left RUNNING in its tenant's experiment."""
+    try:
+        tenant = validate_tenant_id(dagster_run.tags.get("dagster/partition", ""))
+    except InvalidTenantId:
+        return dg.SkipReason(f"run {dagster_run.run_id} is not a tenant partition's run")
+    ended = mlflow.for_tenant(tenant).end_runs_of(dagster_run.run_id, status)
+    if not ended:
+        return dg.SkipReason(f"run {dagster_run.run_id} left no MLflow run of {tenant} running")
+    return None
+
+
+@dg.run_failure_sensor(name="mlflow_runs_of_failed_runs", default_status=dg.DefaultSensorStatus.RUNNING,
+                       description="A failed Dagster run's MLflow runs that are still RUNNING end FAILED.")
+def mlflow_runs_of_failed_runs(context: dg.RunFailureSensorContext, mlflow: MlflowTrackingResource):
+    return close_mlflow_runs(context.dagster_run, mlflow, "FAILED")
+
+
+@dg.run_status_sensor(run_status=dg.DagsterRunStatus.CANCELED, name="mlflow_runs_of_canceled_runs",
+                      default_status=dg.DefaultSensorStatus.RUNNING,
+                      description="A canceled Dagster run's MLflow runs that are still RUNNING end KILLED.")
+def mlflow_runs_of_canceled_runs(context: dg.RunStatusSensorContext, mlflow: MlflowTrackingResource):
+    return close_mlflow_runs(context.dagster_run, mlflow, "KILLED")
