@@ -9,7 +9,6 @@ from contextlib import ExitStack, contextmanager
 from typing import Iterator
 
 import dagster as dg
-from dagster_aws.s3 import S3Resource
 
 from datacreek_assets.local_services import RayService
 from datacreek_assets.settings import ConfigError, LocalSettings
@@ -158,8 +157,10 @@ def optional_env(name: str, environ: dict[str, str] | None = None):
     return dg.EnvVar(name) if env.get(name) else ""
 
 
-def s3_resource_from_env(environ: dict[str, str] | None = None) -> S3Resource:
+def s3_resource_from_env(environ: dict[str, str] | None = None):
     """dagster-aws's S3Resource from the variables that are set."""
+    from dagster_aws.s3 import S3Resource
+
     settings = {setting: optional_env(name, environ) for setting, name in S3_SETTINGS.items()}
     return S3Resource(**{setting: value for setting, value in settings.items() if value})
 

@@ -7,7 +7,6 @@ from contextlib import contextmanager
 from typing import Iterator, Optional
 
 import dagster as dg
-from dagster_aws.s3 import S3Resource
 from pydantic import PrivateAttr
 
 from datacreek_assets.graph_store import ISOLATION_MODES, GraphAdmin, TenantGraph
@@ -118,7 +117,9 @@ class ObjectStoreResource(dg.ConfigurableResource):
     backend: str = "local"
     root: str = ".datacreek/objects"
     bucket: str = ""
-    s3: Optional[S3Resource] = None
+    # a dagster_aws.s3.S3Resource; typed by its base class so that loading the code location does
+    # not import dagster-aws (~1 s, paid by every run and step process) where no S3 is configured
+    s3: Optional[dg.ConfigurableResource] = None
 
     def store(self):
         if self.backend == "local":
@@ -165,7 +166,7 @@ class FeatureStoreResource(dg.ConfigurableResource):
     online_type: str = "sqlite"  # sqlite | redis
     online_path: str = ""  # sqlite file
     online_connection: str = ""  # redis "host:port[,password=...]"
-    s3: Optional[S3Resource] = None  # for an s3:// registry or offline_dir: the object store's S3Resource
+    s3: Optional[dg.ConfigurableResource] = None  # for an s3:// offline_dir: the object store's S3Resource
 
     def settings(self):
         from datacreek_assets.embeddings.feature_store import FeatureStoreSettings

@@ -23,7 +23,7 @@ from datacreek_assets.billing.ledger import CreditLedger
 from datacreek_assets.billing.prometheus import PrometheusServer
 from datacreek_assets.defs.billing.sensors import quota_sensor
 from datacreek_assets.defs.finetune.assets import finetuned_adapter
-from datacreek_assets.defs.finetune.sensors import mlflow_runs_of_canceled_runs
+from datacreek_assets.defs.finetune.mlflow_runs import mlflow_runs_of_canceled_runs
 from datacreek_assets.defs.graph.assets import knowledge_graph
 from datacreek_assets.defs.ingest.assets import parsed_chunks, raw_documents
 from datacreek_assets.demo_corpus import write_demo_corpus

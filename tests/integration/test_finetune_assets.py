@@ -134,9 +134,8 @@ def test_mlflow_runs_are_scoped_to_their_tenant(stores, instance):
 def test_the_run_end_hook_ends_the_mlflow_run_of_a_step_that_failed_after_opening_it(stores, instance):
     """dagster-mlflow's hook on a failing step, with this project's resource under the key ``mlflow``:
     it ends the run that the Dagster run opened in its tenant's experiment, and no other."""
-    from dagster_mlflow import end_mlflow_on_run_finished
-
     from datacreek_assets.defs.finetune.assets import mlflow_run_tags
+    from datacreek_assets.defs.finetune.mlflow_runs import END_MLFLOW_RUN
     from datacreek_assets.partitions import tenant_asset
 
     _, finetune, _ = stores
@@ -144,7 +143,7 @@ def test_the_run_end_hook_ends_the_mlflow_run_of_a_step_that_failed_after_openin
     other = mlflow.for_tenant("globex")
     bystander = other.start_run("still training", {}, tags={"dagster_run_id": "00000000-0000-0000-0000-000000000000"})
 
-    @tenant_asset(hooks={end_mlflow_on_run_finished})
+    @tenant_asset(hooks={END_MLFLOW_RUN})
     def exports_then_fails(context, mlflow: MlflowTrackingResource):  # (annotations are strings here)
         mlflow.for_tenant(context.partition_key).start_run("opened", {}, tags=mlflow_run_tags(context))
         raise RuntimeError("the export broke after the run was opened")
@@ -158,7 +157,7 @@ def test_the_run_end_hook_ends_the_mlflow_run_of_a_step_that_failed_after_openin
     assert opened.info.status == "FAILED" and opened.data.tags["dagster_run_id"] == result.run_id
     assert other.run(bystander).info.status == "RUNNING"  # another tenant's run, another Dagster run
     for asset in (finetuned_adapter, gguf_model, qa_eval):  # the product's MLflow steps carry the hook
-        assert end_mlflow_on_run_finished in asset.hook_defs
+        assert END_MLFLOW_RUN in asset.hook_defs
 
 
 def test_a_tenant_without_a_dataset_gets_a_clear_error(stores, instance):

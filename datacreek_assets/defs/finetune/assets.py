@@ -6,11 +6,11 @@ import time
 from pathlib import Path
 
 import dagster as dg
-from dagster_mlflow import end_mlflow_on_run_finished
 
 from datacreek_assets.automation import GPU_OP_TAGS, GPU_POOL, downstream_condition, gpu_condition
 from datacreek_assets.defs.datasets.assets import sft_dataset
 from datacreek_assets.defs.embeddings.assets import LATEST_STATS_KEY, REFERENCE_KEY
+from datacreek_assets.defs.finetune.mlflow_runs import END_MLFLOW_RUN
 from datacreek_assets.defs.retraining.sensors import DETECTED_AT_TAG
 from datacreek_assets.finetune.training import TrainConfig
 from datacreek_assets.partitions import tenant_asset
@@ -58,7 +58,7 @@ def mlflow_run_link(finetune: FineTuneResource, tracking, run_id: str) -> dict:
     retry_policy=dg.RetryPolicy(max_retries=2),
     group_name="finetune",
     kinds={"pytorch", "mlflow"},
-    hooks={end_mlflow_on_run_finished},
+    hooks={END_MLFLOW_RUN},
     deps=[sft_dataset],
     description="A LoRA adapter trained on the tenant's SFT dataset (prompt-masked, packed rows, measured "
     "micro-batch, resumable checkpoints), tracked in the tenant's MLflow experiment.",
@@ -132,7 +132,7 @@ def finetuned_adapter(context: dg.AssetExecutionContext, config: FineTuneConfig,
     automation_condition=downstream_condition(),
     group_name="finetune",
     kinds={"gguf"},
-    hooks={end_mlflow_on_run_finished},
+    hooks={END_MLFLOW_RUN},
     deps=[finetuned_adapter],
     description="The merged model as GGUF (f16 and q8_0) and the adapter alone as a GGUF LoRA file "
     "(applied by llama.cpp to the shared base file), written by the project's exporter.",
@@ -180,7 +180,7 @@ def gguf_matches_torch(context: dg.AssetCheckExecutionContext, finetune: FineTun
     automation_condition=downstream_condition(),
     group_name="finetune",
     kinds={"llama.cpp", "mlflow"},
-    hooks={end_mlflow_on_run_finished},
+    hooks={END_MLFLOW_RUN},
     deps=[gguf_model],
     description="Held-out questions (validation split) and the tenant's own hand-written ones, answered by "
     "llama.cpp from the base and the tuned GGUF, each closed-book and with the tenant's retrieval; exact "

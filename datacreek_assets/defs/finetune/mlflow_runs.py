@@ -2,13 +2,25 @@
 
 The run-end hook (dagster-mlflow's ``end_mlflow_on_run_finished``) ends a run when a step fails in
 Python. A step killed outright (an OOM kill, a node lost without its grace period) or a run an
-operator marks canceled runs no hook: these sensors close what such a run left RUNNING.
+operator marks canceled runs no hook: the sensors close what such a run left RUNNING.
 """
 
 import dagster as dg
 
 from datacreek_assets.tenancy import InvalidTenantId, validate_tenant_id
 from resources.stores import MlflowTrackingResource
+
+
+def _end_mlflow_on_run_finished(context, event_list):
+    from dagster_mlflow import end_mlflow_on_run_finished
+
+    return end_mlflow_on_run_finished.hook_fn(context, event_list)
+
+
+# dagster-mlflow's run-end hook, imported when a step ends rather than when the code location loads:
+# its module imports all of MLflow (~2 s), and every run and step process loads the code location.
+END_MLFLOW_RUN = dg.HookDefinition(name="end_mlflow_on_run_finished", hook_fn=_end_mlflow_on_run_finished,
+                                   required_resource_keys={"mlflow"})
 
 
 def close_mlflow_runs(dagster_run: dg.DagsterRun, mlflow: MlflowTrackingResource, status: str) -> dg.SkipReason | None:
