@@ -110,6 +110,16 @@ class EventLogResource(dg.ConfigurableResource):
                         self.password, signer)
 
 
+def s3_resource(value, needed_by: str):
+    """The nested ``s3`` field, checked to be dagster-aws's S3Resource (it is typed by its base class)."""
+    from dagster_aws.s3 import S3Resource
+
+    if not isinstance(value, S3Resource):
+        raise dg.DagsterInvalidConfigError(f"{needed_by} needs a dagster_aws.s3.S3Resource as s3, not "
+                                           f"{type(value).__name__}", [], str(value))
+    return value
+
+
 class ObjectStoreResource(dg.ConfigurableResource):
     """``backend='local'`` (a directory) or ``'s3'``: a bucket reached through dagster-aws's
     ``S3Resource``, which holds the endpoint, region, credentials and profile."""
@@ -127,9 +137,7 @@ class ObjectStoreResource(dg.ConfigurableResource):
         if self.backend == "s3":
             if not self.bucket:
                 raise dg.DagsterInvalidConfigError("the s3 object store needs a bucket", [], self.bucket)
-            if self.s3 is None:
-                raise dg.DagsterInvalidConfigError("the s3 object store needs an S3Resource (s3=...)", [], self.bucket)
-            return S3ObjectStore(self.bucket, self.s3.get_client())
+            return S3ObjectStore(self.bucket, s3_resource(self.s3, "the s3 object store").get_client())
         raise dg.DagsterInvalidConfigError(
             f"object store backend must be 'local' or 's3', not {self.backend!r}", [], self.backend
         )
@@ -177,10 +185,10 @@ class FeatureStoreResource(dg.ConfigurableResource):
             online = {"type": "redis", "connection_string": self.online_connection}
         else:
             raise dg.DagsterInvalidConfigError(f"online store must be sqlite or redis, not {self.online_type!r}", [], self.online_type)
-        s3 = self.s3
+        s3 = s3_resource(self.s3, "an s3:// feature store") if self.s3 is not None else None
         return FeatureStoreSettings(registry=self.registry, offline_dir=self.offline_dir, online=online,
                                     s3_endpoint=(s3.endpoint_url or "") if s3 else "",
-                                    s3_region=(s3.region_name or "us-east-1") if s3 else "us-east-1",
+                                    s3_region=(s3.region_name or "") if s3 else "",
                                     s3_credentials=(s3.aws_access_key_id, s3.aws_secret_access_key,
                                                     s3.aws_session_token) if s3 and s3.aws_access_key_id else None)
 
@@ -221,13 +229,19 @@ class MlflowTrackingResource(dg.ConfigurableResource):
     def end_run(self, status: str = "FINISHED") -> int:
         """End the MLflow runs this Dagster run opened in its tenant's experiment and left running
         (how the integration's hook closes a run when a step fails, or its job's last step ends)."""
-        from datacreek_assets.tenancy import InvalidTenantId, validate_tenant_id
+        return self.end_runs_of(self._partition, self._dagster_run_id, status)
+
+    def end_runs_of(self, partition: str, dagster_run_id: str, status: str) -> int:
+        """End what a Dagster run of this tenant partition left RUNNING; a partition that is not a
+        tenant, or a tenant without an experiment, has none (and gets no experiment made for it)."""
+        from datacreek_assets.finetune.tracking import NoExperiment, TenantTracking
+        from datacreek_assets.tenancy import InvalidTenantId
 
         try:
-            tenant = validate_tenant_id(self._partition)
-        except InvalidTenantId:  # not a tenant partition: this run opened no tenant's MLflow run
+            tracking = TenantTracking(self.tracking_uri, self.artifact_root, partition, create=False)
+        except (InvalidTenantId, NoExperiment):
             return 0
-        return self.for_tenant(tenant).end_runs_of(self._dagster_run_id, status)
+        return tracking.end_runs_of(dagster_run_id, status)
 
     def run_url(self, tracking, run_id: str) -> str:
         """The run's page in the MLflow UI ("" without a UI address)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ class FeatureStoreSettings:
     offline_dir: str  # directory (or s3:// prefix): <view>/<tenant>/<one parquet file per write>
     online: dict = field(default_factory=dict)  # Feast online_store config
     s3_endpoint: str = ""  # custom S3 endpoint (MinIO, moto); empty for AWS
-    s3_region: str = "us-east-1"
+    s3_region: str = ""  # "": AWS_REGION or AWS_DEFAULT_REGION, else us-east-1
     # (key id, secret, session token) from the S3Resource's config; None: the AWS default chain
     # (environment, profile, the pod's web identity), which pyarrow's S3 client reads itself
     s3_credentials: tuple | None = field(default=None, repr=False)
@@ -47,7 +48,8 @@ class FeatureStoreSettings:
 
         if path.startswith("s3://"):
             key, secret, token = self.s3_credentials or (None, None, None)
-            return fs.S3FileSystem(endpoint_override=self.s3_endpoint or None, region=self.s3_region,
+            region = self.s3_region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+            return fs.S3FileSystem(endpoint_override=self.s3_endpoint or None, region=region,
                                    access_key=key, secret_key=secret, session_token=token), path[len("s3://"):]
         return fs.LocalFileSystem(), path
 

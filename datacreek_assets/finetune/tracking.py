@@ -17,8 +17,12 @@ class ForeignRun(PermissionError):
     pass
 
 
+class NoExperiment(LookupError):
+    """The tenant has no experiment (it never trained, or it was removed), and none was to be made."""
+
+
 class TenantTracking:
-    def __init__(self, tracking_uri: str, artifact_root: str, tenant: str):
+    def __init__(self, tracking_uri: str, artifact_root: str, tenant: str, create: bool = True):
         from mlflow.tracking import MlflowClient
 
         self.tenant = validate_tenant_id(tenant)
@@ -26,6 +30,8 @@ class TenantTracking:
         self.experiment_name = f"datacreek/{self.tenant}"
         self.model_name = f"datacreek-{self.tenant}"
         found = self.client.get_experiment_by_name(self.experiment_name)
+        if found is None and not create:
+            raise NoExperiment(f"tenant {self.tenant!r} has no MLflow experiment")
         self.experiment_id = found.experiment_id if found else self.client.create_experiment(
             self.experiment_name, artifact_location=f"{artifact_root.rstrip('/')}/{self.tenant}",
             tags={"datacreek/tenant": self.tenant})
@@ -38,9 +44,12 @@ class TenantTracking:
         return run.info.run_id
 
     def reopen(self, run_id: str, tags: dict) -> None:
-        """A resumed training continues its run: running again, under the Dagster run that resumed it
-        (a run that died without a word was ended FAILED by the run-status sensors meanwhile)."""
-        self.run(run_id)
+        """A training resumed after its process died continues its run: running again, under the
+        Dagster run that resumed it (the run-status sensors may have ended it FAILED or KILLED
+        meanwhile). A run that FINISHED (a training done before, materialized again) keeps its status
+        and the Dagster run that made it."""
+        if self.run(run_id).info.status == "FINISHED":
+            return
         self.client.update_run(run_id, status="RUNNING")
         for key, value in tags.items():
             self.client.set_tag(run_id, key, value)
@@ -55,9 +64,13 @@ class TenantTracking:
             return 0
         found = self.client.search_runs([self.experiment_id], f"tags.dagster_run_id = '{dagster_run_id}' "
                                         "and attributes.status = 'RUNNING'")
+        ended = 0
         for run in found:
-            self.client.set_terminated(run.info.run_id, status)
-        return len(found)
+            now = self.client.get_run(run.info.run_id)  # not resumed by another Dagster run meanwhile
+            if now.info.status == "RUNNING" and now.data.tags.get("dagster_run_id") == dagster_run_id:
+                self.client.set_terminated(run.info.run_id, status)
+                ended += 1
+        return ended
 
     def run(self, run_id: str):
         run = self.client.get_run(run_id)

@@ -7,6 +7,7 @@ another tenant's runs.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -127,37 +128,69 @@ def test_mlflow_runs_are_scoped_to_their_tenant(stores, instance):
         with pytest.raises(ForeignRun):
             attempt()
     assert "reward_avg" in acme.run(acme_run).data.metrics
+    # the same training materialized again resumes its finished checkpoint: its MLflow run keeps its
+    # status and the Dagster run that made it (reopening is for a training whose process died)
+    first = acme.run(acme_run)
+    again = dg.materialize([finetuned_adapter], partition_key="acme", instance=instance, run_config=TRAINING,
+                           resources={"object_store": objects, "finetune": finetune(-1.0),
+                                      "mlflow": finetune(-1.0).mlflow, "credit_ledger": ledger})
+    assert again.asset_materializations_for_node("finetuned_adapter")[0].metadata["mlflow_run_id"].value == acme_run
+    assert acme.run(acme_run).info.status == first.info.status == "FINISHED"
+    assert acme.run(acme_run).data.tags["dagster_run_id"] == first.data.tags["dagster_run_id"] != again.run_id
     with pytest.raises(ValueError):
         finetune(0.0).tracking("../acme")
 
 
-def test_the_run_end_hook_ends_the_mlflow_run_of_a_step_that_failed_after_opening_it(stores, instance):
+def test_the_run_end_hook_and_the_failure_sensor_end_only_what_the_failed_run_opened_in_its_tenant(stores, instance):
     """dagster-mlflow's hook on a failing step, with this project's resource under the key ``mlflow``:
-    it ends the run that the Dagster run opened in its tenant's experiment, and no other."""
+    it ends the run that the Dagster run opened in its tenant's experiment, and no other. The failure
+    sensor (for a step killed outright, which runs no hook) ends the same, and makes no experiments."""
     from datacreek_assets.defs.finetune.assets import mlflow_run_tags
-    from datacreek_assets.defs.finetune.mlflow_runs import END_MLFLOW_RUN
+    from datacreek_assets.defs.finetune.mlflow_runs import END_MLFLOW_RUN, mlflow_runs_of_failed_runs
     from datacreek_assets.partitions import tenant_asset
 
     _, finetune, _ = stores
     mlflow = finetune(0.0).mlflow
-    other = mlflow.for_tenant("globex")
-    bystander = other.start_run("still training", {}, tags={"dagster_run_id": "00000000-0000-0000-0000-000000000000"})
+    acme, globex = mlflow.for_tenant("acme"), mlflow.for_tenant("globex")
+    other_dagster_run = acme.start_run("same tenant, another Dagster run", {},
+                                       tags={"dagster_run_id": "00000000-0000-0000-0000-000000000000"})
 
     @tenant_asset(hooks={END_MLFLOW_RUN})
     def exports_then_fails(context, mlflow: MlflowTrackingResource):  # (annotations are strings here)
-        mlflow.for_tenant(context.partition_key).start_run("opened", {}, tags=mlflow_run_tags(context))
+        opened = mlflow.for_tenant(context.partition_key).start_run("opened", {}, tags=mlflow_run_tags(context))
+        (tmp / "opened").write_text(opened)
+        # another tenant's MLflow run carrying this Dagster run's id: not this partition's to end
+        mlflow.for_tenant("globex").start_run("other tenant, same Dagster run", {}, tags=mlflow_run_tags(context))
         raise RuntimeError("the export broke after the run was opened")
 
+    tmp = Path(mlflow.artifact_root)
+    tmp.mkdir(parents=True, exist_ok=True)
     instance.add_dynamic_partitions(TENANTS_PARTITION, ["acme"])
     result = dg.materialize([exports_then_fails], partition_key="acme", instance=instance,
                             resources={"mlflow": mlflow}, raise_on_error=False)
     assert not result.success
-    acme = mlflow.for_tenant("acme")
-    [opened] = acme.client.search_runs([acme.experiment_id])
+    opened = acme.run((tmp / "opened").read_text())
     assert opened.info.status == "FAILED" and opened.data.tags["dagster_run_id"] == result.run_id
-    assert other.run(bystander).info.status == "RUNNING"  # another tenant's run, another Dagster run
+    assert acme.run(other_dagster_run).info.status == "RUNNING"
+    [same_run_other_tenant] = globex.client.search_runs([globex.experiment_id])
+    assert same_run_other_tenant.info.status == "RUNNING"
     for asset in (finetuned_adapter, gguf_model, qa_eval):  # the product's MLflow steps carry the hook
         assert END_MLFLOW_RUN in asset.hook_defs
+
+    # what a step killed outright leaves RUNNING, the failure sensor ends: in the run's tenant only
+    left = acme.start_run("opened, then the pod was lost", {}, tags={"dagster_run_id": result.run_id})
+    [failure] = instance.all_logs(result.run_id, of_type=dg.DagsterEventType.PIPELINE_FAILURE)
+    context = dg.build_run_status_sensor_context(
+        sensor_name=mlflow_runs_of_failed_runs.name, dagster_event=failure.dagster_event, dagster_instance=instance,
+        dagster_run=instance.get_run_by_id(result.run_id), resources={"mlflow": mlflow}).for_run_failure()
+    assert mlflow_runs_of_failed_runs(context) is None
+    assert acme.run(left).info.status == "FAILED"
+    assert acme.run(other_dagster_run).info.status == "RUNNING"
+    assert globex.run(same_run_other_tenant.info.run_id).info.status == "RUNNING"
+    assert isinstance(mlflow_runs_of_failed_runs(context), dg.SkipReason)  # nothing left the second time
+    # a tenant that never trained: nothing to end, and no experiment made for it by looking
+    assert mlflow.end_runs_of("initech", result.run_id, "FAILED") == 0
+    assert acme.client.get_experiment_by_name("datacreek/initech") is None
 
 
 def test_a_tenant_without_a_dataset_gets_a_clear_error(stores, instance):
@@ -185,6 +218,8 @@ def test_a_fine_tune_that_runs_out_of_credits_ends_failed_quota_and_others_are_u
     assert instance.get_run_by_id(broke.run_id).tags[STATUS_TAG] == FAILED_QUOTA
     assert ledger.account("acme").balance < 0
     assert not (finetune(0.0).tenant_dir("acme") / "latest.json").exists()
+    acme = finetune(0.0).tracking("acme")
+    assert {r.info.status for r in acme.client.search_runs([acme.experiment_id])} == {"FAILED"}  # every attempt
     fine = run("globex", objects, finetune(-1.0), instance, ledger=ledger_resource)
     assert fine.success and STATUS_TAG not in instance.get_run_by_id(fine.run_id).tags
     [meter] = ledger.meters("globex")

@@ -78,6 +78,19 @@ def test_prod_s3_goes_through_one_dagster_aws_resource_configured_by_env_vars(mo
     assert resources["finetune"].mlflow is resources["mlflow"] and resources["mlflow"].ui_url == ""
 
 
+
+def test_the_s3_field_takes_only_an_s3_resource(tmp_path):
+    from resources.stores import FeatureStoreResource, MlflowTrackingResource, ObjectStoreResource
+
+    not_s3 = MlflowTrackingResource(tracking_uri="sqlite:///x.db", artifact_root=str(tmp_path))
+    with pytest.raises(dg.DagsterInvalidConfigError, match="needs a dagster_aws.s3.S3Resource"):
+        ObjectStoreResource(backend="s3", bucket="b", s3=not_s3).store()
+    with pytest.raises(dg.DagsterInvalidConfigError, match="the s3 object store needs a dagster_aws"):
+        ObjectStoreResource(backend="s3", bucket="b").store()
+    with pytest.raises(dg.DagsterInvalidConfigError, match="needs a dagster_aws.s3.S3Resource"):
+        FeatureStoreResource(registry="r", offline_dir="s3://b/o", s3=not_s3).settings()
+
+
 def test_nothing_is_read_from_the_environment_at_import(monkeypatch):
     env = {**os.environ, "DATACREEK_PROFILE": "no-such-profile"}
     code = "import definitions, datacreek_assets.defs, resources; print('imported')"

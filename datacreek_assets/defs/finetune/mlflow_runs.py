@@ -7,7 +7,6 @@ operator marks canceled runs no hook: the sensors close what such a run left RUN
 
 import dagster as dg
 
-from datacreek_assets.tenancy import InvalidTenantId, validate_tenant_id
 from resources.stores import MlflowTrackingResource
 
 
@@ -25,13 +24,9 @@ END_MLFLOW_RUN = dg.HookDefinition(name="end_mlflow_on_run_finished", hook_fn=_e
 
 def close_mlflow_runs(dagster_run: dg.DagsterRun, mlflow: MlflowTrackingResource, status: str) -> dg.SkipReason | None:
     """End the MLflow runs a finished Dagster run left RUNNING in its tenant's experiment."""
-    try:
-        tenant = validate_tenant_id(dagster_run.tags.get("dagster/partition", ""))
-    except InvalidTenantId:
-        return dg.SkipReason(f"run {dagster_run.run_id} is not a tenant partition's run")
-    ended = mlflow.for_tenant(tenant).end_runs_of(dagster_run.run_id, status)
-    if not ended:
-        return dg.SkipReason(f"run {dagster_run.run_id} left no MLflow run of {tenant} running")
+    partition = dagster_run.tags.get("dagster/partition", "")
+    if not mlflow.end_runs_of(partition, dagster_run.run_id, status):
+        return dg.SkipReason(f"run {dagster_run.run_id} ({partition or 'no partition'}) left no MLflow run running")
     return None
 
 
