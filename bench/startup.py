@@ -16,17 +16,19 @@ The notes give each candidate's median seconds per process (the goal for `--help
 from __future__ import annotations
 
 import statistics
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from bench.harness import Comparison
 
 REPO = Path(__file__).resolve().parents[1]
-LOAD = ("import tempfile; from pathlib import Path; {extra}"
+LOAD = ("import sys; from pathlib import Path; {extra}"
         "from datacreek_assets.defs import build_definitions; from datacreek_assets.settings import LocalSettings; "
-        "build_definitions('local', LocalSettings(state_dir=Path(tempfile.mkdtemp(prefix='bench-startup-'))))")
+        "build_definitions('local', LocalSettings(state_dir=Path(sys.argv[1])))")
 EAGER_INTEGRATIONS = "import dagster_aws.s3, dagster_mlflow; "
 
 
@@ -45,16 +47,21 @@ def _median(seconds: list[float]) -> str:
     return f"{statistics.median(seconds):.2f} s" if seconds else "not run"
 
 
+_state_dirs: list[str] = []
+
+
 def comparisons(quick: bool = False) -> list[Comparison]:
     n, repeats = (1, 1) if quick else (3, 3)
+    state = tempfile.mkdtemp(prefix="bench-startup-")  # the local profile's secrets land here
+    _state_dirs.append(state)
     python = sys.executable
     datacreek = str(Path(python).parent / "datacreek")
     load_s: list[float] = []
     help_s: list[float] = []
     return [
         Comparison("code location load (local profile)",
-                   _processes([python, "-c", LOAD.format(extra="")], n, load_s),
-                   _processes([python, "-c", LOAD.format(extra=EAGER_INTEGRATIONS)], n, []),
+                   _processes([python, "-c", LOAD.format(extra=""), state], n, load_s),
+                   _processes([python, "-c", LOAD.format(extra=EAGER_INTEGRATIONS), state], n, []),
                    unit="loads", repeats=repeats, notes=lambda: f"candidate median {_median(load_s)} per load"),
         Comparison("datacreek --help vs import dagster",
                    _processes([datacreek, "--help"], n, help_s),
@@ -62,3 +69,8 @@ def comparisons(quick: bool = False) -> list[Comparison]:
                    unit="processes", repeats=repeats,
                    notes=lambda: f"candidate median {_median(help_s)} per `datacreek --help` (goal ≤ 1 s)"),
     ]
+
+
+def teardown() -> None:
+    while _state_dirs:
+        shutil.rmtree(_state_dirs.pop(), ignore_errors=True)
