@@ -221,10 +221,11 @@ class MlflowTrackingResource(dg.ConfigurableResource):
             self._dagster_run_id = run.run_id
             self._partition = run.tags.get("dagster/partition", "")
 
-    def for_tenant(self, tenant_id: str):
+    def for_tenant(self, tenant_id: str, create: bool = True):
+        """The tenant's handle; ``create=False`` raises NoExperiment rather than make the experiment."""
         from datacreek_assets.finetune.tracking import TenantTracking
 
-        return TenantTracking(self.tracking_uri, self.artifact_root, tenant_id)
+        return TenantTracking(self.tracking_uri, self.artifact_root, tenant_id, create=create)
 
     def end_run(self, status: str = "FINISHED") -> int:
         """End the MLflow runs this Dagster run opened in its tenant's experiment and left running
@@ -234,11 +235,11 @@ class MlflowTrackingResource(dg.ConfigurableResource):
     def end_runs_of(self, partition: str, dagster_run_id: str, status: str) -> int:
         """End what a Dagster run of this tenant partition left RUNNING; a partition that is not a
         tenant, or a tenant without an experiment, has none (and gets no experiment made for it)."""
-        from datacreek_assets.finetune.tracking import NoExperiment, TenantTracking
+        from datacreek_assets.finetune.tracking import NoExperiment
         from datacreek_assets.tenancy import InvalidTenantId
 
         try:
-            tracking = TenantTracking(self.tracking_uri, self.artifact_root, partition, create=False)
+            tracking = self.for_tenant(partition, create=False)
         except (InvalidTenantId, NoExperiment):
             return 0
         return tracking.end_runs_of(dagster_run_id, status)

@@ -162,17 +162,19 @@ def test_falkordb_killed_and_restarted_brings_every_tenant_graph_back(services, 
 
 TRAIN = {"epochs": 3, "learning_rate": 1e-2, "max_seq_len": 256, "effective_batch": 4, "checkpoint_every": 2}
 WORKER = """
+import json
+import os
 import sys
 import dagster as dg
 from datacreek_assets.defs.finetune.assets import finetuned_adapter
 from datacreek_assets.partitions import TENANTS_PARTITION
 from tests.integration.test_fault_injection import training_resources
 root, tenant, config = sys.argv[1], sys.argv[2], sys.argv[3]
-__import__("os").makedirs(f"{root}/dagster", exist_ok=True)
+os.makedirs(f"{root}/dagster", exist_ok=True)
 with dg.DagsterInstance.local_temp(tempdir=f"{root}/dagster") as instance:  # the test reads its runs after
     instance.add_dynamic_partitions(TENANTS_PARTITION, [tenant])
     dg.materialize([finetuned_adapter], partition_key=tenant, instance=instance, resources=training_resources(root),
-                   run_config={"ops": {"finetuned_adapter": {"config": __import__("json").loads(config)}}})
+                   run_config={"ops": {"finetuned_adapter": {"config": json.loads(config)}}})
 """
 
 
