@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
@@ -13,6 +14,23 @@ from bench.harness import format_table, run_comparison, write_json
 SUITES = ["bench.graph_writer", "bench.tenant_registry", "bench.embeddings", "bench.topology", "bench.drift", "bench.finetune",
           "bench.serving", "bench.retrieval", "bench.hot_graph", "bench.html_extraction",
           "bench.pdf_extraction", "bench.curation", "bench.review_page", "bench.startup"]
+
+
+@contextmanager
+def services_left_as_found():
+    """Stop the local services that the suites started (Neo4j, Kafka, the stream job...), and
+    only those: a developer's `datacreek services up` stays up after `make bench`."""
+    from datacreek_assets.local_services import all_services
+    from datacreek_assets.settings import LocalSettings
+
+    services = all_services(LocalSettings.from_env())
+    running = {svc.name for svc in services if svc.our_pid() is not None}
+    try:
+        yield
+    finally:
+        for svc in reversed(services):
+            if svc.name not in running and svc.our_pid() is not None:
+                svc.down(lambda message: None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,15 +46,16 @@ def main(argv: list[str] | None = None) -> int:
     # --only naming a suite (e.g. "serving") prepares that suite alone: preparing the others
     # starts services and trains models for nothing
     named_suites = [m for m in SUITES if args.only and args.only in m]
-    for module_name in named_suites or SUITES:
-        module = importlib.import_module(module_name)
-        with console.status(f"preparing {module_name}") as status:
-            comparisons = module.comparisons(quick=args.quick)
-            for comparison in comparisons:
-                if args.only and not named_suites and args.only not in comparison.name:
-                    continue
-                results.append(run_comparison(comparison, progress=lambda m: status.update(m)))
-            getattr(module, "teardown", lambda: None)()
+    with services_left_as_found():
+        for module_name in named_suites or SUITES:
+            module = importlib.import_module(module_name)
+            with console.status(f"preparing {module_name}") as status:
+                comparisons = module.comparisons(quick=args.quick)
+                for comparison in comparisons:
+                    if args.only and not named_suites and args.only not in comparison.name:
+                        continue
+                    results.append(run_comparison(comparison, progress=lambda m: status.update(m)))
+                getattr(module, "teardown", lambda: None)()
     if not results:
         console.print("no benchmark matched")
         return 2

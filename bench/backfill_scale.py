@@ -5,7 +5,9 @@ Measures, on one machine:
 - the cheap asset groups (ingest + graph) over all tenants as a real Dagster backfill
   through `dagster dev` (one run per tenant, runs in subprocesses, queued per tenant)
   against the same partitions materialized one after another in this process.
-The ratio is the price of per-tenant run isolation; per-run overhead is printed.
+The ratio is the price of per-tenant run isolation; per-run overhead is printed, and where
+each run's time went, read from its events in the instance: waiting in the queue, its process
+starting and loading the code location, its steps, and its teardown.
 Run: python -m bench.backfill_scale [--tenants N]  (several minutes for 200).
 """
 
@@ -15,6 +17,7 @@ import argparse
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,6 +26,37 @@ from pathlib import Path
 
 CHEAP = ["raw_documents", "parsed_chunks", "knowledge_graph"]
 REPO = Path(__file__).resolve().parents[1]
+
+
+PHASES = (  # (name, from event, to event); a run's phase is the time between the two events
+    ("submitted to queued", "created", "RUN_ENQUEUED"),
+    ("waiting in the queue", "RUN_ENQUEUED", "RUN_STARTING"),  # Dagster logs no RUN_DEQUEUED
+    ("process start + code location load", "RUN_STARTING", "RUN_START"),
+    ("steps (the work)", "RUN_START", "last STEP_SUCCESS"),
+    ("teardown", "last STEP_SUCCESS", "RUN_SUCCESS"),
+)
+
+
+def run_phases(instance, backfill_id: str) -> dict[str, list[float]]:
+    """Seconds each of the backfill's successful runs spent in each phase (PHASES), from its events."""
+    import dagster as dg
+
+    kinds = {"RUN_ENQUEUED", "RUN_STARTING", "RUN_START", "STEP_SUCCESS", "RUN_SUCCESS"}
+    phases: dict[str, list[float]] = {name: [] for name, _, _ in PHASES}
+    for record in instance.get_run_records(dg.RunsFilter(tags={"dagster/backfill": backfill_id},
+                                                         statuses=[dg.DagsterRunStatus.SUCCESS])):
+        at = {"created": record.create_timestamp.timestamp()}
+        for entry in instance.all_logs(record.dagster_run.run_id,
+                                       of_type={dg.DagsterEventType[kind] for kind in kinds}):
+            kind = entry.dagster_event.event_type.name
+            if kind == "STEP_SUCCESS":
+                at["last STEP_SUCCESS"] = max(at.get("last STEP_SUCCESS", 0.0), entry.timestamp)
+            else:
+                at.setdefault(kind, entry.timestamp)
+        for name, start, end in PHASES:
+            if start in at and end in at:
+                phases[name].append(at[end] - at[start])
+    return phases
 
 
 def main(argv=None) -> int:
@@ -117,6 +151,7 @@ def main(argv=None) -> int:
         os.killpg(web.pid, signal.SIGTERM)
         web.wait(60)
     n = len(tenants)
+    phases = run_phases(inst_a, backfill_id)
     print(f"tenants: {n}")
     for key, value in results.items():
         print(f"{key:<28} {value:8.3f}")
@@ -125,6 +160,11 @@ def main(argv=None) -> int:
     print(f"{'in one process':<28} {in_process_s:8.1f} s")
     print(f"ratio in-process/backfill rate: {backfill_s / in_process_s:.1f}x; "
           f"per-run overhead {(backfill_s - in_process_s) / n:.2f} s")
+    print(f"in one process, per tenant: {in_process_s / n:.2f} s")
+    print("where a run's time went (seconds; median, min-max over the runs; up to 4 runs share the 2 cores):")
+    for name, values in phases.items():
+        if values:
+            print(f"  {name:<36} {statistics.median(values):6.2f}   {min(values):.2f}-{max(values):.2f}")
     from datacreek_assets.local_services import services_down
 
     services_down(settings, progress=lambda m: None)

@@ -31,6 +31,7 @@ class Comparison:
     baseline: Callable[[], int]
     unit: str = "items"
     repeats: int = 3
+    warmup: int = 0  # untimed alternating rounds first (JIT, caches, connection pools)
     setup: Callable[[], None] | None = None  # run before every timed call, untimed
     notes: str | Callable[[], str] = ""  # a callable is read after the runs (e.g. percentiles)
 
@@ -71,6 +72,10 @@ def _timed(fn: Callable[[], int], setup) -> tuple[float, int]:
 def run_comparison(c: Comparison, progress: Callable[[str], None] = lambda m: None) -> Result:
     cand, base = [], []
     timed_out = False
+    for i in range(c.warmup):
+        progress(f"{c.name}: warm-up {i + 1}/{c.warmup}")
+        _timed(c.candidate, c.setup)
+        _timed(c.baseline, c.setup)
     for i in range(c.repeats):
         progress(f"{c.name}: round {i + 1}/{c.repeats}")
         seconds, units_c = _timed(c.candidate, c.setup)

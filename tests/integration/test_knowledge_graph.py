@@ -221,3 +221,29 @@ def test_reads_ignore_edges_that_cross_tenants(graphs):
     assert summary.counters.relationships_created >= 3  # the corruption really happened
     assert (a.counts(), a.live_facts(), a.document_subgraph("rivers.txt")) == before_a
     assert (b.counts(), b.live_facts(), b.document_subgraph("rivers.txt")) == before_b
+
+
+def test_every_mention_lands_on_its_chunk_with_its_count(graphs):
+    """The writer merges a chunk's mentions with the chunk; a mention naming a chunk of a document
+    written earlier (outside the batch) still lands, and no chunk gets another's mentions."""
+    graph, _ = graphs
+
+    def doc(doc_id: str, mentions: dict[str, list[str]], extra: list[dict] = ()) -> dict:
+        chunks = [{"doc_id": doc_id, "chunk_id": cid, "props": {"doc_id": doc_id, "position": i, "text": cid}}
+                  for i, cid in enumerate(mentions)]
+        names = sorted({n for ns in mentions.values() for n in ns} | {m["entity_id"] for m in extra})
+        return {"doc_id": doc_id, "props": {"doc_id": doc_id}, "chunks": chunks, "next": [], "facts": [],
+                "entities": [{"entity_id": n, "name": n, "type": "name"} for n in names],
+                "mentions": [{"chunk_id": cid, "entity_id": n, "count": len(n)} for cid, ns in mentions.items()
+                             for n in ns] + list(extra)}
+
+    graph.replace_documents([doc("a.txt", {"a-0": ["x", "yy"], "a-1": [], "a-2": ["yy", "zzz"]})])
+    late = {"chunk_id": "a-1", "entity_id": "late", "count": 4}  # a chunk of a.txt, named from b.txt
+    counters = graph.replace_documents([doc("b.txt", {"b-0": ["x"]}, [late])], batch_size=1)
+    assert counters["relationships_created"] == 3  # b-0's HAS_CHUNK and mention, and the late one
+    got = {(m["chunk_id"], m["entity_id"]) for m in graph.live_mentions()}
+    assert got == {("a-0", "x"), ("a-0", "yy"), ("a-2", "yy"), ("a-2", "zzz"), ("b-0", "x"), ("a-1", "late")}
+    counts = graph.driver.execute_query(
+        "MATCH (c:Chunk {tenant_id: $t})-[m:MENTIONS]->(e:Entity {tenant_id: $t}) RETURN c.chunk_id, e.entity_id, m.count",
+        t=graph.tenant_id).records
+    assert all(count == len(entity) for _, entity, count in counts) and len(counts) == 6
