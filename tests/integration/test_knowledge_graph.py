@@ -224,8 +224,8 @@ def test_reads_ignore_edges_that_cross_tenants(graphs):
 
 
 def test_every_mention_lands_on_its_chunk_with_its_count(graphs):
-    """The writer merges a chunk's mentions with the chunk; a mention naming a chunk of a document
-    written earlier (outside the batch) still lands, and no chunk gets another's mentions."""
+    """The writer merges a chunk's mentions with the chunk. A mention naming a chunk written
+    earlier, and a chunk of another document, still land; no chunk gets another's mentions."""
     graph, _ = graphs
 
     def doc(doc_id: str, mentions: dict[str, list[str]], extra: list[dict] = ()) -> dict:
@@ -239,11 +239,15 @@ def test_every_mention_lands_on_its_chunk_with_its_count(graphs):
 
     graph.replace_documents([doc("a.txt", {"a-0": ["x", "yy"], "a-1": [], "a-2": ["yy", "zzz"]})])
     late = {"chunk_id": "a-1", "entity_id": "late", "count": 4}  # a chunk of a.txt, named from b.txt
-    counters = graph.replace_documents([doc("b.txt", {"b-0": ["x"]}, [late])], batch_size=1)
-    assert counters["relationships_created"] == 3  # b-0's HAS_CHUNK and mention, and the late one
+    b = doc("b.txt", {"b-0": ["x"]}, [late, {"chunk_id": "a-9", "entity_id": "x", "count": 1}])
+    b["chunks"].append({"doc_id": "a.txt", "chunk_id": "a-9", "props": {"doc_id": "a.txt", "position": 9}})
+    counters = graph.replace_documents([b], batch_size=1)
+    assert counters["relationships_created"] == 5  # b-0's HAS_CHUNK and mention, the late one, a-9's two
     got = {(m["chunk_id"], m["entity_id"]) for m in graph.live_mentions()}
-    assert got == {("a-0", "x"), ("a-0", "yy"), ("a-2", "yy"), ("a-2", "zzz"), ("b-0", "x"), ("a-1", "late")}
+    assert got == {("a-0", "x"), ("a-0", "yy"), ("a-2", "yy"), ("a-2", "zzz"), ("b-0", "x"), ("a-1", "late"),
+                   ("a-9", "x")}
+    assert {c["chunk_id"] for c in graph.live_chunks(["a.txt"])} == {"a-0", "a-1", "a-2", "a-9"}
     counts = graph.driver.execute_query(
         "MATCH (c:Chunk {tenant_id: $t})-[m:MENTIONS]->(e:Entity {tenant_id: $t}) RETURN c.chunk_id, e.entity_id, m.count",
         t=graph.tenant_id).records
-    assert all(count == len(entity) for _, entity, count in counts) and len(counts) == 6
+    assert all(count == len(entity) or chunk == "a-9" for chunk, entity, count in counts) and len(counts) == 7
