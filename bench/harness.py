@@ -75,7 +75,10 @@ def run_comparison(c: Comparison, progress: Callable[[str], None] = lambda m: No
     for i in range(c.warmup):
         progress(f"{c.name}: warm-up {i + 1}/{c.warmup}")
         _timed(c.candidate, c.setup)
-        _timed(c.baseline, c.setup)
+        try:
+            _timed(c.baseline, c.setup)
+        except TimeLimitExceeded:  # a warm-up is not measured: its time limit ends it, no more
+            pass
     for i in range(c.repeats):
         progress(f"{c.name}: round {i + 1}/{c.repeats}")
         seconds, units_c = _timed(c.candidate, c.setup)

@@ -25,6 +25,8 @@ def dequantize(blobs: list[bytes], scales) -> np.ndarray:
 
     if not blobs:
         return np.zeros((0, 0), dtype=np.float32)
+    if len({len(blob) for blob in blobs}) > 1:  # one short blob would shift every row after it
+        raise ValueError(f"fp8 vectors of different lengths: {sorted({len(blob) for blob in blobs})}")
     raw = np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(len(blobs), -1)
     values = torch.from_numpy(raw.copy()).view(torch.float8_e4m3fn).to(torch.float32)
     return (values * torch.tensor(np.asarray(scales, dtype=np.float32)).unsqueeze(1)).numpy()

@@ -60,15 +60,22 @@ def test_lookups_return_the_right_vectors_and_never_cross_tenants(feast_settings
     # b knows nothing of a's other hashes, and a's copy of the shared text is a's own
     assert b.lookup(list(frame_a["embedding_hash"][1:])) == {h: None for h in frame_a["embedding_hash"][1:]}
     assert np.abs(a.lookup([shared])[shared] - vectors_a[0]).max() < 0.01
-    # the direct online read returns what Feast's get_online_features returns, row for row
-    probe = [*frame_a["embedding_hash"], "0" * 64]
-    served = store.get_online_features(
-        features=["chunk_embeddings:chunk_id", "chunk_embeddings:scale", "chunk_embeddings:deleted"],
-        entity_rows=[{"tenant_id": "feat-a", "embedding_hash": h} for h in probe]).to_dict()
-    assert a.online_rows(probe, ["chunk_id", "scale"]) == [
-        None if served["deleted"][i] is None else {"chunk_id": served["chunk_id"][i], "scale": served["scale"][i]}
-        for i in range(len(probe))]
-    assert a.online_rows(probe, ["chunk_id"])[-1] is None and b.online_rows(probe[1:2], ["chunk_id"]) == [None]
+    # the direct online read returns what Feast's get_online_features returns, row for row: an
+    # unknown hash and a soft-deleted one are None, and a tenant reads only its own rows
+    gone, _ = rows_for(["gone from b"], 6)
+    b.write(gone.assign(deleted=True))
+    probes = {a: [*frame_a["embedding_hash"], "0" * 64],
+              b: [shared, gone["embedding_hash"][0], *frame_a["embedding_hash"][1:]]}
+    found = {a: [True, True, True, False], b: [True, False, False, False]}
+    for features, probe in probes.items():
+        served = store.get_online_features(
+            features=["chunk_embeddings:chunk_id", "chunk_embeddings:scale", "chunk_embeddings:deleted"],
+            entity_rows=[{"tenant_id": features.tenant_id, "embedding_hash": h} for h in probe]).to_dict()
+        expected = [None if served["deleted"][i] is None or served["deleted"][i]
+                    else {"chunk_id": served["chunk_id"][i], "scale": served["scale"][i]} for i in range(len(probe))]
+        assert features.online_rows(probe, ["chunk_id", "scale"]) == expected
+        assert [row is not None for row in expected] == found[features]
+    assert served["deleted"][1] is True  # b's tombstone is in the online store, and read as gone
     offline = a.stored_rows()  # read back from the offline store (a directory or S3)
     assert set(offline["tenant_id"]) == {"feat-a"} and len(offline) == 3
     # Feast's own offline retrieval reads the same files

@@ -50,3 +50,9 @@ def test_reference_statistics_are_deterministic_and_bounded():
     assert float(a["bandwidth"]) > 0
     assert np.array_equal(a["sample"], b["sample"])
     assert np.allclose(a["centroid"], vectors.mean(axis=0))
+
+
+def test_vectors_of_different_lengths_are_refused_not_shifted():
+    blobs, scales = quantize(np.ones((2, 384), dtype=np.float32))
+    with pytest.raises(ValueError, match="different lengths"):
+        dequantize([blobs[0], blobs[1][:-1]], scales)
