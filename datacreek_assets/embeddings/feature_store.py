@@ -101,15 +101,14 @@ def open_feature_store(settings: FeatureStoreSettings):
 _online_views: dict[tuple[str, str], object] = {}
 
 
-def _online_reader(store, settings: FeatureStoreSettings, view: str) -> tuple:
-    """(feature view, online store) for reading a view's online rows. The store is the provider's
-    own, so reads and writes share its connection; the view is parsed from the registry once per
-    process (about 1 ms a parse, five times the read itself). The views are Datacreek's code, so
-    a process's copy cannot go stale."""
+def _online_view(store, settings: FeatureStoreSettings, view: str):
+    """The feature view for online reads, parsed from the registry once per process (about 1 ms a
+    parse, five times the read itself). The views are Datacreek's code, so a process's copy
+    cannot go stale."""
     key = (repr(settings), view)
     if key not in _online_views:
         _online_views[key] = store.get_feature_view(view)
-    return _online_views[key], store.provider.online_store
+    return _online_views[key]
 
 
 class TenantFeatures:
@@ -344,20 +343,21 @@ class TenantFeatures:
         """Raw online feature values of this view for the tenant's hashes (None: unknown or deleted).
 
         Reads through the online store's own interface (Feast's ``OnlineStore.online_read``, the
-        call ``get_online_features`` ends in), not ``get_online_features``: the same rows without
-        its per-call request planning and response protos, half of a one-key lookup's time
-        (bench/embeddings.py). The views never expire (ttl 0), so no TTL filter is skipped."""
+        call ``get_online_features`` ends in, on the provider's own connection), not
+        ``get_online_features``: the same rows without its per-call request planning and response
+        protos, half of a one-key lookup's time (bench/embeddings.py). The views never expire
+        (ttl 0), so no TTL filter is skipped."""
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.protos.feast.types.Value_pb2 import Value
         from feast.type_map import feast_value_type_to_python_type
 
-        view, online_store = _online_reader(self.store, self.settings, self.view)
+        view = _online_view(self.store, self.settings, self.view)
         tenant = Value(string_val=self.tenant_id)
         keys = [EntityKey(join_keys=["tenant_id", "embedding_hash"], entity_values=[tenant, Value(string_val=h)])
                 for h in hashes]
         requested = [*features, "deleted"]
         rows: list[dict | None] = []
-        for _, values in online_store.online_read(self.store.config, view, keys, requested):
+        for _, values in self.store.provider.online_store.online_read(self.store.config, view, keys, requested):
             row = {name: feast_value_type_to_python_type(values[name]) if values and name in values else None
                    for name in requested}
             rows.append(None if row["deleted"] is None or row["deleted"] else {name: row[name] for name in features})
