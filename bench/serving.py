@@ -46,7 +46,7 @@ def comparisons(quick: bool = False) -> list[Comparison]:
     from datacreek_assets.serving.routing import CanaryPolicy, WindowStats, judge_canary
     from datacreek_assets.serving.traffic import TrafficGenerator
     from datacreek_assets.settings import LocalSettings
-    from resources.stores import ServingResource
+    from resources.stores import ObjectStoreResource, ServingResource
 
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     settings = LocalSettings(state_dir=work, ray_port=RAY_PORT, serve_port=SERVE_PORT)
@@ -55,7 +55,9 @@ def comparisons(quick: bool = False) -> list[Comparison]:
     ray_head.up(180, lambda m: None)
     serving = ServingResource(ray_address=f"127.0.0.1:{RAY_PORT}", http_port=SERVE_PORT, store_url=settings.serving_url,
                               admin_token=settings.serving_admin_token(),
-                              ray_auth_token_path=str(ray_head.auth_token_path), min_requests=8)
+                              ray_auth_token_path=str(ray_head.auth_token_path), min_requests=8,
+                              object_store=ObjectStoreResource(backend="local", root=str(work / "objects")),
+                              model_cache_dir=str(work / "model-cache"))
     control = serving.control()
     control.ensure_router()
     prometheus = PrometheusServer(work / "prometheus", free_port(), [f"127.0.0.1:{SERVE_PORT}"],

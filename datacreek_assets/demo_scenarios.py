@@ -129,7 +129,9 @@ def canary_scene(defs: dg.Definitions, instance: dg.DagsterInstance, resources: 
         outcome, reason, promotion, timings = "undecided", "no verdict before the timeout", None, None
         try:
             while time.monotonic() - started < timeout_s and outcome == "undecided":
-                tick = canary_health_sensor(dg.build_sensor_context(instance=instance, resources={"serving": serving}))
+                # (a context manager: the serving resource nests the object store's)
+                with dg.build_sensor_context(instance=instance, resources={"serving": serving}) as context:
+                    tick = canary_health_sensor(context)
                 for event in tick.asset_events:
                     instance.report_runless_asset_event(event)
                     meta = {k: getattr(v, "value", v) for k, v in event.metadata.items()}

@@ -8,6 +8,7 @@ tenant, and the scope refuses keys that try to leave it.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import unicodedata
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ _DISGUISING = {"\u200b", "\u200e", "\u200f", "\u2060", "\ufeff", *map(chr, range
                *map(chr, range(0x2066, 0x206A))}
 
 
-def _check_relative_key(key: str) -> str:
+def check_relative_key(key: str) -> str:
     path = PurePosixPath(key)
     if not key or key.startswith("/") or "\\" in key or any(p in ("..", ".", "") for p in key.split("/")):
         raise InvalidObjectKey(f"object key {key!r} must be a relative path without '.', '..' or empty parts")
@@ -53,6 +54,8 @@ class StoredVersion:
 class ObjectStore(Protocol):
     def put(self, key: str, data: bytes) -> None: ...
     def get(self, key: str) -> bytes: ...
+    def put_file(self, key: str, path: Path) -> None: ...
+    def get_file(self, key: str, path: Path) -> None: ...
     def size(self, key: str) -> int: ...
     def exists(self, key: str) -> bool: ...
     def list(self, prefix: str) -> Iterator[str]: ...
@@ -69,7 +72,7 @@ class LocalObjectStore:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
-        return self.root / _check_relative_key(key)
+        return self.root / check_relative_key(key)
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
@@ -86,6 +89,23 @@ class LocalObjectStore:
 
     def get(self, key: str) -> bytes:
         return self._path(key).read_bytes()
+
+    def put_file(self, key: str, path: Path) -> None:
+        """A file's bytes as the object, copied in chunks (a model file is not read whole)."""
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        os.close(fd)
+        try:
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get_file(self, key: str, path: Path) -> None:
+        """The object's bytes into ``path`` (which the caller renames into place once checked)."""
+        shutil.copyfile(self._path(key), path)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -135,19 +155,33 @@ class S3ObjectStore:
         self.client = client
 
     def put(self, key: str, data: bytes) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=_check_relative_key(key), Body=data)
+        self.client.put_object(Bucket=self.bucket, Key=check_relative_key(key), Body=data)
 
     def get(self, key: str) -> bytes:
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=_check_relative_key(key))["Body"].read()
+            return self.client.get_object(Bucket=self.bucket, Key=check_relative_key(key))["Body"].read()
         except self.client.exceptions.NoSuchKey:
             raise FileNotFoundError(key) from None
+
+    def put_file(self, key: str, path: Path) -> None:
+        """A file as the object, through boto3's managed transfer (multipart for large files)."""
+        self.client.upload_file(str(path), self.bucket, check_relative_key(key))
+
+    def get_file(self, key: str, path: Path) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.download_file(self.bucket, check_relative_key(key), str(path))
+        except ClientError as err:
+            if err.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
+                raise FileNotFoundError(key) from None
+            raise
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
 
         try:
-            self.client.head_object(Bucket=self.bucket, Key=_check_relative_key(key))
+            self.client.head_object(Bucket=self.bucket, Key=check_relative_key(key))
             return True
         except ClientError as err:
             if err.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
@@ -155,23 +189,23 @@ class S3ObjectStore:
             raise
 
     def size(self, key: str) -> int:
-        return int(self.client.head_object(Bucket=self.bucket, Key=_check_relative_key(key))["ContentLength"])
+        return int(self.client.head_object(Bucket=self.bucket, Key=check_relative_key(key))["ContentLength"])
 
     def list(self, prefix: str) -> Iterator[str]:
-        prefix = _check_relative_key(prefix.rstrip("/")) + "/"
+        prefix = check_relative_key(prefix.rstrip("/")) + "/"
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
             for item in page.get("Contents", []):
                 yield item["Key"]
 
     def delete(self, key: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=_check_relative_key(key))
+        self.client.delete_object(Bucket=self.bucket, Key=check_relative_key(key))
 
     def versions(self, prefix: str) -> Iterator[StoredVersion]:
         """Every version and delete marker under ``prefix`` (paged). An unversioned bucket answers
         with one version per object ("null"), so one listing serves both kinds of bucket: in a
         versioned one, a deleted object's older versions still hold its bytes."""
-        prefix = _check_relative_key(prefix.rstrip("/")) + "/"
+        prefix = check_relative_key(prefix.rstrip("/")) + "/"
         paginator = self.client.get_paginator("list_object_versions")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
             for item in page.get("Versions", []):
@@ -204,7 +238,7 @@ class TenantObjectStore:
         return self.AREAS[area].format(id=self.tenant_id)
 
     def key(self, relative: str, area: str = "tenant") -> str:
-        return f"{self._prefix(area)}/{_check_relative_key(relative)}"
+        return f"{self._prefix(area)}/{check_relative_key(relative)}"
 
     def put(self, relative: str, data: bytes, area: str = "tenant") -> str:
         key = self.key(relative, area)
@@ -223,7 +257,7 @@ class TenantObjectStore:
     def list(self, relative_prefix: str = "", area: str = "tenant") -> list[str]:
         """Keys relative to the scope, e.g. ``inbox/a.txt``."""
         base = self._prefix(area)
-        prefix = f"{base}/{_check_relative_key(relative_prefix)}" if relative_prefix else base
+        prefix = f"{base}/{check_relative_key(relative_prefix)}" if relative_prefix else base
         return [key[len(base) + 1 :] for key in self.store.list(prefix) if key.startswith(base + "/")]
 
     def delete(self, relative: str, area: str = "tenant") -> None:
@@ -232,7 +266,7 @@ class TenantObjectStore:
     def versions(self, area: str = "tenant", folder: str = "") -> list[StoredVersion]:
         """Every stored copy in one area (or one folder of it), keys relative to the scope."""
         base = self._prefix(area)
-        listed = f"{base}/{_check_relative_key(folder)}" if folder else base
+        listed = f"{base}/{check_relative_key(folder)}" if folder else base
         return [StoredVersion(v.key[len(base) + 1:], v.modified, v.version_id, v.latest, v.delete_marker)
                 for v in self.store.versions(listed) if v.key.startswith(base + "/")]
 

@@ -71,6 +71,8 @@ def build_resources(profile: str, settings: LocalSettings | None = None) -> dict
                 promote_min_requests=settings.canary_promote_min_requests,
                 min_p99_gap_ms=settings.canary_min_p99_gap_ms,
                 models_dir=str(settings.state_dir / "models"),
+                object_store=ObjectStoreResource(backend="local", root=str(settings.object_store_root)),
+                model_cache_dir=str(settings.state_dir / "serving" / "model-cache"),
             ),
         }
     if profile == "prod":
@@ -131,6 +133,9 @@ def build_resources(profile: str, settings: LocalSettings | None = None) -> dict
                 store_url=dg.EnvVar("DATACREEK_SERVING_STORE_URL"),  # Postgres
                 admin_token=dg.EnvVar("DATACREEK_SERVING_ADMIN_TOKEN"),
                 models_dir=dg.EnvVar("DATACREEK_MODELS_DIR"),  # the volume the Ray workers mount too
+                object_store=ObjectStoreResource(backend="s3", bucket=dg.EnvVar("DATACREEK_S3_BUCKET"), s3=s3),
+                model_cache_dir=dg.EnvVar("DATACREEK_MODEL_CACHE_DIR"),  # each Ray worker's local disk
+                model_cache_gb=dg.EnvVar.int("DATACREEK_MODEL_CACHE_GB"),
             ),
         }
     raise ConfigError(f"unknown profile {profile!r}")

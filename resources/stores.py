@@ -145,6 +145,19 @@ class ObjectStoreResource(dg.ConfigurableResource):
     def for_tenant(self, tenant_id: str) -> TenantObjectStore:
         return TenantObjectStore(self.store(), tenant_id)
 
+    def model_source(self, cache_dir: str, cache_max_bytes: int = 0):
+        """This store as serving replicas rebuild it to fetch model files (``serving.model_files``)."""
+        from pathlib import Path
+
+        from datacreek_assets.serving.model_files import ModelSource
+
+        if self.backend == "s3":
+            s3 = s3_resource(self.s3, "the s3 model store")
+            return ModelSource("s3", cache_dir, bucket=self.bucket, endpoint_url=s3.endpoint_url or "",
+                               region=s3.region_name or "", cache_max_bytes=cache_max_bytes)
+        # absolute: replicas run in Ray's worker processes, whose working directory is not ours
+        return ModelSource(self.backend, cache_dir, root=str(Path(self.root).resolve()), cache_max_bytes=cache_max_bytes)
+
     def ensure_lifecycle(self):
         """Apply the bucket's ingest-toxic/ expiry rule (deploy time); None for a directory, which
         has no lifecycle: there the retention audit alone enforces it."""
@@ -357,13 +370,20 @@ class ServingResource(dg.ConfigurableResource):
     n_ctx: int = 2048  # grounded prompts: three passages, the question and the answer
     threads: int = 1  # llama.cpp threads per model replica
     models_dir: str = ""  # the tenants' retrieval indexes (FineTuneResource.models_dir); empty: no retrieval
+    # where released GGUF files are published (by SHA-256) and replicas fetch them from; S3
+    # credentials come from each replica's own environment
+    object_store: Optional[ObjectStoreResource] = None
+    model_cache_dir: str = ""  # each node's cache of fetched model files
+    model_cache_gb: int = 0  # GiB: least recently used files are evicted past it; 0: no limit
 
     def control(self):
         from datacreek_assets.serving.control import ServingControl
 
+        source = (self.object_store.model_source(self.model_cache_dir, self.model_cache_gb * 2**30)
+                  if self.object_store is not None else None)
         return ServingControl(self.ray_address, self.http_port, self.store_url, self.admin_token,
                               self.ray_auth_token_path or None, self.window_s, self.max_prompt_chars, self.n_ctx,
-                              self.threads, self.http_host, self.router_url, self.models_dir)
+                              self.threads, self.http_host, self.router_url, self.models_dir, source)
 
     def store(self):
         """The release store alone (keys, releases): no Ray connection."""

@@ -4,6 +4,7 @@ test-only ports under a temporary state dir, and stopped afterwards."""
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
@@ -172,7 +173,7 @@ def s3_resource(s3_endpoint):
 
 @pytest.fixture
 def s3_bucket(s3_resource, request):
-    name = "datacreek-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
+    name = "datacreek-" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40].strip("-")
     s3_resource.get_client().create_bucket(Bucket=name)
     return name
 

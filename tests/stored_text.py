@@ -4,7 +4,6 @@ string hidden in a compressed parquet column or a UTF-32 numpy array would slip 
 from __future__ import annotations
 
 import io
-import json
 import zipfile
 from pathlib import Path
 

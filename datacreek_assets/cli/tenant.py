@@ -254,7 +254,8 @@ def tenant_releases(obj: Context, tenant_id: str, as_json: bool) -> None:
     with serving_store(obj) as store:
         releases = store.releases(tenant_id)
     rows = [{"version": r.version, "status": r.status, "canary_weight": r.canary_weight,
-             "started_at": r.started_at.isoformat(), "reason": r.reason, **r.numbers} for r in releases]
+             "started_at": r.started_at.isoformat(), "reason": r.reason, "run_key": r.run_key,
+             "adapter_sha256": r.adapter.sha256 if r.adapter else None, **r.numbers} for r in releases]
     if as_json:
         click.echo(json.dumps(rows, default=str))
         return

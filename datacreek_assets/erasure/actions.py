@@ -78,7 +78,7 @@ def delete_document(graph, objects: TenantObjectStore, feature_views: list, tena
         raise NotDeletable(f"tenant {graph.tenant_id!r} has no live document {doc_id!r}")
     quoted = dataset_versions_with(objects, doc_id)
     trainings = trainings_with(tenant_dir, quoted)
-    releases = tainted_releases(live_releases, tenant_dir, trainings)
+    releases = tainted_releases(live_releases, trainings)
     counts.update({"dataset_versions": len(quoted), "dataset_records": sum(len(ids) for ids in quoted.values()),
                    "tainted_trainings": len(trainings), "tainted_releases": len(releases)})
     entry = log_erasure(objects, "delete", doc_id, counts)

@@ -154,15 +154,10 @@ def trainings_with(tenant_dir, dataset_versions) -> list[str]:
     return found
 
 
-def tainted_releases(live_releases, tenant_dir, run_keys: list[str]) -> list[str]:
-    """Versions of the live releases (production or canary; ``ReleaseStore.live(...).values()``)
-    serving one of those trainings' files."""
-    from pathlib import Path
-
-    folders = [(Path(tenant_dir) / "gguf" / key).resolve() for key in run_keys]
-    return sorted(release.version for release in live_releases
-                  if any(Path(p).resolve().is_relative_to(f) for p in (release.model_path, release.adapter_path) if p
-                         for f in folders))
+def tainted_releases(live_releases, run_keys: list[str]) -> list[str]:
+    """Versions of the live releases (production or canary; ``ServingStore.live(...).values()``)
+    serving one of those trainings."""
+    return sorted(release.version for release in live_releases if release.run_key in set(run_keys))
 
 
 PURGED_TRAININGS = "erasure_purged_trainings.json"  # in the tenant's models folder, read by model_gc

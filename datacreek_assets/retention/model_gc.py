@@ -5,11 +5,13 @@ A training is everything one run key left behind: ``runs/<key>/`` (checkpoints, 
 age limit (by its newest file) is deleted unless it is kept, and it is kept when it is:
 - the tenant's best by its evaluation metric (tuned F1 with retrieval, higher is better; compared
   as numbers, never by name or time),
-- live in serving (a production or canary release points into its files),
+- live in serving (a production or canary release serves it).
 - the newest training (``latest.json``, and the most recently written).
 A training that learnt from a purged document loses the "best", "newest" and "young" reasons.
 The plan, with the reason each training is kept, is written (by rename) to ``gc/`` before anything
-is deleted, so an interrupted collection leaves a record of what had to stay.
+is deleted, so an interrupted collection leaves a record of what had to stay. A deleted training's
+adapter, published to the object store when it was released, goes too, unless a live release
+names the same file.
 """
 
 from __future__ import annotations
@@ -85,13 +87,25 @@ def list_trainings(tenant_dir: Path) -> list[Training]:
     return trainings
 
 
+def published_adapters(tenant_dir: Path, run_key: str) -> list[str]:
+    """Object keys (relative to the tenant's scope) the training's adapter has when published."""
+    from datacreek_assets.serving.model_files import ADAPTER_FOLDER, file_sha256
+
+    manifest = tenant_dir / "gguf" / run_key / "manifest.json"
+    try:
+        adapter = Path(json.loads(manifest.read_text())["lora"]["path"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [f"{ADAPTER_FOLDER}/{file_sha256(adapter)}.gguf"] if adapter.is_file() else []
+
+
 @dataclass
 class GcPlan:
     keep: dict[str, list[str]] = field(default_factory=dict)  # run key -> why it stays
     delete: list[str] = field(default_factory=list)
 
 
-def plan_gc(trainings: list[Training], live_paths: list[str], latest_key: str | None, now: datetime,
+def plan_gc(trainings: list[Training], live_run_keys: set[str], latest_key: str | None, now: datetime,
             max_age: timedelta = MAX_AGE, in_flight: str | None = None, purged: set[str] = frozenset()) -> GcPlan:
     """``purged``: trainings that learnt from purged documents. They are kept only while serving,
     in flight or named by latest.json (which the requested retraining replaces), never as best or young."""
@@ -111,8 +125,7 @@ def plan_gc(trainings: list[Training], live_paths: list[str], latest_key: str | 
     if latest_key in reasons:
         reasons[latest_key].append("latest.json")
     for training in trainings:
-        if any(Path(live).resolve().is_relative_to(p.resolve()) for live in live_paths for p in training.paths
-               if p.is_dir()):
+        if training.run_key in live_run_keys:
             reasons[training.run_key].append("live in serving")
         if now - training.written_at <= max_age:
             reasons[training.run_key].append(f"younger than {max_age.days} days")
@@ -147,8 +160,10 @@ class GcReport:
                 "deleted_trainings": self.deleted}
 
 
-def collect_garbage(tenant_id: str, tenant_dir: Path, live_paths: list[str], tracking=None, dry_run: bool = False,
-                    now: datetime | None = None, max_age: timedelta = MAX_AGE) -> GcReport:
+def collect_garbage(tenant_id: str, tenant_dir: Path, live_releases: list, tracking=None, dry_run: bool = False,
+                    now: datetime | None = None, max_age: timedelta = MAX_AGE, objects=None) -> GcReport:
+    """``live_releases``: the tenant's live releases (``ServingStore.live(...).values()``);
+    ``objects``: its TenantObjectStore, where released adapters were published (None: not looked at)."""
     now = now or datetime.now(timezone.utc)
     before = tree_bytes(tenant_dir) if tenant_dir.exists() else 0
     trainings = {t.run_key: t for t in list_trainings(tenant_dir)}
@@ -159,8 +174,9 @@ def collect_garbage(tenant_id: str, tenant_dir: Path, live_paths: list[str], tra
     in_flight = beat.get("run_key") if beat.get("state") in ("running", "interrupted") else None
     from datacreek_assets.erasure.documents import purged_trainings
 
-    plan = plan_gc(list(trainings.values()), live_paths, latest_key, now, max_age, in_flight,
-                   purged_trainings(tenant_dir))
+    plan = plan_gc(list(trainings.values()), {r.run_key for r in live_releases if r.run_key}, latest_key, now,
+                   max_age, in_flight, purged_trainings(tenant_dir))
+    served = {r.adapter.key for r in live_releases if r.adapter is not None}
     record = tenant_dir / "gc" / f"{now:%Y%m%dT%H%M%SZ}{'-dry-run' if dry_run else ''}.json"
     write_json_atomic(record, {"at": now.isoformat(), "dry_run": dry_run, "keep": plan.keep, "delete": plan.delete,
                                "best_by": list(BEST_BY), "max_age_days": max_age.days})
@@ -170,6 +186,10 @@ def collect_garbage(tenant_id: str, tenant_dir: Path, live_paths: list[str], tra
             training = trainings[key]
             if tracking is not None and training.mlflow_run_id:
                 mlflow_deleted += tracking.delete_run(training.mlflow_run_id)
+            if objects is not None:  # before the local file its key is computed from
+                for relative in published_adapters(tenant_dir, key):
+                    if objects.key(relative) not in served:
+                        objects.delete(relative)
             for path in training.paths:
                 if path.is_dir():
                     shutil.rmtree(path)

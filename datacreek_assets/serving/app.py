@@ -66,16 +66,23 @@ async def read_capped(request: Request, limit: int) -> bytes | None:
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=8)
 class ModelServer:
     """One tenant's model version: the GGUF through llama.cpp, with the tenant's adapter applied
-    to the shared base file where the release is base + adapter."""
+    to the shared base file where the release is base + adapter. Both files are fetched from the
+    object store into the node's cache and checked against the release's SHA-256 digests first
+    (a mismatch fails the replica: nothing unchecked is ever served)."""
 
-    def __init__(self, tenant: str, version: str, model_path: str, adapter_path: str | None,
+    def __init__(self, tenant: str, version: str, model: dict, adapter: dict | None, source: dict,
                  n_ctx: int = 2048, threads: int = 1):
         from llama_cpp import Llama
 
+        from datacreek_assets.serving.model_files import ModelRef, ModelSource
+
         self.name = f"{tenant}-{version}"
         self.n_ctx = n_ctx
-        self.llm = Llama(model_path=model_path, lora_path=adapter_path, n_ctx=n_ctx, n_threads=threads,
-                         n_threads_batch=threads, verbose=False, seed=0)
+        cache = ModelSource(**source).cache()
+        model_path = cache.fetch(ModelRef.from_dict(model), tenant)
+        adapter_path = cache.fetch(ModelRef.from_dict(adapter), tenant) if adapter else None
+        self.llm = Llama(model_path=str(model_path), lora_path=str(adapter_path) if adapter_path else None,
+                         n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False, seed=0)
         self.lock = threading.Lock()  # one llama.cpp context: one generation at a time
         self.injected_delay_s = 0.0
         # warm up (first evaluation allocates buffers): the first client must not pay for it,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import requests
 
+from datacreek_assets.serving.model_files import ModelRef, ModelSource, publish_adapter, publish_base
 from datacreek_assets.serving.release_store import LIVE, Release, ReleaseConflict, ServingStore
 from datacreek_assets.serving.routing import (
     CanaryPolicy, InvalidVersion, Verdict, WindowStats, deployment_name, judge_canary, validate_version,
@@ -25,6 +26,7 @@ from datacreek_assets.serving.routing import (
 from datacreek_assets.tenancy import InvalidTenantId, validate_tenant_id
 
 ROUTER_APP = "router"
+LOG = logging.getLogger(__name__)
 
 
 class ServingError(RuntimeError):
@@ -55,7 +57,7 @@ class ServingControl:
     def __init__(self, ray_address: str, http_port: int, store_url: str, admin_token: str,
                  ray_auth_token_path: str | None = None, window_s: float = 60.0, max_prompt_chars: int = 8000,
                  n_ctx: int = 2048, threads: int = 1, http_host: str = "127.0.0.1", router_url: str = "",
-                 models_dir: str = ""):
+                 models_dir: str = "", model_source: ModelSource | None = None):
         self.ray_address, self.http_port, self.ray_auth_token_path = ray_address, http_port, ray_auth_token_path
         self.store = ServingStore(store_url)
         self.store_url, self.admin_token = store_url, admin_token
@@ -63,6 +65,7 @@ class ServingControl:
         self.http_host = http_host  # where Serve's proxy listens (0.0.0.0 in a cluster)
         self.url = (router_url or f"http://127.0.0.1:{http_port}").rstrip("/")  # where we reach it
         self.models_dir = models_dir  # the tenants' retrieval indexes, read by the router
+        self.model_source = model_source  # where released model files go and replicas fetch them
 
     # -- Ray Serve ------------------------------------------------------------
     def connect(self) -> None:
@@ -105,12 +108,16 @@ class ServingControl:
     def reconcile(self) -> None:
         """Live releases missing from Serve are deployed (after a Ray restart, or a deploy that
         failed), ended releases still deployed are deleted (a rollback cut off before its delete),
-        and the router re-reads every route."""
+        and the router re-reads every route. A live release that cannot start (a file refused, a
+        broken model) is logged and tried again on the next pass; the others go on."""
         running = self.applications()
         for tenant, route in self.store.all_routes().items():
             for version in route.live:
                 if deployment_name(tenant, version) not in running:
-                    self._deploy(self.store.release(tenant, version), new=False)
+                    try:  # (nothing of it is in Serve: a failed start leaves nothing either)
+                        self._deploy(self.store.release(tenant, version), new=True)
+                    except ServingError as err:  # one release that cannot start holds up no other tenant
+                        LOG.warning("reconcile: %s", err)
         for name in running:
             parsed = parse_deployment(name)
             if parsed is None:
@@ -132,16 +139,36 @@ class ServingControl:
 
         from datacreek_assets.serving.app import ModelServer
 
-        self.connect()
         name = deployment_name(release.tenant_id, release.version)
+        if release.model is None:
+            raise ServingError(f"{name} was recorded before releases named model files by digest: "
+                               "release the model again")
+        self.connect()
         app = ModelServer.options(name=name, user_config={"injected_delay_s": injected_delay_s}).bind(
-            release.tenant_id, release.version, release.model_path, release.adapter_path, self.n_ctx, self.threads)
+            release.tenant_id, release.version, release.model.as_dict(),
+            release.adapter.as_dict() if release.adapter else None, self._source().as_dict(), self.n_ctx,
+            self.threads)
         try:
             serve.run(app, name=name, route_prefix=None)
         except Exception as err:
+            cause = self._replica_error(name)
             if new:  # a new deployment that failed to start leaves nothing behind; a live one stays
                 serve.delete(name)
-            raise ServingError(f"deploying {name} failed: {err}") from err
+            raise ServingError(f"deploying {name} failed: {err}{f' ({cause})' if cause else ''}") from err
+
+    @staticmethod
+    def _replica_error(name: str) -> str:
+        """The last line of what Serve reports for a deployment that failed: the exception its
+        replica raised (Serve's own error names only the deployment)."""
+        from ray import serve
+
+        try:
+            app = serve.status().applications.get(name)
+            messages = [d.message for d in app.deployments.values() if d.message] if app else []
+        except Exception:  # the status itself is unavailable: the deploy error alone is reported
+            return ""
+        lines = [line.strip() for message in messages for line in message.strip().splitlines() if line.strip()]
+        return lines[-1][:500] if lines else ""
 
     def _undeploy(self, tenant: str, version: str) -> None:
         from ray import serve
@@ -189,45 +216,60 @@ class ServingControl:
             self.reload_router(tenant)
             self._undeploy(tenant, superseded.version)
         steps = self._release_canary(tenant, candidate.version, candidate.base_path, candidate.adapter_path,
-                                     candidate.base_path, weight)
+                                     candidate.base_path, weight, candidate.run_key)
         route = self.store.route(tenant)
         return {"status": "canary", "version": candidate.version, "canary_weight": weight,
                 "production": route.production, "superseded": superseded.version if superseded else "none",
                 **steps}
 
     def release_canary(self, tenant: str, version: str, model_path: str, adapter_path: str | None,
-                       base_path: str, weight: float) -> dict:
+                       base_path: str, weight: float, run_key: str | None = None) -> dict:
         """Serve `version` as the tenant's canary with `weight` of its traffic. A tenant's first
-        release is compared against the base model, which becomes its production (`base`)."""
+        release is compared against the base model, which becomes its production (`base`).
+        ``model_path`` and ``base_path`` are shared base GGUFs, ``adapter_path`` the tenant's own:
+        they are published to the object store first, and replicas fetch them from there."""
         validate_tenant_id(tenant)
         self.ensure_router()
-        return self._release_canary(tenant, version, model_path, adapter_path, base_path, weight)
+        return self._release_canary(tenant, version, model_path, adapter_path, base_path, weight, run_key)
+
+    def _source(self) -> ModelSource:
+        if self.model_source is None:
+            raise ServingError("no model store is configured for serving (ServingResource.object_store)")
+        return self.model_source
 
     def _release_canary(self, tenant: str, version: str, model_path: str, adapter_path: str | None,
-                        base_path: str, weight: float) -> dict:
+                        base_path: str, weight: float, run_key: str | None = None) -> dict:
         steps = {}
+        store = self._source().store()
+        started = time.perf_counter()
+        model = publish_base(store, Path(model_path))
+        adapter = publish_adapter(store, tenant, Path(adapter_path)) if adapter_path else None
+        steps.update({"publish_s": round(time.perf_counter() - started, 2), "model_key": model.key,
+                      "model_sha256": model.sha256, "adapter_key": adapter.key if adapter else "none",
+                      "adapter_sha256": adapter.sha256 if adapter else "none"})
         try:
             if "production" not in self.store.live(tenant):
                 started = time.perf_counter()
-                self._deploy_and_record(tenant, "base", "production", base_path, None, 0.0)
+                base = model if base_path == model_path else publish_base(store, Path(base_path))
+                self._deploy_and_record(tenant, "base", "production", base, None, 0.0)
                 steps["base_production_s"] = round(time.perf_counter() - started, 2)
             started = time.perf_counter()
-            self._deploy_and_record(tenant, version, "canary", model_path, adapter_path, weight)
+            self._deploy_and_record(tenant, version, "canary", model, adapter, weight, run_key)
             steps["canary_deploy_s"] = round(time.perf_counter() - started, 2)
         finally:  # whatever was recorded is routed, also when the canary's deploy failed
             self.reload_router(tenant)
         return steps
 
-    def _deploy_and_record(self, tenant: str, version: str, status: str, model_path: str,
-                           adapter_path: str | None, weight: float) -> None:
+    def _deploy_and_record(self, tenant: str, version: str, status: str, model: ModelRef,
+                           adapter: ModelRef | None, weight: float, run_key: str | None = None) -> None:
         if self.store.release(tenant, version) is not None:
             raise ReleaseConflict(f"version {version} of tenant {tenant!r} was released before")
         if status in self.store.live(tenant):
             raise ReleaseConflict(f"tenant {tenant!r} already has a {status} release")
-        probe = Release(tenant, version, status, model_path, adapter_path, weight, None, None, None, {})
+        probe = Release(tenant, version, status, model, adapter, weight, None, None, None, {}, run_key)
         self._deploy(probe)
         try:
-            self.store.start(tenant, version, status, model_path, adapter_path, weight)
+            self.store.start(tenant, version, status, model, adapter, weight, run_key)
         except Exception:
             self._undeploy(tenant, version)
             raise

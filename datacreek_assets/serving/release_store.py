@@ -10,10 +10,11 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import DateTime, Float, Integer, String, Text, UniqueConstraint, delete, select
+from sqlalchemy import BigInteger, DateTime, Float, Integer, String, Text, UniqueConstraint, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from datacreek_assets.serving.model_files import ModelFileError, ModelRef, readable_by
 from datacreek_assets.serving.routing import Route, validate_version
 from datacreek_assets.sql import open_store
 from datacreek_assets.tenancy import validate_tenant_id
@@ -44,8 +45,16 @@ class ReleaseRow(_Base):
     version: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16))
     live_role: Mapped[str | None] = mapped_column(String(16), nullable=True)
-    model_path: Mapped[str] = mapped_column(Text)
-    adapter_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Model files by object-store key and SHA-256 (serving.model_files): replicas fetch and check
+    # them. The key columns keep their first names, from when they held local paths; a row of that
+    # time has no digest and is refused at deploy (release the model again).
+    model_key: Mapped[str] = mapped_column("model_path", Text)
+    model_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    model_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    adapter_key: Mapped[str | None] = mapped_column("adapter_path", Text, nullable=True)
+    adapter_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    adapter_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    run_key: Mapped[str | None] = mapped_column(String(128), nullable=True)  # the training it serves; None: a base
     canary_weight: Mapped[float] = mapped_column(Float, default=0.0)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -58,19 +67,23 @@ class Release:
     tenant_id: str
     version: str
     status: str
-    model_path: str
-    adapter_path: str | None
+    model: ModelRef | None  # None: recorded before releases named files by digest (not deployable)
+    adapter: ModelRef | None
     canary_weight: float
-    started_at: datetime
+    started_at: datetime | None
     ended_at: datetime | None
     reason: str | None
     numbers: dict
+    run_key: str | None = None
 
     @classmethod
     def of(cls, row: ReleaseRow) -> "Release":
         started = row.started_at if row.started_at.tzinfo else row.started_at.replace(tzinfo=timezone.utc)
-        return cls(row.tenant_id, row.version, row.status, row.model_path, row.adapter_path, row.canary_weight,
-                   started, row.ended_at, row.reason, json.loads(row.numbers) if row.numbers else {})
+        model = ModelRef(row.model_key, row.model_sha256, row.model_size) if row.model_sha256 else None
+        adapter = (ModelRef(row.adapter_key, row.adapter_sha256, row.adapter_size)
+                   if row.adapter_key and row.adapter_sha256 else None)
+        return cls(row.tenant_id, row.version, row.status, model, adapter, row.canary_weight,
+                   started, row.ended_at, row.reason, json.loads(row.numbers) if row.numbers else {}, row.run_key)
 
 
 class ReleaseConflict(RuntimeError):
@@ -154,13 +167,17 @@ class ServingStore:
         with Session(self.engine) as session:
             return sorted(set(session.scalars(select(ReleaseRow.tenant_id).where(ReleaseRow.status == "canary"))))
 
-    def start(self, tenant_id: str, version: str, status: str, model_path: str, adapter_path: str | None,
-              canary_weight: float = 0.0) -> Release:
-        """Record a new live release; refused while the tenant already has one in that role."""
+    def start(self, tenant_id: str, version: str, status: str, model: ModelRef, adapter: ModelRef | None,
+              canary_weight: float = 0.0, run_key: str | None = None) -> Release:
+        """Record a new live release; refused while the tenant already has one in that role, or when
+        it names a file the tenant may not read (another tenant's adapter)."""
         validate_tenant_id(tenant_id)
         validate_version(version)
         if status not in LIVE:
             raise ValueError(f"a release starts as production or canary, not {status!r}")
+        for ref in (model, adapter):
+            if ref is not None and not readable_by(ref, tenant_id):
+                raise ModelFileError(f"tenant {tenant_id!r} may not be served model file {ref.key!r}")
         with Session(self.engine) as session, session.begin():
             rows = list(session.scalars(select(ReleaseRow).where(ReleaseRow.tenant_id == tenant_id)))
             if any(r.status == status for r in rows):
@@ -168,8 +185,11 @@ class ServingStore:
             if any(r.version == version for r in rows):
                 raise ReleaseConflict(f"version {version} of tenant {tenant_id!r} was released before")
             row = ReleaseRow(tenant_id=tenant_id, version=version, status=status, live_role=status,
-                             model_path=model_path, adapter_path=adapter_path, canary_weight=canary_weight,
-                             started_at=_now())
+                             model_key=model.key, model_sha256=model.sha256, model_size=model.size,
+                             adapter_key=adapter.key if adapter else None,
+                             adapter_sha256=adapter.sha256 if adapter else None,
+                             adapter_size=adapter.size if adapter else None, run_key=run_key,
+                             canary_weight=canary_weight, started_at=_now())
             session.add(row)
             try:
                 session.flush()

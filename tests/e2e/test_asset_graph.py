@@ -198,7 +198,8 @@ def test_every_asset_materializes_for_a_small_tenant(services, local_resources, 
 
     released = first.metadata["canary_release"]
     assert (released["status"], released["version"], released["production"]) == ("canary", "v1", "base")
-    assert released["canary_weight"] == 0.05 and released["adapter_path"].endswith("adapter.gguf")
+    assert released["canary_weight"] == 0.05
+    assert released["adapter_key"] == f"tenants/{TENANT}/models/adapters/{released['adapter_sha256']}.gguf"
     assert second.metadata["canary_release"]["status"] == "unchanged (canary)"
     # the tenant's own questions through the router, as a client asks them: grounded in its chunks only
     served = answers_scene(local_resources, TENANT, demo_questions(MODULES[:6])[:3])

@@ -10,7 +10,6 @@ import pytest
 
 from datacreek_assets.defs.graph.assets import knowledge_graph
 from datacreek_assets.defs.ingest.assets import parsed_chunks, raw_documents
-from datacreek_assets.partitions import TENANTS_PARTITION
 from datacreek_assets.streaming.events import (DEAD_LETTER_TOPIC, EVENTS_TOPIC, EventLog, EventLogError, GraphEvent,
                                                tenant_partition)
 from datacreek_assets.tenant_lifecycle import add_tenant, remove_tenant

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 from collections import Counter
 
 import dagster as dg
@@ -202,7 +203,8 @@ def test_a_latency_spike_in_the_canary_is_rolled_back_by_the_sensor(control, ser
     result = None
     try:
         while time.monotonic() - spiked < 120:
-            result = canary_health_sensor(dg.build_sensor_context(instance=instance, resources={"serving": drill}))
+            with dg.build_sensor_context(instance=instance, resources={"serving": drill}) as context:
+                result = canary_health_sensor(context)
             if result.asset_events:
                 break
             time.sleep(0.5)
@@ -239,7 +241,8 @@ def test_a_healthy_canary_is_promoted_and_the_old_version_retired(control, servi
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and requested is None:
-            result = canary_health_sensor(dg.build_sensor_context(instance=instance, resources={"serving": policy}))
+            with dg.build_sensor_context(instance=instance, resources={"serving": policy}) as context:
+                result = canary_health_sensor(context)
             assert not result.asset_events, "a healthy canary was rolled back"
             requested = result.run_requests[0] if result.run_requests else None
             time.sleep(0.5)
@@ -288,6 +291,42 @@ def test_a_canary_that_cannot_start_leaves_nothing_behind(control, model_files, 
     assert f"{tenant}-base" not in control.applications()
 
 
+def test_a_model_file_changed_in_the_object_store_is_refused_by_the_replica(control, model_files, tmp_path):
+    """Replicas fetch releases' files from the object store by digest: an adapter whose stored
+    bytes no longer match the digest the release names is never loaded, and nothing is routed to it."""
+    from datacreek_assets.object_store import TenantObjectStore
+    from datacreek_assets.serving.model_files import publish_adapter
+
+    base, adapters = model_files
+    tenant = f"srv-{uuid.uuid4().hex[:8]}"
+    adapter = tmp_path / "adapter.gguf"
+    adapter.write_bytes(adapters[1].read_bytes() + uuid.uuid4().bytes)  # a digest no other test has cached
+    store = control.model_source.store()
+    ref = publish_adapter(store, tenant, adapter)
+    tampered = bytearray(adapter.read_bytes())
+    tampered[1000] ^= 0xFF
+    store.put(ref.key, bytes(tampered))  # same size, other bytes: the release still names the original
+    _, key = control.store.issue_key(tenant)
+    try:
+        with pytest.raises(ServingError, match="SHA-256"):
+            control.release_canary(tenant, "v1", str(base), str(adapter), str(base), 0.05)
+        assert f"{tenant}-v1" not in control.applications() and control.store.release(tenant, "v1") is None
+        assert not (Path(control.model_source.cache_dir) / f"{ref.sha256}.gguf").exists()
+        assert control.store.route(tenant) == Route("base")
+        reply = chat(control, key)
+        assert reply.status_code == 200 and reply.headers["X-Served-By"] == f"{tenant}-base"
+        production = control.store.release(tenant, "base")
+        assert production.model.key.startswith("models/base/") and production.adapter is None
+        # a live release whose file is refused (recorded, then the bucket changed under it) stops
+        # no reconcile: the pass logs it and brings everything else in line
+        control.store.start(tenant, "v1", "canary", production.model, ref, 0.05)
+        control.reconcile()
+        assert f"{tenant}-v1" not in control.applications() and f"{tenant}-base" in control.applications()
+    finally:
+        control.remove_tenant(tenant)
+        TenantObjectStore(store, tenant).delete_all()  # what tenant removal does to its objects
+
+
 def test_router_latency_histograms_are_scraped_by_prometheus(control, tenants, tmp_path, settings):
     tenant, key = tenants()
     for i in range(40):
@@ -314,8 +353,6 @@ def test_router_latency_histograms_are_scraped_by_prometheus(control, tenants, t
 
 def publish_corpus(serving, tenant: str, texts: list[str]) -> set[str]:
     """A tenant's retrieval index, built from real MiniLM vectors of its texts, where the router reads it."""
-    from pathlib import Path
-
     import numpy as np
 
     from datacreek_assets.embeddings.embedder import embed_texts

@@ -1,7 +1,6 @@
 """The project's embedder against sentence-transformers on the same offline model."""
 
 import numpy as np
-import pytest
 
 from datacreek_assets.embeddings.embedder import DIMENSION, embed_texts, model_dir
 

@@ -15,13 +15,10 @@ def test_trainings_and_releases_on_a_dataset_version_are_found_from_their_lineag
     assert trainings_with(tmp_path, {"v-old", "v-new"}) == ["k0", "k1", "k2"]
     assert trainings_with(tmp_path, set()) == []
 
-    live = [SimpleNamespace(version="v7", model_path=str(tmp_path / "base.gguf"),
-                            adapter_path=str(tmp_path / "gguf/k2/adapter.gguf")),
-            SimpleNamespace(version="v8", model_path=str(tmp_path / "base.gguf"),
-                            adapter_path=str(tmp_path / "gguf/k3/adapter.gguf")),
-            SimpleNamespace(version="base", model_path=str(tmp_path / "base.gguf"), adapter_path=None)]
-    assert tainted_releases(live, tmp_path, ["k1", "k2"]) == ["v7"]
-    assert tainted_releases(live, tmp_path, ["k20"]) == []  # a prefix of a folder name is not the folder
+    live = [SimpleNamespace(version="v7", run_key="k2"), SimpleNamespace(version="v8", run_key="k3"),
+            SimpleNamespace(version="base", run_key=None)]
+    assert tainted_releases(live, ["k1", "k2"]) == ["v7"]
+    assert tainted_releases(live, ["k20", "k"]) == []  # run keys are compared whole
 
 
 def test_the_log_keeps_a_keyed_hash_of_the_document_id():

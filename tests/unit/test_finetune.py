@@ -365,7 +365,7 @@ def test_llama_cpp_is_built_for_one_instruction_set():
 
 
 def test_export_refuses_what_it_cannot_write(tiny, tmp_path):
-    from datacreek_assets.finetune.gguf_export import ExportError, export_lora, export_model, gguf_name
+    from datacreek_assets.finetune.gguf_export import ExportError, export_model, gguf_name
 
     model, tokenizer = tiny
     with pytest.raises(ExportError):

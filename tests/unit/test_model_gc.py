@@ -2,6 +2,7 @@
 
 import json
 import os
+from types import SimpleNamespace
 from datetime import datetime, timedelta, timezone
 
 from datacreek_assets.retention.model_gc import collect_garbage, list_trainings
@@ -25,6 +26,11 @@ def training(tenant_dir, key, age_days, f1=None, finished=True):
     os.utime(tenant_dir / "runs" / key / "mlflow_run_id", (stamp, stamp))
 
 
+def served(run_key, adapter=None):
+    """A live release of a training, as the release store gives it."""
+    return SimpleNamespace(version="v1", run_key=run_key, adapter=adapter)
+
+
 class RecordingTracking:
     """Records which MLflow runs the collector asks to delete (MLflow itself: tests/integration)."""
 
@@ -46,7 +52,7 @@ def test_old_trainings_go_unless_best_live_or_newest(tmp_path):
     training(tenant_dir, "k-latest", 40, f1=0.1)
     training(tenant_dir, "k-young", 3, f1=0.05)
     (tenant_dir / "latest.json").write_text(json.dumps({"run_key": "k-latest"}))
-    live = [str(tenant_dir / "gguf" / "k-live" / "model.q8_0.gguf")]
+    live = [served("k-live")]
 
     dry = collect_garbage("acme", tenant_dir, live, RecordingTracking(), dry_run=True, now=NOW)
     assert sorted(dry.deleted) == ["k-failed", "k-nan", "k-worse"] and dry.freed_bytes == 0
@@ -100,7 +106,33 @@ def test_a_training_on_purged_data_is_kept_only_while_it_serves(tmp_path):
     training(tenant_dir, "k-clean", 50, f1=0.3)
     mark_purged_trainings(tenant_dir, ["k-best-tainted", "k-live-tainted"])
     mark_purged_trainings(tenant_dir, ["k-young-tainted"])  # merged with what is recorded
-    live = [str(tenant_dir / "gguf" / "k-live-tainted" / "adapter.gguf")]
+    live = [served("k-live-tainted")]
     report = collect_garbage("t", tenant_dir, live, None, now=NOW)
     assert sorted(report.deleted) == ["k-best-tainted", "k-young-tainted"]
     assert report.kept == {"k-live-tainted": ["live in serving"], "k-clean": ["best tuned_f1 (0.3000)"]}
+
+
+def test_a_deleted_trainings_published_adapter_goes_unless_a_live_release_serves_the_same_file(tmp_path):
+    from datacreek_assets.object_store import LocalObjectStore, TenantObjectStore
+    from datacreek_assets.serving.model_files import publish_adapter
+
+    store = LocalObjectStore(tmp_path / "bucket")
+    tenant_dir = tmp_path / "t"
+    refs = {}
+    for key, age, content in (("k-old", 60, b"old adapter"), ("k-twin", 50, b"same bytes"),
+                              ("k-live", 45, b"same bytes"), ("k-best", 40, b"best adapter")):
+        training(tenant_dir, key, age, f1=0.9 if key == "k-best" else 0.1)
+        adapter = tenant_dir / "gguf" / key / "adapter.gguf"
+        adapter.write_bytes(content)
+        (tenant_dir / "gguf" / key / "manifest.json").write_text(json.dumps({"lora": {"path": str(adapter)}}))
+        for path in (adapter, tenant_dir / "gguf" / key / "manifest.json"):
+            stamp = (NOW - timedelta(days=age)).timestamp()
+            os.utime(path, (stamp, stamp))
+        refs[key] = publish_adapter(store, "t", adapter)
+
+    report = collect_garbage("t", tenant_dir, [served("k-live", refs["k-live"])], None, now=NOW,
+                             objects=TenantObjectStore(store, "t"))
+    assert sorted(report.deleted) == ["k-old", "k-twin"]
+    assert not store.exists(refs["k-old"].key)
+    assert refs["k-twin"].key == refs["k-live"].key and store.exists(refs["k-live"].key)  # still served
+    assert store.exists(refs["k-best"].key)

@@ -4,6 +4,7 @@ import hashlib
 
 import pytest
 
+from datacreek_assets.serving.model_files import ModelFileError, ModelRef
 from datacreek_assets.serving.release_store import ReleaseConflict, ServingStore
 from datacreek_assets.serving.routing import (
     CanaryPolicy,
@@ -107,6 +108,11 @@ def test_a_policy_refuses_nonsense(changes):
         CanaryPolicy(**changes)
 
 
+BASE = ModelRef("models/base/" + "b" * 64 + ".gguf", "b" * 64, 258 << 20)
+A1 = ModelRef("tenants/acme/models/adapters/" + "1" * 64 + ".gguf", "1" * 64, 9 << 20)
+A2 = ModelRef("tenants/acme/models/adapters/" + "2" * 64 + ".gguf", "2" * 64, 9 << 20)
+
+
 @pytest.fixture
 def store(sql_url):
     store = ServingStore(sql_url)  # SQLite and PostgreSQL
@@ -132,21 +138,25 @@ def test_api_keys_are_stored_hashed_and_scoped_to_their_tenant(store):
 
 
 def test_release_lifecycle_and_conflicts(store):
-    store.start("acme", "base", "production", "/m/base.gguf", None)
-    store.start("acme", "v1", "canary", "/m/base.gguf", "/m/a1.gguf", 0.05)
+    store.start("acme", "base", "production", BASE, None)
+    store.start("acme", "v1", "canary", BASE, A1, 0.05, run_key="k1")
     assert store.route("acme") == Route("base", "v1", 0.05)
+    assert (store.release("acme", "v1").model, store.release("acme", "v1").adapter) == (BASE, A1)
+    assert store.release("acme", "v1").run_key == "k1" and store.release("acme", "base").run_key is None
+    with pytest.raises(ModelFileError, match="may not be served"):  # another tenant's adapter
+        store.start("globex", "v1", "canary", BASE, A1, 0.05)
     with pytest.raises(ReleaseConflict):
-        store.start("acme", "v2", "canary", "/m/base.gguf", "/m/a2.gguf", 0.05)  # one canary at a time
+        store.start("acme", "v2", "canary", BASE, A2, 0.05)  # one canary at a time
     with pytest.raises(ReleaseConflict):
         store.end("acme", "base", "rolled_back", "a rollback is for canaries", expect="canary")
     assert store.route("globex") is None and store.live("globex") == {}
     store.end("acme", "v1", "rolled_back", "slow", {"canary_p99_s": 0.5})
     assert store.route("acme") == Route("base")
     with pytest.raises(ReleaseConflict):
-        store.start("acme", "v1", "canary", "/m/base.gguf", "/m/a1.gguf", 0.05)  # never the same version again
+        store.start("acme", "v1", "canary", BASE, A1, 0.05)  # never the same version again
     with pytest.raises(ReleaseConflict):
         store.promote("acme", "v1", "x")  # not live
-    store.start("acme", "v2", "canary", "/m/base.gguf", "/m/a2.gguf", 0.05)
+    store.start("acme", "v2", "canary", BASE, A2, 0.05)
     retired = store.promote("acme", "v2", "healthy")
     assert retired.version == "base" and store.route("acme") == Route("v2")
     assert [(r.version, r.status) for r in store.releases("acme")] == [
@@ -155,3 +165,31 @@ def test_release_lifecycle_and_conflicts(store):
     assert store.all_routes() == {"acme": Route("v2")}
     store.forget_tenant("acme")
     assert store.releases("acme") == []
+
+
+def test_a_release_store_made_before_model_digests_gains_their_columns(sql_url):
+    """A table from when releases held local paths: opened, it gains the new nullable columns; its
+    old rows read back without a model (they are refused at deploy) and new rows are written."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(sql_url)
+    with engine.begin() as conn:
+        key = "SERIAL PRIMARY KEY" if engine.dialect.name == "postgresql" else "INTEGER PRIMARY KEY"
+        conn.execute(text(f"CREATE TABLE serving_releases (id {key}, tenant_id VARCHAR(40), "
+                          "version VARCHAR(16), status VARCHAR(16), live_role VARCHAR(16), model_path TEXT NOT NULL, "
+                          "adapter_path TEXT, canary_weight FLOAT, started_at TIMESTAMP WITH TIME ZONE, "
+                          "ended_at TIMESTAMP WITH TIME ZONE, reason TEXT, numbers TEXT, "
+                          "UNIQUE (tenant_id, version), UNIQUE (tenant_id, live_role))"))
+        conn.execute(text("INSERT INTO serving_releases (tenant_id, version, status, live_role, model_path, "
+                          "adapter_path, canary_weight, started_at) VALUES ('acme', 'base', 'production', "
+                          "'production', '/old/base.gguf', NULL, 0.0, CURRENT_TIMESTAMP)"))
+    engine.dispose()
+    for _ in range(2):  # and opening it again changes nothing more
+        store = ServingStore(sql_url)
+        old = store.release("acme", "base")
+        assert old.model is None and old.adapter is None and store.route("acme") == Route("base")
+        store.close()
+    store = ServingStore(sql_url)
+    store.start("acme", "v1", "canary", BASE, A1, 0.05)
+    assert store.release("acme", "v1").adapter == A1
+    store.close()

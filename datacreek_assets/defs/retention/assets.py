@@ -57,7 +57,8 @@ class ModelGcConfig(dg.Config):
     group_name="retention",
     kinds={"mlflow"},
     deps=["qa_eval"],
-    description="Deletes the tenant's trainings (checkpoints, run folders, GGUF files, evaluation, MLflow run "
+    description="Deletes the tenant's trainings (checkpoints, run folders, GGUF files and their published "
+    "adapters, evaluation, MLflow run "
     "artifacts) older than 30 days, except its best by tuned F1, any live in serving and the newest; the plan "
     "is recorded under gc/ before anything goes. Daily, and after each evaluation.",
 )
@@ -70,12 +71,12 @@ def model_gc(context: dg.AssetExecutionContext, config: ModelGcConfig, finetune:
     tenant = validate_tenant_id(context.partition_key)
     store = serving.store()
     try:
-        live = [path for release in store.live(tenant).values()
-                for path in (release.model_path, release.adapter_path) if path]
+        live = list(store.live(tenant).values())
     finally:
         store.close()
     report = collect_garbage(tenant, finetune.tenant_dir(tenant), live, finetune.tracking(tenant),
-                             dry_run=config.dry_run, max_age=timedelta(days=config.max_age_days))
+                             dry_run=config.dry_run, max_age=timedelta(days=config.max_age_days),
+                             objects=serving.object_store.for_tenant(tenant) if serving.object_store else None)
     context.log.info(f"{tenant}: {len(report.deleted)} training(s) {'to delete' if report.dry_run else 'deleted'}, "
                      f"{len(report.kept)} kept")
     return dg.MaterializeResult(metadata=report.as_metadata())

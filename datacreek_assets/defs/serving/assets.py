@@ -38,8 +38,8 @@ def canary_release(context: dg.AssetExecutionContext, finetune: FineTuneResource
     finally:
         control.close()
     return dg.MaterializeResult(
-        metadata={**outcome, "deployment": f"{tenant}-{candidate.version}", "model_path": candidate.base_path,
-                  "adapter_path": candidate.adapter_path, "qa_tuned_f1": candidate.tuned_f1},
+        metadata={**outcome, "deployment": f"{tenant}-{candidate.version}", "run_key": candidate.run_key,
+                  "qa_tuned_f1": candidate.tuned_f1},
         data_version=dg.DataVersion(f"{candidate.version}:{outcome['status']}"))
 
 

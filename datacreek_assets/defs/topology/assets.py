@@ -1,7 +1,6 @@
 """Topological sketches: persistence diagrams + MinHash signatures, a 2-D lens, a Mapper graph."""
 
 import io
-import json
 import os
 import time
 from collections import defaultdict

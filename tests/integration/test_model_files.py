@@ -1,0 +1,112 @@
+"""Model files from the object store: published by digest, fetched into a node's cache, checked,
+refused on a mismatch, never across tenants. On the local directory store and on moto's S3 server."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from datacreek_assets.object_store import InvalidObjectKey, LocalObjectStore, S3ObjectStore
+from datacreek_assets.serving.model_files import (
+    ModelCache, ModelDigestMismatch, ModelFileError, ModelRef, publish_adapter, publish_base,
+)
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path):
+    if request.param == "local":
+        return LocalObjectStore(tmp_path / "bucket")
+    s3_resource = request.getfixturevalue("s3_resource")
+    bucket = request.getfixturevalue("s3_bucket")
+    return S3ObjectStore(bucket, s3_resource.get_client())
+
+
+def model_file(folder, name: str, size: int, seed: int):
+    path = folder / name
+    path.write_bytes(bytes((seed * 31 + i * 7) % 251 for i in range(size)))
+    return path
+
+
+def leftovers(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_published_files_are_fetched_checked_and_shared_from_the_cache(store, tmp_path):
+    base = model_file(tmp_path, "base.gguf", 3 << 20, 1)  # more than one read chunk
+    adapter = model_file(tmp_path, "adapter.gguf", 9000, 2)
+    base_ref, adapter_ref = publish_base(store, base), publish_adapter(store, "acme", adapter)
+    assert base_ref.key == f"models/base/{base_ref.sha256}.gguf" and base_ref.size == 3 << 20
+    assert adapter_ref.key == f"tenants/acme/models/adapters/{adapter_ref.sha256}.gguf"
+    assert publish_base(store, base) == base_ref  # the same bytes again: the same reference
+
+    cache = ModelCache(store, tmp_path / "cache")
+    assert cache.fetch(base_ref, "acme").read_bytes() == base.read_bytes()
+    assert cache.fetch(adapter_ref, "acme").read_bytes() == adapter.read_bytes()
+    assert cache.fetch(base_ref, "globex") == cache.path_of(base_ref)  # one copy of a base for every tenant
+
+    # a cached file is served from the node's disk: another replica's cache over the same folder
+    # finds it even once the object store no longer has it
+    store.delete(adapter_ref.key)
+    again = ModelCache(store, tmp_path / "cache").fetch(adapter_ref, "acme")
+    assert again.read_bytes() == adapter.read_bytes() and leftovers(tmp_path / "cache") == []
+
+
+def test_a_file_changed_in_the_store_is_refused_and_leaves_nothing_in_the_cache(store, tmp_path):
+    adapter = model_file(tmp_path, "adapter.gguf", 9000, 3)
+    ref = publish_adapter(store, "acme", adapter)
+    tampered = bytearray(adapter.read_bytes())
+    tampered[4000] ^= 0xFF  # same size, one byte changed
+    store.put(ref.key, bytes(tampered))
+
+    cache = ModelCache(store, tmp_path / "cache")
+    with pytest.raises(ModelDigestMismatch, match="refused"):
+        cache.fetch(ref, "acme")
+    assert list((tmp_path / "cache").iterdir()) == []
+
+    store.put(ref.key, adapter.read_bytes())  # repaired: the next fetch succeeds
+    assert cache.fetch(ref, "acme").read_bytes() == adapter.read_bytes()
+
+
+def test_a_file_changed_on_the_nodes_disk_is_fetched_again(store, tmp_path):
+    adapter = model_file(tmp_path, "adapter.gguf", 9000, 4)
+    ref = publish_adapter(store, "acme", adapter)
+    path = ModelCache(store, tmp_path / "cache").fetch(ref, "acme")
+    corrupted = bytearray(path.read_bytes())
+    corrupted[0] ^= 0x01
+    path.write_bytes(bytes(corrupted))
+
+    assert ModelCache(store, tmp_path / "cache").fetch(ref, "acme").read_bytes() == adapter.read_bytes()
+
+
+def test_a_replica_fetching_for_one_tenant_never_reads_anothers_adapter(store, tmp_path):
+    theirs = publish_adapter(store, "acme", model_file(tmp_path, "a.gguf", 5000, 5))
+    cache = ModelCache(store, tmp_path / "cache")
+    with pytest.raises(ModelFileError, match="may not read"):
+        cache.fetch(theirs, "globex")
+    # nor by a key that climbs out of the tenant's prefix, or a digest that is not one
+    with pytest.raises(InvalidObjectKey):
+        ModelRef(f"tenants/globex/../acme/models/adapters/{theirs.sha256}.gguf", theirs.sha256, theirs.size)
+    with pytest.raises(ModelFileError, match="SHA-256"):
+        ModelRef(theirs.key, "../" + theirs.sha256[3:], theirs.size)
+    assert list((tmp_path / "cache").iterdir()) == []
+    assert cache.fetch(theirs, "acme").exists()
+
+
+def test_a_missing_file_is_a_clear_error(store, tmp_path):
+    ref = ModelRef("tenants/acme/models/adapters/" + "0" * 64 + ".gguf", "0" * 64, 10)
+    cache = ModelCache(store, tmp_path / "cache")
+    with pytest.raises(ModelFileError, match="not in the object store"):
+        cache.fetch(ref, "acme")
+    assert leftovers(tmp_path / "cache") == []
+
+
+def test_the_cache_evicts_the_least_recently_used_files_past_its_budget(store, tmp_path):
+    refs = [publish_adapter(store, "acme", model_file(tmp_path, f"{i}.gguf", 4000, 10 + i)) for i in range(3)]
+    cache = ModelCache(store, tmp_path / "cache", max_bytes=9000)  # room for two
+    first, second = cache.fetch(refs[0], "acme"), cache.fetch(refs[1], "acme")
+    os.utime(second, (1, 1))  # the second has been idle longest
+    cache.fetch(refs[0], "acme")  # a hit makes the first the most recently used
+    cache.fetch(refs[2], "acme")
+    assert first.exists() and not second.exists() and cache.path_of(refs[2]).exists()
+    assert cache.fetch(refs[1], "acme").exists()  # fetched again when wanted again
