@@ -7,6 +7,7 @@ tenant, and the scope refuses keys that try to leave it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -21,6 +22,14 @@ from datacreek_assets.tenancy import validate_tenant_id
 
 class InvalidObjectKey(ValueError):
     pass
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 _DISGUISING = {"\u200b", "\u200e", "\u200f", "\u2060", "\ufeff", *map(chr, range(0x202A, 0x202F)),
@@ -54,8 +63,9 @@ class StoredVersion:
 class ObjectStore(Protocol):
     def put(self, key: str, data: bytes) -> None: ...
     def get(self, key: str) -> bytes: ...
-    def put_file(self, key: str, path: Path) -> None: ...
+    def put_file(self, key: str, path: Path, sha256: str | None = None) -> None: ...
     def get_file(self, key: str, path: Path) -> None: ...
+    def stored_sha256(self, key: str) -> str | None: ...
     def size(self, key: str) -> int: ...
     def exists(self, key: str) -> bool: ...
     def list(self, prefix: str) -> Iterator[str]: ...
@@ -90,8 +100,9 @@ class LocalObjectStore:
     def get(self, key: str) -> bytes:
         return self._path(key).read_bytes()
 
-    def put_file(self, key: str, path: Path) -> None:
-        """A file's bytes as the object, copied in chunks (a model file is not read whole)."""
+    def put_file(self, key: str, path: Path, sha256: str | None = None) -> None:
+        """A file's bytes as the object, copied in chunks (a model file is not read whole).
+        (``sha256`` is not kept: ``stored_sha256`` hashes the file itself.)"""
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
@@ -106,6 +117,13 @@ class LocalObjectStore:
     def get_file(self, key: str, path: Path) -> None:
         """The object's bytes into ``path`` (which the caller renames into place once checked)."""
         shutil.copyfile(self._path(key), path)
+
+    def stored_sha256(self, key: str) -> str | None:
+        """The SHA-256 of the stored bytes, or None when there is no such object."""
+        try:
+            return file_sha256(self._path(key))
+        except FileNotFoundError:
+            return None
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -163,9 +181,12 @@ class S3ObjectStore:
         except self.client.exceptions.NoSuchKey:
             raise FileNotFoundError(key) from None
 
-    def put_file(self, key: str, path: Path) -> None:
-        """A file as the object, through boto3's managed transfer (multipart for large files)."""
-        self.client.upload_file(str(path), self.bucket, check_relative_key(key))
+    def put_file(self, key: str, path: Path, sha256: str | None = None) -> None:
+        """A file as the object, through boto3's managed transfer (multipart for large files),
+        with its SHA-256 as the object's metadata when given (S3's own checksum of a multipart
+        upload is a checksum of checksums, not the file's)."""
+        extra = {"Metadata": {"sha256": sha256}} if sha256 else None
+        self.client.upload_file(str(path), self.bucket, check_relative_key(key), ExtraArgs=extra)
 
     def get_file(self, key: str, path: Path) -> None:
         from botocore.exceptions import ClientError
@@ -176,6 +197,19 @@ class S3ObjectStore:
             if err.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
                 raise FileNotFoundError(key) from None
             raise
+
+    def stored_sha256(self, key: str) -> str | None:
+        """The SHA-256 recorded with the object by ``put_file``; None when there is no such object or
+        it was written without one (by anything else: what it holds is not vouched for)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=check_relative_key(key))
+        except ClientError as err:
+            if err.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return head.get("Metadata", {}).get("sha256")
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError

@@ -89,7 +89,8 @@ def list_trainings(tenant_dir: Path) -> list[Training]:
 
 def published_adapters(tenant_dir: Path, run_key: str) -> list[str]:
     """Object keys (relative to the tenant's scope) the training's adapter has when published."""
-    from datacreek_assets.serving.model_files import ADAPTER_FOLDER, file_sha256
+    from datacreek_assets.object_store import file_sha256
+    from datacreek_assets.serving.model_files import ADAPTER_FOLDER
 
     manifest = tenant_dir / "gguf" / run_key / "manifest.json"
     try:
@@ -172,7 +173,7 @@ def collect_garbage(tenant_id: str, tenant_dir: Path, live_releases: list, track
     heartbeat = tenant_dir / "training_heartbeat.json"
     beat = json.loads(heartbeat.read_text()) if heartbeat.is_file() else {}
     in_flight = beat.get("run_key") if beat.get("state") in ("running", "interrupted") else None
-    from datacreek_assets.erasure.documents import purged_trainings
+    from datacreek_assets.erasure.documents import purged_trainings, remove_copies
 
     plan = plan_gc(list(trainings.values()), {r.run_key for r in live_releases if r.run_key}, latest_key, now,
                    max_age, in_flight, purged_trainings(tenant_dir))
@@ -188,8 +189,8 @@ def collect_garbage(tenant_id: str, tenant_dir: Path, live_releases: list, track
                 mlflow_deleted += tracking.delete_run(training.mlflow_run_id)
             if objects is not None:  # before the local file its key is computed from
                 for relative in published_adapters(tenant_dir, key):
-                    if objects.key(relative) not in served:
-                        objects.delete(relative)
+                    if objects.key(relative) not in served:  # every stored copy (a versioned bucket's too)
+                        remove_copies(objects, relative, keep_latest=False)
             for path in training.paths:
                 if path.is_dir():
                     shutil.rmtree(path)

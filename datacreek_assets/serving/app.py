@@ -78,10 +78,9 @@ class ModelServer:
 
         self.name = f"{tenant}-{version}"
         self.n_ctx = n_ctx
-        cache = ModelSource(**source).cache()
-        model_path = cache.fetch(ModelRef.from_dict(model), tenant)
-        adapter_path = cache.fetch(ModelRef.from_dict(adapter), tenant) if adapter else None
-        self.llm = Llama(model_path=str(model_path), lora_path=str(adapter_path) if adapter_path else None,
+        refs = [ModelRef.from_dict(model)] + ([ModelRef.from_dict(adapter)] if adapter else [])
+        paths = ModelSource(**source).cache().fetch_all(refs, tenant)
+        self.llm = Llama(model_path=str(paths[0]), lora_path=str(paths[1]) if adapter else None,
                          n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False, seed=0)
         self.lock = threading.Lock()  # one llama.cpp context: one generation at a time
         self.injected_delay_s = 0.0

@@ -114,10 +114,13 @@ class ServingControl:
         for tenant, route in self.store.all_routes().items():
             for version in route.live:
                 if deployment_name(tenant, version) not in running:
-                    try:  # (nothing of it is in Serve: a failed start leaves nothing either)
-                        self._deploy(self.store.release(tenant, version), new=True)
+                    try:
+                        self._deploy(self.store.release(tenant, version), new=False)
                     except ServingError as err:  # one release that cannot start holds up no other tenant
                         LOG.warning("reconcile: %s", err)
+                        # what failed goes (not a deploy that a concurrent pass has under way)
+                        if self.applications().get(deployment_name(tenant, version)) == "DEPLOY_FAILED":
+                            self._undeploy(tenant, version)
         for name in running:
             parsed = parse_deployment(name)
             if parsed is None:
@@ -141,8 +144,7 @@ class ServingControl:
 
         name = deployment_name(release.tenant_id, release.version)
         if release.model is None:
-            raise ServingError(f"{name} was recorded before releases named model files by digest: "
-                               "release the model again")
+            release = self.adopt_legacy_files(release)
         self.connect()
         app = ModelServer.options(name=name, user_config={"injected_delay_s": injected_delay_s}).bind(
             release.tenant_id, release.version, release.model.as_dict(),
@@ -169,6 +171,19 @@ class ServingControl:
             return ""
         lines = [line.strip() for message in messages for line in message.strip().splitlines() if line.strip()]
         return lines[-1][:500] if lines else ""
+
+    def adopt_legacy_files(self, release: Release) -> Release:
+        """A release recorded when releases held local paths: its files are published and the
+        release store records their keys and digests instead (once); files that are gone are an error."""
+        model_path, adapter_path = release.legacy_files or ("", None)
+        missing = [p for p in (model_path, adapter_path) if p is not None and not Path(p).is_file()]
+        if missing:
+            raise ServingError(f"{deployment_name(release.tenant_id, release.version)} was recorded with local "
+                               f"files that are gone ({', '.join(missing)}): release a new version")
+        store = self._source().store()
+        model = publish_base(store, Path(model_path))
+        adapter = publish_adapter(store, release.tenant_id, Path(adapter_path)) if adapter_path else None
+        return self.store.record_files(release.tenant_id, release.version, model, adapter, release.run_key)
 
     def _undeploy(self, tenant: str, version: str) -> None:
         from ray import serve

@@ -4,29 +4,34 @@ A release names its GGUF files by object-store key and digest (`ModelRef`), neve
 a replica on any node fetches what it lacks into its cache, checks the digest and refuses a
 mismatch, so a file changed in the bucket or on the node's disk is never served.
 
-Keys are content-addressed. The shared base models live under ``models/base/<sha256>.gguf``, outside
-every tenant's prefix. A tenant's adapters live under ``tenants/<id>/models/adapters/<sha256>.gguf``.
-Nothing ever overwrites a published object, and publishing the same file again uploads nothing.
-A replica fetching for a tenant may read the shared bases and that tenant's own prefix, nothing
-else, whatever key a ref names.
+Keys are content-addressed and canonical: a shared base model is ``models/base/<sha256>.gguf``,
+outside every tenant's prefix; a tenant's adapter is ``tenants/<id>/models/adapters/<sha256>.gguf``.
+A replica fetching for a tenant accepts only those two keys for a digest, so no ref, whatever it
+names, reaches another tenant's adapter, in the bucket or in the cache (which mirrors the keys:
+adapters sit in per-tenant folders, only bases are shared). Publishing a file whose stored copy
+already has its digest uploads nothing; a stored copy with other bytes is replaced.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
+import fcntl
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from datacreek_assets.object_store import ObjectStore, TenantObjectStore, check_relative_key
+from datacreek_assets.object_store import ObjectStore, TenantObjectStore, check_relative_key, file_sha256
 from datacreek_assets.tenancy import validate_tenant_id
 
 BASE_PREFIX = "models/base"
 ADAPTER_FOLDER = "models/adapters"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_READ_CHUNK = 1 << 20
+MIN_IDLE_S = 60.0  # a file used this recently is never evicted: a replica may be about to open it
+MAX_IDLE_S = 7 * 24 * 3600.0  # unused this long, a file goes whatever the budget (erasure: within 30 days)
+STALE_PART_S = 3600.0  # a download this old was cut off (a killed replica): its part file goes
 
 
 class ModelFileError(RuntimeError):
@@ -63,72 +68,92 @@ class ModelRef:
             raise ModelFileError(f"not a model reference: {value!r}") from err
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(_READ_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
+def base_key(sha256: str) -> str:
+    return f"{BASE_PREFIX}/{sha256}.gguf"
+
+
+def adapter_key(tenant_id: str, sha256: str) -> str:
+    return TenantObjectStore.AREAS["tenant"].format(id=validate_tenant_id(tenant_id)) + f"/{ADAPTER_FOLDER}/{sha256}.gguf"
 
 
 def _publish(store: ObjectStore, key: str, path: Path, digest: str) -> ModelRef:
-    size = Path(path).stat().st_size
-    if not (store.exists(key) and store.size(key) == size):  # the same key holds the same bytes
-        store.put_file(key, Path(path))
-    return ModelRef(key, digest, size)
+    if store.stored_sha256(key) != digest:  # absent, or other bytes under the name: (re)written
+        store.put_file(key, Path(path), sha256=digest)
+    return ModelRef(key, digest, Path(path).stat().st_size)
 
 
 def publish_base(store: ObjectStore, path: Path) -> ModelRef:
     """A base model file, shared by every tenant's adapters."""
     digest = file_sha256(path)
-    return _publish(store, f"{BASE_PREFIX}/{digest}.gguf", path, digest)
+    return _publish(store, base_key(digest), path, digest)
 
 
 def publish_adapter(store: ObjectStore, tenant_id: str, path: Path) -> ModelRef:
     """A tenant's adapter file, under the tenant's own prefix."""
     digest = file_sha256(path)
-    return _publish(store, TenantObjectStore(store, tenant_id).key(f"{ADAPTER_FOLDER}/{digest}.gguf"), path, digest)
+    return _publish(store, adapter_key(tenant_id, digest), path, digest)
 
 
 def readable_by(ref: ModelRef, tenant_id: str) -> bool:
-    """A shared base, or a file under the tenant's own prefix."""
-    tenant_prefix = TenantObjectStore.AREAS["tenant"].format(id=validate_tenant_id(tenant_id)) + "/"
-    return ref.key.startswith(BASE_PREFIX + "/") or ref.key.startswith(tenant_prefix)
+    """The shared base of that digest, or the tenant's own adapter of that digest: nothing else."""
+    return ref.key in (base_key(ref.sha256), adapter_key(tenant_id, ref.sha256))
 
 
 class ModelCache:
-    """A node's local copies of model files, one file per digest, least recently used evicted first
-    once they pass ``max_bytes`` (0: no limit). Replicas on one node may share the folder: a file
-    appears there by rename, whole and checked, or not at all."""
+    """A node's local copies of model files, at their keys under ``folder``; least recently used
+    evicted first once they pass ``max_bytes`` (0: no limit), and any unused for MAX_IDLE_S.
+    Replicas on one node share the folder: a lock file serialises their fetches (the second of
+    two replicas starting together finds the first one's download), and a file appears by
+    rename, whole and checked, or not at all."""
 
     def __init__(self, store: ObjectStore, folder: Path, max_bytes: int = 0):
         self.store, self.folder, self.max_bytes = store, Path(folder), max_bytes
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.verified: set[str] = set()  # digests this process has checked on disk
+        self.verified: set[Path] = set()  # files this process has checked on disk
         self.lock = threading.Lock()
 
     def path_of(self, ref: ModelRef) -> Path:
-        return self.folder / f"{ref.sha256}.gguf"
+        return self.folder / check_relative_key(ref.key)
 
     def fetch(self, ref: ModelRef, tenant_id: str) -> Path:
-        """The file's local path, fetched and checked first if needed. A cached copy is checked
-        again once per process (a file changed on the node's disk is fetched anew)."""
-        if not readable_by(ref, tenant_id):
-            raise ModelFileError(f"tenant {tenant_id!r} may not read model file {ref.key!r}")
-        path = self.path_of(ref)
-        with self.lock:
-            if path.exists() and path.stat().st_size == ref.size and (
-                    ref.sha256 in self.verified or file_sha256(path) == ref.sha256):
-                self.verified.add(ref.sha256)
+        return self.fetch_all([ref], tenant_id)[0]
+
+    def fetch_all(self, refs: list[ModelRef], tenant_id: str) -> list[Path]:
+        """The files' local paths, each fetched and checked first if needed. A cached copy is
+        checked again once per process (a file changed on the node's disk is fetched anew)."""
+        for ref in refs:
+            if not readable_by(ref, tenant_id):
+                raise ModelFileError(f"tenant {tenant_id!r} may not read model file {ref.key!r}")
+        paths = []
+        with self._exclusive():
+            for ref in refs:
+                path = self.path_of(ref)
+                if not self._cached(ref, path):
+                    self._download(ref, path)
+                self.verified.add(path)
                 os.utime(path)  # most recently used
-                return path
-            self._download(ref, path)
-            self.verified.add(ref.sha256)
-            self._evict(keep=path)
-        return path
+                paths.append(path)
+            self._evict(keep=set(paths))
+        return paths
+
+    @contextlib.contextmanager
+    def _exclusive(self):
+        with self.lock, open(self.folder / ".lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _cached(self, ref: ModelRef, path: Path) -> bool:
+        try:
+            return path.stat().st_size == ref.size and (path in self.verified or file_sha256(path) == ref.sha256)
+        except FileNotFoundError:
+            return False
 
     def _download(self, ref: ModelRef, path: Path) -> None:
-        part = self.folder / f".part-{ref.sha256}-{os.getpid()}-{threading.get_ident()}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part = path.with_name(f".part-{path.name}-{os.getpid()}-{threading.get_ident()}")
         try:
             try:
                 self.store.get_file(ref.key, part)
@@ -142,19 +167,33 @@ class ModelCache:
         finally:
             part.unlink(missing_ok=True)
 
-    def _evict(self, keep: Path) -> list[Path]:
-        if not self.max_bytes:
-            return []
-        files = sorted((p for p in self.folder.glob("*.gguf") if p != keep), key=lambda p: p.stat().st_mtime)
-        total = keep.stat().st_size + sum(p.stat().st_size for p in files)
+    def _evict(self, keep: set[Path]) -> list[Path]:
+        now = time.time()
+        files = []
+        for item in self.folder.rglob("*"):
+            try:
+                stat = item.stat()
+            except FileNotFoundError:
+                continue
+            if not item.is_file():
+                continue
+            if item.name.startswith(".part-"):
+                if now - stat.st_mtime > STALE_PART_S:
+                    item.unlink(missing_ok=True)
+            elif item.suffix == ".gguf":
+                files.append((stat.st_mtime, stat.st_size, item))
+        files.sort()
+        total = sum(size for _, size, _ in files)
         evicted = []
-        for old in files:
-            if total <= self.max_bytes:
-                break
-            total -= old.stat().st_size
-            old.unlink(missing_ok=True)
-            self.verified.discard(old.stem)
-            evicted.append(old)
+        for mtime, size, item in files:
+            idle = now - mtime
+            over = self.max_bytes and total > self.max_bytes
+            if item in keep or idle < MIN_IDLE_S or not (over or idle > MAX_IDLE_S):
+                continue
+            item.unlink(missing_ok=True)
+            self.verified.discard(item)
+            total -= size
+            evicted.append(item)
         return evicted
 
 

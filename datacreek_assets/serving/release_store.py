@@ -9,6 +9,7 @@ import json
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import PurePosixPath
 
 from sqlalchemy import BigInteger, DateTime, Float, Integer, String, Text, UniqueConstraint, delete, select
 from sqlalchemy.exc import IntegrityError
@@ -75,15 +76,31 @@ class Release:
     reason: str | None
     numbers: dict
     run_key: str | None = None
+    # a release recorded when releases held local paths: (model path, adapter path), until
+    # ServingControl.adopt_legacy_files publishes them and records their keys and digests
+    legacy_files: tuple[str, str | None] | None = None
 
     @classmethod
     def of(cls, row: ReleaseRow) -> "Release":
         started = row.started_at if row.started_at.tzinfo else row.started_at.replace(tzinfo=timezone.utc)
-        model = ModelRef(row.model_key, row.model_sha256, row.model_size) if row.model_sha256 else None
+        numbers = json.loads(row.numbers) if row.numbers else {}
+        if not row.model_sha256:  # legacy: the key columns hold local paths
+            return cls(row.tenant_id, row.version, row.status, None, None, row.canary_weight, started, row.ended_at,
+                       row.reason, numbers, row.run_key or _legacy_run_key(row.adapter_key),
+                       (row.model_key, row.adapter_key))
+        model = ModelRef(row.model_key, row.model_sha256, row.model_size)
         adapter = (ModelRef(row.adapter_key, row.adapter_sha256, row.adapter_size)
                    if row.adapter_key and row.adapter_sha256 else None)
         return cls(row.tenant_id, row.version, row.status, model, adapter, row.canary_weight,
-                   started, row.ended_at, row.reason, json.loads(row.numbers) if row.numbers else {}, row.run_key)
+                   started, row.ended_at, row.reason, numbers, row.run_key)
+
+
+def _legacy_run_key(adapter_path: str | None) -> str | None:
+    """The training a legacy release serves: its adapter was ``<tenant dir>/gguf/<run key>/adapter.gguf``."""
+    if not adapter_path:
+        return None
+    path = PurePosixPath(adapter_path)
+    return path.parent.name if path.parent.parent.name == "gguf" else None
 
 
 class ReleaseConflict(RuntimeError):
@@ -196,6 +213,26 @@ class ServingStore:
             except IntegrityError:  # a concurrent writer recorded the same role or version first
                 raise ReleaseConflict(f"tenant {tenant_id!r} already has a {status} release or version {version}") \
                     from None
+            return Release.of(row)
+
+    def record_files(self, tenant_id: str, version: str, model: ModelRef, adapter: ModelRef | None,
+                     run_key: str | None) -> Release:
+        """A legacy release's files, now published: their keys and digests replace its local paths."""
+        for ref in (model, adapter):
+            if ref is not None and not readable_by(ref, tenant_id):
+                raise ModelFileError(f"tenant {tenant_id!r} may not be served model file {ref.key!r}")
+        with Session(self.engine) as session, session.begin():
+            row = session.scalars(select(ReleaseRow).where(ReleaseRow.tenant_id == validate_tenant_id(tenant_id),
+                                                           ReleaseRow.version == validate_version(version))
+                                  .with_for_update()).first()
+            if row is None:
+                raise ReleaseConflict(f"{tenant_id}-{version} was never released")
+            if not row.model_sha256:
+                row.model_key, row.model_sha256, row.model_size = model.key, model.sha256, model.size
+                row.adapter_key = adapter.key if adapter else None
+                row.adapter_sha256 = adapter.sha256 if adapter else None
+                row.adapter_size = adapter.size if adapter else None
+                row.run_key = row.run_key or run_key
             return Release.of(row)
 
     def end(self, tenant_id: str, version: str, status: str, reason: str, numbers: dict | None = None,

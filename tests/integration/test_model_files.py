@@ -28,8 +28,9 @@ def model_file(folder, name: str, size: int, seed: int):
     return path
 
 
-def leftovers(folder) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+def cached(folder) -> list[str]:
+    """Every file in a cache folder but its lock: models and any part files."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != ".lock")
 
 
 def test_published_files_are_fetched_checked_and_shared_from_the_cache(store, tmp_path):
@@ -49,7 +50,8 @@ def test_published_files_are_fetched_checked_and_shared_from_the_cache(store, tm
     # finds it even once the object store no longer has it
     store.delete(adapter_ref.key)
     again = ModelCache(store, tmp_path / "cache").fetch(adapter_ref, "acme")
-    assert again.read_bytes() == adapter.read_bytes() and leftovers(tmp_path / "cache") == []
+    assert again.read_bytes() == adapter.read_bytes()
+    assert cached(tmp_path / "cache") == sorted([base_ref.key, adapter_ref.key])  # no part file left
 
 
 def test_a_file_changed_in_the_store_is_refused_and_leaves_nothing_in_the_cache(store, tmp_path):
@@ -62,9 +64,10 @@ def test_a_file_changed_in_the_store_is_refused_and_leaves_nothing_in_the_cache(
     cache = ModelCache(store, tmp_path / "cache")
     with pytest.raises(ModelDigestMismatch, match="refused"):
         cache.fetch(ref, "acme")
-    assert list((tmp_path / "cache").iterdir()) == []
+    assert cached(tmp_path / "cache") == []
 
-    store.put(ref.key, adapter.read_bytes())  # repaired: the next fetch succeeds
+    assert publish_adapter(store, "acme", adapter) == ref  # publishing again replaces the changed copy
+    assert store.get(ref.key) == adapter.read_bytes()
     assert cache.fetch(ref, "acme").read_bytes() == adapter.read_bytes()
 
 
@@ -84,13 +87,23 @@ def test_a_replica_fetching_for_one_tenant_never_reads_anothers_adapter(store, t
     cache = ModelCache(store, tmp_path / "cache")
     with pytest.raises(ModelFileError, match="may not read"):
         cache.fetch(theirs, "globex")
+    assert cached(tmp_path / "cache") == []
+    assert cache.fetch(theirs, "acme").exists()
+    # with acme's adapter in the node's cache: refs naming its digest under globex's own prefix,
+    # as a base, or under any other key, still reach nothing of acme's
+    sha, size = theirs.sha256, theirs.size
+    for key in (f"tenants/globex/models/adapters/{sha}.gguf", f"models/base/{sha}.gguf"):
+        with pytest.raises(ModelFileError, match="not in the object store"):
+            ModelCache(store, tmp_path / "cache").fetch(ModelRef(key, sha, size), "globex")
+    for key in (f"tenants/globex/models/{sha}.gguf", f"tenants/globex/models/adapters/{'0' * 64}.gguf"):
+        with pytest.raises(ModelFileError, match="may not read"):
+            cache.fetch(ModelRef(key, sha, size), "globex")
     # nor by a key that climbs out of the tenant's prefix, or a digest that is not one
     with pytest.raises(InvalidObjectKey):
-        ModelRef(f"tenants/globex/../acme/models/adapters/{theirs.sha256}.gguf", theirs.sha256, theirs.size)
+        ModelRef(f"tenants/globex/../acme/models/adapters/{sha}.gguf", sha, size)
     with pytest.raises(ModelFileError, match="SHA-256"):
-        ModelRef(theirs.key, "../" + theirs.sha256[3:], theirs.size)
-    assert list((tmp_path / "cache").iterdir()) == []
-    assert cache.fetch(theirs, "acme").exists()
+        ModelRef(theirs.key, "../" + sha[3:], size)
+    assert cached(tmp_path / "cache") == [theirs.key]
 
 
 def test_a_missing_file_is_a_clear_error(store, tmp_path):
@@ -98,15 +111,38 @@ def test_a_missing_file_is_a_clear_error(store, tmp_path):
     cache = ModelCache(store, tmp_path / "cache")
     with pytest.raises(ModelFileError, match="not in the object store"):
         cache.fetch(ref, "acme")
-    assert leftovers(tmp_path / "cache") == []
+    assert cached(tmp_path / "cache") == []
 
 
-def test_the_cache_evicts_the_least_recently_used_files_past_its_budget(store, tmp_path):
+def test_the_cache_evicts_idle_files_past_its_budget_and_never_one_just_used(store, tmp_path):
+    import time
+
     refs = [publish_adapter(store, "acme", model_file(tmp_path, f"{i}.gguf", 4000, 10 + i)) for i in range(3)]
     cache = ModelCache(store, tmp_path / "cache", max_bytes=9000)  # room for two
     first, second = cache.fetch(refs[0], "acme"), cache.fetch(refs[1], "acme")
-    os.utime(second, (1, 1))  # the second has been idle longest
-    cache.fetch(refs[0], "acme")  # a hit makes the first the most recently used
-    cache.fetch(refs[2], "acme")
+    now = time.time()
+    os.utime(first, (now - 1000, now - 1000))
+    os.utime(second, (now - 500, now - 500))
+    cache.fetch(refs[0], "acme")  # used again: the most recent, and too fresh to evict
+    cache.fetch(refs[2], "acme")  # over budget: the least recently used idle file goes
     assert first.exists() and not second.exists() and cache.path_of(refs[2]).exists()
     assert cache.fetch(refs[1], "acme").exists()  # fetched again when wanted again
+    # over budget with every file just used: nothing is evicted (a replica may be opening it)
+    assert all(cache.path_of(r).exists() for r in refs)
+
+
+def test_the_cache_drops_files_unused_for_a_week_and_cut_off_downloads(store, tmp_path):
+    import time
+
+    from datacreek_assets.serving.model_files import MAX_IDLE_S, STALE_PART_S
+
+    old, new = (publish_adapter(store, "acme", model_file(tmp_path, f"{i}.gguf", 3000, 20 + i)) for i in range(2))
+    cache = ModelCache(store, tmp_path / "cache")  # no budget
+    stale = cache.fetch(old, "acme")
+    part = stale.with_name(".part-cut-off")
+    part.write_bytes(b"half a download")
+    now = time.time()
+    os.utime(stale, (now - MAX_IDLE_S - 60, now - MAX_IDLE_S - 60))
+    os.utime(part, (now - STALE_PART_S - 60, now - STALE_PART_S - 60))
+    cache.fetch(new, "acme")
+    assert cached(tmp_path / "cache") == [new.key]

@@ -167,11 +167,19 @@ def test_release_lifecycle_and_conflicts(store):
     assert store.releases("acme") == []
 
 
-def test_a_release_store_made_before_model_digests_gains_their_columns(sql_url):
-    """A table from when releases held local paths: opened, it gains the new nullable columns; its
-    old rows read back without a model (they are refused at deploy) and new rows are written."""
+def test_a_release_store_made_before_model_digests_gains_their_columns(sql_url, tmp_path):
+    """A table from when releases held local paths: opened, it gains the new nullable columns. Its
+    old rows read back with their paths and the training they serve (for model GC and erasure);
+    the first deploy publishes their files and records keys and digests in their place."""
     from sqlalchemy import create_engine, text
 
+    from datacreek_assets.serving.control import ServingControl, ServingError
+    from datacreek_assets.serving.model_files import ModelSource
+
+    base, adapter = tmp_path / "base.gguf", tmp_path / "tenants" / "acme" / "gguf" / "k7" / "adapter.gguf"
+    adapter.parent.mkdir(parents=True)
+    base.write_bytes(b"base weights")
+    adapter.write_bytes(b"adapter weights")
     engine = create_engine(sql_url)
     with engine.begin() as conn:
         key = "SERIAL PRIMARY KEY" if engine.dialect.name == "postgresql" else "INTEGER PRIMARY KEY"
@@ -180,16 +188,27 @@ def test_a_release_store_made_before_model_digests_gains_their_columns(sql_url):
                           "adapter_path TEXT, canary_weight FLOAT, started_at TIMESTAMP WITH TIME ZONE, "
                           "ended_at TIMESTAMP WITH TIME ZONE, reason TEXT, numbers TEXT, "
                           "UNIQUE (tenant_id, version), UNIQUE (tenant_id, live_role))"))
-        conn.execute(text("INSERT INTO serving_releases (tenant_id, version, status, live_role, model_path, "
-                          "adapter_path, canary_weight, started_at) VALUES ('acme', 'base', 'production', "
-                          "'production', '/old/base.gguf', NULL, 0.0, CURRENT_TIMESTAMP)"))
+        for version, role, adapter_path in (("base", "production", None), ("v3", "canary", str(adapter))):
+            conn.execute(text("INSERT INTO serving_releases (tenant_id, version, status, live_role, model_path, "
+                              "adapter_path, canary_weight, started_at) VALUES ('acme', :v, :r, :r, :m, :a, 0.05, "
+                              "CURRENT_TIMESTAMP)"), {"v": version, "r": role, "m": str(base), "a": adapter_path})
     engine.dispose()
     for _ in range(2):  # and opening it again changes nothing more
         store = ServingStore(sql_url)
-        old = store.release("acme", "base")
-        assert old.model is None and old.adapter is None and store.route("acme") == Route("base")
+        old = store.release("acme", "v3")
+        assert old.model is None and old.legacy_files == (str(base), str(adapter)) and old.run_key == "k7"
+        assert store.release("acme", "base").run_key is None and store.route("acme") == Route("base", "v3", 0.05)
         store.close()
-    store = ServingStore(sql_url)
-    store.start("acme", "v1", "canary", BASE, A1, 0.05)
-    assert store.release("acme", "v1").adapter == A1
-    store.close()
+
+    source = ModelSource("local", str(tmp_path / "cache"), root=str(tmp_path / "bucket"))
+    control = ServingControl("", 0, sql_url, "admin-token-of-this-test", model_source=source)
+    adopted = control.adopt_legacy_files(control.store.release("acme", "v3"))
+    assert adopted.model.key.startswith("models/base/") and adopted.adapter.key.startswith("tenants/acme/models/adapters/")
+    assert control.store.release("acme", "v3") == adopted and adopted.run_key == "k7" and adopted.legacy_files is None
+    assert source.cache().fetch_all([adopted.model, adopted.adapter], "acme")[1].read_bytes() == b"adapter weights"
+    base.unlink()
+    with pytest.raises(ServingError, match="gone"):
+        control.adopt_legacy_files(control.store.release("acme", "base"))
+    control.store.end("acme", "v3", "retired", "replaced")  # and new rows are written as before
+    assert control.store.start("acme", "v4", "canary", BASE, A1, 0.05).adapter == A1
+    control.close()
