@@ -79,14 +79,33 @@ class ModelServer:
         self.name = f"{tenant}-{version}"
         self.n_ctx = n_ctx
         refs = [ModelRef.from_dict(model)] + ([ModelRef.from_dict(adapter)] if adapter else [])
-        paths = ModelSource(**source).cache().fetch_all(refs, tenant)
-        self.llm = Llama(model_path=str(paths[0]), lora_path=str(paths[1]) if adapter else None,
+        self.cache = ModelSource(**source).cache()
+        self.paths = self.cache.fetch_all(refs, tenant)
+        self.touched = self.swept = time.monotonic()
+        self.llm = Llama(model_path=str(self.paths[0]), lora_path=str(self.paths[1]) if adapter else None,
                          n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False, seed=0)
         self.lock = threading.Lock()  # one llama.cpp context: one generation at a time
         self.injected_delay_s = 0.0
         # warm up (first evaluation allocates buffers): the first client must not pay for it,
         # nor the canary's latency window count it
         self._complete({"messages": [{"role": "user", "content": "hello"}], "max_tokens": 2, "temperature": 0.0})
+
+    def check_health(self) -> None:
+        """Serve's periodic health check. It also keeps this replica's files marked in use in the
+        node's cache (a file a replica runs on is never evicted, so never fetched again while it
+        runs) and sweeps the cache now and then (idle files go on a node that starts nothing new)."""
+        from datacreek_assets.serving.model_files import SWEEP_EVERY_S, TOUCH_EVERY_S
+
+        now = time.monotonic()
+        if now - self.touched > TOUCH_EVERY_S:
+            self.touched = now
+            self.cache.touch(self.paths)
+        if now - self.swept > SWEEP_EVERY_S:
+            self.swept = now
+            try:
+                self.cache.sweep()
+            except OSError:  # the cache's disk, not this replica: the replica stays healthy
+                pass
 
     def reconfigure(self, config: dict) -> None:
         # Fault injection for canary drills (the delay a slow release would add), set through the

@@ -113,7 +113,7 @@ class ServingControl:
         running = self.applications()
         for tenant, route in self.store.all_routes().items():
             for version in route.live:
-                if deployment_name(tenant, version) not in running:
+                if running.get(deployment_name(tenant, version), "DEPLOY_FAILED") == "DEPLOY_FAILED":
                     try:
                         self._deploy(self.store.release(tenant, version), new=False)
                     except ServingError as err:  # one release that cannot start holds up no other tenant
@@ -175,15 +175,27 @@ class ServingControl:
     def adopt_legacy_files(self, release: Release) -> Release:
         """A release recorded when releases held local paths: its files are published and the
         release store records their keys and digests instead (once); files that are gone are an error."""
+        name = deployment_name(release.tenant_id, release.version)
         model_path, adapter_path = release.legacy_files or ("", None)
         missing = [p for p in (model_path, adapter_path) if p is not None and not Path(p).is_file()]
         if missing:
-            raise ServingError(f"{deployment_name(release.tenant_id, release.version)} was recorded with local "
-                               f"files that are gone ({', '.join(missing)}): release a new version")
-        store = self._source().store()
-        model = publish_base(store, Path(model_path))
-        adapter = publish_adapter(store, release.tenant_id, Path(adapter_path)) if adapter_path else None
-        return self.store.record_files(release.tenant_id, release.version, model, adapter, release.run_key)
+            raise ServingError(f"{name} was recorded with local files that are gone ({', '.join(missing)}): "
+                               "release a new version")
+        # only what the pipeline wrote for this tenant: its adapter under its own tenant folder,
+        # a base outside every tenant's (a row naming other files is not published for it)
+        tenant_parts = ("tenants", release.tenant_id, "gguf")
+        adapter_parts = Path(adapter_path).resolve().parts if adapter_path else ()
+        if adapter_path and not any(adapter_parts[i:i + 3] == tenant_parts for i in range(len(adapter_parts))):
+            raise ServingError(f"{name} names an adapter outside its tenant's trainings: {adapter_path}")
+        if "tenants" in Path(model_path).resolve().parts:
+            raise ServingError(f"{name} names a base model inside a tenant's folder: {model_path}")
+        try:
+            store = self._source().store()
+            model = publish_base(store, Path(model_path))
+            adapter = publish_adapter(store, release.tenant_id, Path(adapter_path)) if adapter_path else None
+            return self.store.record_files(release.tenant_id, release.version, model, adapter, release.run_key)
+        except Exception as err:  # the store or the files: this release's problem, reported as such
+            raise ServingError(f"{name}: publishing its files failed: {type(err).__name__}: {err}") from err
 
     def _undeploy(self, tenant: str, version: str) -> None:
         from ray import serve

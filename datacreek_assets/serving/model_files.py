@@ -29,7 +29,9 @@ from datacreek_assets.tenancy import validate_tenant_id
 BASE_PREFIX = "models/base"
 ADAPTER_FOLDER = "models/adapters"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-MIN_IDLE_S = 60.0  # a file used this recently is never evicted: a replica may be about to open it
+TOUCH_EVERY_S = 300.0  # a running replica marks its files in use this often (ModelServer.check_health)
+SWEEP_EVERY_S = 3600.0  # and sweeps its node's cache this often, also when no replica starts there
+MIN_IDLE_S = 900.0  # a file used this recently is never evicted: a replica runs on it, or is about to open it
 MAX_IDLE_S = 7 * 24 * 3600.0  # unused this long, a file goes whatever the budget (erasure: within 30 days)
 STALE_PART_S = 3600.0  # a download this old was cut off (a killed replica): its part file goes
 
@@ -111,6 +113,19 @@ class ModelCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.verified: set[Path] = set()  # files this process has checked on disk
         self.lock = threading.Lock()
+
+    def touch(self, paths: list[Path]) -> None:
+        """Mark files in use (a running replica's): they are not idle, so never evicted."""
+        for path in paths:
+            try:
+                os.utime(path)
+            except FileNotFoundError:
+                continue
+
+    def sweep(self) -> list[Path]:
+        """Evict what is idle or over budget now, without fetching anything."""
+        with self._exclusive():
+            return self._evict(keep=set())
 
     def path_of(self, ref: ModelRef) -> Path:
         return self.folder / check_relative_key(ref.key)

@@ -117,12 +117,14 @@ def test_a_missing_file_is_a_clear_error(store, tmp_path):
 def test_the_cache_evicts_idle_files_past_its_budget_and_never_one_just_used(store, tmp_path):
     import time
 
+    from datacreek_assets.serving.model_files import MIN_IDLE_S
+
     refs = [publish_adapter(store, "acme", model_file(tmp_path, f"{i}.gguf", 4000, 10 + i)) for i in range(3)]
     cache = ModelCache(store, tmp_path / "cache", max_bytes=9000)  # room for two
     first, second = cache.fetch(refs[0], "acme"), cache.fetch(refs[1], "acme")
     now = time.time()
-    os.utime(first, (now - 1000, now - 1000))
-    os.utime(second, (now - 500, now - 500))
+    os.utime(first, (now - MIN_IDLE_S - 200, now - MIN_IDLE_S - 200))
+    os.utime(second, (now - MIN_IDLE_S - 100, now - MIN_IDLE_S - 100))
     cache.fetch(refs[0], "acme")  # used again: the most recent, and too fresh to evict
     cache.fetch(refs[2], "acme")  # over budget: the least recently used idle file goes
     assert first.exists() and not second.exists() and cache.path_of(refs[2]).exists()
@@ -131,18 +133,19 @@ def test_the_cache_evicts_idle_files_past_its_budget_and_never_one_just_used(sto
     assert all(cache.path_of(r).exists() for r in refs)
 
 
-def test_the_cache_drops_files_unused_for_a_week_and_cut_off_downloads(store, tmp_path):
+def test_the_cache_drops_files_unused_for_a_week_and_cut_off_downloads_but_not_files_in_use(store, tmp_path):
     import time
 
     from datacreek_assets.serving.model_files import MAX_IDLE_S, STALE_PART_S
 
     old, new = (publish_adapter(store, "acme", model_file(tmp_path, f"{i}.gguf", 3000, 20 + i)) for i in range(2))
     cache = ModelCache(store, tmp_path / "cache")  # no budget
-    stale = cache.fetch(old, "acme")
+    stale, in_use = cache.fetch(old, "acme"), cache.fetch(new, "acme")
     part = stale.with_name(".part-cut-off")
     part.write_bytes(b"half a download")
     now = time.time()
-    os.utime(stale, (now - MAX_IDLE_S - 60, now - MAX_IDLE_S - 60))
-    os.utime(part, (now - STALE_PART_S - 60, now - STALE_PART_S - 60))
-    cache.fetch(new, "acme")
+    for path, age in ((stale, MAX_IDLE_S), (in_use, MAX_IDLE_S), (part, STALE_PART_S)):
+        os.utime(path, (now - age - 60, now - age - 60))
+    cache.touch([in_use])  # what a running replica does from its health check
+    assert cache.sweep() == [stale]
     assert cached(tmp_path / "cache") == [new.key]

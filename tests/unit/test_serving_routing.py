@@ -5,7 +5,7 @@ import hashlib
 import pytest
 
 from datacreek_assets.serving.model_files import ModelFileError, ModelRef
-from datacreek_assets.serving.release_store import ReleaseConflict, ServingStore
+from datacreek_assets.serving.release_store import Release, ReleaseConflict, ServingStore
 from datacreek_assets.serving.routing import (
     CanaryPolicy,
     InvalidVersion,
@@ -206,6 +206,16 @@ def test_a_release_store_made_before_model_digests_gains_their_columns(sql_url, 
     assert adopted.model.key.startswith("models/base/") and adopted.adapter.key.startswith("tenants/acme/models/adapters/")
     assert control.store.release("acme", "v3") == adopted and adopted.run_key == "k7" and adopted.legacy_files is None
     assert source.cache().fetch_all([adopted.model, adopted.adapter], "acme")[1].read_bytes() == b"adapter weights"
+    # a row naming files the pipeline did not write for this tenant is not published for it
+    theirs = tmp_path / "tenants" / "globex" / "gguf" / "k1" / "adapter.gguf"
+    theirs.parent.mkdir(parents=True)
+    theirs.write_bytes(b"globex's adapter")
+    for files, why in (((str(base), str(theirs)), "outside its tenant's trainings"),
+                       ((str(adapter), None), "inside a tenant's folder")):
+        forged = Release("acme", "v9", "canary", None, None, 0.05, None, None, None, {}, None, files)
+        with pytest.raises(ServingError, match=why):
+            control.adopt_legacy_files(forged)
+    assert not [k for k in source.store().list("tenants/acme") if "adapters" in k and k != adopted.adapter.key]
     base.unlink()
     with pytest.raises(ServingError, match="gone"):
         control.adopt_legacy_files(control.store.release("acme", "base"))
