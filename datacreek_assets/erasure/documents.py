@@ -157,7 +157,8 @@ def trainings_with(tenant_dir, dataset_versions) -> list[str]:
 def tainted_releases(live_releases, run_keys: list[str]) -> list[str]:
     """Versions of the live releases (production or canary; ``ServingStore.live(...).values()``)
     serving one of those trainings."""
-    return sorted(release.version for release in live_releases if release.run_key in set(run_keys))
+    tainted = set(run_keys)
+    return sorted(release.version for release in live_releases if release.run_key in tainted)
 
 
 PURGED_TRAININGS = "erasure_purged_trainings.json"  # in the tenant's models folder, read by model_gc

@@ -146,8 +146,8 @@ class ModelCache:
                 if not self._cached(ref, path):
                     self._download(ref, path)
                 self.verified.add(path)
-                os.utime(path)  # most recently used
                 paths.append(path)
+            self.touch(paths)  # most recently used
             self._evict(keep=set(paths))
         return paths
 

@@ -48,7 +48,7 @@ class ReleaseRow(_Base):
     live_role: Mapped[str | None] = mapped_column(String(16), nullable=True)
     # Model files by object-store key and SHA-256 (serving.model_files): replicas fetch and check
     # them. The key columns keep their first names, from when they held local paths; a row of that
-    # time has no digest and is refused at deploy (release the model again).
+    # time has no digest until its next deploy publishes its files (ServingControl.adopt_legacy_files).
     model_key: Mapped[str] = mapped_column("model_path", Text)
     model_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     model_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
@@ -68,7 +68,7 @@ class Release:
     tenant_id: str
     version: str
     status: str
-    model: ModelRef | None  # None: recorded before releases named files by digest (not deployable)
+    model: ModelRef | None  # None: recorded before releases named files by digest (see legacy_files)
     adapter: ModelRef | None
     canary_weight: float
     started_at: datetime | None
@@ -101,6 +101,18 @@ def _legacy_run_key(adapter_path: str | None) -> str | None:
         return None
     path = PurePosixPath(adapter_path)
     return path.parent.name if path.parent.parent.name == "gguf" else None
+
+
+def _refuse_unreadable(tenant_id: str, *refs: ModelRef | None) -> None:
+    for ref in refs:
+        if ref is not None and not readable_by(ref, tenant_id):
+            raise ModelFileError(f"tenant {tenant_id!r} may not be served model file {ref.key!r}")
+
+
+def _set_files(row: ReleaseRow, model: ModelRef, adapter: ModelRef | None) -> None:
+    row.model_key, row.model_sha256, row.model_size = model.key, model.sha256, model.size
+    row.adapter_key, row.adapter_sha256, row.adapter_size = (
+        (adapter.key, adapter.sha256, adapter.size) if adapter else (None, None, None))
 
 
 class ReleaseConflict(RuntimeError):
@@ -192,21 +204,16 @@ class ServingStore:
         validate_version(version)
         if status not in LIVE:
             raise ValueError(f"a release starts as production or canary, not {status!r}")
-        for ref in (model, adapter):
-            if ref is not None and not readable_by(ref, tenant_id):
-                raise ModelFileError(f"tenant {tenant_id!r} may not be served model file {ref.key!r}")
+        _refuse_unreadable(tenant_id, model, adapter)
         with Session(self.engine) as session, session.begin():
             rows = list(session.scalars(select(ReleaseRow).where(ReleaseRow.tenant_id == tenant_id)))
             if any(r.status == status for r in rows):
                 raise ReleaseConflict(f"tenant {tenant_id!r} already has a {status} release")
             if any(r.version == version for r in rows):
                 raise ReleaseConflict(f"version {version} of tenant {tenant_id!r} was released before")
-            row = ReleaseRow(tenant_id=tenant_id, version=version, status=status, live_role=status,
-                             model_key=model.key, model_sha256=model.sha256, model_size=model.size,
-                             adapter_key=adapter.key if adapter else None,
-                             adapter_sha256=adapter.sha256 if adapter else None,
-                             adapter_size=adapter.size if adapter else None, run_key=run_key,
+            row = ReleaseRow(tenant_id=tenant_id, version=version, status=status, live_role=status, run_key=run_key,
                              canary_weight=canary_weight, started_at=_now())
+            _set_files(row, model, adapter)
             session.add(row)
             try:
                 session.flush()
@@ -218,9 +225,7 @@ class ServingStore:
     def record_files(self, tenant_id: str, version: str, model: ModelRef, adapter: ModelRef | None,
                      run_key: str | None) -> Release:
         """A legacy release's files, now published: their keys and digests replace its local paths."""
-        for ref in (model, adapter):
-            if ref is not None and not readable_by(ref, tenant_id):
-                raise ModelFileError(f"tenant {tenant_id!r} may not be served model file {ref.key!r}")
+        _refuse_unreadable(tenant_id, model, adapter)
         with Session(self.engine) as session, session.begin():
             row = session.scalars(select(ReleaseRow).where(ReleaseRow.tenant_id == validate_tenant_id(tenant_id),
                                                            ReleaseRow.version == validate_version(version))
@@ -228,10 +233,7 @@ class ServingStore:
             if row is None:
                 raise ReleaseConflict(f"{tenant_id}-{version} was never released")
             if not row.model_sha256:
-                row.model_key, row.model_sha256, row.model_size = model.key, model.sha256, model.size
-                row.adapter_key = adapter.key if adapter else None
-                row.adapter_sha256 = adapter.sha256 if adapter else None
-                row.adapter_size = adapter.size if adapter else None
+                _set_files(row, model, adapter)
                 row.run_key = row.run_key or run_key
             return Release.of(row)
 
