@@ -13,7 +13,8 @@ from bench.harness import format_table, run_comparison, write_json
 
 SUITES = ["bench.graph_writer", "bench.tenant_registry", "bench.embeddings", "bench.topology", "bench.drift", "bench.finetune",
           "bench.serving", "bench.retrieval", "bench.hot_graph", "bench.html_extraction",
-          "bench.pdf_extraction", "bench.curation", "bench.review_page", "bench.startup", "bench.model_files"]
+          "bench.pdf_extraction", "bench.curation", "bench.review_page", "bench.startup", "bench.model_files",
+          "bench.adapter_pool"]
 
 
 @contextmanager

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def random_adapter_release(cache: Path, out: Path, adapters: int = 2, seed: int = 0) -> tuple[Path, list[Path]]:
-    """Real GGUF files to serve without a training run (tests, benchmarks, drills): the tiny random
-    Llama's base file and LoRA adapters with random (non-zero) B matrices, written by the
+def random_adapter_release(cache: Path, out: Path, adapters: int = 2, seed: int = 0, base_name: str = "tiny-llama",
+                           std: float = 0.02) -> tuple[Path, list[Path]]:
+    """Real GGUF files to serve without a training run (tests, benchmarks, drills): a base
+    model's file (the tiny random Llama unless ``base_name`` says) and LoRA adapters with random
+    B matrices (normal, ``std``: larger makes the adapters' answers differ more), written by the
     project's exporter."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -16,7 +18,7 @@ def random_adapter_release(cache: Path, out: Path, adapters: int = 2, seed: int 
     from datacreek_assets.finetune.gguf_export import export_lora
     from datacreek_assets.finetune.pipeline import base_gguf
 
-    base_dir = base_model_dir("tiny-llama", cache)
+    base_dir = base_model_dir(base_name, cache)
     base = base_gguf(base_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -27,6 +29,6 @@ def random_adapter_release(cache: Path, out: Path, adapters: int = 2, seed: int 
         with torch.no_grad():
             for name, param in peft_model.named_parameters():
                 if "lora_B" in name:
-                    param.normal_(0, 0.02)
+                    param.normal_(0, std)
         paths.append(Path(export_lora(peft_model, tokenizer, out / f"adapter-{i}.gguf").path))
     return base, paths
