@@ -28,6 +28,7 @@ from datacreek_assets.tenancy import validate_tenant_id
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "k8s" / "charts" / "datacreek-tenant"
 STREAM_CHART = REPO / "k8s" / "charts" / "datacreek-stream"
+SERVING_CHART = REPO / "k8s" / "charts" / "datacreek-serving"
 INSTANCE_YAML = REPO / "k8s" / "dagster-instance.yaml"
 HELM_VERSION = "v3.22.0"
 KUBERNETES_VERSION = "1.37"  # the newest minor kubernetes-validate ships schemas for
@@ -77,6 +78,11 @@ def render_stream(helm: Path, values: dict | None = None) -> list[dict]:
     return _render(helm, "datacreek-stream", STREAM_CHART, values or {})
 
 
+def render_serving(helm: Path, values: dict | None = None) -> list[dict]:
+    """`helm template` of the serving chart (the RayCluster in the platform namespace)."""
+    return _render(helm, "datacreek-serving", SERVING_CHART, values or {})
+
+
 def _render(helm: Path, release: str, chart: Path, values: dict) -> list[dict]:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml") as handle:
         yaml.safe_dump(values, handle)
@@ -112,7 +118,11 @@ class Connection:
 
 
 # the platform's pods a tenant's network policy tells apart (app.kubernetes.io/name)
-PLATFORM_PODS = ("dagster", "kafka", "datacreek-stream")
+PLATFORM_PODS = ("dagster", "kafka", "datacreek-stream", "ray")
+# labels a platform pod carries besides app.kubernetes.io/name (KubeRay adds ray.io/cluster)
+_POD_LABELS = {"ray": {"ray.io/cluster": "datacreek-serving"}}
+# what tenants may open to the Ray pods: the router's port (Serve's proxy) and the GCS
+RAY_TENANT_PORTS = "{protocols:TCP,dst_ports:6379,8000}"
 
 
 def model_cluster(tenants: list[str], platform_pods: tuple[str, ...] = PLATFORM_PODS) -> list[dict]:
@@ -133,7 +143,7 @@ def model_cluster(tenants: list[str], platform_pods: tuple[str, ...] = PLATFORM_
         add(f"tenant-{tenant}", "run", {"app": "dagster-run"}, {"datacreek/tenant": tenant})
     add("kube-system", "coredns", {"k8s-app": "kube-dns"})
     for pod in platform_pods:
-        add(PLATFORM_NAMESPACE, pod, {"app.kubernetes.io/name": pod})
+        add(PLATFORM_NAMESPACE, pod, {"app.kubernetes.io/name": pod, **_POD_LABELS.get(pod, {})})
     return docs
 
 
@@ -195,9 +205,11 @@ def platform_exposure(policies: list[dict], tenants: list[str]) -> dict[str, set
 
 def platform_holes(exposure: dict[str, set[str]], kafka_tenant_port: int = 9094) -> list[str]:
     """Kafka open on anything but its tenant listener (the platform's listener authenticates no
-    one); the stream job open at all (its REST API controls the job every tenant depends on)."""
+    one); the stream job open at all (its REST API controls the job every tenant depends on);
+    Ray open on anything but the router's port and the GCS (its dashboard and client run jobs)."""
     holes = [f"tenants -> kafka: {c}" for c in sorted(exposure.get("kafka", ()))
              if c != f"{{protocols:TCP,dst_ports:{kafka_tenant_port}}}"]
+    holes += [f"tenants -> ray: {c}" for c in sorted(exposure.get("ray", ())) if c != RAY_TENANT_PORTS]
     return holes + [f"tenants -> datacreek-stream: {c}" for c in sorted(exposure.get("datacreek-stream", ()))]
 
 

@@ -369,6 +369,9 @@ class ServingResource(dg.ConfigurableResource):
     max_prompt_chars: int = 8000
     n_ctx: int = 2048  # grounded prompts: three passages, the question and the answer
     threads: int = 1  # llama.cpp threads per model replica
+    # CPUs Ray reserves per model replica: 0 packs every replica on one local head; in a cluster
+    # (1 per thread) the head, started with num-cpus 0, takes none and the autoscaler adds workers
+    replica_cpus: float = 0.0
     models_dir: str = ""  # the tenants' retrieval indexes (FineTuneResource.models_dir); empty: no retrieval
     # where released GGUF files are published (by SHA-256) and replicas fetch them from; S3
     # credentials come from each replica's own environment
@@ -383,7 +386,8 @@ class ServingResource(dg.ConfigurableResource):
                   if self.object_store is not None else None)
         return ServingControl(self.ray_address, self.http_port, self.store_url, self.admin_token,
                               self.ray_auth_token_path or None, self.window_s, self.max_prompt_chars, self.n_ctx,
-                              self.threads, self.http_host, self.router_url, self.models_dir, source)
+                              self.threads, self.http_host, self.router_url, self.models_dir, source,
+                              self.replica_cpus)
 
     def store(self):
         """The release store alone (keys, releases): no Ray connection."""

@@ -57,7 +57,7 @@ class ServingControl:
     def __init__(self, ray_address: str, http_port: int, store_url: str, admin_token: str,
                  ray_auth_token_path: str | None = None, window_s: float = 60.0, max_prompt_chars: int = 8000,
                  n_ctx: int = 2048, threads: int = 1, http_host: str = "127.0.0.1", router_url: str = "",
-                 models_dir: str = "", model_source: ModelSource | None = None):
+                 models_dir: str = "", model_source: ModelSource | None = None, replica_cpus: float = 0.0):
         self.ray_address, self.http_port, self.ray_auth_token_path = ray_address, http_port, ray_auth_token_path
         self.store = ServingStore(store_url)
         self.store_url, self.admin_token = store_url, admin_token
@@ -66,6 +66,7 @@ class ServingControl:
         self.url = (router_url or f"http://127.0.0.1:{http_port}").rstrip("/")  # where we reach it
         self.models_dir = models_dir  # the tenants' retrieval indexes, read by the router
         self.model_source = model_source  # where released model files go and replicas fetch them
+        self.replica_cpus = replica_cpus
 
     # -- Ray Serve ------------------------------------------------------------
     def connect(self) -> None:
@@ -146,7 +147,8 @@ class ServingControl:
         if release.model is None:
             release = self.adopt_legacy_files(release)
         self.connect()
-        app = ModelServer.options(name=name, user_config={"injected_delay_s": injected_delay_s}).bind(
+        app = ModelServer.options(name=name, user_config={"injected_delay_s": injected_delay_s},
+                                  ray_actor_options={"num_cpus": self.replica_cpus}).bind(
             release.tenant_id, release.version, release.model.as_dict(),
             release.adapter.as_dict() if release.adapter else None, self._source().as_dict(), self.n_ctx,
             self.threads)

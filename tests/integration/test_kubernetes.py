@@ -28,6 +28,11 @@ def rendered(helm) -> dict[str, list[dict]]:
     return {t: k8s.render_tenant(helm, k8s.tenant_values(t)) for t in TENANTS}
 
 
+@pytest.fixture(scope="module")
+def serving_chart(helm) -> list[dict]:
+    return k8s.render_serving(helm)
+
+
 def kinds(docs):
     return sorted(f"{d['kind']}/{d['metadata']['name']}" for d in docs)
 
@@ -96,8 +101,8 @@ def test_the_chart_refuses_an_invalid_tenant_id(helm):
         k8s.tenant_values("../acme")
 
 
-def test_nca_proves_tenants_cannot_reach_each_other_but_reach_dns_and_the_platform(rendered):
-    policies = rendered["acme"] + rendered["globex"]
+def test_nca_proves_tenants_cannot_reach_each_other_but_reach_dns_and_the_platform(rendered, serving_chart):
+    policies = rendered["acme"] + rendered["globex"] + serving_chart
     allowed = k8s.connectivity(policies, k8s.model_cluster(TENANTS))
     assert k8s.isolation_violations(allowed, TENANTS) == []
     pairs = {(c.src_ns, c.dst_ns) for c in allowed}
@@ -116,7 +121,7 @@ def test_nca_proves_tenants_cannot_reach_each_other_but_reach_dns_and_the_platfo
     # one), the stream job not at all (its REST API controls the job)
     exposure = k8s.platform_exposure(policies, TENANTS)
     assert exposure == {"dagster": {"All connections"}, "kafka": {"{protocols:TCP,dst_ports:9094}"},
-                        "datacreek-stream": set()}
+                        "datacreek-stream": set(), "ray": {"{protocols:TCP,dst_ports:6379,8000}"}}
     assert k8s.platform_holes(exposure) == [] and ("tenant-globex", "tenant-acme") not in pairs
 
 
@@ -154,7 +159,72 @@ def test_nca_finds_an_isolation_hole(rendered):
         if doc["metadata"]["name"] == "allow-platform" and doc["metadata"]["namespace"] == "tenant-globex":
             del doc["spec"]["egress"][0]["to"][0]["podSelector"]
     holes = k8s.platform_holes(k8s.platform_exposure(unfenced, TENANTS))
-    assert holes == ["tenants -> kafka: All connections", "tenants -> datacreek-stream: All connections"]
+    assert holes == ["tenants -> kafka: All connections", "tenants -> ray: All connections",
+                     "tenants -> datacreek-stream: All connections"]
+
+
+def test_ray_is_fenced_on_both_sides(rendered, serving_chart):
+    """Tenants reach Ray's pods on the router's port and the GCS only: the tenant's egress and the
+    serving chart's ingress each hold that line alone, and a hole opens only with both gone."""
+    def without_ray_fence(policies: list[dict], tenant_side: bool, ray_side: bool) -> list[dict]:
+        policies = json.loads(json.dumps(policies))
+        for doc in policies:
+            name = doc["metadata"]["name"]
+            if tenant_side and name == "allow-platform":
+                doc["spec"]["egress"] = [doc["spec"]["egress"][0]]  # the catch-all rule, no ports
+                doc["spec"]["egress"][0]["to"][0]["podSelector"]["matchExpressions"][0]["values"].remove("ray")
+            if ray_side and name == "ray-serving":
+                del doc["spec"]["ingress"][1]["ports"]
+        return policies
+
+    policies = rendered["acme"] + rendered["globex"] + serving_chart
+    ray_ports = {"{protocols:TCP,dst_ports:6379,8000}"}
+    for tenant_side, ray_side in ((True, False), (False, True)):
+        exposure = k8s.platform_exposure(without_ray_fence(policies, tenant_side, ray_side), TENANTS)
+        assert exposure["ray"] == ray_ports and k8s.platform_holes(exposure) == []
+    exposure = k8s.platform_exposure(without_ray_fence(policies, True, True), TENANTS)
+    assert k8s.platform_holes(exposure) == ["tenants -> ray: All connections"]
+
+
+def test_the_serving_raycluster_matches_the_kuberay_crd_schema(serving_chart, tmp_path):
+    """The serving chart's RayCluster against KubeRay's own CRD (operator v1.5.0, from the Go
+    module proxy); its Service and policies against Kubernetes' schemas. Sizes follow what was
+    measured: a model replica (SmolLM2 f16 + adapter, n_ctx 2048) holds 405 MiB resident."""
+    import jsonschema
+    import ray
+
+    found = subprocess.run(["go", "mod", "download", "-json", "github.com/ray-project/kuberay/ray-operator@v1.5.0"],
+                           capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert found.returncode == 0, found.stderr
+    crd = yaml.safe_load((Path(json.loads(found.stdout)["Dir"]) / "config/crd/bases/ray.io_rayclusters.yaml").read_text())
+    schema = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"]["openAPIV3Schema"]
+    assert kinds(serving_chart) == ["NetworkPolicy/ray-serving", "RayCluster/datacreek-serving",
+                                    "Service/datacreek-router"]
+    cluster = next(d for d in serving_chart if d["kind"] == "RayCluster")
+    jsonschema.validate(cluster, schema)
+    assert k8s.validate([d for d in serving_chart if d["kind"] != "RayCluster"]) == []
+    assert all(d["metadata"]["namespace"] == k8s.PLATFORM_NAMESPACE for d in serving_chart)
+
+    spec = cluster["spec"]
+    assert spec["rayVersion"] == ray.__version__  # the image's Ray is the one the project pins
+    assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"  # no model replica on the head
+    workers = spec["workerGroupSpecs"][0]
+    container = workers["template"]["spec"]["containers"][0]
+    memory_mib = int(container["resources"]["requests"]["memory"].removesuffix("Gi")) * 1024
+    replicas = int(workers["rayStartParams"]["num-cpus"])  # one llama.cpp thread, one CPU per replica
+    assert memory_mib >= replicas * 405 + 512  # replicas + the raylet and Serve's proxy
+    assert container["resources"]["limits"]["memory"] == container["resources"]["requests"]["memory"]
+    for pod in (spec["headGroupSpec"]["template"], workers["template"]):
+        main = pod["spec"]["containers"][0]
+        env = {e["name"]: e["value"] for e in main["env"]}
+        assert env["RAY_AUTH_MODE"] == "token" and env["OMP_NUM_THREADS"] == "1"
+        assert pod["metadata"]["labels"]["app.kubernetes.io/name"] == "ray"  # what the tenants' egress names
+        assert {m["mountPath"] for m in main["volumeMounts"]} >= {"/var/cache/datacreek/models", "/etc/ray-auth"}
+        assert main["envFrom"] == [{"secretRef": {"name": "datacreek-model-store"}}]
+    broken = json.loads(json.dumps(cluster))
+    broken["spec"]["workerGroupSpecs"][0]["replicas"] = "two"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema)
 
 
 def test_gpu_node_pools_match_the_karpenter_nodepool_schema(tmp_path):

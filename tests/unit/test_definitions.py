@@ -56,6 +56,8 @@ def test_prod_profile_uses_env_vars_not_local_paths():
     graph_store = defs.resources["graph_store"]
     assert isinstance(graph_store.uri, dg.EnvVar) and graph_store.uri.env_var_name == "DATACREEK_NEO4J_URI"
     assert defs.resources["object_store"].backend == "s3"
+    # model replicas reserve a CPU in the cluster (the serving chart's head takes none), none locally
+    assert defs.resources["serving"].replica_cpus == 1.0 == defs.resources["serving"].threads
 
 
 def test_prod_s3_goes_through_one_dagster_aws_resource_configured_by_env_vars(monkeypatch):
