@@ -6,7 +6,7 @@ tiny random Llama's GGUF files (base + LoRA adapter through llama.cpp, one threa
    request made directly on the deployment through a Serve DeploymentHandle from this process.
    The notes give p50/p99 of both and the router's share.
 2. Rollback time at RATE requests/s with 5 % to the canary: from the moment the canary's
-   injected +400 ms latency is live to the canary removed (traffic off, deployment deleted).
+   injected +400 ms latency is live to the canary removed (recorded, traffic off).
    Candidate: the canary health loop as shipped (the router's exact sliding window), ticking
    every second. Baseline: the same loop judging p99s from Prometheus histograms (scrape every
    second, histogram_quantile over rate[30s]), as a Prometheus-driven canary controller does.
@@ -72,7 +72,11 @@ def comparisons(quick: bool = False) -> list[Comparison]:
     _, key = control.store.issue_key("bench-router")
     payload = {"messages": [{"role": "user", "content": "What does the json module provide?"}], "max_tokens": 2,
                "temperature": 0.0}
-    handle = serve.get_deployment_handle("bench-router-base", app_name="bench-router-base")
+    from datacreek_assets.serving.app import AdapterServer, pool_name
+
+    base_release = control.store.release("bench-router", "base")
+    handle = serve.get_deployment_handle(AdapterServer.name, app_name=pool_name(base_release.model.sha256))
+    direct_payload = {**payload, "tenant": "bench-router", "version": "base"}
     session = requests.Session()
     session.headers.update({"Authorization": f"Bearer {key}"})
     n = 60 if quick else 300
@@ -89,7 +93,7 @@ def comparisons(quick: bool = False) -> list[Comparison]:
     def direct() -> int:
         for i in range(n):
             started = time.perf_counter()
-            reply = handle.remote(payload).result()
+            reply = handle.remote(direct_payload).result()
             latencies["direct"].append(time.perf_counter() - started)
             assert reply["model"] == "bench-router-base"
         return n
@@ -118,7 +122,7 @@ def comparisons(quick: bool = False) -> list[Comparison]:
         time.sleep(WARMUP_S)
 
     def spike() -> float:
-        """Timed from here: the spike is rolled out to the canary's replicas (Serve user_config)."""
+        """Timed from here: the spike is recorded and the router adds it to the canary's requests."""
         started = time.perf_counter()
         control.inject_delay(drill["tenant"], "v1", SPIKE_S)
         drill["rolled_out"] = time.perf_counter() - started

@@ -117,7 +117,7 @@ def remove_tenant(tenant_id: str, stores: TenantStores, instance: DagsterInstanc
         report.steps.append("feature store")
     if stores.serving:  # before the model files: a live deployment must stop serving them first
         stopped = stores.serving.remove_tenant(tenant_id)
-        report.steps.append(f"serving ({len(stopped)} deployment(s) removed, keys revoked)")
+        report.steps.append(f"serving ({len(stopped)} live version(s) ended, keys revoked)")
     if stores.finetune:  # a later tenant with the same id must not inherit models or runs
         import shutil
 

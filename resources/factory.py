@@ -130,6 +130,7 @@ def build_resources(profile: str, settings: LocalSettings | None = None) -> dict
                 http_port=dg.EnvVar.int("DATACREEK_SERVE_PORT"),
                 http_host="0.0.0.0",
                 replica_cpus=1.0,  # one llama.cpp thread: model replicas go to the RayCluster's workers
+                pool_max_replicas=dg.EnvVar.int("DATACREEK_SERVING_POOL_MAX_REPLICAS"),
                 router_url=dg.EnvVar("DATACREEK_ROUTER_URL"),  # the Serve proxy's service, as Dagster pods see it
                 store_url=dg.EnvVar("DATACREEK_SERVING_STORE_URL"),  # Postgres
                 admin_token=dg.EnvVar("DATACREEK_SERVING_ADMIN_TOKEN"),

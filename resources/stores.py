@@ -372,6 +372,7 @@ class ServingResource(dg.ConfigurableResource):
     # CPUs Ray reserves per model replica: 0 packs every replica on one local head; in a cluster
     # (1 per thread) the head, started with num-cpus 0, takes none and the autoscaler adds workers
     replica_cpus: float = 0.0
+    pool_max_replicas: int = 1  # replicas per base model's pool: Serve adds them as requests queue
     models_dir: str = ""  # the tenants' retrieval indexes (FineTuneResource.models_dir); empty: no retrieval
     # where released GGUF files are published (by SHA-256) and replicas fetch them from; S3
     # credentials come from each replica's own environment
@@ -387,7 +388,7 @@ class ServingResource(dg.ConfigurableResource):
         return ServingControl(self.ray_address, self.http_port, self.store_url, self.admin_token,
                               self.ray_auth_token_path or None, self.window_s, self.max_prompt_chars, self.n_ctx,
                               self.threads, self.http_host, self.router_url, self.models_dir, source,
-                              self.replica_cpus)
+                              self.replica_cpus, self.pool_max_replicas)
 
     def store(self):
         """The release store alone (keys, releases): no Ray connection."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,10 @@ SAVED_STATES = 16  # adapters whose cached prompt is kept when the context switc
 
 class AdapterError(RuntimeError):
     """An adapter cannot be loaded, or a completion names an adapter it may not use."""
+
+
+class PromptTooLong(ValueError):
+    """The prompt does not fit the context window."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,7 @@ class AdapterPool:
                          use_mmap=True, verbose=False, seed=0)
         self.lock = threading.Lock()  # one context: one completion (or load, or eviction) at a time
         self.loaded: OrderedDict[AdapterFile, int] = OrderedDict()  # adapter -> llama.cpp handle, LRU first
+        self.loaded_at: dict[AdapterFile, float] = {}
         self.active: AdapterFile | None = None  # the adapter set on the context (None: the base alone)
         # the last context state of the most recently used adapters (~8 MiB each with SmolLM2, most
         # of it the logits): switching back to one restores it, so the chat template's prefix is
@@ -83,10 +89,15 @@ class AdapterPool:
         with self.lock:
             return self._free(adapter)
 
-    def evict_all_but(self, keep: set[AdapterFile]) -> list[AdapterFile]:
-        """Free every loaded adapter not in ``keep`` (the versions still live); the freed ones."""
+    def evict_ended(self, live: set[tuple[str, str]], grace_s: float = 0.0,
+                    ended: set[tuple[str, str]] = frozenset()) -> list[AdapterFile]:
+        """Free every adapter whose (tenant, version) is not in ``live``: at once if it is in
+        ``ended``, else once it was loaded ``grace_s`` ago (a release is loaded before it is
+        recorded, and a version with no record may be that); the freed ones."""
         with self.lock:
-            gone = [adapter for adapter in self.loaded if adapter not in keep]
+            now = time.monotonic()
+            gone = [adapter for adapter in self.loaded if (adapter.tenant, adapter.version) not in live
+                    and ((adapter.tenant, adapter.version) in ended or now - self.loaded_at[adapter] >= grace_s)]
             for adapter in gone:
                 self._free(adapter)
             return gone
@@ -112,6 +123,7 @@ class AdapterPool:
             raise AdapterError(f"llama.cpp could not load the adapter of {adapter.name} (not a LoRA adapter "
                                "of this base model?)")
         self.loaded[adapter] = handle
+        self.loaded_at[adapter] = time.monotonic()
         self.loads += 1
         return handle
 
@@ -124,6 +136,7 @@ class AdapterPool:
         if self.active == adapter:  # off the context before it is freed
             self._set_on_context(None, None)
         self.states.pop(adapter, None)
+        self.loaded_at.pop(adapter, None)
         llama_cpp.llama_adapter_lora_free(handle)
         self.evictions += 1
         return True
@@ -166,6 +179,17 @@ class AdapterPool:
                 self._set_on_context(adapter, self._ensure_loaded(adapter) if adapter else None)
             elif adapter is not None:
                 self.loaded.move_to_end(adapter)
-            return self.llm.create_chat_completion(
-                messages=request["messages"], max_tokens=request["max_tokens"],
-                temperature=request["temperature"], stop=request.get("stop"), seed=0)
+            try:
+                return self.llm.create_chat_completion(
+                    messages=request["messages"], max_tokens=request["max_tokens"],
+                    temperature=request["temperature"], stop=request.get("stop"), seed=0)
+            except ValueError as err:  # llama.cpp's "Requested tokens exceed context window"
+                raise PromptTooLong(str(err)) from None
+
+    def warm_up(self) -> None:
+        """One short completion with the base alone: the first evaluation allocates buffers."""
+        with self.lock:
+            if self.active is not None:
+                self._set_on_context(None, None)
+            self.llm.create_chat_completion(messages=[{"role": "user", "content": "hello"}], max_tokens=2,
+                                            temperature=0.0, seed=0)

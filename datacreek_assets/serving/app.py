@@ -1,5 +1,6 @@
-"""The Ray Serve application: one `ModelServer` deployment per (tenant, model version), named
-`<tenant>-<version>`, and the `Router` ingress that authenticates, routes and measures.
+"""The Ray Serve applications: one `AdapterServer` pool per base model (`pool-<digest>`), which
+serves every tenant's versions of that base with each tenant's LoRA adapter set per request,
+and the `Router` ingress that authenticates, routes and measures.
 
 Every request enters through the router: the API key names the tenant (an `X-Tenant` header
 that disagrees is refused), `X-Model-Version` pins one of the tenant's live versions, and an
@@ -23,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 
 from datacreek_assets.api_errors import error
+from datacreek_assets.serving.adapter_pool import DEFAULT_CAPACITY
 from datacreek_assets.serving.routing import InvalidVersion, LatencyWindow, validate_version
 from datacreek_assets.tenancy import InvalidTenantId
 
@@ -63,43 +65,111 @@ async def read_capped(request: Request, limit: int) -> bytes | None:
     return b"".join(parts)
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=8)
-class ModelServer:
-    """One tenant's model version: the GGUF through llama.cpp, with the tenant's adapter applied
-    to the shared base file where the release is base + adapter. Both files are fetched from the
-    object store into the node's cache and checked against the release's SHA-256 digests first
-    (a mismatch fails the replica: nothing unchecked is ever served)."""
+POOL_PREFIX = "pool-"
+LIVE_CHECK_S = 5.0  # how often a base pool's replicas drop the adapters of versions no longer live
+LOAD_GRACE_S = 10.0  # an adapter with no release record stays this long: its release may be being recorded
 
-    def __init__(self, tenant: str, version: str, model: dict, adapter: dict | None, source: dict,
-                 n_ctx: int = 2048, threads: int = 1):
-        from llama_cpp import Llama
 
+def pool_name(base_sha256: str) -> str:
+    """The Serve application of the base pool for a base model's digest: `pool-<16 hex>`."""
+    return f"{POOL_PREFIX}{base_sha256[:16]}"
+
+
+def adapter_model_id(tenant: str, version: str, adapter) -> str:
+    """Serve's multiplexed model id of a release's adapter: all a replica needs to fetch it (the
+    key follows from tenant and digest) and all the router needs to pick a replica that has it."""
+    return f"{tenant}/{version}/{adapter.sha256}/{adapter.size}"
+
+
+def parse_adapter_model_id(model_id: str):
+    """(tenant, version, ModelRef of the tenant's adapter) of a multiplexed model id."""
+    from datacreek_assets.serving.model_files import ModelRef, adapter_key
+    from datacreek_assets.serving.routing import validate_version
+    from datacreek_assets.tenancy import validate_tenant_id
+
+    tenant, version, sha256, size = model_id.split("/")
+    return (validate_tenant_id(tenant), validate_version(version),
+            ModelRef(adapter_key(tenant, sha256), sha256, int(size)))
+
+
+class LoadedAdapter:
+    """What Serve's multiplexer holds for an adapter: when it drops it from its least recently
+    used set, the adapter is freed from the pool."""
+
+    def __init__(self, pool, adapter):
+        self.pool, self.file = pool, adapter
+
+    def __del__(self):
+        try:
+            self.pool.evict(self.file)
+        except Exception:  # the replica is shutting down: its context goes with it
+            pass
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=8, health_check_period_s=2.0,
+                  autoscaling_config={"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 2})
+class AdapterServer:
+    """Every tenant's versions of one base model: the base GGUF loaded once per replica, each
+    tenant's adapter loaded on demand (Serve's model multiplexing sends a request to a replica
+    that has its adapter when one has it) and set for its request alone (`AdapterPool`). Files
+    are fetched from the object store into the node's cache and checked against the release's
+    SHA-256 first: a mismatch fails that request, or the replica for the base, and nothing
+    unchecked is ever served. Replicas drop the adapters of versions the release store no longer
+    lists as live (a rollback): the router stops routing to them first."""
+
+    def __init__(self, model: dict, source: dict, store_url: str, n_ctx: int = 2048, threads: int = 1):
+        from datacreek_assets.serving.adapter_pool import AdapterPool
         from datacreek_assets.serving.model_files import ModelRef, ModelSource
+        from datacreek_assets.serving.release_store import ServingStore, replica_store_url
 
-        self.name = f"{tenant}-{version}"
-        self.n_ctx = n_ctx
-        refs = [ModelRef.from_dict(model)] + ([ModelRef.from_dict(adapter)] if adapter else [])
         self.cache = ModelSource(**source).cache()
-        self.paths = self.cache.fetch_all(refs, tenant)
-        self.touched = self.swept = time.monotonic()
-        self.llm = Llama(model_path=str(self.paths[0]), lora_path=str(self.paths[1]) if adapter else None,
-                         n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False, seed=0)
-        self.lock = threading.Lock()  # one llama.cpp context: one generation at a time
-        self.injected_delay_s = 0.0
+        self.base_path = self.cache.fetch_base(ModelRef.from_dict(model))
+        self.pool = AdapterPool(self.base_path, n_ctx=n_ctx, threads=threads)
+        self.store = ServingStore(replica_store_url(store_url))
+        self.touched = self.swept = self.live_checked = time.monotonic()
         # warm up (first evaluation allocates buffers): the first client must not pay for it,
         # nor the canary's latency window count it
-        self._complete({"messages": [{"role": "user", "content": "hello"}], "max_tokens": 2, "temperature": 0.0})
+        self.pool.warm_up()
 
-    def check_health(self) -> None:
-        """Serve's periodic health check. It also keeps this replica's files marked in use in the
-        node's cache (a file a replica runs on is never evicted, so never fetched again while it
-        runs) and sweeps the cache now and then (idle files go on a node that starts nothing new)."""
+    @serve.multiplexed(max_num_models_per_replica=DEFAULT_CAPACITY)
+    async def adapter(self, model_id: str) -> LoadedAdapter:
+        from datacreek_assets.serving.adapter_pool import AdapterFile
+
+        from datacreek_assets.serving.adapter_pool import AdapterError
+        from datacreek_assets.serving.release_store import LIVE
+
+        tenant, version, ref = parse_adapter_model_id(model_id)
+        # a version rolled back or retired is never loaded again, whatever a stale router asks
+        # (no release yet: one being deployed, whose adapter is loaded before it is recorded)
+        release = await asyncio.to_thread(self.store.release, tenant, version)
+        if release is not None and release.status not in LIVE:
+            raise AdapterError(f"{tenant}-{version} is {release.status}: its adapter is not served")
+        path = await asyncio.to_thread(self.cache.fetch, ref, tenant)  # the tenant's own key, checked
+        adapter = AdapterFile(tenant, version, ref.sha256, path)
+        await asyncio.to_thread(self.pool.load, adapter)
+        return LoadedAdapter(self.pool, adapter)
+
+    async def check_health(self) -> None:
+        """Serve's periodic health check. It also drops the adapters of ended releases, keeps this
+        replica's files marked in use in the node's cache and sweeps the cache now and then
+        (off the event loop: a completion holding the pool must not hold up requests' routing)."""
+        await asyncio.to_thread(self._housekeeping)
+
+    def _housekeeping(self) -> None:
         from datacreek_assets.serving.model_files import SWEEP_EVERY_S, TOUCH_EVERY_S
 
         now = time.monotonic()
+        if now - self.live_checked > LIVE_CHECK_S:
+            self.live_checked = now
+            try:
+                live = {(r.tenant_id, r.version) for r in self.store.live_releases()}
+            except Exception:  # the store, not this replica: its adapters stay until it answers
+                live = None
+            if live is not None:
+                self._drop_ended(live)
         if now - self.touched > TOUCH_EVERY_S:
             self.touched = now
-            self.cache.touch(self.paths)
+            self.cache.touch([self.base_path, *(a.path for a in self.pool.loaded_adapters())])
         if now - self.swept > SWEEP_EVERY_S:
             self.swept = now
             try:
@@ -107,25 +177,46 @@ class ModelServer:
             except OSError:  # the cache's disk, not this replica: the replica stays healthy
                 pass
 
-    def reconfigure(self, config: dict) -> None:
-        # Fault injection for canary drills (the delay a slow release would add), set through the
-        # deployment's user_config so every replica gets it without a restart.
-        self.injected_delay_s = float(config.get("injected_delay_s", 0.0))
+    def _drop_ended(self, live: set[tuple[str, str]]) -> None:
+        """Free the adapters of versions no longer live: a version with a record that says so
+        (rolled back, retired) at once, one with no record (a removed tenant's, or one being
+        released right now) after LOAD_GRACE_S."""
+        pending = {(a.tenant, a.version) for a in self.pool.loaded_adapters()} - live
+        try:
+            ended = {pair for pair in pending if self.store.release(*pair) is not None}
+        except Exception:  # the store: the grace period alone decides
+            ended = set()
+        if pending:
+            self.pool.evict_ended(live, LOAD_GRACE_S, ended)
+
+    def loaded(self) -> list[tuple[str, str]]:
+        """(tenant, version) of the adapters this replica holds."""
+        return [(a.tenant, a.version) for a in self.pool.loaded_adapters()]
 
     async def __call__(self, request: dict) -> dict:
-        if self.injected_delay_s:
-            await asyncio.sleep(self.injected_delay_s)
-        return await asyncio.to_thread(self._complete, request)
+        """``request``: the chat completion plus the tenant and version it is for (the router's);
+        the adapter comes from the request's multiplexed model id, and must be that version's."""
+        from ray.serve import get_multiplexed_model_id
 
-    def _complete(self, request: dict) -> dict:
-        with self.lock:
-            try:
-                reply = self.llm.create_chat_completion(
-                    messages=request["messages"], max_tokens=request["max_tokens"],
-                    temperature=request["temperature"], stop=request.get("stop"), seed=0)
-            except ValueError as err:  # llama.cpp: the prompt does not fit the context window
-                return {"error": {"type": "prompt_too_long", "message": str(err)}}
-        reply["model"] = self.name
+        tenant, version = request["tenant"], request["version"]
+        adapter = None
+        model_id = get_multiplexed_model_id()
+        if model_id:
+            adapter = (await self.adapter(model_id)).file
+            if (adapter.tenant, adapter.version) != (tenant, version):
+                raise ValueError(f"the adapter of {adapter.name} was asked for {tenant}-{version}")
+        if request.get("injected_delay_s"):
+            await asyncio.sleep(request["injected_delay_s"])
+        return await asyncio.to_thread(self._complete, tenant, version, request, adapter)
+
+    def _complete(self, tenant: str, version: str, request: dict, adapter) -> dict:
+        from datacreek_assets.serving.adapter_pool import PromptTooLong
+
+        try:
+            reply = self.pool.complete(tenant, request, adapter)
+        except PromptTooLong as err:
+            return {"error": {"type": "prompt_too_long", "message": str(err)}}
+        reply["model"] = f"{tenant}-{version}"
         return reply
 
 
@@ -141,15 +232,17 @@ class Router:
                  models_dir: str = "", retrieval_k: int = 3):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-        from datacreek_assets.serving.release_store import ServingStore
+        from datacreek_assets.serving.release_store import ServingStore, replica_store_url
 
         if len(admin_token) < 16:
             raise ValueError("the serving admin token must have at least 16 characters")
-        self.store = ServingStore(store_url)
+        self.store = ServingStore(replica_store_url(store_url))
         self.admin_token = admin_token
         self.window_s = window_s
         self.max_prompt_chars = max_prompt_chars
         self.routes = self.store.all_routes()
+        # (tenant, version) -> its live release: which base pool and adapter serve it
+        self.releases = {(r.tenant_id, r.version): r for r in self.store.live_releases()}
         self.models_dir = models_dir  # where each tenant's retrieval index lives (empty: no retrieval)
         self.retrieval_k = retrieval_k
         self.indexes: dict[str, tuple[float, str | None, object]] = {}  # tenant -> (checked at, version, index)
@@ -280,12 +373,21 @@ class Router:
         pinned with X-Model-Version (an evaluation, a client's test) is no sample of the split's
         traffic: it is in the metrics, not in the windows the canary is judged by."""
         name = f"{tenant}-{version}"
+        release = self.releases.get((tenant, version))
+        if release is None or release.model is None:  # recorded, files not yet published: the next reconcile
+            self.requests.labels(tenant, name, role, "503").inc()
+            return error(503, "unavailable", f"model {name} is not ready yet; retry")
         handle = self.handles.get(name)
         if handle is None:
-            handle = self.handles[name] = serve.get_deployment_handle(name, app_name=name)
+            handle = serve.get_deployment_handle(AdapterServer.name, app_name=pool_name(release.model.sha256))
+            if release.adapter is not None:  # to a replica that has the adapter loaded, when one has
+                handle = handle.options(multiplexed_model_id=adapter_model_id(tenant, version, release.adapter))
+            self.handles[name] = handle
+        request = {**body.model_dump(exclude={"model"}), "tenant": tenant, "version": version,
+                   "injected_delay_s": release.injected_delay_s}
         started = time.perf_counter()
         try:
-            reply = await handle.remote(body.model_dump(exclude={"model"}))
+            reply = await handle.remote(request)
         except Exception as err:  # the deployment failed or went away mid-request: no traceback to the client
             # a failure counts in the deployment's window: a canary that fails is judged for it
             if judged:
@@ -336,9 +438,9 @@ class Router:
         """Re-read every route from the release store (the control plane's reconcile)."""
         if not self._admin(request):
             return error(401, "unauthorized", "admin token required")
-        routes = await asyncio.to_thread(self.store.all_routes)
+        routes, releases = await asyncio.to_thread(lambda: (self.store.all_routes(), self.store.live_releases()))
         for tenant in set(self.routes) | set(routes):
-            self._apply(tenant, routes.get(tenant))
+            self._apply(tenant, routes.get(tenant), [r for r in releases if r.tenant_id == tenant])
         return {"tenants": len(self.routes)}
 
     @api.post("/admin/v1/tenants/{tenant}/reload")
@@ -348,18 +450,24 @@ class Router:
         if not self._admin(request):
             return error(401, "unauthorized", "admin token required")
         try:
-            route = await asyncio.to_thread(self.store.route, tenant)
+            route, live = await asyncio.to_thread(lambda: (self.store.route(tenant), self.store.live(tenant)))
         except InvalidTenantId as err:
             return error(400, "invalid_request", str(err))
-        self._apply(tenant, route)
+        self._apply(tenant, route, list(live.values()))
         return {"tenant": tenant, "route": route.as_dict() if route else None}
 
-    def _apply(self, tenant: str, route) -> None:
+    def _apply(self, tenant: str, route, releases: list) -> None:
         old = self.routes.get(tenant)
         if route is None:
             self.routes.pop(tenant, None)
         else:
             self.routes[tenant] = route
+        before = {key: self.releases.pop(key) for key in [key for key in self.releases if key[0] == tenant]}
+        for release in releases:
+            key = (tenant, release.version)
+            if key in before and (before[key].model, before[key].adapter) != (release.model, release.adapter):
+                self.handles.pop(f"{tenant}-{release.version}", None)  # its files changed (a legacy release adopted)
+            self.releases[key] = release
         live = set(route.live) if route else set()
         for version in set(old.live if old else ()) - live:  # a retired version's window and handle go
             self.windows.pop((tenant, version), None)

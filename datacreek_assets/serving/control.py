@@ -1,11 +1,14 @@
-"""The serving control plane: deploys model versions to Ray Serve, records releases in the
-release store and tells the router, and judges canaries.
+"""The serving control plane: runs a pool of replicas per base model on Ray Serve and loads
+tenants' adapters there, records releases in the release store and tells the router, and
+judges canaries.
 
-Order of every change: deploy first (nothing routes to a new deployment yet), record in the
-store, reload the router; when a version stops serving: record, reload the router (traffic
-leaves it), delete its deployment. The store is the truth: `reconcile` (run before every
-canary check and release) brings Ray Serve and the router back in line with it, so a change
-that failed half-way is finished by the next pass instead of being tripped over.
+Order of every change: deploy first (the pool runs and the adapter is loaded; nothing routes
+to it yet), record in the store, reload the router; when a version stops serving: record,
+reload the router (traffic leaves it); the pools' replicas drop its adapter when the store no
+longer lists it, and a pool no live release uses is deleted. The store is the truth:
+`reconcile` (run before every canary check and release) brings Ray Serve and the router back
+in line with it, so a change that failed half-way is finished by the next pass instead of
+being tripped over.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 import requests
 
 from datacreek_assets.serving.model_files import ModelRef, ModelSource, publish_adapter, publish_base
-from datacreek_assets.serving.release_store import LIVE, Release, ReleaseConflict, ServingStore
+from datacreek_assets.serving.release_store import Release, ReleaseConflict, ServingStore
 from datacreek_assets.serving.routing import (
     CanaryPolicy, InvalidVersion, Verdict, WindowStats, deployment_name, judge_canary, validate_version,
 )
@@ -57,7 +60,8 @@ class ServingControl:
     def __init__(self, ray_address: str, http_port: int, store_url: str, admin_token: str,
                  ray_auth_token_path: str | None = None, window_s: float = 60.0, max_prompt_chars: int = 8000,
                  n_ctx: int = 2048, threads: int = 1, http_host: str = "127.0.0.1", router_url: str = "",
-                 models_dir: str = "", model_source: ModelSource | None = None, replica_cpus: float = 0.0):
+                 models_dir: str = "", model_source: ModelSource | None = None, replica_cpus: float = 0.0,
+                 pool_max_replicas: int = 1):
         self.ray_address, self.http_port, self.ray_auth_token_path = ray_address, http_port, ray_auth_token_path
         self.store = ServingStore(store_url)
         self.store_url, self.admin_token = store_url, admin_token
@@ -67,6 +71,7 @@ class ServingControl:
         self.models_dir = models_dir  # the tenants' retrieval indexes, read by the router
         self.model_source = model_source  # where released model files go and replicas fetch them
         self.replica_cpus = replica_cpus
+        self.pool_max_replicas = pool_max_replicas  # replicas per base pool (Serve autoscales on queue length)
 
     # -- Ray Serve ------------------------------------------------------------
     def connect(self) -> None:
@@ -107,29 +112,27 @@ class ServingControl:
         self.reconcile()
 
     def reconcile(self) -> None:
-        """Live releases missing from Serve are deployed (after a Ray restart, or a deploy that
-        failed), ended releases still deployed are deleted (a rollback cut off before its delete),
-        and the router re-reads every route. A live release that cannot start (a file refused, a
-        broken model) is logged and tried again on the next pass; the others go on."""
+        """Base pools missing from Serve are started for the live releases (after a Ray restart, or
+        a start that failed) and their adapters loaded; pools no live release uses are deleted, as
+        are per-version applications of earlier versions of this code; the router re-reads every
+        route. A live release that cannot start (a file refused, a broken model) is logged and
+        tried again on the next pass; the others go on."""
+        from ray import serve
+
+        from datacreek_assets.serving.app import pool_name
+
         running = self.applications()
-        for tenant, route in self.store.all_routes().items():
-            for version in route.live:
-                if running.get(deployment_name(tenant, version), "DEPLOY_FAILED") == "DEPLOY_FAILED":
-                    try:
-                        self._deploy(self.store.release(tenant, version), new=False)
-                    except ServingError as err:  # one release that cannot start holds up no other tenant
-                        LOG.warning("reconcile: %s", err)
-                        # what failed goes (not a deploy that a concurrent pass has under way)
-                        if self.applications().get(deployment_name(tenant, version)) == "DEPLOY_FAILED":
-                            self._undeploy(tenant, version)
+        live = self.store.live_releases()
+        for release in live:
+            if release.model is None or running.get(pool_name(release.model.sha256)) != "RUNNING":
+                try:
+                    self._deploy(release)
+                except ServingError as err:  # one release that cannot start holds up no other tenant
+                    LOG.warning("reconcile: %s", err)
         for name in running:
-            parsed = parse_deployment(name)
-            if parsed is None:
-                continue
-            release = self.store.release(*parsed)
-            # (no release row: a deploy whose record is being written right now; leave it)
-            if release is not None and release.status not in LIVE:
-                self._undeploy(*parsed)
+            if parse_deployment(name) is not None:  # a model per version, as releases were served before
+                serve.delete(name)
+        self._drop_unused_pools()
         self._admin("POST", "/admin/v1/reload")
 
     def applications(self) -> dict[str, str]:
@@ -138,27 +141,82 @@ class ServingControl:
         self.connect()
         return {name: getattr(app.status, "value", str(app.status)) for name, app in serve.status().applications.items()}
 
-    def _deploy(self, release: Release, injected_delay_s: float = 0.0, new: bool = True) -> None:
+    def _deploy(self, release: Release) -> None:
+        """The release's base pool is running and its adapter loaded there: fetched, its digest
+        checked and loaded once before a client's request (a refused file fails the release here)."""
         from ray import serve
 
-        from datacreek_assets.serving.app import ModelServer
+        from datacreek_assets.serving.app import AdapterServer, adapter_model_id
 
         name = deployment_name(release.tenant_id, release.version)
         if release.model is None:
             release = self.adopt_legacy_files(release)
-        self.connect()
-        app = ModelServer.options(name=name, user_config={"injected_delay_s": injected_delay_s},
-                                  ray_actor_options={"num_cpus": self.replica_cpus}).bind(
-            release.tenant_id, release.version, release.model.as_dict(),
-            release.adapter.as_dict() if release.adapter else None, self._source().as_dict(), self.n_ctx,
-            self.threads)
+        pool = self.ensure_pool(release.model)
+        if release.adapter is None:
+            return
+        handle = serve.get_deployment_handle(AdapterServer.name, app_name=pool).options(
+            multiplexed_model_id=adapter_model_id(release.tenant_id, release.version, release.adapter))
+        probe = {"tenant": release.tenant_id, "version": release.version, "max_tokens": 1, "temperature": 0.0,
+                 "messages": [{"role": "user", "content": "hello"}]}
+        try:
+            handle.remote(probe).result(timeout_s=300)
+        except Exception as err:  # the replica's exception: its last line says what was refused
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+            raise ServingError(f"deploying {name} failed: {lines[-1][:500] if lines else type(err).__name__}") \
+                from err
+
+    def ensure_pool(self, model: ModelRef) -> str:
+        """The base pool of ``model`` runs (started if it does not): its application name. A pool
+        that runs is never redeployed: that would restart every tenant's replicas of that base."""
+        from ray import serve
+
+        from datacreek_assets.serving.app import AdapterServer, pool_name
+
+        name = pool_name(model.sha256)
+        deadline = time.monotonic() + 300
+        while (status := self.applications().get(name)) in ("DEPLOYING", "DELETING") and time.monotonic() < deadline:
+            time.sleep(0.5)  # another pass is starting (or removing) it
+        if status == "RUNNING":
+            return name
+        app = AdapterServer.options(
+            ray_actor_options={"num_cpus": self.replica_cpus},
+            autoscaling_config={"min_replicas": 1, "max_replicas": self.pool_max_replicas,
+                                "target_ongoing_requests": 2}).bind(
+            model.as_dict(), self._source().as_dict(), self.store_url, self.n_ctx, self.threads)
         try:
             serve.run(app, name=name, route_prefix=None)
         except Exception as err:
             cause = self._replica_error(name)
-            if new:  # a new deployment that failed to start leaves nothing behind; a live one stays
-                serve.delete(name)
-            raise ServingError(f"deploying {name} failed: {err}{f' ({cause})' if cause else ''}") from err
+            serve.delete(name)  # a pool that failed to start leaves nothing behind
+            raise ServingError(f"starting the base pool {name} failed: {err}{f' ({cause})' if cause else ''}") \
+                from err
+        return name
+
+    def _drop_unused_pools(self) -> list[str]:
+        """Delete the base pools no live release uses. (A release being deployed right now has its
+        pool put back by the next reconcile if this pass deletes it before the release is recorded.)"""
+        from ray import serve
+
+        from datacreek_assets.serving.app import POOL_PREFIX, pool_name
+
+        used = {pool_name(r.model.sha256) for r in self.store.live_releases() if r.model is not None}
+        unused = [name for name in self.applications() if name.startswith(POOL_PREFIX) and name not in used]
+        for name in unused:
+            serve.delete(name)
+        return unused
+
+    def adapters_loaded(self) -> set[tuple[str, str]]:
+        """(tenant, version) of the adapters the base pools hold (asked of one replica per pool)."""
+        from ray import serve
+
+        from datacreek_assets.serving.app import POOL_PREFIX, AdapterServer
+
+        loaded = set()
+        for name, status in self.applications().items():
+            if name.startswith(POOL_PREFIX) and status == "RUNNING":
+                handle = serve.get_deployment_handle(AdapterServer.name, app_name=name)
+                loaded.update(tuple(pair) for pair in handle.loaded.remote().result(timeout_s=60))
+        return loaded
 
     @staticmethod
     def _replica_error(name: str) -> str:
@@ -199,18 +257,14 @@ class ServingControl:
         except Exception as err:  # the store or the files: this release's problem, reported as such
             raise ServingError(f"{name}: publishing its files failed: {type(err).__name__}: {err}") from err
 
-    def _undeploy(self, tenant: str, version: str) -> None:
-        from ray import serve
-
-        self.connect()
-        serve.delete(deployment_name(tenant, version))
-
     def inject_delay(self, tenant: str, version: str, delay_s: float) -> None:
-        """Canary drill: every replica of `<tenant>-<version>` adds `delay_s` to each request."""
-        match = [r for r in self.store.live(tenant).values() if r.version == version]
-        if not match:
-            raise ServingError(f"{deployment_name(tenant, version)} is not live")
-        self._deploy(match[0], injected_delay_s=delay_s, new=False)
+        """Canary drill: every request to `<tenant>-<version>` waits `delay_s` first (recorded in
+        the release store; the router adds it to each request it sends that version)."""
+        try:
+            self.store.set_injected_delay(tenant, version, delay_s)
+        except ReleaseConflict as err:
+            raise ServingError(str(err)) from None
+        self.reload_router(tenant)
 
     # -- the router's admin API ---------------------------------------------------
     def _admin(self, method: str, path: str) -> dict:
@@ -243,7 +297,6 @@ class ServingControl:
             self.store.end(tenant, superseded.version, "retired", f"superseded by {candidate.version}",
                            expect="canary")
             self.reload_router(tenant)
-            self._undeploy(tenant, superseded.version)
         steps = self._release_canary(tenant, candidate.version, candidate.base_path, candidate.adapter_path,
                                      candidate.base_path, weight, candidate.run_key)
         route = self.store.route(tenant)
@@ -296,22 +349,22 @@ class ServingControl:
         if status in self.store.live(tenant):
             raise ReleaseConflict(f"tenant {tenant!r} already has a {status} release")
         probe = Release(tenant, version, status, model, adapter, weight, None, None, None, {}, run_key)
+        # (a release that is not recorded after all leaves an adapter loaded that no route
+        # reaches: the pool's replicas drop it at their next check of the store)
         self._deploy(probe)
-        try:
-            self.store.start(tenant, version, status, model, adapter, weight, run_key)
-        except Exception:
-            self._undeploy(tenant, version)
-            raise
+        self.store.start(tenant, version, status, model, adapter, weight, run_key)
 
     def rollback(self, tenant: str, version: str, reason: str, numbers: dict) -> dict:
-        """Record the rollback, take the traffic off, delete the deployment. Once recorded, a
-        failure of the other two is left to the next `reconcile` (and said in the result)."""
+        """Record the rollback and take the traffic off; the pool's replicas drop the adapter at
+        their next check of the store (`LIVE_CHECK_S`), and a pool no release uses any more is
+        deleted. Once recorded, a failure of the rest is left to the next `reconcile` (and said
+        in the result)."""
         started = time.perf_counter()
         self.store.end(tenant, version, "rolled_back", reason, numbers, expect="canary")
         try:
             self.reload_router(tenant)
             traffic_off = time.perf_counter() - started
-            self._undeploy(tenant, version)
+            self._drop_unused_pools()
         except Exception as err:  # Ray's or the router's: reconcile finishes the job
             return {"unfinished": f"{type(err).__name__}: {err}; the next reconcile finishes it"}
         return {"traffic_off_s": round(traffic_off, 3), "removed_s": round(time.perf_counter() - started, 3)}
@@ -321,26 +374,22 @@ class ServingControl:
         retired = self.store.promote(tenant, version, reason, numbers)
         self.reload_router(tenant)
         if retired is not None:
-            self._undeploy(tenant, retired.version)
+            self._drop_unused_pools()
         return retired.version if retired else None
 
     def remove_tenant(self, tenant: str) -> list[str]:
-        """Tenant removal: every deployment of the tenant goes (whatever the store says, so an
-        earlier half-done change leaves nothing behind), then its keys and release history."""
+        """Tenant removal: its live releases end and its routes go (the pools' replicas drop its
+        adapters at their next check of the store), then its keys and release history. Returns
+        the versions that were live."""
         validate_tenant_id(tenant)
+        ended = []
         for release in self.store.live(tenant).values():
             self.store.end(tenant, release.version, "retired", "tenant removed")
-        deployed = []
-        if self.store.releases(tenant):  # only then can Serve hold something of this tenant
-            self.ensure_router()
-            deployed = [parsed[1] for name in self.applications()
-                        if (parsed := parse_deployment(name)) is not None and parsed[0] == tenant]
-            for version in deployed:
-                self._undeploy(tenant, version)
+            ended.append(release.version)
+        if self.store.releases(tenant):  # only then can Serve or the router hold something of it
+            self.ensure_router()  # (reconcile: routes re-read, unused pools deleted)
         self.store.forget_tenant(tenant)
-        if deployed:
-            self.reload_router(tenant)
-        return deployed
+        return ended
 
     # -- canary health -----------------------------------------------------------------
     def judge(self, tenant: str, policy: CanaryPolicy) -> CanaryOutcome | None:

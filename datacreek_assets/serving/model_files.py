@@ -29,7 +29,7 @@ from datacreek_assets.tenancy import validate_tenant_id
 BASE_PREFIX = "models/base"
 ADAPTER_FOLDER = "models/adapters"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-TOUCH_EVERY_S = 300.0  # a running replica marks its files in use this often (ModelServer.check_health)
+TOUCH_EVERY_S = 300.0  # a running replica marks its files in use this often (AdapterServer.check_health)
 SWEEP_EVERY_S = 3600.0  # and sweeps its node's cache this often, also when no replica starts there
 MIN_IDLE_S = 900.0  # a file used this recently is never evicted: a replica runs on it, or is about to open it
 MAX_IDLE_S = 7 * 24 * 3600.0  # unused this long, a file goes whatever the budget (erasure: within 30 days)
@@ -133,12 +133,21 @@ class ModelCache:
     def fetch(self, ref: ModelRef, tenant_id: str) -> Path:
         return self.fetch_all([ref], tenant_id)[0]
 
+    def fetch_base(self, ref: ModelRef) -> Path:
+        """A shared base model's file (a base pool serves every tenant): its key must be the base's."""
+        if ref.key != base_key(ref.sha256):
+            raise ModelFileError(f"model file {ref.key!r} is not a shared base model")
+        return self._fetch([ref])[0]
+
     def fetch_all(self, refs: list[ModelRef], tenant_id: str) -> list[Path]:
         """The files' local paths, each fetched and checked first if needed. A cached copy is
         checked again once per process (a file changed on the node's disk is fetched anew)."""
         for ref in refs:
             if not readable_by(ref, tenant_id):
                 raise ModelFileError(f"tenant {tenant_id!r} may not read model file {ref.key!r}")
+        return self._fetch(refs)
+
+    def _fetch(self, refs: list[ModelRef]) -> list[Path]:
         paths = []
         with self._exclusive():
             for ref in refs:

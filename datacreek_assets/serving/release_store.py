@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,6 +22,7 @@ from datacreek_assets.sql import open_store
 from datacreek_assets.tenancy import validate_tenant_id
 
 KEY_PREFIX = "dck_"
+STORE_URL_ENV = "DATACREEK_SERVING_STORE_URL"
 LIVE = ("production", "canary")  # then rolled_back or retired
 
 
@@ -56,6 +58,8 @@ class ReleaseRow(_Base):
     adapter_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     adapter_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     run_key: Mapped[str | None] = mapped_column(String(128), nullable=True)  # the training it serves; None: a base
+    # a canary drill's fault: the latency every request to this version is given (None: none)
+    injected_delay_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     canary_weight: Mapped[float] = mapped_column(Float, default=0.0)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -79,6 +83,7 @@ class Release:
     # a release recorded when releases held local paths: (model path, adapter path), until
     # ServingControl.adopt_legacy_files publishes them and records their keys and digests
     legacy_files: tuple[str, str | None] | None = None
+    injected_delay_s: float = 0.0
 
     @classmethod
     def of(cls, row: ReleaseRow) -> "Release":
@@ -87,12 +92,20 @@ class Release:
         if not row.model_sha256:  # legacy: the key columns hold local paths
             return cls(row.tenant_id, row.version, row.status, None, None, row.canary_weight, started, row.ended_at,
                        row.reason, numbers, row.run_key or _legacy_run_key(row.adapter_key),
-                       (row.model_key, row.adapter_key))
+                       (row.model_key, row.adapter_key), row.injected_delay_s or 0.0)
         model = ModelRef(row.model_key, row.model_sha256, row.model_size)
         adapter = (ModelRef(row.adapter_key, row.adapter_sha256, row.adapter_size)
                    if row.adapter_key and row.adapter_sha256 else None)
         return cls(row.tenant_id, row.version, row.status, model, adapter, row.canary_weight,
-                   started, row.ended_at, row.reason, numbers, row.run_key)
+                   started, row.ended_at, row.reason, numbers, row.run_key, None, row.injected_delay_s or 0.0)
+
+
+def replica_store_url(given: str) -> str:
+    """The release store as Serve's replicas (the router, the base pools) reach it: a cluster's
+    Ray pods name it in their environment, with the platform's role, which reads every tenant's
+    keys and releases. The URL a release step passes may be its tenant's own role, which sees
+    that tenant's rows only. A local head has no such variable: the given URL is the same store."""
+    return os.environ.get(STORE_URL_ENV) or given
 
 
 def _legacy_run_key(adapter_path: str | None) -> str | None:
@@ -178,6 +191,19 @@ class ServingStore:
     def live(self, tenant_id: str) -> dict[str, Release]:
         """{'production': ..., 'canary': ...} for the releases serving now."""
         return {r.status: r for r in self.releases(tenant_id) if r.status in LIVE}
+
+    def live_releases(self) -> list[Release]:
+        """Every tenant's live releases (what the router routes to and base pools keep loaded)."""
+        with Session(self.engine) as session:
+            rows = session.scalars(select(ReleaseRow).where(ReleaseRow.status.in_(LIVE)).order_by(ReleaseRow.id))
+            return [Release.of(r) for r in rows]
+
+    def set_injected_delay(self, tenant_id: str, version: str, delay_s: float) -> None:
+        """Canary drill: every request to this live version waits ``delay_s`` first (0: none)."""
+        if not 0.0 <= delay_s <= 60.0:
+            raise ValueError(f"an injected delay of {delay_s} s is not within [0, 60]")
+        with Session(self.engine) as session, session.begin():
+            self._live_row(session, tenant_id, version).injected_delay_s = delay_s or None
 
     def route(self, tenant_id: str) -> Route | None:
         live = self.live(tenant_id)

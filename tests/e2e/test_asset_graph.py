@@ -17,6 +17,7 @@ from datacreek_assets.runner import TENANT_TAG, main_graph, materialize_tenant
 from datacreek_assets.serving.routing import Route
 from datacreek_assets.tenant_lifecycle import add_tenant, remove_tenant
 from resources.factory import open_tenant_stores
+from tests.serving_checks import adapters_dropped
 from tests.stored_text import feature_store_text, folder_text, marked_module, object_store_text, online_values_held
 
 pytestmark = pytest.mark.e2e
@@ -40,7 +41,7 @@ def tenant(local_resources, instance):
         assert not finetune.tenant_dir(TENANT).exists()  # a reused id inherits no model
         assert finetune.tracking(TENANT).client.search_runs([finetune.tracking(TENANT).experiment_id]) == []
         control = local_resources["serving"].control()
-        assert not [app for app in control.applications() if app.startswith(f"{TENANT}-")]
+        assert adapters_dropped(control, [TENANT])
         assert control.store.releases(TENANT) == [] and control.store.keys(TENANT) == []
         control.close()
 
@@ -230,7 +231,8 @@ def test_every_asset_materializes_for_a_small_tenant(services, local_resources, 
     assert control.store.route(TENANT) == Route("v1", "v2", 0.05)
     drill = canary_scene(defs, instance, local_resources, TENANT, rate_per_s=15, spike_s=0.3)
     assert drill.outcome == "rolled_back" and drill.version == "v2", drill
-    assert control.store.route(TENANT) == Route("v1") and f"{TENANT}-v2" not in control.applications()
+    assert control.store.route(TENANT) == Route("v1") and adapters_dropped(control, [TENANT], ("v2",))
+    assert (TENANT, "v1") in control.adapters_loaded()
     shown = instance.get_latest_materialization_event(dg.AssetKey("canary_release")).asset_materialization
     assert shown.partition == TENANT and shown.metadata["status"].value == "rolled_back"
     control.close()

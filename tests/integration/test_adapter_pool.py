@@ -115,9 +115,12 @@ def test_eviction_takes_the_adapter_off_and_a_bad_file_is_refused(tenant_models,
     assert pool.evict(adapters[alpha]) and not pool.evict(adapters[alpha])
     assert pool.active is None
     assert answer(pool.complete(alpha, REQUEST, None)) == expected[None]
-    # only the live versions stay
+    # only the live versions stay, and one loaded within the grace period (not yet recorded)
     pool.load(adapters[gamma])
-    assert pool.evict_all_but({adapters[gamma]}) == [adapters[beta]]
+    assert pool.evict_ended({(gamma, "v1")}, grace_s=3600) == []
+    assert pool.evict_ended({(gamma, "v1")}, grace_s=3600, ended={(beta, "v1")}) == [adapters[beta]]
+    assert pool.evict_ended(set()) == [adapters[gamma]]
+    pool.load(adapters[gamma])
     assert pool.loaded_adapters() == [adapters[gamma]]
 
     garbage = tmp_path / "adapter.gguf"

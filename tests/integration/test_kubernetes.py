@@ -220,7 +220,8 @@ def test_the_serving_raycluster_matches_the_kuberay_crd_schema(serving_chart, tm
         assert env["RAY_AUTH_MODE"] == "token" and env["OMP_NUM_THREADS"] == "1"
         assert pod["metadata"]["labels"]["app.kubernetes.io/name"] == "ray"  # what the tenants' egress names
         assert {m["mountPath"] for m in main["volumeMounts"]} >= {"/var/cache/datacreek/models", "/etc/ray-auth"}
-        assert main["envFrom"] == [{"secretRef": {"name": "datacreek-model-store"}}]
+        assert main["envFrom"] == [{"secretRef": {"name": "datacreek-model-store"}},
+                                   {"secretRef": {"name": "datacreek-serving-store"}}]
     broken = json.loads(json.dumps(cluster))
     broken["spec"]["workerGroupSpecs"][0]["replicas"] = "two"
     with pytest.raises(jsonschema.ValidationError):

@@ -20,10 +20,11 @@ from datacreek_assets.defs.serving.sensors import canary_health_sensor
 from datacreek_assets.finetune.fixtures import random_adapter_release
 from datacreek_assets.local_services import free_port
 from datacreek_assets.partitions import TENANTS_PARTITION
-from datacreek_assets.serving.control import ServingError, parse_deployment
+from datacreek_assets.serving.control import ServingError
 from datacreek_assets.serving.routing import BUCKETS, Route, canary_bucket
 from datacreek_assets.serving.traffic import TrafficGenerator
 from tests.raw_http import raw_status
+from tests.serving_checks import adapters_dropped
 
 pytestmark = pytest.mark.integration
 
@@ -64,9 +65,8 @@ def tenants(control, model_files):
     yield make
     for tenant in made:
         control.remove_tenant(tenant)
-        assert not [name for name in control.applications() if parse_deployment(name)
-                    and parse_deployment(name)[0] == tenant]
         assert control.store.releases(tenant) == [] and control.store.keys(tenant) == []
+    assert adapters_dropped(control, made)
 
 
 def chat(control, key: str | None, body=BODY, authorization: str | None = None, **headers) -> requests.Response:
@@ -196,6 +196,7 @@ def traffic(control, key: str) -> TrafficGenerator:
 
 def test_a_latency_spike_in_the_canary_is_rolled_back_by_the_sensor(control, serving, tenants, instance):
     tenant, key = tenants()
+    assert (tenant, "v1") in control.adapters_loaded()  # loaded on its base's pool before it was routed
     drill = with_policy(serving, min_requests=8, promote_after_s=3600.0)
     control.inject_delay(tenant, "v1", 0.25)
     load = traffic(control, key)
@@ -219,7 +220,7 @@ def test_a_latency_spike_in_the_canary_is_rolled_back_by_the_sensor(control, ser
     assert not result.run_requests
     release = control.store.release(tenant, "v1")
     assert release.status == "rolled_back" and release.numbers["canary_p99_s"] == meta["canary_p99_s"]
-    assert f"{tenant}-v1" not in control.applications()
+    assert adapters_dropped(control, [tenant], ("v1",))  # no replica deleted: the adapter is dropped
     assert control.store.route(tenant) == Route("base")
     assert {chat(control, key, X_Request_Id=f"after-{i}").headers["X-Release-Role"] for i in range(60)} == {"production"}
     assert chat(control, key, X_Model_Version="v1").status_code == 404
@@ -257,7 +258,7 @@ def test_a_healthy_canary_is_promoted_and_the_old_version_retired(control, servi
     assert meta["production"] == "v1" and meta["retired"] == "base"
     assert control.store.route(tenant) == Route("v1")
     assert control.store.release(tenant, "base").status == "retired"
-    assert f"{tenant}-base" not in control.applications()
+    assert (tenant, "v1") in control.adapters_loaded()
     assert {chat(control, key, X_Request_Id=f"p-{i}").headers["X-Served-By"] for i in range(40)} == {f"{tenant}-v1"}
 
 
@@ -265,9 +266,8 @@ def test_a_rollback_cut_off_half_way_is_finished_by_the_next_check(control, serv
     tenant, key = tenants()
     # the control plane recorded the rollback, then died before telling the router or Serve
     control.store.end(tenant, "v1", "rolled_back", "recorded, then the process died", expect="canary")
-    assert f"{tenant}-v1" in control.applications()
     assert control.check_canaries(serving.policy()) == []  # no live canary left to judge
-    assert f"{tenant}-v1" not in control.applications()
+    assert adapters_dropped(control, [tenant], ("v1",))
     assert {chat(control, key, X_Request_Id=f"h-{i}").headers["X-Release-Role"] for i in range(60)} == {"production"}
     assert chat(control, key, X_Model_Version="v1").status_code == 404
 
@@ -281,22 +281,20 @@ def test_a_canary_that_cannot_start_leaves_nothing_behind(control, model_files, 
     try:
         with pytest.raises(ServingError, match="deploying"):
             control.release_canary(tenant, "v1", str(base), str(broken), str(base), 0.05)
-        assert f"{tenant}-v1" not in control.applications() and control.store.release(tenant, "v1") is None
+        assert (tenant, "v1") not in control.adapters_loaded() and control.store.release(tenant, "v1") is None
         # the base model it was to be compared with went live and is routed
         assert control.store.route(tenant) == Route("base")
         reply = chat(control, key)
         assert reply.status_code == 200 and reply.headers["X-Served-By"] == f"{tenant}-base"
     finally:
         control.remove_tenant(tenant)
-    assert f"{tenant}-base" not in control.applications()
+    assert control.store.releases(tenant) == [] and control.store.route(tenant) is None
 
 
-def test_a_model_file_changed_in_the_object_store_is_refused_by_the_replica(control, model_files, caplog):
+def test_a_model_file_changed_in_the_object_store_is_refused_by_the_replica(control, model_files):
     """Replicas fetch releases' files from the object store by digest: an adapter whose stored
     bytes no longer match the digest its release names is never loaded, and holds up nothing
     else; releasing the file again replaces the changed copy."""
-    import logging
-
     from datacreek_assets.object_store import TenantObjectStore
     from datacreek_assets.serving.model_files import publish_adapter, publish_base
 
@@ -311,11 +309,12 @@ def test_a_model_file_changed_in_the_object_store_is_refused_by_the_replica(cont
     try:
         control.store.start(tenant, "base", "production", base_ref, None)
         control.store.start(tenant, "v1", "canary", base_ref, ref, 0.05)
-        with caplog.at_level(logging.WARNING, logger="datacreek_assets.serving.control"):
-            control.reconcile()
-        assert f"deploying {tenant}-v1 failed" in caplog.text and "SHA-256" in caplog.text
-        apps = control.applications()
-        assert f"{tenant}-v1" not in apps and apps.get(f"{tenant}-base") == "RUNNING"
+        control.reconcile()  # the router reads the routes
+        with pytest.raises(ServingError, match=f"deploying {tenant}-v1 failed: .*SHA-256"):
+            control._deploy(control.store.release(tenant, "v1"))
+        refused = chat(control, key, X_Model_Version="v1")  # the router sends it: the replica refuses the file
+        assert refused.status_code == 503 and f"{tenant}-v1" in refused.json()["error"]["message"]
+        assert (tenant, "v1") not in control.adapters_loaded()
         assert not (Path(control.model_source.cache_dir) / ref.key).exists()
         reply = chat(control, key, X_Model_Version="base")
         assert reply.status_code == 200 and reply.headers["X-Served-By"] == f"{tenant}-base"
@@ -422,9 +421,8 @@ def test_the_ray_head_killed_during_a_canary_comes_back_with_every_route_and_no_
 
     alpha, alpha_key = tenants("v1", adapter=0, weight=0.5)
     beta, beta_key = tenants("v2", adapter=1, weight=0.5)
-    live = {name for name in control.applications() if parse_deployment(name)
-            and parse_deployment(name)[0] in (alpha, beta)}
-    assert live == {f"{alpha}-base", f"{alpha}-v1", f"{beta}-base", f"{beta}-v2"}
+    live = {(alpha, "v1"), (beta, "v2")}
+    assert live <= control.adapters_loaded()
 
     # this driver lets go first: a Ray driver whose GCS stays unreachable ends its own process
     ray.shutdown()
@@ -462,7 +460,5 @@ def test_the_ray_head_killed_during_a_canary_comes_back_with_every_route_and_no_
     assert {tenant for tenant, _ in served} == {alpha, beta}  # both came back
     assert all(by.startswith(f"{tenant}-") for tenant, by in served), Counter(served)  # never another's model
     assert None in {status for _, status, _ in answers}  # requests did meet the dead head
-    again = {name for name in recovered.applications() if parse_deployment(name)
-             and parse_deployment(name)[0] in (alpha, beta)}
-    assert again == live
+    assert live <= recovered.adapters_loaded()  # the pool came back with both adapters loaded
     recovered.close()

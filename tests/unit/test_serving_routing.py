@@ -167,6 +167,30 @@ def test_release_lifecycle_and_conflicts(store):
     assert store.releases("acme") == []
 
 
+def test_live_releases_and_drill_delays(store, monkeypatch):
+    from datacreek_assets.serving.release_store import replica_store_url
+
+    store.start("acme", "base", "production", BASE, None)
+    store.start("acme", "v1", "canary", BASE, A1, 0.05)
+    store.start("globex", "base", "production", BASE, None)
+    assert {(r.tenant_id, r.version) for r in store.live_releases()} == {("acme", "base"), ("acme", "v1"),
+                                                                      ("globex", "base")}
+    store.set_injected_delay("acme", "v1", 0.25)
+    assert store.release("acme", "v1").injected_delay_s == 0.25 and store.release("acme", "base").injected_delay_s == 0
+    for bad in (-1.0, 61.0):
+        with pytest.raises(ValueError):
+            store.set_injected_delay("acme", "v1", bad)
+    store.end("acme", "v1", "rolled_back", "slow")
+    with pytest.raises(ReleaseConflict):  # a drill on what is not live
+        store.set_injected_delay("acme", "v1", 0.0)
+    assert ("acme", "v1") not in {(r.tenant_id, r.version) for r in store.live_releases()}
+    # the router and the pools read the store with their own pods' URL where they have one
+    monkeypatch.delenv("DATACREEK_SERVING_STORE_URL", raising=False)
+    assert replica_store_url("sqlite:///given.db") == "sqlite:///given.db"
+    monkeypatch.setenv("DATACREEK_SERVING_STORE_URL", "postgresql+psycopg://platform@db/serving")
+    assert replica_store_url("postgresql+psycopg://dc_tenant_acme@db/serving") == "postgresql+psycopg://platform@db/serving"
+
+
 def test_a_release_store_made_before_model_digests_gains_their_columns(sql_url, tmp_path):
     """A table from when releases held local paths: opened, it gains the new nullable columns. Its
     old rows read back with their paths and the training they serve (for model GC and erasure);

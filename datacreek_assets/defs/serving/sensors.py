@@ -1,6 +1,6 @@
 """The canary health sensor: every tick it judges each live canary against production over the
-router's sliding window. An unhealthy canary is rolled back on the spot (traffic to 0, the
-deployment removed, the release recorded as rolled back and a `canary_release` materialization
+router's sliding window. An unhealthy canary is rolled back on the spot (traffic to 0, its
+adapter dropped by its pool, the release recorded as rolled back and a `canary_release` materialization
 with the numbers, which the operator sees in the UI); a healthy one gets a `production_release` run."""
 
 import time

@@ -14,6 +14,8 @@ env:
 envFrom:
   - secretRef:
       name: {{ .Values.modelStoreSecret }}
+  - secretRef:
+      name: {{ .Values.storeSecret }}
 volumeMounts:
   - {name: ray-auth, mountPath: /etc/ray-auth, readOnly: true}
   - {name: model-cache, mountPath: {{ .Values.modelCache.mountPath }}}
