@@ -171,7 +171,7 @@ def comparisons(quick: bool = False) -> list[Comparison]:
             phases = drill["phases"][kind]
             rollout, off, removed = (statistics.median(p[i] for p in phases) for i in range(3))
             return (f"{kind}: median spike roll-out {rollout:.2f} s, traffic off the canary {off:.2f} s, "
-                    f"deployment removed {removed:.2f} s after the spike started")
+                    f"out of every route {removed:.2f} s after the spike started")
 
         return (f"at {RATE:g} requests/s (5 % canary, +{SPIKE_S * 1000:.0f} ms spike, tick {TICK_S:g} s, "
                 f"{len(drill['phases']['window'])} rounds each); {summary('window')}; {summary('prometheus')}; "

@@ -121,8 +121,8 @@ class Connection:
 PLATFORM_PODS = ("dagster", "kafka", "datacreek-stream", "ray")
 # labels a platform pod carries besides app.kubernetes.io/name (KubeRay adds ray.io/cluster)
 _POD_LABELS = {"ray": {"ray.io/cluster": "datacreek-serving"}}
-# what tenants may open to the Ray pods: the router's port (Serve's proxy) and the GCS
-RAY_TENANT_PORTS = "{protocols:TCP,dst_ports:6379,8000}"
+# what tenants may open to the Ray pods: the router's port (Serve's proxy) and the Ray Client
+RAY_TENANT_PORTS = "{protocols:TCP,dst_ports:8000,10001}"
 
 
 def model_cluster(tenants: list[str], platform_pods: tuple[str, ...] = PLATFORM_PODS) -> list[dict]:
@@ -206,7 +206,7 @@ def platform_exposure(policies: list[dict], tenants: list[str]) -> dict[str, set
 def platform_holes(exposure: dict[str, set[str]], kafka_tenant_port: int = 9094) -> list[str]:
     """Kafka open on anything but its tenant listener (the platform's listener authenticates no
     one); the stream job open at all (its REST API controls the job every tenant depends on);
-    Ray open on anything but the router's port and the GCS (its dashboard and client run jobs)."""
+    Ray open on anything but the router's port and the Ray Client (its GCS and dashboard run jobs)."""
     holes = [f"tenants -> kafka: {c}" for c in sorted(exposure.get("kafka", ()))
              if c != f"{{protocols:TCP,dst_ports:{kafka_tenant_port}}}"]
     holes += [f"tenants -> ray: {c}" for c in sorted(exposure.get("ray", ())) if c != RAY_TENANT_PORTS]

@@ -268,6 +268,6 @@ def _echo_canary(tenant_id: str, scene) -> None:
     click.echo(f"  reason: {scene.reason}")
     if scene.rollback_timings:
         click.echo(f"  traffic off the canary {scene.rollback_timings.get('traffic_off_s')}s after the verdict, "
-                   f"rollback finished (unused pools deleted) after {scene.rollback_timings.get('removed_s')}s")
+                   f"out of every route after {scene.rollback_timings.get('removed_s')}s (its pool drops the adapter within 5 s)")
 
 

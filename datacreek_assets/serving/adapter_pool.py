@@ -7,10 +7,12 @@ least-recently-used set of adapters loaded against it; each completion sets its 
 the one llama.cpp context (`llama_set_adapters_lora`) before it runs.
 
 Isolation: an adapter is loaded under its (tenant, version, digest) and a completion names the
-tenant it answers for; one naming another tenant's adapter is refused. Switching adapters drops
-the context's cached prompt (its keys and values were computed with the other adapter's
-weights), and an adapter is freed only under the lock that completions hold, after it is
-taken off the context: no completion ever runs with an adapter that is not its own or is gone.
+tenant it answers for; one naming another tenant's adapter is refused. The context's cached
+prompt is dropped whenever the adapter or the tenant changes: its keys and values were computed
+with another adapter's weights, and even on the base alone a tenant must not find another's
+prompt there (a prefix that matches answers faster). An adapter is freed only under the lock
+that completions hold, after it is taken off the context: no completion ever runs with an
+adapter that is not its own or is gone.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from datacreek_assets.serving.routing import validate_version
 from datacreek_assets.tenancy import validate_tenant_id
 
 DEFAULT_CAPACITY = 32  # adapters per replica (a rank-8 SmolLM2 adapter holds ~9 MiB)
-SAVED_STATES = 16  # adapters whose cached prompt is kept when the context switches away
 
 
 class AdapterError(RuntimeError):
@@ -72,10 +73,7 @@ class AdapterPool:
         self.loaded: OrderedDict[AdapterFile, int] = OrderedDict()  # adapter -> llama.cpp handle, LRU first
         self.loaded_at: dict[AdapterFile, float] = {}
         self.active: AdapterFile | None = None  # the adapter set on the context (None: the base alone)
-        # the last context state of the most recently used adapters (~8 MiB each with SmolLM2, most
-        # of it the logits): switching back to one restores it, so the chat template's prefix is
-        # not read again with that adapter (~70 ms of a 340 ms completion)
-        self.states: OrderedDict[AdapterFile | None, object] = OrderedDict()
+        self.cached_for: str | None = None  # the tenant whose prompt the context holds
         self.loads = self.evictions = self.swaps = 0
 
     # -- adapters -----------------------------------------------------------------------
@@ -135,7 +133,6 @@ class AdapterPool:
             return False
         if self.active == adapter:  # off the context before it is freed
             self._set_on_context(None, None)
-        self.states.pop(adapter, None)
         self.loaded_at.pop(adapter, None)
         llama_cpp.llama_adapter_lora_free(handle)
         self.evictions += 1
@@ -153,38 +150,43 @@ class AdapterPool:
             self.llm.reset()  # whatever the context holds now, no cached prompt is trusted
             raise AdapterError(f"llama.cpp refused to set the adapter of {adapter.name if adapter else 'the base'} "
                                f"(status {status})")
-        # The cached prompt's keys and values were computed with the previous adapter's weights:
-        # they are kept for that adapter, and this one's own, if any, come back.
-        if self.llm.n_tokens and (self.active is None or self.active in self.loaded):
-            self.states[self.active] = self.llm.save_state()
-            while len(self.states) > SAVED_STATES:
-                self.states.popitem(last=False)
-        saved = self.states.pop(adapter, None)
-        if saved is None:
-            self.llm.reset()
-        else:
-            self.llm.load_state(saved)
+        self.llm.reset()  # the cached prompt's keys and values came from the previous adapter
+        self.cached_for = None
         self.active = adapter
         self.swaps += 1
 
     # -- completions -------------------------------------------------------------------
-    def complete(self, tenant: str, request: dict, adapter: AdapterFile | None) -> dict:
+    def is_loaded(self, adapter: AdapterFile) -> bool:
+        with self.lock:
+            return adapter in self.loaded
+
+    def complete(self, tenant: str, request: dict, adapter: AdapterFile | None, load: bool = True) -> dict:
         """An OpenAI chat completion of ``request`` for ``tenant``, with its adapter (None: the
-        base model alone, every tenant's `base` version). Loads the adapter if it is not loaded."""
+        base model alone, every tenant's `base` version). Loads the adapter if it is not loaded,
+        unless ``load`` is False: then an adapter freed meanwhile (an ended release's) is refused."""
         validate_tenant_id(tenant)
         if adapter is not None and adapter.tenant != tenant:
             raise AdapterError(f"a completion for tenant {tenant!r} cannot use the adapter of another tenant")
         with self.lock:
-            if adapter != self.active:
-                self._set_on_context(adapter, self._ensure_loaded(adapter) if adapter else None)
-            elif adapter is not None:
-                self.loaded.move_to_end(adapter)
+            self._prepare(tenant, adapter, load)
             try:
                 return self.llm.create_chat_completion(
                     messages=request["messages"], max_tokens=request["max_tokens"],
                     temperature=request["temperature"], stop=request.get("stop"), seed=0)
             except ValueError as err:  # llama.cpp's "Requested tokens exceed context window"
                 raise PromptTooLong(str(err)) from None
+
+    def _prepare(self, tenant: str, adapter: AdapterFile | None, load: bool = True) -> None:
+        """The context set for ``tenant`` with ``adapter``, holding no other tenant's prompt (under the lock)."""
+        if adapter is not None and adapter not in self.loaded and not load:
+            raise AdapterError(f"the adapter of {adapter.name} is not loaded here")
+        if adapter != self.active:
+            self._set_on_context(adapter, self._ensure_loaded(adapter) if adapter else None)
+        elif adapter is not None:
+            self.loaded.move_to_end(adapter)
+        if self.cached_for != tenant:  # the base alone is shared: one tenant's prompt is not another's
+            self.llm.reset()
+        self.cached_for = tenant
 
     def warm_up(self) -> None:
         """One short completion with the base alone: the first evaluation allocates buffers."""
@@ -193,3 +195,4 @@ class AdapterPool:
                 self._set_on_context(None, None)
             self.llm.create_chat_completion(messages=[{"role": "user", "content": "hello"}], max_tokens=2,
                                             temperature=0.0, seed=0)
+            self.llm.reset()

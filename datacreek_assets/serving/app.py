@@ -97,9 +97,14 @@ class LoadedAdapter:
     used set, the adapter is freed from the pool."""
 
     def __init__(self, pool, adapter):
-        self.pool, self.file = pool, adapter
+        self.pool, self.file, self.freed = pool, adapter, False
 
     def __del__(self):
+        # Serve calls this in an executor when it unloads the adapter, and the interpreter again
+        # when the object goes: only the first may wait for the pool's lock
+        if self.freed:
+            return
+        self.freed = True
         try:
             self.pool.evict(self.file)
         except Exception:  # the replica is shutting down: its context goes with it
@@ -133,21 +138,22 @@ class AdapterServer:
 
     @serve.multiplexed(max_num_models_per_replica=DEFAULT_CAPACITY)
     async def adapter(self, model_id: str) -> LoadedAdapter:
-        from datacreek_assets.serving.adapter_pool import AdapterFile
+        return LoadedAdapter(self.pool, await asyncio.to_thread(self._load, model_id))
 
-        from datacreek_assets.serving.adapter_pool import AdapterError
+    def _load(self, model_id: str):
+        """The adapter of a multiplexed model id, fetched (the tenant's own key, its digest
+        checked) and loaded; refused for a version that was rolled back or retired, whatever a
+        stale router asks (no release yet: one being deployed, loaded before it is recorded)."""
+        from datacreek_assets.serving.adapter_pool import AdapterError, AdapterFile
         from datacreek_assets.serving.release_store import LIVE
 
         tenant, version, ref = parse_adapter_model_id(model_id)
-        # a version rolled back or retired is never loaded again, whatever a stale router asks
-        # (no release yet: one being deployed, whose adapter is loaded before it is recorded)
-        release = await asyncio.to_thread(self.store.release, tenant, version)
+        release = self.store.release(tenant, version)
         if release is not None and release.status not in LIVE:
             raise AdapterError(f"{tenant}-{version} is {release.status}: its adapter is not served")
-        path = await asyncio.to_thread(self.cache.fetch, ref, tenant)  # the tenant's own key, checked
-        adapter = AdapterFile(tenant, version, ref.sha256, path)
-        await asyncio.to_thread(self.pool.load, adapter)
-        return LoadedAdapter(self.pool, adapter)
+        adapter = AdapterFile(tenant, version, ref.sha256, self.cache.fetch(ref, tenant))
+        self.pool.load(adapter)
+        return adapter
 
     async def check_health(self) -> None:
         """Serve's periodic health check. It also drops the adapters of ended releases, keeps this
@@ -181,9 +187,12 @@ class AdapterServer:
         """Free the adapters of versions no longer live: a version with a record that says so
         (rolled back, retired) at once, one with no record (a removed tenant's, or one being
         released right now) after LOAD_GRACE_S."""
+        from datacreek_assets.serving.release_store import LIVE
+
         pending = {(a.tenant, a.version) for a in self.pool.loaded_adapters()} - live
         try:
-            ended = {pair for pair in pending if self.store.release(*pair) is not None}
+            ended = {pair for pair in pending
+                     if (release := self.store.release(*pair)) is not None and release.status not in LIVE}
         except Exception:  # the store: the grace period alone decides
             ended = set()
         if pending:
@@ -205,15 +214,16 @@ class AdapterServer:
             adapter = (await self.adapter(model_id)).file
             if (adapter.tenant, adapter.version) != (tenant, version):
                 raise ValueError(f"the adapter of {adapter.name} was asked for {tenant}-{version}")
-        if request.get("injected_delay_s"):
-            await asyncio.sleep(request["injected_delay_s"])
+            if not self.pool.is_loaded(adapter):  # dropped (its release ended) since Serve cached it
+                adapter = await asyncio.to_thread(self._load, model_id)
         return await asyncio.to_thread(self._complete, tenant, version, request, adapter)
 
     def _complete(self, tenant: str, version: str, request: dict, adapter) -> dict:
         from datacreek_assets.serving.adapter_pool import PromptTooLong
 
         try:
-            reply = self.pool.complete(tenant, request, adapter)
+            # load=False: an adapter dropped between the check above and now is refused, not reloaded
+            reply = self.pool.complete(tenant, request, adapter, load=False)
         except PromptTooLong as err:
             return {"error": {"type": "prompt_too_long", "message": str(err)}}
         reply["model"] = f"{tenant}-{version}"
@@ -383,10 +393,11 @@ class Router:
             if release.adapter is not None:  # to a replica that has the adapter loaded, when one has
                 handle = handle.options(multiplexed_model_id=adapter_model_id(tenant, version, release.adapter))
             self.handles[name] = handle
-        request = {**body.model_dump(exclude={"model"}), "tenant": tenant, "version": version,
-                   "injected_delay_s": release.injected_delay_s}
+        request = {**body.model_dump(exclude={"model"}), "tenant": tenant, "version": version}
         started = time.perf_counter()
         try:
+            if release.injected_delay_s:  # a drill's fault: here, not on the pool shared with other tenants
+                await asyncio.sleep(release.injected_delay_s)
             reply = await handle.remote(request)
         except Exception as err:  # the deployment failed or went away mid-request: no traceback to the client
             # a failure counts in the deployment's window: a canary that fails is judged for it

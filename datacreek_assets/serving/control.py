@@ -5,7 +5,9 @@ judges canaries.
 Order of every change: deploy first (the pool runs and the adapter is loaded; nothing routes
 to it yet), record in the store, reload the router; when a version stops serving: record,
 reload the router (traffic leaves it); the pools' replicas drop its adapter when the store no
-longer lists it, and a pool no live release uses is deleted. The store is the truth:
+longer lists it. Pools are never deleted here: a release step may see its own tenant's releases
+only (row-level security), so "no release uses this base" is not something it can know. The
+store is the truth:
 `reconcile` (run before every canary check and release) brings Ray Serve and the router back
 in line with it, so a change that failed half-way is finished by the next pass instead of
 being tripped over.
@@ -113,9 +115,8 @@ class ServingControl:
 
     def reconcile(self) -> None:
         """Base pools missing from Serve are started for the live releases (after a Ray restart, or
-        a start that failed) and their adapters loaded; pools no live release uses are deleted, as
-        are per-version applications of earlier versions of this code; the router re-reads every
-        route. A live release that cannot start (a file refused, a broken model) is logged and
+        a start that failed) and their adapters loaded; per-version applications of earlier
+        versions of this code are deleted; the router re-reads every route. A live release that cannot start (a file refused, a broken model) is logged and
         tried again on the next pass; the others go on."""
         from ray import serve
 
@@ -132,7 +133,6 @@ class ServingControl:
         for name in running:
             if parse_deployment(name) is not None:  # a model per version, as releases were served before
                 serve.delete(name)
-        self._drop_unused_pools()
         self._admin("POST", "/admin/v1/reload")
 
     def applications(self) -> dict[str, str]:
@@ -191,19 +191,6 @@ class ServingControl:
             raise ServingError(f"starting the base pool {name} failed: {err}{f' ({cause})' if cause else ''}") \
                 from err
         return name
-
-    def _drop_unused_pools(self) -> list[str]:
-        """Delete the base pools no live release uses. (A release being deployed right now has its
-        pool put back by the next reconcile if this pass deletes it before the release is recorded.)"""
-        from ray import serve
-
-        from datacreek_assets.serving.app import POOL_PREFIX, pool_name
-
-        used = {pool_name(r.model.sha256) for r in self.store.live_releases() if r.model is not None}
-        unused = [name for name in self.applications() if name.startswith(POOL_PREFIX) and name not in used]
-        for name in unused:
-            serve.delete(name)
-        return unused
 
     def adapters_loaded(self) -> set[tuple[str, str]]:
         """(tenant, version) of the adapters the base pools hold (asked of one replica per pool)."""
@@ -356,25 +343,23 @@ class ServingControl:
 
     def rollback(self, tenant: str, version: str, reason: str, numbers: dict) -> dict:
         """Record the rollback and take the traffic off; the pool's replicas drop the adapter at
-        their next check of the store (`LIVE_CHECK_S`), and a pool no release uses any more is
-        deleted. Once recorded, a failure of the rest is left to the next `reconcile` (and said
-        in the result)."""
+        their next check of the store (`LIVE_CHECK_S`) and never load it again. Once recorded, a
+        failure of the router's reload is left to the next `reconcile` (and said in the result)."""
         started = time.perf_counter()
         self.store.end(tenant, version, "rolled_back", reason, numbers, expect="canary")
         try:
             self.reload_router(tenant)
-            traffic_off = time.perf_counter() - started
-            self._drop_unused_pools()
-        except Exception as err:  # Ray's or the router's: reconcile finishes the job
+        except Exception as err:  # the router's: reconcile finishes the job
             return {"unfinished": f"{type(err).__name__}: {err}; the next reconcile finishes it"}
-        return {"traffic_off_s": round(traffic_off, 3), "removed_s": round(time.perf_counter() - started, 3)}
+        traffic_off = round(time.perf_counter() - started, 3)
+        # (removed: out of every route; nothing else is left to remove on Serve's side)
+        return {"traffic_off_s": traffic_off, "removed_s": traffic_off}
 
     def promote(self, tenant: str, version: str, reason: str, numbers: dict) -> str | None:
-        """The canary takes all traffic; the old production version is retired and undeployed."""
+        """The canary takes all traffic; the old production version is retired (its adapter, if
+        it has one, is dropped by the pool's replicas)."""
         retired = self.store.promote(tenant, version, reason, numbers)
         self.reload_router(tenant)
-        if retired is not None:
-            self._drop_unused_pools()
         return retired.version if retired else None
 
     def remove_tenant(self, tenant: str) -> list[str]:
@@ -387,7 +372,7 @@ class ServingControl:
             self.store.end(tenant, release.version, "retired", "tenant removed")
             ended.append(release.version)
         if self.store.releases(tenant):  # only then can Serve or the router hold something of it
-            self.ensure_router()  # (reconcile: routes re-read, unused pools deleted)
+            self.ensure_router()  # (reconcile: every route re-read)
         self.store.forget_tenant(tenant)
         return ended
 

@@ -103,6 +103,21 @@ def test_a_tenant_cannot_use_another_tenants_adapter(tenant_models):
     assert answer(pool.complete(beta, REQUEST, adapters[beta])) == expected[beta]
 
 
+def test_the_base_context_keeps_no_tenants_prompt_for_another(tenant_models):
+    """Every tenant's `base` version shares the base alone: the context's cached prompt (which
+    would answer a matching prefix faster) is dropped when the tenant changes, kept when not."""
+    base, adapters, answers = tenant_models
+    pool = AdapterPool(base, capacity=2, n_ctx=512)
+    alpha, beta = TENANTS[:2]
+    assert answer(pool.complete(alpha, REQUEST, None)) == answers["expected"][None]
+    with pool.lock:
+        pool._prepare(alpha, None)
+        assert pool.llm.n_tokens > 0  # alpha's own prompt stays for alpha
+        pool._prepare(beta, None)
+        assert pool.llm.n_tokens == 0  # and is gone before beta's completion
+    assert answer(pool.complete(beta, OTHER, None)) == answers["other"][None]
+
+
 def test_eviction_takes_the_adapter_off_and_a_bad_file_is_refused(tenant_models, tmp_path):
     base, adapters, answers = tenant_models
     expected = answers["expected"]
@@ -122,6 +137,11 @@ def test_eviction_takes_the_adapter_off_and_a_bad_file_is_refused(tenant_models,
     assert pool.evict_ended(set()) == [adapters[gamma]]
     pool.load(adapters[gamma])
     assert pool.loaded_adapters() == [adapters[gamma]]
+
+    # an adapter freed meanwhile is refused where loading is left to a checked path
+    assert pool.evict(adapters[gamma])
+    with pytest.raises(AdapterError, match="not loaded"):
+        pool.complete(gamma, REQUEST, adapters[gamma], load=False)
 
     garbage = tmp_path / "adapter.gguf"
     garbage.write_bytes(b"GGUF" + b"\0" * 64)

@@ -121,7 +121,7 @@ def test_nca_proves_tenants_cannot_reach_each_other_but_reach_dns_and_the_platfo
     # one), the stream job not at all (its REST API controls the job)
     exposure = k8s.platform_exposure(policies, TENANTS)
     assert exposure == {"dagster": {"All connections"}, "kafka": {"{protocols:TCP,dst_ports:9094}"},
-                        "datacreek-stream": set(), "ray": {"{protocols:TCP,dst_ports:6379,8000}"}}
+                        "datacreek-stream": set(), "ray": {"{protocols:TCP,dst_ports:8000,10001}"}}
     assert k8s.platform_holes(exposure) == [] and ("tenant-globex", "tenant-acme") not in pairs
 
 
@@ -164,7 +164,7 @@ def test_nca_finds_an_isolation_hole(rendered):
 
 
 def test_ray_is_fenced_on_both_sides(rendered, serving_chart):
-    """Tenants reach Ray's pods on the router's port and the GCS only: the tenant's egress and the
+    """Tenants reach Ray's pods on the router's port and the Ray Client only: the tenant's egress and the
     serving chart's ingress each hold that line alone, and a hole opens only with both gone."""
     def without_ray_fence(policies: list[dict], tenant_side: bool, ray_side: bool) -> list[dict]:
         policies = json.loads(json.dumps(policies))
@@ -178,7 +178,7 @@ def test_ray_is_fenced_on_both_sides(rendered, serving_chart):
         return policies
 
     policies = rendered["acme"] + rendered["globex"] + serving_chart
-    ray_ports = {"{protocols:TCP,dst_ports:6379,8000}"}
+    ray_ports = {"{protocols:TCP,dst_ports:8000,10001}"}
     for tenant_side, ray_side in ((True, False), (False, True)):
         exposure = k8s.platform_exposure(without_ray_fence(policies, tenant_side, ray_side), TENANTS)
         assert exposure["ray"] == ray_ports and k8s.platform_holes(exposure) == []

@@ -268,6 +268,17 @@ def test_a_rollback_cut_off_half_way_is_finished_by_the_next_check(control, serv
     control.store.end(tenant, "v1", "rolled_back", "recorded, then the process died", expect="canary")
     assert control.check_canaries(serving.policy()) == []  # no live canary left to judge
     assert adapters_dropped(control, [tenant], ("v1",))
+    # a stale router still asking the pool for the rolled-back adapter is refused, not served
+    from ray import serve
+
+    from datacreek_assets.serving.app import AdapterServer, adapter_model_id, pool_name
+
+    release = control.store.release(tenant, "v1")
+    stale = serve.get_deployment_handle(AdapterServer.name, app_name=pool_name(release.model.sha256)).options(
+        multiplexed_model_id=adapter_model_id(tenant, "v1", release.adapter))
+    with pytest.raises(Exception, match="rolled_back"):
+        stale.remote({"tenant": tenant, "version": "v1", **BODY, "temperature": 0.0}).result(timeout_s=60)
+    assert (tenant, "v1") not in control.adapters_loaded()
     assert {chat(control, key, X_Request_Id=f"h-{i}").headers["X-Release-Role"] for i in range(60)} == {"production"}
     assert chat(control, key, X_Model_Version="v1").status_code == 404
 
@@ -279,7 +290,7 @@ def test_a_canary_that_cannot_start_leaves_nothing_behind(control, model_files, 
     broken.write_bytes(b"GGUF but not really")
     _, key = control.store.issue_key(tenant)
     try:
-        with pytest.raises(ServingError, match="deploying"):
+        with pytest.raises(ServingError, match="deploying .*-v1 failed: .*could not load"):
             control.release_canary(tenant, "v1", str(base), str(broken), str(base), 0.05)
         assert (tenant, "v1") not in control.adapters_loaded() and control.store.release(tenant, "v1") is None
         # the base model it was to be compared with went live and is routed
@@ -313,7 +324,8 @@ def test_a_model_file_changed_in_the_object_store_is_refused_by_the_replica(cont
         with pytest.raises(ServingError, match=f"deploying {tenant}-v1 failed: .*SHA-256"):
             control._deploy(control.store.release(tenant, "v1"))
         refused = chat(control, key, X_Model_Version="v1")  # the router sends it: the replica refuses the file
-        assert refused.status_code == 503 and f"{tenant}-v1" in refused.json()["error"]["message"]
+        message = refused.json()["error"]["message"]
+        assert refused.status_code == 503 and f"{tenant}-v1" in message and "ModelDigestMismatch" in message
         assert (tenant, "v1") not in control.adapters_loaded()
         assert not (Path(control.model_source.cache_dir) / ref.key).exists()
         reply = chat(control, key, X_Model_Version="base")
