@@ -157,8 +157,9 @@ class AdapterPool:
 
     # -- completions -------------------------------------------------------------------
     def is_loaded(self, adapter: AdapterFile) -> bool:
-        with self.lock:
-            return adapter in self.loaded
+        """A peek without the lock (a replica's event loop asks; a completion may hold the lock):
+        `complete(load=False)` checks again under it."""
+        return adapter in self.loaded
 
     def complete(self, tenant: str, request: dict, adapter: AdapterFile | None, load: bool = True) -> dict:
         """An OpenAI chat completion of ``request`` for ``tenant``, with its adapter (None: the

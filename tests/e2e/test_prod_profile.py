@@ -114,6 +114,7 @@ def prod_env(services, postgres, s3_endpoint, s3_bucket, tmp_path) -> dict[str, 
         "DATACREEK_ROUTER_URL": f"http://127.0.0.1:{services.serve_port}",
         "DATACREEK_SERVING_ADMIN_TOKEN": "prod-profile-admin-token-0001",
         "DATACREEK_MODEL_CACHE_DIR": str(tmp_path / "model-cache"), "DATACREEK_MODEL_CACHE_GB": "20",
+        "DATACREEK_SERVING_POOL_MAX_REPLICAS": "2",
         "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
     })
     return env
