@@ -136,7 +136,8 @@ def comparisons(quick: bool = False) -> list[Comparison]:
         shared = _pss_mib("pool", base, files, TENANTS)
         versions = len(adapters)
         return (f"{TENANTS} tenants x 2 versions: shared p50 {p('pool', 50):.1f} / p99 {p('pool', 99):.1f} ms "
-                f"({len(timings['switched'])} of {len(timings['pool'])} requests switched adapters), "
+                f"({len(timings['switched'])} of {len(timings['pool'])} requests switched adapters, "
+                f"{pool.prefix_hits} switches got the adapter's kept prompt prefix back), "
                 f"dedicated p50 {p('dedicated', 50):.1f} / p99 {p('dedicated', 99):.1f} ms "
                 f"(p99 ratio {p('pool', 99) / p('dedicated', 99):.2f}); a switch costs "
                 f"{(statistics.median(timings['switched']) - statistics.median(timings['same'])) * 1000:.1f} ms "

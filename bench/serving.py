@@ -2,13 +2,14 @@
 tiny random Llama's GGUF files (base + LoRA adapter through llama.cpp, one thread per replica).
 
 1. Router overhead: one chat completion (max_tokens 2), sent one after another through the
-   HTTP proxy and the router (key lookup, split, latency window, histograms), against the same
+   HTTP proxy and a router replica (key lookup, split, samples for RouterStats), against the same
    request made directly on the deployment through a Serve DeploymentHandle from this process.
    The notes give p50/p99 of both and the router's share.
 2. Rollback time at RATE requests/s with 5 % to the canary: from the moment the canary's
-   injected +400 ms latency is live to the canary removed (recorded, traffic off).
-   Candidate: the canary health loop as shipped (the router's exact sliding window), ticking
-   every second. Baseline: the same loop judging p99s from Prometheus histograms (scrape every
+   injected +400 ms latency is live to the canary removed (recorded, traffic off on every
+   router replica). Two router replicas share the traffic, as shipped. Candidate: the canary
+   health loop as shipped (the exact sliding window over both replicas' samples, RouterStats),
+   ticking every second. Baseline: the same loop judging p99s from Prometheus histograms (scrape every
    second, histogram_quantile over rate[30s]), as a Prometheus-driven canary controller does.
 """
 
@@ -72,7 +73,7 @@ def comparisons(quick: bool = False) -> list[Comparison]:
     _, key = control.store.issue_key("bench-router")
     payload = {"messages": [{"role": "user", "content": "What does the json module provide?"}], "max_tokens": 2,
                "temperature": 0.0}
-    from datacreek_assets.serving.app import AdapterServer, pool_name
+    from datacreek_assets.serving.pool_server import AdapterServer, pool_name
 
     base_release = control.store.release("bench-router", "base")
     handle = serve.get_deployment_handle(AdapterServer.name, app_name=pool_name(base_release.model.sha256))
@@ -173,7 +174,8 @@ def comparisons(quick: bool = False) -> list[Comparison]:
             return (f"{kind}: median spike roll-out {rollout:.2f} s, traffic off the canary {off:.2f} s, "
                     f"out of every route {removed:.2f} s after the spike started")
 
-        return (f"at {RATE:g} requests/s (5 % canary, +{SPIKE_S * 1000:.0f} ms spike, tick {TICK_S:g} s, "
+        return (f"at {RATE:g} requests/s through {control.router_replicas} router replicas (5 % canary, "
+                f"+{SPIKE_S * 1000:.0f} ms spike, tick {TICK_S:g} s, "
                 f"{len(drill['phases']['window'])} rounds each); {summary('window')}; {summary('prometheus')}; "
                 f"KPI: under 120 s")
 

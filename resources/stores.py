@@ -373,6 +373,8 @@ class ServingResource(dg.ConfigurableResource):
     # (1 per thread) the head, started with num-cpus 0, takes none and the autoscaler adds workers
     replica_cpus: float = 0.0
     pool_max_replicas: int = 1  # replicas per base model's pool: Serve adds them as requests queue
+    # router replicas: each takes a share of the requests; the canary is judged over all of them
+    router_replicas: int = 2
     models_dir: str = ""  # the tenants' retrieval indexes (FineTuneResource.models_dir); empty: no retrieval
     # where released GGUF files are published (by SHA-256) and replicas fetch them from; S3
     # credentials come from each replica's own environment
@@ -388,7 +390,7 @@ class ServingResource(dg.ConfigurableResource):
         return ServingControl(self.ray_address, self.http_port, self.store_url, self.admin_token,
                               self.ray_auth_token_path or None, self.window_s, self.max_prompt_chars, self.n_ctx,
                               self.threads, self.http_host, self.router_url, self.models_dir, source,
-                              self.replica_cpus, self.pool_max_replicas)
+                              self.replica_cpus, self.pool_max_replicas, self.router_replicas)
 
     def store(self):
         """The release store alone (keys, releases): no Ray connection."""

@@ -1,14 +1,20 @@
-"""The Ray Serve applications: one `AdapterServer` pool per base model (`pool-<digest>`), which
-serves every tenant's versions of that base with each tenant's LoRA adapter set per request,
-and the `Router` ingress that authenticates, routes and measures.
+"""The `router` Ray Serve application: the `Router` ingress that authenticates, routes and
+measures, in front of the base pools (`pool_server`), and `RouterStats`, where its replicas'
+measurements meet (`router_stats`).
 
 Every request enters through the router: the API key names the tenant (an `X-Tenant` header
 that disagrees is refused), `X-Model-Version` pins one of the tenant's live versions, and an
 unpinned request goes to the canary when the hash of its request id falls in the canary's
 share. Unless `X-Retrieval: off`, the last user turn is grounded first: the tenant's own
 retrieval index (the one its API key names, never another's) gives the top passages for it,
-which go into the prompt as the model was trained to read them. Latency per deployment goes to a sliding window (what the canary health sensor reads
-through the admin API) and to Prometheus histograms (`/metrics`).
+which go into the prompt as the model was trained to read them.
+
+The router runs as several replicas. Each re-reads the routes from the release store every
+`ROUTES_READ_EVERY_S` (the control plane's reload reaches one replica at once, the others at
+their next read, and the control plane waits until all have: `ServingControl.reload_router`)
+and reports its latencies to `RouterStats`, which holds the canary's windows over all replicas
+(what the canary health sensor reads through the admin API) and the Prometheus metrics
+(`/metrics`).
 """
 
 # no `from __future__ import annotations`: FastAPI must see the real types of the handlers' parameters
@@ -24,15 +30,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 
 from datacreek_assets.api_errors import error
-from datacreek_assets.serving.adapter_pool import DEFAULT_CAPACITY
-from datacreek_assets.serving.routing import InvalidVersion, LatencyWindow, validate_version
+from datacreek_assets.serving.pool_server import AdapterServer, adapter_model_id, pool_name
+from datacreek_assets.serving.router_stats import REPORT_EVERY_S, RequestSample
+from datacreek_assets.serving.routing import InvalidVersion, validate_version
 from datacreek_assets.tenancy import InvalidTenantId
 
 MAX_BODY_BYTES = 64 * 1024
 KEY_CACHE_S = 5.0  # a revoked key stops working within this many seconds
 MAX_CACHED_KEYS = 10_000
 RETRIEVAL_CHECK_S = 5.0  # how often a tenant's index pointer is re-read (a rebuilt index is served within this)
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+ROUTES_READ_EVERY_S = 0.5  # how often each router replica re-reads the routes (the store is the truth)
+MAX_UNREPORTED = 100_000  # samples a replica keeps while RouterStats cannot be reached (then drops the oldest)
 
 
 class ChatMessage(BaseModel):
@@ -65,194 +73,38 @@ async def read_capped(request: Request, limit: int) -> bytes | None:
     return b"".join(parts)
 
 
-POOL_PREFIX = "pool-"
-LIVE_CHECK_S = 5.0  # how often a base pool's replicas drop the adapters of versions no longer live
-LOAD_GRACE_S = 10.0  # an adapter with no release record stays this long: its release may be being recorded
-
-
-def pool_name(base_sha256: str) -> str:
-    """The Serve application of the base pool for a base model's digest: `pool-<16 hex>`."""
-    return f"{POOL_PREFIX}{base_sha256[:16]}"
-
-
-def adapter_model_id(tenant: str, version: str, adapter) -> str:
-    """Serve's multiplexed model id of a release's adapter: all a replica needs to fetch it (the
-    key follows from tenant and digest) and all the router needs to pick a replica that has it."""
-    return f"{tenant}/{version}/{adapter.sha256}/{adapter.size}"
-
-
-def parse_adapter_model_id(model_id: str):
-    """(tenant, version, ModelRef of the tenant's adapter) of a multiplexed model id."""
-    from datacreek_assets.serving.model_files import ModelRef, adapter_key
-    from datacreek_assets.serving.routing import validate_version
-    from datacreek_assets.tenancy import validate_tenant_id
-
-    tenant, version, sha256, size = model_id.split("/")
-    return (validate_tenant_id(tenant), validate_version(version),
-            ModelRef(adapter_key(tenant, sha256), sha256, int(size)))
-
-
-class LoadedAdapter:
-    """What Serve's multiplexer holds for an adapter: when it drops it from its least recently
-    used set, the adapter is freed from the pool."""
-
-    def __init__(self, pool, adapter):
-        self.pool, self.file, self.freed = pool, adapter, False
-
-    def __del__(self):
-        # Serve calls this in an executor when it unloads the adapter, and the interpreter again
-        # when the object goes: only the first may wait for the pool's lock
-        if self.freed:
-            return
-        self.freed = True
-        try:
-            self.pool.evict(self.file)
-        except Exception:  # the replica is shutting down: its context goes with it
-            pass
-
-
-@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=8, health_check_period_s=2.0,
-                  autoscaling_config={"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 2})
-class AdapterServer:
-    """Every tenant's versions of one base model: the base GGUF loaded once per replica, each
-    tenant's adapter loaded on demand (Serve's model multiplexing sends a request to a replica
-    that has its adapter when one has it) and set for its request alone (`AdapterPool`). Files
-    are fetched from the object store into the node's cache and checked against the release's
-    SHA-256 first: a mismatch fails that request, or the replica for the base, and nothing
-    unchecked is ever served. Replicas drop the adapters of versions the release store no longer
-    lists as live (a rollback): the router stops routing to them first."""
-
-    def __init__(self, model: dict, source: dict, store_url: str, n_ctx: int = 2048, threads: int = 1):
-        from datacreek_assets.serving.adapter_pool import AdapterPool
-        from datacreek_assets.serving.model_files import ModelRef, ModelSource
-        from datacreek_assets.serving.release_store import ServingStore, replica_store_url
-
-        self.cache = ModelSource(**source).cache()
-        self.base_path = self.cache.fetch_base(ModelRef.from_dict(model))
-        self.pool = AdapterPool(self.base_path, n_ctx=n_ctx, threads=threads)
-        self.store = ServingStore(replica_store_url(store_url))
-        self.touched = self.swept = self.live_checked = time.monotonic()
-        # warm up (first evaluation allocates buffers): the first client must not pay for it,
-        # nor the canary's latency window count it
-        self.pool.warm_up()
-
-    @serve.multiplexed(max_num_models_per_replica=DEFAULT_CAPACITY)
-    async def adapter(self, model_id: str) -> LoadedAdapter:
-        return LoadedAdapter(self.pool, await asyncio.to_thread(self._load, model_id))
-
-    def _load(self, model_id: str):
-        """The adapter of a multiplexed model id, fetched (the tenant's own key, its digest
-        checked) and loaded; refused for a version that was rolled back or retired, whatever a
-        stale router asks (no release yet: one being deployed, loaded before it is recorded)."""
-        from datacreek_assets.serving.adapter_pool import AdapterError, AdapterFile
-        from datacreek_assets.serving.release_store import LIVE
-
-        tenant, version, ref = parse_adapter_model_id(model_id)
-        release = self.store.release(tenant, version)
-        if release is not None and release.status not in LIVE:
-            raise AdapterError(f"{tenant}-{version} is {release.status}: its adapter is not served")
-        adapter = AdapterFile(tenant, version, ref.sha256, self.cache.fetch(ref, tenant))
-        self.pool.load(adapter)
-        return adapter
-
-    async def check_health(self) -> None:
-        """Serve's periodic health check. It also drops the adapters of ended releases, keeps this
-        replica's files marked in use in the node's cache and sweeps the cache now and then
-        (off the event loop: a completion holding the pool must not hold up requests' routing)."""
-        await asyncio.to_thread(self._housekeeping)
-
-    def _housekeeping(self) -> None:
-        from datacreek_assets.serving.model_files import SWEEP_EVERY_S, TOUCH_EVERY_S
-
-        now = time.monotonic()
-        if now - self.live_checked > LIVE_CHECK_S:
-            self.live_checked = now
-            try:
-                live = {(r.tenant_id, r.version) for r in self.store.live_releases()}
-            except Exception:  # the store, not this replica: its adapters stay until it answers
-                live = None
-            if live is not None:
-                self._drop_ended(live)
-        if now - self.touched > TOUCH_EVERY_S:
-            self.touched = now
-            self.cache.touch([self.base_path, *(a.path for a in self.pool.loaded_adapters())])
-        if now - self.swept > SWEEP_EVERY_S:
-            self.swept = now
-            try:
-                self.cache.sweep()
-            except OSError:  # the cache's disk, not this replica: the replica stays healthy
-                pass
-
-    def _drop_ended(self, live: set[tuple[str, str]]) -> None:
-        """Free the adapters of versions no longer live: a version with a record that says so
-        (rolled back, retired) at once, one with no record (a removed tenant's, or one being
-        released right now) after LOAD_GRACE_S."""
-        from datacreek_assets.serving.release_store import LIVE
-
-        pending = {(a.tenant, a.version) for a in self.pool.loaded_adapters()} - live
-        try:
-            ended = {pair for pair in pending
-                     if (release := self.store.release(*pair)) is not None and release.status not in LIVE}
-        except Exception:  # the store: the grace period alone decides
-            ended = set()
-        if pending:
-            self.pool.evict_ended(live, LOAD_GRACE_S, ended)
-
-    def loaded(self) -> list[tuple[str, str]]:
-        """(tenant, version) of the adapters this replica holds."""
-        return [(a.tenant, a.version) for a in self.pool.loaded_adapters()]
-
-    async def __call__(self, request: dict) -> dict:
-        """``request``: the chat completion plus the tenant and version it is for (the router's);
-        the adapter comes from the request's multiplexed model id, and must be that version's."""
-        from ray.serve import get_multiplexed_model_id
-
-        tenant, version = request["tenant"], request["version"]
-        adapter = None
-        model_id = get_multiplexed_model_id()
-        if model_id:
-            adapter = (await self.adapter(model_id)).file
-            if (adapter.tenant, adapter.version) != (tenant, version):
-                raise ValueError(f"the adapter of {adapter.name} was asked for {tenant}-{version}")
-            if not self.pool.is_loaded(adapter):  # dropped (its release ended) since Serve cached it
-                adapter = await asyncio.to_thread(self._load, model_id)
-        return await asyncio.to_thread(self._complete, tenant, version, request, adapter)
-
-    def _complete(self, tenant: str, version: str, request: dict, adapter) -> dict:
-        from datacreek_assets.serving.adapter_pool import PromptTooLong
-
-        try:
-            # load=False: an adapter dropped between the check above and now is refused, not reloaded
-            reply = self.pool.complete(tenant, request, adapter, load=False)
-        except PromptTooLong as err:
-            return {"error": {"type": "prompt_too_long", "message": str(err)}}
-        reply["model"] = f"{tenant}-{version}"
-        return reply
-
 
 api = FastAPI(title="Datacreek serving", docs_url=None, redoc_url=None)
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0}, num_replicas=1, max_ongoing_requests=256)
+@serve.deployment(ray_actor_options={"num_cpus": 0}, num_replicas=1, max_ongoing_requests=256,
+                  health_check_period_s=REPORT_EVERY_S)
 @serve.ingress(api)
 class Router:
-    """The ingress. One replica: its latency windows are what the canary sensor judges by."""
+    """The ingress, one of several replicas (`ServingControl.router_replicas`)."""
 
-    def __init__(self, store_url: str, admin_token: str, window_s: float = 60.0, max_prompt_chars: int = 8000,
+    def __init__(self, store_url: str, admin_token: str, stats, max_prompt_chars: int = 8000,
                  models_dir: str = "", retrieval_k: int = 3):
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
         from datacreek_assets.serving.release_store import ServingStore, replica_store_url
 
         if len(admin_token) < 16:
             raise ValueError("the serving admin token must have at least 16 characters")
         self.store = ServingStore(replica_store_url(store_url))
         self.admin_token = admin_token
-        self.window_s = window_s
+        self.stats = stats  # RouterStats: every replica's windows and metrics
+        self.replica = serve.get_replica_context().replica_id.unique_id
         self.max_prompt_chars = max_prompt_chars
-        self.routes = self.store.all_routes()
+        self.routes: dict = {}
         # (tenant, version) -> its live release: which base pool and adapter serve it
-        self.releases = {(r.tenant_id, r.version): r for r in self.store.live_releases()}
+        self.releases: dict = {}
+        self.handles: dict[str, object] = {}
+        # what goes to RouterStats at the next report
+        self.unreported: list[RequestSample] = []
+        self.retrievals: list[tuple[str, float]] = []
+        self.weights: dict[str, float] = {}
+        self.retired: list[tuple[str, str]] = []
+        self.routes_read_at = time.time()
+        self._apply_all(self.store.all_routes(), self.store.live_releases())
         self.models_dir = models_dir  # where each tenant's retrieval index lives (empty: no retrieval)
         self.retrieval_k = retrieval_k
         self.indexes: dict[str, tuple[float, str | None, object]] = {}  # tenant -> (checked at, version, index)
@@ -261,23 +113,43 @@ class Router:
             from datacreek_assets.embeddings.embedder import embed_one
 
             embed_one("warm up")
-        self.windows: dict[tuple[str, str], LatencyWindow] = {}
-        self.canary_totals: dict[tuple[str, str], int] = {}
         self.keys: dict[str, tuple[str | None, float]] = {}
-        self.handles: dict[str, object] = {}
-        self.registry = CollectorRegistry()
-        self.latency = Histogram("datacreek_serving_request_seconds", "Request latency per deployment, as the "
-                                 "router sees it", ["tenant", "deployment", "role"], buckets=LATENCY_BUCKETS,
-                                 registry=self.registry)
-        self.requests = Counter("datacreek_serving_requests", "Requests per deployment and HTTP status",
-                                ["tenant", "deployment", "role", "code"], registry=self.registry)
-        self.weight = Gauge("datacreek_serving_canary_weight", "Share of a tenant's traffic sent to its canary",
-                            ["tenant"], registry=self.registry)
-        self.retrieval_latency = Histogram("datacreek_serving_retrieval_seconds", "Time to ground a request: "
-                                           "embed the question and search the tenant's index", ["tenant"],
-                                           buckets=LATENCY_BUCKETS, registry=self.registry)
-        for tenant, route in self.routes.items():
-            self.weight.labels(tenant).set(route.canary_weight)
+
+    async def check_health(self) -> None:
+        """Serve's periodic health check (every REPORT_EVERY_S): the routes are re-read now and
+        then and this replica's samples reported. Neither failing makes the replica unhealthy:
+        it goes on routing by the routes it has, and reports at the next check."""
+        if time.time() - self.routes_read_at >= ROUTES_READ_EVERY_S:
+            await self._read_routes()
+        try:
+            await self._report()
+        except Exception:  # RouterStats is restarting: the samples wait (up to MAX_UNREPORTED)
+            pass
+
+    async def _read_routes(self) -> None:
+        started = time.time()  # the read sees every change committed before it starts
+        try:
+            routes, releases = await asyncio.to_thread(lambda: (self.store.all_routes(), self.store.live_releases()))
+        except Exception:  # the store: the routes stay as they are until it answers
+            return
+        if started < self.routes_read_at:  # a read that started later was applied first: this one is older
+            return
+        self._apply_all(routes, releases)
+        self.routes_read_at = started
+
+    async def _report(self) -> None:
+        requests, self.unreported = self.unreported, []
+        retrievals, self.retrievals = self.retrievals, []
+        weights, self.weights = self.weights, {}
+        retired, self.retired = self.retired, []
+        try:
+            await self.stats.report.remote(self.replica, self.routes_read_at, requests, retrievals, weights, retired)
+        except Exception:
+            self.unreported = (requests + self.unreported)[-MAX_UNREPORTED:]
+            self.retrievals = (retrievals + self.retrievals)[-MAX_UNREPORTED:]
+            self.weights = {**weights, **self.weights}
+            self.retired = retired + self.retired
+            raise
 
     # -- tenants' API -----------------------------------------------------
     @api.post("/v1/chat/completions")
@@ -338,7 +210,7 @@ class Router:
             return {"status": "unavailable", "chunks": []}
         started = time.perf_counter()
         passages, seconds = await asyncio.to_thread(self._search, index, question)
-        self.retrieval_latency.labels(tenant).observe(seconds)
+        self.retrievals.append((tenant, seconds))
         grounded = with_context([m.model_dump() for m in body.messages], [p.text for p in passages])
         body.messages = [ChatMessage(**m) for m in grounded]
         return {"status": "on", "ms": round(seconds * 1000, 2), "waited_ms": round((time.perf_counter() - started) * 1000, 2),
@@ -385,7 +257,7 @@ class Router:
         name = f"{tenant}-{version}"
         release = self.releases.get((tenant, version))
         if release is None or release.model is None:  # recorded, files not yet published: the next reconcile
-            self.requests.labels(tenant, name, role, "503").inc()
+            self._measured(tenant, version, role, 503, 0.0, judged=False)
             return error(503, "unavailable", f"model {name} is not ready yet; retry")
         handle = self.handles.get(name)
         if handle is None:
@@ -400,29 +272,23 @@ class Router:
                 await asyncio.sleep(release.injected_delay_s)
             reply = await handle.remote(request)
         except Exception as err:  # the deployment failed or went away mid-request: no traceback to the client
-            # a failure counts in the deployment's window: a canary that fails is judged for it
-            if judged:
-                self._window(tenant, version).add(time.perf_counter() - started, ok=False)
-            self.requests.labels(tenant, name, role, "503").inc()
+            self._measured(tenant, version, role, 503, time.perf_counter() - started, judged)
             return error(503, "unavailable", f"model {name} could not answer ({type(err).__name__}); retry")
         latency = time.perf_counter() - started
         # (Serve's proxy already puts the request id on the request and echoes it in the response)
         headers = {"X-Model-Version": version, "X-Served-By": name, "X-Release-Role": role,
                    "X-Retrieval": grounding["status"]}
         if "error" in reply:
-            self.requests.labels(tenant, name, role, "413").inc()
+            self._measured(tenant, version, role, 413, latency, judged)
             return error(413, reply["error"]["type"], "the prompt does not fit the model's context window", headers)
-        if judged:
-            self._window(tenant, version).add(latency)
-        if judged and role == "canary":
-            self.canary_totals[(tenant, version)] = self.canary_totals.get((tenant, version), 0) + 1
-        self.latency.labels(tenant, name, role).observe(latency)
-        self.requests.labels(tenant, name, role, "200").inc()
+        self._measured(tenant, version, role, 200, latency, judged)
         reply["retrieval"] = grounding  # which of the tenant's chunks the answer was grounded in
         return JSONResponse(reply, headers=headers)
 
-    def _window(self, tenant: str, version: str) -> LatencyWindow:
-        return self.windows.setdefault((tenant, version), LatencyWindow(self.window_s))
+    def _measured(self, tenant: str, version: str, role: str, code: int, latency_s: float, judged: bool) -> None:
+        self.unreported.append(RequestSample(tenant, version, role, code, latency_s, judged))
+        if len(self.unreported) > MAX_UNREPORTED:
+            del self.unreported[:len(self.unreported) - MAX_UNREPORTED]
 
     async def _tenant_of(self, request: Request) -> str | None:
         scheme, _, key = request.headers.get("authorization", "").partition(" ")
@@ -449,9 +315,7 @@ class Router:
         """Re-read every route from the release store (the control plane's reconcile)."""
         if not self._admin(request):
             return error(401, "unauthorized", "admin token required")
-        routes, releases = await asyncio.to_thread(lambda: (self.store.all_routes(), self.store.live_releases()))
-        for tenant in set(self.routes) | set(routes):
-            self._apply(tenant, routes.get(tenant), [r for r in releases if r.tenant_id == tenant])
+        await self._read_routes()
         return {"tenants": len(self.routes)}
 
     @api.post("/admin/v1/tenants/{tenant}/reload")
@@ -467,6 +331,19 @@ class Router:
         self._apply(tenant, route, list(live.values()))
         return {"tenant": tenant, "route": route.as_dict() if route else None}
 
+    def _apply_all(self, routes: dict, releases: list) -> None:
+        """Every tenant's route and live releases as read from the store; only the tenants whose
+        changed are touched."""
+        by_tenant: dict[str, dict] = {}
+        for release in releases:
+            by_tenant.setdefault(release.tenant_id, {})[release.version] = release
+        current: dict[str, dict] = {}
+        for (tenant, version), release in self.releases.items():
+            current.setdefault(tenant, {})[version] = release
+        for tenant in set(self.routes) | set(routes) | set(by_tenant) | set(current):
+            if (self.routes.get(tenant), current.get(tenant, {})) != (routes.get(tenant), by_tenant.get(tenant, {})):
+                self._apply(tenant, routes.get(tenant), list(by_tenant.get(tenant, {}).values()))
+
     def _apply(self, tenant: str, route, releases: list) -> None:
         old = self.routes.get(tenant)
         if route is None:
@@ -481,10 +358,9 @@ class Router:
             self.releases[key] = release
         live = set(route.live) if route else set()
         for version in set(old.live if old else ()) - live:  # a retired version's window and handle go
-            self.windows.pop((tenant, version), None)
-            self.canary_totals.pop((tenant, version), None)
+            self.retired.append((tenant, version))
             self.handles.pop(f"{tenant}-{version}", None)
-        self.weight.labels(tenant).set(route.canary_weight if route else 0.0)
+        self.weights[tenant] = route.canary_weight if route else 0.0
 
     @api.get("/admin/v1/tenants/{tenant}/window")
     async def window(self, tenant: str, request: Request):
@@ -493,23 +369,31 @@ class Router:
         route = self.routes.get(tenant)
         if route is None:
             return error(404, "no_model", "no live route for this tenant")
-        sides = {}
-        for role, version in (("production", route.production), ("canary", route.canary)):
-            if version is None:
-                continue
-            stats = self.windows.get((tenant, version), LatencyWindow(self.window_s)).stats()
-            sides[role] = {"version": version, "count": stats.count, "p50_s": stats.p50_s, "p99_s": stats.p99_s,
-                           "errors": stats.errors,
-                           "total": self.canary_totals.get((tenant, version), 0) if role == "canary" else None}
-        return {"tenant": tenant, "window_s": self.window_s, "route": route.as_dict(), **sides}
+        await self._report()  # this replica's latest samples count too
+        sides = {role: version for role, version in (("production", route.production), ("canary", route.canary))
+                 if version is not None}
+        windows = await self.stats.window.remote(tenant, list(sides.values()))
+        sides = {role: {"version": version, **windows[version]} for role, version in sides.items()}
+        if "production" in sides:
+            sides["production"]["total"] = None  # (promotion counts the canary's requests only)
+        return {"tenant": tenant, "route": route.as_dict(), **sides}
+
+    @api.get("/admin/v1/routers")
+    async def routers(self, request: Request):
+        """The router replicas alive: when each last read the release store, what it reported."""
+        if not self._admin(request):
+            return error(401, "unauthorized", "admin token required")
+        await self._report()
+        return {"routers": await self.stats.alive.remote()}
 
     @api.get("/metrics")
     async def metrics(self, request: Request):
         if not self._admin(request):
             return error(401, "unauthorized", "admin token required")
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        from prometheus_client import CONTENT_TYPE_LATEST
 
-        return PlainTextResponse(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+        await self._report()
+        return PlainTextResponse(await self.stats.metrics.remote(), media_type=CONTENT_TYPE_LATEST)
 
     @api.get("/healthz")
     async def healthz(self):

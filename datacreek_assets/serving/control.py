@@ -31,6 +31,7 @@ from datacreek_assets.serving.routing import (
 from datacreek_assets.tenancy import InvalidTenantId, validate_tenant_id
 
 ROUTER_APP = "router"
+ROUTERS_SETTLE_S = 15.0  # every router replica re-reads the store every 0.5 s; a starting one may take longer
 LOG = logging.getLogger(__name__)
 
 
@@ -63,7 +64,7 @@ class ServingControl:
                  ray_auth_token_path: str | None = None, window_s: float = 60.0, max_prompt_chars: int = 8000,
                  n_ctx: int = 2048, threads: int = 1, http_host: str = "127.0.0.1", router_url: str = "",
                  models_dir: str = "", model_source: ModelSource | None = None, replica_cpus: float = 0.0,
-                 pool_max_replicas: int = 1):
+                 pool_max_replicas: int = 1, router_replicas: int = 2):
         self.ray_address, self.http_port, self.ray_auth_token_path = ray_address, http_port, ray_auth_token_path
         self.store = ServingStore(store_url)
         self.store_url, self.admin_token = store_url, admin_token
@@ -74,6 +75,9 @@ class ServingControl:
         self.model_source = model_source  # where released model files go and replicas fetch them
         self.replica_cpus = replica_cpus
         self.pool_max_replicas = pool_max_replicas  # replicas per base pool (Serve autoscales on queue length)
+        if router_replicas < 1:
+            raise ValueError(f"router_replicas must be at least 1, not {router_replicas}")
+        self.router_replicas = router_replicas
 
     # -- Ray Serve ------------------------------------------------------------
     def connect(self) -> None:
@@ -100,17 +104,20 @@ class ServingControl:
                                f"it): {err}") from None
 
     def ensure_router(self) -> None:
-        """Serve and the router are running, and both agree with the store (`reconcile`)."""
+        """Serve and the router (`router_replicas` of it, and RouterStats) are running, and both
+        agree with the store (`reconcile`)."""
         from ray import serve
 
         from datacreek_assets.serving.app import Router
+        from datacreek_assets.serving.router_stats import RouterStats
 
         self.connect()
         serve.start(http_options={"host": self.http_host, "port": self.http_port})
         if self.applications().get(ROUTER_APP) != "RUNNING":
-            serve.run(Router.bind(self.store_url, self.admin_token, self.window_s, self.max_prompt_chars,
-                                  self.models_dir),
-                      name=ROUTER_APP, route_prefix="/")
+            # (a running router is left as it is: another count takes `serve.delete("router")` first)
+            serve.run(Router.options(num_replicas=self.router_replicas).bind(
+                self.store_url, self.admin_token, RouterStats.bind(self.window_s), self.max_prompt_chars,
+                self.models_dir), name=ROUTER_APP, route_prefix="/")
         self.reconcile()
 
     def reconcile(self) -> None:
@@ -120,7 +127,7 @@ class ServingControl:
         tried again on the next pass; the others go on."""
         from ray import serve
 
-        from datacreek_assets.serving.app import pool_name
+        from datacreek_assets.serving.pool_server import pool_name
 
         running = self.applications()
         live = self.store.live_releases()
@@ -133,7 +140,7 @@ class ServingControl:
         for name in running:
             if parse_deployment(name) is not None:  # a model per version, as releases were served before
                 serve.delete(name)
-        self._admin("POST", "/admin/v1/reload")
+        self._reload("/admin/v1/reload")
 
     def applications(self) -> dict[str, str]:
         from ray import serve
@@ -146,7 +153,7 @@ class ServingControl:
         checked and loaded once before a client's request (a refused file fails the release here)."""
         from ray import serve
 
-        from datacreek_assets.serving.app import AdapterServer, adapter_model_id
+        from datacreek_assets.serving.pool_server import AdapterServer, adapter_model_id
 
         name = deployment_name(release.tenant_id, release.version)
         if release.model is None:
@@ -170,7 +177,7 @@ class ServingControl:
         that runs is never redeployed: that would restart every tenant's replicas of that base."""
         from ray import serve
 
-        from datacreek_assets.serving.app import AdapterServer, pool_name
+        from datacreek_assets.serving.pool_server import AdapterServer, pool_name
 
         name = pool_name(model.sha256)
         deadline = time.monotonic() + 300
@@ -196,7 +203,7 @@ class ServingControl:
         """(tenant, version) of the adapters the base pools hold (asked of one replica per pool)."""
         from ray import serve
 
-        from datacreek_assets.serving.app import POOL_PREFIX, AdapterServer
+        from datacreek_assets.serving.pool_server import POOL_PREFIX, AdapterServer
 
         loaded = set()
         for name, status in self.applications().items():
@@ -265,10 +272,40 @@ class ServingControl:
         return reply.json()
 
     def reload_router(self, tenant: str) -> dict:
-        return self._admin("POST", f"/admin/v1/tenants/{validate_tenant_id(tenant)}/reload")
+        return self._reload(f"/admin/v1/tenants/{validate_tenant_id(tenant)}/reload")
+
+    def _reload(self, path: str) -> dict:
+        """Tell the router: the replica that gets the call re-reads the store at once, and this
+        returns once every router replica has read it since (each does every
+        ROUTES_READ_EVERY_S), so no replica routes by what was just changed. A replica that has
+        not within ROUTERS_SETTLE_S is an error (the change is recorded: reconcile retries)."""
+        changed = time.time()
+        reply = self._admin("POST", path)
+        self.routers_read_since(changed)
+        return reply
+
+    def routers_read_since(self, changed: float) -> float:
+        """Wait until every router replica alive has read the store after ``changed`` (epoch
+        seconds; a replica that starts later reads it when it starts); returns the seconds since
+        ``changed``. The replicas' and this process's clocks are compared: NTP keeps a cluster's
+        within milliseconds, under the 0.5 s between a replica's reads."""
+        deadline = time.monotonic() + ROUTERS_SETTLE_S
+        while True:
+            routers = self.routers()
+            behind = sorted(r for r, seen in routers.items() if seen["routes_read_at"] < changed)
+            if routers and not behind:
+                return time.time() - changed
+            if time.monotonic() > deadline:
+                raise ServingError(f"router replicas have not re-read the release store in {ROUTERS_SETTLE_S:.0f} s "
+                                   f"({len(routers)} alive, behind: {', '.join(behind) or 'none reporting'})")
+            time.sleep(0.05)
 
     def window(self, tenant: str) -> dict:
         return self._admin("GET", f"/admin/v1/tenants/{validate_tenant_id(tenant)}/window")
+
+    def routers(self) -> dict[str, dict]:
+        """The router replicas alive: when each last read the store, how many requests it reported."""
+        return self._admin("GET", "/admin/v1/routers")["routers"]
 
     # -- releases ------------------------------------------------------------------
     def release_newest(self, tenant: str, candidate, weight: float) -> dict:
@@ -351,9 +388,9 @@ class ServingControl:
             self.reload_router(tenant)
         except Exception as err:  # the router's: reconcile finishes the job
             return {"unfinished": f"{type(err).__name__}: {err}; the next reconcile finishes it"}
-        traffic_off = round(time.perf_counter() - started, 3)
+        traffic_off = round(time.perf_counter() - started, 3)  # every router replica routes without it
         # (removed: out of every route; nothing else is left to remove on Serve's side)
-        return {"traffic_off_s": traffic_off, "removed_s": traffic_off}
+        return {"traffic_off_s": traffic_off, "removed_s": traffic_off, "router_replicas": self.router_replicas}
 
     def promote(self, tenant: str, version: str, reason: str, numbers: dict) -> str | None:
         """The canary takes all traffic; the old production version is retired (its adapter, if

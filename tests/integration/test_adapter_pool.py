@@ -81,6 +81,7 @@ def test_each_answer_is_its_own_tenants_under_concurrent_load_and_forced_evictio
     assert not wrong, wrong
     assert {tenant for tenant, _, _ in replies} == {None, *TENANTS}
     assert pool.loads > len(TENANTS) and pool.evictions > racing_evictions > 0  # both kinds happened
+    assert pool.prefix_hits > 0  # switching back to a loaded adapter gave it its own kept prefix
     assert len(pool.loaded_adapters()) <= 2
 
 
@@ -151,3 +152,23 @@ def test_eviction_takes_the_adapter_off_and_a_bad_file_is_refused(tenant_models,
             pool.complete(beta, REQUEST, AdapterFile(beta, "v2", "0" * 64, path))
     assert answer(pool.complete(gamma, REQUEST, adapters[gamma])) == expected[gamma]
     assert answer(pool.complete(beta, REQUEST, adapters[beta])) == expected[beta]
+
+
+def test_an_adapter_set_again_gets_its_own_prompt_prefix_back(tenant_models):
+    """Switching adapters keeps the start of the outgoing adapter's prompt (its own keys and
+    values) and puts it back when that adapter is set again: the answer is still its model's."""
+    base, adapters, answers = tenant_models
+    pool = AdapterPool(base, capacity=3, n_ctx=512, prefix_tokens=16)
+    alpha, beta = TENANTS[:2]
+    assert answer(pool.complete(alpha, REQUEST, adapters[alpha])) == answers["expected"][alpha]
+    assert answer(pool.complete(beta, REQUEST, adapters[beta])) == answers["expected"][beta]
+    assert set(pool.prefixes) == {adapters[alpha]} and pool.prefix_hits == 0
+    with pool.lock:
+        pool._prepare(alpha, adapters[alpha])
+        assert pool.prefix_hits == 1 and pool.llm.n_tokens == 16  # alpha's 16 tokens, back on the context
+        assert set(pool.prefixes) == {adapters[alpha], adapters[beta]}  # beta's kept as alpha took it
+    assert answer(pool.complete(alpha, OTHER, adapters[alpha])) == answers["other"][alpha]
+    assert answer(pool.complete(beta, OTHER, adapters[beta])) == answers["other"][beta]
+    assert pool.prefix_hits == 2
+    pool.evict(adapters[alpha])  # an evicted adapter's prefix goes with it
+    assert adapters[alpha] not in pool.prefixes

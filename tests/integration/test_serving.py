@@ -21,6 +21,7 @@ from datacreek_assets.finetune.fixtures import random_adapter_release
 from datacreek_assets.local_services import free_port
 from datacreek_assets.partitions import TENANTS_PARTITION
 from datacreek_assets.serving.control import ServingError
+from datacreek_assets.serving.router_stats import REPORT_EVERY_S
 from datacreek_assets.serving.routing import BUCKETS, Route, canary_bucket
 from datacreek_assets.serving.traffic import TrafficGenerator
 from tests.raw_http import raw_status
@@ -161,7 +162,7 @@ def test_bad_requests_get_clear_errors_and_the_router_keeps_serving(control, ten
     finally:
         control.store.forget_tenant(key_only)
     # operators' endpoints want the admin token, not a tenant's key
-    for path in (f"/admin/v1/tenants/{tenant}/window", "/metrics"):
+    for path in (f"/admin/v1/tenants/{tenant}/window", "/admin/v1/routers", "/metrics"):
         assert requests.get(control.url + path, headers={"Authorization": f"Bearer {key}"}, timeout=10).status_code == 401
     assert requests.post(f"{control.url}/admin/v1/tenants/{tenant}/reload", timeout=10).status_code == 401
     assert chat(control, key).status_code == 200  # still serving
@@ -184,6 +185,31 @@ def test_five_percent_of_requests_go_to_the_canary_and_retries_stay_put(control,
     canary_id = next(f"req-{i}" for i in range(800) if canary_bucket(tenant, f"req-{i}") < 0.05 * BUCKETS)
     assert {chat(control, key, X_Request_Id=canary_id).headers["X-Release-Role"] for _ in range(5)} == {"canary"}
 
+
+def test_two_router_replicas_share_the_traffic_and_the_canary_is_judged_over_both(control, tenants):
+    assert control.router_replicas == 2
+    tenant, key = tenants(weight=0.5)
+    before = control.routers()
+    assert len(before) == 2
+    roles = Counter(chat(control, key, X_Request_Id=f"two-{i}").headers["X-Release-Role"] for i in range(60))
+    assert sum(roles.values()) == 60 and roles["canary"] > 10
+    # each replica answered some of them: neither one's samples alone are the tenant's traffic
+    deadline, window = time.monotonic() + 30, {}
+    while time.monotonic() < deadline:
+        window = control.window(tenant)
+        if window["production"]["count"] + window["canary"]["count"] == 60:
+            break
+        time.sleep(0.2)
+    assert (window["production"]["count"], window["canary"]["count"]) == (roles["production"], roles["canary"])
+    assert window["canary"]["total"] == roles["canary"]
+    after = control.routers()
+    assert set(after) == set(before)
+    served = {router: after[router]["samples"] - before[router]["samples"] for router in after}
+    assert all(n > 0 for n in served.values()) and sum(served.values()) >= 60, served
+    # a rollback returns once both replicas route without the canary: none sends it another request
+    timings = control.rollback(tenant, "v1", "test", {})
+    assert timings["router_replicas"] == 2 and 0 < timings["traffic_off_s"] < 15
+    assert {chat(control, key, X_Request_Id=f"two-{i}").headers["X-Release-Role"] for i in range(60)} == {"production"}
 
 def with_policy(serving, **changes):
     return type(serving)(**{**serving.model_dump(), **changes})
@@ -271,7 +297,7 @@ def test_a_rollback_cut_off_half_way_is_finished_by_the_next_check(control, serv
     # a stale router still asking the pool for the rolled-back adapter is refused, not served
     from ray import serve
 
-    from datacreek_assets.serving.app import AdapterServer, adapter_model_id, pool_name
+    from datacreek_assets.serving.pool_server import AdapterServer, adapter_model_id, pool_name
 
     release = control.store.release(tenant, "v1")
     stale = serve.get_deployment_handle(AdapterServer.name, app_name=pool_name(release.model.sha256)).options(
@@ -402,6 +428,7 @@ def test_retrieval_grounds_each_request_in_its_own_tenants_chunks_only(control, 
         seen[tenant] |= {c["chunk_id"] for c in chunks}
     assert seen[alpha] <= alpha_ids and seen[beta] <= beta_ids
     # pinned requests (an evaluation) are served and measured, but the canary is not judged by them
+    time.sleep(2 * REPORT_EVERY_S)  # both router replicas have reported them
     window = requests.get(f"{control.url}/admin/v1/tenants/{alpha}/window",
                           headers={"Authorization": f"Bearer {control.admin_token}"}, timeout=10).json()
     assert window["production"]["count"] == 0 and window["canary"]["count"] == 0

@@ -1,0 +1,62 @@
+"""RouterStats, where several router replicas' measurements meet: the canary's window is over
+every replica's samples, a retired version's window goes, a silent replica is dropped, and the
+metrics count every replica's requests (the class itself; the Serve deployment is covered by
+tests/integration/test_serving.py)."""
+
+import time
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from datacreek_assets.serving.router_stats import ROUTER_STALE_S, RequestSample, RouterStats
+
+STATS = RouterStats.func_or_class  # the class Serve runs as a replica
+
+
+def samples(tenant: str, version: str, role: str, latencies: list[float], code: int = 200, judged: bool = True):
+    return [RequestSample(tenant, version, role, code, latency, judged) for latency in latencies]
+
+
+def test_the_window_is_over_every_replicas_samples():
+    stats = STATS(60.0)
+    # replica a sees the fast canary requests, replica b the slow ones: each alone would judge wrong
+    stats.report("a", 100.0, samples("acme", "v2", "canary", [0.01] * 10) + samples("acme", "base", "production",
+                                                                                    [0.01] * 50), [], {}, [])
+    stats.report("b", 101.0, samples("acme", "v2", "canary", [0.5] * 10, code=503) +
+                 samples("acme", "v2", "canary", [0.4]), [], {}, [])
+    window = stats.window("acme", ["base", "v2"])
+    assert window["v2"]["count"] == 21 and window["v2"]["errors"] == 10
+    assert window["v2"]["p99_s"] >= 0.4 and window["base"]["count"] == 50
+    assert window["v2"]["total"] == 11  # successful canary requests, over both replicas
+    assert stats.window("globex", ["v2"])["v2"]["count"] == 0  # another tenant's is its own
+
+
+def test_pinned_requests_and_client_errors_are_measured_but_not_judged():
+    stats = STATS(60.0)
+    stats.report("a", 1.0, samples("acme", "v2", "canary", [0.2] * 5, judged=False) +
+                 samples("acme", "v2", "canary", [0.1] * 3, code=413), [("acme", 0.004)], {"acme": 0.05}, [])
+    assert stats.window("acme", ["v2"])["v2"]["count"] == 0
+    families = {f.name: f for f in text_string_to_metric_families(stats.metrics())}
+    count = {(s.labels.get("code")): s.value for s in families["datacreek_serving_requests"].samples
+             if s.name.endswith("_total")}
+    assert count == {"200": 5, "413": 3}
+    weight = [s.value for s in families["datacreek_serving_canary_weight"].samples if s.labels["tenant"] == "acme"]
+    assert weight == [0.05]
+    retrieval = [s.value for s in families["datacreek_serving_retrieval_seconds"].samples
+                 if s.name.endswith("_count")]
+    assert retrieval == [1]
+
+
+def test_a_retired_version_is_forgotten_after_its_last_samples():
+    stats = STATS(60.0)
+    stats.report("a", 1.0, samples("acme", "v2", "canary", [0.01] * 4), [], {}, [("acme", "v2")])
+    assert stats.window("acme", ["v2"])["v2"] == {"count": 0, "p50_s": None, "p99_s": None, "errors": 0, "total": 0}
+
+
+def test_only_replicas_heard_from_lately_are_alive():
+    stats = STATS(60.0)
+    stats.report("a", 10.0, samples("acme", "base", "production", [0.01] * 3), [], {}, [])
+    stats.report("b", 12.0, [], [], {}, [])
+    alive = stats.alive()
+    assert {r: (seen["routes_read_at"], seen["samples"]) for r, seen in alive.items()} == {"a": (10.0, 3), "b": (12.0, 0)}
+    stats.routers["a"]["heard"] = time.monotonic() - ROUTER_STALE_S - 1  # a stopped reporting: it is gone
+    assert set(stats.alive()) == {"b"}
