@@ -14,3 +14,14 @@ def adapters_dropped(control, tenants: list[str], versions: tuple[str, ...] | No
             return True
         time.sleep(0.5)
     return False
+
+
+def samples_reported(control, total: int, timeout: float = 30.0) -> bool:
+    """The router replicas report their requests every 0.5 s: True once they have reported
+    ``total`` of them in all (counted since they started)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sum(r["samples"] for r in control.routers().values()) >= total:
+            return True
+        time.sleep(0.2)
+    return False

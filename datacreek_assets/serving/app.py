@@ -9,12 +9,12 @@ share. Unless `X-Retrieval: off`, the last user turn is grounded first: the tena
 retrieval index (the one its API key names, never another's) gives the top passages for it,
 which go into the prompt as the model was trained to read them.
 
-The router runs as several replicas. Each re-reads the routes from the release store every
-`ROUTES_READ_EVERY_S` (the control plane's reload reaches one replica at once, the others at
-their next read, and the control plane waits until all have: `ServingControl.reload_router`)
-and reports its latencies to `RouterStats`, which holds the canary's windows over all replicas
-(what the canary health sensor reads through the admin API) and the Prometheus metrics
-(`/metrics`).
+The router runs as several replicas. At each of Serve's health checks (every `REPORT_EVERY_S`)
+a replica reports its latencies and when it last read the store to `RouterStats`, which holds
+the canary's windows over all replicas (what the canary health sensor reads through the admin
+API) and the Prometheus metrics (`/metrics`), then re-reads the routes from the release store
+(one query). The control plane's reload reaches one replica at once, the others at their next
+read, and the control plane waits until all have (`ServingControl.reload_router`).
 """
 
 # no `from __future__ import annotations`: FastAPI must see the real types of the handlers' parameters
@@ -23,6 +23,7 @@ import hmac
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -33,14 +34,17 @@ from datacreek_assets.api_errors import error
 from datacreek_assets.serving.pool_server import AdapterServer, adapter_model_id, pool_name
 from datacreek_assets.serving.router_stats import REPORT_EVERY_S, RequestSample
 from datacreek_assets.serving.routing import InvalidVersion, validate_version
-from datacreek_assets.tenancy import InvalidTenantId
+from datacreek_assets.tenancy import InvalidTenantId, validate_tenant_id
 
 MAX_BODY_BYTES = 64 * 1024
 KEY_CACHE_S = 5.0  # a revoked key stops working within this many seconds
 MAX_CACHED_KEYS = 10_000
 RETRIEVAL_CHECK_S = 5.0  # how often a tenant's index pointer is re-read (a rebuilt index is served within this)
-ROUTES_READ_EVERY_S = 0.5  # how often each router replica re-reads the routes (the store is the truth)
 MAX_UNREPORTED = 100_000  # samples a replica keeps while RouterStats cannot be reached (then drops the oldest)
+# each well under Serve's health-check timeout (30 s): a slow store or RouterStats restarting must
+# not get every router replica restarted at once
+REPORT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 10.0
 
 
 class ChatMessage(BaseModel):
@@ -103,8 +107,10 @@ class Router:
         self.retrievals: list[tuple[str, float]] = []
         self.weights: dict[str, float] = {}
         self.retired: list[tuple[str, str]] = []
+        # its own thread: the default pool's threads may all wait on the embedder
+        self.store_reads = ThreadPoolExecutor(1, thread_name_prefix="routes")
         self.routes_read_at = time.time()
-        self._apply_all(self.store.all_routes(), self.store.live_releases())
+        self._apply_all(self.store.live_releases())
         self.models_dir = models_dir  # where each tenant's retrieval index lives (empty: no retrieval)
         self.retrieval_k = retrieval_k
         self.indexes: dict[str, tuple[float, str | None, object]] = {}  # tenant -> (checked at, version, index)
@@ -116,38 +122,39 @@ class Router:
         self.keys: dict[str, tuple[str | None, float]] = {}
 
     async def check_health(self) -> None:
-        """Serve's periodic health check (every REPORT_EVERY_S): the routes are re-read now and
-        then and this replica's samples reported. Neither failing makes the replica unhealthy:
-        it goes on routing by the routes it has, and reports at the next check."""
-        if time.time() - self.routes_read_at >= ROUTES_READ_EVERY_S:
-            await self._read_routes()
+        """Serve's periodic health check (every REPORT_EVERY_S): this replica's samples and
+        heartbeat are reported (first: a replica whose read is stuck is seen to be behind), then
+        the routes re-read. Neither failing makes the replica unhealthy: it goes on routing by
+        the routes it has, and reports at the next check."""
         try:
-            await self._report()
+            await asyncio.wait_for(self._report(), REPORT_TIMEOUT_S)
         except Exception:  # RouterStats is restarting: the samples wait (up to MAX_UNREPORTED)
             pass
+        await self._read_routes()
 
     async def _read_routes(self) -> None:
         started = time.time()  # the read sees every change committed before it starts
         try:
-            routes, releases = await asyncio.to_thread(lambda: (self.store.all_routes(), self.store.live_releases()))
+            releases = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(
+                self.store_reads, self.store.live_releases), READ_TIMEOUT_S)
         except Exception:  # the store: the routes stay as they are until it answers
             return
         if started < self.routes_read_at:  # a read that started later was applied first: this one is older
             return
-        self._apply_all(routes, releases)
+        self._apply_all(releases)
         self.routes_read_at = started
 
     async def _report(self) -> None:
         requests, self.unreported = self.unreported, []
         retrievals, self.retrievals = self.retrievals, []
-        weights, self.weights = self.weights, {}
         retired, self.retired = self.retired, []
         try:
-            await self.stats.report.remote(self.replica, self.routes_read_at, requests, retrievals, weights, retired)
-        except Exception:
+            # every tenant's weight each time: a restarted RouterStats has them all again
+            await self.stats.report.remote(self.replica, self.routes_read_at, requests, retrievals,
+                                           dict(self.weights), retired)
+        except BaseException:  # (a timeout cancels it) kept for the next report
             self.unreported = (requests + self.unreported)[-MAX_UNREPORTED:]
             self.retrievals = (retrievals + self.retrievals)[-MAX_UNREPORTED:]
-            self.weights = {**weights, **self.weights}
             self.retired = retired + self.retired
             raise
 
@@ -286,7 +293,7 @@ class Router:
         return JSONResponse(reply, headers=headers)
 
     def _measured(self, tenant: str, version: str, role: str, code: int, latency_s: float, judged: bool) -> None:
-        self.unreported.append(RequestSample(tenant, version, role, code, latency_s, judged))
+        self.unreported.append(RequestSample(tenant, version, role, code, latency_s, judged, time.time()))
         if len(self.unreported) > MAX_UNREPORTED:
             del self.unreported[:len(self.unreported) - MAX_UNREPORTED]
 
@@ -325,15 +332,19 @@ class Router:
         if not self._admin(request):
             return error(401, "unauthorized", "admin token required")
         try:
-            route, live = await asyncio.to_thread(lambda: (self.store.route(tenant), self.store.live(tenant)))
+            validate_tenant_id(tenant)
         except InvalidTenantId as err:
             return error(400, "invalid_request", str(err))
-        self._apply(tenant, route, list(live.values()))
+        await self._read_routes()  # all of them: one query, and never older than a read already applied
+        route = self.routes.get(tenant)
         return {"tenant": tenant, "route": route.as_dict() if route else None}
 
-    def _apply_all(self, routes: dict, releases: list) -> None:
-        """Every tenant's route and live releases as read from the store; only the tenants whose
-        changed are touched."""
+    def _apply_all(self, releases: list) -> None:
+        """Every tenant's live releases (and the routes they make) as read from the store; only
+        the tenants whose changed are touched."""
+        from datacreek_assets.serving.release_store import routes_of
+
+        routes = routes_of(releases)
         by_tenant: dict[str, dict] = {}
         for release in releases:
             by_tenant.setdefault(release.tenant_id, {})[release.version] = release
@@ -373,10 +384,10 @@ class Router:
         sides = {role: version for role, version in (("production", route.production), ("canary", route.canary))
                  if version is not None}
         windows = await self.stats.window.remote(tenant, list(sides.values()))
-        sides = {role: {"version": version, **windows[version]} for role, version in sides.items()}
+        sides = {role: {"version": version, **windows["versions"][version]} for role, version in sides.items()}
         if "production" in sides:
             sides["production"]["total"] = None  # (promotion counts the canary's requests only)
-        return {"tenant": tenant, "route": route.as_dict(), **sides}
+        return {"tenant": tenant, "window_s": windows["window_s"], "route": route.as_dict(), **sides}
 
     @api.get("/admin/v1/routers")
     async def routers(self, request: Request):

@@ -113,12 +113,23 @@ class ServingControl:
 
         self.connect()
         serve.start(http_options={"host": self.http_host, "port": self.http_port})
-        if self.applications().get(ROUTER_APP) != "RUNNING":
-            # (a running router is left as it is: another count takes `serve.delete("router")` first)
+        if not self._router_as_configured():
             serve.run(Router.options(num_replicas=self.router_replicas).bind(
                 self.store_url, self.admin_token, RouterStats.bind(self.window_s), self.max_prompt_chars,
                 self.models_dir), name=ROUTER_APP, route_prefix="/")
         self.reconcile()
+
+    def _router_as_configured(self) -> bool:
+        """The router application runs, healthy, with RouterStats and `router_replicas` routers.
+        Anything else (not running, an older router without RouterStats, another count) is
+        deployed again; a running one as configured is left alone (a redeploy restarts it)."""
+        from ray import serve
+
+        app = serve.status().applications.get(ROUTER_APP)
+        if app is None or getattr(app.status, "value", str(app.status)) != "RUNNING":
+            return False
+        router, stats = app.deployments.get("Router"), app.deployments.get("RouterStats")
+        return stats is not None and router is not None and sum(router.replica_states.values()) == self.router_replicas
 
     def reconcile(self) -> None:
         """Base pools missing from Serve are started for the live releases (after a Ray restart, or
@@ -276,28 +287,31 @@ class ServingControl:
 
     def _reload(self, path: str) -> dict:
         """Tell the router: the replica that gets the call re-reads the store at once, and this
-        returns once every router replica has read it since (each does every
-        ROUTES_READ_EVERY_S), so no replica routes by what was just changed. A replica that has
-        not within ROUTERS_SETTLE_S is an error (the change is recorded: reconcile retries)."""
+        returns once every router replica has read it since (each does every 0.5 s), so no
+        replica routes by what was just changed. A replica that has not within
+        ROUTERS_SETTLE_S is an error (the change is recorded: reconcile retries)."""
         changed = time.time()
         reply = self._admin("POST", path)
         self.routers_read_since(changed)
         return reply
 
     def routers_read_since(self, changed: float) -> float:
-        """Wait until every router replica alive has read the store after ``changed`` (epoch
-        seconds; a replica that starts later reads it when it starts); returns the seconds since
-        ``changed``. The replicas' and this process's clocks are compared: NTP keeps a cluster's
-        within milliseconds, under the 0.5 s between a replica's reads."""
+        """Wait until `router_replicas` router replicas report, every one of them having read the
+        store after ``changed`` (epoch seconds; a replica that starts later reads it when it
+        starts); returns the seconds since ``changed``. One that has stopped reporting (its
+        report comes before its read) counts as missing, not as caught up. The replicas' and
+        this process's clocks are compared: NTP keeps a cluster's within milliseconds, under the
+        0.5 s between a replica's reads."""
         deadline = time.monotonic() + ROUTERS_SETTLE_S
         while True:
             routers = self.routers()
             behind = sorted(r for r, seen in routers.items() if seen["routes_read_at"] < changed)
-            if routers and not behind:
+            if len(routers) >= self.router_replicas and not behind:
                 return time.time() - changed
             if time.monotonic() > deadline:
                 raise ServingError(f"router replicas have not re-read the release store in {ROUTERS_SETTLE_S:.0f} s "
-                                   f"({len(routers)} alive, behind: {', '.join(behind) or 'none reporting'})")
+                                   f"({len(routers)} of {self.router_replicas} reporting; behind: "
+                                   f"{', '.join(behind) or 'none'})")
             time.sleep(0.05)
 
     def window(self, tenant: str) -> dict:

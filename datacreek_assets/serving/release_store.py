@@ -108,6 +108,23 @@ def replica_store_url(given: str) -> str:
     return os.environ.get(STORE_URL_ENV) or given
 
 
+def route_of(live: dict[str, Release]) -> Route | None:
+    """A tenant's route from its live releases ({'production': ..., 'canary': ...})."""
+    if "production" not in live:
+        return None
+    canary = live.get("canary")
+    return Route(live["production"].version, canary.version if canary else None,
+                 canary.canary_weight if canary else 0.0)
+
+
+def routes_of(releases: list[Release]) -> dict[str, Route]:
+    """Every tenant's route from every tenant's live releases (one read of the store)."""
+    live: dict[str, dict[str, Release]] = {}
+    for release in releases:
+        live.setdefault(release.tenant_id, {})[release.status] = release
+    return {tenant: route for tenant in sorted(live) if (route := route_of(live[tenant])) is not None}
+
+
 def _legacy_run_key(adapter_path: str | None) -> str | None:
     """The training a legacy release serves: its adapter was ``<tenant dir>/gguf/<run key>/adapter.gguf``."""
     if not adapter_path:
@@ -206,17 +223,10 @@ class ServingStore:
             self._live_row(session, tenant_id, version).injected_delay_s = delay_s or None
 
     def route(self, tenant_id: str) -> Route | None:
-        live = self.live(tenant_id)
-        if "production" not in live:
-            return None
-        canary = live.get("canary")
-        return Route(live["production"].version, canary.version if canary else None,
-                     canary.canary_weight if canary else 0.0)
+        return route_of(self.live(tenant_id))
 
     def all_routes(self) -> dict[str, Route]:
-        with Session(self.engine) as session:
-            tenants = set(session.scalars(select(ReleaseRow.tenant_id).where(ReleaseRow.status.in_(LIVE))))
-        return {t: r for t in sorted(tenants) if (r := self.route(t)) is not None}
+        return routes_of(self.live_releases())
 
     def tenants_with_canary(self) -> list[str]:
         with Session(self.engine) as session:

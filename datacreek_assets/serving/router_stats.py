@@ -34,6 +34,7 @@ class RequestSample:
     code: int
     latency_s: float
     judged: bool  # through the canary split (a pinned request is in the metrics, not the windows)
+    at: float  # when it was answered (epoch seconds, the router's clock)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, num_replicas=1, max_ongoing_requests=1000)
@@ -63,7 +64,7 @@ class RouterStats:
                retired: list[tuple[str, str]]) -> None:
         """A router replica's samples since its last report, the canary weights it routes by,
         the versions it stopped routing, and when it last read the store (its heartbeat)."""
-        now = time.monotonic()
+        now, wall = time.monotonic(), time.time()
         seen = self.routers.setdefault(router, {"samples": 0, "routes_read_at": 0.0})
         # (max: two reports of one replica may arrive out of order)
         seen.update(heard=now, routes_read_at=max(seen["routes_read_at"], routes_read_at),
@@ -77,9 +78,12 @@ class RouterStats:
             # long for the context is the client's, not the deployment's
             if sample.judged and sample.code in (200, 503):
                 key = (sample.tenant, sample.version)
-                self.windows.setdefault(key, LatencyWindow(self.window_s)).add(sample.latency_s, now, sample.code == 200)
                 if sample.code == 200 and sample.role == "canary":
                     self.canary_totals[key] = self.canary_totals.get(key, 0) + 1
+                age = max(0.0, wall - sample.at)  # samples held back by an outage are as old as they are
+                if age < self.window_s:
+                    self.windows.setdefault(key, LatencyWindow(self.window_s)).add(sample.latency_s, now - age,
+                                                                                 sample.code == 200)
         for tenant, seconds in retrievals:
             self.retrieval_latency.labels(tenant).observe(seconds)
         for tenant, weight in weights.items():
@@ -92,14 +96,14 @@ class RouterStats:
             for key in [k for k, w in self.windows.items() if not w.stats(now).count]:
                 del self.windows[key]
 
-    def window(self, tenant: str, versions: list[str]) -> dict[str, dict]:
+    def window(self, tenant: str, versions: list[str]) -> dict:
         """Each version's window over every router replica's samples."""
         out = {}
         for version in versions:
             stats = self.windows.get((tenant, version), LatencyWindow(self.window_s)).stats()
             out[version] = {"count": stats.count, "p50_s": stats.p50_s, "p99_s": stats.p99_s, "errors": stats.errors,
                             "total": self.canary_totals.get((tenant, version), 0)}
-        return out
+        return {"window_s": self.window_s, "versions": out}
 
     def alive(self) -> dict[str, dict]:
         """The router replicas heard from lately: when each last read the store, how many

@@ -102,12 +102,15 @@ class LatencyWindow:
 
     def stats(self, now: float | None = None) -> WindowStats:
         now = time.monotonic() if now is None else now
-        while self.samples and self.samples[0][0] < now - self.window_s:
+        since = now - self.window_s
+        while self.samples and self.samples[0][0] < since:
             self.samples.popleft()
-        values = [latency for _, latency, _ in self.samples]
+        # (samples reported late arrive out of order: each is judged by its own time)
+        current = [(latency, ok) for at, latency, ok in self.samples if at >= since]
+        values = [latency for latency, _ in current]
         if not values:
             return WindowStats(0, None, None)
-        errors = sum(1 for _, _, ok in self.samples if not ok)
+        errors = sum(1 for _, ok in current if not ok)
         return WindowStats(len(values), percentile(values, 50), percentile(values, 99), errors)
 
 

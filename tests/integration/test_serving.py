@@ -21,11 +21,10 @@ from datacreek_assets.finetune.fixtures import random_adapter_release
 from datacreek_assets.local_services import free_port
 from datacreek_assets.partitions import TENANTS_PARTITION
 from datacreek_assets.serving.control import ServingError
-from datacreek_assets.serving.router_stats import REPORT_EVERY_S
 from datacreek_assets.serving.routing import BUCKETS, Route, canary_bucket
 from datacreek_assets.serving.traffic import TrafficGenerator
 from tests.raw_http import raw_status
-from tests.serving_checks import adapters_dropped
+from tests.serving_checks import adapters_dropped, samples_reported
 
 pytestmark = pytest.mark.integration
 
@@ -419,6 +418,7 @@ def test_retrieval_grounds_each_request_in_its_own_tenants_chunks_only(control, 
         "json.dumps serializes an object to JSON text.", "Serialize objects to JSON with the encoder class.",
         "To serialize to a file, use json.dump.", "Paella needs saffron and patience."])
     seen = {alpha: set(), beta: set()}
+    reported = sum(r["samples"] for r in control.routers().values())
     for tenant, key in ((alpha, alpha_key), (beta, beta_key), (alpha, alpha_key), (beta, beta_key)):
         reply = chat(control, key, question, X_Model_Version="base")
         assert reply.status_code == 200, reply.text
@@ -428,7 +428,7 @@ def test_retrieval_grounds_each_request_in_its_own_tenants_chunks_only(control, 
         seen[tenant] |= {c["chunk_id"] for c in chunks}
     assert seen[alpha] <= alpha_ids and seen[beta] <= beta_ids
     # pinned requests (an evaluation) are served and measured, but the canary is not judged by them
-    time.sleep(2 * REPORT_EVERY_S)  # both router replicas have reported them
+    assert samples_reported(control, reported + 4)  # whichever router replicas answered them
     window = requests.get(f"{control.url}/admin/v1/tenants/{alpha}/window",
                           headers={"Authorization": f"Bearer {control.admin_token}"}, timeout=10).json()
     assert window["production"]["count"] == 0 and window["canary"]["count"] == 0

@@ -12,8 +12,9 @@ from datacreek_assets.serving.router_stats import ROUTER_STALE_S, RequestSample,
 STATS = RouterStats.func_or_class  # the class Serve runs as a replica
 
 
-def samples(tenant: str, version: str, role: str, latencies: list[float], code: int = 200, judged: bool = True):
-    return [RequestSample(tenant, version, role, code, latency, judged) for latency in latencies]
+def samples(tenant: str, version: str, role: str, latencies: list[float], code: int = 200, judged: bool = True,
+            age_s: float = 0.0):
+    return [RequestSample(tenant, version, role, code, latency, judged, time.time() - age_s) for latency in latencies]
 
 
 def test_the_window_is_over_every_replicas_samples():
@@ -23,18 +24,29 @@ def test_the_window_is_over_every_replicas_samples():
                                                                                     [0.01] * 50), [], {}, [])
     stats.report("b", 101.0, samples("acme", "v2", "canary", [0.5] * 10, code=503) +
                  samples("acme", "v2", "canary", [0.4]), [], {}, [])
-    window = stats.window("acme", ["base", "v2"])
+    window = stats.window("acme", ["base", "v2"])["versions"]
     assert window["v2"]["count"] == 21 and window["v2"]["errors"] == 10
     assert window["v2"]["p99_s"] >= 0.4 and window["base"]["count"] == 50
     assert window["v2"]["total"] == 11  # successful canary requests, over both replicas
-    assert stats.window("globex", ["v2"])["v2"]["count"] == 0  # another tenant's is its own
+    assert stats.window("globex", ["v2"])["versions"]["v2"]["count"] == 0  # another tenant's is its own
+
+
+def test_samples_reported_late_count_by_when_they_were_answered():
+    stats = STATS(60.0)
+    # held back by an outage: 90 s old ones are out of the window, 30 s old ones in it
+    stats.report("a", 1.0, samples("acme", "v2", "canary", [0.5] * 7, age_s=90.0) +
+                 samples("acme", "v2", "canary", [0.01] * 3, age_s=30.0), [], {}, [])
+    stats.report("b", 1.0, samples("acme", "v2", "canary", [0.02] * 2), [], {}, [])
+    window = stats.window("acme", ["v2"])
+    assert window["window_s"] == 60.0 and window["versions"]["v2"]["count"] == 5
+    assert window["versions"]["v2"]["p99_s"] < 0.5 and window["versions"]["v2"]["total"] == 12
 
 
 def test_pinned_requests_and_client_errors_are_measured_but_not_judged():
     stats = STATS(60.0)
     stats.report("a", 1.0, samples("acme", "v2", "canary", [0.2] * 5, judged=False) +
                  samples("acme", "v2", "canary", [0.1] * 3, code=413), [("acme", 0.004)], {"acme": 0.05}, [])
-    assert stats.window("acme", ["v2"])["v2"]["count"] == 0
+    assert stats.window("acme", ["v2"])["versions"]["v2"]["count"] == 0
     families = {f.name: f for f in text_string_to_metric_families(stats.metrics())}
     count = {(s.labels.get("code")): s.value for s in families["datacreek_serving_requests"].samples
              if s.name.endswith("_total")}
@@ -49,7 +61,7 @@ def test_pinned_requests_and_client_errors_are_measured_but_not_judged():
 def test_a_retired_version_is_forgotten_after_its_last_samples():
     stats = STATS(60.0)
     stats.report("a", 1.0, samples("acme", "v2", "canary", [0.01] * 4), [], {}, [("acme", "v2")])
-    assert stats.window("acme", ["v2"])["v2"] == {"count": 0, "p50_s": None, "p99_s": None, "errors": 0, "total": 0}
+    assert stats.window("acme", ["v2"])["versions"]["v2"] == {"count": 0, "p50_s": None, "p99_s": None, "errors": 0, "total": 0}
 
 
 def test_only_replicas_heard_from_lately_are_alive():
