@@ -47,6 +47,10 @@ REPORT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 10.0
 
 
+def stats_unavailable():
+    return error(503, "unavailable", "the routers' measurements (RouterStats) cannot be reached now; retry")
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: str = Field(pattern="^(system|user|assistant)$")
@@ -380,10 +384,11 @@ class Router:
         route = self.routes.get(tenant)
         if route is None:
             return error(404, "no_model", "no live route for this tenant")
-        await self._report()  # this replica's latest samples count too
         sides = {role: version for role, version in (("production", route.production), ("canary", route.canary))
                  if version is not None}
-        windows = await self.stats.window.remote(tenant, list(sides.values()))
+        windows = await self._from_stats("window", tenant, list(sides.values()))
+        if windows is None:
+            return stats_unavailable()
         sides = {role: {"version": version, **windows["versions"][version]} for role, version in sides.items()}
         if "production" in sides:
             sides["production"]["total"] = None  # (promotion counts the canary's requests only)
@@ -394,8 +399,8 @@ class Router:
         """The router replicas alive: when each last read the release store, what it reported."""
         if not self._admin(request):
             return error(401, "unauthorized", "admin token required")
-        await self._report()
-        return {"routers": await self.stats.alive.remote()}
+        alive = await self._from_stats("alive")
+        return stats_unavailable() if alive is None else {"routers": alive}
 
     @api.get("/metrics")
     async def metrics(self, request: Request):
@@ -403,8 +408,17 @@ class Router:
             return error(401, "unauthorized", "admin token required")
         from prometheus_client import CONTENT_TYPE_LATEST
 
-        await self._report()
-        return PlainTextResponse(await self.stats.metrics.remote(), media_type=CONTENT_TYPE_LATEST)
+        text = await self._from_stats("metrics")
+        return stats_unavailable() if text is None else PlainTextResponse(text, media_type=CONTENT_TYPE_LATEST)
+
+    async def _from_stats(self, method: str, *args):
+        """RouterStats' answer, with this replica's latest samples reported first; None while it
+        cannot answer (restarting)."""
+        try:
+            await asyncio.wait_for(self._report(), REPORT_TIMEOUT_S)
+            return await asyncio.wait_for(getattr(self.stats, method).remote(*args), REPORT_TIMEOUT_S)
+        except Exception:
+            return None
 
     @api.get("/healthz")
     async def healthz(self):
