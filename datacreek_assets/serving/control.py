@@ -97,6 +97,9 @@ class ServingControl:
             os.environ.update(ray_auth_env(Path(self.ray_auth_token_path)))
             Config.initialize("")
             AuthenticationTokenLoader.instance().reset_cache()
+        # a connection the head's death left half torn down (not initialized, still marked
+        # connected) is let go first: ray.init would refuse it as a second init
+        ray.shutdown()
         try:
             ray.init(address=self.ray_address, log_to_driver=False, logging_level="warning")
         except (ConnectionError, RuntimeError) as err:

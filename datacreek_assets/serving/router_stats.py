@@ -37,7 +37,9 @@ class RequestSample:
     at: float  # when it was answered (epoch seconds, the router's clock)
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0}, num_replicas=1, max_ongoing_requests=1000)
+# (no access log: each router replica reports twice a second)
+@serve.deployment(ray_actor_options={"num_cpus": 0}, num_replicas=1, max_ongoing_requests=1000,
+                  logging_config={"enable_access_log": False})
 class RouterStats:
     def __init__(self, window_s: float):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
