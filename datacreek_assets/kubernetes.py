@@ -118,11 +118,13 @@ class Connection:
 
 
 # the platform's pods a tenant's network policy tells apart (app.kubernetes.io/name)
-PLATFORM_PODS = ("dagster", "kafka", "datacreek-stream", "ray")
+PLATFORM_PODS = ("dagster", "kafka", "datacreek-stream", "ray", "datacreek-serving-control")
 # labels a platform pod carries besides app.kubernetes.io/name (KubeRay adds ray.io/cluster)
 _POD_LABELS = {"ray": {"ray.io/cluster": "datacreek-serving"}}
-# what tenants may open to the Ray pods: the router's port (Serve's proxy) and the Ray Client
-RAY_TENANT_PORTS = "{protocols:TCP,dst_ports:8000,10001}"
+# what tenants may open to the Ray pods: the router's port (Serve's proxy) only; and to the
+# serving control API (release steps, with their tenant's token): its port
+RAY_TENANT_PORTS = "{protocols:TCP,dst_ports:8000}"
+CONTROL_TENANT_PORTS = "{protocols:TCP,dst_ports:8200}"
 
 
 def model_cluster(tenants: list[str], platform_pods: tuple[str, ...] = PLATFORM_PODS) -> list[dict]:
@@ -206,10 +208,13 @@ def platform_exposure(policies: list[dict], tenants: list[str]) -> dict[str, set
 def platform_holes(exposure: dict[str, set[str]], kafka_tenant_port: int = 9094) -> list[str]:
     """Kafka open on anything but its tenant listener (the platform's listener authenticates no
     one); the stream job open at all (its REST API controls the job every tenant depends on);
-    Ray open on anything but the router's port and the Ray Client (its GCS and dashboard run jobs)."""
+    Ray open on anything but the router's port (its Ray Client, GCS and dashboard run anything);
+    the serving control API on anything but its port."""
     holes = [f"tenants -> kafka: {c}" for c in sorted(exposure.get("kafka", ()))
              if c != f"{{protocols:TCP,dst_ports:{kafka_tenant_port}}}"]
     holes += [f"tenants -> ray: {c}" for c in sorted(exposure.get("ray", ())) if c != RAY_TENANT_PORTS]
+    holes += [f"tenants -> datacreek-serving-control: {c}"
+              for c in sorted(exposure.get("datacreek-serving-control", ())) if c != CONTROL_TENANT_PORTS]
     return holes + [f"tenants -> datacreek-stream: {c}" for c in sorted(exposure.get("datacreek-stream", ()))]
 
 

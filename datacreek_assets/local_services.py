@@ -446,6 +446,11 @@ class RayService(ManagedProcess):
         return self.settings.ray_port
 
     @property
+    def client_port(self) -> int:
+        """The Ray Client server (ray://): how a driver outside the cluster's network connects."""
+        return self.port + 1
+
+    @property
     def temp_dir(self) -> Path:
         # Ray puts unix sockets under its temp dir: their paths must stay under 107 bytes
         return Path("/tmp") / f"datacreek-ray-{self.port}"
@@ -470,7 +475,7 @@ class RayService(ManagedProcess):
         return [
             str(ray), "start", "--head", "--block",
             f"--port={self.port}",
-            f"--ray-client-server-port={self.port + 1}",
+            f"--ray-client-server-port={self.client_port}",
             f"--dashboard-agent-listen-port={self.port + 2}",
             f"--dashboard-agent-grpc-port={self.port + 3}",
             f"--runtime-env-agent-port={self.port + 4}",
@@ -490,7 +495,7 @@ class RayService(ManagedProcess):
                 "OMP_NUM_THREADS": "1"}
 
     def ready(self) -> bool:
-        return _port_open(self.port + 1)  # the client server comes up after the GCS and the raylet
+        return _port_open(self.client_port)  # the client server comes up after the GCS and the raylet
 
     def head_processes(self) -> list[int]:
         """The head's processes (GCS, raylet, agents): their command lines name our temp dir."""

@@ -16,6 +16,8 @@ nothing that reaches another tenant's rows, graph or documents.
   describing) the graph events topic and nothing else: no reading any topic, no other topic, no
   consumer group. Kafka cannot scope a write to a key, so the tenant also gets its event signing
   key, and the stream job refuses events not signed with their tenant's (``streaming.event_auth``).
+- Serving: a token for the serving control API (``serving.control_api``), which releases the
+  tenant's models and nobody else's; the tenant's pods hold no Ray credentials.
 - S3 and Neo4j Enterprise: the tenant chart renders the IAM policy (the tenant's prefixes only)
   and the Cypher that creates a user for the tenant's database.
 
@@ -32,12 +34,13 @@ from datacreek_assets.tenancy import validate_tenant_id
 ROLE_PREFIX = "dc_tenant_"
 TENANT_SECRET = "datacreek-tenant"  # in the tenant's namespace; run and step pods read it after the platform's
 # every table whose rows carry a tenant_id (each store creates its own), and what a tenant's run
-# may do there: read its registration, bill its meters, record its releases
+# may do there: read its registration, bill its meters, read its releases (the serving control
+# API records them: a role that could write one could skip the canary policy or name any file)
 TABLE_GRANTS = {
     "tenants": "SELECT", "tenant_changes": "SELECT",
     "credit_accounts": "SELECT, INSERT, UPDATE",  # INSERT: the ledger's ON CONFLICT DO NOTHING needs it
     "credit_transactions": "SELECT, INSERT", "meters": "SELECT, INSERT, UPDATE",
-    "serving_api_keys": "SELECT", "serving_releases": "SELECT, INSERT, UPDATE",
+    "serving_api_keys": "SELECT", "serving_releases": "SELECT",
     # its review queue, rewritten by its run; curator keys are the platform's alone
     "edge_review_queue": "SELECT, INSERT, DELETE", "curation_settings": "SELECT", "edge_repair_log": "SELECT",
 }
@@ -121,7 +124,8 @@ def grant_postgres_role(engine, tenant_id: str, password: str | None = None) -> 
         database = conn.execute(text("SELECT current_database()")).scalar()
         conn.execute(text(f'GRANT CONNECT ON DATABASE "{database}" TO {role}'))
         conn.execute(text(f"GRANT USAGE ON SCHEMA public TO {role}"))
-        for table in tables:
+        for table in tables:  # exactly these: a right an earlier issue granted goes with a rotation
+            conn.execute(text(f"REVOKE ALL ON {table} FROM {role}"))
             conn.execute(text(f"GRANT {TABLE_GRANTS[table]} ON {table} TO {role}"))
         conn.execute(text(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}"))
     return password
@@ -306,7 +310,21 @@ def issue_credentials(resources: dict, tenant_id: str) -> dict[str, str]:
     env["DATACREEK_FALKORDB_USER"] = falkordb_user(tenant_id)
     env["DATACREEK_FALKORDB_PASSWORD"] = grant_falkordb_user(falkordb, tenant_id)
     env.update(kafka_credentials(resources["event_log"], falkordb, tenant_id))
+    env.update(serving_control_credentials(resources["serving"], tenant_id))
     return env
+
+
+def serving_control_credentials(serving, tenant_id: str) -> dict[str, str]:
+    """The tenant's token for the serving control API, where the platform runs one (its release
+    steps go there, not to Ray: `serving.control_api`)."""
+    from datacreek_assets.serving.control_api import control_token
+
+    if not serving.control_secret:
+        return {}
+    # blanked: the platform's secret (it makes every tenant's token), Ray and the router's admin
+    # token, should the platform's variables a tenant's pods read still name them
+    return {"DATACREEK_SERVING_CONTROL_TOKEN": control_token(serving.control_secret, tenant_id),
+            "DATACREEK_SERVING_CONTROL_SECRET": "", "DATACREEK_RAY_ADDRESS": "", "DATACREEK_SERVING_ADMIN_TOKEN": ""}
 
 
 def kafka_credentials(event_log, falkordb, tenant_id: str) -> dict[str, str]:

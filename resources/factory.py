@@ -126,18 +126,25 @@ def build_resources(profile: str, settings: LocalSettings | None = None) -> dict
                 cpu_fallback=dg.EnvVar("DATACREEK_CPU_FALLBACK"),
             ),
             "serving": ServingResource(
-                ray_address=dg.EnvVar("DATACREEK_RAY_ADDRESS"),  # the Ray head's GCS (KubeRay cluster)
+                # the Ray Client and the router's admin token: the platform's pods only (tenants'
+                # release steps go to the control API below)
+                ray_address=optional_env("DATACREEK_RAY_ADDRESS"),
                 http_port=dg.EnvVar.int("DATACREEK_SERVE_PORT"),
                 http_host="0.0.0.0",
                 replica_cpus=1.0,  # one llama.cpp thread: model replicas go to the RayCluster's workers
                 pool_max_replicas=dg.EnvVar.int("DATACREEK_SERVING_POOL_MAX_REPLICAS"),
                 router_url=dg.EnvVar("DATACREEK_ROUTER_URL"),  # the Serve proxy's service, as Dagster pods see it
                 store_url=dg.EnvVar("DATACREEK_SERVING_STORE_URL"),  # Postgres
-                admin_token=dg.EnvVar("DATACREEK_SERVING_ADMIN_TOKEN"),
+                admin_token=optional_env("DATACREEK_SERVING_ADMIN_TOKEN"),
                 models_dir=dg.EnvVar("DATACREEK_MODELS_DIR"),  # the volume the Ray workers mount too
                 object_store=ObjectStoreResource(backend="s3", bucket=dg.EnvVar("DATACREEK_S3_BUCKET"), s3=s3),
                 model_cache_dir=dg.EnvVar("DATACREEK_MODEL_CACHE_DIR"),  # each Ray worker's local disk
                 model_cache_gb=dg.EnvVar.int("DATACREEK_MODEL_CACHE_GB"),
+                # tenants' pods: the control API and their token; the platform's: the secret the
+                # API checks tokens with
+                control_url=optional_env("DATACREEK_SERVING_CONTROL_URL"),
+                control_token=optional_env("DATACREEK_SERVING_CONTROL_TOKEN"),
+                control_secret=optional_env("DATACREEK_SERVING_CONTROL_SECRET"),
             ),
         }
     raise ConfigError(f"unknown profile {profile!r}")

@@ -381,16 +381,39 @@ class ServingResource(dg.ConfigurableResource):
     object_store: Optional[ObjectStoreResource] = None
     model_cache_dir: str = ""  # each node's cache of fetched model files
     model_cache_gb: int = 0  # GiB: least recently used files are evicted past it; 0: no limit
+    # the serving control API (`datacreek serving control-api`, platform namespace): where tenants'
+    # release steps go in a cluster instead of Ray, with their token (DATACREEK_SERVING_CONTROL_TOKEN,
+    # from `datacreek tenant credentials`); empty: release steps drive Ray themselves (local)
+    control_url: str = ""
+    control_token: str = ""
+    control_secret: str = ""  # the platform's: the API derives and checks each tenant's token from it
 
     def control(self):
         from datacreek_assets.serving.control import ServingControl
 
+        if not (self.ray_address and self.admin_token):
+            raise dg.DagsterInvalidConfigError(
+                "serving needs DATACREEK_RAY_ADDRESS and DATACREEK_SERVING_ADMIN_TOKEN here (the platform's pods; "
+                "a tenant's release steps go through DATACREEK_SERVING_CONTROL_URL)", [], self.ray_address)
         source = (self.object_store.model_source(self.model_cache_dir, self.model_cache_gb * 2**30)
                   if self.object_store is not None else None)
         return ServingControl(self.ray_address, self.http_port, self.store_url, self.admin_token,
                               self.ray_auth_token_path or None, self.window_s, self.max_prompt_chars, self.n_ctx,
                               self.threads, self.http_host, self.router_url, self.models_dir, source,
-                              self.replica_cpus, self.pool_max_replicas, self.router_replicas)
+                              self.replica_cpus, self.pool_max_replicas, self.router_replicas,
+                              self.canary_weight, self.policy())
+
+    def releases(self, tenant_id: str):
+        """What a tenant's release step changes the serving through: the control API where one is
+        configured (its Ray, router and release store stay the platform's), else `control()`."""
+        if not self.control_url:
+            return self.control()
+        from datacreek_assets.serving.control_client import ServingControlClient
+
+        if self.object_store is None:
+            raise dg.DagsterInvalidConfigError("the serving control API needs the object store its release steps "
+                                               "upload to (ServingResource.object_store)", [], self.control_url)
+        return ServingControlClient(self.control_url, self.control_token, self.object_store.store(), tenant_id)
 
     def store(self):
         """The release store alone (keys, releases): no Ray connection."""

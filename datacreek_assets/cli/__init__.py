@@ -12,6 +12,7 @@ from datacreek_assets.cli.hot import hot
 from datacreek_assets.cli.maintenance import migrate
 from datacreek_assets.cli.runs import backfill, demo, materialize
 from datacreek_assets.cli.services import services
+from datacreek_assets.cli.serving import serving
 from datacreek_assets.cli.storage import storage
 from datacreek_assets.cli.tenant import tenant
 from datacreek_assets.settings import ConfigError, current_profile
@@ -41,7 +42,8 @@ def cli(ctx: click.Context, profile: str | None) -> None:
         fail(err, EXIT_UNAVAILABLE)
 
 
-for command in (services, storage, tenant, events, hot, curate, billing, materialize, backfill, demo, migrate):
+for command in (services, storage, tenant, events, hot, curate, billing, serving, materialize, backfill, demo,
+                migrate):
     cli.add_command(command)
 
 

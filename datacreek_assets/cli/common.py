@@ -29,14 +29,17 @@ class Context:
         self.profile = profile
         self.settings = LocalSettings.from_env()
 
-    def resources(self):
+    def resources(self, only: tuple[str, ...] = ()):
+        """The profile's resources, set up; ``only``: just those (a command that needs few then
+        needs only their variables)."""
         from resources.factory import build_resources, initialized
 
         stack = contextlib.ExitStack()
         command = click.get_current_context(silent=True)
         if command is not None:  # torn down with the command
             command.call_on_close(stack.close)
-        return initialized(build_resources(self.profile, self.settings), stack)
+        resources = build_resources(self.profile, self.settings)
+        return initialized({name: resources[name] for name in only} if only else resources, stack)
 
     def instance(self):
         from dagster import DagsterInstance

@@ -41,6 +41,7 @@ KEY_CACHE_S = 5.0  # a revoked key stops working within this many seconds
 MAX_CACHED_KEYS = 10_000
 RETRIEVAL_CHECK_S = 5.0  # how often a tenant's index pointer is re-read (a rebuilt index is served within this)
 MAX_UNREPORTED = 100_000  # samples a replica keeps while RouterStats cannot be reached (then drops the oldest)
+MAX_UNSENT_REPORTS = 240  # reports kept to send again (2 min of them), each applied once by RouterStats
 # each well under Serve's health-check timeout (30 s): a slow store or RouterStats restarting must
 # not get every router replica restarted at once
 REPORT_TIMEOUT_S = 5.0
@@ -111,6 +112,10 @@ class Router:
         self.retrievals: list[tuple[str, float]] = []
         self.weights: dict[str, float] = {}
         self.retired: list[tuple[str, str]] = []
+        # reports not known to have arrived, by number: sent again until one is answered (a report
+        # whose answer was lost arrived, and RouterStats applies each number once)
+        self.unsent: dict[int, tuple[list, list, list]] = {}
+        self.reports = 0
         # its own thread: the default pool's threads may all wait on the embedder
         self.store_reads = ThreadPoolExecutor(1, thread_name_prefix="routes")
         self.routes_read_at = time.time()
@@ -132,7 +137,7 @@ class Router:
         the routes it has, and reports at the next check."""
         try:
             await asyncio.wait_for(self._report(), REPORT_TIMEOUT_S)
-        except Exception:  # RouterStats is restarting: the samples wait (up to MAX_UNREPORTED)
+        except Exception:  # RouterStats is restarting: the reports wait (up to MAX_UNSENT_REPORTS)
             pass
         await self._read_routes()
 
@@ -149,18 +154,21 @@ class Router:
         self.routes_read_at = started
 
     async def _report(self) -> None:
-        requests, self.unreported = self.unreported, []
-        retrievals, self.retrievals = self.retrievals, []
-        retired, self.retired = self.retired, []
-        try:
-            # every tenant's weight each time: a restarted RouterStats has them all again
+        """This replica's new samples as the next numbered report, after any not yet answered
+        (in order; a failure leaves them for the next call). Two calls at once may send one
+        report twice: RouterStats applies it once."""
+        self.reports += 1
+        self.unsent[self.reports] = (self.unreported, self.retrievals, self.retired)
+        self.unreported, self.retrievals, self.retired = [], [], []
+        while len(self.unsent) > MAX_UNSENT_REPORTS:  # RouterStats away for minutes: the oldest go
+            del self.unsent[next(iter(self.unsent))]
+        while self.unsent:
+            number = next(iter(self.unsent))
+            requests, retrievals, retired = self.unsent[number]
+            # (every tenant's weight each time: a restarted RouterStats has them all again)
             await self.stats.report.remote(self.replica, self.routes_read_at, requests, retrievals,
-                                           dict(self.weights), retired)
-        except BaseException:  # (a timeout cancels it) kept for the next report
-            self.unreported = (requests + self.unreported)[-MAX_UNREPORTED:]
-            self.retrievals = (retrievals + self.retrievals)[-MAX_UNREPORTED:]
-            self.retired = retired + self.retired
-            raise
+                                           dict(self.weights), retired, number)
+            self.unsent.pop(number, None)
 
     # -- tenants' API -----------------------------------------------------
     @api.post("/v1/chat/completions")

@@ -39,6 +39,10 @@ class ServingError(RuntimeError):
     """Ray Serve or the router cannot be reached or refused a change."""
 
 
+class ReleaseRefused(ServingError):
+    """The canary policy refuses the change asked for (no live canary, or one not ready)."""
+
+
 @dataclass
 class CanaryOutcome:
     tenant: str
@@ -64,7 +68,8 @@ class ServingControl:
                  ray_auth_token_path: str | None = None, window_s: float = 60.0, max_prompt_chars: int = 8000,
                  n_ctx: int = 2048, threads: int = 1, http_host: str = "127.0.0.1", router_url: str = "",
                  models_dir: str = "", model_source: ModelSource | None = None, replica_cpus: float = 0.0,
-                 pool_max_replicas: int = 1, router_replicas: int = 2):
+                 pool_max_replicas: int = 1, router_replicas: int = 2, canary_weight: float = 0.05,
+                 policy: CanaryPolicy | None = None):
         self.ray_address, self.http_port, self.ray_auth_token_path = ray_address, http_port, ray_auth_token_path
         self.store = ServingStore(store_url)
         self.store_url, self.admin_token = store_url, admin_token
@@ -78,6 +83,7 @@ class ServingControl:
         if router_replicas < 1:
             raise ValueError(f"router_replicas must be at least 1, not {router_replicas}")
         self.router_replicas = router_replicas
+        self.canary_weight, self.policy = canary_weight, policy or CanaryPolicy()  # releases and promotions
 
     # -- Ray Serve ------------------------------------------------------------
     def connect(self) -> None:
@@ -258,7 +264,7 @@ class ServingControl:
         if "tenants" in Path(model_path).resolve().parts:
             raise ServingError(f"{name} names a base model inside a tenant's folder: {model_path}")
         try:
-            store = self._source().store()
+            store = self.model_store()
             model = publish_base(store, Path(model_path))
             adapter = publish_adapter(store, release.tenant_id, Path(adapter_path)) if adapter_path else None
             return self.store.record_files(release.tenant_id, release.version, model, adapter, release.run_key)
@@ -325,25 +331,41 @@ class ServingControl:
         return self._admin("GET", "/admin/v1/routers")["routers"]
 
     # -- releases ------------------------------------------------------------------
-    def release_newest(self, tenant: str, candidate, weight: float) -> dict:
-        """`candidate` becomes the canary, unless it was released before (live, rolled back or
-        retired: a rolled-back model is never redeployed by automation). A live canary of an
-        older version is superseded."""
+    def release_newest(self, tenant: str, candidate) -> dict:
+        """`candidate` (a `Candidate`: local GGUF files) becomes the canary with `canary_weight`
+        of the tenant's traffic, unless it was
+        released before (live, rolled back or retired: a rolled-back model is never redeployed
+        by automation). A live canary of an older version is superseded."""
         self.ensure_router()
         existing = self.store.release(tenant, candidate.version)
         if existing is not None:
             return {"status": f"unchanged ({existing.status})", "version": candidate.version}
+        started = time.perf_counter()
+        model, adapter = self._publish(tenant, candidate.base_path, candidate.adapter_path)
+        return self._release_new(tenant, candidate.version, model, adapter, candidate.run_key,
+                                 {"publish_s": round(time.perf_counter() - started, 2)})
+
+    def release_files(self, tenant: str, version: str, model: ModelRef, adapter: ModelRef,
+                      run_key: str | None) -> dict:
+        """`release_newest` for files already in the object store (the control API's: a tenant's
+        release step uploads them with its own credentials, the platform admits them)."""
+        self.ensure_router()
+        existing = self.store.release(tenant, version)
+        if existing is not None:
+            return {"status": f"unchanged ({existing.status})", "version": version}
+        return self._release_new(tenant, version, model, adapter, run_key, {})
+
+    def _release_new(self, tenant: str, version: str, model: ModelRef, adapter: ModelRef, run_key: str | None,
+                     steps: dict) -> dict:
+        weight = self.canary_weight
         superseded = self.store.live(tenant).get("canary")
         if superseded is not None:
-            self.store.end(tenant, superseded.version, "retired", f"superseded by {candidate.version}",
-                           expect="canary")
+            self.store.end(tenant, superseded.version, "retired", f"superseded by {version}", expect="canary")
             self.reload_router(tenant)
-        steps = self._release_canary(tenant, candidate.version, candidate.base_path, candidate.adapter_path,
-                                     candidate.base_path, weight, candidate.run_key)
+        steps.update(self._release_refs(tenant, version, model, adapter, model, weight, run_key))
         route = self.store.route(tenant)
-        return {"status": "canary", "version": candidate.version, "canary_weight": weight,
-                "production": route.production, "superseded": superseded.version if superseded else "none",
-                **steps}
+        return {"status": "canary", "version": version, "canary_weight": weight, "production": route.production,
+                "superseded": superseded.version if superseded else "none", **steps}
 
     def release_canary(self, tenant: str, version: str, model_path: str, adapter_path: str | None,
                        base_path: str, weight: float, run_key: str | None = None) -> dict:
@@ -353,27 +375,35 @@ class ServingControl:
         they are published to the object store first, and replicas fetch them from there."""
         validate_tenant_id(tenant)
         self.ensure_router()
-        return self._release_canary(tenant, version, model_path, adapter_path, base_path, weight, run_key)
+        started = time.perf_counter()
+        model, adapter = self._publish(tenant, model_path, adapter_path)
+        base = model  # (another base is published only where it becomes production: a first release)
+        if base_path != model_path and "production" not in self.store.live(tenant):
+            base = publish_base(self.model_store(), Path(base_path))
+        steps = {"publish_s": round(time.perf_counter() - started, 2)}
+        return {**steps, **self._release_refs(tenant, version, model, adapter, base, weight, run_key)}
 
     def _source(self) -> ModelSource:
         if self.model_source is None:
             raise ServingError("no model store is configured for serving (ServingResource.object_store)")
         return self.model_source
 
-    def _release_canary(self, tenant: str, version: str, model_path: str, adapter_path: str | None,
-                        base_path: str, weight: float, run_key: str | None = None) -> dict:
-        steps = {}
-        store = self._source().store()
-        started = time.perf_counter()
+    def model_store(self):
+        """The object store released model files are published to and fetched from."""
+        return self._source().store()
+
+    def _publish(self, tenant: str, model_path: str, adapter_path: str | None) -> tuple[ModelRef, ModelRef | None]:
+        store = self.model_store()
         model = publish_base(store, Path(model_path))
-        adapter = publish_adapter(store, tenant, Path(adapter_path)) if adapter_path else None
-        steps.update({"publish_s": round(time.perf_counter() - started, 2), "model_key": model.key,
-                      "model_sha256": model.sha256, "adapter_key": adapter.key if adapter else "none",
-                      "adapter_sha256": adapter.sha256 if adapter else "none"})
+        return model, publish_adapter(store, tenant, Path(adapter_path)) if adapter_path else None
+
+    def _release_refs(self, tenant: str, version: str, model: ModelRef, adapter: ModelRef | None,
+                      base: ModelRef, weight: float, run_key: str | None = None) -> dict:
+        steps = {"model_key": model.key, "model_sha256": model.sha256, "adapter_key": adapter.key if adapter else "none",
+                 "adapter_sha256": adapter.sha256 if adapter else "none"}
         try:
             if "production" not in self.store.live(tenant):
                 started = time.perf_counter()
-                base = model if base_path == model_path else publish_base(store, Path(base_path))
                 self._deploy_and_record(tenant, "base", "production", base, None, 0.0)
                 steps["base_production_s"] = round(time.perf_counter() - started, 2)
             started = time.perf_counter()
@@ -415,6 +445,20 @@ class ServingControl:
         retired = self.store.promote(tenant, version, reason, numbers)
         self.reload_router(tenant)
         return retired.version if retired else None
+
+    def promote_ready(self, tenant: str) -> dict:
+        """`production_release`: the live canary is judged again by `policy` (a manual run cannot
+        skip it) and promoted if it says so; `ReleaseRefused` otherwise."""
+        outcome = self.judge(tenant, self.policy)
+        if outcome is None:
+            raise ReleaseRefused(f"tenant {tenant} has no live canary to promote")
+        if outcome.verdict.action != "promote":
+            raise ReleaseRefused(f"the canary {tenant}-{outcome.version} is not ready for production: "
+                                 f"{outcome.verdict.reason}")
+        numbers = outcome.verdict.numbers()
+        retired = self.promote(tenant, outcome.version, outcome.verdict.reason, numbers)
+        return {"production": outcome.version, "retired": retired or "none", "reason": outcome.verdict.reason,
+                **{k: v for k, v in numbers.items() if v is not None}}
 
     def remove_tenant(self, tenant: str) -> list[str]:
         """Tenant removal: its live releases end and its routes go (the pools' replicas drop its

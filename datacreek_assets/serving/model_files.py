@@ -28,6 +28,7 @@ from datacreek_assets.tenancy import validate_tenant_id
 
 BASE_PREFIX = "models/base"
 ADAPTER_FOLDER = "models/adapters"
+STAGED_BASE_FOLDER = "models/bases"  # a base a tenant's release step uploads, for the platform to admit
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 TOUCH_EVERY_S = 300.0  # a running replica marks its files in use this often (AdapterServer.check_health)
 SWEEP_EVERY_S = 3600.0  # and sweeps its node's cache this often, also when no replica starts there
@@ -94,6 +95,51 @@ def publish_adapter(store: ObjectStore, tenant_id: str, path: Path) -> ModelRef:
     """A tenant's adapter file, under the tenant's own prefix."""
     digest = file_sha256(path)
     return _publish(store, adapter_key(tenant_id, digest), path, digest)
+
+
+def staged_base_key(tenant_id: str, sha256: str) -> str:
+    """Where a tenant's release step uploads a base model file: under its own prefix (its
+    credentials write nothing shared); the platform copies it to ``base_key`` (`admit_base`)."""
+    return TenantObjectStore.AREAS["tenant"].format(id=validate_tenant_id(tenant_id)) + \
+        f"/{STAGED_BASE_FOLDER}/{sha256}.gguf"
+
+
+def stage_base(store: ObjectStore, tenant_id: str, path: Path) -> ModelRef:
+    digest = file_sha256(path)
+    return _publish(store, staged_base_key(tenant_id, digest), path, digest)
+
+
+def admit_base(store: ObjectStore, ref: ModelRef, tenant_id: str, work_dir: Path, max_bytes: int) -> ModelRef:
+    """The shared base ``ref`` names, as the platform admits it from a tenant: one already at
+    ``base_key`` (only the platform writes there) is used as it is; one the tenant staged under
+    its own prefix (at most ``max_bytes``) is downloaded, hashed and copied there only if its
+    bytes have the digest named (every tenant whose file has that digest shares it, so it must
+    be exactly those bytes), and the staged copy deleted. Anything else is refused."""
+    shared = base_key(ref.sha256)
+    if store.stored_sha256(shared) == ref.sha256:
+        return ModelRef(shared, ref.sha256, store.size(shared))
+    if ref.key != staged_base_key(tenant_id, ref.sha256):
+        raise ModelFileError(f"base model file {ref.key!r} is neither published nor staged by tenant {tenant_id!r}")
+    if not store.exists(ref.key):
+        raise ModelFileError(f"base model file {ref.key!r} is not in the object store")
+    if (size := store.size(ref.key)) > max_bytes:
+        raise ModelFileError(f"staged base {ref.key!r} has {size} bytes, over the {max_bytes} admitted")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    part = work_dir / f"{ref.sha256}.{os.getpid()}.{threading.get_ident()}.part"
+    try:
+        try:
+            store.get_file(ref.key, part)
+        except FileNotFoundError:
+            raise ModelFileError(f"base model file {ref.key!r} is not in the object store") from None
+        digest = file_sha256(part)
+        if digest != ref.sha256:
+            raise ModelDigestMismatch(f"staged base {ref.key!r} has SHA-256 {digest}, not the {ref.sha256} "
+                                      "its name says: not admitted")
+        store.put_file(shared, part, sha256=digest)
+        store.delete(ref.key)  # admitted: one copy is enough
+        return ModelRef(shared, digest, part.stat().st_size)
+    finally:
+        part.unlink(missing_ok=True)
 
 
 def readable_by(ref: ModelRef, tenant_id: str) -> bool:

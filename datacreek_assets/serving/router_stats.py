@@ -21,6 +21,7 @@ from datacreek_assets.serving.routing import LatencyWindow
 
 REPORT_EVERY_S = 0.5  # a router replica's report (its samples, its heartbeat): Serve's health-check period
 ROUTER_STALE_S = 5.0  # a router replica not heard from for this long is gone (Serve replaces a dead one)
+APPLIED_KEPT = 1000  # report numbers remembered per replica: a replica sends at most 240 again
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -48,6 +49,7 @@ class RouterStats:
         self.windows: dict[tuple[str, str], LatencyWindow] = {}
         self.canary_totals: dict[tuple[str, str], int] = {}  # successful canary requests while live
         self.routers: dict[str, dict] = {}  # replica id -> heard (monotonic), routes_read_at (epoch s), samples
+        self.applied: dict[str, dict[int, None]] = {}  # replica id -> numbers of its latest reports applied
         self.purged = time.monotonic()
         self.registry = CollectorRegistry()
         self.latency = Histogram("datacreek_serving_request_seconds", "Request latency per deployment, as the "
@@ -63,14 +65,25 @@ class RouterStats:
 
     def report(self, router: str, routes_read_at: float, requests: list[RequestSample],
                retrievals: list[tuple[str, float]], weights: dict[str, float],
-               retired: list[tuple[str, str]]) -> None:
+               retired: list[tuple[str, str]], number: int | None = None) -> None:
         """A router replica's samples since its last report, the canary weights it routes by,
-        the versions it stopped routing, and when it last read the store (its heartbeat)."""
+        the versions it stopped routing, and when it last read the store (its heartbeat).
+        ``number``: the replica's report number; a report sent again (its answer was lost) is
+        applied once."""
         now, wall = time.monotonic(), time.time()
         seen = self.routers.setdefault(router, {"samples": 0, "routes_read_at": 0.0})
         # (max: two reports of one replica may arrive out of order)
-        seen.update(heard=now, routes_read_at=max(seen["routes_read_at"], routes_read_at),
-                    samples=seen["samples"] + len(requests))
+        seen.update(heard=now, routes_read_at=max(seen["routes_read_at"], routes_read_at))
+        for tenant, weight in weights.items():
+            self.weight.labels(tenant).set(weight)
+        if number is not None:
+            applied = self.applied.setdefault(router, {})
+            if number in applied:
+                return
+            applied[number] = None
+            while len(applied) > APPLIED_KEPT:
+                del applied[next(iter(applied))]
+        seen["samples"] += len(requests)
         for sample in requests:
             name = f"{sample.tenant}-{sample.version}"
             self.requests.labels(sample.tenant, name, sample.role, str(sample.code)).inc()
@@ -88,8 +101,6 @@ class RouterStats:
                                                                                  sample.code == 200)
         for tenant, seconds in retrievals:
             self.retrieval_latency.labels(tenant).observe(seconds)
-        for tenant, weight in weights.items():
-            self.weight.labels(tenant).set(weight)
         for key in retired:  # after the samples: a retired version's last ones go with it
             self.windows.pop(key, None)
             self.canary_totals.pop(key, None)
@@ -112,7 +123,7 @@ class RouterStats:
         requests it reported."""
         now = time.monotonic()
         for router in [r for r, seen in self.routers.items() if now - seen["heard"] > ROUTER_STALE_S]:
-            del self.routers[router]
+            del self.routers[router]  # (its applied numbers stay: one cut off for a while sends again)
         return {router: {"routes_read_at": seen["routes_read_at"], "samples": seen["samples"],
                          "heard_s_ago": round(now - seen["heard"], 3)} for router, seen in self.routers.items()}
 

@@ -26,6 +26,7 @@ import yaml
 from datacreek_assets.demo_corpus import write_demo_corpus
 from datacreek_assets.object_store import S3ObjectStore, TenantObjectStore
 from datacreek_assets.retention.lifecycle import TOXIC_RULE_ID
+from datacreek_assets.serving.control_api import control_token
 from datacreek_assets.streaming.event_auth import KeyGenerations
 from datacreek_assets.streaming.events import EventLog
 
@@ -115,6 +116,7 @@ def prod_env(services, postgres, s3_endpoint, s3_bucket, tmp_path) -> dict[str, 
         "DATACREEK_SERVING_ADMIN_TOKEN": "prod-profile-admin-token-0001",
         "DATACREEK_MODEL_CACHE_DIR": str(tmp_path / "model-cache"), "DATACREEK_MODEL_CACHE_GB": "20",
         "DATACREEK_SERVING_POOL_MAX_REPLICAS": "2",
+        "DATACREEK_SERVING_CONTROL_SECRET": "prod-profile-control-secret",
         "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
     })
     return env
@@ -158,6 +160,11 @@ def test_the_prod_profile_materializes_a_tenant_on_postgres_s3_redis_and_neo4j(p
         assert own["DATACREEK_FALKORDB_USER"] == own["DATACREEK_KAFKA_USERNAME"] == f"tenant-{TENANT}"
         assert own["DATACREEK_EVENT_SIGNING_SECRET"] == "" and own["DATACREEK_EVENT_SIGNING_KEY"]
         assert own["DATACREEK_KAFKA_BOOTSTRAP"] == prod_env["DATACREEK_KAFKA_TENANT_BOOTSTRAP"]
+        assert own["DATACREEK_SERVING_CONTROL_TOKEN"] == control_token("prod-profile-control-secret", TENANT)
+        # a tenant's pods hold no Ray credentials (release steps go to the serving control API):
+        # its run below works with these blanked
+        assert own["DATACREEK_RAY_ADDRESS"] == own["DATACREEK_SERVING_ADMIN_TOKEN"] == ""
+        assert own["DATACREEK_SERVING_CONTROL_SECRET"] == ""
         s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
         write_demo_corpus(TenantObjectStore(S3ObjectStore(s3_bucket, s3), TENANT), max_docs=4)
         run = cli("materialize", "--tenant", TENANT, "--select", SELECT, timeout=800, env=own)  # < pytest's 900 s

@@ -121,7 +121,8 @@ def test_nca_proves_tenants_cannot_reach_each_other_but_reach_dns_and_the_platfo
     # one), the stream job not at all (its REST API controls the job)
     exposure = k8s.platform_exposure(policies, TENANTS)
     assert exposure == {"dagster": {"All connections"}, "kafka": {"{protocols:TCP,dst_ports:9094}"},
-                        "datacreek-stream": set(), "ray": {"{protocols:TCP,dst_ports:8000,10001}"}}
+                        "datacreek-stream": set(), "ray": {"{protocols:TCP,dst_ports:8000}"},
+                        "datacreek-serving-control": {"{protocols:TCP,dst_ports:8200}"}}
     assert k8s.platform_holes(exposure) == [] and ("tenant-globex", "tenant-acme") not in pairs
 
 
@@ -160,30 +161,34 @@ def test_nca_finds_an_isolation_hole(rendered):
             del doc["spec"]["egress"][0]["to"][0]["podSelector"]
     holes = k8s.platform_holes(k8s.platform_exposure(unfenced, TENANTS))
     assert holes == ["tenants -> kafka: All connections", "tenants -> ray: All connections",
+                     "tenants -> datacreek-serving-control: All connections",
                      "tenants -> datacreek-stream: All connections"]
 
 
-def test_ray_is_fenced_on_both_sides(rendered, serving_chart):
-    """Tenants reach Ray's pods on the router's port and the Ray Client only: the tenant's egress and the
+@pytest.mark.parametrize("pod, policy", [("ray", "ray-serving"), ("datacreek-serving-control", "serving-control")])
+def test_serving_is_fenced_on_both_sides(rendered, serving_chart, pod, policy):
+    """Tenants reach Ray's pods on the router's port only (not the Ray Client: a tenant holds no
+    Ray credentials), and the serving control API on its port only: the tenant's egress and the
     serving chart's ingress each hold that line alone, and a hole opens only with both gone."""
-    def without_ray_fence(policies: list[dict], tenant_side: bool, ray_side: bool) -> list[dict]:
+    def without_fence(policies: list[dict], tenant_side: bool, serving_side: bool) -> list[dict]:
         policies = json.loads(json.dumps(policies))
         for doc in policies:
             name = doc["metadata"]["name"]
             if tenant_side and name == "allow-platform":
                 doc["spec"]["egress"] = [doc["spec"]["egress"][0]]  # the catch-all rule, no ports
-                doc["spec"]["egress"][0]["to"][0]["podSelector"]["matchExpressions"][0]["values"].remove("ray")
-            if ray_side and name == "ray-serving":
+                doc["spec"]["egress"][0]["to"][0]["podSelector"]["matchExpressions"][0]["values"].remove(pod)
+            if serving_side and name == policy:
                 del doc["spec"]["ingress"][1]["ports"]
         return policies
 
     policies = rendered["acme"] + rendered["globex"] + serving_chart
-    ray_ports = {"{protocols:TCP,dst_ports:8000,10001}"}
-    for tenant_side, ray_side in ((True, False), (False, True)):
-        exposure = k8s.platform_exposure(without_ray_fence(policies, tenant_side, ray_side), TENANTS)
-        assert exposure["ray"] == ray_ports and k8s.platform_holes(exposure) == []
-    exposure = k8s.platform_exposure(without_ray_fence(policies, True, True), TENANTS)
-    assert k8s.platform_holes(exposure) == ["tenants -> ray: All connections"]
+    ports = {"ray": k8s.RAY_TENANT_PORTS, "datacreek-serving-control": k8s.CONTROL_TENANT_PORTS}[pod]
+    assert ports in ("{protocols:TCP,dst_ports:8000}", "{protocols:TCP,dst_ports:8200}")
+    for tenant_side, serving_side in ((True, False), (False, True)):
+        exposure = k8s.platform_exposure(without_fence(policies, tenant_side, serving_side), TENANTS)
+        assert exposure[pod] == {ports} and k8s.platform_holes(exposure) == []
+    exposure = k8s.platform_exposure(without_fence(policies, True, True), TENANTS)
+    assert k8s.platform_holes(exposure) == [f"tenants -> {pod}: All connections"]
 
 
 def test_the_serving_raycluster_matches_the_kuberay_crd_schema(serving_chart, tmp_path):
@@ -198,8 +203,9 @@ def test_the_serving_raycluster_matches_the_kuberay_crd_schema(serving_chart, tm
     assert found.returncode == 0, found.stderr
     crd = yaml.safe_load((Path(json.loads(found.stdout)["Dir"]) / "config/crd/bases/ray.io_rayclusters.yaml").read_text())
     schema = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"]["openAPIV3Schema"]
-    assert kinds(serving_chart) == ["NetworkPolicy/ray-serving", "RayCluster/datacreek-serving",
-                                    "Service/datacreek-router"]
+    assert kinds(serving_chart) == ["Deployment/datacreek-serving-control", "NetworkPolicy/ray-serving",
+                                    "NetworkPolicy/serving-control", "RayCluster/datacreek-serving",
+                                    "Service/datacreek-router", "Service/datacreek-serving-control"]
     cluster = next(d for d in serving_chart if d["kind"] == "RayCluster")
     jsonschema.validate(cluster, schema)
     assert k8s.validate([d for d in serving_chart if d["kind"] != "RayCluster"]) == []

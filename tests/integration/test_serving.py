@@ -5,6 +5,7 @@ and the router's latency histograms scraped by a real Prometheus."""
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from pathlib import Path
@@ -501,3 +502,134 @@ def test_the_ray_head_killed_during_a_canary_comes_back_with_every_route_and_no_
     assert None in {status for _, status, _ in answers}  # requests did meet the dead head
     assert live <= recovered.adapters_loaded()  # the pool came back with both adapters loaded
     recovered.close()
+
+
+@pytest.fixture
+def control_api_url(serving, local_resources, tmp_path):
+    """The serving control API, served by uvicorn over the platform's real serving (Ray, the
+    release store, the object store): what tenants' release steps call in a cluster."""
+    import threading
+
+    import uvicorn
+
+    from datacreek_assets.serving.control_api import control_api
+
+    port = free_port()
+    registry = local_resources["tenant_registry"].registry()
+    app = control_api(serving.control, CONTROL_SECRET, tmp_path / "admitting",
+                      lambda tenant: registry.get(tenant) is not None)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+CONTROL_SECRET = "integration-control-secret"
+
+
+def test_a_release_step_goes_through_the_control_api_for_its_own_tenant_only(control, serving, model_files,
+                                                                             control_api_url, local_resources):
+    """The release as a tenant's pod makes it in a cluster: its files uploaded under its own
+    prefix (the base staged, as on a platform that does not hold it yet), the change asked of
+    the control API with its own token. Another tenant's token, path or adapter gets nothing."""
+    from datacreek_assets.serving.control import ReleaseRefused
+    from datacreek_assets.serving.control_api import control_token
+    from datacreek_assets.serving.control_client import ServingControlClient
+    from datacreek_assets.serving.model_files import adapter_key, base_key, publish_base, staged_base_key
+    from datacreek_assets.serving.releases import Candidate
+    from datacreek_assets.object_store import file_sha256
+
+    base, adapters = model_files
+    tenant, other = f"srv-{uuid.uuid4().hex[:8]}", f"srv-{uuid.uuid4().hex[:8]}"
+    registry = local_resources["tenant_registry"].registry()
+    for name in (tenant, other):
+        registry.add(name)
+    store = serving.object_store.store()
+    digest = file_sha256(base)
+    store.delete(base_key(digest))  # a platform without this base yet: the tenant stages it
+    client = ServingControlClient(control_api_url, control_token(CONTROL_SECRET, tenant), store, tenant)
+    candidate = Candidate("v1", "run-1", str(base), str(adapters[0]), 0.5)
+    try:
+        outcome = client.release_newest(tenant, candidate)
+        assert outcome["status"] == "canary" and outcome["production"] == "base"
+        assert outcome["model_key"] == base_key(digest) and not store.exists(staged_base_key(tenant, digest))
+        assert store.stored_sha256(base_key(digest)) == digest  # admitted: the shared copy is back
+        assert outcome["adapter_key"] == adapter_key(tenant, file_sha256(adapters[0]))
+        assert {r.version: r.status for r in control.store.live(tenant).values()} == {"base": "production",
+                                                                                        "v1": "canary"}
+        _, key = control.store.issue_key(tenant)
+        versions = {chat(control, key, X_Model_Version=v).headers.get("X-Served-By") for v in ("v1", "base")}
+        assert versions == {f"{tenant}-v1", f"{tenant}-base"}
+        # released once: asking again changes nothing
+        assert client.release_newest(tenant, candidate)["status"] == "unchanged (canary)"
+        with pytest.raises(ReleaseRefused, match="not ready"):  # the policy holds through the API too
+            client.promote_ready(tenant)
+
+        # the other tenant: with this tenant's token, nothing; with its own, not this tenant's adapter
+        url = f"{control_api_url}/v1/tenants/{other}"
+        body = {"version": "v1", "model": {"key": base_key(digest), "sha256": digest, "size": base.stat().st_size},
+                "adapter": {"key": outcome["adapter_key"], "sha256": outcome["adapter_sha256"],
+                            "size": adapters[0].stat().st_size}}
+        mine = {"Authorization": f"Bearer {control_token(CONTROL_SECRET, tenant)}"}
+        theirs = {"Authorization": f"Bearer {control_token(CONTROL_SECRET, other)}"}
+        assert requests.post(f"{url}/releases", json=body, headers=mine, timeout=60).status_code == 403
+        assert requests.post(f"{url}/releases", json=body, headers=theirs, timeout=60).status_code == 403
+        assert requests.post(f"{url}/production", headers=mine, timeout=60).status_code == 403
+        # its own adapter key, never uploaded: refused before anything is deployed
+        body["adapter"]["key"] = adapter_key(other, body["adapter"]["sha256"])
+        reply = requests.post(f"{url}/releases", json=body, headers=theirs, timeout=60)
+        assert reply.status_code == 422 and "upload it first" in reply.json()["detail"]
+        assert control.store.releases(other) == []
+        assert control.store.route(tenant).canary == "v1"  # untouched by all of that
+        # once removed from the registry, its token acts for nothing
+        registry.remove(other)
+        assert requests.post(f"{url}/production", headers=theirs, timeout=60).status_code == 403
+    finally:
+        control.remove_tenant(tenant)
+        control.remove_tenant(other)
+        for name in (tenant, other):
+            registry.remove(name)
+        if store.stored_sha256(base_key(digest)) != digest:  # the other tests' shared base, whatever happened
+            publish_base(store, base)
+
+
+RAY_CLIENT_DRIVER = """
+import json, sys
+from datacreek_assets.serving.control import ServingControl
+address, http_port, store_url, admin_token, token_path, replicas = sys.argv[1:]
+control = ServingControl(address, int(http_port), store_url, admin_token, token_path, router_replicas=int(replicas))
+control.ensure_router()  # a whole control-plane pass: Serve's status, reconcile, every router re-reading
+print(json.dumps({"applications": control.applications(), "routers": sorted(control.routers())}))
+"""
+
+
+def test_the_platform_drives_serve_through_the_ray_client(control, serving, services):
+    """In a cluster the platform's pods reach Ray through the Ray Client (DATACREEK_RAY_ADDRESS
+    = ray://..., token-authenticated): a control-plane pass made through it, in a process of
+    its own (one driver per process), sees and drives the same Serve."""
+    import json
+    import subprocess
+    import sys
+
+    from datacreek_assets.local_services import RayService
+
+    head = RayService(services)
+    args = [f"ray://127.0.0.1:{head.client_port}", str(serving.http_port), serving.store_url, serving.admin_token,
+            serving.ray_auth_token_path, str(serving.router_replicas)]
+    done = subprocess.run([sys.executable, "-c", RAY_CLIENT_DRIVER, *args], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["applications"]["router"] == "RUNNING" and len(seen["routers"]) == serving.router_replicas
+    assert seen["applications"] == control.applications()  # what this driver sees directly
+    # a wrong token is refused by the client server
+    wrong = services.state_dir / "wrong-ray-token"
+    wrong.write_text("0" * 64)
+    refused = subprocess.run([sys.executable, "-c", RAY_CLIENT_DRIVER, *args[:4], str(wrong), args[5]],
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "router" not in refused.stdout

@@ -67,6 +67,15 @@ def test_a_tenant_role_reads_and_writes_its_own_rows_only_and_cannot_mint_credit
     assert ServingStore(acme_url).keys("globex") == [] and len(ServingStore(acme_url).keys("acme")) == 1
     with pytest.raises(DBAPIError, match="permission denied"):
         ServingStore(acme_url).issue_key("acme")  # keys are the platform's to issue
+    # releases too (the serving control API records them): no canary promoted past the policy
+    refused("INSERT INTO serving_releases (tenant_id, version, status) VALUES ('acme', 'v9', 'canary')",
+            "permission denied")
+    refused("UPDATE serving_releases SET canary_weight = 1 WHERE tenant_id = 'acme'", "permission denied")
+    # a rotation grants exactly the rights listed: one granted before and no longer listed goes
+    with engine.begin() as conn:
+        conn.execute(text("GRANT INSERT, UPDATE ON serving_releases TO dc_tenant_acme"))
+    acme_url = role_url(url, "acme", grant_postgres_role(engine, "acme"))
+    refused("UPDATE serving_releases SET canary_weight = 1 WHERE tenant_id = 'acme'", "permission denied")
     # the platform's own role still sees everyone, and nothing of globex moved
     assert ledger.balances() == {"acme": 5.0, "globex": 6.0} and len(store.keys("globex")) == 1
 

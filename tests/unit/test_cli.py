@@ -48,6 +48,18 @@ def test_missing_services_give_one_clear_line(tmp_path):
     assert "Traceback" not in result.output
 
 
+def test_the_serving_control_api_needs_its_secret_and_its_variables_only(tmp_path):
+    # local: no control secret is configured (release steps drive Ray themselves)
+    result = CliRunner().invoke(cli, ["serving", "control-api"], env={"DATACREEK_STATE_DIR": str(tmp_path)})
+    assert result.exit_code == 3 and "DATACREEK_SERVING_CONTROL_SECRET" in result.output
+    # prod: serving's and the registry's variables are named as missing, no other store's
+    result = CliRunner().invoke(cli, ["--profile", "prod", "serving", "control-api"],
+                                env={"DATACREEK_STATE_DIR": str(tmp_path), "DATACREEK_SERVE_PORT": None,
+                                     "DATACREEK_POSTGRES_URL": None, "DATACREEK_NEO4J_URI": None})
+    assert result.exit_code == 3 and "DATACREEK_SERVE_PORT" in result.output and "DATACREEK_POSTGRES_URL" in result.output
+    assert "DATACREEK_NEO4J_URI" not in result.output and "Traceback" not in result.output
+
+
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "datacreek_assets.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "Exit codes" in " ".join(out.stdout.split())

@@ -72,3 +72,68 @@ def test_only_replicas_heard_from_lately_are_alive():
     assert {r: (seen["routes_read_at"], seen["samples"]) for r, seen in alive.items()} == {"a": (10.0, 3), "b": (12.0, 0)}
     stats.routers["a"]["heard"] = time.monotonic() - ROUTER_STALE_S - 1  # a stopped reporting: it is gone
     assert set(stats.alive()) == {"b"}
+
+
+def test_a_report_sent_again_after_its_answer_was_lost_counts_once():
+    stats = STATS(60.0)
+    first = samples("acme", "v2", "canary", [0.01] * 4)
+    stats.report("a", 1.0, first, [("acme", 0.003)], {"acme": 0.05}, [], 1)
+    # the answer was lost: the replica sends report 1 again, then its next one
+    stats.report("a", 2.0, first, [("acme", 0.003)], {"acme": 0.05}, [], 1)
+    stats.report("a", 3.0, samples("acme", "v2", "canary", [0.02] * 2), [], {"acme": 0.1}, [], 2)
+    # another replica's report 1 is its own
+    stats.report("b", 3.0, samples("acme", "v2", "canary", [0.03]), [], {"acme": 0.1}, [], 1)
+    window = stats.window("acme", ["v2"])["versions"]["v2"]
+    assert window["count"] == 7 and window["total"] == 7
+    alive = stats.alive()
+    assert alive["a"]["samples"] == 6 and alive["a"]["routes_read_at"] == 3.0 and alive["b"]["samples"] == 1
+    families = {f.name: f for f in text_string_to_metric_families(stats.metrics())}
+    assert [s.value for s in families["datacreek_serving_retrieval_seconds"].samples if s.name.endswith("_count")] == [1]
+    assert [s.value for s in families["datacreek_serving_canary_weight"].samples] == [0.1]
+    # a repeated report still counts as the replica's heartbeat
+    stats.report("a", 4.0, first, [], {"acme": 0.1}, [], 1)
+    assert stats.alive()["a"]["routes_read_at"] == 4.0 and stats.alive()["a"]["samples"] == 6
+
+
+def test_a_router_replica_sends_unanswered_reports_again_and_none_counts_twice():
+    """The Router's side (its reporting alone, outside Serve) against the real RouterStats class:
+    a report that arrived but whose answer was lost, and one that never arrived, are both sent
+    again with their numbers; every sample counts once."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from datacreek_assets.serving.app import Router
+
+    stats = STATS(60.0)
+
+    class Handle:  # what `self.stats.report.remote` is in Serve: the call, then its answer
+        def __init__(self):
+            self.outcomes = []  # per call: "ok", "answer lost" or "not arrived"
+
+        async def remote(self, *args):
+            outcome = self.outcomes.pop(0) if self.outcomes else "ok"
+            if outcome != "not arrived":
+                stats.report(*args)
+            if outcome != "ok":
+                raise TimeoutError(outcome)
+
+    handle = Handle()
+    # the replica's reporting state, as Router.__init__ sets it up
+    router = SimpleNamespace(stats=SimpleNamespace(report=handle), replica="r1", routes_read_at=1.0,
+                             weights={"acme": 0.05}, unreported=[], retrievals=[], retired=[], unsent={}, reports=0)
+
+    def send(latencies, *outcomes):
+        router.unreported.extend(samples("acme", "v2", "canary", latencies))
+        handle.outcomes.extend(outcomes)
+        try:
+            asyncio.run(Router.func_or_class._report(router))
+        except TimeoutError:
+            pass
+
+    send([0.01] * 3, "answer lost")  # report 1 arrived; the replica does not know
+    send([0.02] * 2, "not arrived")  # report 1 sent again does not arrive: 1 and 2 wait
+    assert list(router.unsent) == [1, 2]
+    send([0.03])  # 1 arrives again (applied once), then 2 and 3
+    assert router.unsent == {}
+    window = stats.window("acme", ["v2"])["versions"]["v2"]
+    assert window["count"] == 6 and stats.alive()["r1"]["samples"] == 6

@@ -32,11 +32,11 @@ def canary_release(context: dg.AssetExecutionContext, finetune: FineTuneResource
     candidate = newest_passing_model(finetune.tenant_dir(tenant))
     if candidate is None:
         raise dg.Failure(f"no model of tenant {tenant} has passed its evaluation yet: nothing to release")
-    control = serving.control()
+    releases = serving.releases(tenant)
     try:
-        outcome = control.release_newest(tenant, candidate, serving.canary_weight)
+        outcome = releases.release_newest(tenant, candidate)
     finally:
-        control.close()
+        releases.close()
     return dg.MaterializeResult(
         metadata={**outcome, "deployment": f"{tenant}-{candidate.version}", "run_key": candidate.run_key,
                   "qa_tuned_f1": candidate.tuned_f1},
@@ -52,20 +52,16 @@ def canary_release(context: dg.AssetExecutionContext, finetune: FineTuneResource
     "volume takes all traffic and the previous version is retired. Requested by canary_health_sensor.",
 )
 def production_release(context: dg.AssetExecutionContext, serving: ServingResource) -> dg.MaterializeResult:
+    from datacreek_assets.serving.control import ReleaseRefused
+
     tenant = validate_tenant_id(context.partition_key)
-    control = serving.control()
+    releases = serving.releases(tenant)
     try:
-        outcome = control.judge(tenant, serving.policy())
-        if outcome is None:
-            raise dg.Failure(f"tenant {tenant} has no live canary to promote")
-        if outcome.verdict.action != "promote":  # judged again here: a manual run cannot skip the policy
-            raise dg.Failure(f"the canary {tenant}-{outcome.version} is not ready for production: "
-                             f"{outcome.verdict.reason}")
-        retired = control.promote(tenant, outcome.version, outcome.verdict.reason, outcome.verdict.numbers())
+        outcome = releases.promote_ready(tenant)
+    except ReleaseRefused as err:
+        raise dg.Failure(str(err)) from None
     finally:
-        control.close()
+        releases.close()
     return dg.MaterializeResult(
-        metadata={"production": outcome.version, "deployment": f"{tenant}-{outcome.version}",
-                  "retired": retired or "none", "reason": outcome.verdict.reason,
-                  **{k: v for k, v in outcome.verdict.numbers().items() if v is not None}},
-        data_version=dg.DataVersion(outcome.version))
+        metadata={**outcome, "deployment": f"{tenant}-{outcome['production']}"},
+        data_version=dg.DataVersion(outcome["production"]))
