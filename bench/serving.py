@@ -11,6 +11,10 @@ tiny random Llama's GGUF files (base + LoRA adapter through llama.cpp, one threa
    health loop as shipped (the exact sliding window over both replicas' samples, RouterStats),
    ticking every second. Baseline: the same loop judging p99s from Prometheus histograms (scrape every
    second, histogram_quantile over rate[30s]), as a Prometheus-driven canary controller does.
+3. Many tenants end to end: FLEET_TENANTS tenants, each with its own adapter in production and
+   another as a 5 % canary, all served by one replica of one base pool (adapters swapped per
+   request, the least recently used evicted past 32), asked in turn through the router; against
+   the same requests from one tenant. The notes give p50/p99 of both and the pool replica's RSS.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ SPIKE_S = 0.4
 WARMUP_S = 10.0
 TICK_S = 1.0
 RAY_PORT, SERVE_PORT = 26390, 28100
+FLEET_TENANTS = 50
 
 _state: dict = {}
 
@@ -179,12 +184,63 @@ def comparisons(quick: bool = False) -> list[Comparison]:
                 f"{len(drill['phases']['window'])} rounds each); {summary('window')}; {summary('prometheus')}; "
                 f"KPI: under 120 s")
 
+    # -- 3. many tenants through Serve -----------------------------------------------------------
+    many: dict = {"tenants": [], "latencies": {"fleet": [], "one": []}}
+    fleet_size = 10 if quick else FLEET_TENANTS
+
+    def fleet() -> None:
+        """Untimed, once: each tenant with its own adapter in production (v1, promoted) and
+        another as a 5 % canary (v2), all on the one base pool, and an API key each."""
+        if many["tenants"]:
+            return
+        for i in range(fleet_size):
+            tenant = f"bench-fleet-{i}"
+            control.release_canary(tenant, "v1", str(base), str(fleet_adapters[i % len(fleet_adapters)]), str(base),
+                                   0.05)
+            control.promote(tenant, "v1", "benchmark fleet", {})
+            control.release_canary(tenant, "v2", str(base), str(fleet_adapters[(i + 1) % len(fleet_adapters)]),
+                                   str(base), 0.05)
+            many["tenants"].append((tenant, control.store.issue_key(tenant)[1]))
+
+    def ask_fleet(order: list[tuple[str, str]], into: list[float]) -> int:
+        for i, (tenant, tenant_key) in enumerate(order):
+            started = time.perf_counter()
+            reply = session.post(f"{control.url}/v1/chat/completions", json=payload, timeout=60,
+                                 headers={"Authorization": f"Bearer {tenant_key}", "X-Request-Id": f"fleet-{i}"})
+            into.append(time.perf_counter() - started)
+            assert reply.status_code == 200 and reply.headers["X-Served-By"].startswith(f"{tenant}-")
+        return len(order)
+
+    def every_tenant() -> int:
+        order = [many["tenants"][i % len(many["tenants"])] for i in range(n)]
+        return ask_fleet(order, many["latencies"]["fleet"])
+
+    def one_tenant() -> int:
+        return ask_fleet([many["tenants"][0]] * n, many["latencies"]["one"])
+
+    def fleet_notes() -> str:
+        import psutil
+
+        f50, f99 = _percentiles(many["latencies"]["fleet"])
+        o50, o99 = _percentiles(many["latencies"]["one"])
+        pool_rss = sum(proc.info["memory_info"].rss for proc in psutil.process_iter(["cmdline", "memory_info"])
+                       if "ServeReplica:pool-" in " ".join(proc.info["cmdline"] or []))
+        return (f"{len(many['tenants'])} tenants x (production + 5 % canary), {2 * len(many['tenants'])} adapters "
+                f"on one pool replica (LRU of 32): p50 {f50:.2f} ms / p99 {f99:.2f} ms against one tenant's "
+                f"p50 {o50:.2f} ms / p99 {o99:.2f} ms (p99 {f99 / o99:.2f}x); pool replica RSS "
+                f"{pool_rss / 2**20:.0f} MiB; {len(many['latencies']['fleet'])} requests each, sequential, "
+                f"through the router")
+
+    fleet_adapters = random_adapter_release(settings.download_cache / "models", work / "fleet", adapters=8, seed=7)[1]
+
     rounds = 1 if quick else 3
     return [
         Comparison("serving: router vs direct deployment call", through_router, direct, unit="requests",
                    repeats=rounds, notes=overhead_notes),
         Comparison("serving: canary rollback, router window vs Prometheus", window_loop, prometheus_loop,
                    unit="rollbacks", repeats=rounds, setup=arm, notes=rollback_notes),
+        Comparison(f"serving: {fleet_size} tenants' adapters on one base pool vs one tenant", every_tenant,
+                   one_tenant, unit="requests", repeats=rounds, setup=fleet, notes=fleet_notes),
     ]
 
 

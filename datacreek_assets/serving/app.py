@@ -41,7 +41,7 @@ KEY_CACHE_S = 5.0  # a revoked key stops working within this many seconds
 MAX_CACHED_KEYS = 10_000
 RETRIEVAL_CHECK_S = 5.0  # how often a tenant's index pointer is re-read (a rebuilt index is served within this)
 MAX_UNREPORTED = 100_000  # samples a replica keeps while RouterStats cannot be reached (then drops the oldest)
-MAX_UNSENT_REPORTS = 240  # reports kept to send again (2 min of them), each applied once by RouterStats
+MAX_UNSENT_REPORTS = 240  # reports with samples kept to send again, each applied once by RouterStats
 # each well under Serve's health-check timeout (30 s): a slow store or RouterStats restarting must
 # not get every router replica restarted at once
 REPORT_TIMEOUT_S = 5.0
@@ -157,11 +157,15 @@ class Router:
         """This replica's new samples as the next numbered report, after any not yet answered
         (in order; a failure leaves them for the next call). Two calls at once may send one
         report twice: RouterStats applies it once."""
-        self.reports += 1
-        self.unsent[self.reports] = (self.unreported, self.retrievals, self.retired)
+        new = (self.unreported, self.retrievals, self.retired)
         self.unreported, self.retrievals, self.retired = [], [], []
-        while len(self.unsent) > MAX_UNSENT_REPORTS:  # RouterStats away for minutes: the oldest go
-            del self.unsent[next(iter(self.unsent))]
+        if any(new):  # (nothing new: no number, the heartbeat alone)
+            self.reports += 1
+            self.unsent[self.reports] = new
+            self._trim_unsent()
+        if not self.unsent:
+            await self.stats.report.remote(self.replica, self.routes_read_at, [], [], dict(self.weights), [])
+            return
         while self.unsent:
             number = next(iter(self.unsent))
             requests, retrievals, retired = self.unsent[number]
@@ -169,6 +173,14 @@ class Router:
             await self.stats.report.remote(self.replica, self.routes_read_at, requests, retrievals,
                                            dict(self.weights), retired, number)
             self.unsent.pop(number, None)
+
+    def _trim_unsent(self) -> None:
+        """RouterStats away for minutes: the oldest reports' samples go (past MAX_UNSENT_REPORTS
+        reports or MAX_UNREPORTED samples in all); the versions they retired go with the next."""
+        while len(self.unsent) > 1 and (len(self.unsent) > MAX_UNSENT_REPORTS or
+                                        sum(len(r[0]) for r in self.unsent.values()) > MAX_UNREPORTED):
+            _, _, retired = self.unsent.pop(next(iter(self.unsent)))
+            self.unsent[next(iter(self.unsent))][2][:0] = retired
 
     # -- tenants' API -----------------------------------------------------
     @api.post("/v1/chat/completions")

@@ -88,7 +88,13 @@ class ServingControl:
     # -- Ray Serve ------------------------------------------------------------
     def connect(self) -> None:
         import ray
+        from ray._private import auto_init_hook
 
+        # Ray connects on its own at the first remote call when not connected; a Serve handle's
+        # background thread (its metrics push) makes such calls. After the head died that would
+        # start a cluster of its own in this process, or join the new head just before ray.init
+        # below does (which then refuses: "ray.init twice"). Only this method connects.
+        auto_init_hook.enable_auto_connect = False
         if ray.is_initialized():
             return
         from datacreek_assets.local_services import ray_auth_env
@@ -103,9 +109,7 @@ class ServingControl:
             os.environ.update(ray_auth_env(Path(self.ray_auth_token_path)))
             Config.initialize("")
             AuthenticationTokenLoader.instance().reset_cache()
-        # a connection the head's death left half torn down (not initialized, still marked
-        # connected) is let go first: ray.init would refuse it as a second init
-        ray.shutdown()
+        ray.shutdown()  # whatever a dead head's connection left behind
         try:
             ray.init(address=self.ray_address, log_to_driver=False, logging_level="warning")
         except (ConnectionError, RuntimeError) as err:

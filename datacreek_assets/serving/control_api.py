@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -41,6 +43,7 @@ def control_token(secret: str, tenant_id: str) -> str:
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
+LOG = logging.getLogger(__name__)
 MAX_BASE_BYTES = 16 * 2**30  # a staged base larger than this is refused unread (SmolLM2-135M f16: 258 MiB)
 
 
@@ -61,8 +64,9 @@ def control_api(open_control: Callable[[], ServingControl], secret: str, work_di
         raise ConfigError("the serving control API has no secret (DATACREEK_SERVING_CONTROL_SECRET)")
     app = FastAPI(title="Datacreek serving control", docs_url=None, redoc_url=None)
     # one change at a time: each takes seconds (deploy, every router replica re-reading) and
-    # releases are rare; Ray's driver connection and the store's session are shared
-    lock, opening = threading.Lock(), threading.Lock()
+    # releases are rare; Ray's driver connection and the store's session are shared. One base
+    # admission at a time too: each may download up to max_base_bytes onto the pod's disk.
+    lock, opening, admitting = threading.Lock(), threading.Lock(), threading.Lock()
     opened: list[ServingControl] = []
 
     def control() -> ServingControl:
@@ -87,19 +91,31 @@ def control_api(open_control: Callable[[], ServingControl], secret: str, work_di
             raise HTTPException(403, f"tenant {tenant!r} is not registered")
         return tenant
 
+    @contextmanager
+    def platform_errors():
+        """What the platform said no to, as the status a release step can act on; anything
+        else of its stores (SQL, S3, Ray) as 503, in one line."""
+        try:
+            yield
+        except HTTPException:
+            raise
+        except (ReleaseRefused, ReleaseConflict) as err:
+            raise HTTPException(409, str(err)) from None
+        except ModelFileError as err:  # a file refused (its digest, its size, not uploaded)
+            raise HTTPException(422, str(err)) from None
+        except ServingError as err:
+            raise HTTPException(503, str(err)) from None
+        except Exception as err:  # a store that failed: the change is the platform's to retry
+            LOG.exception("serving control API")
+            raise HTTPException(503, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") \
+                from None
+
     def changing(change: Callable[[ServingControl], dict]) -> dict:
-        with lock:
-            try:
-                return change(control())
-            except (ReleaseRefused, ReleaseConflict) as err:
-                raise HTTPException(409, str(err)) from None
-            except ModelFileError as err:  # a file its replica refused (its digest, say)
-                raise HTTPException(422, str(err)) from None
-            except ServingError as err:
-                raise HTTPException(503, str(err)) from None
+        with lock, platform_errors():
+            return change(control())
 
     @app.get("/healthz")
-    def healthz() -> dict:
+    async def healthz() -> dict:  # (on the event loop: not queued behind changes waiting for the lock)
         return {"ok": True}
 
     @app.get("/v1/tenants/{tenant}/bases/{sha256}")
@@ -109,7 +125,8 @@ def control_api(open_control: Callable[[], ServingControl], secret: str, work_di
             ref = ModelRef(base_key(sha256), sha256, 0)  # a digest, nothing else
         except (ModelFileError, ValueError) as err:
             raise HTTPException(400, str(err)) from None
-        return {"published": control().model_store().stored_sha256(ref.key) == sha256}
+        with platform_errors():
+            return {"published": control().model_store().stored_sha256(ref.key) == sha256}
 
     @app.post("/v1/tenants/{tenant}/releases")
     def release(request: ReleaseRequest, tenant: str = Depends(tenant_of)) -> dict:
@@ -123,14 +140,13 @@ def control_api(open_control: Callable[[], ServingControl], secret: str, work_di
             raise HTTPException(400, "a release is a trained version, 'v' followed by a number")
         if adapter.key != adapter_key(tenant, adapter.sha256):
             raise HTTPException(403, f"adapter {adapter.key!r} is not tenant {tenant!r}'s")
-        store = control().model_store()
-        if store.stored_sha256(adapter.key) != adapter.sha256:
-            raise HTTPException(422, f"adapter {adapter.key!r} is not in the object store with SHA-256 "
-                                     f"{adapter.sha256}: upload it first")
-        try:  # (outside the lock: a large download holds up no other tenant's change)
-            base = admit_base(store, model, tenant, work_dir, max_base_bytes)
-        except ModelFileError as err:
-            raise HTTPException(422, str(err)) from None
+        with platform_errors():
+            store = control().model_store()
+            if store.stored_sha256(adapter.key) != adapter.sha256:
+                raise HTTPException(422, f"adapter {adapter.key!r} is not in the object store with SHA-256 "
+                                         f"{adapter.sha256}: upload it first")
+            with admitting:  # (not under the change lock: a download holds up no other tenant's change)
+                base = admit_base(store, model, tenant, work_dir, max_base_bytes)
         return changing(lambda serving: serving.release_files(tenant, version, base, adapter, request.run_key))
 
     @app.post("/v1/tenants/{tenant}/production")

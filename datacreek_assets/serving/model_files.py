@@ -67,7 +67,7 @@ class ModelRef:
     def from_dict(cls, value: dict) -> "ModelRef":
         try:
             return cls(str(value["key"]), str(value["sha256"]), value["size"])
-        except (KeyError, TypeError) as err:
+        except (KeyError, TypeError, ValueError) as err:  # ValueError: a key that is no object key
             raise ModelFileError(f"not a model reference: {value!r}") from err
 
 
@@ -130,6 +130,8 @@ def admit_base(store: ObjectStore, ref: ModelRef, tenant_id: str, work_dir: Path
         try:
             store.get_file(ref.key, part)
         except FileNotFoundError:
+            if store.stored_sha256(shared) == ref.sha256:  # another admission of it just finished
+                return ModelRef(shared, ref.sha256, store.size(shared))
             raise ModelFileError(f"base model file {ref.key!r} is not in the object store") from None
         digest = file_sha256(part)
         if digest != ref.sha256:

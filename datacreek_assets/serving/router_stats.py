@@ -12,6 +12,7 @@ a restart of it empties the windows, which then fill again as a restarted router
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ from datacreek_assets.serving.routing import LatencyWindow
 REPORT_EVERY_S = 0.5  # a router replica's report (its samples, its heartbeat): Serve's health-check period
 ROUTER_STALE_S = 5.0  # a router replica not heard from for this long is gone (Serve replaces a dead one)
 APPLIED_KEPT = 1000  # report numbers remembered per replica: a replica sends at most 240 again
+APPLIED_FORGET_S = 600.0  # a replica silent this long is gone (redeployed): its numbers are forgotten
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -50,6 +52,9 @@ class RouterStats:
         self.canary_totals: dict[tuple[str, str], int] = {}  # successful canary requests while live
         self.routers: dict[str, dict] = {}  # replica id -> heard (monotonic), routes_read_at (epoch s), samples
         self.applied: dict[str, dict[int, None]] = {}  # replica id -> numbers of its latest reports applied
+        self.applied_heard: dict[str, float] = {}  # replica id -> when it last reported (monotonic)
+        # Serve runs a plain method in a thread pool: two reports (or a report and a read) at once
+        self.lock = threading.Lock()
         self.purged = time.monotonic()
         self.registry = CollectorRegistry()
         self.latency = Histogram("datacreek_serving_request_seconds", "Request latency per deployment, as the "
@@ -70,7 +75,14 @@ class RouterStats:
         the versions it stopped routing, and when it last read the store (its heartbeat).
         ``number``: the replica's report number; a report sent again (its answer was lost) is
         applied once."""
+        with self.lock:
+            self._report(router, routes_read_at, requests, retrievals, weights, retired, number)
+
+    def _report(self, router: str, routes_read_at: float, requests: list[RequestSample],
+                retrievals: list[tuple[str, float]], weights: dict[str, float], retired: list[tuple[str, str]],
+                number: int | None) -> None:
         now, wall = time.monotonic(), time.time()
+        self.applied_heard[router] = now
         seen = self.routers.setdefault(router, {"samples": 0, "routes_read_at": 0.0})
         # (max: two reports of one replica may arrive out of order)
         seen.update(heard=now, routes_read_at=max(seen["routes_read_at"], routes_read_at))
@@ -108,9 +120,16 @@ class RouterStats:
             self.purged = now
             for key in [k for k, w in self.windows.items() if not w.stats(now).count]:
                 del self.windows[key]
+            for gone in [r for r, heard in self.applied_heard.items() if now - heard > APPLIED_FORGET_S]:
+                del self.applied_heard[gone]
+                self.applied.pop(gone, None)
 
     def window(self, tenant: str, versions: list[str]) -> dict:
         """Each version's window over every router replica's samples."""
+        with self.lock:
+            return self._window(tenant, versions)
+
+    def _window(self, tenant: str, versions: list[str]) -> dict:
         out = {}
         for version in versions:
             stats = self.windows.get((tenant, version), LatencyWindow(self.window_s)).stats()
@@ -121,6 +140,10 @@ class RouterStats:
     def alive(self) -> dict[str, dict]:
         """The router replicas heard from lately: when each last read the store, how many
         requests it reported."""
+        with self.lock:
+            return self._alive()
+
+    def _alive(self) -> dict[str, dict]:
         now = time.monotonic()
         for router in [r for r, seen in self.routers.items() if now - seen["heard"] > ROUTER_STALE_S]:
             del self.routers[router]  # (its applied numbers stay: one cut off for a while sends again)
@@ -130,4 +153,5 @@ class RouterStats:
     def metrics(self) -> str:
         from prometheus_client import generate_latest
 
-        return generate_latest(self.registry).decode()
+        with self.lock:
+            return generate_latest(self.registry).decode()

@@ -516,7 +516,8 @@ def control_api_url(serving, local_resources, tmp_path):
 
     port = free_port()
     registry = local_resources["tenant_registry"].registry()
-    app = control_api(serving.control, CONTROL_SECRET, tmp_path / "admitting",
+    platform = serving.control()
+    app = control_api(lambda: platform, CONTROL_SECRET, tmp_path / "admitting",
                       lambda tenant: registry.get(tenant) is not None)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -527,6 +528,7 @@ def control_api_url(serving, local_resources, tmp_path):
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)
+    platform.close()
 
 
 CONTROL_SECRET = "integration-control-secret"
@@ -625,8 +627,10 @@ def test_the_platform_drives_serve_through_the_ray_client(control, serving, serv
                           timeout=300, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
     assert done.returncode == 0, done.stderr[-3000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
-    assert seen["applications"]["router"] == "RUNNING" and len(seen["routers"]) == serving.router_replicas
-    assert seen["applications"] == control.applications()  # what this driver sees directly
+    # (a replica replaced a moment ago may still be listed for a few seconds: at least as many)
+    assert seen["applications"]["router"] == "RUNNING" and len(seen["routers"]) >= serving.router_replicas, seen
+    # the same Serve as this driver sees directly (pools are never deleted; statuses may move on)
+    assert set(seen["applications"]) <= set(control.applications()), seen
     # a wrong token is refused by the client server
     wrong = services.state_dir / "wrong-ray-token"
     wrong.write_text("0" * 64)

@@ -121,6 +121,7 @@ def test_a_router_replica_sends_unanswered_reports_again_and_none_counts_twice()
     # the replica's reporting state, as Router.__init__ sets it up
     router = SimpleNamespace(stats=SimpleNamespace(report=handle), replica="r1", routes_read_at=1.0,
                              weights={"acme": 0.05}, unreported=[], retrievals=[], retired=[], unsent={}, reports=0)
+    router._trim_unsent = lambda: Router.func_or_class._trim_unsent(router)
 
     def send(latencies, *outcomes):
         router.unreported.extend(samples("acme", "v2", "canary", latencies))
@@ -134,6 +135,16 @@ def test_a_router_replica_sends_unanswered_reports_again_and_none_counts_twice()
     send([0.02] * 2, "not arrived")  # report 1 sent again does not arrive: 1 and 2 wait
     assert list(router.unsent) == [1, 2]
     send([0.03])  # 1 arrives again (applied once), then 2 and 3
-    assert router.unsent == {}
+    assert router.unsent == {} and router.reports == 3
     window = stats.window("acme", ["v2"])["versions"]["v2"]
     assert window["count"] == 6 and stats.alive()["r1"]["samples"] == 6
+    send([])  # nothing new: a heartbeat, no numbered report
+    assert router.reports == 3 and stats.alive()["r1"]["samples"] == 6
+
+    # RouterStats away for long: the oldest reports' samples go, the versions they retired do not
+    router.unsent = {n: (samples("acme", "v2", "canary", [0.01]), [], [("acme", f"v{n}")] if n == 1 else [])
+                     for n in range(1, 246)}
+    router.reports = 245
+    Router.func_or_class._trim_unsent(router)
+    assert list(router.unsent)[0] == 6 and len(router.unsent) == 240
+    assert router.unsent[6][2] == [("acme", "v1")]

@@ -75,6 +75,9 @@ def test_malformed_requests_are_refused_before_anything_changes(api):
                         headers=bearer("acme")).status_code == 400
     broken = {**release_body("acme"), "model": {"key": base_key(SHA), "sha256": "not-a-digest", "size": 1}}
     assert api.post("/v1/tenants/acme/releases", json=broken, headers=bearer("acme")).status_code == 400
+    for key in ("../x.gguf", "a\x00b", "/abs.gguf"):  # no object key at all
+        broken = {**release_body("acme"), "model": {"key": key, "sha256": SHA, "size": 1}}
+        assert api.post("/v1/tenants/acme/releases", json=broken, headers=bearer("acme")).status_code == 400
     # acme naming globex's adapter: refused whatever its digest
     theirs = {**release_body("acme"), "adapter": release_body("globex")["adapter"]}
     reply = api.post("/v1/tenants/acme/releases", json=theirs, headers=bearer("acme"))
@@ -139,7 +142,8 @@ def test_the_serving_resource_gives_release_steps_the_control_api_where_one_is_c
 
 
 @pytest.mark.parametrize("error, status", [(ReleaseRefused("not ready"), 409), (ServingError("Ray is away"), 503),
-                                           (ModelDigestMismatch("refused by its replica"), 422)])
+                                           (ModelDigestMismatch("refused by its replica"), 422),
+                                           (ConnectionError("the release store is away"), 503)])
 def test_the_control_planes_refusals_keep_their_meaning_over_http(tmp_path, error, status):
     class Control:  # the platform's ServingControl as far as a promotion goes: it refuses
         def promote_ready(self, tenant):
