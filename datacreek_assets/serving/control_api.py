@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from fastapi import Depends, FastAPI, Header, HTTPException
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from datacreek_assets.serving.control import ReleaseRefused, ServingControl, ServingError
 from datacreek_assets.serving.model_files import ModelFileError, ModelRef, adapter_key, admit_base, base_key
@@ -49,7 +49,7 @@ MAX_BASE_BYTES = 16 * 2**30  # a staged base larger than this is refused unread 
 
 class ReleaseRequest(BaseModel):
     version: str
-    run_key: str | None = None
+    run_key: str | None = Field(default=None, max_length=128)  # the release store's column
     model: dict  # ModelRef: the base GGUF, staged under the tenant's prefix or already published
     adapter: dict  # ModelRef: the tenant's adapter, under its own prefix
 

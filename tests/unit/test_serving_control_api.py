@@ -75,6 +75,8 @@ def test_malformed_requests_are_refused_before_anything_changes(api):
                         headers=bearer("acme")).status_code == 400
     broken = {**release_body("acme"), "model": {"key": base_key(SHA), "sha256": "not-a-digest", "size": 1}}
     assert api.post("/v1/tenants/acme/releases", json=broken, headers=bearer("acme")).status_code == 400
+    too_long = {**release_body("acme"), "run_key": "r" * 129}
+    assert api.post("/v1/tenants/acme/releases", json=too_long, headers=bearer("acme")).status_code == 422
     for key in ("../x.gguf", "a\x00b", "/abs.gguf"):  # no object key at all
         broken = {**release_body("acme"), "model": {"key": key, "sha256": SHA, "size": 1}}
         assert api.post("/v1/tenants/acme/releases", json=broken, headers=bearer("acme")).status_code == 400
