@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from datacreek_assets.cli.common import Context, handle_errors
-from datacreek_assets.settings import ConfigError
 
 
 @click.group()
@@ -27,12 +26,11 @@ def control_api_cmd(obj: Context, host: str, port: int) -> None:
     DATACREEK_SERVING_CONTROL_SECRET or when Ray cannot be reached."""
     import uvicorn
 
-    from datacreek_assets.serving.control_api import control_api
+    from datacreek_assets.serving.control_api import control_api, require_secret
 
     resources = obj.resources(only=("serving", "tenant_registry"))  # what its pod's Secret holds
     serving_resource, registry = resources["serving"], resources["tenant_registry"].registry()
-    if not serving_resource.control_secret:
-        raise ConfigError("the serving control API has no secret (DATACREEK_SERVING_CONTROL_SECRET)")
+    require_secret(serving_resource.control_secret)  # before Ray: the first thing to set
     control = serving_resource.control()  # now: a missing Ray address or admin token is exit 3, not a 500 later
     control.connect()
     app = control_api(lambda: control, serving_resource.control_secret,

@@ -341,9 +341,8 @@ class ServingControl:
         released before (live, rolled back or retired: a rolled-back model is never redeployed
         by automation). A live canary of an older version is superseded."""
         self.ensure_router()
-        existing = self.store.release(tenant, candidate.version)
-        if existing is not None:
-            return {"status": f"unchanged ({existing.status})", "version": candidate.version}
+        if (unchanged := self._released_before(tenant, candidate.version)) is not None:
+            return unchanged
         started = time.perf_counter()
         model, adapter = self._publish(tenant, candidate.base_path, candidate.adapter_path)
         return self._release_new(tenant, candidate.version, model, adapter, candidate.run_key,
@@ -354,10 +353,13 @@ class ServingControl:
         """`release_newest` for files already in the object store (the control API's: a tenant's
         release step uploads them with its own credentials, the platform admits them)."""
         self.ensure_router()
-        existing = self.store.release(tenant, version)
-        if existing is not None:
-            return {"status": f"unchanged ({existing.status})", "version": version}
+        if (unchanged := self._released_before(tenant, version)) is not None:
+            return unchanged
         return self._release_new(tenant, version, model, adapter, run_key, {})
+
+    def _released_before(self, tenant: str, version: str) -> dict | None:
+        existing = self.store.release(tenant, version)
+        return None if existing is None else {"status": f"unchanged ({existing.status})", "version": version}
 
     def _release_new(self, tenant: str, version: str, model: ModelRef, adapter: ModelRef, run_key: str | None,
                      steps: dict) -> dict:

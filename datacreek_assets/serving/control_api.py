@@ -34,11 +34,16 @@ from datacreek_assets.settings import ConfigError
 from datacreek_assets.tenancy import InvalidTenantId, validate_tenant_id
 
 
+def require_secret(secret: str) -> str:
+    if not secret:
+        raise ConfigError("the serving control API has no secret (DATACREEK_SERVING_CONTROL_SECRET)")
+    return secret
+
+
 def control_token(secret: str, tenant_id: str) -> str:
     """The tenant's token for the control API. Rotating the platform's secret rotates every
     tenant's (each pod then needs `datacreek tenant credentials` again)."""
-    if not secret:
-        raise ConfigError("the serving control API has no secret (DATACREEK_SERVING_CONTROL_SECRET)")
+    require_secret(secret)
     message = f"serving-control/{validate_tenant_id(tenant_id)}".encode()
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
@@ -60,8 +65,7 @@ def control_api(open_control: Callable[[], ServingControl], secret: str, work_di
     opens it before serving); ``work_dir`` holds staged base files while their digest is
     checked; ``tenant_known`` says whether a tenant is registered (a removed tenant's token acts
     for nothing); a staged base over ``max_base_bytes`` is refused unread."""
-    if not secret:
-        raise ConfigError("the serving control API has no secret (DATACREEK_SERVING_CONTROL_SECRET)")
+    require_secret(secret)
     app = FastAPI(title="Datacreek serving control", docs_url=None, redoc_url=None)
     # one change at a time: each takes seconds (deploy, every router replica re-reading) and
     # releases are rare; Ray's driver connection and the store's session are shared. One base

@@ -75,8 +75,12 @@ def base_key(sha256: str) -> str:
     return f"{BASE_PREFIX}/{sha256}.gguf"
 
 
+def _tenant_key(tenant_id: str, folder: str, sha256: str) -> str:
+    return TenantObjectStore.AREAS["tenant"].format(id=validate_tenant_id(tenant_id)) + f"/{folder}/{sha256}.gguf"
+
+
 def adapter_key(tenant_id: str, sha256: str) -> str:
-    return TenantObjectStore.AREAS["tenant"].format(id=validate_tenant_id(tenant_id)) + f"/{ADAPTER_FOLDER}/{sha256}.gguf"
+    return _tenant_key(tenant_id, ADAPTER_FOLDER, sha256)
 
 
 def _publish(store: ObjectStore, key: str, path: Path, digest: str) -> ModelRef:
@@ -100,8 +104,7 @@ def publish_adapter(store: ObjectStore, tenant_id: str, path: Path) -> ModelRef:
 def staged_base_key(tenant_id: str, sha256: str) -> str:
     """Where a tenant's release step uploads a base model file: under its own prefix (its
     credentials write nothing shared); the platform copies it to ``base_key`` (`admit_base`)."""
-    return TenantObjectStore.AREAS["tenant"].format(id=validate_tenant_id(tenant_id)) + \
-        f"/{STAGED_BASE_FOLDER}/{sha256}.gguf"
+    return _tenant_key(tenant_id, STAGED_BASE_FOLDER, sha256)
 
 
 def stage_base(store: ObjectStore, tenant_id: str, path: Path) -> ModelRef:
