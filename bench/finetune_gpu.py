@@ -44,8 +44,9 @@ def prepare(folder: Path) -> None:
 
     folder.mkdir(parents=True, exist_ok=True)
     gguf = smollm2_gguf()
-    _, tokenizer = smollm2_from_gguf(gguf)
+    model, tokenizer = smollm2_from_gguf(gguf)
     tokenizer.save_pretrained(folder / "tokenizer")
+    model.config.save_pretrained(folder / "smollm2-config")  # bench.finetune_scale's random-weight base
     chats = sft_chats(96)
     examples = [e for e in (encode(tokenizer, c["messages"], MAX_LEN) for c in chats) if e is not None]
     (folder / "examples.json").write_text(json.dumps([[e.input_ids, e.labels] for e in examples]))

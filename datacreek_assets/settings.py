@@ -14,6 +14,9 @@ from datacreek_assets.finetune.base_model import SMOLLM2, TINY
 
 PROFILES = ("local", "prod")
 CPU_FALLBACKS = ("int8", "fp32")
+# How a training starts: "auto" (`accelerate launch` with DeepSpeed ZeRO-3 on a node with several
+# GPUs, plain torch on one), "accelerate" (always launched), "torch" (always in the step's process).
+LAUNCHERS = ("auto", "accelerate", "torch")
 
 
 class ConfigError(ValueError):
@@ -33,6 +36,7 @@ class LocalSettings:
     # Without a GPU (or after losing a spot GPU node): "int8" trains with the base in 8-bit
     # through bitsandbytes' CPU backend; "fp32" keeps the base in full precision.
     cpu_fallback: str = "int8"
+    training_launcher: str = "auto"
     ray_port: int = 6390  # the local Ray head's GCS port; its client server uses the next one
     postgres_port: int = 5433  # PostgreSQL for the stores' Postgres tests and a local prod profile
     serve_port: int = 8100  # the serving router's HTTP port
@@ -120,6 +124,7 @@ class LocalSettings:
             cache_dir=Path(cache).resolve() if cache else None,
             base_model=_choice(env, "DATACREEK_BASE_MODEL", (SMOLLM2, TINY), SMOLLM2),
             cpu_fallback=_choice(env, "DATACREEK_CPU_FALLBACK", CPU_FALLBACKS, "int8"),
+            training_launcher=_choice(env, "DATACREEK_TRAINING_LAUNCHER", LAUNCHERS, "auto"),
         )
 
 

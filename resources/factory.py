@@ -59,6 +59,7 @@ def build_resources(profile: str, settings: LocalSettings | None = None) -> dict
                 base_model=settings.base_model,
                 eval_margin=settings.eval_margin,
                 cpu_fallback=settings.cpu_fallback,
+                launcher=settings.training_launcher,
             ),
             "serving": ServingResource(
                 ray_address=f"127.0.0.1:{settings.ray_port}",
@@ -124,6 +125,7 @@ def build_resources(profile: str, settings: LocalSettings | None = None) -> dict
                 mlflow=mlflow,
                 base_model=dg.EnvVar("DATACREEK_BASE_MODEL"),
                 cpu_fallback=dg.EnvVar("DATACREEK_CPU_FALLBACK"),
+                launcher=optional_env("DATACREEK_TRAINING_LAUNCHER") or "auto",
             ),
             "serving": ServingResource(
                 # the Ray Client and the router's admin token: the platform's pods only (tenants'

@@ -274,6 +274,7 @@ class FineTuneResource(dg.ConfigurableResource):
     mlflow: MlflowTrackingResource
     base_model: str = "smollm2-135m-instruct"
     cpu_fallback: str = "int8"
+    launcher: str = "auto"  # settings.LAUNCHERS: how a training starts (finetune/launch.py)
     eval_margin: float = 0.02
     eval_questions: int = 40
     threads: int = 2

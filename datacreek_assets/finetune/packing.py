@@ -68,8 +68,11 @@ def pack(examples: list[Example], max_len: int) -> list[PackedRow]:
     return rows
 
 
-def collate(rows: list[PackedRow], pad_id: int, dtype=None) -> dict:
-    """Tensors for one micro-batch: right-padded to the longest row, 4-D block-causal mask."""
+def collate(rows: list[PackedRow], pad_id: int, dtype=None, device=None) -> dict:
+    """Tensors for one micro-batch on ``device``: right-padded to the longest row, 4-D block-causal mask.
+
+    The mask (rows x width x width) is built where it is used: on a GPU, building it on the host
+    and copying it over took longer than the step's compute at large micro-batches."""
     import torch
 
     dtype = dtype or torch.float32
@@ -84,9 +87,10 @@ def collate(rows: list[PackedRow], pad_id: int, dtype=None) -> dict:
         labels[b, :n] = torch.tensor(row.labels)
         positions[b, :n] = torch.tensor(row.position_ids)
         segments[b, :n] = torch.tensor(row.segments)
+    ids, labels, positions, segments = (t.to(device) for t in (ids, labels, positions, segments))
     same = segments[:, :, None] == segments[:, None, :]
-    causal = torch.tril(torch.ones(width, width, dtype=torch.bool))
+    causal = torch.ones(width, width, dtype=torch.bool, device=segments.device).tril()
     allowed = same & causal[None] & (segments[:, :, None] > 0)
-    allowed |= torch.eye(width, dtype=torch.bool)[None]  # padding rows attend to themselves: no NaN
-    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    allowed |= torch.eye(width, dtype=torch.bool, device=segments.device)[None]  # padding attends to itself: no NaN
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=segments.device).masked_fill(~allowed, torch.finfo(dtype).min)
     return {"input_ids": ids, "labels": labels, "position_ids": positions, "attention_mask": mask[:, None]}

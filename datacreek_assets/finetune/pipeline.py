@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from datacreek_assets.finetune.base_model import base_model_dir, load_base
+from datacreek_assets.finetune.launch import run_launched, write_job
 from datacreek_assets.finetune.packing import encode, pack
 from datacreek_assets.finetune.training import (
     TrainConfig, TrainResult, plan_device, precision_of, train_lora, wrap_lora, write_json_atomic,
@@ -57,8 +58,10 @@ def run_key(dataset_version: str, base_model: str, config: TrainConfig, placemen
     """Checkpoints resume only into the same data, base, configuration and placement (device, precision).
 
     The precision the training computes in is part of ``placement``: ``gpu_precision`` is left out
-    of the configuration hashed here, so it changes nothing on CPU and keeps earlier keys valid."""
-    settings = {k: v for k, v in asdict(config).items() if k != "gpu_precision"}
+    of the configuration hashed here, so it changes nothing on CPU and keeps earlier keys valid.
+    ``compile_layers`` changes how a step is computed, not what it computes: a compiled run resumes
+    an uncompiled one's checkpoints."""
+    settings = {k: v for k, v in asdict(config).items() if k not in ("gpu_precision", "compile_layers")}
     blob = json.dumps([dataset_version, base_model, settings, placement], sort_keys=True, default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -111,20 +114,27 @@ def gives_memory_back(func):
 
 @gives_memory_back
 def fine_tune(tenant_dir: Path, base_cache: Path, base_model: str, data: SftData, config: TrainConfig,
-              tracking, cpu_fallback: str, gpus: int, on_step=None, run_tags: dict | None = None) -> FineTuneOutcome:
+              tracking, cpu_fallback: str, gpus: int, on_step=None, run_tags: dict | None = None,
+              launcher: str = "auto") -> FineTuneOutcome:
     """Train (or resume) the tenant's adapter; logs params and losses to the tenant's MLflow experiment.
-    ``run_tags`` (the Dagster run id, partition and asset key) go on the MLflow run."""
+    ``run_tags`` (the Dagster run id, partition and asset key) go on the MLflow run. ``launcher``
+    (training.LAUNCHERS) says whether `accelerate launch` starts the training (launch.py)."""
     import torch
 
     from datacreek_assets.finetune.heartbeat import TrainingHeartbeat
 
     heartbeat = TrainingHeartbeat(tenant_dir / "training_heartbeat.json")
     rescheduled_after = heartbeat.rescheduled_after()
-    plan = plan_device(gpus, cpu_fallback)
+    plan = plan_device(gpus, cpu_fallback, launcher)
     base_dir = base_model_dir(base_model, base_cache)
     load_8bit = plan.load_in_8bit
     try:
-        model, tokenizer = load_base(base_dir, load_in_8bit=load_8bit)
+        if plan.accelerate_config:  # the launched processes load the model; this one tokenizes
+            from transformers import AutoTokenizer
+
+            model, tokenizer = None, AutoTokenizer.from_pretrained(base_dir)
+        else:
+            model, tokenizer = load_base(base_dir, load_in_8bit=load_8bit)
     except (ImportError, RuntimeError, ValueError) as err:  # bitsandbytes without a CPU int8 backend
         if not load_8bit:
             raise
@@ -138,7 +148,7 @@ def fine_tune(tenant_dir: Path, base_cache: Path, base_model: str, data: SftData
     if precision == "bf16" and not torch.cuda.is_bf16_supported(including_emulation=False):
         raise FineTuneError("gpu_precision 'bf16' needs a GPU with native bfloat16 (compute capability 8.0 or "
                             "newer); this one would emulate it slowly: use 'fp32'")
-    key = run_key(data.version, base_model, config, f"{plan.device}-{precision}")
+    key = run_key(data.version, base_model, config, "-".join(filter(None, (plan.device, precision, plan.placement))))
     out_dir = tenant_dir / "runs" / key
     out_dir.mkdir(parents=True, exist_ok=True)
     # lineage: which dataset version this training learns from (erasure finds tainted trainings by it)
@@ -158,8 +168,9 @@ def fine_tune(tenant_dir: Path, base_cache: Path, base_model: str, data: SftData
         run_file.write_text(run_id)
     if rescheduled_after is not None:
         tracking.log_metric(run_id, "reschedule_latency_s", rescheduled_after)
-    torch.manual_seed(config.seed)
-    peft_model = wrap_lora(model, config)
+    if model is not None:
+        torch.manual_seed(config.seed)
+        peft_model = wrap_lora(model, config)
 
     def step_done(step: int, loss: float) -> None:
         heartbeat.beat(key, step, plan.device)
@@ -168,10 +179,16 @@ def fine_tune(tenant_dir: Path, base_cache: Path, base_model: str, data: SftData
 
     heartbeat.beat(key, 0, plan.device)
     try:
-        probe_cache = base_dir / "probes" / (f"{plan.device}-{precision}-{config.max_seq_len}"
-                                             f"-r{config.lora_rank}-{'_'.join(config.target_modules)}.json")
-        result = train_lora(peft_model, tokenizer.pad_token_id, train_rows, val_rows, config, out_dir, plan.device,
-                            on_step=step_done, probe_cache=probe_cache)
+        if plan.accelerate_config:
+            job_dir = out_dir / "launch"
+            write_job(job_dir, base_dir, out_dir, config, tokenizer.pad_token_id, train_rows, val_rows,
+                      torch.get_num_threads())
+            result = run_launched(plan, config, job_dir, on_step=step_done)
+        else:
+            probe_cache = base_dir / "probes" / (f"{plan.device}-{precision}-{config.max_seq_len}"
+                                                 f"-r{config.lora_rank}-{'_'.join(config.target_modules)}.json")
+            result = train_lora(peft_model, tokenizer.pad_token_id, train_rows, val_rows, config, out_dir,
+                                plan.device, on_step=step_done, probe_cache=probe_cache)
     except BaseException as err:
         # an Exception ended the training in Python (a failure, a quota stop); anything else came
         # from outside (the SIGTERM of an evicted node, which Dagster turns into an interrupt)

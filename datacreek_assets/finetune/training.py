@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Callable
 
 from datacreek_assets.finetune.packing import IGNORE, PackedRow, collate
-from datacreek_assets.settings import CPU_FALLBACKS
+from datacreek_assets.settings import CPU_FALLBACKS, LAUNCHERS
 
 ACCELERATE_ZERO3 = Path(__file__).with_name("accelerate_zero3.yaml")
+ACCELERATE_CPU = Path(__file__).with_name("accelerate_cpu.yaml")
 GPU_PRECISIONS = ("fp32", "bf16")
 # Whoever shows a training live (runner.materialize_tenant, for the CLI's progress bar) sets this in
 # the context the run executes in; it gets (step, total steps, loss) after every optimizer step.
@@ -52,10 +53,14 @@ class TrainConfig:
     eval_every: int = 10
     seed: int = 0
     # On CUDA: "fp32", or "bf16" to run forward passes under bfloat16 autocast (LoRA weights,
-    # gradients and optimizer stay fp32): 13 % less GPU memory for SmolLM2-135M on an H100 but
-    # 0.8-0.9x the tokens/s, so fp32 is the default (bench/finetune_gpu.py). CPU: fp32 or int8.
+    # gradients and optimizer stay fp32). On demo-sized runs at the 3 GiB budget bf16 gave 0.8-0.9x
+    # the tokens/s of fp32 (bench/finetune_gpu.py), so fp32 is the default; with 64-row micro-batches
+    # it gives 2.8x, and 5.3x with compile_layers (bench/finetune_scale.py mfu). CPU: fp32 or int8.
     # The precision a run computes in is part of its run key (pipeline.run_key's placement).
     gpu_precision: str = "fp32"
+    # On CUDA: compile each decoder layer with torch.compile (one graph, reused by every layer);
+    # about 90 s of compilation per process, so it pays on long trainings only.
+    compile_layers: bool = False
 
     def __post_init__(self):
         if self.gpu_precision not in GPU_PRECISIONS:
@@ -65,22 +70,32 @@ class TrainConfig:
 @dataclass
 class DevicePlan:
     device: str  # "cuda" or "cpu"
-    gpus: int
+    gpus: int  # GPUs the training occupies, and is billed for
     load_in_8bit: bool
-    accelerate_config: str | None  # the DeepSpeed ZeRO-3 config when several GPUs are present
+    accelerate_config: str | None  # set when the training is started by `accelerate launch`
     reason: str
+    processes: int = 1  # training processes (one per GPU under accelerate)
+
+    @property
+    def placement(self) -> str:
+        """What a checkpoint was written by: a launched run's checkpoints are DeepSpeed's, per process count."""
+        return f"accelerate{self.processes}" if self.accelerate_config else ""
 
 
-def plan_device(gpus: int, cpu_fallback: str) -> DevicePlan:
+def plan_device(gpus: int, cpu_fallback: str, launcher: str = "auto") -> DevicePlan:
     """Where training runs. ``cpu_fallback`` is "int8" (base in 8-bit via bitsandbytes) or "fp32"."""
     if cpu_fallback not in CPU_FALLBACKS:
         raise ValueError(f"cpu_fallback must be one of {', '.join(CPU_FALLBACKS)}, not {cpu_fallback!r}")
-    if gpus > 1:
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"launcher must be one of {', '.join(LAUNCHERS)}, not {launcher!r}")
+    if gpus > 1 and launcher != "torch" or gpus == 1 and launcher == "accelerate":
         return DevicePlan("cuda", gpus, False, str(ACCELERATE_ZERO3),
-                          f"{gpus} GPUs: the accelerate + DeepSpeed ZeRO-3 config is selected for `accelerate launch`; "
-                          "this process trains on one GPU")
-    if gpus == 1:
-        return DevicePlan("cuda", 1, False, None, "one GPU: plain torch")
+                          f"{gpus} GPU(s): `accelerate launch`, one process per GPU, DeepSpeed ZeRO-3", gpus)
+    if gpus >= 1:
+        return DevicePlan("cuda", 1, False, None,
+                          "one GPU: plain torch" + (f" (launcher 'torch': 1 of {gpus} GPUs)" if gpus > 1 else ""))
+    if launcher == "accelerate":  # DeepSpeed needs GPUs: the CPU launch runs the same loop without it
+        return DevicePlan("cpu", 0, False, str(ACCELERATE_CPU), "no GPU: `accelerate launch` on CPU, base in fp32")
     return DevicePlan("cpu", 0, cpu_fallback == "int8", None, f"no GPU: CPU fallback, base in {cpu_fallback}")
 
 
@@ -91,15 +106,25 @@ def precision_of(device: str, load_in_8bit: bool, config: TrainConfig) -> str:
     return config.gpu_precision if device == "cuda" else "fp32"
 
 
-def forward_precision(device: str, config: TrainConfig):
-    """The context a forward pass runs in: bfloat16 autocast on CUDA when asked, none otherwise."""
+def forward_precision(device: str, config: TrainConfig, accelerator=None):
+    """The context a forward pass runs in: bfloat16 autocast on CUDA when asked, none otherwise.
+    Under `accelerate launch`, accelerate's own (DeepSpeed casts the model to bf16 itself)."""
     import contextlib
 
     import torch
 
+    if accelerator is not None:
+        return accelerator.autocast()
     if precision_of(device, False, config) == "bf16":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def mask_dtype(device: str, config: TrainConfig):
+    """The attention mask's dtype: the one attention computes in (half the bytes under bf16)."""
+    import torch
+
+    return torch.bfloat16 if precision_of(device, False, config) == "bf16" else torch.float32
 
 
 def micro_batch_for(effective_batch: int, fits: Callable[[int], bool]) -> int:
@@ -197,14 +222,32 @@ def token_loss_sum(model, batch: dict):
     return loss, int(keep.sum())
 
 
-def validation_loss(model, rows: list[PackedRow], micro_batch: int, pad_id: int, device: str) -> float:
+def label_loss_module(model):
+    """``token_loss_sum`` as a module around ``model``: what `accelerate launch` prepares, so that
+    DeepSpeed's hooks see one forward per micro-batch at its root (ZeRO-3 gathers and releases
+    each layer's parameters around it)."""
+    import torch
+
+    class LabelLoss(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, **batch):
+            return token_loss_sum(self.inner, batch)
+
+    return LabelLoss(model)
+
+
+def validation_loss(loss_of: Callable, rows: list[PackedRow], micro_batch: int, pad_id: int, device: str,
+                    dtype=None) -> float:
+    """Mean token loss over ``rows``; ``loss_of(batch)`` gives (loss sum, label tokens)."""
     import torch
 
     total, count = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(rows), micro_batch):
-            batch = {k: v.to(device) for k, v in collate(rows[i:i + micro_batch], pad_id).items()}
-            loss, n = token_loss_sum(model, batch)
+            loss, n = loss_of(collate(rows[i:i + micro_batch], pad_id, dtype, device))
             total, count = total + float(loss), count + n
     return total / max(count, 1)
 
@@ -217,32 +260,68 @@ def wrap_lora(model, config: TrainConfig):
     return get_peft_model(model, lora)
 
 
+def compile_layers(model) -> int:
+    """torch.compile each decoder layer in place; the layers share one code object, so one graph
+    serves all of them. Returns how many were compiled."""
+    import torch
+
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layers = causal.model.layers
+    # room for a graph per distinct guard (row widths, training/eval) without falling back to eager
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    for layer in layers:
+        layer.compile()
+    return len(layers)
+
+
+def step_rows(train_rows: list[PackedRow], step: int, config: TrainConfig, fill: bool) -> list[PackedRow]:
+    """The rows of optimizer step ``step``: a slice of the epoch's permutation, a pure function of
+    (seed, epoch). ``fill``: an epoch's last, short step wraps around to the permutation's start, so
+    that every step has ``effective_batch`` rows (launched processes must run the same micro-batches)."""
+    import torch
+
+    per_epoch = math.ceil(len(train_rows) / config.effective_batch)
+    epoch, offset = divmod(step, per_epoch)
+    order = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(config.seed + epoch)).tolist()
+    picked = order[offset * config.effective_batch:(offset + 1) * config.effective_batch]
+    if fill:
+        picked += (order * config.effective_batch)[:config.effective_batch - len(picked)]
+    return [train_rows[i] for i in picked]
+
+
 def train_lora(model, pad_id: int, train_rows: list[PackedRow], val_rows: list[PackedRow], config: TrainConfig,
                out_dir: Path, device: str = "cpu",
                on_step: Callable[[int, float], None] | None = None,
-               probe_cache: Path | None = None) -> TrainResult:
+               probe_cache: Path | None = None, accelerator=None) -> TrainResult:
     """Train a LoRA adapter on ``model`` (a peft model from ``wrap_lora``); resumes from ``out_dir``.
 
     ``probe_cache``: a JSON file keeping the measured peak memory per micro-batch size for this
-    (base model, device, sequence length, LoRA config), so only the first training measures."""
+    (base model, device, sequence length, LoRA config), so only the first training measures.
+    ``accelerator``: set in a process started by `accelerate launch` (launch.py). Each process then
+    takes its share of every step's rows, and model and optimizer go through ``accelerator.prepare``
+    (DeepSpeed ZeRO-3 on GPUs); checkpoints are accelerate's, and every process writes its part."""
     import torch
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
     if not train_rows:
         raise ValueError("no training rows: the dataset is empty after filtering")
+    ranks, rank = (accelerator.num_processes, accelerator.process_index) if accelerator else (1, 0)
+    if config.effective_batch % ranks:
+        raise ValueError(f"effective_batch {config.effective_batch} is not a multiple of {ranks} processes")
     torch.manual_seed(config.seed)
     model.to(device)
     model.train()
     checkpoints = out_dir / "checkpoints"
     latest = _latest_checkpoint(checkpoints)
     state = json.loads((latest / "state.json").read_text()) if latest else None
+    dtype = mask_dtype(device, config)
 
     def fits(m: int) -> bool:
         if str(m) in cached:
             probe[m] = cached[str(m)]
             return probe[m] <= config.memory_budget_mb
         rows = sorted(train_rows, key=lambda r: -len(r.input_ids))[:m]
-        batch = {k: v.to(device) for k, v in collate(rows, pad_id).items()}
+        batch = collate(rows, pad_id, dtype, device)
         with PeakMemory(device) as peak:
             with forward_precision(device, config):
                 loss, _ = token_loss_sum(model, batch)
@@ -253,61 +332,98 @@ def train_lora(model, pad_id: int, train_rows: list[PackedRow], val_rows: list[P
 
     probe: dict[int, float] = {}
     cached = json.loads(probe_cache.read_text()) if probe_cache and probe_cache.exists() else {}
-    micro = state["micro_batch"] if state else micro_batch_for(config.effective_batch, fits)
-    if probe_cache and not state and any(str(m) not in cached for m in probe):
+    per_rank = config.effective_batch // ranks
+    micro = state["micro_batch"] if state else micro_batch_for(per_rank, fits)
+    if accelerator is not None:  # the first process's measurement: every process runs the same micro-batches
+        from accelerate.utils import broadcast_object_list
+
+        micro = broadcast_object_list([micro])[0]
+    if probe_cache and not state and rank == 0 and any(str(m) not in cached for m in probe):
         write_json_atomic(probe_cache, {**cached, **{str(m): mb for m, mb in probe.items()}})
-    accum = accumulation_steps(config.effective_batch, micro)
+    accum = accumulation_steps(per_rank, micro)
     per_epoch = math.ceil(len(train_rows) / config.effective_batch)
     total_steps = per_epoch * config.epochs
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
+    if config.compile_layers and device == "cuda" and accelerator is None:
+        compile_layers(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
+    fused = device == "cuda" and accelerator is None  # DeepSpeed steps its own partitions
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0, fused=fused or None)
     warmup = max(1, total_steps // 20)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup))))
+    if accelerator is None:
+        trainee = model
+
+        def loss_of(batch):
+            return token_loss_sum(model, batch)
+    else:
+        _configure_deepspeed(accelerator, micro, accum)
+        trainee, optimizer = accelerator.prepare(label_loss_module(model), optimizer)
+
+        def loss_of(batch):
+            return trainee(**batch)
     losses, val_losses, start_step, tokens, seconds = [], [], 0, 0, 0.0
     if state:
-        set_peft_model_state_dict(model, torch.load(latest / "adapter.pt", weights_only=True))
-        optimizer.load_state_dict(torch.load(latest / "optimizer.pt", weights_only=True))
+        if accelerator is not None:
+            accelerator.load_state(str(latest / "accelerate"))
+        else:
+            set_peft_model_state_dict(model, torch.load(latest / "adapter.pt", weights_only=True))
+            optimizer.load_state_dict(torch.load(latest / "optimizer.pt", weights_only=True))
         scheduler.load_state_dict(torch.load(latest / "scheduler.pt", weights_only=True))
         losses, val_losses = [tuple(x) for x in state["losses"]], [tuple(x) for x in state["val_losses"]]
         start_step, tokens, seconds, probe = state["step"], state["tokens"], state["seconds"], state["probe_mb"]
+
     def checkpoint(done: int) -> None:
-        _save_checkpoint(checkpoints, done, {
-            "adapter.pt": get_peft_model_state_dict(model), "optimizer.pt": optimizer.state_dict(),
-            "scheduler.pt": scheduler.state_dict()},
-            {"step": done, "micro_batch": micro, "losses": losses, "val_losses": val_losses,
-             "tokens": tokens, "seconds": seconds, "probe_mb": probe})
+        record = {"step": done, "micro_batch": micro, "losses": losses, "val_losses": val_losses,
+                  "tokens": tokens, "seconds": seconds, "probe_mb": probe}
+        if accelerator is None:
+            _save_checkpoint(checkpoints, done, {
+                "adapter.pt": get_peft_model_state_dict(model), "optimizer.pt": optimizer.state_dict(),
+                "scheduler.pt": scheduler.state_dict()}, record)
+        else:
+            _save_launched_checkpoint(accelerator, checkpoints, done, scheduler.state_dict(), record)
 
     peak = PeakMemory(device)
     with peak:
         for step in range(start_step, total_steps):
             began = time.perf_counter()
-            epoch, offset = divmod(step, per_epoch)
-            order = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(config.seed + epoch))
-            picked = [train_rows[i] for i in order[offset * config.effective_batch:(offset + 1) * config.effective_batch]]
+            picked = step_rows(train_rows, step, config, fill=accelerator is not None)
             label_tokens = sum(r.label_tokens for r in picked) or 1
-            step_loss = 0.0
-            for i in range(0, len(picked), micro):
-                batch = {k: v.to(device) for k, v in collate(picked[i:i + micro], pad_id).items()}
-                with forward_precision(device, config):
-                    loss, _ = token_loss_sum(model, batch)
-                (loss / label_tokens).backward()
-                step_loss += float(loss.detach()) / label_tokens
-                tokens += sum(len(r.input_ids) for r in picked[i:i + micro])
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            mine = picked[rank::ranks]
+            step_loss = torch.zeros((), device=device)
+            for i in range(0, len(mine), micro):
+                batch = collate(mine[i:i + micro], pad_id, dtype, device)
+                if accelerator is None:
+                    with forward_precision(device, config):
+                        loss, _ = token_loss_sum(model, batch)
+                    (loss / label_tokens).backward()
+                else:
+                    with accelerator.accumulate(trainee), forward_precision(device, config, accelerator):
+                        loss, _ = loss_of(batch)
+                        # accelerate divides by the accumulation steps and the processes' gradients are
+                        # averaged: scaled back, a step's gradient is the sum over its label tokens
+                        accelerator.backward(loss * (accum * ranks / label_tokens))
+                step_loss += loss.detach() / label_tokens
+            tokens += sum(len(r.input_ids) for r in picked)
+            if accelerator is None:
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+            else:  # a no-op under DeepSpeed, which clips in its own step (the config's gradient_clipping)
+                accelerator.clip_grad_norm_(params, 1.0)
+                step_loss = accelerator.reduce(step_loss, "sum")
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            step_loss = float(step_loss)
             seconds += time.perf_counter() - began
             done = step + 1
             losses.append((done, step_loss))
             if val_rows and (done % config.eval_every == 0 or done == total_steps):
-                model.eval()
-                with forward_precision(device, config):
-                    val_losses.append((done, validation_loss(model, val_rows, micro, pad_id, device)))
-                model.train()
+                trainee.eval()
+                with forward_precision(device, config, accelerator):
+                    val_losses.append((done, validation_loss(loss_of, val_rows, micro, pad_id, device, dtype)))
+                trainee.train()
             due = done % config.checkpoint_every == 0 or done == total_steps
             if due:
                 checkpoint(done)
@@ -321,10 +437,50 @@ def train_lora(model, pad_id: int, train_rows: list[PackedRow], val_rows: list[P
                         checkpoint(done)
                     raise
     adapter_dir = out_dir / "adapter"
-    model.save_pretrained(adapter_dir)
+    if accelerator is None:
+        model.save_pretrained(adapter_dir)
+    else:  # every process takes part in gathering ZeRO-3's partitions; the first one writes
+        weights = accelerator.get_state_dict(trainee)
+        if accelerator.is_main_process:
+            inner = {k.removeprefix("inner."): v for k, v in weights.items()}
+            model.save_pretrained(adapter_dir, state_dict=inner)
+        accelerator.wait_for_everyone()
     return TrainResult(str(adapter_dir), total_steps, micro, accum, tokens, seconds,
                        tokens / seconds if seconds else 0.0, peak.peak / 2**20,
                        {int(k): v for k, v in probe.items()}, losses, val_losses, start_step)
+
+
+def _configure_deepspeed(accelerator, micro: int, accum: int) -> None:
+    """The measured micro-batch and its accumulation, told to accelerate and to DeepSpeed alike
+    (no dataloader goes through ``prepare`` for DeepSpeed to read them from)."""
+    accelerator.gradient_accumulation_steps = accum
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is not None:
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = micro
+        plugin.deepspeed_config["gradient_accumulation_steps"] = accum
+
+
+def _save_launched_checkpoint(accelerator, folder: Path, step: int, scheduler_state: dict, record: dict,
+                              keep: int = 2) -> None:
+    """A launched run's checkpoint: accelerate's state (each process writes its ZeRO partition),
+    then the scheduler and state.json by the first process, and the rename that completes it."""
+    import torch
+
+    tmp, final = folder / f".tmp-{step:06d}", folder / f"step-{step:06d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp / "accelerate"))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        torch.save(scheduler_state, tmp / "scheduler.pt")
+        (tmp / "state.json").write_text(json.dumps(record))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in sorted(folder.glob("step-*"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from datacreek_assets.finetune.base_model import TINY, base_model_dir, load_base  # noqa: E402
+from datacreek_assets.finetune.base_model import load_base  # noqa: E402
 from datacreek_assets.finetune.packing import IGNORE, collate, encode, pack  # noqa: E402
 from datacreek_assets.finetune.training import (  # noqa: E402
     TrainConfig, accumulation_steps, forward_precision, micro_batch_for, plan_device, precision_of, token_loss_sum,
@@ -38,12 +38,6 @@ def chats(n: int = 24) -> list[dict]:
                                  {"role": "assistant", "content": f"The {name} module {what}."}],
                     "split": "validation" if i % 6 == 5 else "train"})
     return out
-
-
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory) -> Path:
-    torch.set_num_threads(1)
-    return base_model_dir(TINY, tmp_path_factory.mktemp("base"))
 
 
 @pytest.fixture
@@ -122,11 +116,21 @@ def test_accumulated_micro_batches_give_the_gradient_of_one_big_batch(tiny):
 def test_device_plan():
     assert plan_device(0, "int8").load_in_8bit and plan_device(0, "int8").device == "cpu"
     assert not plan_device(0, "fp32").load_in_8bit
-    assert plan_device(1, "int8").device == "cuda" and plan_device(1, "int8").accelerate_config is None
+    one = plan_device(1, "int8")
+    assert one.device == "cuda" and one.accelerate_config is None and one.gpus == 1 and one.placement == ""
     multi = plan_device(4, "int8")
     assert multi.accelerate_config and Path(multi.accelerate_config).read_text().count("zero_stage: 3") == 1
+    # an accelerate launch occupies (and is billed for) every GPU, one process each
+    assert (multi.gpus, multi.processes, multi.placement) == (4, 4, "accelerate4")
+    assert plan_device(4, "int8", "torch").gpus == 1 and plan_device(4, "int8", "torch").accelerate_config is None
+    assert plan_device(1, "int8", "accelerate").accelerate_config == multi.accelerate_config
+    cpu = plan_device(0, "int8", "accelerate")  # no DeepSpeed without GPUs, and no 8-bit base
+    assert cpu.device == "cpu" and not cpu.load_in_8bit and cpu.gpus == 0
+    assert "DEEPSPEED" not in Path(cpu.accelerate_config).read_text()
     with pytest.raises(ValueError):
         plan_device(0, "int4")
+    with pytest.raises(ValueError, match="launcher must be one of"):
+        plan_device(2, "int8", "deepspeed")
 
 
 def test_bf16_autocast_applies_on_cuda_only_and_keys_its_own_runs():
@@ -204,6 +208,7 @@ def trained(tiny_dir, tmp_path_factory):
     torch.set_num_threads(1)
     model, tokenizer = load_base(tiny_dir)
     config = TrainConfig(lora_rank=4, effective_batch=4, max_steps=30, learning_rate=5e-3, eval_every=100)
+    torch.manual_seed(0)  # the LoRA initialisation: the same adapter whichever tests ran first
     peft_model = wrap_lora(model, config)
     out = tmp_path_factory.mktemp("trained")
     train_lora(peft_model, tokenizer.pad_token_id, rows(tokenizer), [], config, out)

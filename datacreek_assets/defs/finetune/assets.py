@@ -12,7 +12,7 @@ from datacreek_assets.defs.datasets.assets import sft_dataset
 from datacreek_assets.defs.embeddings.assets import LATEST_STATS_KEY, REFERENCE_KEY
 from datacreek_assets.defs.finetune.mlflow_runs import END_MLFLOW_RUN
 from datacreek_assets.defs.retraining.sensors import DETECTED_AT_TAG
-from datacreek_assets.finetune.training import TrainConfig
+from datacreek_assets.finetune.training import TrainConfig, plan_device
 from datacreek_assets.partitions import tenant_asset
 from datacreek_assets.pictures import eval_comparison_picture, loss_curve_picture, png_markdown
 from datacreek_assets.tenancy import validate_tenant_id
@@ -33,6 +33,7 @@ class FineTuneConfig(dg.Config):
     checkpoint_every: int = TrainConfig.checkpoint_every
     eval_every: int = TrainConfig.eval_every
     gpu_precision: str = TrainConfig.gpu_precision  # "bf16" autocast or "fp32", on CUDA only
+    compile_layers: bool = TrainConfig.compile_layers  # torch.compile each decoder layer, on CUDA only
 
 
 def mlflow_run_tags(context: dg.AssetExecutionContext) -> dict[str, str]:
@@ -76,10 +77,14 @@ def finetuned_adapter(context: dg.AssetExecutionContext, config: FineTuneConfig,
         raise dg.Failure(f"invalid fine-tuning config: {err}", allow_retries=False) from err
     torch.set_num_threads(finetune.threads)
     gpus = torch.cuda.device_count()
-    # The meter spans the whole step, not only the training loop: the GPU is the pod's from the
-    # step's start (reading the data, loading the base) to its end (logging the artifacts). One
-    # device trains (plain torch); the multi-GPU accelerate launch is not wired, so one GPU is billed.
-    with credit_ledger.metered(context, tenant, min(gpus, 1)) as meter:
+    try:
+        plan = plan_device(gpus, finetune.cpu_fallback, finetune.launcher)
+    except ValueError as err:
+        raise dg.Failure(f"invalid fine-tuning resource: {err}", allow_retries=False) from err
+    # The meter spans the whole step, not only the training loop: the GPUs are the pod's from the
+    # step's start (reading the data, loading the base) to its end (logging the artifacts). It bills
+    # every GPU the training occupies: all of an `accelerate launch`'s, one otherwise.
+    with credit_ledger.metered(context, tenant, plan.gpus) as meter:
         data = read_sft(object_store.for_tenant(tenant))
         tracking = finetune.tracking(tenant)
 
@@ -90,7 +95,7 @@ def finetuned_adapter(context: dg.AssetExecutionContext, config: FineTuneConfig,
 
         outcome = fine_tune(finetune.tenant_dir(tenant), finetune.base_dir(), finetune.base_model, data,
                             train_config, tracking, finetune.cpu_fallback, gpus, on_step=progress,
-                            run_tags=mlflow_run_tags(context))
+                            run_tags=mlflow_run_tags(context), launcher=finetune.launcher)
         result = outcome.result
         picture = loss_curve_picture(result.losses, result.val_losses, f"{tenant}: LoRA fine-tuning")
         with tempfile.TemporaryDirectory() as tmp:
