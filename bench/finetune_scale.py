@@ -315,23 +315,11 @@ def _budget_for(micro: int, device: str, base_dir: Path, rows, config) -> int:
     import torch
 
     from datacreek_assets.finetune.base_model import load_base
-    from datacreek_assets.finetune.packing import collate
-    from datacreek_assets.finetune.training import (
-        PeakMemory, forward_precision, mask_dtype, token_loss_sum, wrap_lora,
-    )
+    from datacreek_assets.finetune.training import micro_batch_peak_mb, wrap_lora
 
     model, tokenizer = load_base(base_dir)
     model = wrap_lora(model, config).to(device)
-    peaks = {}
-    longest = sorted(rows, key=lambda r: -len(r.input_ids))
-    for m in (micro, 2 * micro):
-        batch = collate(longest[:m], tokenizer.pad_token_id, mask_dtype(device, config), device)
-        with PeakMemory(device) as peak:
-            with forward_precision(device, config):
-                loss, _ = token_loss_sum(model, batch)
-            loss.backward()
-        model.zero_grad(set_to_none=True)
-        peaks[m] = peak.peak / 2**20
+    peaks = {m: micro_batch_peak_mb(model, rows, m, tokenizer.pad_token_id, device, config) for m in (micro, 2 * micro)}
     del model
     if device == "cuda":
         torch.cuda.empty_cache()

@@ -260,6 +260,18 @@ def wrap_lora(model, config: TrainConfig):
     return get_peft_model(model, lora)
 
 
+def micro_batch_peak_mb(model, rows: list[PackedRow], m: int, pad_id: int, device: str, config: TrainConfig) -> float:
+    """Peak memory (MiB) of one forward and backward over the ``m`` longest rows."""
+    longest = sorted(rows, key=lambda r: -len(r.input_ids))[:m]
+    batch = collate(longest, pad_id, mask_dtype(device, config), device)
+    with PeakMemory(device) as peak:
+        with forward_precision(device, config):
+            loss, _ = token_loss_sum(model, batch)
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return peak.peak / 2**20
+
+
 def compile_layers(model) -> int:
     """torch.compile each decoder layer in place; the layers share one code object, so one graph
     serves all of them. Returns how many were compiled."""
@@ -320,14 +332,7 @@ def train_lora(model, pad_id: int, train_rows: list[PackedRow], val_rows: list[P
         if str(m) in cached:
             probe[m] = cached[str(m)]
             return probe[m] <= config.memory_budget_mb
-        rows = sorted(train_rows, key=lambda r: -len(r.input_ids))[:m]
-        batch = collate(rows, pad_id, dtype, device)
-        with PeakMemory(device) as peak:
-            with forward_precision(device, config):
-                loss, _ = token_loss_sum(model, batch)
-            loss.backward()
-        model.zero_grad(set_to_none=True)
-        probe[m] = peak.peak / 2**20
+        probe[m] = micro_batch_peak_mb(model, train_rows, m, pad_id, device, config)
         return probe[m] <= config.memory_budget_mb
 
     probe: dict[int, float] = {}
