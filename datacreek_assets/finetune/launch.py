@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -79,6 +78,22 @@ def run_launched(plan: DevicePlan, config: TrainConfig, job_dir: Path,
     threads = json.loads((job_dir / "job.json").read_text())["threads"]
     env["OMP_NUM_THREADS"] = str(threads)
     log = job_dir / "launch.log"
+    try:
+        code = _follow(plan, config, job_dir, env, log, on_step, poll_s)
+    finally:
+        (job_dir / "rows.json").unlink(missing_ok=True)  # the tenant's tokenized records: kept no longer than needed
+    if code != 0:
+        raise LaunchFailed(f"`accelerate launch` exited with {code}; the end of {log}:\n{_tail(log)}")
+    result = json.loads((job_dir / "result.json").read_text())
+    for history in ("losses", "val_losses"):  # JSON has no tuples
+        result[history] = [tuple(point) for point in result[history]]
+    result["probe_mb"] = {int(m): mb for m, mb in result["probe_mb"].items()}
+    return TrainResult(**result)
+
+
+def _follow(plan: DevicePlan, config: TrainConfig, job_dir: Path, env: dict, log: Path,
+            on_step: Callable[[int, float], None] | None, poll_s: float) -> int:
+    """Start the launch, report its steps as they come, and return its exit code."""
     seen = 0
     with log.open("ab") as out:
         process = subprocess.Popen(launch_command(plan, config, job_dir), stdout=out, stderr=subprocess.STDOUT,
@@ -98,38 +113,47 @@ def run_launched(plan: DevicePlan, config: TrainConfig, job_dir: Path,
         except BaseException:
             _stop(process, job_dir)
             raise
-    if code != 0:
-        raise LaunchFailed(f"`accelerate launch` exited with {code}; the end of {log}:\n{_tail(log)}")
-    result = json.loads((job_dir / "result.json").read_text())
-    for history in ("losses", "val_losses"):  # JSON has no tuples
-        result[history] = [tuple(point) for point in result[history]]
-    result["probe_mb"] = {int(m): mb for m, mb in result["probe_mb"].items()}
-    return TrainResult(**result)
+    return code
 
 
 def _stop(process: subprocess.Popen, job_dir: Path, grace_s: float = 120.0) -> None:
-    """Ask the launch to checkpoint and stop at its next step boundary; kill it if it does not."""
+    """Ask the launch to checkpoint and stop at its next step boundary; kill it if it does not.
+    The kill reaches every descendant: torch elastic starts each worker in a session of its own,
+    so killing the launcher's process group would leave the workers training on the GPUs."""
+    import psutil
+
     (job_dir / "stop").touch()
     try:
         process.wait(timeout=grace_s)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        try:
+            tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            tree = []
+        for member in tree:
+            try:
+                member.kill()
+            except psutil.NoSuchProcess:
+                pass
         process.wait()
+        psutil.wait_procs(tree, timeout=30)
 
 
 def _progress(job_dir: Path) -> list[tuple[int, int, float]]:
     path = job_dir / "progress.jsonl"
     if not path.exists():
         return []
-    lines = path.read_text().splitlines()
-    if lines and not path.read_text().endswith("\n"):
-        lines = lines[:-1]  # a line still being written
-    return [(row["step"], row["total"], row["loss"]) for row in map(json.loads, lines)]
+    text = path.read_text()
+    complete = text[:text.rfind("\n") + 1]  # a last line still being written waits for the next read
+    return [(row["step"], row["total"], row["loss"]) for row in map(json.loads, complete.splitlines())]
 
 
 def _tail(path: Path) -> str:
-    text = path.read_text(errors="replace") if path.exists() else ""
-    return text[-LOG_TAIL:]
+    if not path.exists():
+        return ""
+    with path.open("rb") as log:
+        log.seek(max(0, path.stat().st_size - LOG_TAIL))
+        return log.read().decode(errors="replace")
 
 
 def _free_port() -> int:

@@ -54,8 +54,8 @@ class TrainConfig:
     seed: int = 0
     # On CUDA: "fp32", or "bf16" to run forward passes under bfloat16 autocast (LoRA weights,
     # gradients and optimizer stay fp32). On demo-sized runs at the 3 GiB budget bf16 gave 0.8-0.9x
-    # the tokens/s of fp32 (bench/finetune_gpu.py), so fp32 is the default; with 64-row micro-batches
-    # it gives 2.8x, and 5.3x with compile_layers (bench/finetune_scale.py mfu). CPU: fp32 or int8.
+    # the tokens/s of fp32 (bench/finetune_gpu.py), so fp32 is the default; with 64-row steps it
+    # gives 2.8x, and 5.3x with compile_layers (bench/finetune_scale.py mfu). CPU: fp32 or int8.
     # The precision a run computes in is part of its run key (pipeline.run_key's placement).
     gpu_precision: str = "fp32"
     # On CUDA: compile each decoder layer with torch.compile (one graph, reused by every layer);
@@ -82,18 +82,29 @@ class DevicePlan:
         return f"accelerate{self.processes}" if self.accelerate_config else ""
 
 
-def plan_device(gpus: int, cpu_fallback: str, launcher: str = "auto") -> DevicePlan:
-    """Where training runs. ``cpu_fallback`` is "int8" (base in 8-bit via bitsandbytes) or "fp32"."""
+def plan_device(gpus: int, cpu_fallback: str, launcher: str = "auto", deepspeed: bool | None = None) -> DevicePlan:
+    """Where training runs. ``cpu_fallback`` is "int8" (base in 8-bit via bitsandbytes) or "fp32".
+    ``deepspeed``: whether DeepSpeed is installed (looked up when None); the GPU launch needs it."""
     if cpu_fallback not in CPU_FALLBACKS:
         raise ValueError(f"cpu_fallback must be one of {', '.join(CPU_FALLBACKS)}, not {cpu_fallback!r}")
     if launcher not in LAUNCHERS:
         raise ValueError(f"launcher must be one of {', '.join(LAUNCHERS)}, not {launcher!r}")
+    if gpus >= 1 and launcher != "torch" and deepspeed is None:
+        import importlib.util
+
+        deepspeed = importlib.util.find_spec("deepspeed") is not None
     if gpus > 1 and launcher != "torch" or gpus == 1 and launcher == "accelerate":
-        return DevicePlan("cuda", gpus, False, str(ACCELERATE_ZERO3),
-                          f"{gpus} GPU(s): `accelerate launch`, one process per GPU, DeepSpeed ZeRO-3", gpus)
+        if deepspeed:
+            return DevicePlan("cuda", gpus, False, str(ACCELERATE_ZERO3),
+                              f"{gpus} GPU(s): `accelerate launch`, one process per GPU, DeepSpeed ZeRO-3", gpus)
+        if launcher == "accelerate":  # asked for explicitly: a configuration error, not a fallback
+            raise ValueError("launcher 'accelerate' on GPUs needs DeepSpeed, which is not installed in this image")
     if gpus >= 1:
-        return DevicePlan("cuda", 1, False, None,
-                          "one GPU: plain torch" + (f" (launcher 'torch': 1 of {gpus} GPUs)" if gpus > 1 else ""))
+        note = ""
+        if gpus > 1:
+            note = " (launcher 'torch'" if launcher == "torch" else " (DeepSpeed is not installed"
+            note += f": 1 of {gpus} GPUs)"
+        return DevicePlan("cuda", 1, False, None, "one GPU: plain torch" + note)
     if launcher == "accelerate":  # DeepSpeed needs GPUs: the CPU launch runs the same loop without it
         return DevicePlan("cpu", 0, False, str(ACCELERATE_CPU), "no GPU: `accelerate launch` on CPU, base in fp32")
     return DevicePlan("cpu", 0, cpu_fallback == "int8", None, f"no GPU: CPU fallback, base in {cpu_fallback}")
@@ -297,7 +308,7 @@ def step_rows(train_rows: list[PackedRow], step: int, config: TrainConfig, fill:
     order = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(config.seed + epoch)).tolist()
     picked = order[offset * config.effective_batch:(offset + 1) * config.effective_batch]
     if fill:
-        picked += (order * config.effective_batch)[:config.effective_batch - len(picked)]
+        picked += [order[i % len(order)] for i in range(config.effective_batch - len(picked))]
     return [train_rows[i] for i in picked]
 
 

@@ -118,12 +118,17 @@ def test_device_plan():
     assert not plan_device(0, "fp32").load_in_8bit
     one = plan_device(1, "int8")
     assert one.device == "cuda" and one.accelerate_config is None and one.gpus == 1 and one.placement == ""
-    multi = plan_device(4, "int8")
+    multi = plan_device(4, "int8", deepspeed=True)
     assert multi.accelerate_config and Path(multi.accelerate_config).read_text().count("zero_stage: 3") == 1
     # an accelerate launch occupies (and is billed for) every GPU, one process each
     assert (multi.gpus, multi.processes, multi.placement) == (4, 4, "accelerate4")
     assert plan_device(4, "int8", "torch").gpus == 1 and plan_device(4, "int8", "torch").accelerate_config is None
-    assert plan_device(1, "int8", "accelerate").accelerate_config == multi.accelerate_config
+    assert plan_device(1, "int8", "accelerate", deepspeed=True).accelerate_config == multi.accelerate_config
+    # without DeepSpeed: "auto" trains on one GPU and says why; an explicit "accelerate" is refused
+    fallback = plan_device(4, "int8", deepspeed=False)
+    assert fallback.accelerate_config is None and fallback.gpus == 1 and "DeepSpeed is not installed" in fallback.reason
+    with pytest.raises(ValueError, match="needs DeepSpeed"):
+        plan_device(2, "int8", "accelerate", deepspeed=False)
     cpu = plan_device(0, "int8", "accelerate")  # no DeepSpeed without GPUs, and no 8-bit base
     assert cpu.device == "cpu" and not cpu.load_in_8bit and cpu.gpus == 0
     assert "DEEPSPEED" not in Path(cpu.accelerate_config).read_text()

@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from datacreek_assets.finetune.base_model import load_base  # noqa: E402
-from datacreek_assets.finetune.launch import LaunchFailed, run_launched, write_job  # noqa: E402
+from datacreek_assets.finetune.launch import LaunchFailed, _progress, run_launched, write_job  # noqa: E402
 from datacreek_assets.finetune.training import (  # noqa: E402
     STEP_OBSERVER, TrainConfig, plan_device, train_lora, wrap_lora,
 )
@@ -84,6 +84,7 @@ def test_a_stopped_launch_checkpoints_and_resumes_to_the_uninterrupted_result(ti
     with pytest.raises(Quota):
         run_launched(PLAN, config, job, on_step=out_of_credits, poll_s=0.1)
     assert seen == [1]
+    assert not (job / "rows.json").exists()  # the tenant's tokenized records leave with the launch
     assert [p.name for p in (tmp_path / "resumed" / "checkpoints").glob("step-*")] == ["step-000001"]
     assert (tmp_path / "resumed" / "checkpoints" / "step-000001" / "accelerate").is_dir()  # model, optimizer, RNG
     assert not (tmp_path / "resumed" / "adapter").exists()
@@ -96,6 +97,11 @@ def test_a_stopped_launch_checkpoints_and_resumes_to_the_uninterrupted_result(ti
     a, b = adapter(tmp_path / "straight"), adapter(tmp_path / "resumed")
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-6), key
+
+
+def test_progress_waits_for_a_line_still_being_written(tmp_path):
+    (tmp_path / "progress.jsonl").write_text('{"step": 1, "total": 3, "loss": 2.5}\n{"step": 2, "tot')
+    assert _progress(tmp_path) == [(1, 3, 2.5)]
 
 
 def test_a_broken_launch_fails_with_its_log(tiny_dir, tmp_path):

@@ -81,6 +81,9 @@ def finetuned_adapter(context: dg.AssetExecutionContext, config: FineTuneConfig,
         plan = plan_device(gpus, finetune.cpu_fallback, finetune.launcher)
     except ValueError as err:
         raise dg.Failure(f"invalid fine-tuning resource: {err}", allow_retries=False) from err
+    if train_config.effective_batch % plan.processes:  # every launched process takes an equal share
+        raise dg.Failure(f"invalid fine-tuning config: effective_batch {train_config.effective_batch} is not a "
+                         f"multiple of the {plan.processes} training processes ({plan.reason})", allow_retries=False)
     # The meter spans the whole step, not only the training loop: the GPUs are the pod's from the
     # step's start (reading the data, loading the base) to its end (logging the artifacts). It bills
     # every GPU the training occupies: all of an `accelerate launch`'s, one otherwise.
