@@ -55,8 +55,10 @@ venv: $(STAMP) $(NCA_STAMP) $(FLINK_STAMP) ## create .venv (and .venv-nca, .venv
 demo: prereqs venv ## set up, start services, build every asset for the demo tenant
 	$(BIN)/datacreek demo
 
+# every failure's traceback also goes to a file: a Ray worker shutting down can close the
+# session's stdout before pytest prints its summary
 test: prereqs venv ## set up and run the whole test suite against real services
-	$(BIN)/python -m pytest -p no:cacheprovider -ra $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -p no:cacheprovider -ra --junitxml=test-artifacts/junit.xml $(PYTEST_ARGS)
 
 test-cpu-variants: prereqs venv ## the numeric tests as other CPUs run them (torch's kernel sets, llama.cpp with AVX-512)
 	bash scripts/test-cpu-variants.sh

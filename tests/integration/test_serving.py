@@ -602,9 +602,10 @@ def test_a_release_step_goes_through_the_control_api_for_its_own_tenant_only(con
 
 RAY_CLIENT_DRIVER = """
 import json, sys
-from datacreek_assets.serving.control import ServingControl
-address, http_port, store_url, admin_token, token_path, replicas = sys.argv[1:]
-control = ServingControl(address, int(http_port), store_url, admin_token, token_path, router_replicas=int(replicas))
+from resources.stores import ServingResource
+config, token_path = json.loads(sys.argv[1]), sys.argv[2]
+# the platform's own resource, as a pod builds it: only the address (ray://) and token file differ
+control = ServingResource(**{**config, "ray_auth_token_path": token_path}).control()
 control.ensure_router()  # a whole control-plane pass: Serve's status, reconcile, every router re-reading
 print(json.dumps({"applications": control.applications(), "routers": sorted(control.routers())}))
 """
@@ -613,7 +614,9 @@ print(json.dumps({"applications": control.applications(), "routers": sorted(cont
 def test_the_platform_drives_serve_through_the_ray_client(control, serving, services):
     """In a cluster the platform's pods reach Ray through the Ray Client (DATACREEK_RAY_ADDRESS
     = ray://..., token-authenticated): a control-plane pass made through it, in a process of
-    its own (one driver per process), sees and drives the same Serve."""
+    its own (one driver per process), sees and drives the same Serve. The driver is configured
+    exactly as this session's serving (retrieval folder, model source, replicas): a pass made with
+    other settings would redeploy the router differently for the tests after it."""
     import json
     import subprocess
     import sys
@@ -621,10 +624,10 @@ def test_the_platform_drives_serve_through_the_ray_client(control, serving, serv
     from datacreek_assets.local_services import RayService
 
     head = RayService(services)
-    args = [f"ray://127.0.0.1:{head.client_port}", str(serving.http_port), serving.store_url, serving.admin_token,
-            serving.ray_auth_token_path, str(serving.router_replicas)]
-    done = subprocess.run([sys.executable, "-c", RAY_CLIENT_DRIVER, *args], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    config = json.dumps({**serving.model_dump(), "ray_address": f"ray://127.0.0.1:{head.client_port}"})
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    done = subprocess.run([sys.executable, "-c", RAY_CLIENT_DRIVER, config, serving.ray_auth_token_path],
+                          capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     # (a replica replaced a moment ago may still be listed for a few seconds: at least as many)
@@ -634,6 +637,6 @@ def test_the_platform_drives_serve_through_the_ray_client(control, serving, serv
     # a wrong token is refused by the client server
     wrong = services.state_dir / "wrong-ray-token"
     wrong.write_text("0" * 64)
-    refused = subprocess.run([sys.executable, "-c", RAY_CLIENT_DRIVER, *args[:4], str(wrong), args[5]],
-                             capture_output=True, text=True, timeout=300)
+    refused = subprocess.run([sys.executable, "-c", RAY_CLIENT_DRIVER, config, str(wrong)],
+                             capture_output=True, text=True, timeout=300, env=env)
     assert refused.returncode != 0 and "router" not in refused.stdout

@@ -31,7 +31,7 @@ def retrieval_index(context: dg.AssetExecutionContext, feature_store: FeatureSto
                     graph_store: GraphStoreResource, finetune: FineTuneResource) -> dg.MaterializeResult:
     import numpy as np
 
-    from datacreek_assets.embeddings.embedder import embed_one
+    from datacreek_assets.embeddings.embedder import embed_question
     from datacreek_assets.retrieval.index import build_index, publish
 
     tenant = validate_tenant_id(context.partition_key)
@@ -41,11 +41,11 @@ def retrieval_index(context: dg.AssetExecutionContext, feature_store: FeatureSto
     path = publish(index, retrieval_dir(finetune, tenant))
     # what a served request pays: embed one question, search (first sentences of chunks as questions)
     probes = [c["text"].split(". ")[0][:200] for c in chunks[:LATENCY_PROBES]]
-    embed_one("warm up")  # load the model once, outside the timing
+    embed_question("warm up")  # load the model once, outside the timing
     timings, self_hits = [], 0
     for chunk, probe in zip(chunks, probes):
         started = time.perf_counter()
-        found = index.search(embed_one(probe), k=3)
+        found = index.search(embed_question(probe), k=3)
         timings.append(time.perf_counter() - started)
         self_hits += any(p.chunk_id == chunk["chunk_id"] for p in found)
     return dg.MaterializeResult(
