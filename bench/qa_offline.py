@@ -129,7 +129,7 @@ def prepare(folder: Path, max_docs: int) -> dict:
     from transformers import AutoTokenizer
 
     from datacreek_assets.datasets.sft import generate
-    from datacreek_assets.embeddings.embedder import embed_questions
+    from datacreek_assets.embeddings.embedder import embed_texts
     from datacreek_assets.finetune.training import TrainConfig
     from datacreek_assets.retrieval.index import publish
 
@@ -140,7 +140,7 @@ def prepare(folder: Path, max_docs: int) -> dict:
     log(f"demo tenant ({max_docs} documents): {len(chunks)} live chunks, {len(facts)} live facts")
     index = demo_index(chunks)
     publish(index, folder / "retrieval")
-    dataset = generate(facts, chunks, index, embed_questions)  # as sft_dataset calls it
+    dataset = generate(facts, chunks, index, embed_texts)  # as sft_dataset calls it
     chats = [r.chat() for r in dataset.records]
     train = [c for c in chats if c["split"] == "train"]
     validation = [c for c in chats if c["split"] == "validation"]

@@ -2,7 +2,9 @@
 # The tests as machines with other CPUs run them (`make test-cpu-variants`; README, "Tests").
 #
 # torch picks its kernels by the CPU it finds (default, AVX2, AVX-512, AMX); ATEN_CPU_CAPABILITY
-# holds it to one set, so one machine can run the suite as an older or plainer one would.
+# holds it to one set, so one machine can run the suite as an older or plainer one would. The
+# avx2 variant also caps oneDNN (ONEDNN_MAX_CPU_ISA=AVX2): its int8 GEMM without VNNI is another
+# code path (the served question encoder falls back to fp32 there, embeddings/int8.py).
 # llama.cpp is built for AVX2 on every machine (LLAMA_CMAKE_ARGS in the Makefile); on a CPU with
 # AVX-512 a second build with AVX-512 kernels goes to .llama-avx512/ (built once, ~5 min) and the
 # GGUF tests run against it, as they would against a build made natively elsewhere.
@@ -43,7 +45,9 @@ build_llama_avx512() {
 
 for variant in ${CPU_VARIANTS:-avx2 default llama-avx512}; do
     case $variant in
-        avx2|default|avx512) run_variant "torch ATEN_CPU_CAPABILITY=$variant" "ATEN_CPU_CAPABILITY=$variant" ;;
+        avx2) run_variant "torch ATEN_CPU_CAPABILITY=avx2, oneDNN AVX2" "ATEN_CPU_CAPABILITY=avx2" \
+            "ONEDNN_MAX_CPU_ISA=AVX2" ;;
+        default|avx512) run_variant "torch ATEN_CPU_CAPABILITY=$variant" "ATEN_CPU_CAPABILITY=$variant" ;;
         llama-avx512)
             if ! grep -qw avx512f /proc/cpuinfo; then
                 summary+=("llama.cpp AVX-512: skipped, this CPU has no AVX-512"); continue

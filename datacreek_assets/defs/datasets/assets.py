@@ -26,7 +26,7 @@ from resources.stores import FineTuneResource, GraphStoreResource, ObjectStoreRe
 )
 def sft_dataset(context: dg.AssetExecutionContext, graph_store: GraphStoreResource, object_store: ObjectStoreResource,
                 finetune: FineTuneResource) -> dg.MaterializeResult:
-    from datacreek_assets.embeddings.embedder import embed_questions
+    from datacreek_assets.embeddings.embedder import embed_texts
     from datacreek_assets.retrieval.index import load_current
 
     tenant = validate_tenant_id(context.partition_key)
@@ -36,7 +36,7 @@ def sft_dataset(context: dg.AssetExecutionContext, graph_store: GraphStoreResour
         raise dg.Failure(f"tenant {tenant} has no retrieval index yet: materialize retrieval_index first")
     with graph_store.tenant(tenant) as graph:
         chunks = graph.live_chunks()
-        dataset = generate(graph.live_facts(), chunks, index, embed_questions)
+        dataset = generate(graph.live_facts(), chunks, index, embed_texts)
         dropped = curation_drops(graph.rejected_facts(), chunks, {r.record_id for r in dataset.records})
     folder = f"{DATASET_PREFIX}/{dataset.version}"
     new_version = not store.exists(f"{folder}/manifest.json")
