@@ -244,30 +244,52 @@ class TenantGraph(FactCuration):
         for ids in batched(doc_ids, batch_size):
             tx.run("UNWIND $ids AS id MATCH (c:Chunk {tenant_id: $tenant, doc_id: id}) DETACH DELETE c", ids=ids)
             tx.run("UNWIND $ids AS id MATCH (f:Fact {tenant_id: $tenant, doc_id: id}) DETACH DELETE f", ids=ids)
-        _unwind(tx, [{"doc_id": d["doc_id"], "props": d["props"]} for d in docs], batch_size,
+        # each document's and entity's element id: a chunk and a mention find their node by id
+        # (a seek), not by an index look-up per row (the writer's largest cost, bench/graph_writer.py)
+        document_node: dict[str, str] = {}
+        for batch in batched([{"doc_id": d["doc_id"], "props": d["props"]} for d in docs], batch_size):
+            document_node.update((r["id"], r["node"]) for r in tx.run(
                 "UNWIND $rows AS row MERGE (d:Document {tenant_id: $tenant, doc_id: row.doc_id}) "
-                "SET d += row.props, d.deleted_at = null, d.deleted_by = null, " + NEXT_REVISION)
-        _unwind(tx, entities, batch_size,
+                "SET d += row.props, d.deleted_at = null, d.deleted_by = null, " + NEXT_REVISION +
+                " RETURN row.doc_id AS id, elementId(d) AS node", rows=batch))
+        entity_node: dict[str, str] = {}
+        for batch in batched(entities, batch_size):
+            entity_node.update((r["id"], r["node"]) for r in tx.run(
                 "UNWIND $rows AS row MERGE (e:Entity {tenant_id: $tenant, entity_id: row.entity_id}) "
-                "ON CREATE SET e.name = row.name, e.type = row.type")
-        # a chunk's mentions are written with the chunk, from the node just merged: looking the
-        # chunk up again for each mention was the writer's largest cost (bench/graph_writer.py)
-        mentions_of: dict[str, list[dict]] = {}
+                "ON CREATE SET e.name = row.name, e.type = row.type RETURN row.entity_id AS id, elementId(e) AS node",
+                rows=batch))
+        # the group's chunks were deleted above and a chunk id is the SHA-256 of its document and
+        # text, so every chunk of these documents is new: CREATE, with no look-up first (MERGE's
+        # cost). A chunk listed twice is written once, as MERGE + SET left it (the last listing's
+        # properties). Its mentions are written with it, from the node just created.
+        mentions_of: dict[str, dict[str, dict]] = {}
+        elsewhere = []  # mentions of an entity outside these documents (none from the extractor)
         for m in flat["mentions"]:
-            mentions_of.setdefault(m["chunk_id"], []).append(m)
-        chunks = [{**c, "mentions": mentions_of.pop(c["chunk_id"], [])} for c in flat["chunks"]]
-        _unwind(tx, chunks, batch_size,
+            if m["entity_id"] in entity_node:
+                mentions_of.setdefault(m["chunk_id"], {})[m["entity_id"]] = m  # the last count, as SET left it
+            else:
+                elsewhere.append(m)
+        listed = {c["chunk_id"]: c for c in flat["chunks"]}
+        ours = [c for c in listed.values() if c["doc_id"] in document_node]
+        _unwind(tx, [{"chunk_id": c["chunk_id"], "props": c["props"], "document": document_node[c["doc_id"]],
+                      "mentions": [{"node": entity_node[m["entity_id"]], "count": m["count"]}
+                                   for m in mentions_of.pop(c["chunk_id"], {}).values()]} for c in ours], batch_size,
+                "UNWIND $rows AS row MATCH (d:Document {tenant_id: $tenant}) WHERE elementId(d) = row.document "
+                "CREATE (c:Chunk {tenant_id: $tenant, chunk_id: row.chunk_id}) SET c += row.props "
+                "CREATE (d)-[:HAS_CHUNK]->(c) "
+                "WITH c, row UNWIND row.mentions AS m "
+                "MATCH (e:Entity {tenant_id: $tenant}) WHERE elementId(e) = m.node "
+                "CREATE (c)-[:MENTIONS {count: m.count}]->(e)")
+        # a chunk listed under another document (none from the extractor) may exist: merged
+        _unwind(tx, [c for c in listed.values() if c["doc_id"] not in document_node], batch_size,
                 "UNWIND $rows AS row MATCH (d:Document {tenant_id: $tenant, doc_id: row.doc_id}) "
                 "MERGE (c:Chunk {tenant_id: $tenant, chunk_id: row.chunk_id}) SET c += row.props "
-                "MERGE (d)-[:HAS_CHUNK]->(c) "
-                "WITH c, row UNWIND row.mentions AS m "
-                "MATCH (e:Entity {tenant_id: $tenant, entity_id: m.entity_id}) "
-                "MERGE (c)-[r:MENTIONS]->(e) SET r.count = m.count")
-        _unwind(tx, [{"a": a, "b": b} for a, b in flat["next"]], batch_size,
+                "MERGE (d)-[:HAS_CHUNK]->(c)")
+        _unwind(tx, [{"a": a, "b": b} for a, b in dict.fromkeys(map(tuple, flat["next"]))], batch_size,
                 "UNWIND $rows AS row MATCH (a:Chunk {tenant_id: $tenant, chunk_id: row.a}) "
                 "MATCH (b:Chunk {tenant_id: $tenant, chunk_id: row.b}) MERGE (a)-[:NEXT]->(b)")
-        # mentions of a chunk outside these documents (none from the extractor): matched as before
-        _unwind(tx, [m for rows in mentions_of.values() for m in rows], batch_size,
+        # mentions of a chunk or an entity outside these documents: both looked up
+        _unwind(tx, [m for rows in mentions_of.values() for m in rows.values()] + elsewhere, batch_size,
                 "UNWIND $rows AS row MATCH (c:Chunk {tenant_id: $tenant, chunk_id: row.chunk_id}) "
                 "MATCH (e:Entity {tenant_id: $tenant, entity_id: row.entity_id}) "
                 "MERGE (c)-[m:MENTIONS]->(e) SET m.count = row.count")
