@@ -225,7 +225,7 @@ class TenantGraph(FactCuration):
         written: groups of ``docs_per_transaction`` documents commit together, which bounds
         transaction memory on large first loads.
 
-        ``docs`` items: {doc_id, props, chunks:[{chunk_id, props}], next:[(a,b)],
+        ``docs`` items: {doc_id, props, chunks:[{chunk_id, doc_id, props}], next:[(a,b)],
         entities:[{entity_id,name,type}], mentions:[{chunk_id, entity_id, count}],
         facts:[{fact_id, chunk_id, subject, predicate, object, sentence}]}.
         """
@@ -258,10 +258,10 @@ class TenantGraph(FactCuration):
                 "UNWIND $rows AS row MERGE (e:Entity {tenant_id: $tenant, entity_id: row.entity_id}) "
                 "ON CREATE SET e.name = row.name, e.type = row.type RETURN row.entity_id AS id, elementId(e) AS node",
                 rows=batch))
-        # the group's chunks were deleted above and a chunk id is the SHA-256 of its document and
-        # text, so every chunk of these documents is new: CREATE, with no look-up first (MERGE's
-        # cost). A chunk listed twice is written once, as MERGE + SET left it (the last listing's
-        # properties). Its mentions are written with it, from the node just created.
+        # the group's chunks were deleted above (by their doc_id property) and a chunk id is the
+        # SHA-256 of its document and text, so a chunk listed once, under a document of the group
+        # that its doc_id property names, is new: CREATE, with no look-up first (MERGE's cost),
+        # and its mentions with it, from the node just created. Any other chunk is merged.
         mentions_of: dict[str, dict[str, dict]] = {}
         elsewhere = []  # mentions of an entity outside these documents (none from the extractor)
         for m in flat["mentions"]:
@@ -269,8 +269,13 @@ class TenantGraph(FactCuration):
                 mentions_of.setdefault(m["chunk_id"], {})[m["entity_id"]] = m  # the last count, as SET left it
             else:
                 elsewhere.append(m)
-        listed = {c["chunk_id"]: c for c in flat["chunks"]}
-        ours = [c for c in listed.values() if c["doc_id"] in document_node]
+        listings = Counter(c["chunk_id"] for c in flat["chunks"])
+
+        def new(c: dict) -> bool:
+            return (listings[c["chunk_id"]] == 1 and c.get("doc_id") in document_node
+                    and c["props"].get("doc_id") == c["doc_id"])
+
+        ours = [c for c in flat["chunks"] if new(c)]
         _unwind(tx, [{"chunk_id": c["chunk_id"], "props": c["props"], "document": document_node[c["doc_id"]],
                       "mentions": [{"node": entity_node[m["entity_id"]], "count": m["count"]}
                                    for m in mentions_of.pop(c["chunk_id"], {}).values()]} for c in ours], batch_size,
@@ -280,8 +285,8 @@ class TenantGraph(FactCuration):
                 "WITH c, row UNWIND row.mentions AS m "
                 "MATCH (e:Entity {tenant_id: $tenant}) WHERE elementId(e) = m.node "
                 "CREATE (c)-[:MENTIONS {count: m.count}]->(e)")
-        # a chunk listed under another document (none from the extractor) may exist: merged
-        _unwind(tx, [c for c in listed.values() if c["doc_id"] not in document_node], batch_size,
+        # listed twice, under another document, or naming another (none from the extractor): as before
+        _unwind(tx, [c for c in flat["chunks"] if not new(c)], batch_size,
                 "UNWIND $rows AS row MATCH (d:Document {tenant_id: $tenant, doc_id: row.doc_id}) "
                 "MERGE (c:Chunk {tenant_id: $tenant, chunk_id: row.chunk_id}) SET c += row.props "
                 "MERGE (d)-[:HAS_CHUNK]->(c)")

@@ -251,3 +251,29 @@ def test_every_mention_lands_on_its_chunk_with_its_count(graphs):
         "MATCH (c:Chunk {tenant_id: $t})-[m:MENTIONS]->(e:Entity {tenant_id: $t}) RETURN c.chunk_id, e.entity_id, m.count",
         t=graph.tenant_id).records
     assert all(count == len(entity) for _, entity, count in counts) and len(counts) == 7
+
+
+def test_odd_chunk_listings_are_merged_as_before_and_a_second_write_of_them_works(graphs):
+    """The writer creates a group's chunks without looking them up (they were just deleted); a
+    chunk listed twice, or whose doc_id property names another document, is merged instead, so
+    it ends as before (properties united, later values winning) and the next write finds it."""
+    graph, _ = graphs
+
+    def doc() -> dict:
+        chunks = [{"doc_id": "d.txt", "chunk_id": "twice", "props": {"doc_id": "d.txt", "position": 0, "a": 1}},
+                  {"doc_id": "d.txt", "chunk_id": "twice", "props": {"doc_id": "d.txt", "position": 1, "b": 2}},
+                  {"doc_id": "d.txt", "chunk_id": "astray", "props": {"doc_id": "other.txt", "position": 2}},
+                  {"doc_id": "d.txt", "chunk_id": "plain", "props": {"doc_id": "d.txt", "position": 3}}]
+        return {"doc_id": "d.txt", "props": {"doc_id": "d.txt"}, "chunks": chunks, "next": [], "facts": [],
+                "entities": [{"entity_id": "e", "name": "e", "type": "name"}],
+                "mentions": [{"chunk_id": cid, "entity_id": "e", "count": 1} for cid in ("twice", "astray", "plain")]}
+
+    for _ in range(2):  # "astray" survives the first write's delete (its doc_id names another document)
+        graph.replace_documents([doc()])
+    rows = graph.driver.execute_query(
+        "MATCH (:Document {tenant_id: $t, doc_id: 'd.txt'})-[:HAS_CHUNK]->(c:Chunk {tenant_id: $t}) "
+        "OPTIONAL MATCH (c)-[m:MENTIONS]->(:Entity {tenant_id: $t}) RETURN c.chunk_id AS id, c.position AS position, "
+        "c.a AS a, c.b AS b, count(m) AS mentions", t=graph.tenant_id).records
+    got = {r["id"]: (r["position"], r["a"], r["b"], r["mentions"]) for r in rows}
+    assert got == {"twice": (1, 1, 2, 1), "astray": (2, None, None, 1), "plain": (3, None, None, 1)}
+
