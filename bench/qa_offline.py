@@ -13,7 +13,8 @@ MiniLM vectors per distinct embedding hash, fp8-quantized, dequantized by `build
 (retrieved passages, the source put in on a miss, and "Not in the documents." records).
 `eval` exports each adapter with `export_release` and scores it with `evaluate` on `eval_sets`
 (the tenant's hand-written questions: demo_questions.jsonl for its documents, spread to --questions),
-exactly as qa_eval does; `--with-validation` adds the held-out generated set qa_eval also scores.
+exactly as qa_eval does (with retrieval, answers held to spans of the passages, as served;
+`--free-decoding` measures without); `--with-validation` adds the held-out generated set qa_eval also scores.
 """
 
 from __future__ import annotations
@@ -264,7 +265,7 @@ def evaluate_adapters(args) -> dict:
         manifest = export_release(latest, work)
         log(f"{name}: answering {sum(len(s.questions) for s in sets)} questions x 2 modes x 2 models (llama.cpp)")
         started = time.monotonic()
-        result = evaluate(latest, manifest, sets, index)
+        result = evaluate(latest, manifest, sets, index, extractive=not args.free_decoding)
         result["passed"] = result["tuned"]["f1"] >= result["base"]["f1"] + report["margin"]
         result["adapter"], result["eval_seconds"] = str(adapter), round(time.monotonic() - started, 1)
         report["reports"][name] = result
@@ -311,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--with-validation", action="store_true",
                     help="also score the held-out generated questions (PREP/val_chats.json), as qa_eval does")
     ev.add_argument("--reuse-index", action="store_true", help="use PREP/retrieval instead of rebuilding the index")
+    ev.add_argument("--free-decoding", action="store_true",
+                    help="answer with retrieval without holding answers to spans of the passages (not as served)")
     for p in (prep, ev):
         p.add_argument("--max-docs", type=int, default=DEMO_DOCS, help="demo corpus documents (`datacreek demo`)")
     args = parser.parse_args(argv)

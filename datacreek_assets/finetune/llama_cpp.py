@@ -75,12 +75,14 @@ def llama_logits(llm, token_ids: list[int]) -> np.ndarray:
     return np.array(llm.scores[: len(token_ids)], dtype=np.float32)
 
 
-def llama_greedy(llm, prompt_ids: list[int], max_new: int, stop_ids: set[int]) -> list[int]:
+def llama_greedy(llm, prompt_ids: list[int], max_new: int, stop_ids: set[int], choose=None) -> list[int]:
+    """Greedy decoding; ``choose(logits, tokens so far)`` replaces the argmax (extractive decoding)."""
     llm.reset()
     llm.eval(prompt_ids)
     out: list[int] = []
     for _ in range(max_new):
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        logits = llm.scores[llm.n_tokens - 1]
+        token = int(np.argmax(logits)) if choose is None else choose(logits, out)
         if token in stop_ids:
             break
         out.append(token)
@@ -178,16 +180,23 @@ def check_gguf(model, path: Path, token_ids: list[int], lora_path: Path | None =
 
 
 def answer_questions(path: Path, tokenizer, prompts: list[list[dict]], max_new: int = 48,
-                     lora_path: Path | None = None) -> list[str]:
-    """Greedy answers from a GGUF for chat prompts (rendered with the model's chat template)."""
+                     lora_path: Path | None = None, grounding: list[list[str] | None] | None = None) -> list[str]:
+    """Greedy answers from a GGUF for chat prompts (rendered with the model's chat template).
+    ``grounding``: per prompt, the passages its answer is held to (extractive decoding, as served
+    with retrieval), or None for free decoding."""
+    from datacreek_assets.retrieval.extractive import for_llama
+
     stop = {tokenizer.eos_token_id}
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     if isinstance(im_end, int) and im_end >= 0:
         stop.add(im_end)
     answers = []
     with open_llama(path, lora_path, n_ctx=2048) as llm:  # grounded prompts: three passages and the question
-        for messages in prompts:
+        for i, messages in enumerate(prompts):
             text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-            answers.append(tokenizer.decode(llama_greedy(llm, ids, max_new, stop), skip_special_tokens=True).strip())
+            passages = grounding[i] if grounding else None
+            choose = for_llama(llm, passages).pick if passages else None
+            answers.append(tokenizer.decode(llama_greedy(llm, ids, max_new, stop, choose),
+                                            skip_special_tokens=True).strip())
     return answers

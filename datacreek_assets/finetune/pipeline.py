@@ -339,10 +339,12 @@ def eval_sets(data: SftData, questions: int, tenant_questions: list[dict]) -> li
 
 
 @gives_memory_back
-def evaluate(latest: dict, manifest: dict, sets: list[EvalSet], index) -> dict:
+def evaluate(latest: dict, manifest: dict, sets: list[EvalSet], index, extractive: bool = True) -> dict:
     """Base vs tuned, each closed-book and with the tenant's retrieval (the passages a served
-    request gets), answered by llama.cpp from their f16 GGUF. The gate reads the retrieval scores
-    of the hand-written set when there is one (people's questions), else of the held-out set."""
+    request gets), answered by llama.cpp from their f16 GGUF; with retrieval, answers are held to
+    spans of the passages as served (``extractive``; False only to measure what that changes). The
+    gate reads the retrieval scores of the hand-written set when there is one (people's
+    questions), else of the held-out set."""
     from transformers import AutoTokenizer
 
     from datacreek_assets.embeddings.embedder import embed_texts
@@ -354,16 +356,20 @@ def evaluate(latest: dict, manifest: dict, sets: list[EvalSet], index) -> dict:
         raise FineTuneError("nothing to evaluate on: no held-out records and no tenant questions")
     tokenizer = AutoTokenizer.from_pretrained(latest["adapter_dir"])
     prompts: dict[tuple[str, str], list[list[dict]]] = {}
+    grounding: dict[tuple[str, str], list] = {}  # what each answer is held to, as served (extractive)
     for s in sets:
         vectors = embed_texts(s.questions)
         passages = [[p.text for p in index.search(v)] for v in vectors]
         prompts[(s.name, "closed")] = [messages_for(q, None) for q in s.questions]
         prompts[(s.name, "retrieval")] = [messages_for(q, p) for q, p in zip(s.questions, passages)]
+        grounding[(s.name, "closed")] = [None] * len(s.questions)
+        grounding[(s.name, "retrieval")] = passages if extractive else [None] * len(s.questions)
     models = {"base": Path(manifest["base_f16"]), "tuned": Path(manifest["f16"]["path"])}
     answers = {}
     for model, path in models.items():
         flat = [p for key in prompts for p in prompts[key]]
-        replies = iter(answer_questions(path, tokenizer, flat, max_new=32))
+        replies = iter(answer_questions(path, tokenizer, flat, max_new=32,
+                                        grounding=[g for key in prompts for g in grounding[key]]))
         for key in prompts:
             answers[(model, *key)] = [next(replies) for _ in prompts[key]]
     scores = {s.name: {f"{model}_{mode}": asdict(QaScores.of(answers[(model, s.name, mode)], s.answers))
@@ -372,5 +378,6 @@ def evaluate(latest: dict, manifest: dict, sets: list[EvalSet], index) -> dict:
     examples = [{"question": q, "reference": a, **{f"{m}_{mode}": answers[(m, gate_set, mode)][i]
                                                    for m in models for mode in EVAL_MODES}}
                 for i, (q, a) in enumerate(zip(sets[-1].questions[:8], sets[-1].answers))]
-    return {"sets": scores, "gate_set": gate_set, "base": scores[gate_set]["base_retrieval"],
+    return {"sets": scores, "gate_set": gate_set, "decoding": "extractive" if extractive else "free",
+            "base": scores[gate_set]["base_retrieval"],
             "tuned": scores[gate_set]["tuned_retrieval"], "examples": examples, "run_key": latest["run_key"]}

@@ -28,6 +28,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from datacreek_assets.retrieval.extractive import logits_processor
 from datacreek_assets.serving.routing import validate_version
 from datacreek_assets.tenancy import validate_tenant_id
 
@@ -219,10 +220,14 @@ class AdapterPool:
             raise AdapterError(f"a completion for tenant {tenant!r} cannot use the adapter of another tenant")
         with self.lock:
             self._prepare(tenant, adapter, load)
+            # a grounded greedy request: the answer is held to its passages (retrieval/extractive.py)
+            span_of = request.get("span_of") if request["temperature"] == 0 else None
+            processors = [logits_processor(self.llm, span_of)] if span_of else None
             try:
                 return self.llm.create_chat_completion(
                     messages=request["messages"], max_tokens=request["max_tokens"],
-                    temperature=request["temperature"], stop=request.get("stop"), seed=0)
+                    temperature=request["temperature"], stop=request.get("stop"), seed=0,
+                    logits_processor=processors)
             except ValueError as err:  # llama.cpp's "Requested tokens exceed context window"
                 raise PromptTooLong(str(err)) from None
 

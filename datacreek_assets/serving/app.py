@@ -7,7 +7,9 @@ that disagrees is refused), `X-Model-Version` pins one of the tenant's live vers
 unpinned request goes to the canary when the hash of its request id falls in the canary's
 share. Unless `X-Retrieval: off`, the last user turn is grounded first: the tenant's own
 retrieval index (the one its API key names, never another's) gives the top passages for it,
-which go into the prompt as the model was trained to read them.
+which go into the prompt as the model was trained to read them. A grounded request at
+temperature 0 is answered extractively (`retrieval/extractive.py`): with a span of those passages
+or "Not in the documents.", unless `X-Extractive: off`.
 
 The router runs as several replicas. At each of Serve's health checks (every `REPORT_EVERY_S`)
 a replica reports its latencies and when it last read the store to `RouterStats`, which holds
@@ -228,8 +230,13 @@ class Router:
         retrieval = request.headers.get("x-retrieval", "on").lower()
         if retrieval not in ("on", "off"):
             return error(400, "invalid_request", "X-Retrieval must be 'on' or 'off'")
+        extractive = request.headers.get("x-extractive", "on").lower()
+        if extractive not in ("on", "off"):
+            return error(400, "invalid_request", "X-Extractive must be 'on' or 'off'")
         grounding = await self._ground(tenant, body) if retrieval == "on" else {"status": "off", "chunks": []}
-        return await self._forward(tenant, version, role, body, grounding, judged=pinned is None)
+        passages = grounding.pop("passages", [])
+        return await self._forward(tenant, version, role, body, grounding, judged=pinned is None,
+                                   span_of=passages if extractive == "on" and body.temperature == 0 else [])
 
     async def _ground(self, tenant: str, body: ChatRequest) -> dict:
         """Put the tenant's top passages for the last user turn into it; returns what was done."""
@@ -245,7 +252,8 @@ class Router:
         grounded = with_context([m.model_dump() for m in body.messages], [p.text for p in passages])
         body.messages = [ChatMessage(**m) for m in grounded]
         return {"status": "on", "ms": round(seconds * 1000, 2), "waited_ms": round((time.perf_counter() - started) * 1000, 2),
-                "chunks": [{"chunk_id": p.chunk_id, "doc_id": p.doc_id, "score": round(p.score, 4)} for p in passages]}
+                "chunks": [{"chunk_id": p.chunk_id, "doc_id": p.doc_id, "score": round(p.score, 4)} for p in passages],
+                "passages": [p.text for p in passages]}
 
     def _search(self, index, question: str):
         """(passages, seconds of work): embedding and search, not the wait for the embedder."""
@@ -281,10 +289,11 @@ class Router:
         return index
 
     async def _forward(self, tenant: str, version: str, role: str, body: ChatRequest, grounding: dict,
-                       judged: bool = True):
+                       judged: bool = True, span_of: list[str] | None = None):
         """``judged``: the request came through the split, so the canary verdict counts it. A request
         pinned with X-Model-Version (an evaluation, a client's test) is no sample of the split's
-        traffic: it is in the metrics, not in the windows the canary is judged by."""
+        traffic: it is in the metrics, not in the windows the canary is judged by. ``span_of``: the
+        passages an extractive answer is held to (none: free decoding)."""
         name = f"{tenant}-{version}"
         release = self.releases.get((tenant, version))
         if release is None or release.model is None:  # recorded, files not yet published: the next reconcile
@@ -296,7 +305,7 @@ class Router:
             if release.adapter is not None:  # to a replica that has the adapter loaded, when one has
                 handle = handle.options(multiplexed_model_id=adapter_model_id(tenant, version, release.adapter))
             self.handles[name] = handle
-        request = {**body.model_dump(exclude={"model"}), "tenant": tenant, "version": version}
+        request = {**body.model_dump(exclude={"model"}), "tenant": tenant, "version": version, "span_of": span_of or []}
         started = time.perf_counter()
         try:
             if release.injected_delay_s:  # a drill's fault: here, not on the pool shared with other tenants
@@ -308,7 +317,7 @@ class Router:
         latency = time.perf_counter() - started
         # (Serve's proxy already puts the request id on the request and echoes it in the response)
         headers = {"X-Model-Version": version, "X-Served-By": name, "X-Release-Role": role,
-                   "X-Retrieval": grounding["status"]}
+                   "X-Retrieval": grounding["status"], "X-Extractive": "on" if span_of else "off"}
         if "error" in reply:
             self._measured(tenant, version, role, 413, latency, judged)
             return error(413, reply["error"]["type"], "the prompt does not fit the model's context window", headers)

@@ -392,8 +392,9 @@ def test_router_latency_histograms_are_scraped_by_prometheus(control, tenants, t
         assert f"{tenant}-base" in {r["metric"]["deployment"] for r in recorded}
 
 
-def publish_corpus(serving, tenant: str, texts: list[str]) -> set[str]:
-    """A tenant's retrieval index, built from real MiniLM vectors of its texts, where the router reads it."""
+def publish_corpus(serving, tenant: str, texts: list[str]) -> dict[str, str]:
+    """A tenant's retrieval index, built from real MiniLM vectors of its texts, where the router
+    reads it; returns its chunks' texts by id."""
     import numpy as np
 
     from datacreek_assets.embeddings.embedder import embed_texts
@@ -403,10 +404,12 @@ def publish_corpus(serving, tenant: str, texts: list[str]) -> set[str]:
     index = RetrievalIndex(tenant, ids, [f"{tenant}/doc.md"] * len(texts), texts,
                            np.asarray(embed_texts(texts), dtype=np.float32))
     publish(index, Path(serving.models_dir) / "tenants" / tenant / "retrieval")
-    return set(ids)
+    return dict(zip(ids, texts))
 
 
 def test_retrieval_grounds_each_request_in_its_own_tenants_chunks_only(control, serving, tenants):
+    from datacreek_assets.retrieval.extractive import is_span
+
     alpha, alpha_key = tenants("v1", adapter=0)
     beta, beta_key = tenants("v2", adapter=1)
     gamma, gamma_key = tenants("v3", adapter=0)  # no index yet
@@ -427,7 +430,11 @@ def test_retrieval_grounds_each_request_in_its_own_tenants_chunks_only(control, 
         chunks = reply.json()["retrieval"]["chunks"]
         assert len(chunks) == 3 and all(c["doc_id"] == f"{tenant}/doc.md" for c in chunks)
         seen[tenant] |= {c["chunk_id"] for c in chunks}
-    assert seen[alpha] <= alpha_ids and seen[beta] <= beta_ids
+        # greedy and grounded: answered extractively, with a span of this tenant's own passages
+        texts = {**alpha_ids, **beta_ids}
+        answer = reply.json()["choices"][0]["message"]["content"]
+        assert reply.headers["X-Extractive"] == "on" and is_span(answer, [texts[c["chunk_id"]] for c in chunks])
+    assert seen[alpha] <= set(alpha_ids) and seen[beta] <= set(beta_ids)
     # pinned requests (an evaluation) are served and measured, but the canary is not judged by them
     assert samples_reported(control, reported + 4)  # whichever router replicas answered them
     window = requests.get(f"{control.url}/admin/v1/tenants/{alpha}/window",
@@ -436,7 +443,12 @@ def test_retrieval_grounds_each_request_in_its_own_tenants_chunks_only(control, 
     assert f"{alpha}-chunk-0" in seen[alpha]  # the passage that answers it was found
     off = chat(control, alpha_key, question, X_Retrieval="off")
     assert off.status_code == 200 and off.headers["X-Retrieval"] == "off" and off.json()["retrieval"]["chunks"] == []
+    assert off.headers["X-Extractive"] == "off"  # nothing to hold the answer to
+    free = chat(control, alpha_key, question, X_Extractive="off")
+    assert free.status_code == 200 and free.headers["X-Retrieval"] == "on" and free.headers["X-Extractive"] == "off"
+    assert chat(control, alpha_key, {**question, "temperature": 0.7}).headers["X-Extractive"] == "off"  # sampled
     assert chat(control, alpha_key, question, X_Retrieval="maybe").status_code == 400
+    assert chat(control, alpha_key, question, X_Extractive="maybe").status_code == 400
     # a tenant without an index is served without passages (and never with another tenant's)
     bare = chat(control, gamma_key, question)
     assert bare.status_code == 200 and bare.headers["X-Retrieval"] == "unavailable"

@@ -243,6 +243,7 @@ def qa_eval(context: dg.AssetExecutionContext, finetune: FineTuneResource,
         metadata={
             "questions": report["tuned"]["questions"],
             "gate_set": report["gate_set"],
+            "retrieval_decoding": report["decoding"],  # extractive: answers held to the passages, as served
             "base_exact_match": round(report["base"]["exact_match"], 4),
             "base_f1": round(report["base"]["f1"], 4),
             "tuned_exact_match": round(report["tuned"]["exact_match"], 4),

@@ -1,0 +1,118 @@
+"""Extractive decoding: a grounded answer is a span of its passages, or "Not in the documents.".
+
+The grounded prompt asks for "the shortest exact phrase from the context"; a 135M model follows
+that most of the time and otherwise writes a plausible phrase that is nowhere in the passages.
+Greedy decoding here takes, at each step, the most likely of the model's top tokens that keeps
+the answer a span of the passages (ASCII case and runs of whitespace aside) or a beginning of
+NOT_IN_DOCUMENTS. The turn may end once the answer has a word. When none of the top tokens
+begins a span, the model is told to say NOT_IN_DOCUMENTS; once an answer has begun, it ends.
+The same choice serves evaluation (`llama_greedy`'s ``choose``) and serving (a llama.cpp logits
+processor at temperature 0), so a client gets what was measured.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+import numpy as np
+
+from datacreek_assets.retrieval.prompt import MAX_PASSAGE_CHARS, NOT_IN_DOCUMENTS
+
+TOP_TOKENS = 64  # candidates looked at per step, most likely first
+_SPACE = re.compile(rb"\s+")
+
+
+def _normal(text: bytes) -> bytes:
+    return _SPACE.sub(b" ", text).lower()
+
+
+def is_span(answer: str, passages: list[str]) -> bool:
+    """``answer`` has a word and is a span of one of the passages (ASCII case and runs of
+    whitespace aside) or a beginning of NOT_IN_DOCUMENTS (an answer cut by max_tokens)."""
+    text = _normal(answer.encode()).strip()
+    if not any(ch.isalnum() for ch in answer):
+        return False
+    return _normal(NOT_IN_DOCUMENTS.encode()).startswith(text) or any(
+        text in _normal(p[:MAX_PASSAGE_CHARS].encode()) for p in passages)
+
+
+class SpanConstraint:
+    """One answer's decoding. ``token_bytes``: a token id's text as UTF-8 bytes (a token may
+    hold part of a character); ``end_ids``: the tokens that end the turn; ``refusal_ids``:
+    NOT_IN_DOCUMENTS as the model's tokens."""
+
+    def __init__(self, passages: list[str], token_bytes: Callable[[int], bytes], end_ids: set[int],
+                 refusal_ids: list[int], top: int = TOP_TOKENS):
+        # a span never runs from one passage into the next: they are joined by a byte no answer holds
+        self.context = b"\x00".join(_normal(p[:MAX_PASSAGE_CHARS].encode()) for p in passages)
+        self.refusal = _normal(NOT_IN_DOCUMENTS.encode())
+        self.token_bytes = token_bytes
+        self.end_ids = set(end_ids)
+        self.refusal_ids = list(refusal_ids)
+        self.end = min(self.end_ids)
+        self.top = top
+        self.forced: list[int] = []  # the rest of NOT_IN_DOCUMENTS, once the model is told to say it
+
+    def fits(self, answer: bytes) -> bool:
+        text = _normal(answer).lstrip()
+        return not text or text in self.context or self.refusal.startswith(text)
+
+    def pick(self, logits: np.ndarray, generated: list[int]) -> int:
+        """The next token after ``generated`` (this answer's tokens so far), given its ``logits``."""
+        if self.forced:
+            return self.forced.pop(0)
+        answer = b"".join(self.token_bytes(t) for t in generated)
+        has_word = any(ch.isalnum() for ch in answer.decode("utf-8", "ignore"))
+        if _normal(answer).strip() == self.refusal:
+            return self.end
+        top = np.argpartition(logits, -self.top)[-self.top:] if len(logits) > self.top else np.arange(len(logits))
+        for token in top[np.argsort(-logits[top], kind="stable")]:
+            token = int(token)
+            if token in self.end_ids:
+                if has_word:
+                    return token
+                continue
+            piece = self.token_bytes(token)
+            if not piece or (not has_word and not piece.strip()):  # no answer opens with blanks
+                continue
+            if self.fits(answer + piece):
+                return token
+        if has_word:
+            return self.end
+        self.forced = list(self.refusal_ids[1:])
+        return self.refusal_ids[0]
+
+
+def for_llama(llm, passages: list[str]) -> SpanConstraint:
+    """A constraint for a llama_cpp.Llama with a ChatML vocabulary (SmolLM2's)."""
+    cache: dict[int, bytes] = {}
+
+    def token_bytes(token: int) -> bytes:
+        if token not in cache:
+            cache[token] = llm.detokenize([token])
+        return cache[token]
+
+    ends = {llm.token_eos()}
+    im_end = llm.tokenize(b"<|im_end|>", add_bos=False, special=True)
+    if len(im_end) == 1:
+        ends.add(im_end[0])
+    return SpanConstraint(passages, token_bytes, ends, llm.tokenize(NOT_IN_DOCUMENTS.encode(), add_bos=False))
+
+
+def logits_processor(llm, passages: list[str]):
+    """For `Llama.create_chat_completion(logits_processor=[...], temperature=0)`: every logit but
+    the chosen token's is set to -inf. llama.cpp calls it with the whole sequence so far; the
+    first call's length is the prompt's."""
+    constraint = for_llama(llm, passages)
+    prompt_len: list[int] = []
+
+    def process(input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        if not prompt_len:
+            prompt_len.append(len(input_ids))
+        token = constraint.pick(np.asarray(scores), [int(t) for t in input_ids[prompt_len[0]:]])
+        out = np.full_like(scores, -np.inf)
+        out[token] = 0.0
+        return out
+
+    return process
