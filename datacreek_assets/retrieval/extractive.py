@@ -4,8 +4,8 @@ The grounded prompt asks for "the shortest exact phrase from the context"; a 135
 that most of the time and otherwise writes a plausible phrase that is nowhere in the passages.
 Greedy decoding here takes, at each step, the most likely of the model's top tokens that keeps
 the answer a span of the passages (ASCII case and runs of whitespace aside) or a beginning of
-NOT_IN_DOCUMENTS. The turn may end once the answer has a word. When none of the top tokens
-begins a span, the model is told to say NOT_IN_DOCUMENTS; once an answer has begun, it ends.
+NOT_IN_DOCUMENTS. The turn may end on a whole span with a word, or on the whole refusal. When no
+top token goes on, a whole span ends there; anything else becomes (or is finished as) the refusal.
 The same choice serves evaluation (`llama_greedy`'s ``choose``) and serving (a llama.cpp logits
 processor at temperature 0), so a client gets what was measured.
 """
@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from datacreek_assets.retrieval.prompt import MAX_PASSAGE_CHARS, NOT_IN_DOCUMENTS
+from datacreek_assets.retrieval.prompt import NOT_IN_DOCUMENTS, as_prompted
 
 TOP_TOKENS = 64  # candidates looked at per step, most likely first
 _SPACE = re.compile(rb"\s+")
@@ -34,25 +34,26 @@ def is_span(answer: str, passages: list[str]) -> bool:
     if not any(ch.isalnum() for ch in answer):
         return False
     return _normal(NOT_IN_DOCUMENTS.encode()).startswith(text) or any(
-        text in _normal(p[:MAX_PASSAGE_CHARS].encode()) for p in passages)
+        text in _normal(as_prompted(p).encode()) for p in passages)
 
 
 class SpanConstraint:
     """One answer's decoding. ``token_bytes``: a token id's text as UTF-8 bytes (a token may
-    hold part of a character); ``end_ids``: the tokens that end the turn; ``refusal_ids``:
-    NOT_IN_DOCUMENTS as the model's tokens."""
+    hold part of a character); ``end_ids``: the tokens that end the turn, the one to end with
+    first; ``refusal_ids``: NOT_IN_DOCUMENTS as the model's tokens."""
 
-    def __init__(self, passages: list[str], token_bytes: Callable[[int], bytes], end_ids: set[int],
+    def __init__(self, passages: list[str], token_bytes: Callable[[int], bytes], end_ids: list[int],
                  refusal_ids: list[int], top: int = TOP_TOKENS):
-        # a span never runs from one passage into the next: they are joined by a byte no answer holds
-        self.context = b"\x00".join(_normal(p[:MAX_PASSAGE_CHARS].encode()) for p in passages)
+        # the passages as the model reads them; a span never runs from one into the next: they are
+        # joined by a byte no answer holds
+        self.context = b"\x00".join(_normal(as_prompted(p).encode()) for p in passages)
         self.refusal = _normal(NOT_IN_DOCUMENTS.encode())
         self.token_bytes = token_bytes
+        self.end = end_ids[0]
         self.end_ids = set(end_ids)
         self.refusal_ids = list(refusal_ids)
-        self.end = min(self.end_ids)
         self.top = top
-        self.forced: list[int] = []  # the rest of NOT_IN_DOCUMENTS, once the model is told to say it
+        self.forced: list[int] = []  # the rest of NOT_IN_DOCUMENTS, once the answer is to be that
 
     def fits(self, answer: bytes) -> bool:
         text = _normal(answer).lstrip()
@@ -63,24 +64,33 @@ class SpanConstraint:
         if self.forced:
             return self.forced.pop(0)
         answer = b"".join(self.token_bytes(t) for t in generated)
-        has_word = any(ch.isalnum() for ch in answer.decode("utf-8", "ignore"))
-        if _normal(answer).strip() == self.refusal:
+        text = _normal(answer).strip()
+        if text == self.refusal:
             return self.end
+        has_word = any(ch.isalnum() for ch in answer.decode("utf-8", "ignore"))
+        # the turn ends on a whole span with a word: not on "Not in the", a beginning of the refusal
+        complete = has_word and text in self.context
         top = np.argpartition(logits, -self.top)[-self.top:] if len(logits) > self.top else np.arange(len(logits))
         for token in top[np.argsort(-logits[top], kind="stable")]:
             token = int(token)
             if token in self.end_ids:
-                if has_word:
+                if complete:
                     return token
                 continue
             piece = self.token_bytes(token)
-            if not piece or (not has_word and not piece.strip()):  # no answer opens with blanks
+            if not piece or (not text and not piece.strip()):  # no answer opens with blanks
                 continue
             if self.fits(answer + piece):
                 return token
-        if has_word:
+        if complete:
             return self.end
-        self.forced = list(self.refusal_ids[1:])
+        if has_word:  # a beginning of the refusal (it fits, and is no span): finished
+            for said in range(1, len(self.refusal_ids)):
+                if _normal(b"".join(map(self.token_bytes, self.refusal_ids[:said]))).strip() == text:
+                    self.forced = self.refusal_ids[said + 1:]
+                    return self.refusal_ids[said]
+            return self.end
+        self.forced = self.refusal_ids[1:]  # nothing said yet: the refusal, whole
         return self.refusal_ids[0]
 
 
@@ -93,10 +103,8 @@ def for_llama(llm, passages: list[str]) -> SpanConstraint:
             cache[token] = llm.detokenize([token])
         return cache[token]
 
-    ends = {llm.token_eos()}
     im_end = llm.tokenize(b"<|im_end|>", add_bos=False, special=True)
-    if len(im_end) == 1:
-        ends.add(im_end[0])
+    ends = [t for t in ([im_end[0]] if len(im_end) == 1 else []) + [llm.token_eos()] if t >= 0]
     return SpanConstraint(passages, token_bytes, ends, llm.tokenize(NOT_IN_DOCUMENTS.encode(), add_bos=False))
 
 

@@ -13,8 +13,13 @@ MAX_PASSAGE_CHARS = 900  # about 200 MiniLM tokens: one chunk, never more
 def grounded_question(question: str, passages: list[str]) -> str:
     """The user turn: numbered passages, then the question."""
     # a passage keeps its line structure (a member's name on its own line reads as its heading)
-    context = "\n".join(f"[{i}] {_compact(p)[:MAX_PASSAGE_CHARS]}" for i, p in enumerate(passages, 1))
+    context = "\n".join(f"[{i}] {as_prompted(p)}" for i, p in enumerate(passages, 1))
     return f"Context:\n{context}\n\nQuestion: {question}"
+
+
+def as_prompted(passage: str) -> str:
+    """A passage as the prompt holds it: blank lines dropped, spaces collapsed, cut to MAX_PASSAGE_CHARS."""
+    return _compact(passage)[:MAX_PASSAGE_CHARS]
 
 
 def _compact(passage: str) -> str:

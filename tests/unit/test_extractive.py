@@ -16,7 +16,7 @@ PASSAGES = ["If sort_keys is true (default: False), the output of dictionaries w
 def constraint(top: int = 2) -> SpanConstraint:
     """``top``: the candidates looked at per step (the real vocabulary's 64 of 49,152)."""
     refusal = [VOCAB.index(t) for t in (" Not", " in", " the", " documents", ".")]
-    return SpanConstraint(PASSAGES, lambda t: VOCAB[t].encode(), {END}, refusal, top=top)
+    return SpanConstraint(PASSAGES, lambda t: VOCAB[t].encode(), [END], refusal, top=top)
 
 
 def logits(order: list[str]) -> np.ndarray:
@@ -56,11 +56,25 @@ def test_with_no_span_in_the_top_tokens_the_model_says_not_in_the_documents():
     assert decode(constraint(top=1), [[" Nobody"]] * 8) == " Not in the documents."
     # once an answer has begun, a dead end ends it instead
     assert decode(constraint(top=1), [[" JSON"], [" Nobody"]]) == " JSON"
+    # a beginning of the refusal is no answer: it does not end there, and a dead end finishes it
+    assert decode(constraint(top=2), [[" Not", " Nobody"], ["<end>", " in"], ["<end>", " Nobody"]] + [[" Nobody"]] * 4) \
+        == " Not in the documents."
     # the refusal, once said whole, ends the turn
     c = constraint()
     refusal = [VOCAB.index(t) for t in (" Not", " in", " the", " documents", ".")]
     assert c.pick(logits([" JSON"]), refusal) == END
     assert _normal(NOT_IN_DOCUMENTS.encode()) == b"not in the documents."
+
+
+def test_the_passages_are_read_as_the_prompt_holds_them():
+    """Blank lines and runs of spaces collapse before the cut at MAX_PASSAGE_CHARS, as in the
+    prompt: an answer near the end of a spaced-out passage is still a span."""
+    from datacreek_assets.retrieval.prompt import MAX_PASSAGE_CHARS
+
+    passage = "\n\n".join(["word      " * 20] * 6) + " ends with sentinel_value."
+    assert len(passage) > MAX_PASSAGE_CHARS > len(" ".join(passage.split()))
+    c = SpanConstraint([passage], lambda t: VOCAB[t].encode(), [END], [])
+    assert c.fits(b"sentinel_value") and is_span("sentinel_value", [passage])
 
 
 def test_a_span_has_a_word_and_comes_from_one_passage():
