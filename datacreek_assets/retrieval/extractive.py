@@ -27,14 +27,20 @@ def _normal(text: bytes) -> bytes:
     return _SPACE.sub(b" ", text).lower()
 
 
+def _context(passages: list[str]) -> bytes:
+    """The passages as the model reads them, joined by a byte no answer holds: a span never runs
+    from one passage into the next."""
+    return b"\x00".join(_normal(as_prompted(p).encode()) for p in passages)
+
+
+def _fits(text: bytes, context: bytes) -> bool:
+    return not text or text in context or _normal(NOT_IN_DOCUMENTS.encode()).startswith(text)
+
+
 def is_span(answer: str, passages: list[str]) -> bool:
     """``answer`` has a word and is a span of one of the passages (ASCII case and runs of
     whitespace aside) or a beginning of NOT_IN_DOCUMENTS (an answer cut by max_tokens)."""
-    text = _normal(answer.encode()).strip()
-    if not any(ch.isalnum() for ch in answer):
-        return False
-    return _normal(NOT_IN_DOCUMENTS.encode()).startswith(text) or any(
-        text in _normal(as_prompted(p).encode()) for p in passages)
+    return any(ch.isalnum() for ch in answer) and _fits(_normal(answer.encode()).strip(), _context(passages))
 
 
 class SpanConstraint:
@@ -44,9 +50,7 @@ class SpanConstraint:
 
     def __init__(self, passages: list[str], token_bytes: Callable[[int], bytes], end_ids: list[int],
                  refusal_ids: list[int], top: int = TOP_TOKENS):
-        # the passages as the model reads them; a span never runs from one into the next: they are
-        # joined by a byte no answer holds
-        self.context = b"\x00".join(_normal(as_prompted(p).encode()) for p in passages)
+        self.context = _context(passages)
         self.refusal = _normal(NOT_IN_DOCUMENTS.encode())
         self.token_bytes = token_bytes
         self.end = end_ids[0]
@@ -56,8 +60,7 @@ class SpanConstraint:
         self.forced: list[int] = []  # the rest of NOT_IN_DOCUMENTS, once the answer is to be that
 
     def fits(self, answer: bytes) -> bool:
-        text = _normal(answer).lstrip()
-        return not text or text in self.context or self.refusal.startswith(text)
+        return _fits(_normal(answer).lstrip(), self.context)
 
     def pick(self, logits: np.ndarray, generated: list[int]) -> int:
         """The next token after ``generated`` (this answer's tokens so far), given its ``logits``."""
