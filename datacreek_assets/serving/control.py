@@ -33,6 +33,8 @@ from datacreek_assets.tenancy import InvalidTenantId, validate_tenant_id
 ROUTER_APP = "router"
 ROUTERS_SETTLE_S = 15.0  # every router replica re-reads the store every 0.5 s; a starting one may take longer
 LOG = logging.getLogger(__name__)
+CLIENT_SERVER_FAILED = "Starting Ray client server failed"  # the Ray Client proxy's message
+CLIENT_SERVER_ATTEMPTS = 3
 
 
 class ServingError(RuntimeError):
@@ -109,12 +111,20 @@ class ServingControl:
             os.environ.update(ray_auth_env(Path(self.ray_auth_token_path)))
             Config.initialize("")
             AuthenticationTokenLoader.instance().reset_cache()
-        ray.shutdown()  # whatever a dead head's connection left behind
-        try:
-            ray.init(address=self.ray_address, log_to_driver=False, logging_level="warning")
-        except (ConnectionError, RuntimeError) as err:
-            raise ServingError(f"Ray is not reachable at {self.ray_address} (`datacreek services up` starts "
-                               f"it): {err}") from None
+        for attempt in range(1, CLIENT_SERVER_ATTEMPTS + 1):
+            ray.shutdown()  # whatever a dead head's (or a failed attempt's) connection left behind
+            try:
+                ray.init(address=self.ray_address, log_to_driver=False, logging_level="warning")
+                return
+            except (ConnectionError, RuntimeError) as err:
+                # Ray's client proxy forks a server per driver, and that fork sometimes dies in gRPC
+                # (ray-project/ray#63202): the next driver gets a fresh one
+                if CLIENT_SERVER_FAILED in str(err) and attempt < CLIENT_SERVER_ATTEMPTS:
+                    LOG.warning("Ray's client server for this driver did not start (attempt %d of %d); "
+                                "trying again", attempt, CLIENT_SERVER_ATTEMPTS)
+                    continue
+                raise ServingError(f"Ray is not reachable at {self.ray_address} (`datacreek services up` "
+                                   f"starts it): {err}") from None
 
     def ensure_router(self) -> None:
         """Serve and the router (`router_replicas` of it, and RouterStats) are running, and both
