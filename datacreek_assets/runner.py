@@ -44,6 +44,26 @@ def main_graph(defs: dg.Definitions) -> list[str]:
                   if graph.get(k).tags.get(LAUNCH_TAG) != "sensor")
 
 
+def _while_running(read, *args):
+    """``read(*args)`` made while the run writes to the same instance, or None if the instance
+    refused it for now: an in-memory instance's SQLite answers "database table is locked" to a
+    read that meets a write. The caller reads again on its next tick (the final reads, after the
+    run, meet no writer)."""
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        return read(*args)
+    except OperationalError as err:
+        if "locked" not in str(err):
+            raise
+        return None
+
+
+def _run_launched_with(instance: dg.DagsterInstance, token: str) -> str | None:
+    runs = instance.get_runs(filters=dg.RunsFilter(tags={"datacreek/launch-token": token}), limit=1)
+    return runs[0].run_id if runs else None
+
+
 def _materializations(instance: dg.DagsterInstance, run_id: str) -> list[dg.EventLogEntry]:
     records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
     return [r.event_log_entry for r in records]
@@ -134,15 +154,14 @@ def materialize_tenant(
     while worker.is_alive():
         worker.join(0.5)
         if run_id is None:
-            runs = instance.get_runs(filters=dg.RunsFilter(tags={"datacreek/launch-token": token}), limit=1)
-            run_id = runs[0].run_id if runs else None
+            run_id = _while_running(_run_launched_with, instance, token)
         if run_id and on_progress:
-            for entry in _materializations(instance, run_id):
+            for entry in _while_running(_materializations, instance, run_id) or []:
                 key = entry.dagster_event.asset_key.to_user_string()
                 if key not in done:
                     done.add(key)
                     on_progress(key, len(done), len(wanted))
-        running = _running_step(instance, run_id) if run_id and on_activity else None
+        running = _while_running(_running_step, instance, run_id) if run_id and on_activity else None
         if running:
             step_key, started_at = running
             last = training.get("last")  # a training's steps belong to the step that runs it

@@ -33,8 +33,10 @@ from datacreek_assets.tenancy import InvalidTenantId, validate_tenant_id
 ROUTER_APP = "router"
 ROUTERS_SETTLE_S = 15.0  # every router replica re-reads the store every 0.5 s; a starting one may take longer
 LOG = logging.getLogger(__name__)
-CLIENT_SERVER_FAILED = "Starting Ray client server failed"  # the Ray Client proxy's message
-CLIENT_SERVER_ATTEMPTS = 3
+# the Ray Client proxy's answer when the server it starts for a driver dies (crashed in gRPC just
+# after the fork, or already a zombie when the proxy reads its command line)
+CLIENT_SERVER_FAILED = "Initialization failure from server"
+CLIENT_SERVER_ATTEMPTS = 5
 
 
 class ServingError(RuntimeError):
@@ -122,6 +124,7 @@ class ServingControl:
                 if CLIENT_SERVER_FAILED in str(err) and attempt < CLIENT_SERVER_ATTEMPTS:
                     LOG.warning("Ray's client server for this driver did not start (attempt %d of %d); "
                                 "trying again", attempt, CLIENT_SERVER_ATTEMPTS)
+                    time.sleep(1.0)  # the proxy frees the dead server's port
                     continue
                 raise ServingError(f"Ray is not reachable at {self.ray_address} (`datacreek services up` "
                                    f"starts it): {err}") from None

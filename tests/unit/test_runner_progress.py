@@ -99,3 +99,31 @@ def test_a_run_s_left_over_log_tailers_are_stopped_and_no_one_else_s(tmp_path):
         for process in tailers.values():
             process.kill()
             process.wait()
+
+
+def test_a_progress_read_that_meets_the_run_s_write_is_read_again_not_raised():
+    """An in-memory instance's SQLite refuses a read of a table another connection is writing
+    ("database table is locked"); the runner's progress poll once died of it mid-run (CI)."""
+    import pytest
+    import sqlalchemy as sa
+
+    from datacreek_assets.runner import _run_launched_with, _while_running
+
+    @dg.op
+    def one() -> int:
+        return 1
+
+    @dg.job
+    def launched():
+        one()
+
+    instance = dg.DagsterInstance.ephemeral()
+    run_id = launched.execute_in_process(instance=instance, tags={"datacreek/launch-token": "t1"}).run_id
+    with instance.run_storage._engine.connect() as writer:  # the run's writes, held open
+        transaction = writer.begin()
+        writer.execute(sa.text("UPDATE runs SET status = status WHERE 0"))
+        with pytest.raises(sa.exc.OperationalError, match="locked"):
+            _run_launched_with(instance, "t1")
+        assert _while_running(_run_launched_with, instance, "t1") is None
+        transaction.rollback()
+    assert _while_running(_run_launched_with, instance, "t1") == run_id
