@@ -15,6 +15,8 @@ import dagster as dg
 
 from datacreek_assets.tenancy import TENANT_TAG
 
+LAUNCH_TOKEN_TAG = "datacreek/launch-token"  # one launch's own tag: its run is found by it while it runs
+
 
 class UnknownAsset(ValueError):
     pass
@@ -60,7 +62,7 @@ def _while_running(read, *args):
 
 
 def _run_launched_with(instance: dg.DagsterInstance, token: str) -> str | None:
-    runs = instance.get_runs(filters=dg.RunsFilter(tags={"datacreek/launch-token": token}), limit=1)
+    runs = instance.get_runs(filters=dg.RunsFilter(tags={LAUNCH_TOKEN_TAG: token}), limit=1)
     return runs[0].run_id if runs else None
 
 
@@ -120,7 +122,7 @@ def materialize_tenant(
     if unknown:
         raise UnknownAsset(f"unknown asset(s): {', '.join(unknown)}; known: {', '.join(all_keys)}")
     token = uuid.uuid4().hex
-    tags = {**(tags or {}), **tenant_tags(tenant_id, launched_by), "datacreek/launch-token": token}
+    tags = {**(tags or {}), **tenant_tags(tenant_id, launched_by), LAUNCH_TOKEN_TAG: token}
     outcome: dict = {}
     training: dict[str, tuple] = {}  # the latest training step and when it ended, set in the run's thread
 

@@ -27,6 +27,9 @@ def _normal(text: bytes) -> bytes:
     return _SPACE.sub(b" ", text).lower()
 
 
+_REFUSAL = _normal(NOT_IN_DOCUMENTS.encode())
+
+
 def _context(passages: list[str]) -> bytes:
     """The passages as the model reads them, joined by a byte no answer holds: a span never runs
     from one passage into the next."""
@@ -34,7 +37,7 @@ def _context(passages: list[str]) -> bytes:
 
 
 def _fits(text: bytes, context: bytes) -> bool:
-    return not text or text in context or _normal(NOT_IN_DOCUMENTS.encode()).startswith(text)
+    return not text or text in context or _REFUSAL.startswith(text)
 
 
 def is_span(answer: str, passages: list[str]) -> bool:
@@ -51,7 +54,7 @@ class SpanConstraint:
     def __init__(self, passages: list[str], token_bytes: Callable[[int], bytes], end_ids: list[int],
                  refusal_ids: list[int], top: int = TOP_TOKENS):
         self.context = _context(passages)
-        self.refusal = _normal(NOT_IN_DOCUMENTS.encode())
+        self.refusal = _REFUSAL
         self.token_bytes = token_bytes
         self.end = end_ids[0]
         self.end_ids = set(end_ids)

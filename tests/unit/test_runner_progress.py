@@ -107,7 +107,7 @@ def test_a_progress_read_that_meets_the_run_s_write_is_read_again_not_raised():
     import pytest
     import sqlalchemy as sa
 
-    from datacreek_assets.runner import _run_launched_with, _while_running
+    from datacreek_assets.runner import LAUNCH_TOKEN_TAG, _run_launched_with, _while_running
 
     @dg.op
     def one() -> int:
@@ -118,7 +118,7 @@ def test_a_progress_read_that_meets_the_run_s_write_is_read_again_not_raised():
         one()
 
     instance = dg.DagsterInstance.ephemeral()
-    run_id = launched.execute_in_process(instance=instance, tags={"datacreek/launch-token": "t1"}).run_id
+    run_id = launched.execute_in_process(instance=instance, tags={LAUNCH_TOKEN_TAG: "t1"}).run_id
     with instance.run_storage._engine.connect() as writer:  # the run's writes, held open
         transaction = writer.begin()
         writer.execute(sa.text("UPDATE runs SET status = status WHERE 0"))
