@@ -78,7 +78,7 @@ def load(hot, graph, tenant: str, docs, windows: int) -> str:
     hot.drop_scope(tenant)
     hot.create_scope(tenant)
     graph.delete_everything()
-    graph.replace_documents(neo4j_docs(docs), docs_per_transaction=200)
+    graph.replace_documents(neo4j_docs(docs))
     start = datetime.now(timezone.utc) - timedelta(seconds=WINDOW_SECONDS * windows)
     per_window = max(1, len(docs) // windows)
     last = ""

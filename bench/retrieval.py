@@ -152,7 +152,7 @@ def sources(quick: bool) -> Comparison:
     from itertools import combinations
 
     from bench.embeddings import corpus_texts
-    from datacreek_assets.embeddings.embedder import embed_texts
+    from datacreek_assets.embeddings.embedder import embed_question, embed_texts
     from datacreek_assets.graph.extraction import _tokens, entity_id_for, extract
 
     texts = corpus_texts(60 if quick else 240)
@@ -172,12 +172,12 @@ def sources(quick: bool) -> Comparison:
     rows = [json.loads(line) for line in
             resources.files("datacreek_assets").joinpath("demo_questions.jsonl").read_text().splitlines() if line]
     rows = rows[: 30 if quick else None]
-    question_vectors = embed_texts([r["question"] for r in rows])
+    question_vectors = [embed_question(r["question"]) for r in rows]  # as served
 
-    def entities_in(question: str) -> set[str]:
+    def entities_in(question: str) -> list[str]:
         tokens = _tokens(question)
         spans = (" ".join(tokens[s:s + n]) for n in range(1, 5) for s in range(len(tokens) - n + 1))
-        return {e for e in map(entity_id_for, spans) if e in naming}
+        return sorted({e for e in map(entity_id_for, spans) if e in naming})
 
     def graph_scores(question: str, hops: bool) -> Counter:
         scores: Counter = Counter()
@@ -187,30 +187,33 @@ def sources(quick: bool) -> Comparison:
                     scores[chunk] += weight * math.log(len(texts) / len(naming[near]))
         return scores
 
+    def graph_ranked(question: str, hops: bool = True) -> list[int]:  # best first; ties: the earlier chunk
+        scores = graph_scores(question, hops)
+        return sorted(scores, key=lambda c: (-scores[c], c))
+
     def by_vector(vector) -> list[int]:
         return [int(i) for i in np.argsort(-(vectors @ vector), kind="stable")]
 
     def fused(vector, question: str) -> list[int]:  # reciprocal rank fusion (k = 60)
-        ranked, graph = by_vector(vector), graph_scores(question, hops=True)
-        score: Counter = Counter({c: 1 / (60 + r) for r, c in enumerate(ranked[:20])})
-        for r, (c, _) in enumerate(graph.most_common(20)):
+        score: Counter = Counter({c: 1 / (60 + r) for r, c in enumerate(by_vector(vector)[:20])})
+        for r, c in enumerate(graph_ranked(question)[:20]):
             score[c] += 1 / (60 + r)
-        return [c for c, _ in score.most_common(K)]
+        return sorted(score, key=lambda c: (-score[c], c))[:K]
 
     def boosted(vector, question: str, by: float) -> list[int]:
         graph, near = graph_scores(question, hops=True), vectors @ vector
         top = max(graph.values(), default=1.0) or 1.0
         return sorted(range(len(texts)), key=lambda c: -(near[c] + by * graph.get(c, 0.0) / top))[:K]
 
-    def with_graph_last(vector, question: str) -> list[int]:  # the best graph chunk the vectors missed
-        ranked, graph = by_vector(vector), graph_scores(question, hops=True)
-        extra = [c for c, _ in graph.most_common() if c not in ranked[:K - 1]][:1]
+    def with_graph_last(vector, question: str) -> list[int]:  # the best graph chunk not in the vectors' first 2
+        ranked = by_vector(vector)
+        extra = [c for c in graph_ranked(question) if c not in ranked[:K - 1]][:1]
         return ranked[:K - 1] + extra if extra else ranked[:K]
 
     rankings = {
         "vectors": lambda v, q: by_vector(v)[:K],
-        "graph (entities)": lambda v, q: [c for c, _ in graph_scores(q, hops=False).most_common(K)],
-        "graph (entities + neighbours)": lambda v, q: [c for c, _ in graph_scores(q, hops=True).most_common(K)],
+        "graph (entities)": lambda v, q: graph_ranked(q, hops=False)[:K],
+        "graph (entities + neighbours)": lambda v, q: graph_ranked(q)[:K],
         "reciprocal rank fusion": fused,
         "vectors, boosted 0.02 by graph": lambda v, q: boosted(v, q, 0.02),
         "vectors, boosted 0.1 by graph": lambda v, q: boosted(v, q, 0.1),

@@ -54,9 +54,9 @@ RELATIONSHIPS = {
 T = TypeVar("T")
 
 
-# rows written per transaction: each commit re-merges its documents' entities and pays a
-# round trip, so a group is as large as memory allows (a 20,000-row group holds ~40 MB of chunk
-# text at 2 kB a chunk); two commits of 50 documents each wrote 17 % slower than one of 100
+# rows written per transaction (`_document_rows`): each commit re-merges its documents' entities
+# and pays a round trip, so a group is as large as memory allows (at most ~40 MB of chunk text at
+# 2 kB a chunk); two commits of 50 documents each wrote 17 % slower than one of 100
 # (bench/graph_writer.py's tenant)
 ROWS_PER_TRANSACTION = 20_000
 
@@ -230,8 +230,8 @@ class TenantGraph(FactCuration):
     def replace_documents(self, docs: list[dict], batch_size: int = 500,
                           rows_per_transaction: int = ROWS_PER_TRANSACTION) -> Counter:
         """Replace each document's subgraph (chunks, mentions, facts); a document is never half
-        written: documents commit together in groups of at most ``rows_per_transaction`` chunk,
-        mention and fact rows (one larger document alone), which bounds transaction memory on
+        written: documents commit together in groups of at most ``rows_per_transaction`` rows
+        (``_document_rows``; one larger document alone), which bounds transaction memory on
         large first loads.
 
         ``docs`` items: {doc_id, props, chunks:[{chunk_id, doc_id, props}], next:[(a,b)],
@@ -542,12 +542,18 @@ def _refresh_entities(tx: ScopedTransaction, now: datetime | None = None) -> Non
     )
 
 
+def _document_rows(doc: dict) -> int:
+    """The rows ``replace_documents`` writes for a document: itself, its chunks, links, entities,
+    mentions and facts."""
+    return 1 + sum(len(doc[key]) for key in ("chunks", "next", "entities", "mentions", "facts"))
+
+
 def _transaction_groups(docs: list[dict], max_rows: int) -> Iterable[list[dict]]:
     """Consecutive documents, as many as fit ``max_rows`` rows; a larger document is a group of its own."""
     group: list[dict] = []
     rows = 0
     for doc in docs:
-        size = len(doc["chunks"]) + len(doc["mentions"]) + len(doc["facts"])
+        size = _document_rows(doc)
         if group and rows + size > max_rows:
             yield group
             group, rows = [], 0
