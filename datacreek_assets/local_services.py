@@ -433,6 +433,20 @@ def ray_auth_env(token_path: Path) -> dict[str, str]:
     return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)}
 
 
+def disconnect_driver() -> None:
+    """End this process's Ray connection, if it has one (ServingControl connects in-process). A
+    driver whose head has stopped ends its own process once Ray's GCS reconnect timeout (60 s)
+    passes, with exit code 1 and whatever it was doing unfinished (a test session tearing down
+    the services after Ray's once died so, before pytest wrote its report)."""
+    import sys
+
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+
+
 class RayService(ManagedProcess):
     """A Ray head node (`ray start --head --block`, so the head's processes live and die with
     this one process) for Ray Serve. Its ports are derived from `ray_port` so that two state
@@ -509,6 +523,7 @@ class RayService(ManagedProcess):
         return pids
 
     def down(self, progress: Callable[[str], None], timeout: float = 60.0) -> bool:
+        disconnect_driver()
         stopped = super().down(progress, timeout)
         # `ray start --block` stops its processes on SIGTERM, but some take a while: none may
         # outlive `down` (the next `up` would find the ports taken)

@@ -42,3 +42,27 @@ def test_a_stale_pid_file_is_not_trusted(tmp_path):
 def test_bad_ports_are_config_errors(env):
     with pytest.raises(ConfigError):
         LocalSettings.from_env(env)
+
+
+def test_stopping_ray_first_ends_this_process_s_own_driver(tmp_path):
+    """A driver left connected to a stopped head ends its whole process a minute later (exit 1):
+    `RayService.down` disconnects one in this process first. Run in a process of its own with a
+    real single-node Ray, which ``down`` must leave disconnected."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import ray\n"
+        "from pathlib import Path\n"
+        "from datacreek_assets.local_services import RayService\n"
+        "from datacreek_assets.settings import LocalSettings\n"
+        "ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, _temp_dir='/tmp/datacreek-ray-unit')\n"
+        "assert ray.is_initialized()\n"
+        f"RayService(LocalSettings(state_dir=Path({str(tmp_path)!r}))).down(lambda message: None)\n"
+        "print('connected after down:', ray.is_initialized())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "connected after down: False" in done.stdout
