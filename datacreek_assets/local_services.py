@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -438,8 +439,6 @@ def disconnect_driver() -> None:
     driver whose head has stopped ends its own process once Ray's GCS reconnect timeout (60 s)
     passes, with exit code 1 and whatever it was doing unfinished (a test session tearing down
     the services after Ray's once died so, before pytest wrote its report)."""
-    import sys
-
     if "ray" in sys.modules:
         import ray
 
@@ -483,8 +482,6 @@ class RayService(ManagedProcess):
             self.auth_token_path.chmod(0o600)
 
     def command(self) -> list[str]:
-        import sys
-
         ray = Path(sys.executable).parent / "ray"
         return [
             str(ray), "start", "--head", "--block",
