@@ -3,8 +3,10 @@
 Measures, on one machine:
 - loading the code location and one tick of each sensor with N tenant partitions;
 - the cheap asset groups (ingest + graph) over all tenants as a real Dagster backfill
-  through `dagster dev` (one run per tenant, runs in subprocesses, queued per tenant)
-  against the same partitions materialized one after another in this process.
+  through `dagster dev` (one run per tenant, each run a process of its own, queued per tenant)
+  against the same partitions materialized one after another in this process; the backfill runs
+  twice, with runs forked from a warm process (the local default, `warm_runs.py`) and with
+  Dagster's default launcher (a fresh interpreter per run).
 The ratio is the price of per-tenant run isolation; per-run overhead is printed, and where
 each run's time went, read from its events in the instance: waiting in the queue, its process
 starting and loading the code location, its steps, and its teardown.
@@ -21,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -59,16 +62,130 @@ def run_phases(instance, backfill_id: str) -> dict[str, list[float]]:
     return phases
 
 
+class ProcessGroupCpu:
+    """CPU seconds used by the processes of one process group, summed by kind, sampled every
+    0.2 s from /proc (a process's last 0.2 s before it exits can be missed)."""
+
+    def __init__(self, pgid: int):
+        self.pgid = pgid
+        self.seen: dict[int, tuple[str, float]] = {}  # pid -> (kind, CPU seconds so far)
+        self.before: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    @staticmethod
+    def kind(argv: list[str], parent_argv: list[str]) -> str:
+        def warm(args):  # the instance ref in other processes' argv names the launcher too: match the module
+            return args[1:3] == ["-m", "datacreek_assets.warm_runs"]
+
+        if warm(argv):
+            return "runs (forked)" if warm(parent_argv) else "warm process"
+        if any("spawn_main" in arg for arg in argv):
+            return "runs (spawned)"
+        for marker, name in (("dagster_webserver", "webserver"), ("dagster._daemon", "daemon"),
+                             ("grpc", "code server"), ("code-server", "code server proxy"), ("dev", "dagster dev")):
+            if marker in argv[1:5]:
+                return name
+        return "other"
+
+    def _sample(self):
+        while not self._stop.wait(0.2):
+            self._read()
+
+    def _read(self):
+        tick = os.sysconf("SC_CLK_TCK")
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[2]) != self.pgid:  # field 5 of stat: the process group
+                    continue
+                cpu = (int(fields[11]) + int(fields[12])) / tick
+                pid = int(entry)
+                kind = self.seen[pid][0] if pid in self.seen else self.kind(
+                    Path(f"/proc/{entry}/cmdline").read_text().split("\0"),
+                    Path(f"/proc/{fields[1]}/cmdline").read_text().split("\0"))
+                self.seen[pid] = (kind, cpu)
+            except (OSError, IndexError, ValueError):
+                continue
+
+    def __enter__(self):
+        self._read()
+        self.before = {pid: cpu for pid, (_, cpu) in self.seen.items()}  # what they used before the backfill
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        return False
+
+    def by_kind(self) -> dict[str, tuple[int, float]]:
+        """kind -> (processes, CPU seconds)."""
+        totals: dict[str, tuple[int, float]] = {}
+        for pid, (kind, cpu) in self.seen.items():
+            n, total = totals.get(kind, (0, 0.0))
+            totals[kind] = (n + 1, total + cpu - self.before.get(pid, 0.0))
+        return totals
+
+
+LAUNCHERS = {"warm": "runs forked from the warm process (WarmProcessRunLauncher, the local default)",
+             "spawn": "a fresh interpreter per run (Dagster's DefaultRunLauncher)"}
+
+
+def backfill_through_dagster_dev(home: Path, tenants: list[str], settings, console):
+    """One backfill of CHEAP over ``tenants`` through `dagster dev` on ``home``: (seconds from
+    launch to done, the final backfill state, run phases, CPU seconds of `dagster dev`'s processes
+    by kind during the backfill)."""
+    import dagster as dg
+    import requests
+
+    from datacreek_assets.backfills import DagsterWebClient
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "DAGSTER_HOME": str(home), "DATACREEK_STATE_DIR": str(settings.state_dir),
+           "DATACREEK_NEO4J_PORT": str(settings.neo4j_port), "DATACREEK_FALKORDB_PORT": str(settings.falkordb_port)}
+    web = subprocess.Popen([str(Path(sys.executable).parent / "dagster"), "dev", "-w", "workspace.yaml", "-h",
+                            "127.0.0.1", "-p", str(port)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(180):
+            try:
+                if requests.get(f"{url}/server_info", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                time.sleep(1)
+        client = DagsterWebClient(url)
+        start = time.perf_counter()
+        backfill_id = client.launch(tenants, CHEAP, {"datacreek/launched-by": "bench"}, "scale bench")
+        with console.status(f"backfill ({home.name})") as status, ProcessGroupCpu(web.pid) as cpu:
+            while True:
+                state = client.status(backfill_id)
+                status.update(f"backfill ({home.name}): {len(state.tenants_in('success'))} ok, "
+                              f"{len(state.tenants_in('failed'))} failed")
+                if state.done:
+                    break
+                time.sleep(2)
+        seconds = time.perf_counter() - start
+    finally:
+        os.killpg(web.pid, signal.SIGTERM)
+        web.wait(60)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        return seconds, state, run_phases(instance, backfill_id), cpu.by_kind()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.backfill_scale", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tenants", type=int, default=200)
     args = parser.parse_args(argv)
     import dagster as dg
-    import requests
     from rich.console import Console
 
-    from datacreek_assets.backfills import DagsterWebClient
     from datacreek_assets.defs import build_definitions
     from datacreek_assets.defs.tenants.sensors import tenant_partitions_sync
     from datacreek_assets.local_services import services_up
@@ -86,14 +203,19 @@ def main(argv=None) -> int:
         services_up(settings, progress=lambda m: None, stream=False)
     home_a = ensure_dagster_home(root / "home-backfill")
     home_b = ensure_dagster_home(root / "home-inprocess")
+    home_c = ensure_dagster_home(root / "home-spawn")
+    config = home_c / "dagster.yaml"
+    config.write_text(config.read_text().split("run_launcher:")[0])  # Dagster's default launcher
     tenants = [f"scale-{i:03d}" for i in range(args.tenants)]
     resources = build_resources("local", settings)
     inst_a, inst_b = dg.DagsterInstance.from_config(str(home_a)), dg.DagsterInstance.from_config(str(home_b))
+    inst_c = dg.DagsterInstance.from_config(str(home_c))
     with console.status(f"onboarding {len(tenants)} tenants"), open_tenant_stores(resources) as stores:
         start = time.perf_counter()
         for i, tenant in enumerate(tenants):
             add_tenant(tenant, stores, inst_a)
             inst_b.add_dynamic_partitions("tenants", [tenant])
+            inst_c.add_dynamic_partitions("tenants", [tenant])
             TenantObjectStore(stores.objects, tenant).put(
                 "inbox/notes.md", f"# Notes {i}\n\nThe json module provides functions. Tenant {i} uses Python.".encode())
         results["onboarding_s_per_tenant"] = (time.perf_counter() - start) / len(tenants)
@@ -111,64 +233,44 @@ def main(argv=None) -> int:
     results["automation_tick_s"] = time.perf_counter() - start
 
     # in one process: the same partitions, one after another
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     with console.status("in-process materializations") as status:
         for i, tenant in enumerate(tenants):
             summary = materialize_tenant(defs, tenant, inst_b, selection=CHEAP, launched_by="bench")
             assert summary.success, summary.error
             status.update(f"in-process {i + 1}/{len(tenants)}")
-    in_process_s = time.perf_counter() - start
+    in_process_s, in_process_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
 
-    # a real backfill through dagster dev (webserver + daemon), one run per tenant
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "DAGSTER_HOME": str(home_a), "DATACREEK_STATE_DIR": str(settings.state_dir),
-           "DATACREEK_NEO4J_PORT": str(settings.neo4j_port), "DATACREEK_FALKORDB_PORT": str(settings.falkordb_port)}
-    web = subprocess.Popen([str(Path(sys.executable).parent / "dagster"), "dev", "-w", "workspace.yaml", "-h",
-                            "127.0.0.1", "-p", str(port)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(180):
-            try:
-                if requests.get(f"{url}/server_info", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                time.sleep(1)
-        client = DagsterWebClient(url)
-        start = time.perf_counter()
-        backfill_id = client.launch(tenants, CHEAP, {"datacreek/launched-by": "bench"}, "scale bench")
-        with console.status("backfill") as status:
-            while True:
-                state = client.status(backfill_id)
-                status.update(f"backfill: {len(state.tenants_in('success'))} ok, {len(state.tenants_in('failed'))} failed")
-                if state.done:
-                    break
-                time.sleep(2)
-        backfill_s = time.perf_counter() - start
-    finally:
-        os.killpg(web.pid, signal.SIGTERM)
-        web.wait(60)
+    # real backfills through dagster dev (webserver + daemon), one run per tenant: runs forked from
+    # the warm process (the local default), then Dagster's default launcher (a fresh interpreter per run)
+    backfills = {}
+    for label, home in (("warm", home_a), ("spawn", home_c)):
+        backfills[label] = backfill_through_dagster_dev(home, tenants, settings, console)
     n = len(tenants)
-    phases = run_phases(inst_a, backfill_id)
     print(f"tenants: {n}")
     for key, value in results.items():
         print(f"{key:<28} {value:8.3f}")
-    print(f"{'backfill (runs)':<28} {backfill_s:8.1f} s  ({len(state.tenants_in('success'))} ok, "
-          f"{len(state.tenants_in('failed'))} failed)")
-    print(f"{'in one process':<28} {in_process_s:8.1f} s")
-    print(f"ratio in-process/backfill rate: {backfill_s / in_process_s:.1f}x; "
-          f"per-run overhead {(backfill_s - in_process_s) / n:.2f} s")
-    print(f"in one process, per tenant: {in_process_s / n:.2f} s")
-    print("where a run's time went (seconds; median, min-max over the runs; up to 4 runs share the 2 cores):")
-    for name, values in phases.items():
-        if values:
-            print(f"  {name:<36} {statistics.median(values):6.2f}   {min(values):.2f}-{max(values):.2f}")
+    print(f"{'in one process':<28} {in_process_s:8.1f} s ({in_process_s / n:.2f} s per tenant; "
+          f"CPU {in_process_cpu_s / n:.2f} s per tenant)")
+    for label, (backfill_s, state, phases, cpu) in backfills.items():
+        print(f"backfill, {LAUNCHERS[label]}: {backfill_s:.1f} s ({len(state.tenants_in('success'))} ok, "
+              f"{len(state.tenants_in('failed'))} failed); {backfill_s / in_process_s:.1f}x one process, "
+              f"per-run overhead {(backfill_s - in_process_s) / n:.2f} s")
+        print("  where a run's time went (seconds; median, min-max over the runs; up to 4 runs share the 2 cores):")
+        for name, values in phases.items():
+            if values:
+                print(f"    {name:<36} {statistics.median(values):6.2f}   {min(values):.2f}-{max(values):.2f}")
+        print("  CPU seconds of dagster dev's processes during the backfill (by kind: processes, seconds):")
+        for kind, (processes, seconds) in sorted(cpu.items(), key=lambda item: -item[1][1]):
+            print(f"    {kind:<36} {processes:4d} {seconds:8.1f}")
+        runs = next((cpu[kind] for kind in ("runs (forked)", "runs (spawned)") if kind in cpu), (0, 0.0))
+        print(f"  CPU per run {runs[1] / n:.2f} s, {runs[1] / n - in_process_cpu_s / n:.2f} s more than a tenant "
+              f"in one process")
+    print(f"ratio, spawned/warm backfill time: {backfills['spawn'][0] / backfills['warm'][0]:.2f}x")
     from datacreek_assets.local_services import services_down
 
     services_down(settings, progress=lambda m: None)
-    return 0 if not state.tenants_in("failed") else 1
+    return 0 if not any(state.tenants_in("failed") for _, state, _, _ in backfills.values()) else 1
 
 
 if __name__ == "__main__":

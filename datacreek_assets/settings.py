@@ -170,9 +170,17 @@ def ensure_dagster_home(home: Path) -> Path:
             "  class: TenantTaggingRunCoordinator\n"
             "  config:\n"
             "    max_concurrent_runs: 4\n"
+            "    dequeue_interval_seconds: 1\n"
             "    tag_concurrency_limits:\n"
             "      - key: datacreek/tenant\n"
             "        value:\n          applyLimitPerUniqueValue: true\n"
             "        limit: 1\n"
+            "# each run forks from a process that has loaded the code location (warm_runs.py) and the\n"
+            "# libraries most steps import; not feast or torch: ~15 s to load, used by few runs\n"
+            "run_launcher:\n"
+            "  module: datacreek_assets.warm_runs\n"
+            "  class: WarmProcessRunLauncher\n"
+            "  config:\n"
+            "    preload_modules: [neo4j, bs4, markdown_it, pypdf, tokenizers]\n"
         )
     return home

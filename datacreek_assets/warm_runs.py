@@ -1,0 +1,282 @@
+"""Runs forked from a warm process: the local profile's run launcher.
+
+Dagster's default launcher has the code server spawn a fresh interpreter per run. Before its first
+step that interpreter imports Dagster and the code location and builds the definitions: 1.6 s of
+CPU on an idle machine, 3.4 s with four runs sharing two cores (README, per-tenant backfills), paid
+again by every tenant of a backfill. `WarmProcessRunLauncher` keeps one process per code location
+that has loaded it once, and forks that process for each run. The run then starts with everything
+imported, loads the definitions again (warm: tens of milliseconds) and executes exactly as
+`dagster api execute_run` does, the entry point of Dagster's Kubernetes and Docker launchers.
+
+- One warm process per (interpreter, code pointer). A launch first checks the Python files under
+  the code location's working directory; when any changed since the warm process loaded them, it
+  is replaced, so a run never executes code older than its launch.
+- The run's tags carry its pid and host, so it can be terminated from any process on the host
+  (the UI, the daemon, the credit sensor in the code server): SIGINT, which Dagster's run worker
+  turns into a clean cancellation, as its own launchers do.
+- Each run is still a process of its own: a crash, a leak or a stuck step ends with its run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from dagster import Array, Field, StringSource
+from dagster._core.launcher import LaunchRunContext, RunLauncher
+from dagster._serdes import ConfigurableClass, ConfigurableClassData
+
+PID_TAG = "datacreek/run-pid"
+HOST_TAG = "datacreek/run-host"
+READY_TIMEOUT_S = 300.0  # a cold first load on a busy 2-core machine takes well under a minute
+_SKIPPED_DIRS = {"__pycache__", "node_modules", "test-artifacts"}
+
+
+def source_fingerprint(*roots: Path) -> tuple[int, int]:
+    """(count, newest mtime in ns) of the Python files under ``roots``; hidden folders (virtual
+    environments, state) are skipped. Any edit, addition or removal changes it."""
+    count = newest = 0
+    for root in roots:
+        for folder, dirs, files in os.walk(root):
+            dirs[:] = [d for d in dirs if not d.startswith(".") and d not in _SKIPPED_DIRS]
+            for name in files:
+                if name.endswith(".py"):
+                    count += 1
+                    newest = max(newest, os.stat(os.path.join(folder, name)).st_mtime_ns)
+    return count, newest
+
+
+def code_roots(repository_origin) -> list[Path]:
+    """Where a code location's own Python lives: its working directory (its local imports) and
+    the folder of its python file, when that is elsewhere."""
+    pointer = repository_origin.code_pointer
+    roots = [Path(d).resolve() for d in [getattr(pointer, "working_directory", None)] if d]
+    python_file = getattr(pointer, "python_file", None)
+    if python_file:
+        folder = Path(python_file).resolve().parent
+        if not any(folder.is_relative_to(root) for root in roots):
+            roots.append(folder)
+    return roots or [Path.cwd()]
+
+
+class WarmProcess:
+    """One warm server (``python -m datacreek_assets.warm_runs``) and the pipes to it."""
+
+    def __init__(self, repository_origin, instance_ref, preload: list[str]):
+        from dagster._serdes import serialize_value
+
+        self.roots = code_roots(repository_origin)
+        self.fingerprint = source_fingerprint(*self.roots)
+        self.process = subprocess.Popen(
+            [repository_origin.executable_path, "-m", "datacreek_assets.warm_runs",
+             serialize_value(repository_origin), *preload],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=self.roots[0], text=True, bufsize=1)
+        # the instance's config on stdin, not in argv (which `ps` shows to everyone)
+        self.process.stdin.write(serialize_value(instance_ref) + "\n")
+        self.process.stdin.flush()
+        self._ready = False
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def current(self) -> bool:
+        return self.process.poll() is None and source_fingerprint(*self.roots) == self.fingerprint
+
+    def _reply(self, timeout: float) -> dict:
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        line = self.process.stdout.readline() if ready else ""
+        if not line:
+            raise RuntimeError(f"the warm run process {self.pid} did not answer within {timeout:.0f} s "
+                               f"(exit code {self.process.poll()}); its output is in the daemon's log")
+        return json.loads(line)
+
+    def fork_run(self, execute_run_args: str) -> int:
+        """Starts a run (serialized `ExecuteRunArgs`, one line of JSON); returns its pid."""
+        if not self._ready:
+            self._reply(READY_TIMEOUT_S)
+            self._ready = True
+        self.process.stdin.write(execute_run_args + "\n")
+        self.process.stdin.flush()
+        return int(self._reply(60.0)["pid"])
+
+    def close(self) -> None:
+        """Stops the server; runs forked from it go on (they are processes of their own)."""
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process.stdout.close()
+
+
+class WarmProcessRunLauncher(RunLauncher, ConfigurableClass):
+    """Forks each run from a process that has imported the code location (module docstring).
+
+    ``preload_modules``: modules the warm process imports as well, e.g. ones asset bodies import
+    when they run (each run would otherwise import them again). Import only: a module that starts
+    threads or opens connections when imported does not belong here, since a fork copies neither."""
+
+    def __init__(self, preload_modules: list[str] | None = None, inst_data: ConfigurableClassData | None = None):
+        self._inst_data = inst_data
+        self._preload = list(preload_modules or [])
+        self._servers: dict[str, WarmProcess] = {}
+        self._lock = threading.Lock()
+        super().__init__()
+
+    @property
+    def inst_data(self):
+        return self._inst_data
+
+    @classmethod
+    def config_type(cls):
+        return {"preload_modules": Field(Array(StringSource), is_required=False, default_value=[])}
+
+    @classmethod
+    def from_config_value(cls, inst_data, config_value):
+        return cls(inst_data=inst_data, **config_value)
+
+    def _server_for(self, repository_origin) -> WarmProcess:
+        from dagster._serdes import serialize_value
+
+        key = serialize_value(repository_origin)
+        server = self._servers.get(key)
+        if server is not None and not server.current():
+            server.close()
+            server = None
+        if server is None:
+            server = self._servers[key] = WarmProcess(repository_origin, self._instance.get_ref(), self._preload)
+        return server
+
+    def launch_run(self, context: LaunchRunContext) -> None:
+        from dagster._grpc.types import ExecuteRunArgs
+        from dagster._serdes import serialize_value
+
+        run = context.dagster_run
+        if run.job_code_origin is None:
+            raise ValueError(f"run {run.run_id} has no code origin: the warm launcher cannot load its job")
+        args = ExecuteRunArgs(job_origin=run.job_code_origin, run_id=run.run_id, instance_ref=self._instance.get_ref(),
+                              set_exit_code_on_failure=False)
+        with self._lock:
+            server = self._server_for(run.job_code_origin.repository_origin)
+            pid = server.fork_run(serialize_value(args))
+        self._instance.add_run_tags(run.run_id, {PID_TAG: str(pid), HOST_TAG: socket.gethostname()})
+        self._instance.report_engine_event(f"Forked run process {pid} from warm process {server.pid}.", run,
+                                           cls=self.__class__)
+
+    def terminate(self, run_id: str) -> bool:
+        run = self._instance.get_run_by_id(run_id)
+        if run is None or run.is_finished:
+            return False
+        pid, host = run.tags.get(PID_TAG), run.tags.get(HOST_TAG)
+        if pid is None or host != socket.gethostname():
+            self._instance.report_engine_event(
+                f"Cannot terminate run {run_id}: its process ({pid or 'not started'}) is not on this host.",
+                run, cls=self.__class__)
+            return False
+        self._instance.report_run_canceling(run)
+        try:
+            os.kill(int(pid), signal.SIGINT)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def dispose(self) -> None:
+        with self._lock:
+            for server in self._servers.values():
+                server.close()
+            self._servers.clear()
+
+
+def _run_forked(execute_run_args: str) -> int:
+    """The forked child: `dagster api execute_run`'s body, on the warm process's imports."""
+    from dagster import DagsterInstance
+    from dagster._cli.api import _execute_run_command_body
+    from dagster._grpc.types import ExecuteRunArgs
+    from dagster._serdes import deserialize_value
+    from dagster._utils.interrupts import capture_interrupts
+
+    args = deserialize_value(execute_run_args, ExecuteRunArgs)
+    with capture_interrupts():
+        with DagsterInstance.from_ref(args.instance_ref) as instance:
+            return _execute_run_command_body(args.run_id, instance, lambda event: None, set_exit_code_on_failure=False)
+
+
+def _load(repository_origin: str, instance_ref: str, preload: list[str]) -> bool:
+    """Imports ``preload``, opens and closes the instance once (its storage's imports), and loads
+    the code location; False when the code location failed to load."""
+    import importlib
+    import traceback
+
+    from dagster import DagsterInstance
+    from dagster._core.instance.ref import InstanceRef
+    from dagster._core.origin import RepositoryPythonOrigin
+    from dagster._serdes import deserialize_value
+    from dagster._utils.hosted_user_process import recon_repository_from_origin
+
+    try:
+        with DagsterInstance.from_ref(deserialize_value(instance_ref, InstanceRef)) as instance:
+            instance.get_runs(limit=1)  # closed again: a fork must not share its connections
+    except Exception:  # each run opens it again and fails on its own
+        traceback.print_exc()
+    for module in preload:
+        try:
+            importlib.import_module(module)
+        except Exception:  # a run that needs it reports the error itself
+            traceback.print_exc()
+    try:
+        # a full load (imports, and what building the definitions imports lazily); each run then
+        # builds the definitions again from the module this leaves in sys.modules
+        recon_repository_from_origin(deserialize_value(repository_origin, RepositoryPythonOrigin)).get_definition()
+        return True
+    except Exception:
+        traceback.print_exc()
+        return False
+
+
+def serve(repository_origin: str, preload: list[str]) -> None:
+    """The warm server: load once, then start a run process per request line on stdin."""
+    import traceback
+
+    replies = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # the runs' output and the loading's go where the daemon's stderr goes
+    started = time.perf_counter()
+    loaded = _load(repository_origin, sys.stdin.readline(), preload)
+    print(f"warm run process {os.getpid()}: {'loaded' if loaded else 'failed to load'} in "
+          f"{time.perf_counter() - started:.1f} s", file=sys.stderr)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps finished runs
+    replies.write(json.dumps({"ready": True}) + "\n")
+    for line in sys.stdin:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # a run waits for its own subprocesses
+                replies.close()
+                os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+                if not loaded:
+                    # a partly imported code location must not run: a fresh interpreter loads it
+                    # again and reports the error on the run, as Dagster's own launchers do
+                    os.execv(sys.executable, [sys.executable, "-m", "dagster", "api", "execute_run", line.strip()])
+                code = _run_forked(line.strip())
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        replies.write(json.dumps({"pid": pid}) + "\n")
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1], sys.argv[2:])

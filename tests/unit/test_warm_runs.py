@@ -1,0 +1,176 @@
+"""The warm run launcher, with a real Dagster instance (SQLite) and real forked run processes.
+
+A throwaway code location records, from inside each run, its pid, its parent's pid and a version
+constant of its own source; the tests read those records back.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from dagster._core.definitions.reconstruct import ReconstructableRepository
+
+from datacreek_assets.settings import ensure_dagster_home
+from datacreek_assets.warm_runs import PID_TAG, WarmProcessRunLauncher, source_fingerprint
+
+CODE = '''
+import os, time
+import dagster as dg
+
+VERSION = {version}
+
+@dg.op
+def record(context):
+    with open(os.path.join(os.environ["WARM_RUNS_OUT"], context.run_id), "w") as f:
+        f.write(f"{{os.getpid()}} {{os.getppid()}} {{VERSION}}")
+
+@dg.op
+def wait_long():
+    time.sleep(300)
+
+@dg.job(executor_def=dg.in_process_executor)
+def record_job():
+    record()
+
+@dg.job(executor_def=dg.in_process_executor)
+def wait_job():
+    wait_long()
+
+defs = dg.Definitions(jobs=[record_job, wait_job])
+'''
+
+
+def write_code(path: Path, version: int, broken: bool = False) -> None:
+    path.write_text(CODE.format(version=version) + ("\nraise RuntimeError('broken on purpose')\n" if broken else ""))
+    stamp = time.time_ns() + version * 1_000_000_000  # a new mtime even within the file system's resolution
+    os.utime(path, ns=(stamp, stamp))
+
+
+@pytest.fixture
+def warm(tmp_path, monkeypatch):
+    code, out, home = tmp_path / "code", tmp_path / "out", tmp_path / "home"
+    for folder in (code, out, home):
+        folder.mkdir()
+    write_code(code / "jobs.py", 1)
+    monkeypatch.setenv("WARM_RUNS_OUT", str(out))
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\nrun_launcher:\n"
+                                       "  module: datacreek_assets.warm_runs\n  class: WarmProcessRunLauncher\n")
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        try:
+            yield instance, code / "jobs.py", out
+        finally:
+            for run in instance.get_runs():
+                if not run.is_finished:
+                    instance.run_launcher.terminate(run.run_id)
+            instance.run_launcher.dispose()
+
+
+def create(instance, code_file: Path, job: str) -> str:
+    recon = ReconstructableRepository.for_file(str(code_file), "defs").get_reconstructable_job(job)
+    return instance.create_run_for_job(job_def=recon.get_definition(), job_code_origin=recon.get_python_origin()).run_id
+
+
+def launch(instance, code_file: Path, job: str, run_id: str | None = None) -> str:
+    run_id = run_id or create(instance, code_file, job)
+    instance.launch_run(run_id, None)  # the warm launcher needs no workspace
+    return run_id
+
+
+def finished(instance, run_id: str, timeout: float = 120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = instance.get_run_by_id(run_id)
+        if run.is_finished:
+            return run
+        time.sleep(0.2)
+    raise AssertionError(f"run {run_id} did not finish in {timeout} s: {run.status}")
+
+
+def recorded(out: Path, run_id: str) -> tuple[int, int, int]:
+    pid, parent, version = (out / run_id).read_text().split()
+    return int(pid), int(parent), int(version)
+
+
+def test_runs_fork_from_one_warm_process_and_a_code_edit_replaces_it(warm):
+    instance, code_file, out = warm
+    assert isinstance(instance.run_launcher, WarmProcessRunLauncher)
+    first, second = launch(instance, code_file, "record_job"), launch(instance, code_file, "record_job")
+    records = {}
+    for run_id in (first, second):
+        run = finished(instance, run_id)
+        assert run.status == dg.DagsterRunStatus.SUCCESS
+        records[run_id] = recorded(out, run_id)
+        assert records[run_id][0] == int(run.tags[PID_TAG])  # the tag names the run's own process
+    (pid_a, parent_a, version_a), (pid_b, parent_b, version_b) = records[first], records[second]
+    assert pid_a != pid_b and os.getpid() not in (pid_a, pid_b, parent_a)
+    assert parent_a == parent_b  # both forked from the same warm process
+    assert version_a == version_b == 1
+
+    write_code(code_file, 2)
+    third = launch(instance, code_file, "record_job")
+    assert finished(instance, third).status == dg.DagsterRunStatus.SUCCESS
+    _, parent_c, version_c = recorded(out, third)
+    assert version_c == 2  # the edited code ran, not the warm process's copy
+    assert parent_c != parent_a
+
+
+def test_terminate_cancels_a_running_run_and_refuses_a_finished_one(warm):
+    instance, code_file, out = warm
+    run_id = launch(instance, code_file, "wait_job")
+    deadline = time.monotonic() + 60
+    while instance.get_run_by_id(run_id).status != dg.DagsterRunStatus.STARTED:
+        assert time.monotonic() < deadline, "the run never started"
+        time.sleep(0.2)
+    assert instance.run_launcher.terminate(run_id)
+    assert finished(instance, run_id, 60).status == dg.DagsterRunStatus.CANCELED
+    assert not instance.run_launcher.terminate(run_id)
+    with pytest.raises(ProcessLookupError):
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the cancelled run's process is gone, not left behind
+            os.kill(int(instance.get_run_by_id(run_id).tags[PID_TAG]), 0)
+            time.sleep(0.2)
+
+
+def test_a_run_whose_code_no_longer_loads_fails_and_the_next_good_one_runs(warm):
+    instance, code_file, out = warm
+    broken = create(instance, code_file, "record_job")
+    write_code(code_file, 3, broken=True)  # broken between the run's creation and its launch
+    launch(instance, code_file, "record_job", broken)
+    run = finished(instance, broken)
+    assert run.status == dg.DagsterRunStatus.FAILURE
+    assert not (out / broken).exists()
+    errors = [entry.dagster_event.engine_event_data.error for entry in instance.all_logs(broken)
+              if entry.dagster_event and entry.dagster_event.is_engine_event]
+    assert any(error and "broken on purpose" in error.message for error in errors)  # the run says why
+
+    write_code(code_file, 4)
+    fixed = launch(instance, code_file, "record_job")
+    assert finished(instance, fixed).status == dg.DagsterRunStatus.SUCCESS
+    assert recorded(out, fixed)[2] == 4
+
+
+def test_the_local_dagster_home_forks_runs_from_a_warm_process(tmp_path):
+    with dg.DagsterInstance.from_config(str(ensure_dagster_home(tmp_path))) as instance:
+        launcher = instance.run_launcher
+        assert isinstance(launcher, WarmProcessRunLauncher)
+        assert "neo4j" in launcher._preload
+
+
+def test_the_fingerprint_sees_edits_additions_and_removals_but_not_hidden_folders(tmp_path):
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / ".venv").mkdir()
+    before = source_fingerprint(tmp_path)
+    (tmp_path / ".venv" / "lib.py").write_text("y = 1\n")
+    assert source_fingerprint(tmp_path) == before
+    (tmp_path / "b.py").write_text("y = 1\n")
+    added = source_fingerprint(tmp_path)
+    assert added != before
+    stamp = time.time_ns() + 5_000_000_000
+    os.utime(tmp_path / "a.py", ns=(stamp, stamp))
+    assert source_fingerprint(tmp_path) != added
+    (tmp_path / "b.py").unlink()
+    assert source_fingerprint(tmp_path)[0] == 1
