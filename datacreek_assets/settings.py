@@ -182,5 +182,11 @@ def ensure_dagster_home(home: Path) -> Path:
             "  class: WarmProcessRunLauncher\n"
             "  config:\n"
             "    preload_modules: [neo4j, bs4, markdown_it, pypdf, tokenizers]\n"
+            "# the daemon asks the launcher whether each run's process lives: a run whose process died\n"
+            "# (OOM-killed, SIGKILL) fails instead of holding its tenant's run slot\n"
+            "run_monitoring:\n"
+            "  enabled: true\n"
+            "  poll_interval_seconds: 15\n"
+            "  max_resume_run_attempts: 0\n"
         )
     return home

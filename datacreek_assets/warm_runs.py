@@ -1,24 +1,29 @@
 """Runs forked from a warm process: the local profile's run launcher.
 
 Dagster's default launcher has the code server spawn a fresh interpreter per run. Before its first
-step that interpreter imports Dagster and the code location and builds the definitions: 1.6 s of
-CPU on an idle machine, 3.4 s with four runs sharing two cores (README, per-tenant backfills), paid
-again by every tenant of a backfill. `WarmProcessRunLauncher` keeps one process per code location
-that has loaded it once, and forks that process for each run. The run then starts with everything
-imported, loads the definitions again (warm: tens of milliseconds) and executes exactly as
-`dagster api execute_run` does, the entry point of Dagster's Kubernetes and Docker launchers.
+step that interpreter imports Dagster and the code location, builds the definitions, opens the
+instance and imports what the steps use: 10 s of CPU per run with four runs sharing two cores
+(README, per-tenant backfills), paid again by every tenant of a backfill. `WarmProcessRunLauncher`
+keeps one process per code location that has done that once, and forks it for each run. The run
+then starts with everything imported, builds the definitions again (warm: tens of milliseconds)
+and executes the body of `dagster api execute_run`, the entry point of Dagster's Kubernetes and
+Docker launchers.
 
-- One warm process per (interpreter, code pointer). A launch first checks the Python files under
-  the code location's working directory; when any changed since the warm process loaded them, it
-  is replaced, so a run never executes code older than its launch.
-- The run's tags carry its pid and host, so it can be terminated from any process on the host
-  (the UI, the daemon, the credit sensor in the code server): SIGINT, which Dagster's run worker
-  turns into a clean cancellation, as its own launchers do.
+- One warm process per code location. A launch first fingerprints the Python files (path, size,
+  mtime) under the code location's folders; when any changed since the warm process loaded them,
+  it is replaced. Installed packages (the virtual environment) are not watched: restart
+  `dagster dev` after installing.
+- The run process tags its run with its pid and host, so it can be terminated from any process
+  on the host (the UI, the daemon, the credit sensor in the code server): SIGINT, which Dagster's
+  run worker turns into a cancellation. The run-monitoring daemon asks `check_run_worker_health`,
+  so a run process that died without a word (OOM-killed, SIGKILL) fails its run instead of holding
+  its tenant's run slot.
 - Each run is still a process of its own: a crash, a leak or a stuck step ends with its run.
 """
-
 from __future__ import annotations
 
+import atexit
+import hashlib
 import json
 import os
 import select
@@ -28,10 +33,11 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 from dagster import Array, Field, StringSource
-from dagster._core.launcher import LaunchRunContext, RunLauncher
+from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, RunLauncher, WorkerStatus
 from dagster._serdes import ConfigurableClass, ConfigurableClassData
 
 PID_TAG = "datacreek/run-pid"
@@ -40,18 +46,20 @@ READY_TIMEOUT_S = 300.0  # a cold first load on a busy 2-core machine takes well
 _SKIPPED_DIRS = {"__pycache__", "node_modules", "test-artifacts"}
 
 
-def source_fingerprint(*roots: Path) -> tuple[int, int]:
-    """(count, newest mtime in ns) of the Python files under ``roots``; hidden folders (virtual
-    environments, state) are skipped. Any edit, addition or removal changes it."""
-    count = newest = 0
+def source_fingerprint(*roots: Path) -> str:
+    """A digest of (path, size, mtime) of every Python file under ``roots``; hidden folders
+    (virtual environments, state) are skipped. An edit, a copy with an old mtime, an addition or a
+    removal changes it."""
+    entries = []
     for root in roots:
         for folder, dirs, files in os.walk(root):
             dirs[:] = [d for d in dirs if not d.startswith(".") and d not in _SKIPPED_DIRS]
             for name in files:
                 if name.endswith(".py"):
-                    count += 1
-                    newest = max(newest, os.stat(os.path.join(folder, name)).st_mtime_ns)
-    return count, newest
+                    path = os.path.join(folder, name)
+                    stat = os.stat(path)
+                    entries.append(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}")
+    return hashlib.blake2b("\n".join(sorted(entries)).encode(), digest_size=16).hexdigest()
 
 
 def code_roots(repository_origin) -> list[Path]:
@@ -95,18 +103,23 @@ class WarmProcess:
         ready, _, _ = select.select([self.process.stdout], [], [], timeout)
         line = self.process.stdout.readline() if ready else ""
         if not line:
-            raise RuntimeError(f"the warm run process {self.pid} did not answer within {timeout:.0f} s "
-                               f"(exit code {self.process.poll()}); its output is in the daemon's log")
+            state = (f"exited with code {self.process.poll()}" if self.process.poll() is not None
+                     else f"did not answer within {timeout:.0f} s")
+            raise RuntimeError(f"the warm run process {self.pid} {state}; its output is in the daemon's log")
         return json.loads(line)
 
-    def fork_run(self, execute_run_args: str) -> int:
-        """Starts a run (serialized `ExecuteRunArgs`, one line of JSON); returns its pid."""
+    def fork_run(self, run_id: str, execute_run_args: str) -> int:
+        """Starts run ``run_id`` (its serialized `ExecuteRunArgs`, one line of JSON); returns the
+        run process's pid. After an error the server is out of step: close it."""
         if not self._ready:
             self._reply(READY_TIMEOUT_S)
             self._ready = True
         self.process.stdin.write(execute_run_args + "\n")
         self.process.stdin.flush()
-        return int(self._reply(60.0)["pid"])
+        reply = self._reply(60.0)
+        if reply.get("run_id") != run_id:
+            raise RuntimeError(f"the warm run process {self.pid} answered for run {reply.get('run_id')}, not {run_id}")
+        return int(reply["pid"])
 
     def close(self) -> None:
         """Stops the server; runs forked from it go on (they are processes of their own)."""
@@ -169,26 +182,55 @@ class WarmProcessRunLauncher(RunLauncher, ConfigurableClass):
                               set_exit_code_on_failure=False)
         with self._lock:
             server = self._server_for(run.job_code_origin.repository_origin)
-            pid = server.fork_run(serialize_value(args))
-        self._instance.add_run_tags(run.run_id, {PID_TAG: str(pid), HOST_TAG: socket.gethostname()})
+            try:
+                pid = server.fork_run(run.run_id, serialize_value(args))
+            except Exception:
+                server.close()  # the next launch starts a new one
+                self._servers = {k: v for k, v in self._servers.items() if v is not server}
+                raise
         self._instance.report_engine_event(f"Forked run process {pid} from warm process {server.pid}.", run,
                                            cls=self.__class__)
+
+    def _live_run_process(self, run) -> int | None:
+        """The pid of ``run``'s process when it is alive on this host, else None. A pid the kernel
+        has given to another process since does not count: the process must be a run process."""
+        pid, host = run.tags.get(PID_TAG), run.tags.get(HOST_TAG)
+        if pid is None or host != socket.gethostname():
+            return None
+        try:
+            argv = Path(f"/proc/{int(pid)}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return None
+        forked = argv[1:3] == [b"-m", b"datacreek_assets.warm_runs"]
+        execed = b"execute_run" in argv and run.run_id.encode() in b" ".join(argv)
+        return int(pid) if forked or execed else None
+
+    @property
+    def supports_check_run_worker_health(self) -> bool:
+        return True
+
+    def check_run_worker_health(self, run) -> CheckRunHealthResult:
+        if run.tags.get(HOST_TAG, socket.gethostname()) != socket.gethostname():
+            return CheckRunHealthResult(WorkerStatus.UNKNOWN, f"the run's process is on {run.tags[HOST_TAG]}")
+        if self._live_run_process(run) is not None:
+            return CheckRunHealthResult(WorkerStatus.RUNNING)
+        return CheckRunHealthResult(WorkerStatus.FAILED,
+                                    f"run process {run.tags.get(PID_TAG, '(never started)')} is gone")
 
     def terminate(self, run_id: str) -> bool:
         run = self._instance.get_run_by_id(run_id)
         if run is None or run.is_finished:
             return False
-        pid, host = run.tags.get(PID_TAG), run.tags.get(HOST_TAG)
-        if pid is None or host != socket.gethostname():
+        if run.tags.get(HOST_TAG, socket.gethostname()) != socket.gethostname():
             self._instance.report_engine_event(
-                f"Cannot terminate run {run_id}: its process ({pid or 'not started'}) is not on this host.",
-                run, cls=self.__class__)
+                f"Cannot terminate run {run_id}: its process is on {run.tags[HOST_TAG]}.", run, cls=self.__class__)
             return False
         self._instance.report_run_canceling(run)
-        try:
-            os.kill(int(pid), signal.SIGINT)
-        except ProcessLookupError:
-            return False
+        pid = self._live_run_process(run)
+        if pid is None:  # never started, or already gone without a word
+            self._instance.report_run_canceled(run, message="Its run process was not running.")
+            return True
+        os.kill(pid, signal.SIGINT)
         return True
 
     def dispose(self) -> None:
@@ -198,18 +240,23 @@ class WarmProcessRunLauncher(RunLauncher, ConfigurableClass):
             self._servers.clear()
 
 
-def _run_forked(execute_run_args: str) -> int:
-    """The forked child: `dagster api execute_run`'s body, on the warm process's imports."""
-    from dagster import DagsterInstance
+def _run_forked(args, loaded: bool) -> int:
+    """The forked child: tags its run with its pid, then runs `dagster api execute_run`'s body on
+    the warm process's imports."""
     from dagster._cli.api import _execute_run_command_body
-    from dagster._grpc.types import ExecuteRunArgs
-    from dagster._serdes import deserialize_value
+    from dagster._cli.utils import get_instance_for_cli
     from dagster._utils.interrupts import capture_interrupts
 
-    args = deserialize_value(execute_run_args, ExecuteRunArgs)
-    with capture_interrupts():
-        with DagsterInstance.from_ref(args.instance_ref) as instance:
-            return _execute_run_command_body(args.run_id, instance, lambda event: None, set_exit_code_on_failure=False)
+    with capture_interrupts(), get_instance_for_cli(instance_ref=args.instance_ref) as instance:
+        instance.add_run_tags(args.run_id, {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()})
+        if not loaded:
+            # a partly imported code location must not run: a fresh interpreter (same pid) loads it
+            # again and reports the error on the run. Like Dagster's own launchers it takes its
+            # arguments, the instance's config included, on argv.
+            from dagster._serdes import serialize_value
+
+            os.execv(sys.executable, [sys.executable, "-m", "dagster", "api", "execute_run", serialize_value(args)])
+        return _execute_run_command_body(args.run_id, instance, lambda event: None, set_exit_code_on_failure=False)
 
 
 def _load(repository_origin: str, instance_ref: str, preload: list[str]) -> bool:
@@ -229,7 +276,7 @@ def _load(repository_origin: str, instance_ref: str, preload: list[str]) -> bool
             instance.get_runs(limit=1)  # closed again: a fork must not share its connections
     except Exception:  # each run opens it again and fails on its own
         traceback.print_exc()
-    for module in preload:
+    for module in ["dagster._cli.api", *preload]:  # the first: what each run process calls
         try:
             importlib.import_module(module)
         except Exception:  # a run that needs it reports the error itself
@@ -244,9 +291,26 @@ def _load(repository_origin: str, instance_ref: str, preload: list[str]) -> bool
         return False
 
 
+def _exit(code: int) -> None:
+    """Ends a run process as interpreter shutdown would (non-daemon threads joined, atexit
+    handlers run), but without tearing down every module: with Dagster, the code location and the
+    preloaded libraries in memory that costs about 1 s of CPU per run (measured), and a forked
+    process would also copy every page whose reference counts it touches."""
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def serve(repository_origin: str, preload: list[str]) -> None:
     """The warm server: load once, then start a run process per request line on stdin."""
     import traceback
+
+    from dagster._grpc.types import ExecuteRunArgs
+    from dagster._serdes import deserialize_value
 
     replies = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # the runs' output and the loading's go where the daemon's stderr goes
@@ -255,27 +319,27 @@ def serve(repository_origin: str, preload: list[str]) -> None:
     print(f"warm run process {os.getpid()}: {'loaded' if loaded else 'failed to load'} in "
           f"{time.perf_counter() - started:.1f} s", file=sys.stderr)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps finished runs
+    # Python warns on every fork of a process with threads. The only ones here are native: OpenBLAS's
+    # pool (numpy) and jemalloc's background thread (pyarrow, which the Neo4j driver imports).
+    # Both libraries register fork handlers, and no Python thread runs at a fork.
+    warnings.filterwarnings("ignore", r"This process .* is multi-threaded", DeprecationWarning)
     replies.write(json.dumps({"ready": True}) + "\n")
     for line in sys.stdin:
+        args = deserialize_value(line, ExecuteRunArgs)
+        sys.stdout.flush()  # or the child would write what is buffered again
+        sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            code = 1
             try:
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # a run waits for its own subprocesses
                 replies.close()
                 os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-                if not loaded:
-                    # a partly imported code location must not run: a fresh interpreter loads it
-                    # again and reports the error on the run, as Dagster's own launchers do
-                    os.execv(sys.executable, [sys.executable, "-m", "dagster", "api", "execute_run", line.strip()])
-                code = _run_forked(line.strip())
+                code = _run_forked(args, loaded)
             except BaseException:
                 traceback.print_exc()
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
-        replies.write(json.dumps({"pid": pid}) + "\n")
+                code = 1
+            _exit(code)
+        replies.write(json.dumps({"run_id": args.run_id, "pid": pid}) + "\n")
 
 
 if __name__ == "__main__":

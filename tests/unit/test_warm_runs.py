@@ -7,26 +7,30 @@ constant of its own source; the tests read those records back.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
 import dagster as dg
 import pytest
 from dagster._core.definitions.reconstruct import ReconstructableRepository
+from dagster._core.launcher import WorkerStatus
 
 from datacreek_assets.settings import ensure_dagster_home
 from datacreek_assets.warm_runs import PID_TAG, WarmProcessRunLauncher, source_fingerprint
 
 CODE = '''
-import os, time
+import atexit, os, time
 import dagster as dg
 
 VERSION = {version}
 
 @dg.op
 def record(context):
-    with open(os.path.join(os.environ["WARM_RUNS_OUT"], context.run_id), "w") as f:
+    path = os.path.join(os.environ["WARM_RUNS_OUT"], context.run_id)
+    with open(path, "w") as f:
         f.write(f"{{os.getpid()}} {{os.getppid()}} {{VERSION}}")
+    atexit.register(lambda: open(path + ".atexit", "w").close())  # what a library might leave to exit
 
 @dg.op
 def wait_long():
@@ -70,7 +74,8 @@ def warm(tmp_path, monkeypatch):
 
 
 def create(instance, code_file: Path, job: str) -> str:
-    recon = ReconstructableRepository.for_file(str(code_file), "defs").get_reconstructable_job(job)
+    # its own working directory, so that only this code location's files decide when to reload
+    recon = ReconstructableRepository.for_file(str(code_file), "defs", str(code_file.parent)).get_reconstructable_job(job)
     return instance.create_run_for_job(job_def=recon.get_definition(), job_code_origin=recon.get_python_origin()).run_id
 
 
@@ -109,6 +114,7 @@ def test_runs_fork_from_one_warm_process_and_a_code_edit_replaces_it(warm):
     assert pid_a != pid_b and os.getpid() not in (pid_a, pid_b, parent_a)
     assert parent_a == parent_b  # both forked from the same warm process
     assert version_a == version_b == 1
+    assert (out / f"{first}.atexit").exists()  # the run process ended as an interpreter does
 
     write_code(code_file, 2)
     third = launch(instance, code_file, "record_job")
@@ -118,13 +124,18 @@ def test_runs_fork_from_one_warm_process_and_a_code_edit_replaces_it(warm):
     assert parent_c != parent_a
 
 
+def started(instance, run_id: str, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while (run := instance.get_run_by_id(run_id)).status != dg.DagsterRunStatus.STARTED:
+        assert time.monotonic() < deadline, f"run {run_id} never started: {run.status}"
+        time.sleep(0.2)
+    return run
+
+
 def test_terminate_cancels_a_running_run_and_refuses_a_finished_one(warm):
     instance, code_file, out = warm
     run_id = launch(instance, code_file, "wait_job")
-    deadline = time.monotonic() + 60
-    while instance.get_run_by_id(run_id).status != dg.DagsterRunStatus.STARTED:
-        assert time.monotonic() < deadline, "the run never started"
-        time.sleep(0.2)
+    started(instance, run_id)
     assert instance.run_launcher.terminate(run_id)
     assert finished(instance, run_id, 60).status == dg.DagsterRunStatus.CANCELED
     assert not instance.run_launcher.terminate(run_id)
@@ -158,9 +169,45 @@ def test_the_local_dagster_home_forks_runs_from_a_warm_process(tmp_path):
         launcher = instance.run_launcher
         assert isinstance(launcher, WarmProcessRunLauncher)
         assert "neo4j" in launcher._preload
+        assert instance.run_monitoring_enabled  # so a dead run process fails its run
 
 
-def test_the_fingerprint_sees_edits_additions_and_removals_but_not_hidden_folders(tmp_path):
+def test_a_run_process_that_dies_without_a_word_fails_its_health_check_and_cancels_at_once(warm):
+    instance, code_file, out = warm
+    launcher = instance.run_launcher
+    run_id = launch(instance, code_file, "wait_job")
+    run = started(instance, run_id)
+    assert launcher.check_run_worker_health(run).status == WorkerStatus.RUNNING
+    os.kill(int(run.tags[PID_TAG]), signal.SIGKILL)  # as the OOM killer would: no event, no status
+    deadline = time.monotonic() + 30
+    while launcher.check_run_worker_health(instance.get_run_by_id(run_id)).status != WorkerStatus.FAILED:
+        assert time.monotonic() < deadline, "a dead run process still counts as running"
+        time.sleep(0.2)
+    assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.STARTED  # what monitoring then fails
+    assert launcher.terminate(run_id)  # nothing to signal: cancelled at once, not left CANCELING
+    assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.CANCELED
+
+
+def test_a_pid_the_kernel_gave_to_another_process_is_not_the_run_s(warm):
+    instance, code_file, out = warm
+    run_id = launch(instance, code_file, "record_job")
+    assert finished(instance, run_id).status == dg.DagsterRunStatus.SUCCESS
+    instance.add_run_tags(run_id, {PID_TAG: str(os.getpid())})  # a live process, but not a run process
+    assert instance.run_launcher._live_run_process(instance.get_run_by_id(run_id)) is None
+
+
+def test_a_warm_process_that_died_is_replaced_at_the_next_launch(warm):
+    instance, code_file, out = warm
+    first = launch(instance, code_file, "record_job")
+    assert finished(instance, first).status == dg.DagsterRunStatus.SUCCESS
+    _, warm_pid, _ = recorded(out, first)
+    os.kill(warm_pid, signal.SIGKILL)
+    second = launch(instance, code_file, "record_job")
+    assert finished(instance, second).status == dg.DagsterRunStatus.SUCCESS
+    assert recorded(out, second)[1] != warm_pid
+
+
+def test_the_fingerprint_sees_edits_copies_additions_and_removals_but_not_hidden_folders(tmp_path):
     (tmp_path / "a.py").write_text("x = 1\n")
     (tmp_path / ".venv").mkdir()
     before = source_fingerprint(tmp_path)
@@ -169,8 +216,10 @@ def test_the_fingerprint_sees_edits_additions_and_removals_but_not_hidden_folder
     (tmp_path / "b.py").write_text("y = 1\n")
     added = source_fingerprint(tmp_path)
     assert added != before
-    stamp = time.time_ns() + 5_000_000_000
-    os.utime(tmp_path / "a.py", ns=(stamp, stamp))
-    assert source_fingerprint(tmp_path) != added
+    old = os.stat(tmp_path / "a.py").st_mtime_ns - 10_000_000_000
+    (tmp_path / "a.py").write_text("x = 2\n")  # same size, and an older mtime, as `cp -p` leaves it
+    os.utime(tmp_path / "a.py", ns=(old, old))
+    copied = source_fingerprint(tmp_path)
+    assert copied != added
     (tmp_path / "b.py").unlink()
-    assert source_fingerprint(tmp_path)[0] == 1
+    assert source_fingerprint(tmp_path) not in (copied, added)
