@@ -41,7 +41,9 @@ from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, RunLa
 from dagster._serdes import ConfigurableClass, ConfigurableClassData
 
 PID_TAG = "datacreek/run-pid"
+START_TAG = "datacreek/run-process-start"
 HOST_TAG = "datacreek/run-host"
+TAG_WAIT_S = 10.0  # how long terminate waits for a just-forked run process to tag its run
 READY_TIMEOUT_S = 300.0  # a cold first load on a busy 2-core machine takes well under a minute
 _SKIPPED_DIRS = {"__pycache__", "node_modules", "test-artifacts"}
 
@@ -60,6 +62,15 @@ def source_fingerprint(*roots: Path) -> str:
                     stat = os.stat(path)
                     entries.append(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}")
     return hashlib.blake2b("\n".join(sorted(entries)).encode(), digest_size=16).hexdigest()
+
+
+def process_start(pid: int) -> str | None:
+    """When process ``pid`` started, in clock ticks since boot (field 22 of /proc/<pid>/stat), or
+    None when there is no such process. With the pid it names one process for good."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
 
 
 def code_roots(repository_origin) -> list[Path]:
@@ -122,15 +133,17 @@ class WarmProcess:
         return int(reply["pid"])
 
     def close(self) -> None:
-        """Stops the server; runs forked from it go on (they are processes of their own)."""
-        if self.process.poll() is None:
-            self.process.stdin.close()
+        """Stops the server (end of its input); runs forked from it go on, as processes of their own."""
+        for pipe in (self.process.stdin, self.process.stdout):
             try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process.stdout.close()
+                pipe.close()
+            except OSError:  # the pipe of a server that died
+                pass
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 class WarmProcessRunLauncher(RunLauncher, ConfigurableClass):
@@ -180,57 +193,70 @@ class WarmProcessRunLauncher(RunLauncher, ConfigurableClass):
             raise ValueError(f"run {run.run_id} has no code origin: the warm launcher cannot load its job")
         args = ExecuteRunArgs(job_origin=run.job_code_origin, run_id=run.run_id, instance_ref=self._instance.get_ref(),
                               set_exit_code_on_failure=False)
+        # before the fork, so no write of the run process can race it: marks the run as this host's
+        self._instance.add_run_tags(run.run_id, {HOST_TAG: socket.gethostname()})
         with self._lock:
             server = self._server_for(run.job_code_origin.repository_origin)
             try:
                 pid = server.fork_run(run.run_id, serialize_value(args))
-            except Exception:
-                server.close()  # the next launch starts a new one
+            except Exception:  # out of step: the next launch starts a new one
                 self._servers = {k: v for k, v in self._servers.items() if v is not server}
+                server.close()
                 raise
         self._instance.report_engine_event(f"Forked run process {pid} from warm process {server.pid}.", run,
                                            cls=self.__class__)
 
+    @staticmethod
+    def _ours(run) -> bool:
+        """Launched by this launcher on this host (runs executed in-process by the CLI, or by
+        another launcher, carry no host tag)."""
+        return run.tags.get(HOST_TAG) == socket.gethostname()
+
     def _live_run_process(self, run) -> int | None:
-        """The pid of ``run``'s process when it is alive on this host, else None. A pid the kernel
-        has given to another process since does not count: the process must be a run process."""
-        pid, host = run.tags.get(PID_TAG), run.tags.get(HOST_TAG)
-        if pid is None or host != socket.gethostname():
+        """The pid of ``run``'s process while it lives, else None. The run process tags its pid
+        and its start time (in clock ticks since boot); a pid the kernel has since given to
+        another process has another start time."""
+        pid, start = run.tags.get(PID_TAG), run.tags.get(START_TAG)
+        if not self._ours(run) or pid is None or start is None:
             return None
-        try:
-            argv = Path(f"/proc/{int(pid)}/cmdline").read_bytes().split(b"\0")
-        except (OSError, ValueError):
-            return None
-        forked = argv[1:3] == [b"-m", b"datacreek_assets.warm_runs"]
-        execed = b"execute_run" in argv and run.run_id.encode() in b" ".join(argv)
-        return int(pid) if forked or execed else None
+        return int(pid) if process_start(int(pid)) == start else None
 
     @property
     def supports_check_run_worker_health(self) -> bool:
         return True
 
     def check_run_worker_health(self, run) -> CheckRunHealthResult:
-        if run.tags.get(HOST_TAG, socket.gethostname()) != socket.gethostname():
-            return CheckRunHealthResult(WorkerStatus.UNKNOWN, f"the run's process is on {run.tags[HOST_TAG]}")
+        # Dagster's run monitor fails a run on anything but RUNNING or SUCCESS: only a run process
+        # known to this launcher and gone now is a failure. Runs not yet tagged are STARTING, which
+        # the monitor's start timeout covers.
+        if not self._ours(run) or PID_TAG not in run.tags:
+            return CheckRunHealthResult(WorkerStatus.RUNNING, "not a run process of this host's warm launcher")
         if self._live_run_process(run) is not None:
             return CheckRunHealthResult(WorkerStatus.RUNNING)
-        return CheckRunHealthResult(WorkerStatus.FAILED,
-                                    f"run process {run.tags.get(PID_TAG, '(never started)')} is gone")
+        return CheckRunHealthResult(WorkerStatus.FAILED, f"run process {run.tags[PID_TAG]} is gone")
 
     def terminate(self, run_id: str) -> bool:
         run = self._instance.get_run_by_id(run_id)
-        if run is None or run.is_finished:
-            return False
-        if run.tags.get(HOST_TAG, socket.gethostname()) != socket.gethostname():
-            self._instance.report_engine_event(
-                f"Cannot terminate run {run_id}: its process is on {run.tags[HOST_TAG]}.", run, cls=self.__class__)
-            return False
+        if run is None or run.is_finished or not self._ours(run):
+            return False  # an in-process run (the CLI's) has no process of its own to stop
         self._instance.report_run_canceling(run)
+        # A run process tags itself just before it reads its run: wait for the tag, then interrupt
+        # it. A run process that never tags (gone before it could) sees the run cancelled if it
+        # ever reads it.
+        deadline = time.monotonic() + TAG_WAIT_S
+        while PID_TAG not in run.tags and time.monotonic() < deadline and not run.is_finished:
+            time.sleep(0.1)
+            run = self._instance.get_run_by_id(run_id)
+        if run.is_finished:
+            return False
         pid = self._live_run_process(run)
-        if pid is None:  # never started, or already gone without a word
-            self._instance.report_run_canceled(run, message="Its run process was not running.")
-            return True
-        os.kill(pid, signal.SIGINT)
+        try:
+            if pid is not None:
+                os.kill(pid, signal.SIGINT)
+                return True
+        except ProcessLookupError:
+            pass
+        self._instance.report_run_canceled(run, message="Its run process was not running.")
         return True
 
     def dispose(self) -> None:
@@ -248,7 +274,7 @@ def _run_forked(args, loaded: bool) -> int:
     from dagster._utils.interrupts import capture_interrupts
 
     with capture_interrupts(), get_instance_for_cli(instance_ref=args.instance_ref) as instance:
-        instance.add_run_tags(args.run_id, {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()})
+        instance.add_run_tags(args.run_id, {PID_TAG: str(os.getpid()), START_TAG: process_start(os.getpid())})
         if not loaded:
             # a partly imported code location must not run: a fresh interpreter (same pid) loads it
             # again and reports the error on the run. Like Dagster's own launchers it takes its
@@ -292,13 +318,11 @@ def _load(repository_origin: str, instance_ref: str, preload: list[str]) -> bool
 
 
 def _exit(code: int) -> None:
-    """Ends a run process as interpreter shutdown would (non-daemon threads joined, atexit
-    handlers run), but without tearing down every module: with Dagster, the code location and the
-    preloaded libraries in memory that costs about 1 s of CPU per run (measured), and a forked
-    process would also copy every page whose reference counts it touches."""
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
+    """Ends a run process as interpreter shutdown does (threading's exit hooks, non-daemon threads
+    joined, atexit handlers), but without tearing down every module: with Dagster, the code
+    location and the preloaded libraries in memory that costs about 1 s of CPU per run (measured),
+    and a forked process would also copy every page whose reference counts it touches."""
+    threading._shutdown()  # what Py_Finalize calls first (CPython 3.12)
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
