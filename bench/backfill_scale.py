@@ -93,13 +93,15 @@ class ProcessGroupCpu:
             self._read()
 
     def _read(self):
+        from datacreek_assets.warm_runs import proc_stat
+
         tick = os.sysconf("SC_CLK_TCK")
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
             try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-                if int(fields[2]) != self.pgid:  # field 5 of stat: the process group
+                fields = proc_stat(int(entry))
+                if fields is None or int(fields[2]) != self.pgid:  # field 5: the process group
                     continue
                 cpu = (int(fields[11]) + int(fields[12])) / tick
                 pid = int(entry)

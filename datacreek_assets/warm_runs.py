@@ -64,13 +64,20 @@ def source_fingerprint(*roots: Path) -> str:
     return hashlib.blake2b("\n".join(sorted(entries)).encode(), digest_size=16).hexdigest()
 
 
-def process_start(pid: int) -> str | None:
-    """When process ``pid`` started, in clock ticks since boot (field 22 of /proc/<pid>/stat), or
-    None when there is no such process. With the pid it names one process for good."""
+def proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (so field N of proc(5) is item N - 3),
+    or None when there is no such process."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
+
+
+def process_start(pid: int) -> str | None:
+    """When process ``pid`` started, in clock ticks since boot (field 22), or None when there is no
+    such process. With the pid it names one process for good."""
+    fields = proc_stat(pid)
+    return fields[19] if fields else None
 
 
 def code_roots(repository_origin) -> list[Path]:
@@ -213,11 +220,11 @@ class WarmProcessRunLauncher(RunLauncher, ConfigurableClass):
         return run.tags.get(HOST_TAG) == socket.gethostname()
 
     def _live_run_process(self, run) -> int | None:
-        """The pid of ``run``'s process while it lives, else None. The run process tags its pid
-        and its start time (in clock ticks since boot); a pid the kernel has since given to
-        another process has another start time."""
+        """The pid of ``run``'s process (callers check `_ours`) while it lives, else None. The run
+        process tags its pid and its start time (in clock ticks since boot); a pid the kernel has
+        since given to another process has another start time."""
         pid, start = run.tags.get(PID_TAG), run.tags.get(START_TAG)
-        if not self._ours(run) or pid is None or start is None:
+        if pid is None or start is None:
             return None
         return int(pid) if process_start(int(pid)) == start else None
 

@@ -17,7 +17,7 @@ from dagster._core.definitions.reconstruct import ReconstructableRepository
 from dagster._core.launcher import WorkerStatus
 
 from datacreek_assets.settings import ensure_dagster_home
-from datacreek_assets.warm_runs import PID_TAG, WarmProcessRunLauncher, source_fingerprint
+from datacreek_assets.warm_runs import PID_TAG, WarmProcessRunLauncher, proc_stat, source_fingerprint
 
 CODE = '''
 import atexit, os, time
@@ -215,7 +215,7 @@ def test_a_warm_process_that_died_is_replaced_at_the_next_launch(warm):
     _, warm_pid, _ = recorded(out, first)
     os.kill(warm_pid, signal.SIGKILL)
     deadline = time.monotonic() + 30
-    while Path(f"/proc/{warm_pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+    while proc_stat(warm_pid)[0] != "Z":  # field 3: the state
         assert time.monotonic() < deadline, "the killed warm process is still running"
         time.sleep(0.05)  # dead, waiting for its parent (this process's launcher) to notice
     second = launch(instance, code_file, "record_job")
