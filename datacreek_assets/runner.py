@@ -13,6 +13,7 @@ from typing import Callable
 
 import dagster as dg
 
+from datacreek_assets.signals import let_children_take_default_signals
 from datacreek_assets.tenancy import TENANT_TAG
 
 LAUNCH_TOKEN_TAG = "datacreek/launch-token"  # one launch's own tag: its run is found by it while it runs
@@ -114,6 +115,7 @@ def materialize_tenant(
     ``on_activity(line)`` with what the run does now (see ``activity_line``), when that changes.
     ``console_log_level``: what of the run's log reaches the terminal (the event log keeps everything).
     """
+    let_children_take_default_signals()  # or, started in the background, each step waits 30 s for its log tailers
     job = defs.resolve_implicit_global_asset_job_def()
     graph = defs.resolve_asset_graph()
     all_keys = sorted(k.to_user_string() for k in graph.executable_asset_keys)
@@ -171,7 +173,6 @@ def materialize_tenant(
             if line != shown:
                 shown = line
                 on_activity(line)
-    _stop_log_tailers(outcome["result"].run_id if "result" in outcome else run_id)
     if "error" in outcome:
         raise outcome["error"]
     result = outcome["result"]
@@ -190,22 +191,3 @@ def materialize_tenant(
             f"{e.step_key}: {e.event_specific_data.error.message.strip()}" for e in failures
         ) or "run failed"
     return summary
-
-
-def _stop_log_tailers(run_id: str | None) -> None:
-    """Dagster mirrors an in-process run's compute logs back to our stdout through `tail -F`
-    processes on files under the run's id, and stops them (and its orphan watcher does) with
-    SIGTERM. Tailers found outliving a CLI run ignored SIGTERM, SIGINT, SIGHUP and SIGQUIT
-    (inherited), and held the CLI's stdout open: a pipe reading it never saw the end. Once the
-    run has returned, the run's own have nothing left to mirror: SIGKILL."""
-    import psutil
-
-    if not run_id:
-        return
-    for process in psutil.process_iter(["name", "cmdline"]):
-        try:
-            line = process.info["cmdline"] or []
-            if process.info["name"] == "tail" and any(run_id in arg and "compute_logs" in arg for arg in line):
-                process.kill()
-        except psutil.Error:  # gone meanwhile
-            pass

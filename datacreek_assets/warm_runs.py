@@ -40,6 +40,8 @@ from dagster import Array, Field, StringSource
 from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, RunLauncher, WorkerStatus
 from dagster._serdes import ConfigurableClass, ConfigurableClassData
 
+from datacreek_assets.signals import let_children_take_default_signals
+
 PID_TAG = "datacreek/run-pid"
 START_TAG = "datacreek/run-process-start"
 HOST_TAG = "datacreek/run-host"
@@ -343,6 +345,7 @@ def serve(repository_origin: str, preload: list[str]) -> None:
     from dagster._grpc.types import ExecuteRunArgs
     from dagster._serdes import deserialize_value
 
+    let_children_take_default_signals()  # the runs' compute-log tailers must stop on SIGTERM
     replies = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # the runs' output and the loading's go where the daemon's stderr goes
     started = time.perf_counter()

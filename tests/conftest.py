@@ -48,9 +48,14 @@ def pytest_terminal_summary(terminalreporter):
 
 
 def pytest_configure(config):
+    from datacreek_assets.signals import let_children_take_default_signals
+
     # Two shared cores: no native thread pool may assume more.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # A session started in the background (CI) ignores SIGINT; the Dagster processes the tests
+    # start (`dagster dev`, its runs) must not inherit that (datacreek_assets/signals.py).
+    let_children_take_default_signals()
 
 
 @pytest.fixture(scope="session")

@@ -34,8 +34,10 @@ def cli(ctx: click.Context, profile: str | None) -> None:
     4 refused without --force.
     """
     from datacreek_assets.quiet import quiet_third_party
+    from datacreek_assets.signals import let_children_take_default_signals
 
     quiet_third_party()  # before any library is imported: runs execute their steps in this process
+    let_children_take_default_signals()  # services and log tailers it starts must stop on SIGTERM
     try:
         ctx.obj = Context(profile or current_profile())
     except ConfigError as err:

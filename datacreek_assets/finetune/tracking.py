@@ -21,12 +21,29 @@ class NoExperiment(LookupError):
     """The tenant has no experiment (it never trained, or it was removed), and none was to be made."""
 
 
+def mlflow_client(tracking_uri: str):
+    """An MlflowClient on ``tracking_uri``. MLflow creates a SQLite store's tables and migrates
+    them the first time a process opens it, and two processes doing that at once collide
+    ("table _alembic_tmp_tags already exists": seen when a backfill's run processes and the test
+    cleaning up after it opened a new store together). Opening a SQLite store is therefore
+    serialised between processes by a lock file next to it."""
+    import fcntl
+
+    from mlflow.tracking import MlflowClient
+
+    if not tracking_uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released as the file closes
+        return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
 class TenantTracking:
     def __init__(self, tracking_uri: str, artifact_root: str, tenant: str, create: bool = True):
-        from mlflow.tracking import MlflowClient
-
         self.tenant = validate_tenant_id(tenant)
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self.client = mlflow_client(tracking_uri)
         self.experiment_name = f"datacreek/{self.tenant}"
         self.model_name = f"datacreek-{self.tenant}"
         found = self.client.get_experiment_by_name(self.experiment_name)
