@@ -296,7 +296,8 @@ def main(argv=None) -> int:
         print(f"  CPU per run {runs[1] / n:.2f} s, {runs[1] / n - in_process_cpu_s / n:.2f} s more than a tenant "
               f"in one process")
     print(f"ratio, spawned/warm backfill time: {backfills['spawn'][0] / backfills['warm'][0]:.2f}x")
-    print(f"ratio, spawned/warm time of the runs alone: {backfills['spawn'][4]['runs'] / backfills['warm'][4]['runs']:.2f}x")
+    print(f"ratio, spawned/warm time of the runs alone: "
+          f"{backfills['spawn'][4]['runs'] / max(backfills['warm'][4]['runs'], 1e-9):.2f}x")
     from datacreek_assets.local_services import services_down
 
     services_down(settings, progress=lambda m: None)

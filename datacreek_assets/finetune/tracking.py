@@ -30,10 +30,12 @@ def mlflow_client(tracking_uri: str):
     import fcntl
 
     from mlflow.tracking import MlflowClient
+    from sqlalchemy.engine import make_url
 
-    if not tracking_uri.startswith("sqlite:///"):
+    url = make_url(tracking_uri) if tracking_uri.startswith("sqlite:") else None
+    if url is None or url.database in (None, "", ":memory:"):
         return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    db = Path(url.database)
     db.parent.mkdir(parents=True, exist_ok=True)
     with open(db.with_name(db.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released as the file closes

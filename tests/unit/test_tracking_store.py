@@ -5,26 +5,39 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 OPEN = """
 import sys, time
+from pathlib import Path
+import mlflow.store.tracking.sqlalchemy_store, mlflow.tracking  # imported before the barrier
 from datacreek_assets.finetune.tracking import TenantTracking
-start = float(sys.argv[3])
-time.sleep(max(0.0, start - time.time()))  # all processes open the store together
-tracking = TenantTracking(sys.argv[1], sys.argv[2], sys.argv[4])
-print(tracking.experiment_name)
+uri, artifacts, barrier, tenant = sys.argv[1:]
+(Path(barrier) / tenant).touch()  # ready
+while not (Path(barrier) / "go").exists():
+    time.sleep(0.01)
+print(TenantTracking(uri, artifacts, tenant).experiment_name)
 """
 
 
 def test_processes_opening_a_new_sqlite_store_together_all_succeed(tmp_path):
-    import time
-
     uri, artifacts = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}", str(tmp_path / "artifacts")
-    start = time.time() + 8  # after every interpreter has imported MLflow
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
     tenants = ["acme", "globex", "initech", "umbrella"]
-    processes = [subprocess.Popen([sys.executable, "-c", OPEN, uri, artifacts, str(start), tenant],
+    processes = [subprocess.Popen([sys.executable, "-c", OPEN, uri, artifacts, str(barrier), tenant],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for tenant in tenants]
-    results = [(process.wait(timeout=300), *process.communicate()) for process in processes]
-    for code, out, err in results:
+    try:
+        for _ in range(12000):  # every process has imported MLflow (at most 120 s)
+            if all((barrier / t).exists() for t in tenants) or any(p.poll() is not None for p in processes):
+                break
+            time.sleep(0.01)
+        (barrier / "go").touch()  # all open the new store together
+        results = [(process.communicate(timeout=300), process.returncode) for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+    for (_, err), code in results:
         assert code == 0, err[-2000:]
-    assert [out.strip() for _, out, _ in results] == [f"datacreek/{t}" for t in tenants]
+    assert [out.strip() for (out, _), _ in results] == [f"datacreek/{t}" for t in tenants]
