@@ -301,7 +301,7 @@ def main(argv=None) -> int:
     from datacreek_assets.local_services import services_down
 
     services_down(settings, progress=lambda m: None)
-    return 0 if not any(result[1].tenants_in("failed") for result in backfills.values()) else 1
+    return 0 if not any(state.tenants_in("failed") for _, state, *_ in backfills.values()) else 1
 
 
 if __name__ == "__main__":

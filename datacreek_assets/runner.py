@@ -115,8 +115,8 @@ def materialize_tenant(
     ``on_activity(line)`` with what the run does now (see ``activity_line``), when that changes.
     ``console_log_level``: what of the run's log reaches the terminal (the event log keeps everything).
     """
-    # Or, started in the background, each step waits 30 s for its log tailers. The run executes on
-    # a worker thread, where Dagster changes no signal handler, so this process keeps what is set here.
+    # Without this, a run started in the background waits 30 s per step for its log tailers
+    # (signals.py). The run executes on a worker thread, where Dagster changes no signal handler.
     let_children_take_default_signals()
     job = defs.resolve_implicit_global_asset_job_def()
     graph = defs.resolve_asset_graph()
