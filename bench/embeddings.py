@@ -1,6 +1,9 @@
 """Embeddings and feature lookups, each next to its baseline.
 
-- throughput: the project's embedder vs SentenceTransformer.encode with its defaults, same texts;
+- throughput: the project's embedder (its precision chosen for this CPU) vs
+  SentenceTransformer.encode with its defaults, same texts; its quality against the fp32 vectors
+  (minimum cosine, and fp8 recall@10 of its stored vectors against the fp32 neighbours);
+- the precision's own share: the embedder in bf16 vs in fp32, where bf16 is native;
 - re-materialization with 90 % of chunks unchanged (hash, embed only the new) vs a full recompute;
 - online lookups (Feast SQLite online store, read through its online_read) of 1 and 100 keys, at
   100k stored vectors, vs reading the offline parquet file.
@@ -43,20 +46,39 @@ def comparisons(quick: bool = False) -> list[Comparison]:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from datacreek_assets.embeddings.embedder import embed_texts, embedding_hash, model_dir
+    from datacreek_assets.embeddings.embedder import embed_texts, embedding_hash, model_dir, resolve_precision
+    from datacreek_assets.embeddings.fp8 import dequantize, quantize
+    from datacreek_assets.embeddings.stats import recall_at_k
 
     torch.set_num_threads(1)
     texts = corpus_texts(60 if quick else 240)
     reference = SentenceTransformer(str(model_dir()), device="cpu")
-    embed_texts(texts[:2])  # load once, outside the timing
+    precision = resolve_precision("auto")  # what the chunk_embeddings asset computes in here
+    embed_texts(texts[:2], precision=precision)  # load once, outside the timing
+
+    def quality() -> str:
+        exact, ours = embed_texts(texts, precision="fp32"), embed_texts(texts, precision=precision)
+
+        def stored(vectors):  # what the feature store keeps: fp8 with a scale per vector
+            return dequantize(*quantize(vectors))
+
+        return (f"{precision}: min cosine to fp32 {float((exact * ours).sum(1).min()):.5f}; fp8 recall@10 against "
+                f"the fp32 neighbours: of these vectors {recall_at_k(exact, stored(ours), k=10):.4f}, of the fp32 "
+                f"vectors {recall_at_k(exact, stored(exact), k=10):.4f}")
 
     throughput = Comparison(
-        name=f"embed: token-budget batches vs ST.encode ({len(texts)} chunks)",
-        candidate=lambda: len(embed_texts(texts)),
+        name=f"embed: token-budget batches, {precision}, vs ST.encode ({len(texts)} chunks)",
+        candidate=lambda: len(embed_texts(texts, precision=precision)),
         baseline=lambda: len(reference.encode(texts, show_progress_bar=False)),  # no bar, same work
-        unit="chunks", repeats=1 if quick else 3,
-        notes="all-MiniLM-L6-v2, 1 torch thread, ST.encode defaults (batch_size=32)",
+        unit="chunks", repeats=1 if quick else 3, warmup=0 if quick else 1,
+        notes=lambda: f"all-MiniLM-L6-v2, 1 torch thread, ST.encode defaults (batch_size=32); {quality()}",
     )
+    own_share = [Comparison(
+        name=f"embed: bf16 autocast vs fp32, same batches ({len(texts)} chunks)",
+        candidate=lambda: len(embed_texts(texts, precision="bf16")),
+        baseline=lambda: len(embed_texts(texts, precision="fp32")),
+        unit="chunks", repeats=1 if quick else 3, notes="oneDNN with native bfloat16 (AMX or AVX-512 BF16)",
+    )] if precision == "bf16" else []
 
     # 90 % unchanged: the stored vectors cover all but every tenth chunk
     stored = {embedding_hash(t): None for i, t in enumerate(texts) if i % 10}
@@ -71,7 +93,7 @@ def comparisons(quick: bool = False) -> list[Comparison]:
         candidate=incremental, baseline=lambda: len(embed_texts(texts)), unit="chunks",
         repeats=1 if quick else 3, notes="hashing every chunk is included in the candidate's time",
     )
-    return [throughput, rematerialize, *lookup_comparisons(quick)]
+    return [throughput, *own_share, rematerialize, *lookup_comparisons(quick)]
 
 
 def lookup_comparisons(quick: bool) -> list[Comparison]:

@@ -30,7 +30,7 @@ from typing import Callable
 
 from datacreek_assets.finetune.packing import PackedRow
 from datacreek_assets.finetune.training import (
-    STEP_OBSERVER, DevicePlan, TrainConfig, TrainResult, train_lora, wrap_lora,
+    STEP_OBSERVER, DevicePlan, TrainConfig, TrainResult, precision_of, train_lora, wrap_lora,
 )
 
 STOPPED = 75  # the exit code of a launch stopped through its stop file (EX_TEMPFAIL)
@@ -60,7 +60,7 @@ def write_job(job_dir: Path, base_dir: Path, out_dir: Path, config: TrainConfig,
 def launch_command(plan: DevicePlan, config: TrainConfig, job_dir: Path) -> list[str]:
     if not plan.accelerate_config:
         raise ValueError(f"this plan trains in its own process: {plan.reason}")
-    precision = "bf16" if plan.device == "cuda" and config.gpu_precision == "bf16" else "no"
+    precision = "bf16" if precision_of(plan.device, False, config) == "bf16" else "no"  # CPU autocast too
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", plan.accelerate_config,
                "--num_processes", str(plan.processes), "--num_machines", "1", "--mixed_precision", precision]
     if plan.processes > 1 or plan.device == "cuda":

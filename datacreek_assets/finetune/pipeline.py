@@ -54,14 +54,34 @@ def read_sft(store) -> SftData:
                    [c for c in chats if c["split"] == "validation"])
 
 
+def effective_cpu_precision(device: str, load_in_8bit: bool, config: TrainConfig) -> tuple[TrainConfig, str]:
+    """``config`` as the training runs it, and why when that differs. ``cpu_precision`` is a speed
+    setting: on an int8 base (which computes in int8) or on a CPU without native bfloat16 (where
+    the embedder's bf16 measured about 8x slower than fp32) a "bf16" training runs in fp32, so a
+    run config that asks for it still trains on every rung, a CPU fallback node included."""
+    if device != "cpu" or config.cpu_precision != "bf16":
+        return config, ""
+    from dataclasses import replace
+
+    from datacreek_assets.embeddings.embedder import native_bf16
+
+    if load_in_8bit:
+        return replace(config, cpu_precision="fp32"), "cpu_precision bf16 does not apply to an int8 base"
+    if not native_bf16():
+        return replace(config, cpu_precision="fp32"), ("cpu_precision bf16 not used: this CPU has no native "
+                                                       "bfloat16 (AMX or AVX-512 BF16), fp32 used")
+    return config, ""
+
+
 def run_key(dataset_version: str, base_model: str, config: TrainConfig, placement: str = "") -> str:
     """Checkpoints resume only into the same data, base, configuration and placement (device, precision).
 
-    The precision the training computes in is part of ``placement``: ``gpu_precision`` is left out
-    of the configuration hashed here, so it changes nothing on CPU and keeps earlier keys valid.
+    The precision the training computes in is part of ``placement``: ``gpu_precision`` and
+    ``cpu_precision`` are left out of the configuration hashed here, so each changes nothing on the
+    other device and earlier keys stay valid.
     ``compile_layers`` changes how a step is computed, not what it computes: a compiled run resumes
     an uncompiled one's checkpoints."""
-    settings = {k: v for k, v in asdict(config).items() if k not in ("gpu_precision", "compile_layers")}
+    settings = {k: v for k, v in asdict(config).items() if k not in ("gpu_precision", "cpu_precision", "compile_layers")}
     blob = json.dumps([dataset_version, base_model, settings, placement], sort_keys=True, default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -89,7 +109,7 @@ class FineTuneOutcome:
     load_in_8bit: bool
     dropped_too_long: int
     reschedule_latency_s: float | None = None  # after an interrupted attempt (see heartbeat.py)
-    precision: str = "fp32"  # what the training computed in: fp32, bf16 (CUDA autocast) or int8 (CPU base)
+    precision: str = "fp32"  # what the training computed in: fp32, bf16 (autocast, CUDA or CPU) or int8 (CPU base)
 
 
 def gives_memory_back(func):
@@ -144,8 +164,10 @@ def fine_tune(tenant_dir: Path, base_cache: Path, base_model: str, data: SftData
         reason = plan.reason
     train_rows, dropped = rows_for(tokenizer, data.train, config.max_seq_len)
     val_rows, _ = rows_for(tokenizer, data.validation, config.max_seq_len)
+    config, note = effective_cpu_precision(plan.device, load_8bit, config)
+    reason = f"{reason}; {note}" if note else reason
     precision = precision_of(plan.device, load_8bit, config)
-    if precision == "bf16" and not torch.cuda.is_bf16_supported(including_emulation=False):
+    if precision == "bf16" and plan.device == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
         raise FineTuneError("gpu_precision 'bf16' needs a GPU with native bfloat16 (compute capability 8.0 or "
                             "newer); this one would emulate it slowly: use 'fp32'")
     key = run_key(data.version, base_model, config, "-".join(filter(None, (plan.device, precision, plan.placement))))

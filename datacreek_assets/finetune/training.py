@@ -30,6 +30,7 @@ from datacreek_assets.settings import CPU_FALLBACKS, LAUNCHERS
 ACCELERATE_ZERO3 = Path(__file__).with_name("accelerate_zero3.yaml")
 ACCELERATE_CPU = Path(__file__).with_name("accelerate_cpu.yaml")
 GPU_PRECISIONS = ("fp32", "bf16")
+CPU_PRECISIONS = ("fp32", "bf16")
 # Whoever shows a training live (runner.materialize_tenant, for the CLI's progress bar) sets this in
 # the context the run executes in; it gets (step, total steps, loss) after every optimizer step.
 STEP_OBSERVER: contextvars.ContextVar[Callable[[int, int, float], None] | None] = contextvars.ContextVar(
@@ -55,9 +56,14 @@ class TrainConfig:
     # On CUDA: "fp32", or "bf16" to run forward passes under bfloat16 autocast (LoRA weights,
     # gradients and optimizer stay fp32). On demo-sized runs at the 3 GiB budget bf16 gave 0.8-0.9x
     # the tokens/s of fp32 (bench/finetune_gpu.py), so fp32 is the default; with 64-row steps it
-    # gives 2.8x, and 5.3x with compile_layers (bench/finetune_scale.py mfu). CPU: fp32 or int8.
+    # gives 2.8x, and 5.3x with compile_layers (bench/finetune_scale.py mfu).
     # The precision a run computes in is part of its run key (pipeline.run_key's placement).
     gpu_precision: str = "fp32"
+    # On CPU with an fp32 base (cpu_fallback "fp32"): "fp32", or "bf16" to run forward passes under
+    # bfloat16 autocast, used only where the CPU multiplies bfloat16 natively (AMX, AVX-512 BF16;
+    # pipeline.effective_cpu_precision). On AMX it gave 2.3x the loop's fp32 tokens/s, held-out
+    # loss 1.316 against 1.301 after one epoch (bench/finetune.py). An int8 base computes in int8.
+    cpu_precision: str = "fp32"
     # On CUDA: compile each decoder layer with torch.compile (one graph, reused by every layer);
     # about 90 s of compilation per process, so it pays on long trainings only.
     compile_layers: bool = False
@@ -65,6 +71,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.gpu_precision not in GPU_PRECISIONS:
             raise ValueError(f"gpu_precision must be one of {GPU_PRECISIONS}, not {self.gpu_precision!r}")
+        if self.cpu_precision not in CPU_PRECISIONS:
+            raise ValueError(f"cpu_precision must be one of {CPU_PRECISIONS}, not {self.cpu_precision!r}")
 
 
 @dataclass
@@ -114,11 +122,11 @@ def precision_of(device: str, load_in_8bit: bool, config: TrainConfig) -> str:
     """The precision a training computes in, as checkpoints and memory probes are keyed by it."""
     if load_in_8bit:
         return "int8"
-    return config.gpu_precision if device == "cuda" else "fp32"
+    return config.gpu_precision if device == "cuda" else config.cpu_precision
 
 
 def forward_precision(device: str, config: TrainConfig, accelerator=None):
-    """The context a forward pass runs in: bfloat16 autocast on CUDA when asked, none otherwise.
+    """The context a forward pass runs in: bfloat16 autocast (CUDA or CPU) when asked, none otherwise.
     Under `accelerate launch`, accelerate's own (DeepSpeed casts the model to bf16 itself)."""
     import contextlib
 
@@ -127,7 +135,7 @@ def forward_precision(device: str, config: TrainConfig, accelerator=None):
     if accelerator is not None:
         return accelerator.autocast()
     if precision_of(device, False, config) == "bf16":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast(device, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

@@ -11,6 +11,7 @@ import pytest
 from datacreek_assets.defs import build_definitions
 from datacreek_assets.defs.embeddings.assets import read_vectors
 from datacreek_assets.demo_corpus import MODULES, demo_questions, module_text, write_demo_corpus
+from datacreek_assets.embeddings.embedder import resolve_precision
 from datacreek_assets.embeddings.feature_store import FEATURE_VIEWS
 from datacreek_assets.object_store import TenantObjectStore
 from datacreek_assets.runner import TENANT_TAG, main_graph, materialize_tenant
@@ -108,6 +109,7 @@ def test_every_asset_materializes_for_a_small_tenant(services, local_resources, 
     emb = first.metadata["chunk_embeddings"]
     assert emb["vectors"] == first.metadata["parsed_chunks"]["chunks"] and emb["computed"] == emb["vectors"]
     assert emb["recall_at_10_fp8_vs_fp32"] >= 0.95
+    assert emb["precision"] == resolve_precision()  # bf16 where this CPU multiplies it natively
     assert second.metadata["chunk_embeddings"]["computed"] == 0
     feats = first.metadata["embedding_features"]
     assert feats["rows_written"] == emb["vectors"] and feats["online_probe_found"] == "8/8"

@@ -226,19 +226,20 @@ def test_a_fine_tune_that_runs_out_of_credits_ends_failed_quota_and_others_are_u
     assert meter.status == "closed" and meter.resource == "cpu"  # no GPU here: the CPU fallback is metered
 
 
-def test_an_invalid_precision_fails_once_before_any_training_or_billing(stores, instance):
+@pytest.mark.parametrize("field", ["gpu_precision", "cpu_precision"])
+def test_an_invalid_precision_fails_once_before_any_training_or_billing(stores, instance, field):
     objects, finetune, ledger = stores
     write_dataset(objects, "hooli", finetune(0.0).models_dir)
     instance.add_dynamic_partitions(TENANTS_PARTITION, ["hooli"])
     bad = {"ops": {"finetuned_adapter": {"config": {**TRAINING["ops"]["finetuned_adapter"]["config"],
-                                                    "gpu_precision": "fp16"}}}}
+                                                    field: "fp16"}}}}
     result = dg.materialize([finetuned_adapter], partition_key="hooli", instance=instance, run_config=bad,
                             resources={"object_store": objects, "finetune": finetune(0.0), "mlflow": finetune(0.0).mlflow,
                                        "credit_ledger": ledger},
                             raise_on_error=False)
     assert not result.success
     [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    assert "invalid fine-tuning config: gpu_precision must be one of" in failure.step_failure_data.error.message
+    assert f"invalid fine-tuning config: {field} must be one of" in failure.step_failure_data.error.message
     assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]  # retried on no rung
     # no checkpoints, heartbeat or MLflow run file: only the retrieval index the test wrote
     assert [p.name for p in finetune(0.0).tenant_dir("hooli").iterdir()] == ["retrieval"]

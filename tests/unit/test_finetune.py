@@ -184,6 +184,54 @@ def _train(tiny_dir, out: Path, kill_at: int) -> subprocess.CompletedProcess:
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
+def test_cpu_bf16_autocast_keys_its_own_runs_and_is_used_only_where_it_applies(monkeypatch, tmp_path):
+    import datacreek_assets.embeddings.embedder as embedder
+    from datacreek_assets.finetune.launch import launch_command
+    from datacreek_assets.finetune.pipeline import effective_cpu_precision, run_key
+
+    bf16, fp32 = TrainConfig(cpu_precision="bf16"), TrainConfig()
+    assert precision_of("cpu", False, bf16) == "bf16" and precision_of("cuda", False, bf16) == "fp32"
+    assert precision_of("cpu", True, bf16) == "int8"
+    context = forward_precision("cpu", bf16)
+    assert isinstance(context, torch.autocast) and context.device == "cpu" and context.fast_dtype == torch.bfloat16
+    # the placement carries the precision; cpu_precision alone changes no other run's key
+    assert run_key("d1", "base", bf16, "cuda-fp32") == run_key("d1", "base", fp32, "cuda-fp32")
+    with pytest.raises(ValueError, match="cpu_precision must be one of"):
+        TrainConfig(cpu_precision="fp16")
+    # a CPU launch under accelerate autocasts the same way
+    command = launch_command(plan_device(0, "fp32", "accelerate"), bf16, tmp_path)
+    assert command[command.index("--mixed_precision") + 1] == "bf16"
+    command = launch_command(plan_device(0, "fp32", "accelerate"), fp32, tmp_path)
+    assert command[command.index("--mixed_precision") + 1] == "no"
+
+    # a speed setting: where it would not apply or would be emulated, the training runs in fp32 and says why
+    for native in (True, False):
+        monkeypatch.setattr(embedder, "native_bf16", lambda native=native: native)
+        used, why = effective_cpu_precision("cpu", False, bf16)
+        assert (used.cpu_precision, bool(why)) == (("bf16", False) if native else ("fp32", True))
+        used, why = effective_cpu_precision("cpu", True, bf16)
+        assert used.cpu_precision == "fp32" and "int8 base" in why
+        assert effective_cpu_precision("cuda", False, bf16) == (bf16, "")
+        assert effective_cpu_precision("cpu", False, fp32) == (fp32, "")
+
+
+def test_cpu_bf16_training_follows_the_fp32_loss_curve(tiny_dir, tmp_path):
+    """Computed wherever it is asked for (emulated without native bf16), so this holds on every CPU."""
+    torch.set_num_threads(1)
+    curves = {}
+    for precision in ("fp32", "bf16"):
+        model, tokenizer = load_base(tiny_dir)
+        config = TrainConfig(lora_rank=4, effective_batch=4, epochs=3, learning_rate=5e-3, eval_every=100,
+                             cpu_precision=precision)
+        torch.manual_seed(0)
+        result = train_lora(wrap_lora(model, config), tokenizer.pad_token_id, rows(tokenizer), [], config,
+                            tmp_path / precision)
+        curves[precision] = [loss for _, loss in result.losses]
+    assert curves["fp32"] != curves["bf16"]  # it did compute in another precision
+    assert curves["bf16"][-1] < curves["bf16"][0] - 2  # and it learned (9.8 to 6.1 here)
+    assert max(abs(a - b) / a for a, b in zip(curves["fp32"], curves["bf16"])) < 0.02  # 0.004 measured
+
+
 def test_a_killed_run_resumes_from_its_checkpoint_and_ends_where_an_uninterrupted_run_ends(tiny_dir, tmp_path):
     from safetensors.torch import load_file
 

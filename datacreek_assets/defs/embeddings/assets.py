@@ -26,6 +26,8 @@ DRIFT_CHECK = "embedding_drift"
 class EmbeddingConfig(dg.Config):
     threads: int = 1  # torch intra-op threads; two cores are shared by everything here
     token_budget: int = 2048  # tokens per batch (batch x longest); small batches stay in CPU cache (bench/embeddings.py)
+    # "auto": bfloat16 where this CPU multiplies it natively (AMX, AVX-512 BF16), else fp32; or "fp32", "bf16"
+    precision: str = "auto"
 
 
 def read_vectors(store):
@@ -55,12 +57,13 @@ def chunk_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfig,
                      object_store: ObjectStoreResource, credit_ledger: CreditLedgerResource) -> dg.MaterializeResult:
     import pandas as pd
 
-    from datacreek_assets.embeddings.embedder import embed_texts
+    from datacreek_assets.embeddings.embedder import embed_texts, resolve_precision
     from datacreek_assets.embeddings.fp8 import dequantize, quantize
     from datacreek_assets.embeddings.drift import drift_score
     from datacreek_assets.embeddings.stats import from_npz, recall_at_k, reference_statistics, to_npz
 
     tenant = validate_tenant_id(context.partition_key)
+    precision = resolve_precision(config.precision)  # a wrong value fails before any work
     store = object_store.for_tenant(tenant)
     timings = {}
     started = time.perf_counter()
@@ -74,7 +77,7 @@ def chunk_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfig,
     t = time.perf_counter()
     with credit_ledger.metered(context, tenant, gpus=0):  # the embedder runs on CPU here
         new_vectors = embed_texts([c["text"] for _, c in todo], threads=config.threads,
-                                  token_budget=config.token_budget)
+                                  token_budget=config.token_budget, precision=precision)
     timings["embed_s"] = round(time.perf_counter() - t, 3)
     fresh = {h: new_vectors[i] for i, (h, _) in enumerate(todo)}
     rows, vectors, seen = [], [], set()
@@ -111,6 +114,7 @@ def chunk_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfig,
             "model": MODEL_ID,
             "vectors": len(matrix),
             "computed": len(todo),
+            "precision": precision,  # of the vectors computed by this run
             "reused": len(matrix) - len([h for h in fresh if h in seen]),
             "dropped_not_live": len(set(known) - seen),
             "recall_at_10_fp8_vs_fp32": round(recall, 4),
