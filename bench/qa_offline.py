@@ -88,7 +88,7 @@ def demo_index(chunks: list[dict]):
 
     hashes = [embedding_hash(c["text"]) for c in chunks]
     todo = sorted({h: c for h, c in zip(hashes, chunks)}.items())
-    vectors = embed_texts([c["text"] for _, c in todo], threads=1, token_budget=2048)
+    vectors = embed_texts([c["text"] for _, c in todo], threads=1, token_budget=2048, precision="auto")
     first = {}
     for h, c in zip(hashes, chunks):
         first.setdefault(h, c)

@@ -4,7 +4,8 @@ chunks.
 1. The question encoder, on the demo corpus and its 109 hand-written questions. Candidate:
    `embed_question` (int8 linear layers, per-row activation scales, `embeddings/int8.py`, where
    this CPU's int8 products are exact; else fp32, and the ratio is ~1).
-   Baseline: the same question through the fp32 encoder the chunks are embedded with. The notes
+   Baseline: the same question through the fp32 encoder (the chunks are embedded as
+   `chunk_embeddings` does: bf16 where the CPU has it natively, else fp32). The notes
    give a request's grounding (embed + exact search), p50/p99 in ms, on an idle machine and with
    the other core busy (as when a pool replica is decoding), the cosine of the int8 to the fp32
    vectors, how often both find the same top passage, and how often the top 3 hold the answer.
@@ -51,7 +52,8 @@ def question_encoder(quick: bool) -> Comparison:
     from datacreek_assets.retrieval.index import RetrievalIndex
 
     texts = corpus_texts(60 if quick else 240)
-    index = RetrievalIndex("bench", [f"c{i}" for i in range(len(texts))], ["d"] * len(texts), texts, embed_texts(texts))
+    index = RetrievalIndex("bench", [f"c{i}" for i in range(len(texts))], ["d"] * len(texts), texts,
+                           embed_texts(texts, precision="auto"))
     rows = [json.loads(line) for line in
             resources.files("datacreek_assets").joinpath("demo_questions.jsonl").read_text().splitlines() if line]
     questions = [r["question"] for r in rows][: 30 if quick else None]
@@ -156,7 +158,7 @@ def sources(quick: bool) -> Comparison:
     from datacreek_assets.graph.extraction import _tokens, entity_id_for, extract
 
     texts = corpus_texts(60 if quick else 240)
-    vectors = np.asarray(embed_texts(texts), dtype=np.float32)
+    vectors = np.asarray(embed_texts(texts, precision="auto"), dtype=np.float32)  # as chunk_embeddings
     naming: dict[str, set[int]] = defaultdict(set)  # entity id -> the chunks that name it (MENTIONS)
     pairs: Counter = Counter()  # co-occurrence weights (CO_OCCURS)
     for i, text in enumerate(texts):

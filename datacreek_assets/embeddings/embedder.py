@@ -77,7 +77,7 @@ def _load(threads: int):
 def _load_question_encoder(threads: int):
     """The served question encoder: a MiniLM of its own with int8 linear layers where this CPU
     multiplies int8 exactly (`int8.int8_products_exact`), else fp32. Its vectors are within cosine
-    0.99 of the fp32 ones the chunks have and find the same top passage (bench/retrieval.py)."""
+    0.99 of the fp32 ones (chunks: fp32, or bf16 at cosine 0.99996 where native) and find the same top passage (bench/retrieval.py)."""
     import torch
     from transformers import AutoModel, AutoTokenizer
 

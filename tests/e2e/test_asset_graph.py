@@ -111,6 +111,7 @@ def test_every_asset_materializes_for_a_small_tenant(services, local_resources, 
     assert emb["recall_at_10_fp8_vs_fp32"] >= 0.95
     assert emb["precision"] == resolve_precision()  # bf16 where this CPU multiplies it natively
     assert second.metadata["chunk_embeddings"]["computed"] == 0
+    assert second.metadata["chunk_embeddings"]["precision"] == "none computed"
     feats = first.metadata["embedding_features"]
     assert feats["rows_written"] == emb["vectors"] and feats["online_probe_found"] == "8/8"
     assert second.metadata["embedding_features"]["rows_written"] == 0

@@ -246,6 +246,28 @@ def test_an_invalid_precision_fails_once_before_any_training_or_billing(stores, 
     assert ledger.ledger().meters("hooli") == []  # nothing was metered
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_bf16_trains_in_bf16_only_where_the_cpu_has_it_and_says_so(stores, instance, native, monkeypatch):
+    import datacreek_assets.embeddings.embedder as embedder
+
+    if native and not embedder.native_bf16():
+        pytest.skip("this CPU has no native bfloat16 (AMX or AVX-512 BF16); the fallback case runs everywhere")
+    monkeypatch.setattr(embedder, "native_bf16", lambda: native)
+    objects, finetune, ledger = stores
+    write_dataset(objects, "hooli", finetune(0.0).models_dir)
+    instance.add_dynamic_partitions(TENANTS_PARTITION, ["hooli"])
+    config = {**TRAINING["ops"]["finetuned_adapter"]["config"], "max_steps": 2, "cpu_precision": "bf16"}
+    result = dg.materialize([finetuned_adapter], partition_key="hooli", instance=instance,
+                            run_config={"ops": {"finetuned_adapter": {"config": config}}},
+                            resources={"object_store": objects, "finetune": finetune(0.0), "mlflow": finetune(0.0).mlflow,
+                                       "credit_ledger": ledger})
+    meta = result.asset_materializations_for_node("finetuned_adapter")[0].metadata
+    assert meta["precision"].value == ("bf16" if native else "fp32")
+    assert ("no native bfloat16" in meta["device_plan"].value) is not native
+    [run_dir] = (finetune(0.0).tenant_dir("hooli") / "runs").iterdir()
+    assert (run_dir / "lineage.json").exists()
+
+
 def test_model_gc_stops_the_state_directory_growing_over_five_retrainings(stores, instance, tmp_path):
     """Five retrainings a month apart (the clock is moved by backdating the previous trainings'
     files): without GC every training stays; with model_gc after each, the tenant's folder holds

@@ -50,6 +50,10 @@ def test_precision_is_bf16_only_where_onednn_multiplies_it_natively():
                             env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1"})
     assert capped.returncode == 0, capped.stderr
     assert capped.stdout.split() == ["fp32", "bf16"]
+    import torch
+
+    if torch.cpu._is_amx_tile_supported() and "ONEDNN_MAX_CPU_ISA" not in os.environ:
+        assert resolve_precision() == "bf16"  # AMX, oneDNN uncapped: native bf16 is seen
     with pytest.raises(ValueError, match="one of auto, fp32, bf16"):
         resolve_precision("fp16")
     with pytest.raises(ValueError):

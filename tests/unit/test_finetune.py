@@ -138,7 +138,7 @@ def test_device_plan():
         plan_device(2, "int8", "deepspeed")
 
 
-def test_bf16_autocast_applies_on_cuda_only_and_keys_its_own_runs():
+def test_gpu_bf16_autocast_applies_on_cuda_only_and_keys_its_own_runs():
     import contextlib
 
     from datacreek_assets.finetune.pipeline import run_key
@@ -196,6 +196,7 @@ def test_cpu_bf16_autocast_keys_its_own_runs_and_is_used_only_where_it_applies(m
     assert isinstance(context, torch.autocast) and context.device == "cpu" and context.fast_dtype == torch.bfloat16
     # the placement carries the precision; cpu_precision alone changes no other run's key
     assert run_key("d1", "base", bf16, "cuda-fp32") == run_key("d1", "base", fp32, "cuda-fp32")
+    assert run_key("d1", "base", bf16, "cpu-bf16") != run_key("d1", "base", bf16, "cpu-fp32")
     with pytest.raises(ValueError, match="cpu_precision must be one of"):
         TrainConfig(cpu_precision="fp16")
     # a CPU launch under accelerate autocasts the same way
