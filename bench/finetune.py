@@ -78,7 +78,7 @@ def comparisons(quick: bool = False) -> list[Comparison]:
 
     import torch
 
-    from datacreek_assets.embeddings.embedder import native_bf16
+    from datacreek_assets.cpu_features import native_bf16
     from datacreek_assets.finetune.base_model import SMOLLM2, TINY, base_model_dir, load_base
     from datacreek_assets.finetune.packing import encode, pack
     from datacreek_assets.finetune.training import (

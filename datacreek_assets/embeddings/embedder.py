@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from datacreek_assets import cpu_features
 from datacreek_assets.ingest.parsing import normalise_text
 
 LOG = logging.getLogger(__name__)
@@ -42,23 +43,12 @@ def embedding_hash(text: str, model_id: str = MODEL_ID) -> str:
     return hashlib.sha256(f"{model_id}\0{normalise_text(text)}".encode()).hexdigest()
 
 
-@functools.lru_cache(maxsize=1)
-def native_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 in hardware and oneDNN may use it: AMX or AVX-512 BF16,
-    with oneDNN not capped below AVX-512 (`ONEDNN_MAX_CPU_ISA=AVX2`, as the CI's AVX2 variant sets).
-    A cap between AVX512_CORE and AVX512_CORE_BF16 on such a CPU is not seen: oneDNN then emulates."""
-    import torch
-
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()
-                and (torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()))
-
-
 def resolve_precision(precision: str = "auto") -> str:
     """"fp32" or "bf16": what ``precision`` computes in here ("auto": bf16 only where it is native)."""
     if precision not in PRECISIONS:
         raise ValueError(f"embedding precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if precision == "auto":
-        return "bf16" if native_bf16() else "fp32"
+        return "bf16" if cpu_features.native_bf16() else "fp32"
     return precision
 
 
@@ -77,7 +67,8 @@ def _load(threads: int):
 def _load_question_encoder(threads: int):
     """The served question encoder: a MiniLM of its own with int8 linear layers where this CPU
     multiplies int8 exactly (`int8.int8_products_exact`), else fp32. Its vectors are within cosine
-    0.99 of the fp32 ones (chunks: fp32, or bf16 at cosine 0.99996 where native) and find the same top passage (bench/retrieval.py)."""
+    0.99 of the fp32 ones (chunks: fp32, or bf16 at cosine 0.99996 where native) and find the
+    same top passage (bench/retrieval.py)."""
     import torch
     from transformers import AutoModel, AutoTokenizer
 

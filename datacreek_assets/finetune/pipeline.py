@@ -18,9 +18,10 @@ import functools
 import gc
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from datacreek_assets import cpu_features
 from datacreek_assets.finetune.base_model import base_model_dir, load_base
 from datacreek_assets.finetune.launch import run_launched, write_job
 from datacreek_assets.finetune.packing import encode, pack
@@ -56,18 +57,14 @@ def read_sft(store) -> SftData:
 
 def effective_cpu_precision(device: str, load_in_8bit: bool, config: TrainConfig) -> tuple[TrainConfig, str]:
     """``config`` as the training runs it, and why when that differs. ``cpu_precision`` is a speed
-    setting: on an int8 base (which computes in int8) or on a CPU without native bfloat16 (where
-    the embedder's bf16 measured about 8x slower than fp32) a "bf16" training runs in fp32, so a
+    setting: on an int8 base (which computes in int8) or on a CPU without native bfloat16
+    (`cpu_features.native_bf16`, emulated there) a "bf16" training runs in fp32, so a
     run config that asks for it still trains on every rung, a CPU fallback node included."""
     if device != "cpu" or config.cpu_precision != "bf16":
         return config, ""
-    from dataclasses import replace
-
-    from datacreek_assets.embeddings.embedder import native_bf16
-
     if load_in_8bit:
         return replace(config, cpu_precision="fp32"), "cpu_precision bf16 does not apply to an int8 base"
-    if not native_bf16():
+    if not cpu_features.native_bf16():
         return replace(config, cpu_precision="fp32"), ("cpu_precision bf16 not used: this CPU has no native "
                                                        "bfloat16 (AMX or AVX-512 BF16), fp32 used")
     return config, ""

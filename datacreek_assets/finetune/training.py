@@ -60,8 +60,8 @@ class TrainConfig:
     # The precision a run computes in is part of its run key (pipeline.run_key's placement).
     gpu_precision: str = "fp32"
     # On CPU with an fp32 base (cpu_fallback "fp32", or the CPU accelerate launch): "fp32", or
-    # "bf16" to run forward passes under bfloat16 autocast, used only where the CPU multiplies bfloat16 natively (AMX, AVX-512 BF16;
-    # pipeline.effective_cpu_precision). On AMX it gave 2.3x the loop's fp32 tokens/s, held-out
+    # "bf16" to run forward passes under bfloat16 autocast, used only where the CPU multiplies
+    # bfloat16 natively (AMX, AVX-512 BF16; pipeline.effective_cpu_precision). On AMX it gave 2.3x the loop's fp32 tokens/s, held-out
     # loss 1.316 against 1.301 after one epoch (bench/finetune.py). An int8 base computes in int8.
     cpu_precision: str = "fp32"
     # On CUDA: compile each decoder layer with torch.compile (one graph, reused by every layer);

@@ -248,11 +248,11 @@ def test_an_invalid_precision_fails_once_before_any_training_or_billing(stores, 
 
 @pytest.mark.parametrize("native", [True, False])
 def test_cpu_bf16_trains_in_bf16_only_where_the_cpu_has_it_and_says_so(stores, instance, native, monkeypatch):
-    import datacreek_assets.embeddings.embedder as embedder
+    import datacreek_assets.cpu_features as cpu_features
 
-    if native and not embedder.native_bf16():
+    if native and not cpu_features.native_bf16():
         pytest.skip("this CPU has no native bfloat16 (AMX or AVX-512 BF16); the fallback case runs everywhere")
-    monkeypatch.setattr(embedder, "native_bf16", lambda: native)
+    monkeypatch.setattr(cpu_features, "native_bf16", lambda: native)
     objects, finetune, ledger = stores
     write_dataset(objects, "hooli", finetune(0.0).models_dir)
     instance.add_dynamic_partitions(TENANTS_PARTITION, ["hooli"])

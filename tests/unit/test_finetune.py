@@ -185,7 +185,7 @@ def _train(tiny_dir, out: Path, kill_at: int) -> subprocess.CompletedProcess:
 
 
 def test_cpu_bf16_autocast_keys_its_own_runs_and_is_used_only_where_it_applies(monkeypatch, tmp_path):
-    import datacreek_assets.embeddings.embedder as embedder
+    import datacreek_assets.cpu_features as cpu_features
     from datacreek_assets.finetune.launch import launch_command
     from datacreek_assets.finetune.pipeline import effective_cpu_precision, run_key
 
@@ -207,7 +207,7 @@ def test_cpu_bf16_autocast_keys_its_own_runs_and_is_used_only_where_it_applies(m
 
     # a speed setting: where it would not apply or would be emulated, the training runs in fp32 and says why
     for native in (True, False):
-        monkeypatch.setattr(embedder, "native_bf16", lambda native=native: native)
+        monkeypatch.setattr(cpu_features, "native_bf16", lambda native=native: native)
         used, why = effective_cpu_precision("cpu", False, bf16)
         assert (used.cpu_precision, bool(why)) == (("bf16", False) if native else ("fp32", True))
         used, why = effective_cpu_precision("cpu", True, bf16)

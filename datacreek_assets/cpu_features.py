@@ -1,0 +1,18 @@
+"""What this CPU computes natively, for choices that are about speed only (the embedder's and the
+CPU training's bfloat16), as opposed to correctness (`embeddings.int8.int8_products_exact`)."""
+
+from __future__ import annotations
+
+import functools
+
+
+@functools.lru_cache(maxsize=1)
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware and oneDNN may use it: AMX or AVX-512 BF16,
+    with oneDNN not capped below AVX-512 (`ONEDNN_MAX_CPU_ISA=AVX2`, as the CI's AVX2 variant sets).
+    A cap between AVX512_CORE and AVX512_CORE_BF16 on such a CPU is not seen: oneDNN then emulates.
+    Emulated, bf16 embedding measured about 8x slower than fp32 (README, "Chunk embeddings")."""
+    import torch
+
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()
+                and (torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()))
