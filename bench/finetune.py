@@ -5,8 +5,11 @@ examples (the demo corpus through the dataset generator), same LoRA config, same
 learning rate, on the same torch threads, one epoch over the same examples. Both in fp32;
 where this CPU multiplies bfloat16 natively (AMX, AVX-512 BF16) also the loop under bf16
 autocast (`cpu_precision="bf16"`) against the Trainer in fp32 (its defaults) and in bf16
-(`bf16=True`). After each training, its adapter's loss on the same held-out records (fp32
-forward passes, untimed) says whether both sides reached the same loss after the same steps.
+(`bf16=True`). The loop also runs with its decoder layers compiled (`compile_layers`): its
+timed runs are the steady state, after an untimed first epoch in the same process that compiles
+(the notes give that epoch's seconds next to a timed one's). After each training, its adapter's
+loss on the same held-out records (fp32 forward passes, untimed) says whether both sides reached
+the same loss after the same steps.
 Both sides see the same number of examples per optimizer step: the candidate packs
 them into rows of `max_seq_len` tokens (no padding) with a measured micro-batch;
 the baseline pads each batch to its longest example (the data collator's default).
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import time
 from pathlib import Path
 
 from bench.harness import Comparison
@@ -99,34 +103,45 @@ def comparisons(quick: bool = False) -> list[Comparison]:
     config = TrainConfig(effective_batch=max(1, len(rows) // PLANNED_STEPS), max_seq_len=MAX_LEN, learning_rate=1e-3,
                          checkpoint_every=10_000, eval_every=10_000, memory_budget_mb=8192)
     steps = math.ceil(len(rows) / config.effective_batch)  # the loop's optimizer steps (rounding adds one)
-    pairs = [("fp32", "fp32")] + ([("bf16", "fp32"), ("bf16", "bf16")] if native_bf16() else [])
+    # (loop precision, loop compiled, Trainer precision)
+    pairs = [("fp32", False, "fp32"), ("fp32", True, "fp32")] + (
+        [("bf16", False, "fp32"), ("bf16", False, "bf16"), ("bf16", True, "fp32"), ("bf16", True, "bf16")]
+        if native_bf16() else [])
     # The asset measures micro-batch memory once per (model, device, precision, length, LoRA config)
-    # and caches it; measure it here per precision, untimed, with one step that also builds that
-    # precision's kernels, so the timed runs are the steady state.
-    probe_caches = {}
-    for precision in dict.fromkeys(loop for loop, _ in pairs):
-        probe_caches[precision] = Path(tempfile.mkdtemp(prefix="bench-probe-")) / "probe.json"
+    # and caches it; measure it here per precision, untimed, with a warm-up that also builds that
+    # precision's kernels, so the timed runs are the steady state. A compiled loop warms up over a
+    # whole epoch: every row width and micro-batch size the timed runs meet is compiled then (the
+    # compiled graphs serve every later model in this process); its seconds are in the notes.
+    probe_caches, warm_seconds = {}, {}
+    for precision, compiled in dict.fromkeys((loop, compiled) for loop, compiled, _ in pairs):
+        if precision not in probe_caches:
+            probe_caches[precision] = Path(tempfile.mkdtemp(prefix="bench-probe-")) / "probe.json"
         with tempfile.TemporaryDirectory() as out:
-            warm = dataclasses.replace(config, max_steps=1, cpu_precision=precision)
+            warm = dataclasses.replace(config, max_steps=0 if compiled else 1, cpu_precision=precision,
+                                       compile_layers=compiled)
+            began = time.perf_counter()
             train_lora(wrap_lora(load_base(base_dir)[0], warm), tokenizer.pad_token_id, rows, [], warm, Path(out),
                        probe_cache=probe_caches[precision])
+            warm_seconds[precision, compiled] = time.perf_counter() - began
 
     def held_out_loss(peft_model) -> float:
         peft_model.eval()
         return validation_loss(lambda batch: token_loss_sum(peft_model, batch), held_out, 4,
                                tokenizer.pad_token_id, "cpu")
 
-    def comparison(loop_precision: str, trainer_precision: str) -> Comparison:
-        loop_config = dataclasses.replace(config, cpu_precision=loop_precision)
-        peaks = {"candidate": [], "baseline": []}
+    def comparison(loop_precision: str, compiled: bool, trainer_precision: str) -> Comparison:
+        loop_config = dataclasses.replace(config, cpu_precision=loop_precision, compile_layers=compiled)
+        peaks, epoch_seconds = {"candidate": [], "baseline": []}, []
         trained = {}  # the last model each side trained, for its held-out loss (after the timing)
 
         def candidate() -> int:
             model, _ = load_base(base_dir)
             peft_model = wrap_lora(model, loop_config)
             with PeakMemory("cpu") as peak, tempfile.TemporaryDirectory() as out:
+                began = time.perf_counter()
                 train_lora(peft_model, tokenizer.pad_token_id, rows, [], loop_config, Path(out),
                            probe_cache=probe_caches[loop_precision])
+                epoch_seconds.append(time.perf_counter() - began)
             peaks["candidate"].append(peak.peak / 2**20)
             trained["candidate"] = peft_model
             return real_tokens
@@ -150,10 +165,13 @@ def comparisons(quick: bool = False) -> list[Comparison]:
                     f"{config.effective_batch} rows, Trainer steps of {examples_per_trainer_step(examples)} examples; "
                     f"held-out loss after training ({len(held_out)} rows): loop {losses['candidate']:.4f}, "
                     f"Trainer {losses['baseline']:.4f}; peak RSS above start: loop {max(peaks['candidate']):.0f} MiB, "
-                    f"Trainer {max(peaks['baseline']):.0f} MiB")
+                    f"Trainer {max(peaks['baseline']):.0f} MiB"
+                    + (f"; the untimed first epoch, compiling, took {warm_seconds[loop_precision, True]:.0f} s "
+                       f"against {min(epoch_seconds):.0f} s for a timed one" if compiled else ""))
 
-        return Comparison(f"LoRA training tokens/s ({name}, CPU, loop {loop_precision} vs Trainer "
+        loop = f"{loop_precision}, compiled layers (steady state)" if compiled else loop_precision
+        return Comparison(f"LoRA training tokens/s ({name}, CPU, loop {loop} vs Trainer "
                           f"{trainer_precision}, {THREADS} threads)", candidate, baseline, unit="tokens",
                           repeats=1 if quick else 2, notes=notes)
 
-    return [comparison(loop, trainer) for loop, trainer in pairs]
+    return [comparison(*pair) for pair in pairs]

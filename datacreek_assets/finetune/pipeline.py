@@ -55,19 +55,28 @@ def read_sft(store) -> SftData:
                    [c for c in chats if c["split"] == "validation"])
 
 
-def effective_cpu_precision(device: str, load_in_8bit: bool, config: TrainConfig) -> tuple[TrainConfig, str]:
-    """``config`` as the training runs it, and why when that differs. ``cpu_precision`` is a speed
-    setting: on an int8 base (which computes in int8) or on a CPU without native bfloat16
-    (`cpu_features.native_bf16`, emulated there) a "bf16" training runs in fp32, so a
-    run config that asks for it still trains on every rung, a CPU fallback node included."""
-    if device != "cpu" or config.cpu_precision != "bf16":
-        return config, ""
-    if load_in_8bit:
-        return replace(config, cpu_precision="fp32"), "cpu_precision bf16 does not apply to an int8 base"
-    if not cpu_features.native_bf16():
-        return replace(config, cpu_precision="fp32"), ("cpu_precision bf16 not used: this CPU has no native "
-                                                       "bfloat16 (AMX or AVX-512 BF16), fp32 used")
-    return config, ""
+def effective_config(device: str, load_in_8bit: bool, launched: bool, config: TrainConfig) -> tuple[TrainConfig, str]:
+    """``config`` as the training runs it, and why when that differs. ``cpu_precision`` and
+    ``compile_layers`` are speed settings, so a run config that asks for them still trains on every
+    rung, a CPU fallback node included:
+    - ``compile_layers`` is off under `accelerate launch` (the launched processes run eager) and
+      on an int8 base (bitsandbytes' layers; compiled training is measured on fp32 bases only);
+    - on CPU, "bf16" runs in fp32 on an int8 base (which computes in int8) and on a CPU without
+      native bfloat16 (`cpu_features.native_bf16`: emulated there, several times slower)."""
+    notes = []
+    if config.compile_layers and launched:
+        config = replace(config, compile_layers=False)
+        notes.append("compile_layers does not apply under `accelerate launch`")
+    if config.compile_layers and load_in_8bit:
+        config = replace(config, compile_layers=False)
+        notes.append("compile_layers does not apply to an int8 base")
+    if device == "cpu" and config.cpu_precision == "bf16" and load_in_8bit:
+        config = replace(config, cpu_precision="fp32")
+        notes.append("cpu_precision bf16 does not apply to an int8 base")
+    elif device == "cpu" and config.cpu_precision == "bf16" and not cpu_features.native_bf16():
+        config = replace(config, cpu_precision="fp32")
+        notes.append("cpu_precision bf16 not used: this CPU has no native bfloat16 (AMX or AVX-512 BF16), fp32 used")
+    return config, "; ".join(notes)
 
 
 def run_key(dataset_version: str, base_model: str, config: TrainConfig, placement: str = "") -> str:
@@ -161,7 +170,7 @@ def fine_tune(tenant_dir: Path, base_cache: Path, base_model: str, data: SftData
         reason = plan.reason
     train_rows, dropped = rows_for(tokenizer, data.train, config.max_seq_len)
     val_rows, _ = rows_for(tokenizer, data.validation, config.max_seq_len)
-    config, note = effective_cpu_precision(plan.device, load_8bit, config)
+    config, note = effective_config(plan.device, load_8bit, bool(plan.accelerate_config), config)
     reason = f"{reason}; {note}" if note else reason
     precision = precision_of(plan.device, load_8bit, config)
     if precision == "bf16" and plan.device == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):

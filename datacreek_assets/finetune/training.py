@@ -61,11 +61,15 @@ class TrainConfig:
     gpu_precision: str = "fp32"
     # On CPU with an fp32 base (cpu_fallback "fp32", or the CPU accelerate launch): "fp32", or
     # "bf16" to run forward passes under bfloat16 autocast, used only where the CPU multiplies
-    # bfloat16 natively (AMX, AVX-512 BF16; pipeline.effective_cpu_precision). On AMX it gave 2.3x the loop's fp32 tokens/s, held-out
-    # loss 1.316 against 1.301 after one epoch (bench/finetune.py). An int8 base computes in int8.
+    # bfloat16 natively (AMX, AVX-512 BF16; pipeline.effective_config). On AMX it gave 2.3x the
+    # loop's fp32 tokens/s, held-out loss 1.316 against 1.301 after one epoch (bench/finetune.py).
+    # An int8 base computes in int8.
     cpu_precision: str = "fp32"
-    # On CUDA: compile each decoder layer with torch.compile (one graph, reused by every layer);
-    # about 90 s of compilation per process, so it pays on long trainings only.
+    # Compile each decoder layer with torch.compile (one graph, reused by every layer), on CUDA or
+    # CPU, with an fp32 base and not under `accelerate launch` (pipeline.effective_config). It
+    # costs about 90 s of compilation per process on a GPU machine, so it pays on long trainings
+    # only. On CPU it fuses the elementwise work and autocast's casts around the matmuls. The
+    # micro-batch is probed eager, before compiling: the compiled steps' memory is not probed.
     compile_layers: bool = False
 
     def __post_init__(self):
@@ -369,7 +373,7 @@ def train_lora(model, pad_id: int, train_rows: list[PackedRow], val_rows: list[P
     total_steps = per_epoch * config.epochs
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
-    if config.compile_layers and device == "cuda" and accelerator is None:
+    if config.compile_layers and accelerator is None:
         compile_layers(model)
     params = [p for p in model.parameters() if p.requires_grad]
     fused = device == "cuda" and accelerator is None  # DeepSpeed steps its own partitions

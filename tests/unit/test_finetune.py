@@ -187,7 +187,7 @@ def _train(tiny_dir, out: Path, kill_at: int) -> subprocess.CompletedProcess:
 def test_cpu_bf16_autocast_keys_its_own_runs_and_is_used_only_where_it_applies(monkeypatch, tmp_path):
     import datacreek_assets.cpu_features as cpu_features
     from datacreek_assets.finetune.launch import launch_command
-    from datacreek_assets.finetune.pipeline import effective_cpu_precision, run_key
+    from datacreek_assets.finetune.pipeline import effective_config, run_key
 
     bf16, fp32 = TrainConfig(cpu_precision="bf16"), TrainConfig()
     assert precision_of("cpu", False, bf16) == "bf16" and precision_of("cuda", False, bf16) == "fp32"
@@ -208,12 +208,20 @@ def test_cpu_bf16_autocast_keys_its_own_runs_and_is_used_only_where_it_applies(m
     # a speed setting: where it would not apply or would be emulated, the training runs in fp32 and says why
     for native in (True, False):
         monkeypatch.setattr(cpu_features, "native_bf16", lambda native=native: native)
-        used, why = effective_cpu_precision("cpu", False, bf16)
+        used, why = effective_config("cpu", False, False, bf16)
         assert (used.cpu_precision, bool(why)) == (("bf16", False) if native else ("fp32", True))
-        used, why = effective_cpu_precision("cpu", True, bf16)
-        assert used.cpu_precision == "fp32" and "int8 base" in why
-        assert effective_cpu_precision("cuda", False, bf16) == (bf16, "")
-        assert effective_cpu_precision("cpu", False, fp32) == (fp32, "")
+        used, why = effective_config("cpu", True, False, bf16)
+        assert used.cpu_precision == "fp32" and why == "cpu_precision bf16 does not apply to an int8 base"
+        assert effective_config("cuda", False, False, bf16) == (bf16, "")
+        assert effective_config("cpu", False, False, fp32) == (fp32, "")
+    # compiled layers: on an fp32 base, CPU or CUDA; never on an int8 base, nor in launched processes
+    compiled = TrainConfig(compile_layers=True)
+    assert effective_config("cpu", False, False, compiled) == (compiled, "")
+    assert effective_config("cuda", False, False, compiled) == (compiled, "")
+    used, why = effective_config("cpu", True, False, compiled)
+    assert not used.compile_layers and why == "compile_layers does not apply to an int8 base"
+    used, why = effective_config("cuda", False, True, compiled)
+    assert not used.compile_layers and why == "compile_layers does not apply under `accelerate launch`"
 
 
 def test_cpu_bf16_training_follows_the_fp32_loss_curve(tiny_dir, tmp_path):
@@ -231,6 +239,30 @@ def test_cpu_bf16_training_follows_the_fp32_loss_curve(tiny_dir, tmp_path):
     assert curves["fp32"] != curves["bf16"]  # it did compute in another precision
     assert curves["bf16"][-1] < curves["bf16"][0] - 2  # and it learned (9.8 to 6.1 here)
     assert max(abs(a - b) / a for a, b in zip(curves["fp32"], curves["bf16"])) < 0.02  # 0.004 measured
+
+
+def test_compiled_layers_train_on_cpu_what_eager_layers_train(tiny_dir, tmp_path, monkeypatch):
+    """torch.compile on CPU (inductor's C++ kernels, built for whatever CPU runs the test): the same
+    losses as eager, over steps whose row widths differ (52 to 63 tokens)."""
+    from torch._dynamo.utils import counters
+
+    torch.set_num_threads(1)
+    # dynamo falls back to eager silently when a layer needs more graphs than its cache holds
+    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
+    curves = {}
+    for compiled in (False, True):
+        model, tokenizer = load_base(tiny_dir)
+        config = TrainConfig(lora_rank=4, effective_batch=4, epochs=2, learning_rate=5e-3, eval_every=100,
+                             compile_layers=compiled)
+        torch.manual_seed(0)
+        peft_model = wrap_lora(model, config)
+        counters.clear()
+        result = train_lora(peft_model, tokenizer.pad_token_id, rows(tokenizer), [], config, tmp_path / str(compiled))
+        # every layer ran compiled code: graphs were built, and no layer broke out of its graph into eager
+        assert (counters["stats"]["unique_graphs"] > 0) == compiled and not counters["graph_break"]
+        curves[compiled] = [loss for _, loss in result.losses]
+    assert len(curves[True]) == len(curves[False]) > 2 and curves[True][-1] < curves[True][0] - 1
+    assert max(abs(a - b) / a for a, b in zip(curves[False], curves[True])) < 1e-5  # 2e-7 measured
 
 
 def test_a_killed_run_resumes_from_its_checkpoint_and_ends_where_an_uninterrupted_run_ends(tiny_dir, tmp_path):

@@ -34,7 +34,7 @@ class FineTuneConfig(dg.Config):
     eval_every: int = TrainConfig.eval_every
     gpu_precision: str = TrainConfig.gpu_precision  # "bf16" autocast or "fp32", on CUDA only
     cpu_precision: str = TrainConfig.cpu_precision  # "bf16" autocast or "fp32", on CPU with an fp32 base
-    compile_layers: bool = TrainConfig.compile_layers  # torch.compile each decoder layer, on CUDA only
+    compile_layers: bool = TrainConfig.compile_layers  # torch.compile each decoder layer (fp32 base, not launched)
 
 
 def mlflow_run_tags(context: dg.AssetExecutionContext) -> dict[str, str]:
