@@ -61,11 +61,11 @@ class TrainConfig:
     gpu_precision: str = "fp32"
     # On CPU with an fp32 base (cpu_fallback "fp32", or the CPU accelerate launch): "fp32", or
     # "bf16" to run forward passes under bfloat16 autocast, used only where the CPU multiplies
-    # bfloat16 natively (AMX, AVX-512 BF16; pipeline.effective_config). On AMX it gave 2.3x the
+    # bfloat16 natively (AMX, AVX-512 BF16; pipeline.effective_config). On AMX it gave 2.1x the
     # loop's fp32 tokens/s, held-out loss 1.316 against 1.301 after one epoch (bench/finetune.py).
     # An int8 base computes in int8.
     cpu_precision: str = "fp32"
-    # Compile each decoder layer with torch.compile (one graph, reused by every layer), on CUDA or
+    # Compile each decoder layer with torch.compile (graphs shared by every layer), on CUDA or
     # CPU, with an fp32 base and not under `accelerate launch` (pipeline.effective_config). It
     # costs about 90 s of compilation per process on a GPU machine, so it pays on long trainings
     # only. On CPU it fuses the elementwise work and autocast's casts around the matmuls. The
