@@ -16,3 +16,14 @@ def native_bf16() -> bool:
 
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()
                 and (torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()))
+
+
+@functools.lru_cache(maxsize=1)
+def inductor_avx512() -> bool:
+    """Whether torch.compile (inductor) generates AVX-512 or AMX kernels for this CPU. Compiled
+    LoRA training is verified on those only: with torch 2.15, inductor's AVX2 kernels (a CPU
+    without AVX-512, or `ATEN_CPU_CAPABILITY=avx2` as the CI's AVX2 variant sets) gave NaN losses
+    from the first training step, and its unvectorised C++ did not compile."""
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    return str(pick_vec_isa()).startswith("avx512")

@@ -66,7 +66,7 @@ class TrainConfig:
     # An int8 base computes in int8.
     cpu_precision: str = "fp32"
     # Compile each decoder layer with torch.compile (graphs shared by every layer), on CUDA or
-    # CPU, with an fp32 base and not under `accelerate launch` (pipeline.effective_config). It
+    # CPU (AVX-512 kernels), with an fp32 base, not under `accelerate launch` (pipeline.effective_config). It
     # costs about 90 s of compilation per process on a GPU machine, so it pays on long trainings
     # only. On CPU it fuses the elementwise work and autocast's casts around the matmuls. The
     # micro-batch is probed eager, before compiling: the compiled steps' memory is not probed.
@@ -444,6 +444,8 @@ def train_lora(model, pad_id: int, train_rows: list[PackedRow], val_rows: list[P
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step_loss = float(step_loss)
+            if not math.isfinite(step_loss):  # before any checkpoint: a resumed run starts from the last good step
+                raise FloatingPointError(f"training loss is {step_loss} at step {step + 1}; no checkpoint written")
             seconds += time.perf_counter() - began
             done = step + 1
             losses.append((done, step_loss))

@@ -15,6 +15,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from datacreek_assets import cpu_features  # noqa: E402
 from datacreek_assets.finetune.base_model import load_base  # noqa: E402
 from datacreek_assets.finetune.packing import IGNORE, collate, encode, pack  # noqa: E402
 from datacreek_assets.finetune.training import (  # noqa: E402
@@ -214,14 +215,21 @@ def test_cpu_bf16_autocast_keys_its_own_runs_and_is_used_only_where_it_applies(m
         assert used.cpu_precision == "fp32" and why == "cpu_precision bf16 does not apply to an int8 base"
         assert effective_config("cuda", False, False, bf16) == (bf16, "")
         assert effective_config("cpu", False, False, fp32) == (fp32, "")
-    # compiled layers: on an fp32 base, CPU or CUDA; never on an int8 base, nor in launched processes
+    # compiled layers: on an fp32 base, CPU (AVX-512 kernels) or CUDA; never on an int8 base, nor in
+    # launched processes
     compiled = TrainConfig(compile_layers=True)
+    monkeypatch.setattr(cpu_features, "inductor_avx512", lambda: True)
     assert effective_config("cpu", False, False, compiled) == (compiled, "")
     assert effective_config("cuda", False, False, compiled) == (compiled, "")
     used, why = effective_config("cpu", True, False, compiled)
     assert not used.compile_layers and why == "compile_layers does not apply to an int8 base"
     used, why = effective_config("cuda", False, True, compiled)
     assert not used.compile_layers and why == "compile_layers does not apply under `accelerate launch`"
+    # inductor's AVX2 kernels gave NaN losses in training: eager there, and the plan says why
+    monkeypatch.setattr(cpu_features, "inductor_avx512", lambda: False)
+    used, why = effective_config("cpu", False, False, compiled)
+    assert not used.compile_layers and "AVX-512 kernels only" in why
+    assert effective_config("cuda", False, False, compiled) == (compiled, "")
 
 
 def test_cpu_bf16_training_follows_the_fp32_loss_curve(tiny_dir, tmp_path):
@@ -241,6 +249,7 @@ def test_cpu_bf16_training_follows_the_fp32_loss_curve(tiny_dir, tmp_path):
     assert max(abs(a - b) / a for a, b in zip(curves["fp32"], curves["bf16"])) < 0.02  # 0.004 measured
 
 
+@pytest.mark.skipif(not cpu_features.inductor_avx512(), reason="compiled CPU training is used with AVX-512 kernels only")
 def test_compiled_layers_train_on_cpu_what_eager_layers_train(tiny_dir, tmp_path, monkeypatch):
     """torch.compile on CPU (inductor's C++ kernels, built for whatever CPU runs the test): the same
     losses as eager, over steps whose row widths differ (52 to 63 tokens)."""
@@ -263,6 +272,23 @@ def test_compiled_layers_train_on_cpu_what_eager_layers_train(tiny_dir, tmp_path
         curves[compiled] = [loss for _, loss in result.losses]
     assert len(curves[True]) == len(curves[False]) > 2 and curves[True][-1] < curves[True][0] - 1
     assert max(abs(a - b) / a for a, b in zip(curves[False], curves[True])) < 1e-5  # 2e-7 measured
+
+
+def test_a_non_finite_loss_stops_the_training_before_any_checkpoint(tiny_dir, tmp_path, monkeypatch):
+    import datacreek_assets.finetune.training as training
+
+    real = training.token_loss_sum
+
+    def nan_loss(model, batch):  # as a miscompiled or diverged step gives
+        loss, n = real(model, batch)
+        return loss * float("nan"), n
+
+    monkeypatch.setattr(training, "token_loss_sum", nan_loss)
+    model, tokenizer = load_base(tiny_dir)
+    config = TrainConfig(lora_rank=4, effective_batch=4, epochs=1, checkpoint_every=1, eval_every=100)
+    with pytest.raises(FloatingPointError, match="training loss is nan at step 1; no checkpoint written"):
+        train_lora(wrap_lora(model, config), tokenizer.pad_token_id, rows(tokenizer), [], config, tmp_path)
+    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
 
 
 def test_a_killed_run_resumes_from_its_checkpoint_and_ends_where_an_uninterrupted_run_ends(tiny_dir, tmp_path):
