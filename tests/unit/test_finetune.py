@@ -186,7 +186,6 @@ def _train(tiny_dir, out: Path, kill_at: int) -> subprocess.CompletedProcess:
 
 
 def test_cpu_bf16_autocast_keys_its_own_runs_and_is_used_only_where_it_applies(monkeypatch, tmp_path):
-    import datacreek_assets.cpu_features as cpu_features
     from datacreek_assets.finetune.launch import launch_command
     from datacreek_assets.finetune.pipeline import effective_config, run_key
 
