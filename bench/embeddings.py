@@ -2,7 +2,8 @@
 
 - throughput: the project's embedder (its precision chosen for this CPU) vs
   SentenceTransformer.encode with its defaults, same texts; its quality against the fp32 vectors
-  (minimum cosine, and fp8 recall@10 of its stored vectors against the fp32 neighbours);
+  (minimum cosine, and fp8 recall@10 of its stored vectors against the fp32 neighbours, with the
+  stored rounding and with rounding to nearest);
 - the precision's own share: the embedder in bf16 vs in fp32, where bf16 is native;
 - re-materialization with 90 % of chunks unchanged (hash, embed only the new) vs a full recompute;
 - online lookups (Feast SQLite online store, read through its online_read) of 1 and 100 keys, at
@@ -47,7 +48,7 @@ def comparisons(quick: bool = False) -> list[Comparison]:
     from sentence_transformers import SentenceTransformer
 
     from datacreek_assets.embeddings.embedder import embed_texts, embedding_hash, model_dir, resolve_precision
-    from datacreek_assets.embeddings.fp8 import dequantize, quantize
+    from datacreek_assets.embeddings.fp8 import dequantize, quantize, rounding_weights
     from datacreek_assets.embeddings.stats import recall_at_k
 
     torch.set_num_threads(1)
@@ -59,12 +60,15 @@ def comparisons(quick: bool = False) -> list[Comparison]:
     def quality() -> str:
         exact, ours = embed_texts(texts, precision="fp32"), embed_texts(texts, precision=precision)
 
-        def stored(vectors):  # what the feature store keeps: fp8 with a scale per vector
-            return dequantize(*quantize(vectors))
+        def stored(vectors, nearest=False):  # what the feature store keeps: fp8 with a scale per vector
+            return dequantize(*quantize(vectors, None if nearest else rounding_weights(vectors)))
+
+        def recall(vectors) -> str:
+            return (f"{recall_at_k(exact, stored(vectors), k=10):.4f} "
+                    f"(rounded to nearest: {recall_at_k(exact, stored(vectors, nearest=True), k=10):.4f})")
 
         return (f"{precision}: min cosine to fp32 {float((exact * ours).sum(1).min()):.5f}; fp8 recall@10 against "
-                f"the fp32 neighbours: of these vectors {recall_at_k(exact, stored(ours), k=10):.4f}, of the fp32 "
-                f"vectors {recall_at_k(exact, stored(exact), k=10):.4f}")
+                f"the fp32 neighbours: of these vectors {recall(ours)}, of the fp32 vectors {recall(exact)}")
 
     throughput = Comparison(
         name=f"embed: token-budget batches, {precision}, vs ST.encode ({len(texts)} chunks)",

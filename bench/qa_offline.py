@@ -83,7 +83,7 @@ def demo_index(chunks: list[dict]):
     import pandas as pd
 
     from datacreek_assets.embeddings.embedder import embed_texts, embedding_hash
-    from datacreek_assets.embeddings.fp8 import quantize
+    from datacreek_assets.embeddings.fp8 import quantize, rounding_weights
     from datacreek_assets.retrieval.index import build_index
 
     hashes = [embedding_hash(c["text"]) for c in chunks]
@@ -94,7 +94,7 @@ def demo_index(chunks: list[dict]):
         first.setdefault(h, c)
     frame = pd.DataFrame([{"embedding_hash": h, "chunk_id": first[h]["chunk_id"], "doc_id": first[h]["doc_id"]}
                           for h, _ in todo])
-    blobs, scales = quantize(vectors)
+    blobs, scales = quantize(vectors, rounding_weights(vectors))
     frame = frame.assign(vector_fp8=blobs, scale=scales, deleted=False)
     index, skipped = build_index(TENANT, frame, chunks)
     log(f"retrieval index: {len(index)} chunks, version {index.version}, {skipped} skipped")

@@ -58,7 +58,7 @@ def chunk_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfig,
     import pandas as pd
 
     from datacreek_assets.embeddings.embedder import embed_texts, resolve_precision
-    from datacreek_assets.embeddings.fp8 import dequantize, quantize
+    from datacreek_assets.embeddings.fp8 import dequantize, quantize, rounding_weights
     from datacreek_assets.embeddings.drift import drift_score
     from datacreek_assets.embeddings.stats import from_npz, recall_at_k, reference_statistics, to_npz
 
@@ -106,7 +106,8 @@ def chunk_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfig,
     drift = drift_score(from_npz(store.get(REFERENCE_KEY)), matrix)
     timings["drift_s"] = round(time.perf_counter() - t, 4)
     t = time.perf_counter()
-    blobs, scales = quantize(matrix) if len(matrix) else ([], np.zeros(0))
+    # as embedding_features will store them: rounded with this tenant's vectors as the weights
+    blobs, scales = quantize(matrix, rounding_weights(matrix)) if len(matrix) else ([], np.zeros(0))
     recall = recall_at_k(matrix, dequantize(blobs, scales), k=10) if len(matrix) > 10 else 1.0
     timings["recall_s"] = round(time.perf_counter() - t, 3)
     return dg.MaterializeResult(
@@ -142,12 +143,12 @@ def drift_check_result(drift) -> dg.AssetCheckResult:
     group_name="embeddings",
     kinds={"feast"},
     deps=[chunk_embeddings],
-    description="fp8 (e4m3) vectors with per-vector scales in Feast, keyed by (tenant_id, embedding_hash); "
-    "written to the offline parquet store and materialized into the online store. Vectors of chunks "
+    description="fp8 (e4m3) vectors with per-vector scales in Feast, keyed by (tenant_id, embedding_hash), "
+    "rounded with error feedback weighted by the tenant's vectors; written to the offline parquet store and materialized into the online store. Vectors of chunks "
     "that are no longer live are marked deleted and excluded from lookups.",
 )
 def embedding_features(context: dg.AssetExecutionContext, object_store: ObjectStoreResource, feature_store: FeatureStoreResource) -> dg.MaterializeResult:
-    from datacreek_assets.embeddings.fp8 import quantize
+    from datacreek_assets.embeddings.fp8 import quantize, rounding_weights
 
     tenant = validate_tenant_id(context.partition_key)
     frame, matrix = read_vectors(object_store.for_tenant(tenant))
@@ -155,7 +156,8 @@ def embedding_features(context: dg.AssetExecutionContext, object_store: ObjectSt
     # a row hidden by delete-document comes back by undo only, even if a chunk_embeddings run that
     # started before the delete wrote it to the vectors file again
     new_mask = ~frame["embedding_hash"].isin(features.live_values().keys() | features.hidden_hashes())
-    blobs, scales = quantize(matrix[new_mask.to_numpy()]) if new_mask.any() else ([], [])
+    # the new vectors' rounding errors are weighted by all the tenant's current vectors (fp8.py)
+    blobs, scales = quantize(matrix[new_mask.to_numpy()], rounding_weights(matrix)) if new_mask.any() else ([], [])
     upserts = frame.loc[new_mask, ["embedding_hash", "chunk_id", "doc_id"]].assign(
         vector_fp8=blobs, scale=np.asarray(scales, dtype=np.float32), deleted=False)
     new_rows, gone = features.sync(upserts, keep=set(frame["embedding_hash"]))
