@@ -87,7 +87,8 @@ def run_launched(plan: DevicePlan, config: TrainConfig, job_dir: Path,
     result = json.loads((job_dir / "result.json").read_text())
     for history in ("losses", "val_losses"):  # JSON has no tuples
         result[history] = [tuple(point) for point in result[history]]
-    result["probe_mb"] = {int(m): mb for m, mb in result["probe_mb"].items()}
+    for probe in ("probe_mb", "probe_tokens_per_s"):  # JSON keys are strings
+        result[probe] = {int(m): value for m, value in result[probe].items()}
     return TrainResult(**result)
 
 

@@ -150,18 +150,29 @@ def mask_dtype(device: str, config: TrainConfig):
     return torch.bfloat16 if precision_of(device, False, config) == "bf16" else torch.float32
 
 
-def micro_batch_for(effective_batch: int, fits: Callable[[int], bool]) -> int:
-    """Largest divisor of ``effective_batch`` for which ``fits(m)`` holds (probed smallest first)."""
+SPEED_TOLERANCE = 0.05  # micro-batch sizes this close to the fastest measured count as fast: take the largest
+
+
+def micro_batch_for(effective_batch: int, fits: Callable[[int], bool],
+                    tokens_per_s: Callable[[int], float | None] | None = None) -> int:
+    """A divisor of ``effective_batch`` for which ``fits(m)`` holds (probed smallest first, up to
+    the first that does not fit): the largest, or, with ``tokens_per_s`` measured, the largest of
+    those within SPEED_TOLERANCE of the fastest. On a CPU a smaller micro-batch can be faster per
+    token (its activations stay in cache); on a GPU the largest that fits is."""
     if effective_batch < 1:
         raise ValueError("effective_batch must be at least 1")
-    best = 0
+    fitting = []
     for m in (d for d in range(1, effective_batch + 1) if effective_batch % d == 0):
         if not fits(m):
             break
-        best = m
-    if best == 0:
+        fitting.append(m)
+    if not fitting:
         raise MemoryError("a single packed row does not fit the memory budget: raise it or lower max_seq_len")
-    return best
+    speeds = {m: tokens_per_s(m) for m in fitting} if tokens_per_s else {}
+    if not speeds or None in speeds.values():
+        return fitting[-1]
+    fastest = max(speeds.values())
+    return max(m for m, speed in speeds.items() if speed >= (1 - SPEED_TOLERANCE) * fastest)
 
 
 def accumulation_steps(effective_batch: int, micro_batch: int) -> int:
@@ -222,6 +233,7 @@ class TrainResult:
     tokens_per_s: float
     peak_memory_mb: float
     probe_mb: dict[int, float]
+    probe_tokens_per_s: dict[int, float | None] = field(default_factory=dict)  # measured on CPU only
     losses: list[tuple[int, float]] = field(default_factory=list)
     val_losses: list[tuple[int, float]] = field(default_factory=list)
     resumed_from: int = 0
@@ -283,16 +295,26 @@ def wrap_lora(model, config: TrainConfig):
     return get_peft_model(model, lora)
 
 
-def micro_batch_peak_mb(model, rows: list[PackedRow], m: int, pad_id: int, device: str, config: TrainConfig) -> float:
-    """Peak memory (MiB) of one forward and backward over the ``m`` longest rows."""
+def probe_micro_batch(model, rows: list[PackedRow], m: int, pad_id: int, device: str,
+                      config: TrainConfig) -> tuple[float, float | None]:
+    """(peak memory in MiB, tokens/s) of a forward and backward over the ``m`` longest rows.
+    Tokens/s only on a CPU, from a second pass: the first pays for allocating the size's memory."""
     longest = sorted(rows, key=lambda r: -len(r.input_ids))[:m]
     batch = collate(longest, pad_id, mask_dtype(device, config), device)
-    with PeakMemory(device) as peak:
+
+    def forward_backward() -> None:
         with forward_precision(device, config):
             loss, _ = token_loss_sum(model, batch)
         loss.backward()
-    model.zero_grad(set_to_none=True)
-    return peak.peak / 2**20
+        model.zero_grad(set_to_none=True)
+
+    with PeakMemory(device) as peak:
+        forward_backward()
+    if device != "cpu":
+        return peak.peak / 2**20, None
+    began = time.perf_counter()
+    forward_backward()
+    return peak.peak / 2**20, sum(len(r.input_ids) for r in longest) / (time.perf_counter() - began)
 
 
 def compile_layers(model) -> int:
@@ -352,22 +374,25 @@ def train_lora(model, pad_id: int, train_rows: list[PackedRow], val_rows: list[P
     dtype = mask_dtype(device, config)
 
     def fits(m: int) -> bool:
-        if str(m) in cached:
-            probe[m] = cached[str(m)]
-            return probe[m] <= config.memory_budget_mb
-        probe[m] = micro_batch_peak_mb(model, train_rows, m, pad_id, device, config)
+        known = cached.get(str(m))
+        if isinstance(known, dict):  # an older cache held the peak alone: measured again
+            probe[m], speed[m] = known["peak_mb"], known["tokens_per_s"]
+        else:
+            probe[m], speed[m] = probe_micro_batch(model, train_rows, m, pad_id, device, config)
         return probe[m] <= config.memory_budget_mb
 
     probe: dict[int, float] = {}
+    speed: dict[int, float | None] = {}
     cached = json.loads(probe_cache.read_text()) if probe_cache and probe_cache.exists() else {}
     per_rank = config.effective_batch // ranks
-    micro = state["micro_batch"] if state else micro_batch_for(per_rank, fits)
+    micro = state["micro_batch"] if state else micro_batch_for(per_rank, fits, speed.get)
     if accelerator is not None:  # the first process's measurement: every process runs the same micro-batches
         from accelerate.utils import broadcast_object_list
 
         micro = broadcast_object_list([micro])[0]
     if probe_cache and not state and rank == 0 and any(str(m) not in cached for m in probe):
-        write_json_atomic(probe_cache, {**cached, **{str(m): mb for m, mb in probe.items()}})
+        write_json_atomic(probe_cache, {**cached, **{str(m): {"peak_mb": mb, "tokens_per_s": speed[m]}
+                                                     for m, mb in probe.items()}})
     accum = accumulation_steps(per_rank, micro)
     per_epoch = math.ceil(len(train_rows) / config.effective_batch)
     total_steps = per_epoch * config.epochs
@@ -402,10 +427,11 @@ def train_lora(model, pad_id: int, train_rows: list[PackedRow], val_rows: list[P
         scheduler.load_state_dict(torch.load(latest / "scheduler.pt", weights_only=True))
         losses, val_losses = [tuple(x) for x in state["losses"]], [tuple(x) for x in state["val_losses"]]
         start_step, tokens, seconds, probe = state["step"], state["tokens"], state["seconds"], state["probe_mb"]
+        speed = state.get("probe_tokens_per_s", {})
 
     def checkpoint(done: int) -> None:
         record = {"step": done, "micro_batch": micro, "losses": losses, "val_losses": val_losses,
-                  "tokens": tokens, "seconds": seconds, "probe_mb": probe}
+                  "tokens": tokens, "seconds": seconds, "probe_mb": probe, "probe_tokens_per_s": speed}
         if accelerator is None:
             _save_checkpoint(checkpoints, done, {
                 "adapter.pt": get_peft_model_state_dict(model), "optimizer.pt": optimizer.state_dict(),
@@ -477,7 +503,9 @@ def train_lora(model, pad_id: int, train_rows: list[PackedRow], val_rows: list[P
         accelerator.wait_for_everyone()
     return TrainResult(str(adapter_dir), total_steps, micro, accum, tokens, seconds,
                        tokens / seconds if seconds else 0.0, peak.peak / 2**20,
-                       {int(k): v for k, v in probe.items()}, losses, val_losses, start_step)
+                       probe_mb={int(k): v for k, v in probe.items()},
+                       probe_tokens_per_s={int(k): v for k, v in speed.items()},
+                       losses=losses, val_losses=val_losses, resumed_from=start_step)
 
 
 def _configure_deepspeed(accelerator, micro: int, accum: int) -> None:

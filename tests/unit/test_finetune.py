@@ -91,6 +91,34 @@ def test_micro_batch_is_the_largest_divisor_that_fits_and_accumulation_makes_up_
         accumulation_steps(8, 3)
 
 
+def test_on_a_cpu_the_micro_batch_is_the_largest_of_the_fast_ones_that_fit():
+    measured = {1: 270.0, 2: 331.0, 7: 320.0, 14: 235.0}  # tokens/s of this shape on an AMX CPU in fp32
+    assert micro_batch_for(14, lambda m: True, measured.get) == 7  # within 5 % of the fastest (2 rows)
+    assert micro_batch_for(14, lambda m: m <= 2, measured.get) == 2  # only what fits counts
+    assert micro_batch_for(14, lambda m: True, {1: 300.0, 2: 400.0, 7: 500.0, 14: 600.0}.get) == 14
+    assert micro_batch_for(14, lambda m: True, {1: 300.0, 2: 400.0, 7: None, 14: None}.get) == 14  # not timed (GPU)
+
+
+def test_the_micro_batch_probe_is_measured_once_and_kept_with_its_speed(tiny, tmp_path, monkeypatch):
+    from datacreek_assets.finetune import training
+
+    model, tokenizer = tiny
+    config = TrainConfig(lora_rank=4, effective_batch=4, max_seq_len=96, max_steps=1, checkpoint_every=100)
+    cache = tmp_path / "probe.json"
+    cache.write_text(json.dumps({"1": 1.0}))  # an older cache: the peak alone, measured again
+    first = train_lora(wrap_lora(copy.deepcopy(model), config), tokenizer.pad_token_id, rows(tokenizer), [],
+                       config, tmp_path / "a", probe_cache=cache)
+    kept = json.loads(cache.read_text())
+    assert set(kept) == {"1", "2", "4"} and all(v["peak_mb"] >= 0 and v["tokens_per_s"] > 0 for v in kept.values())
+    assert first.probe_tokens_per_s == {int(m): v["tokens_per_s"] for m, v in kept.items()}
+    # the second training reads the cache: no forward pass is probed, and it picks what the speeds say
+    monkeypatch.setattr(training, "probe_micro_batch", lambda *a: pytest.fail("probed again"))
+    cache.write_text(json.dumps({m: {**v, "tokens_per_s": 100.0 * (m == "2") + 1.0} for m, v in kept.items()}))
+    second = train_lora(wrap_lora(copy.deepcopy(model), config), tokenizer.pad_token_id, rows(tokenizer), [],
+                        config, tmp_path / "b", probe_cache=cache)
+    assert second.micro_batch == 2 and second.accumulation == 2
+
+
 def test_accumulated_micro_batches_give_the_gradient_of_one_big_batch(tiny):
     model, tokenizer = tiny
     peft_model = wrap_lora(model, TrainConfig(lora_rank=4))

@@ -125,6 +125,8 @@ def finetuned_adapter(context: dg.AssetExecutionContext, config: FineTuneConfig,
             "micro_batch": result.micro_batch,
             "gradient_accumulation": result.accumulation,
             "micro_batch_probe_mb": json.dumps(result.probe_mb),
+            "micro_batch_probe_tokens_per_s": json.dumps(
+                {m: round(v, 1) if v is not None else None for m, v in result.probe_tokens_per_s.items()}),
             "train_tokens": result.train_tokens,
             "tokens_per_s": round(result.tokens_per_s, 1),
             "peak_memory_mb": round(result.peak_memory_mb, 1),
