@@ -220,8 +220,9 @@ def accumulation(device: str, base_dir: Path | None, folder: Path | None, micro:
     results = {}
     # launched on a GPU: DeepSpeed in bf16, and the budget is measured the way its probe measures
     precision = "bf16" if launched and device == "cuda" else "fp32"
+    # the micro-batch fixed by memory (as a tenant's budget fixes it), not by the CPU's timing
     common = TrainConfig(max_steps=steps, checkpoint_every=10**6, eval_every=10**6, max_seq_len=SEQ_LEN,
-                         gpu_precision=precision)
+                         gpu_precision=precision, micro_batch_by_speed=False)
     if device == "cpu" and not launched:
         return _accumulation_in_processes(base_dir, rows, common, micro)
     budget = _budget_for(micro, device, base_dir, rows, common)
@@ -300,7 +301,8 @@ def _cpu_run(base_dir: str, rows, config: dict, micro: int) -> dict:
     loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     work = Path(tempfile.mkdtemp(prefix="accum-cpu-"))
     sizes = [m for m in range(1, config.effective_batch + 1) if config.effective_batch % m == 0]
-    (work / "probe.json").write_text(json.dumps({str(m): 1 if m <= micro else 10**9 for m in sizes}))
+    (work / "probe.json").write_text(json.dumps({str(m): {"peak_mb": 1 if m <= micro else 10**9, "tokens_per_s": None}
+                                                 for m in sizes}))
     torch.manual_seed(config.seed)
     result = train_lora(wrap_lora(model, config), tokenizer.pad_token_id, rows, [], config, work / "run",
                         probe_cache=work / "probe.json")
@@ -315,11 +317,11 @@ def _budget_for(micro: int, device: str, base_dir: Path, rows, config) -> int:
     import torch
 
     from datacreek_assets.finetune.base_model import load_base
-    from datacreek_assets.finetune.training import micro_batch_peak_mb, wrap_lora
+    from datacreek_assets.finetune.training import probe_micro_batch, wrap_lora
 
     model, tokenizer = load_base(base_dir)
     model = wrap_lora(model, config).to(device)
-    peaks = {m: micro_batch_peak_mb(model, rows, m, tokenizer.pad_token_id, device, config) for m in (micro, 2 * micro)}
+    peaks = {m: probe_micro_batch(model, rows, m, tokenizer.pad_token_id, device, config)[0] for m in (micro, 2 * micro)}
     del model
     if device == "cuda":
         torch.cuda.empty_cache()

@@ -38,7 +38,9 @@ def from_npz(data: bytes) -> dict[str, np.ndarray]:
 
 
 RECALL_QUERIES = 2000  # rows whose neighbours recall is measured for; beyond it, a seeded sample
-QUERY_BLOCK = 256  # query rows compared with all rows at a time: 256 × 100k similarities is 100 MB
+# query rows compared with all rows at a time: 256 × 100k similarities are 100 MB, and argpartition
+# takes a few times that
+QUERY_BLOCK = 256
 
 
 def top_k(vectors: np.ndarray, k: int, rows: np.ndarray | None = None) -> np.ndarray:

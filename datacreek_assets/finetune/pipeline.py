@@ -90,9 +90,11 @@ def run_key(dataset_version: str, base_model: str, config: TrainConfig, placemen
     The precision the training computes in is part of ``placement``: ``gpu_precision`` and
     ``cpu_precision`` are left out of the configuration hashed here, so each changes nothing on the
     other device and earlier keys stay valid.
-    ``compile_layers`` changes how a step is computed, not what it computes: a compiled run resumes
-    an uncompiled one's checkpoints."""
-    settings = {k: v for k, v in asdict(config).items() if k not in ("gpu_precision", "cpu_precision", "compile_layers")}
+    ``compile_layers`` and ``micro_batch_by_speed`` change how a step is computed, not what it
+    computes: a compiled run resumes an uncompiled one's checkpoints (a resumed run keeps its
+    micro-batch)."""
+    how = ("gpu_precision", "cpu_precision", "compile_layers", "micro_batch_by_speed")
+    settings = {k: v for k, v in asdict(config).items() if k not in how}
     blob = json.dumps([dataset_version, base_model, settings, placement], sort_keys=True, default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -218,8 +220,10 @@ def fine_tune(tenant_dir: Path, base_cache: Path, base_model: str, data: SftData
                       torch.get_num_threads())
             result = run_launched(plan, config, job_dir, on_step=step_done)
         else:
+            # speeds measured with other threads are not this training's (the memory is the same)
             probe_cache = base_dir / "probes" / (f"{plan.device}-{precision}-{config.max_seq_len}"
-                                                 f"-r{config.lora_rank}-{'_'.join(config.target_modules)}.json")
+                                                 f"-r{config.lora_rank}-{'_'.join(config.target_modules)}"
+                                                 f"-t{torch.get_num_threads()}.json")
             result = train_lora(peft_model, tokenizer.pad_token_id, train_rows, val_rows, config, out_dir,
                                 plan.device, on_step=step_done, probe_cache=probe_cache)
     except BaseException as err:

@@ -1,8 +1,9 @@
 """LoRA fine-tuning loop: packed rows, measured micro-batch, gradient accumulation, resumable.
 
-One optimizer step sees ``effective_batch`` packed rows. The micro-batch is the
-largest divisor of the effective batch whose forward+backward peak memory,
-measured on the longest rows, fits the budget; accumulation makes up the rest.
+One optimizer step sees ``effective_batch`` packed rows. The micro-batch is a
+divisor of the effective batch whose forward+backward peak memory, measured on
+the longest rows, fits the budget: the fastest per token (timed) for eager steps
+on a CPU, the largest otherwise; accumulation makes up the rest.
 The loss of a step is the sum of token losses divided by the label tokens of the
 whole step, so accumulating micro-batches computes the same gradient as one big
 batch. Checkpoints (adapter, optimizer, scheduler, history) are written every
@@ -68,9 +69,15 @@ class TrainConfig:
     # Compile each decoder layer with torch.compile (graphs shared by every layer), on CUDA or
     # CPU (AVX-512 kernels), with an fp32 base, not under `accelerate launch`
     # (pipeline.effective_config). It costs about 90 s of compilation per process on a GPU
-    # machine, so it pays on long trainings only. On CPU it fuses the elementwise work and autocast's casts around the matmuls. The
-    # micro-batch is probed eager, before compiling: the compiled steps' memory is not probed.
+    # machine, so it pays on long trainings only. On CPU it fuses the elementwise work and
+    # autocast's casts around the matmuls. The micro-batch is probed eager, before compiling: the
+    # compiled steps' memory and speed are not probed.
     compile_layers: bool = False
+    # On CPU, eager: the micro-batch is the largest of the sizes that fit memory_budget_mb whose
+    # timed tokens/s is within 5 % of the fastest (fp32 on AMX: 2 rows 1.16x and 7 rows 1.12x the
+    # tokens/s of 14). False, on a GPU, or with compile_layers: the largest that fits (the probe
+    # runs eager, and compiled bf16 ran 14 rows 1.11x faster than 7, which eager ranked first).
+    micro_batch_by_speed: bool = True
 
     def __post_init__(self):
         if self.gpu_precision not in GPU_PRECISIONS:
@@ -248,8 +255,9 @@ def token_loss_sum(model, batch: dict):
     import torch.nn.functional as F
 
     causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    # no KV cache: a loss needs none, and in eval mode one would make compiled layers recompile per layer
     hidden = causal.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                          position_ids=batch["position_ids"]).last_hidden_state
+                          position_ids=batch["position_ids"], use_cache=False).last_hidden_state
     targets = batch["labels"][:, 1:]
     keep = targets != IGNORE
     logits = causal.lm_head(hidden[:, :-1][keep])
@@ -296,9 +304,10 @@ def wrap_lora(model, config: TrainConfig):
 
 
 def probe_micro_batch(model, rows: list[PackedRow], m: int, pad_id: int, device: str,
-                      config: TrainConfig) -> tuple[float, float | None]:
+                      config: TrainConfig, timed: bool = False) -> tuple[float, float | None]:
     """(peak memory in MiB, tokens/s) of a forward and backward over the ``m`` longest rows.
-    Tokens/s only on a CPU, from a second pass: the first pays for allocating the size's memory."""
+    Tokens/s only if ``timed`` and within the budget, from a second pass: the first pays for
+    allocating the size's memory."""
     longest = sorted(rows, key=lambda r: -len(r.input_ids))[:m]
     batch = collate(longest, pad_id, mask_dtype(device, config), device)
 
@@ -310,7 +319,7 @@ def probe_micro_batch(model, rows: list[PackedRow], m: int, pad_id: int, device:
 
     with PeakMemory(device) as peak:
         forward_backward()
-    if device != "cpu":
+    if not timed or peak.peak / 2**20 > config.memory_budget_mb:
         return peak.peak / 2**20, None
     began = time.perf_counter()
     forward_backward()
@@ -352,8 +361,9 @@ def train_lora(model, pad_id: int, train_rows: list[PackedRow], val_rows: list[P
                probe_cache: Path | None = None, accelerator=None) -> TrainResult:
     """Train a LoRA adapter on ``model`` (a peft model from ``wrap_lora``); resumes from ``out_dir``.
 
-    ``probe_cache``: a JSON file keeping the measured peak memory per micro-batch size for this
-    (base model, device, sequence length, LoRA config), so only the first training measures.
+    ``probe_cache``: a JSON file keeping the measured peak memory (and on CPU tokens/s) per
+    micro-batch size for this (base model, device, precision, sequence length, LoRA config,
+    threads), so only the first training measures.
     ``accelerator``: set in a process started by `accelerate launch` (launch.py). Each process then
     takes its share of every step's rows, and model and optimizer go through ``accelerator.prepare``
     (DeepSpeed ZeRO-3 on GPUs); checkpoints are accelerate's, and every process writes its part."""
@@ -373,24 +383,30 @@ def train_lora(model, pad_id: int, train_rows: list[PackedRow], val_rows: list[P
     state = json.loads((latest / "state.json").read_text()) if latest else None
     dtype = mask_dtype(device, config)
 
+    # the probe runs eager: it says nothing of compiled steps' speed (TrainConfig.micro_batch_by_speed)
+    timed = device == "cpu" and config.micro_batch_by_speed and not (config.compile_layers and accelerator is None)
+
     def fits(m: int) -> bool:
-        known = cached.get(str(m))
-        if isinstance(known, dict):  # an older cache held the peak alone: measured again
-            probe[m], speed[m] = known["peak_mb"], known["tokens_per_s"]
+        if usable(cached.get(str(m))):
+            probe[m], speed[m] = cached[str(m)]["peak_mb"], cached[str(m)].get("tokens_per_s")
         else:
-            probe[m], speed[m] = probe_micro_batch(model, train_rows, m, pad_id, device, config)
+            probe[m], speed[m] = probe_micro_batch(model, train_rows, m, pad_id, device, config, timed)
         return probe[m] <= config.memory_budget_mb
+
+    def usable(known) -> bool:  # an older cache held the peak alone, and an untimed one no speed
+        return isinstance(known, dict) and (not timed or known.get("tokens_per_s") is not None
+                                            or known["peak_mb"] > config.memory_budget_mb)
 
     probe: dict[int, float] = {}
     speed: dict[int, float | None] = {}
     cached = json.loads(probe_cache.read_text()) if probe_cache and probe_cache.exists() else {}
     per_rank = config.effective_batch // ranks
-    micro = state["micro_batch"] if state else micro_batch_for(per_rank, fits, speed.get)
+    micro = state["micro_batch"] if state else micro_batch_for(per_rank, fits, speed.get if timed else None)
     if accelerator is not None:  # the first process's measurement: every process runs the same micro-batches
         from accelerate.utils import broadcast_object_list
 
         micro = broadcast_object_list([micro])[0]
-    if probe_cache and not state and rank == 0 and any(str(m) not in cached for m in probe):
+    if probe_cache and not state and rank == 0 and any(not usable(cached.get(str(m))) for m in probe):
         write_json_atomic(probe_cache, {**cached, **{str(m): {"peak_mb": mb, "tokens_per_s": speed[m]}
                                                      for m, mb in probe.items()}})
     accum = accumulation_steps(per_rank, micro)

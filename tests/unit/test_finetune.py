@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import signal
@@ -105,7 +106,7 @@ def test_the_micro_batch_probe_is_measured_once_and_kept_with_its_speed(tiny, tm
     model, tokenizer = tiny
     config = TrainConfig(lora_rank=4, effective_batch=4, max_seq_len=96, max_steps=1, checkpoint_every=100)
     cache = tmp_path / "probe.json"
-    cache.write_text(json.dumps({"1": 1.0}))  # an older cache: the peak alone, measured again
+    cache.write_text(json.dumps({"1": 1.0, "2": 1.0, "4": 1.0}))  # an older cache: the peak alone, measured again
     first = train_lora(wrap_lora(copy.deepcopy(model), config), tokenizer.pad_token_id, rows(tokenizer), [],
                        config, tmp_path / "a", probe_cache=cache)
     kept = json.loads(cache.read_text())
@@ -117,6 +118,11 @@ def test_the_micro_batch_probe_is_measured_once_and_kept_with_its_speed(tiny, tm
     second = train_lora(wrap_lora(copy.deepcopy(model), config), tokenizer.pad_token_id, rows(tokenizer), [],
                         config, tmp_path / "b", probe_cache=cache)
     assert second.micro_batch == 2 and second.accumulation == 2
+    # not timed (as for compiled layers, whose speed the eager probe does not measure): the largest
+    untimed = dataclasses.replace(config, micro_batch_by_speed=False)
+    third = train_lora(wrap_lora(copy.deepcopy(model), untimed), tokenizer.pad_token_id, rows(tokenizer), [],
+                       untimed, tmp_path / "c", probe_cache=cache)
+    assert third.micro_batch == 4 and third.accumulation == 1
 
 
 def test_accumulated_micro_batches_give_the_gradient_of_one_big_batch(tiny):

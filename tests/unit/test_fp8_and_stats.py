@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from datacreek_assets.embeddings.embedder import MODEL_ID, embedding_hash
-from datacreek_assets.embeddings import stats
+from datacreek_assets.embeddings import fp8, stats
 from datacreek_assets.embeddings.fp8 import E4M3_MAX, dequantize, quantize, rounding_weights
 from datacreek_assets.embeddings.stats import recall_at_k, reference_statistics, top_k
 
@@ -83,16 +83,45 @@ def test_error_feedback_moves_the_error_to_where_the_vectors_do_not_vary():
     blobs, scales = quantize(vectors, weights)
     assert np.allclose(scales, np.abs(vectors).max(axis=1) / E4M3_MAX)
     assert all(len(b) == 64 for b in blobs)
-    assert weighted_error(feedback) < 0.5 * weighted_error(nearest)  # measured: 0.21 of it
+    assert weighted_error(feedback) < 0.3 * weighted_error(nearest)  # measured: 0.21 of it
     assert recall_at_k(vectors, feedback) > recall_at_k(vectors, nearest)  # measured: 0.998 against 0.983
 
 
 def test_error_feedback_stays_inside_e4m3_range():
+    # dimension 0 is rounded first, 270 -> 256; dimension 1 depends on it (weight 1.9) and takes
+    # +26.6 of its error: past 448, which must come back as e4m3's largest value, not as NaN
+    weights = np.array([[4.0, 1.9], [1.9, 1.0]])
+    rounded = fp8._round_with_feedback(torch.tensor([[270.0, 448.0]]), weights).to(torch.float32)
+    assert rounded.tolist() == [[256.0, 448.0]]
     vectors = low_rank_vectors(n=100)
-    vectors[:, 0] = np.abs(vectors).max(axis=1) * 3  # each vector's largest value, which feedback must not overflow
     back = dequantize(*quantize(vectors, rounding_weights(vectors)))
     assert np.isfinite(back).all()
     assert np.abs(back / np.abs(vectors).max(axis=1, keepdims=True)).max() <= 1.0 + 1e-6
+
+
+def test_rounding_is_the_same_however_the_dimensions_are_stepped(monkeypatch):
+    vectors = low_rank_vectors(n=60, dims=70)
+    weights = rounding_weights(vectors)
+    expected = quantize(vectors, weights)[0]
+    for columns in (1, 7, 64, 128):  # one at a time, uneven steps, one step for all
+        monkeypatch.setattr(fp8, "COLUMNS_PER_STEP", columns)
+        assert quantize(vectors, weights)[0] == expected, columns
+    monkeypatch.setattr(fp8, "ROWS_PER_BLOCK", 7)
+    assert quantize(vectors, weights)[0] == expected
+
+
+def test_vectors_that_are_not_finite_do_not_spoil_the_weights():
+    vectors = low_rank_vectors(n=200)
+    spoiled = vectors.copy()
+    spoiled[3] = np.nan
+    spoiled[5, 2] = np.inf
+    clean = np.delete(vectors, [3, 5], axis=0)
+    assert np.allclose(rounding_weights(spoiled), rounding_weights(clean))
+    assert np.isfinite(dequantize(*quantize(clean, rounding_weights(spoiled)))).all()
+    assert np.array_equal(rounding_weights(np.zeros((3, 4))), np.eye(4))  # nothing to weigh by: plain rounding
+    assert np.array_equal(rounding_weights(np.full((2, 4), np.nan)), np.eye(4))
+    with pytest.raises(ValueError, match="finite"):
+        quantize(vectors, np.full((64, 64), np.nan))
 
 
 def test_rounding_weights_trust_few_vectors_little():
