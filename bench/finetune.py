@@ -107,8 +107,9 @@ def comparisons(quick: bool = False) -> list[Comparison]:
     pairs = [("fp32", False, "fp32"), ("fp32", True, "fp32")] + (
         [("bf16", False, "fp32"), ("bf16", False, "bf16"), ("bf16", True, "fp32"), ("bf16", True, "bf16")]
         if native_bf16() else [])
-    # The asset measures micro-batch memory once per (model, device, precision, length, LoRA config)
-    # and caches it; measure it here per precision, untimed, with a warm-up that also builds that
+    # The asset measures micro-batch memory (and for eager CPU steps tokens/s) once per (model,
+    # device, precision, length, LoRA config, threads) and caches it; measure it here per precision,
+    # outside the timed runs, with a warm-up that also builds that
     # precision's kernels, so the timed runs are the steady state. A compiled loop warms up over a
     # whole epoch: every row width and micro-batch size the timed runs meet is compiled then (the
     # compiled graphs serve every later model in this process); its seconds are in the notes.

@@ -2,8 +2,9 @@
 
 One optimizer step sees ``effective_batch`` packed rows. The micro-batch is a
 divisor of the effective batch whose forward+backward peak memory, measured on
-the longest rows, fits the budget: the fastest per token (timed) for eager steps
-on a CPU, the largest otherwise; accumulation makes up the rest.
+the longest rows, fits the budget: for eager steps on a CPU the largest within
+5 % of the fastest per token (timed), the largest otherwise; accumulation makes
+up the rest.
 The loss of a step is the sum of token losses divided by the label tokens of the
 whole step, so accumulating micro-batches computes the same gradient as one big
 batch. Checkpoints (adapter, optimizer, scheduler, history) are written every
@@ -74,9 +75,10 @@ class TrainConfig:
     # compiled steps' memory and speed are not probed.
     compile_layers: bool = False
     # On CPU, eager: the micro-batch is the largest of the sizes that fit memory_budget_mb whose
-    # timed tokens/s is within 5 % of the fastest (fp32 on AMX: 2 rows 1.16x and 7 rows 1.12x the
-    # tokens/s of 14). False, on a GPU, or with compile_layers: the largest that fits (the probe
-    # runs eager, and compiled bf16 ran 14 rows 1.11x faster than 7, which eager ranked first).
+    # timed tokens/s is within 5 % of the fastest (an A/B of whole fp32 epochs on an AMX CPU: 2 rows
+    # 1.16x and 7 rows 1.12x the tokens/s of 14). False, on a GPU, or with compile_layers: the
+    # largest that fits (the probe runs eager; compiled bf16 ran 14 rows 1.11x faster than 7,
+    # which the eager timing ranked first).
     micro_batch_by_speed: bool = True
 
     def __post_init__(self):
@@ -387,18 +389,21 @@ def train_lora(model, pad_id: int, train_rows: list[PackedRow], val_rows: list[P
     timed = device == "cpu" and config.micro_batch_by_speed and not (config.compile_layers and accelerator is None)
 
     def fits(m: int) -> bool:
-        if usable(cached.get(str(m))):
-            probe[m], speed[m] = cached[str(m)]["peak_mb"], cached[str(m)].get("tokens_per_s")
-        else:
-            probe[m], speed[m] = probe_micro_batch(model, train_rows, m, pad_id, device, config, timed)
+        known = cached.get(str(m))
+        if not usable(known):
+            peak_mb, tokens_per_s = probe_micro_batch(model, train_rows, m, pad_id, device, config, timed)
+            known = measured[m] = {"peak_mb": peak_mb, "tokens_per_s": tokens_per_s}
+        probe[m] = known["peak_mb"]
+        speed[m] = known.get("tokens_per_s") if timed else None  # reported as what decided
         return probe[m] <= config.memory_budget_mb
 
     def usable(known) -> bool:  # an older cache held the peak alone, and an untimed one no speed
-        return isinstance(known, dict) and (not timed or known.get("tokens_per_s") is not None
-                                            or known["peak_mb"] > config.memory_budget_mb)
+        return (isinstance(known, dict) and isinstance(known.get("peak_mb"), (int, float))
+                and (not timed or known.get("tokens_per_s") is not None or known["peak_mb"] > config.memory_budget_mb))
 
     probe: dict[int, float] = {}
     speed: dict[int, float | None] = {}
+    measured: dict[int, dict] = {}
     cached = json.loads(probe_cache.read_text()) if probe_cache and probe_cache.exists() else {}
     per_rank = config.effective_batch // ranks
     micro = state["micro_batch"] if state else micro_batch_for(per_rank, fits, speed.get if timed else None)
@@ -406,9 +411,8 @@ def train_lora(model, pad_id: int, train_rows: list[PackedRow], val_rows: list[P
         from accelerate.utils import broadcast_object_list
 
         micro = broadcast_object_list([micro])[0]
-    if probe_cache and not state and rank == 0 and any(not usable(cached.get(str(m))) for m in probe):
-        write_json_atomic(probe_cache, {**cached, **{str(m): {"peak_mb": mb, "tokens_per_s": speed[m]}
-                                                     for m, mb in probe.items()}})
+    if probe_cache and not state and rank == 0 and measured:
+        write_json_atomic(probe_cache, {**cached, **{str(m): entry for m, entry in measured.items()}})
     accum = accumulation_steps(per_rank, micro)
     per_epoch = math.ceil(len(train_rows) / config.effective_batch)
     total_steps = per_epoch * config.epochs

@@ -89,7 +89,7 @@ def test_error_feedback_moves_the_error_to_where_the_vectors_do_not_vary():
 
 def test_error_feedback_stays_inside_e4m3_range():
     # dimension 0 is rounded first, 270 -> 256; dimension 1 depends on it (weight 1.9) and takes
-    # +26.6 of its error: past 448, which must come back as e4m3's largest value, not as NaN
+    # about +26 of its error: past 448, which must come back as e4m3's largest value, not as NaN
     weights = np.array([[4.0, 1.9], [1.9, 1.0]])
     rounded = fp8._round_with_feedback(torch.tensor([[270.0, 448.0]]), weights).to(torch.float32)
     assert rounded.tolist() == [[256.0, 448.0]]
@@ -102,12 +102,18 @@ def test_error_feedback_stays_inside_e4m3_range():
 def test_rounding_is_the_same_however_the_dimensions_are_stepped(monkeypatch):
     vectors = low_rank_vectors(n=60, dims=70)
     weights = rounding_weights(vectors)
-    expected = quantize(vectors, weights)[0]
+    expected = np.frombuffer(b"".join(quantize(vectors, weights)[0]), dtype=np.uint8)
+
+    def share_equal() -> float:
+        # float32 sums in another order can tip a value at a rounding midpoint, and the rest of its
+        # row after it; a step's errors left out change most of the bytes
+        return float((np.frombuffer(b"".join(quantize(vectors, weights)[0]), dtype=np.uint8) == expected).mean())
+
     for columns in (1, 7, 64, 128):  # one at a time, uneven steps, one step for all
         monkeypatch.setattr(fp8, "COLUMNS_PER_STEP", columns)
-        assert quantize(vectors, weights)[0] == expected, columns
+        assert share_equal() > 0.99, columns
     monkeypatch.setattr(fp8, "ROWS_PER_BLOCK", 7)
-    assert quantize(vectors, weights)[0] == expected
+    assert share_equal() > 0.99
 
 
 def test_vectors_that_are_not_finite_do_not_spoil_the_weights():
