@@ -385,8 +385,9 @@ def train_lora(model, pad_id: int, train_rows: list[PackedRow], val_rows: list[P
     state = json.loads((latest / "state.json").read_text()) if latest else None
     dtype = mask_dtype(device, config)
 
+    compiled = config.compile_layers and accelerator is None  # launched processes run eager
     # the probe runs eager: it says nothing of compiled steps' speed (TrainConfig.micro_batch_by_speed)
-    timed = device == "cpu" and config.micro_batch_by_speed and not (config.compile_layers and accelerator is None)
+    timed = device == "cpu" and config.micro_batch_by_speed and not compiled
 
     def fits(m: int) -> bool:
         known = cached.get(str(m))
@@ -399,7 +400,8 @@ def train_lora(model, pad_id: int, train_rows: list[PackedRow], val_rows: list[P
 
     def usable(known) -> bool:  # an older cache held the peak alone, and an untimed one no speed
         return (isinstance(known, dict) and isinstance(known.get("peak_mb"), (int, float))
-                and (not timed or known.get("tokens_per_s") is not None or known["peak_mb"] > config.memory_budget_mb))
+                and (not timed or known.get("tokens_per_s") is not None
+                     or known["peak_mb"] > config.memory_budget_mb))
 
     probe: dict[int, float] = {}
     speed: dict[int, float | None] = {}
@@ -418,7 +420,7 @@ def train_lora(model, pad_id: int, train_rows: list[PackedRow], val_rows: list[P
     total_steps = per_epoch * config.epochs
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
-    if config.compile_layers and accelerator is None:
+    if compiled:
         compile_layers(model)
     params = [p for p in model.parameters() if p.requires_grad]
     fused = device == "cuda" and accelerator is None  # DeepSpeed steps its own partitions

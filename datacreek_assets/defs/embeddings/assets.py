@@ -144,8 +144,9 @@ def drift_check_result(drift) -> dg.AssetCheckResult:
     kinds={"feast"},
     deps=[chunk_embeddings],
     description="fp8 (e4m3) vectors with per-vector scales in Feast, keyed by (tenant_id, embedding_hash), "
-    "rounded with error feedback weighted by the tenant's vectors; written to the offline parquet store and materialized into the online store. Vectors of chunks "
-    "that are no longer live are marked deleted and excluded from lookups.",
+    "rounded with error feedback weighted by the tenant's vectors; written to the offline parquet store "
+    "and materialized into the online store. Vectors of chunks that are no longer live are marked "
+    "deleted and excluded from lookups.",
 )
 def embedding_features(context: dg.AssetExecutionContext, object_store: ObjectStoreResource, feature_store: FeatureStoreResource) -> dg.MaterializeResult:
     from datacreek_assets.embeddings.fp8 import quantize, rounding_weights
