@@ -3,6 +3,7 @@
     python -m bench.qa_offline prepare DIR          # DIR/train_chats.json, val_chats.json, retrieval/
     python -m bench.qa_offline eval --adapter A [--adapter B ...] [--questions 40] [--out FILE]
     python -m bench.qa_offline eval --train-cpu [--prep DIR]   # also train one adapter on CPU first
+    python -m bench.qa_offline eval --train-cpu --cpu-fallback fp32 --cpu-precision bf16 --compile-layers
 
 The demo tenant is what `datacreek demo` builds (default --max-docs 40): the demo corpus through
 the same functions as raw_documents, parsed_chunks and knowledge_graph (parse, chunk, drop exact
@@ -170,18 +171,18 @@ def read_prep(folder: Path):
                    json.loads((folder / "val_chats.json").read_text()))
 
 
-def train_cpu(data, work: Path, cpu_fallback: str) -> tuple[Path, dict]:
-    """One adapter trained on CPU as fine_tune trains it (default TrainConfig, its device plan),
-    without its MLflow run, heartbeat and latest.json."""
-    from dataclasses import asdict
+def train_cpu(data, work: Path, cpu_fallback: str, **settings) -> tuple[Path, dict]:
+    """One adapter trained on CPU as fine_tune trains it (TrainConfig with ``settings`` replaced, its
+    device plan), without its MLflow run, heartbeat and latest.json."""
+    from dataclasses import asdict, replace
 
     import torch
 
     from datacreek_assets.finetune.base_model import SMOLLM2, load_base
-    from datacreek_assets.finetune.pipeline import rows_for, run_key
+    from datacreek_assets.finetune.pipeline import effective_config, rows_for, run_key
     from datacreek_assets.finetune.training import TrainConfig, plan_device, precision_of, train_lora, wrap_lora
 
-    config = TrainConfig()
+    config = replace(TrainConfig(), **settings)
     torch.set_num_threads(TRAIN_THREADS)
     plan = plan_device(0, cpu_fallback)
     load_8bit = plan.load_in_8bit
@@ -193,12 +194,15 @@ def train_cpu(data, work: Path, cpu_fallback: str) -> tuple[Path, dict]:
         log(f"8-bit unavailable ({err.__class__.__name__}: {err}): fp32 used, as fine_tune does")
         load_8bit = False
         model, tokenizer = load_base(base_dir())
+    config, note = effective_config(plan.device, load_8bit, False, config)  # as fine_tune applies the settings
+    if note:
+        log(note)
     train_rows, dropped = rows_for(tokenizer, data.train, config.max_seq_len)
     val_rows, _ = rows_for(tokenizer, data.validation, config.max_seq_len)
     precision = precision_of(plan.device, load_8bit, config)
     key = run_key(data.version, SMOLLM2, config,  # placement as fine_tune keys it
                   "-".join(filter(None, (plan.device, precision, getattr(plan, "placement", "")))))
-    out_dir = work / "runs" / key
+    out_dir = work / "runs" / (key + ("-compiled" if config.compile_layers else ""))  # the key ignores compiling
     out_dir.mkdir(parents=True, exist_ok=True)
     log(f"training on CPU ({precision}, {TRAIN_THREADS} threads): {len(train_rows)} packed rows "
         f"({dropped} chats over {config.max_seq_len} tokens dropped), {len(val_rows)} validation rows -> {out_dir}")
@@ -210,7 +214,7 @@ def train_cpu(data, work: Path, cpu_fallback: str) -> tuple[Path, dict]:
                         probe_cache=probe_cache)
     tokenizer.save_pretrained(result.adapter_dir)
     summary = {**asdict(result), "run_key": key, "precision": precision, "dropped_too_long": dropped,
-               "config": asdict(config)}
+               "config": asdict(config), "config_note": note}
     (out_dir / "train.json").write_text(json.dumps(summary, default=list))
     log(f"trained {result.steps} steps in {result.train_seconds:.0f} s ({result.tokens_per_s:.0f} tokens/s), "
         f"val loss {result.val_losses[-1][1] if result.val_losses else float('nan'):.4f}")
@@ -244,7 +248,9 @@ def evaluate_adapters(args) -> dict:
     if args.train_cpu:
         from datacreek_assets.finetune.pipeline import gives_memory_back
 
-        path, report["train_cpu"] = gives_memory_back(train_cpu)(data, work, args.cpu_fallback)
+        settings = {key: value for key, value in (("cpu_precision", args.cpu_precision), ("seed", args.seed),
+                                                  ("compile_layers", args.compile_layers or None)) if value is not None}
+        path, report["train_cpu"] = gives_memory_back(train_cpu)(data, work, args.cpu_fallback, **settings)
         adapters.append(("cpu-" + report["train_cpu"]["run_key"], path))
     if not adapters:
         raise SystemExit("nothing to evaluate: give --adapter DIR and/or --train-cpu")
@@ -306,9 +312,13 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--prep", default="/tmp/qa_prep", help="the `prepare` folder (--train-cpu, --with-validation)")
     ev.add_argument("--work", default="/tmp/qa_offline_work", help="GGUF exports, CPU training runs, staged adapters")
     ev.add_argument("--train-cpu", action="store_true", help="first train one adapter on CPU on PREP/train_chats.json "
-                    "(default TrainConfig) and evaluate it too")
+                    "(TrainConfig, with the settings below) and evaluate it too")
     ev.add_argument("--cpu-fallback", choices=("int8", "fp32"), default=None,
                     help="the base's precision for --train-cpu (default: DATACREEK_CPU_FALLBACK, else int8)")
+    ev.add_argument("--cpu-precision", choices=("fp32", "bf16"), default=None,
+                    help="--train-cpu with an fp32 base: fp32, or bf16 autocast (TrainConfig.cpu_precision)")
+    ev.add_argument("--compile-layers", action="store_true", help="--train-cpu: compile the decoder layers")
+    ev.add_argument("--seed", type=int, default=None, help="--train-cpu: TrainConfig.seed (default: its own)")
     ev.add_argument("--with-validation", action="store_true",
                     help="also score the held-out generated questions (PREP/val_chats.json), as qa_eval does")
     ev.add_argument("--reuse-index", action="store_true", help="use PREP/retrieval instead of rebuilding the index")
