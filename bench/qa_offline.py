@@ -248,8 +248,11 @@ def evaluate_adapters(args) -> dict:
     if args.train_cpu:
         from datacreek_assets.finetune.pipeline import gives_memory_back
 
-        settings = {key: value for key, value in (("cpu_precision", args.cpu_precision), ("seed", args.seed),
-                                                  ("compile_layers", args.compile_layers or None)) if value is not None}
+        settings = {"compile_layers": args.compile_layers}  # the rest only when given: TrainConfig's own otherwise
+        if args.cpu_precision:
+            settings["cpu_precision"] = args.cpu_precision
+        if args.seed is not None:
+            settings["seed"] = args.seed
         path, report["train_cpu"] = gives_memory_back(train_cpu)(data, work, args.cpu_fallback, **settings)
         adapters.append(("cpu-" + report["train_cpu"]["run_key"], path))
     if not adapters:
