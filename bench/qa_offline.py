@@ -221,6 +221,27 @@ def train_cpu(data, work: Path, cpu_fallback: str, **settings) -> tuple[Path, di
     return Path(result.adapter_dir), summary
 
 
+def averaged_cpu(data, work: Path, trained: list[tuple[Path, dict]]) -> tuple[str, Path, dict]:
+    """The members' averaged adapter, as fine_tune averages them (averaging.average_adapters)."""
+    from dataclasses import asdict
+
+    from transformers import AutoTokenizer
+
+    from datacreek_assets.finetune.averaging import average_adapters
+    from datacreek_assets.finetune.pipeline import averaged_run_key, rows_for
+
+    keys = [summary["run_key"] + ("-compiled" if summary["config"]["compile_layers"] else "") for _, summary in trained]
+    name = "cpu-averaged-" + averaged_run_key(keys)
+    tokenizer = AutoTokenizer.from_pretrained(trained[0][0])
+    val_rows, _ = rows_for(tokenizer, data.validation, trained[0][1]["config"]["max_seq_len"])
+    started = time.monotonic()
+    averaged = average_adapters(base_dir(), [path for path, _ in trained], work / "runs" / name, val_rows,
+                                tokenizer.pad_token_id)
+    log(f"averaged {len(trained)} adapters (rank {averaged.rank}) in {time.monotonic() - started:.0f} s: validation "
+        f"loss {averaged.val_loss}, members {averaged.member_val_losses} (fp32 base, CPU)")
+    return name, Path(averaged.adapter_dir), {**asdict(averaged), "members": keys}
+
+
 def staged(adapter: Path, name: str, work: Path) -> dict:
     """`latest` as read_latest gives it. evaluate reads the tokenizer from the adapter's folder
     (fine_tune saves it there): an adapter without one is copied and given the base's."""
@@ -247,14 +268,20 @@ def evaluate_adapters(args) -> dict:
     data = read_prep(Path(args.prep)) if (args.train_cpu or args.with_validation) else SftData("", "", [], [])
     if args.train_cpu:
         from datacreek_assets.finetune.pipeline import gives_memory_back
+        from datacreek_assets.finetune.training import TrainConfig
 
         settings = {"compile_layers": args.compile_layers}  # the rest only when given: TrainConfig's own otherwise
         if args.cpu_precision:
             settings["cpu_precision"] = args.cpu_precision
-        if args.seed is not None:
-            settings["seed"] = args.seed
-        path, report["train_cpu"] = gives_memory_back(train_cpu)(data, work, args.cpu_fallback, **settings)
-        adapters.append(("cpu-" + report["train_cpu"]["run_key"], path))
+        first_seed = args.seed if args.seed is not None else TrainConfig.seed
+        trained = [gives_memory_back(train_cpu)(data, work, args.cpu_fallback, **settings, seed=first_seed + i)
+                   for i in range(args.average_seeds)]
+        report["train_cpu"] = [summary for _, summary in trained]  # one summary per seed
+        if args.average_seeds == 1:
+            adapters.append(("cpu-" + trained[0][1]["run_key"], trained[0][0]))
+        else:
+            name, path, report["averaged"] = gives_memory_back(averaged_cpu)(data, work, trained)
+            adapters.append((name, path))
     if not adapters:
         raise SystemExit("nothing to evaluate: give --adapter DIR and/or --train-cpu")
     with tempfile.TemporaryDirectory(prefix="qa-offline-") as root:
@@ -302,6 +329,15 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def average_seeds(text: str) -> int:
+    from datacreek_assets.finetune.training import MAX_AVERAGE_SEEDS
+
+    n = int(text)
+    if not 1 <= n <= MAX_AVERAGE_SEEDS:
+        raise argparse.ArgumentTypeError(f"between 1 and {MAX_AVERAGE_SEEDS}, as TrainConfig.average_seeds")
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.qa_offline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -322,6 +358,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="--train-cpu with an fp32 base: fp32, or bf16 autocast (TrainConfig.cpu_precision)")
     ev.add_argument("--compile-layers", action="store_true", help="--train-cpu: compile the decoder layers")
     ev.add_argument("--seed", type=int, default=None, help="--train-cpu: TrainConfig.seed (default: its own)")
+    ev.add_argument("--average-seeds", type=average_seeds, default=1, metavar="N",
+                    help="--train-cpu: train N adapters (seeds SEED to SEED+N-1) and evaluate their average, "
+                    "as TrainConfig.average_seeds does")
     ev.add_argument("--with-validation", action="store_true",
                     help="also score the held-out generated questions (PREP/val_chats.json), as qa_eval does")
     ev.add_argument("--reuse-index", action="store_true", help="use PREP/retrieval instead of rebuilding the index")

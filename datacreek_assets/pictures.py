@@ -106,21 +106,31 @@ def mapper_picture(node_xy, node_sizes, edges, title: str) -> bytes:
     return figure_png(fig)
 
 
-def loss_curve_picture(losses: list[tuple[int, float]], val_losses: list[tuple[int, float]], title: str) -> bytes:
+def loss_curve_picture(runs: list[tuple[str, list[tuple[int, float]], list[tuple[int, float]]]], title: str,
+                       averaged_val_loss: float | None = None) -> bytes:
+    """Train and validation loss per optimizer step, for each ``(label, losses, val_losses)`` (one
+    training, or the seeds of an averaged adapter); the averaged adapter's validation loss is a
+    dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    if losses:
-        ax.plot(*zip(*losses), label="train loss", color="#36a", linewidth=1)
-    if val_losses:
-        ax.plot(*zip(*val_losses), label="validation loss", color="#c63", marker="o")
+    for i, (label, losses, val_losses) in enumerate(runs):
+        prefix = f"{label}: " if label else ""
+        shade = 1.0 - 0.45 * i / max(len(runs) - 1, 1)  # later members lighter, same hues
+        if losses:
+            ax.plot(*zip(*losses), label=f"{prefix}train loss", color=(0.2 * shade, 0.4 * shade, 0.67), linewidth=1)
+        if val_losses:
+            ax.plot(*zip(*val_losses), label=f"{prefix}validation loss", color=(0.8, 0.4 * shade, 0.2 * shade),
+                    marker="o")
+    if averaged_val_loss is not None:
+        ax.axhline(averaged_val_loss, color="#2a2", linestyle="--", label="averaged adapter: validation loss")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("token cross-entropy")
     ax.set_title(title)
-    ax.legend()
+    ax.legend(fontsize=7 if len(runs) > 1 else None)
     return figure_png(fig)
 
 

@@ -5,6 +5,8 @@ Files live under ``<models_dir>/tenants/<tenant>/``:
   version) of one training
   configuration (run_key hashes the dataset version, base model and training config,
   so a retried run resumes its own checkpoints and never another configuration's);
+  for an averaged adapter (``average_seeds``), its own folder holds ``adapter/``, ``averaged.json``
+  and ``lineage.json`` naming the members, whose trainings have folders of their own;
 - ``gguf/<run_key>/``: ``model.f16.gguf``, ``model.q8_0.gguf``, ``adapter.gguf``;
 - ``latest.json``: the newest finished training (written by rename, last).
 The base model's checkpoint and its f16 GGUF are shared by all tenants under
@@ -18,10 +20,11 @@ import functools
 import gc
 import hashlib
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from datacreek_assets import cpu_features
+from datacreek_assets.finetune.averaging import AveragedAdapter
 from datacreek_assets.finetune.base_model import base_model_dir, load_base
 from datacreek_assets.finetune.launch import run_launched, write_job
 from datacreek_assets.finetune.packing import encode, pack
@@ -94,9 +97,15 @@ def run_key(dataset_version: str, base_model: str, config: TrainConfig, placemen
     computes: a compiled run resumes an uncompiled one's checkpoints (a resumed run keeps its
     micro-batch)."""
     how = ("gpu_precision", "cpu_precision", "compile_layers", "micro_batch_by_speed")
-    settings = {k: v for k, v in asdict(config).items() if k not in how}
+    # a member of an average is the same training as that seed alone: it resumes and is reused
+    settings = {k: v for k, v in asdict(config).items() if k not in (*how, "average_seeds")}
     blob = json.dumps([dataset_version, base_model, settings, placement], sort_keys=True, default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def averaged_run_key(member_keys: list[str]) -> str:
+    """The averaged adapter's key: its members' keys, in seed order."""
+    return hashlib.sha256(json.dumps(["average", member_keys]).encode()).hexdigest()[:16]
 
 
 def read_latest(tenant_dir: Path) -> dict:
@@ -123,6 +132,8 @@ class FineTuneOutcome:
     dropped_too_long: int
     reschedule_latency_s: float | None = None  # after an interrupted attempt (see heartbeat.py)
     precision: str = "fp32"  # what the training computed in: fp32, bf16 (autocast, CUDA or CPU) or int8 (CPU base)
+    members: list[FineTuneOutcome] = field(default_factory=list)  # the trainings an averaged adapter is made of
+    averaged: AveragedAdapter | None = None
 
 
 def gives_memory_back(func):
@@ -151,7 +162,36 @@ def fine_tune(tenant_dir: Path, base_cache: Path, base_model: str, data: SftData
               launcher: str = "auto") -> FineTuneOutcome:
     """Train (or resume) the tenant's adapter; logs params and losses to the tenant's MLflow experiment.
     ``run_tags`` (the Dagster run id, partition and asset key) go on the MLflow run. ``launcher``
-    (training.LAUNCHERS) says whether `accelerate launch` starts the training (launch.py)."""
+    (training.LAUNCHERS) says whether `accelerate launch` starts the training (launch.py).
+
+    With ``config.average_seeds`` n > 1 it trains n members (seeds ``config.seed`` to
+    ``config.seed + n - 1``), each its own run key, checkpoints and MLflow run (ended as the member
+    finishes), so a retry on the same placement resumes the member it stopped in and reuses those
+    that finished (another placement, such as the CPU fallback rung, trains its own); then it
+    releases their averaged adapter (averaging.py) under a run key of its own, with its own MLflow
+    run. ``latest.json`` names the released adapter and is written last."""
+    members = []
+    for i in range(config.average_seeds):
+        member = _train_member(tenant_dir, base_cache, base_model, data, replace(config, seed=config.seed + i),
+                               tracking, cpu_fallback, gpus, on_step, run_tags, launcher)
+        if config.average_seeds > 1 and tracking.run(member.mlflow_run_id).info.status == "RUNNING":
+            tracking.finish(member.mlflow_run_id)  # its training is done, whatever happens to the next
+        members.append(member)
+    outcome = members[0] if len(members) == 1 else _average_members(tenant_dir, base_cache, base_model, data,
+                                                                    config, members, tracking, run_tags)
+    write_json_atomic(tenant_dir / "latest.json", {
+        "run_key": outcome.run_key, "mlflow_run_id": outcome.mlflow_run_id, "dataset_version": data.version,
+        "base_model": base_model, "base_dir": str(base_model_dir(base_model, base_cache)),
+        "adapter_dir": outcome.result.adapter_dir, "device": outcome.device,
+        "load_in_8bit": outcome.load_in_8bit, "precision": outcome.precision})
+    return outcome
+
+
+@gives_memory_back
+def _train_member(tenant_dir: Path, base_cache: Path, base_model: str, data: SftData, config: TrainConfig,
+                  tracking, cpu_fallback: str, gpus: int, on_step, run_tags: dict | None,
+                  launcher: str) -> FineTuneOutcome:
+    """One training (or its resumption) with ``config``'s seed."""
     import torch
 
     from datacreek_assets.finetune.heartbeat import TrainingHeartbeat
@@ -193,13 +233,8 @@ def fine_tune(tenant_dir: Path, base_cache: Path, base_model: str, data: SftData
         run_id = run_file.read_text().strip()
         tracking.reopen(run_id, run_tags or {})
     else:
-        run_id = tracking.start_run(f"finetune-{key}", {
-            "learning_rate": config.learning_rate, "epochs": config.epochs, "max_steps": config.max_steps,
-            "lora_rank": config.lora_rank, "lora_alpha": config.lora_alpha, "base_model": base_model,
-            "dataset_version": data.version, "template_sha": data.template_sha,
-            "effective_batch": config.effective_batch, "max_seq_len": config.max_seq_len,
-            "device": plan.device, "load_in_8bit": load_8bit, "precision": precision, "run_key": key,
-        }, tags=run_tags)
+        run_id = tracking.start_run(f"finetune-{key}", _run_params(config, base_model, data, plan.device, load_8bit,
+                                                                    precision, key), tags=run_tags)
         run_file.write_text(run_id)
     if rescheduled_after is not None:
         tracking.log_metric(run_id, "reschedule_latency_s", rescheduled_after)
@@ -242,12 +277,77 @@ def fine_tune(tenant_dir: Path, base_cache: Path, base_model: str, data: SftData
         _log_training(tracking, run_id, result)
         logged.touch()
     (out_dir / "train.json").write_text(json.dumps(asdict(result)))
-    write_json_atomic(tenant_dir / "latest.json", {
-        "run_key": key, "mlflow_run_id": run_id, "dataset_version": data.version, "base_model": base_model,
-        "base_dir": str(base_dir), "adapter_dir": result.adapter_dir, "device": plan.device,
-        "load_in_8bit": load_8bit, "precision": precision})
     return FineTuneOutcome(key, run_id, data, result, plan.device, reason, load_8bit, dropped, rescheduled_after,
                            precision)
+
+
+def _run_params(config: TrainConfig, base_model: str, data: SftData, device: str, load_8bit: bool,
+                precision: str, key: str) -> dict:
+    """A training's MLflow params (an averaged adapter's add what it is made of)."""
+    return {"learning_rate": config.learning_rate, "epochs": config.epochs, "max_steps": config.max_steps,
+            "lora_rank": config.lora_rank, "lora_alpha": config.lora_alpha, "base_model": base_model,
+            "dataset_version": data.version, "template_sha": data.template_sha,
+            "effective_batch": config.effective_batch, "max_seq_len": config.max_seq_len, "seed": config.seed,
+            "device": device, "load_in_8bit": load_8bit, "precision": precision, "run_key": key}
+
+
+def _average_members(tenant_dir: Path, base_cache: Path, base_model: str, data: SftData, config: TrainConfig,
+                     members: list[FineTuneOutcome], tracking, run_tags: dict | None) -> FineTuneOutcome:
+    """The members' averaged adapter in ``runs/<averaged key>/adapter``, with its MLflow run (the one
+    the release's export and evaluation log to). A retry after the averaging finished
+    (``averaged.json`` written last) reuses it when its members are these trainings; members
+    trained again (model GC had deleted them) are averaged again, under a new MLflow run."""
+    from datacreek_assets.finetune.averaging import average_adapters
+
+    first = members[0]
+    key = averaged_run_key([m.run_key for m in members])
+    out_dir = tenant_dir / "runs" / key
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out_dir / "lineage.json", {"dataset_version": data.version, "base_model": base_model,
+                                                 "members": [m.run_key for m in members]})
+    report_file = out_dir / "averaged.json"
+    run_file = out_dir / "mlflow_run_id"
+    member_runs = [m.mlflow_run_id for m in members]
+    done = json.loads(report_file.read_text()) if report_file.exists() else {}
+    if done.pop("member_mlflow_run_ids", None) == member_runs:
+        averaged = AveragedAdapter(**done)
+        run_id = run_file.read_text().strip()
+        tracking.reopen(run_id, run_tags or {})
+    else:
+        if done:  # averaged from trainings that are gone: its run describes those
+            run_file.unlink(missing_ok=True)
+        from transformers import AutoTokenizer
+
+        base_dir = base_model_dir(base_model, base_cache)
+        tokenizer = AutoTokenizer.from_pretrained(first.result.adapter_dir)
+        val_rows, _ = rows_for(tokenizer, data.validation, config.max_seq_len)
+        averaged = gives_memory_back(average_adapters)(base_dir, [Path(m.result.adapter_dir) for m in members],
+                                                       out_dir / "adapter", val_rows, tokenizer.pad_token_id)
+        if run_file.exists():
+            run_id = run_file.read_text().strip()
+            tracking.reopen(run_id, run_tags or {})
+        else:
+            params = _run_params(config, base_model, data, first.device, first.load_in_8bit, first.precision, key)
+            run_id = tracking.start_run(f"finetune-{key}", {
+                **params, "lora_rank": averaged.rank, "lora_alpha": averaged.rank, "member_lora_rank": config.lora_rank,
+                "average_seeds": len(members), "member_run_keys": ",".join(m.run_key for m in members),
+                "member_mlflow_run_ids": ",".join(member_runs)}, tags=run_tags)
+            run_file.write_text(run_id)
+        if averaged.val_loss is not None:
+            tracking.log_metric(run_id, "val_loss", averaged.val_loss)
+        for i, loss in enumerate(averaged.member_val_losses):
+            if loss is not None:
+                tracking.log_metric(run_id, f"member{i}_val_loss", loss)
+        tracking.log_artifact(run_id, Path(averaged.adapter_dir), "adapter")
+        write_json_atomic(report_file, {**asdict(averaged), "member_mlflow_run_ids": member_runs})
+    results = [m.result for m in members]
+    seconds = sum(r.train_seconds for r in results)
+    tokens = sum(r.train_tokens for r in results)
+    result = replace(first.result, adapter_dir=averaged.adapter_dir, steps=sum(r.steps for r in results),
+                     train_tokens=tokens, train_seconds=seconds, tokens_per_s=tokens / seconds if seconds else 0.0,
+                     peak_memory_mb=max(r.peak_memory_mb for r in results), losses=[], val_losses=[],
+                     resumed_from=sum(r.resumed_from for r in results))
+    return replace(first, run_key=key, mlflow_run_id=run_id, result=result, members=members, averaged=averaged)
 
 
 def _log_training(tracking, run_id: str, result: TrainResult) -> None:

@@ -7,6 +7,7 @@ another tenant's runs.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -139,6 +140,75 @@ def test_mlflow_runs_are_scoped_to_their_tenant(stores, instance):
     assert acme.run(acme_run).data.tags["dagster_run_id"] == first.data.tags["dagster_run_id"] != again.run_id
     with pytest.raises(ValueError):
         finetune(0.0).tracking("../acme")
+
+
+def test_an_averaged_release_trains_each_seed_once_and_releases_the_mean_of_their_adapters(stores, instance):
+    """average_seeds 2: two member trainings (seeds 0 and 1) and their averaged adapter, each a run key
+    and an MLflow run of its own; the export, its llama.cpp check and the evaluation use the average.
+    Materialized again, nothing is trained or averaged twice."""
+    from datacreek_assets.finetune.pipeline import averaged_run_key, read_latest
+
+    objects, finetune, ledger = stores
+    tuning = finetune(-1.0)  # the gate is not what is measured here
+    write_dataset(objects, "initech", tuning.models_dir)
+    config = {**TRAINING["ops"]["finetuned_adapter"]["config"], "max_steps": 4, "average_seeds": 2}
+    run_config = {"ops": {"finetuned_adapter": {"config": config}}}
+    instance.add_dynamic_partitions(TENANTS_PARTITION, ["initech"])
+    resources = {"object_store": objects, "finetune": tuning, "mlflow": tuning.mlflow, "credit_ledger": ledger}
+    result = dg.materialize(ASSETS, partition_key="initech", instance=instance, run_config=run_config,
+                            resources=resources)
+    assert result.success and check(result, "gguf_matches_torch").passed
+    meta = {k: v.value for k, v in result.asset_materializations_for_node("finetuned_adapter")[0].metadata.items()}
+    members = meta["member_run_keys"].split(", ")
+    assert meta["average_seeds"] == 2 and len(set(members)) == 2
+    assert meta["lora_rank_averaged"] == 2 * 8 and meta["steps"] == 2 * 4
+    member_losses = json.loads(meta["member_val_losses"])
+    assert len(member_losses) == 2 and all(loss > 0 for loss in member_losses) and meta["val_loss"] > 0
+    tenant_dir = tuning.tenant_dir("initech")
+    latest = read_latest(tenant_dir)
+    assert latest["run_key"] == meta["run_key"] == averaged_run_key(members)
+    assert Path(latest["adapter_dir"]) == tenant_dir / "runs" / latest["run_key"] / "adapter"
+    lineage = json.loads((tenant_dir / "runs" / latest["run_key"] / "lineage.json").read_text())
+    assert lineage["dataset_version"] == "v1" and lineage["members"] == members  # erasure finds it by its data
+    assert sorted(p.name for p in (tenant_dir / "runs").iterdir()) == sorted([*members, latest["run_key"]])
+    assert result.asset_materializations_for_node("gguf_model")[0].metadata["run_key"].value == latest["run_key"]
+    for node in ("gguf_model", "qa_eval"):
+        assert result.asset_materializations_for_node(node)[0].metadata["mlflow_run_id"].value == meta["mlflow_run_id"]
+
+    tracking = tuning.tracking("initech")
+    runs = {r.info.run_id: r for r in tracking.client.search_runs([tracking.experiment_id])}
+    assert len(runs) == 3 and {r.info.status for r in runs.values()} == {"FINISHED"}
+    averaged = runs[meta["mlflow_run_id"]]
+    assert averaged.data.params["average_seeds"] == "2" and averaged.data.params["member_run_keys"] == ",".join(members)
+    assert set(averaged.data.params["member_mlflow_run_ids"].split(",")) == set(runs) - {averaged.info.run_id}
+    assert averaged.data.metrics["val_loss"] == pytest.approx(meta["val_loss"], abs=1e-4)
+    assert "reward_avg" in averaged.data.metrics  # qa_eval scored the averaged adapter's run
+
+    written = {path: path.stat().st_mtime_ns for path in (tenant_dir / "runs" / latest["run_key"]).rglob("*")
+               if path.name in ("averaged.json", "adapter_model.safetensors")}
+    assert len(written) == 2
+
+    def materialize_again():
+        again = dg.materialize([finetuned_adapter], partition_key="initech", instance=instance,
+                               run_config=run_config, resources=resources)
+        return {k: v.value for k, v in again.asset_materializations_for_node("finetuned_adapter")[0].metadata.items()}
+
+    again = materialize_again()
+    assert again["run_key"] == latest["run_key"] and again["mlflow_run_id"] == averaged.info.run_id
+    assert again["resumed_from_step"] == again["steps"] == 2 * 4  # each member resumed its finished checkpoint
+    assert {path: path.stat().st_mtime_ns for path in written} == written  # and the average was not made again
+    assert len(tracking.client.search_runs([tracking.experiment_id])) == 3
+
+    # model GC deleted a member: it is trained again, and the average is made again from the members
+    # there are now, under an MLflow run of its own (the old one describes a training that is gone)
+    shutil.rmtree(tenant_dir / "runs" / members[1])
+    rebuilt = materialize_again()
+    assert rebuilt["run_key"] == latest["run_key"] and rebuilt["mlflow_run_id"] != averaged.info.run_id
+    runs = {r.info.run_id: r for r in tracking.client.search_runs([tracking.experiment_id])}
+    assert len(runs) == 5 and {r.info.status for r in runs.values()} == {"FINISHED"}
+    member_runs = runs[rebuilt["mlflow_run_id"]].data.params["member_mlflow_run_ids"].split(",")
+    assert member_runs[0] == averaged.data.params["member_mlflow_run_ids"].split(",")[0]  # member 0 reused
+    assert member_runs[1] not in averaged.data.params["member_mlflow_run_ids"]
 
 
 def test_the_run_end_hook_and_the_failure_sensor_end_only_what_the_failed_run_opened_in_its_tenant(stores, instance):

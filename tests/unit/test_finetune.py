@@ -408,6 +408,79 @@ def test_gguf_export_matches_torch_in_llama_cpp(trained, tiny_dir, tmp_path):
     assert without.max_abs_logit_diff > 10 * with_adapter.max_abs_logit_diff  # the adapter really changes logits
 
 
+def test_averaged_adapters_add_the_mean_of_the_members_updates_and_llama_cpp_applies_them(tiny_dir, tmp_path):
+    """Two seeds' adapters averaged: the merged weights are the mean of each member's merged weights,
+    the adapter's rank is the members' sum, the members and the average are scored alike, and
+    llama.cpp applies the averaged adapter to the base file as torch computes it."""
+    from peft import PeftModel
+
+    from datacreek_assets.finetune.averaging import average_adapters
+    from datacreek_assets.finetune.gguf_export import export_lora, export_model
+    from datacreek_assets.finetune.llama_cpp import check_gguf, teacher_forced_ids
+    from datacreek_assets.finetune.training import validation_loss
+
+    torch.set_num_threads(1)
+    members = []
+    for seed in (0, 1):
+        model, tokenizer = load_base(tiny_dir)
+        config = TrainConfig(lora_rank=4, effective_batch=4, max_steps=8, learning_rate=5e-3, eval_every=100,
+                             micro_batch_by_speed=False, seed=seed)
+        torch.manual_seed(seed)
+        train_lora(wrap_lora(model, config), tokenizer.pad_token_id, rows(tokenizer), [], config, tmp_path / f"m{seed}")
+        tokenizer.save_pretrained(tmp_path / f"m{seed}" / "adapter")
+        members.append(tmp_path / f"m{seed}" / "adapter")
+    val = rows(tokenizer)[:2]
+    out = tmp_path / "averaged"
+    out.mkdir()
+    (out / "stale.txt").write_text("from an interrupted earlier averaging")
+    averaged = average_adapters(tiny_dir, members, out, val, tokenizer.pad_token_id)
+    assert averaged.rank == 8 and Path(averaged.adapter_dir) == out
+    assert not (out / "stale.txt").exists() and not out.with_name("averaged.partial").exists()
+    assert (out / "tokenizer.json").exists()  # export and evaluation read the tokenizer beside the adapter
+
+    merged = [merged_of(tiny_dir, m).state_dict() for m in members]
+    averaged_model = merged_of(tiny_dir, out)
+    base = load_base(tiny_dir)[0].state_dict()
+    changed = 0
+    for name, weight in averaged_model.state_dict().items():
+        mean = (merged[0][name] + merged[1][name]) / 2
+        assert torch.allclose(weight, mean, atol=1e-6), name
+        changed += not torch.equal(mean, base[name])
+    assert changed == 2 * 7  # every LoRA-targeted projection of both layers moved
+    assert not torch.allclose(merged[0]["model.layers.0.self_attn.q_proj.weight"],
+                              merged[1]["model.layers.0.self_attn.q_proj.weight"])  # the seeds really differ
+
+    def loss(adapter_dir):
+        peft_model = PeftModel.from_pretrained(load_base(tiny_dir)[0], adapter_dir).eval()
+        with torch.inference_mode():
+            return validation_loss(lambda b: token_loss_sum(peft_model, b), val, 1, tokenizer.pad_token_id, "cpu")
+
+    assert averaged.member_val_losses == pytest.approx([loss(m) for m in members], rel=1e-5)
+    assert averaged.val_loss == pytest.approx(loss(out), rel=1e-5)
+
+    ids = teacher_forced_ids(averaged_model, prompt_ids(tokenizer), {tokenizer.eos_token_id})
+    base_file = export_model(load_base(tiny_dir)[0], tokenizer, tmp_path / "base.f32.gguf", "f32")
+    adapter = export_lora(PeftModel.from_pretrained(load_base(tiny_dir)[0], out), tokenizer, tmp_path / "avg.gguf")
+    applied = check_gguf(averaged_model, Path(base_file.path), ids, lora_path=Path(adapter.path))
+    assert applied.passed and applied.max_abs_logit_diff < 1e-3
+    with pytest.raises(ValueError, match="at least two"):
+        average_adapters(tiny_dir, members[:1], tmp_path / "one", val, tokenizer.pad_token_id)
+
+
+def test_average_seeds_is_bounded_and_left_out_of_a_members_run_key():
+    from datacreek_assets.finetune.pipeline import averaged_run_key, run_key
+
+    with pytest.raises(ValueError, match="average_seeds"):
+        TrainConfig(average_seeds=0)
+    with pytest.raises(ValueError, match="average_seeds"):
+        TrainConfig(average_seeds=9)
+    alone, member = TrainConfig(seed=1), TrainConfig(seed=1, average_seeds=3)
+    assert run_key("v1", "b", alone, "cpu-fp32") == run_key("v1", "b", member, "cpu-fp32")  # reused as a member
+    assert run_key("v1", "b", alone, "cpu-fp32") != run_key("v1", "b", TrainConfig(seed=2), "cpu-fp32")
+    assert averaged_run_key(["a", "b"]) != averaged_run_key(["b", "a"])
+    assert averaged_run_key(["a", "b"]) != averaged_run_key(["a", "b", "c"])
+
+
 class Tampered:
     """What a buggy exporter would read: the model's config and state dict, edited."""
 

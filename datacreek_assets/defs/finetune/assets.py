@@ -35,6 +35,7 @@ class FineTuneConfig(dg.Config):
     gpu_precision: str = TrainConfig.gpu_precision  # "bf16" autocast or "fp32", on CUDA only
     cpu_precision: str = TrainConfig.cpu_precision  # "bf16" autocast or "fp32", on CPU with an fp32 base
     compile_layers: bool = TrainConfig.compile_layers  # torch.compile each decoder layer (fp32 base, not launched)
+    average_seeds: int = TrainConfig.average_seeds  # train this many seeds and release their averaged adapter
 
 
 def mlflow_run_tags(context: dg.AssetExecutionContext) -> dict[str, str]:
@@ -49,6 +50,26 @@ def mlflow_run_link(finetune: FineTuneResource, tracking, run_id: str) -> dict:
     url = finetune.mlflow.run_url(tracking, run_id)
     return {"mlflow_run_id": run_id, "mlflow_experiment": tracking.experiment_name,
             **({"mlflow_run": dg.MetadataValue.url(url)} if url else {})}
+
+
+def training_losses(outcome) -> dict:
+    """The losses a materialization shows: the training's, or for an averaged adapter each member's
+    (in seed order) and the average's validation loss (members and average measured alike, on CPU)."""
+    def rounded(points: list[tuple[int, float]], at: int) -> float | None:
+        return round(points[at][1], 4) if points else None
+
+    if outcome.averaged is None:
+        result = outcome.result
+        return {"first_train_loss": rounded(result.losses, 0), "final_train_loss": rounded(result.losses, -1),
+                "val_loss": rounded(result.val_losses, -1)}
+    averaged = outcome.averaged
+    return {"average_seeds": len(outcome.members),
+            "member_run_keys": ", ".join(m.run_key for m in outcome.members),
+            "lora_rank_averaged": averaged.rank,
+            "member_final_train_losses": json.dumps([rounded(m.result.losses, -1) for m in outcome.members]),
+            "member_val_losses": json.dumps([round(v, 4) if v is not None else None
+                                             for v in averaged.member_val_losses]),
+            "val_loss": round(averaged.val_loss, 4) if averaged.val_loss is not None else None}
 
 
 @tenant_asset(
@@ -101,7 +122,11 @@ def finetuned_adapter(context: dg.AssetExecutionContext, config: FineTuneConfig,
                             train_config, tracking, finetune.cpu_fallback, gpus, on_step=progress,
                             run_tags=mlflow_run_tags(context), launcher=finetune.launcher)
         result = outcome.result
-        picture = loss_curve_picture(result.losses, result.val_losses, f"{tenant}: LoRA fine-tuning")
+        trainings = outcome.members or [outcome]
+        picture = loss_curve_picture(
+            [(f"seed {train_config.seed + i}" if outcome.members else "", m.result.losses,
+              m.result.val_losses) for i, m in enumerate(trainings)], f"{tenant}: LoRA fine-tuning",
+            averaged_val_loss=outcome.averaged.val_loss if outcome.averaged else None)
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "loss_curve.png").write_bytes(picture)
             tracking.log_artifact(outcome.mlflow_run_id, Path(tmp) / "loss_curve.png", "pictures")
@@ -130,9 +155,7 @@ def finetuned_adapter(context: dg.AssetExecutionContext, config: FineTuneConfig,
             "train_tokens": result.train_tokens,
             "tokens_per_s": round(result.tokens_per_s, 1),
             "peak_memory_mb": round(result.peak_memory_mb, 1),
-            "first_train_loss": round(result.losses[0][1], 4) if result.losses else None,
-            "final_train_loss": round(result.losses[-1][1], 4) if result.losses else None,
-            "val_loss": round(result.val_losses[-1][1], 4) if result.val_losses else None,
+            **training_losses(outcome),
             "loss_curve": dg.MetadataValue.md(png_markdown(picture, "loss curve")),
         },
         data_version=dg.DataVersion(outcome.run_key),
