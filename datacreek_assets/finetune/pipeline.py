@@ -29,7 +29,7 @@ from datacreek_assets.finetune.base_model import base_model_dir, load_base
 from datacreek_assets.finetune.launch import run_launched, write_job
 from datacreek_assets.finetune.packing import encode, pack
 from datacreek_assets.finetune.training import (
-    TrainConfig, TrainResult, plan_device, precision_of, train_lora, wrap_lora, write_json_atomic,
+    STEP_OBSERVER, TrainConfig, TrainResult, plan_device, precision_of, train_lora, wrap_lora, write_json_atomic,
 )
 
 DATASET_PREFIX = "datasets/sft"
@@ -171,9 +171,16 @@ def fine_tune(tenant_dir: Path, base_cache: Path, base_model: str, data: SftData
     releases their averaged adapter (averaging.py) under a run key of its own, with its own MLflow
     run. ``latest.json`` names the released adapter and is written last."""
     members = []
+    observer = STEP_OBSERVER.get()
     for i in range(config.average_seeds):
-        member = _train_member(tenant_dir, base_cache, base_model, data, replace(config, seed=config.seed + i),
-                               tracking, cpu_fallback, gpus, on_step, run_tags, launcher)
+        if observer is not None:  # the CLI's progress bar counts every member's steps, not each from 0
+            n = config.average_seeds
+            STEP_OBSERVER.set(lambda step, total, loss, i=i: observer(i * total + step, n * total, loss))
+        try:
+            member = _train_member(tenant_dir, base_cache, base_model, data, replace(config, seed=config.seed + i),
+                                   tracking, cpu_fallback, gpus, on_step, run_tags, launcher)
+        finally:
+            STEP_OBSERVER.set(observer)
         if config.average_seeds > 1 and tracking.run(member.mlflow_run_id).info.status == "RUNNING":
             tracking.finish(member.mlflow_run_id)  # its training is done, whatever happens to the next
         members.append(member)

@@ -147,6 +147,7 @@ def test_an_averaged_release_trains_each_seed_once_and_releases_the_mean_of_thei
     and an MLflow run of its own; the export, its llama.cpp check and the evaluation use the average.
     Materialized again, nothing is trained or averaged twice."""
     from datacreek_assets.finetune.pipeline import averaged_run_key, read_latest
+    from datacreek_assets.finetune.training import STEP_OBSERVER
 
     objects, finetune, ledger = stores
     tuning = finetune(-1.0)  # the gate is not what is measured here
@@ -155,9 +156,15 @@ def test_an_averaged_release_trains_each_seed_once_and_releases_the_mean_of_thei
     run_config = {"ops": {"finetuned_adapter": {"config": config}}}
     instance.add_dynamic_partitions(TENANTS_PARTITION, ["initech"])
     resources = {"object_store": objects, "finetune": tuning, "mlflow": tuning.mlflow, "credit_ledger": ledger}
-    result = dg.materialize(ASSETS, partition_key="initech", instance=instance, run_config=run_config,
-                            resources=resources)
+    observed = []  # what the CLI's progress bar is told (runner.materialize_tenant sets the observer)
+    token = STEP_OBSERVER.set(lambda step, total, loss: observed.append((step, total)))
+    try:
+        result = dg.materialize(ASSETS, partition_key="initech", instance=instance, run_config=run_config,
+                                resources=resources)
+    finally:
+        STEP_OBSERVER.reset(token)
     assert result.success and check(result, "gguf_matches_torch").passed
+    assert observed == [(step, 8) for step in range(1, 9)]  # both members' steps, counted on
     meta = {k: v.value for k, v in result.asset_materializations_for_node("finetuned_adapter")[0].metadata.items()}
     members = meta["member_run_keys"].split(", ")
     assert meta["average_seeds"] == 2 and len(set(members)) == 2
