@@ -225,18 +225,14 @@ def averaged_cpu(data, work: Path, trained: list[tuple[Path, dict]]) -> tuple[st
     """The members' averaged adapter, as fine_tune averages them (averaging.average_adapters)."""
     from dataclasses import asdict
 
-    from transformers import AutoTokenizer
-
     from datacreek_assets.finetune.averaging import average_adapters
-    from datacreek_assets.finetune.pipeline import averaged_run_key, rows_for
+    from datacreek_assets.finetune.pipeline import averaged_run_key
 
     keys = [summary["run_key"] + ("-compiled" if summary["config"]["compile_layers"] else "") for _, summary in trained]
     name = "cpu-averaged-" + averaged_run_key(keys)
-    tokenizer = AutoTokenizer.from_pretrained(trained[0][0])
-    val_rows, _ = rows_for(tokenizer, data.validation, trained[0][1]["config"]["max_seq_len"])
     started = time.monotonic()
-    averaged = average_adapters(base_dir(), [path for path, _ in trained], work / "runs" / name, val_rows,
-                                tokenizer.pad_token_id)
+    averaged = average_adapters(base_dir(), [path for path, _ in trained], work / "runs" / name, data.validation,
+                                trained[0][1]["config"]["max_seq_len"])
     log(f"averaged {len(trained)} adapters (rank {averaged.rank}) in {time.monotonic() - started:.0f} s: validation "
         f"loss {averaged.val_loss}, members {averaged.member_val_losses} (fp32 base, CPU)")
     return name, Path(averaged.adapter_dir), {**asdict(averaged), "members": keys}

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from datacreek_assets.finetune.base_model import load_base
-from datacreek_assets.finetune.packing import PackedRow
+from datacreek_assets.finetune.packing import rows_for
 from datacreek_assets.finetune.training import token_loss_sum, validation_loss
 
 AVERAGED = "averaged"
@@ -33,17 +33,19 @@ class AveragedAdapter:
     member_val_losses: list[float | None]  # each member's, measured the same way (fp32 base, on CPU)
 
 
-def average_adapters(base_dir: Path, member_dirs: list[Path], out: Path, val_rows: list[PackedRow],
-                     pad_id: int) -> AveragedAdapter:
+def average_adapters(base_dir: Path, member_dirs: list[Path], out: Path, val_chats: list[dict],
+                     max_len: int) -> AveragedAdapter:
     """Write the members' mean update to ``out`` (a peft adapter folder, with the base's tokenizer),
     replacing what is there only once the new folder is complete. The members and the average are
-    scored with the same validation loss: an fp32 base on CPU, whatever the members trained in."""
+    scored with the same validation loss on ``val_chats`` (packed to ``max_len``, as trained): an
+    fp32 base on CPU, whatever the members trained in."""
     import torch
     from peft import PeftModel
 
     if len(member_dirs) < 2:
         raise ValueError(f"averaging needs at least two adapters, not {len(member_dirs)}")
     model, tokenizer = load_base(base_dir)
+    val_rows, _ = rows_for(tokenizer, val_chats, max_len)
     names = [f"member{i}" for i in range(len(member_dirs))]
     peft_model = PeftModel.from_pretrained(model, str(member_dirs[0]), adapter_name=names[0])
     for name, folder in zip(names[1:], member_dirs[1:]):
@@ -56,7 +58,8 @@ def average_adapters(base_dir: Path, member_dirs: list[Path], out: Path, val_row
             return None
         peft_model.set_adapter(name)
         with torch.inference_mode():
-            return validation_loss(lambda batch: token_loss_sum(peft_model, batch), val_rows, 1, pad_id, "cpu")
+            return validation_loss(lambda batch: token_loss_sum(peft_model, batch), val_rows, 1,
+                                   tokenizer.pad_token_id, "cpu")
 
     member_losses = [scored(name) for name in names]
     averaged_loss = scored(AVERAGED)

@@ -68,6 +68,12 @@ def pack(examples: list[Example], max_len: int) -> list[PackedRow]:
     return rows
 
 
+def rows_for(tokenizer, chats: list[dict], max_len: int) -> tuple[list[PackedRow], int]:
+    """Chat records (``messages``) packed into rows, and how many were dropped for exceeding ``max_len``."""
+    examples = [e for e in (encode(tokenizer, c["messages"], max_len) for c in chats) if e is not None]
+    return pack(examples, max_len), len(chats) - len(examples)
+
+
 def collate(rows: list[PackedRow], pad_id: int, dtype=None, device=None) -> dict:
     """Tensors for one micro-batch on ``device``: right-padded to the longest row, 4-D block-causal mask.
 

@@ -27,7 +27,7 @@ from datacreek_assets import cpu_features
 from datacreek_assets.finetune.averaging import AveragedAdapter
 from datacreek_assets.finetune.base_model import base_model_dir, load_base
 from datacreek_assets.finetune.launch import run_launched, write_job
-from datacreek_assets.finetune.packing import encode, pack
+from datacreek_assets.finetune.packing import rows_for
 from datacreek_assets.finetune.training import (
     STEP_OBSERVER, TrainConfig, TrainResult, plan_device, precision_of, train_lora, wrap_lora, write_json_atomic,
 )
@@ -113,11 +113,6 @@ def read_latest(tenant_dir: Path) -> dict:
     if not latest.exists():
         raise FineTuneError("no finished fine-tuning for this tenant: materialize finetuned_adapter first")
     return json.loads(latest.read_text())
-
-
-def rows_for(tokenizer, chats: list[dict], max_len: int):
-    examples = [e for e in (encode(tokenizer, c["messages"], max_len) for c in chats) if e is not None]
-    return pack(examples, max_len), len(chats) - len(examples)
 
 
 @dataclass
@@ -316,30 +311,26 @@ def _average_members(tenant_dir: Path, base_cache: Path, base_model: str, data: 
     run_file = out_dir / "mlflow_run_id"
     member_runs = [m.mlflow_run_id for m in members]
     done = json.loads(report_file.read_text()) if report_file.exists() else {}
-    if done.pop("member_mlflow_run_ids", None) == member_runs:
+    reused = done.pop("member_mlflow_run_ids", None) == member_runs
+    if reused:
         averaged = AveragedAdapter(**done)
-        run_id = run_file.read_text().strip()
-        tracking.reopen(run_id, run_tags or {})
     else:
         if done:  # averaged from trainings that are gone: its run describes those
             run_file.unlink(missing_ok=True)
-        from transformers import AutoTokenizer
-
-        base_dir = base_model_dir(base_model, base_cache)
-        tokenizer = AutoTokenizer.from_pretrained(first.result.adapter_dir)
-        val_rows, _ = rows_for(tokenizer, data.validation, config.max_seq_len)
-        averaged = gives_memory_back(average_adapters)(base_dir, [Path(m.result.adapter_dir) for m in members],
-                                                       out_dir / "adapter", val_rows, tokenizer.pad_token_id)
-        if run_file.exists():
-            run_id = run_file.read_text().strip()
-            tracking.reopen(run_id, run_tags or {})
-        else:
-            params = _run_params(config, base_model, data, first.device, first.load_in_8bit, first.precision, key)
-            run_id = tracking.start_run(f"finetune-{key}", {
-                **params, "lora_rank": averaged.rank, "lora_alpha": averaged.rank, "member_lora_rank": config.lora_rank,
-                "average_seeds": len(members), "member_run_keys": ",".join(m.run_key for m in members),
-                "member_mlflow_run_ids": ",".join(member_runs)}, tags=run_tags)
-            run_file.write_text(run_id)
+        averaged = gives_memory_back(average_adapters)(
+            base_model_dir(base_model, base_cache), [Path(m.result.adapter_dir) for m in members],
+            out_dir / "adapter", data.validation, config.max_seq_len)
+    if run_file.exists():
+        run_id = run_file.read_text().strip()
+        tracking.reopen(run_id, run_tags or {})
+    else:
+        params = _run_params(config, base_model, data, first.device, first.load_in_8bit, first.precision, key)
+        run_id = tracking.start_run(f"finetune-{key}", {
+            **params, "lora_rank": averaged.rank, "lora_alpha": averaged.rank, "member_lora_rank": config.lora_rank,
+            "average_seeds": len(members), "member_run_keys": ",".join(m.run_key for m in members),
+            "member_mlflow_run_ids": ",".join(member_runs)}, tags=run_tags)
+        run_file.write_text(run_id)
+    if not reused:
         if averaged.val_loss is not None:
             tracking.log_metric(run_id, "val_loss", averaged.val_loss)
         for i, loss in enumerate(averaged.member_val_losses):

@@ -415,6 +415,7 @@ def test_averaged_adapters_add_the_mean_of_the_members_updates_and_llama_cpp_app
     from peft import PeftModel
 
     from datacreek_assets.finetune.averaging import average_adapters
+    from datacreek_assets.finetune.packing import rows_for
     from datacreek_assets.finetune.gguf_export import export_lora, export_model
     from datacreek_assets.finetune.llama_cpp import check_gguf, teacher_forced_ids
     from datacreek_assets.finetune.training import validation_loss
@@ -429,11 +430,12 @@ def test_averaged_adapters_add_the_mean_of_the_members_updates_and_llama_cpp_app
         train_lora(wrap_lora(model, config), tokenizer.pad_token_id, rows(tokenizer), [], config, tmp_path / f"m{seed}")
         tokenizer.save_pretrained(tmp_path / f"m{seed}" / "adapter")
         members.append(tmp_path / f"m{seed}" / "adapter")
-    val = rows(tokenizer)[:2]
+    val_chats = [c for c in chats() if c["split"] == "validation"]
+    val, _ = rows_for(tokenizer, val_chats, 96)
     out = tmp_path / "averaged"
     out.mkdir()
     (out / "stale.txt").write_text("from an interrupted earlier averaging")
-    averaged = average_adapters(tiny_dir, members, out, val, tokenizer.pad_token_id)
+    averaged = average_adapters(tiny_dir, members, out, val_chats, 96)
     assert averaged.rank == 8 and Path(averaged.adapter_dir) == out
     assert not (out / "stale.txt").exists() and not out.with_name("averaged.partial").exists()
     assert (out / "tokenizer.json").exists()  # export and evaluation read the tokenizer beside the adapter
@@ -464,7 +466,7 @@ def test_averaged_adapters_add_the_mean_of_the_members_updates_and_llama_cpp_app
     applied = check_gguf(averaged_model, Path(base_file.path), ids, lora_path=Path(adapter.path))
     assert applied.passed and applied.max_abs_logit_diff < 1e-3
     with pytest.raises(ValueError, match="at least two"):
-        average_adapters(tiny_dir, members[:1], tmp_path / "one", val, tokenizer.pad_token_id)
+        average_adapters(tiny_dir, members[:1], tmp_path / "one", val_chats, 96)
 
 
 def test_average_seeds_is_bounded_and_left_out_of_a_members_run_key():
