@@ -401,7 +401,7 @@ def _with_passages(records: list[SftRecord], index, embed, k: int) -> tuple[list
     hits = 0
     absent: list[SftRecord] = []
     for r, vector in zip(records, vectors):
-        found = index.search(vector, k + 4)
+        found = index.search(vector, k + 4, question=r.question)
         top = [p.text for p in found[:k]]
         answer = r.output.lower()
         # retrieval found it: the source chunk, or a chunk of the same document holding the answer

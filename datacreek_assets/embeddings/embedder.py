@@ -66,20 +66,25 @@ def _load(threads: int):
 @functools.lru_cache(maxsize=2)
 def _load_question_encoder(threads: int):
     """The served question encoder: a MiniLM of its own with int8 linear layers where this CPU
-    multiplies int8 exactly (`int8.int8_products_exact`), else fp32. Its vectors are within cosine
+    multiplies int8 in hardware (`cpu_features.native_int8`) and exactly (`int8.int8_products_exact`),
+    else fp32. Its vectors are within cosine
     0.99 of the fp32 ones (chunks: fp32, or bf16 at cosine 0.99996 where native) and find the
     same top passage (bench/retrieval.py)."""
     import torch
     from transformers import AutoModel, AutoTokenizer
 
+    from datacreek_assets.cpu_features import native_int8
     from datacreek_assets.embeddings.int8 import int8_products_exact, quantize_linears
 
     torch.set_num_threads(threads)
     tokenizer = AutoTokenizer.from_pretrained(model_dir())
     model = AutoModel.from_pretrained(model_dir()).eval()
-    if int8_products_exact():
+    if not native_int8():
+        LOG.info("this CPU has no int8 dot products (VNNI/AMX): questions are embedded in fp32")
+    elif not int8_products_exact():
+        LOG.info("this CPU's int8 products are not exact (oneDNN capped below VNNI): questions are embedded in fp32")
+    else:
         return tokenizer, quantize_linears(model), "int8"
-    LOG.info("this CPU's int8 products are not exact (no VNNI/AMX): questions are embedded in fp32")
     return tokenizer, model, "fp32"
 
 

@@ -494,7 +494,7 @@ def evaluate(latest: dict, manifest: dict, sets: list[EvalSet], index, extractiv
     grounding: dict[tuple[str, str], list] = {}  # what each answer is held to, as served (extractive)
     for s in sets:
         vectors = embed_texts(s.questions)
-        passages = [[p.text for p in index.search(v)] for v in vectors]
+        passages = [[p.text for p in index.search(v, question=q)] for q, v in zip(s.questions, vectors)]
         prompts[(s.name, "closed")] = [messages_for(q, None) for q in s.questions]
         prompts[(s.name, "retrieval")] = [messages_for(q, p) for q, p in zip(s.questions, passages)]
         grounding[(s.name, "closed")] = [None] * len(s.questions)

@@ -1,5 +1,6 @@
 """A tenant's retrieval index: its live chunks' vectors (read back from the feature store, fp8
-dequantized) with their texts, searched exactly by inner product.
+dequantized) with their texts, searched exactly by inner product, and with the question's own
+words (BM25, `lexical.py`) added to the vectors' scores when the question is given.
 
 Exact search, not an approximate graph: a tenant's corpus is thousands to tens of thousands of
 chunks, where one matrix-vector product over 384-d vectors takes about a millisecond (1.3 ms for
@@ -15,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,10 @@ import numpy as np
 from datacreek_assets.tenancy import validate_tenant_id
 
 DEFAULT_K = 3
+# a question's BM25 scores, scaled to its best chunk's, count this much next to the cosine: on the
+# demo's 109 hand-written questions the answer is in the top 3 for 0.982 against 0.936 for the
+# vectors alone, and in the top 1 for 0.862 against 0.780 (README, "Grounding a request")
+LEXICAL_WEIGHT = 0.5
 
 
 class RetrievalError(RuntimeError):
@@ -44,6 +49,7 @@ class RetrievalIndex:
     doc_ids: list[str]
     texts: list[str]
     vectors: np.ndarray  # (n, d) float32, unit length
+    _lexical: object = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.tenant_id = validate_tenant_id(self.tenant_id)
@@ -61,17 +67,33 @@ class RetrievalIndex:
         digest.update(np.ascontiguousarray(self.vectors).tobytes())
         return digest.hexdigest()[:16]
 
-    def search(self, query: np.ndarray, k: int = DEFAULT_K, exclude: set[str] | None = None) -> list[Passage]:
-        """The k chunks most similar to a unit-length query vector, best first."""
+    def search(self, query: np.ndarray, k: int = DEFAULT_K, exclude: set[str] | None = None,
+               question: str | None = None) -> list[Passage]:
+        """The k chunks most similar to a unit-length query vector, best first; with ``question``
+        (the text the vector embeds), its BM25 scores count too (LEXICAL_WEIGHT)."""
         if not len(self):
             return []
         scores = self.vectors @ np.asarray(query, dtype=np.float32).reshape(-1)
+        if question is not None:
+            lexical = self.lexical.scores(question)
+            best = float(lexical.max())
+            if best > 0:
+                scores = scores + LEXICAL_WEIGHT * lexical / best
         want = min(len(self), k + len(exclude or ()))
         top = np.argpartition(-scores, want - 1)[:want]
         top = top[np.argsort(-scores[top], kind="stable")]
         found = [Passage(self.chunk_ids[i], self.doc_ids[i], self.texts[i], float(scores[i])) for i in top
                  if not exclude or self.chunk_ids[i] not in exclude]
         return found[:k]
+
+    @property
+    def lexical(self):
+        """The chunks' BM25 index, built on first use (a few ms per thousand chunks)."""
+        if self._lexical is None:
+            from datacreek_assets.retrieval.lexical import LexicalIndex
+
+            self._lexical = LexicalIndex(self.texts)
+        return self._lexical
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()

@@ -262,7 +262,7 @@ class Router:
         with self.embed_lock:  # one embedder, one thread: requests take turns, as llama.cpp's do
             started = time.perf_counter()
             vector = embed_question(question)
-        passages = index.search(vector, self.retrieval_k)
+        passages = index.search(vector, self.retrieval_k, question=question)
         return passages, time.perf_counter() - started
 
     def _index_of(self, tenant: str):
@@ -282,6 +282,8 @@ class Router:
         if latest != version:
             try:
                 index = load_current(folder, tenant)
+                if index is not None:
+                    index.lexical  # its BM25 terms, built here once per version, not in a timed search
             except RetrievalError:
                 index = None  # a broken index is not served; the request goes on without passages
             version = latest

@@ -1,13 +1,16 @@
 """The retrieval index: built from feature-store rows, exact, owned by one tenant, published atomically."""
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from datacreek_assets.embeddings.fp8 import quantize
 from datacreek_assets.retrieval.index import (
-    RetrievalError, RetrievalIndex, build_index, current_version, load_current, publish, read_index,
+    LEXICAL_WEIGHT, RetrievalError, RetrievalIndex, build_index, current_version, load_current, publish, read_index,
 )
+from datacreek_assets.retrieval.lexical import B, K1, LexicalIndex, terms
 from datacreek_assets.retrieval.prompt import NOT_IN_DOCUMENTS, SYSTEM_PROMPT, messages_for, with_context
 
 
@@ -37,6 +40,53 @@ def test_search_is_exact_top_k_over_fp8_vectors():
         exact = np.argsort(-(index.vectors @ vectors[probe]))[:3]
         assert [p.chunk_id for p in found] == [index.chunk_ids[i] for i in exact]
     assert [p.chunk_id for p in index.search(vectors[0], k=2, exclude={"c0"})][0] != "c0"
+
+
+def test_bm25_weights_identifiers_whole_and_by_their_parts():
+    texts = ["Use json.dumps to serialize obj.", "The object_pairs_hook takes priority over object_hook.",
+             "dumps dumps dumps: a chunk that repeats one word, and is longer than the others by far here.", ""]
+    lexical = LexicalIndex(texts)
+    assert terms("In json.dumps, what is THE object_pairs_hook?") == [
+        "json.dumps", "json", "dumps", "object_pairs_hook", "object", "pairs", "hook"]
+    # BM25 by its formula, computed here from the counts
+    lengths = [len(terms(t)) for t in texts]
+    mean = sum(lengths) / len(lengths)
+
+    def bm25(term: str, row: int) -> float:
+        n = sum(term in terms(t) for t in texts)
+        tf = terms(texts[row]).count(term)
+        idf = math.log(1 + (len(texts) - n + 0.5) / (n + 0.5))
+        return idf * tf * (K1 + 1) / (tf + K1 * (1 - B + B * lengths[row] / mean)) if tf else 0.0
+
+    for question in ("json.dumps", "which hook takes priority?", "dumps dumps", "what is the"):
+        expected = [sum(bm25(t, row) for t in dict.fromkeys(terms(question))) for row in range(len(texts))]
+        assert np.allclose(lexical.scores(question), expected, rtol=1e-5)
+    assert lexical.scores("json.dumps").argmax() == 0 and lexical.scores("object_pairs_hook").argmax() == 1
+    assert not lexical.scores("what is the").any()  # stopwords alone match nothing
+
+
+def test_a_question_s_words_rerank_the_vectors_and_the_search_stays_exact():
+    vectors = unit_rows(50, seed=3)
+    texts = [f"filler passage {i} about nothing" for i in range(50)]
+    texts[7] = "In csv, QUOTE_NONE instructs writer objects to never quote fields."
+    index = RetrievalIndex("acme", [f"c{i}" for i in range(50)], ["d"] * 50, texts, vectors)
+    query = vectors[2] + 0.8 * vectors[7]
+    query /= np.linalg.norm(query)
+    assert index.search(query, k=1)[0].chunk_id == "c2"  # the vectors alone
+    question = "What does QUOTE_NONE tell csv writers?"
+    found = index.search(query, k=3, question=question)
+    assert found[0].chunk_id == "c7"  # its identifier puts the right chunk first
+    lexical = index.lexical.scores(question)
+    fused = index.vectors @ query + LEXICAL_WEIGHT * lexical / lexical.max()
+    assert [p.chunk_id for p in found] == [f"c{i}" for i in np.argsort(-fused)[:3]]
+    assert [p.score for p in found] == pytest.approx(sorted(fused, reverse=True)[:3], rel=1e-5)
+    # no word in common: the vectors' order, unchanged
+    assert [p.chunk_id for p in index.search(query, k=3, question="zebra?")] == \
+        [p.chunk_id for p in index.search(query, k=3)]
+    assert "c7" not in [p.chunk_id for p in index.search(query, k=3, question="QUOTE_NONE", exclude={"c7"})]
+    again = RetrievalIndex.from_bytes(index.to_bytes(), "acme")  # the BM25 terms are rebuilt, never stored
+    assert [p.chunk_id for p in again.search(query, k=3, question="QUOTE_NONE")] == \
+        [p.chunk_id for p in index.search(query, k=3, question="QUOTE_NONE")]
 
 
 def test_an_index_belongs_to_one_tenant(tmp_path):
@@ -94,6 +144,29 @@ def test_a_served_question_is_embedded_close_to_its_fp32_vector():
             assert np.allclose(served, batch, atol=1e-5)
         else:
             assert float(served @ batch) > 0.99  # measured >= 0.9969 on 109 hand-written questions
+
+
+def test_the_served_encoder_is_int8_only_with_int8_dot_products_in_hardware(monkeypatch):
+    from pathlib import Path
+
+    from datacreek_assets import cpu_features
+    from datacreek_assets.embeddings import embedder
+    from datacreek_assets.embeddings.int8 import int8_products_exact
+
+    flags = set(next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("flags")), []))
+    assert cpu_features.native_int8() == bool(flags & {"avx512_vnni", "amx_tile"})
+    assert embedder.question_encoder_precision() == (
+        "int8" if cpu_features.native_int8() and int8_products_exact() else "fp32")
+    # exact products without the instructions (as on an AVX2-only EPYC): fp32, the faster one there
+    monkeypatch.setattr(cpu_features, "native_int8", lambda: False)
+    embedder._load_question_encoder.cache_clear()
+    try:
+        assert embedder.question_encoder_precision() == "fp32"
+        question = "Which function serializes obj to a JSON formatted str?"
+        assert np.allclose(embedder.embed_question(question), embedder.embed_texts([question])[0], atol=1e-5)
+    finally:
+        embedder._load_question_encoder.cache_clear()
 
 
 def _saturating_int_mm(a, b):

@@ -45,7 +45,7 @@ def retrieval_index(context: dg.AssetExecutionContext, feature_store: FeatureSto
     timings, self_hits = [], 0
     for chunk, probe in zip(chunks, probes):
         started = time.perf_counter()
-        found = index.search(embed_question(probe), k=3)
+        found = index.search(embed_question(probe), k=3, question=probe)
         timings.append(time.perf_counter() - started)
         self_hits += any(p.chunk_id == chunk["chunk_id"] for p in found)
     return dg.MaterializeResult(
