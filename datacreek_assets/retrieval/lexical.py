@@ -24,13 +24,15 @@ STOPWORDS = frozenset(
 
 
 def terms(text: str) -> list[str]:
-    """Lower-cased words and identifiers, each dotted or underscored one also split into its parts."""
+    """Lower-cased words and identifiers, each dotted or underscored one also split into its parts
+    (``json.object_pairs_hook``: itself, ``json``, ``object_pairs_hook``, ``object``, ``pairs``, ``hook``)."""
     out = []
     for word in _WORD.findall(text.lower()):
-        parts = [word]
-        for sep in ".", "_":
-            if sep in word:
-                parts += word.split(sep)
+        dotted = word.split(".") if "." in word else []
+        parts = [word, *dotted]
+        for part in dotted or [word]:
+            if "_" in part:
+                parts += part.split("_")
         out += [p for p in parts if p and p not in STOPWORDS]
     return out
 
@@ -41,7 +43,8 @@ class LexicalIndex:
     def __init__(self, texts: list[str]):
         docs = [Counter(terms(t)) for t in texts]
         lengths = np.array([sum(d.values()) for d in docs], dtype=np.float32)
-        mean = float(lengths.mean()) if len(docs) and lengths.mean() > 0 else 1.0
+        mean = float(lengths.mean()) if len(docs) else 0.0
+        mean = mean or 1.0  # no terms at all: every length term is 0 anyway
         rows: dict[str, list[int]] = {}
         counts: dict[str, list[int]] = {}
         for i, doc in enumerate(docs):

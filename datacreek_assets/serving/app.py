@@ -283,7 +283,7 @@ class Router:
             try:
                 index = load_current(folder, tenant)
                 if index is not None:
-                    index.lexical  # its BM25 terms, built here once per version, not in a timed search
+                    index.lexical()  # its BM25 terms: built here once per version, not in a timed search
             except RetrievalError:
                 index = None  # a broken index is not served; the request goes on without passages
             version = latest

@@ -42,7 +42,7 @@ def grounded_chats(models_dir: str, tenant: str, n: int = 48) -> list[dict]:
     out = []
     for c in chats(n):
         question, answer = c["messages"][1]["content"], c["messages"][2]["content"]
-        found = [p.text for p in index.search(embed_texts([question])[0])]
+        found = [p.text for p in index.search(embed_texts([question])[0], question=question)]
         out.append({**c, "messages": messages_for(question, found) + [{"role": "assistant", "content": answer}],
                     "question": question, "answer": answer})
     return out
