@@ -46,14 +46,14 @@ def comparisons(quick: bool = False) -> list[Comparison]:
     return [question_encoder(quick), search(quick), question_words(quick), sources(quick)]
 
 
-def question_encoder(quick: bool) -> Comparison:
+def demo_index_and_questions(quick: bool):
+    """(texts, index, rows): the demo chunks' index (vectors as chunk_embeddings computes them) and
+    the hand-written questions ({"question", "answer", ...} rows)."""
     import json
-    import subprocess
-    import sys
     from importlib import resources
 
     from bench.embeddings import corpus_texts
-    from datacreek_assets.embeddings.embedder import embed_question, embed_texts, question_encoder_precision
+    from datacreek_assets.embeddings.embedder import embed_texts
     from datacreek_assets.retrieval.index import RetrievalIndex
 
     texts = corpus_texts(60 if quick else 240)
@@ -61,7 +61,17 @@ def question_encoder(quick: bool) -> Comparison:
                            embed_texts(texts, precision="auto"))
     rows = [json.loads(line) for line in
             resources.files("datacreek_assets").joinpath("demo_questions.jsonl").read_text().splitlines() if line]
-    questions = [r["question"] for r in rows][: 30 if quick else None]
+    return texts, index, rows[: 30 if quick else None]
+
+
+def question_encoder(quick: bool) -> Comparison:
+    import subprocess
+    import sys
+
+    from datacreek_assets.embeddings.embedder import embed_question, embed_texts, question_encoder_precision
+
+    texts, index, rows = demo_index_and_questions(quick)
+    questions = [r["question"] for r in rows]
     encoders = {"served": embed_question, "fp32": lambda q: embed_texts([q])[0]}
     vectors = {name: [encode(q) for q in questions] for name, encode in encoders.items()}  # also loads both
     found = {name: [index.search(v, K, question=q) for q, v in zip(questions, vs)] for name, vs in vectors.items()}
@@ -149,19 +159,10 @@ def search(quick: bool) -> Comparison:
 
 
 def question_words(quick: bool) -> Comparison:
-    import json
-    from importlib import resources
-
-    from bench.embeddings import corpus_texts
-    from datacreek_assets.embeddings.embedder import embed_question, embed_texts
+    from datacreek_assets.embeddings.embedder import embed_question
     from datacreek_assets.retrieval.index import RetrievalIndex
 
-    texts = corpus_texts(60 if quick else 240)
-    demo = RetrievalIndex("bench", [f"c{i}" for i in range(len(texts))], ["d"] * len(texts), texts,
-                          embed_texts(texts, precision="auto"))
-    rows = [json.loads(line) for line in
-            resources.files("datacreek_assets").joinpath("demo_questions.jsonl").read_text().splitlines() if line]
-    rows = rows[: 30 if quick else None]
+    texts, demo, rows = demo_index_and_questions(quick)
     vectors = [embed_question(r["question"]) for r in rows]  # as served
     answered = {}
     for name, words in (("vectors + words", True), ("vectors alone", False)):
