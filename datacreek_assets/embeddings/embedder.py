@@ -66,10 +66,10 @@ def _load(threads: int):
 @functools.lru_cache(maxsize=2)
 def _load_question_encoder(threads: int):
     """The served question encoder: a MiniLM of its own with int8 linear layers where this CPU
-    multiplies int8 in hardware (`cpu_features.native_int8`) and exactly (`int8.int8_products_exact`),
-    else fp32. Its vectors are within cosine
-    0.99 of the fp32 ones (chunks: fp32, or bf16 at cosine 0.99996 where native) and find the
-    same top passage (bench/retrieval.py)."""
+    multiplies int8 in hardware (`cpu_features.native_int8`) and exactly
+    (`int8.int8_products_exact`), else fp32. Its vectors are within cosine 0.99 of the fp32 ones
+    (chunks: fp32, or bf16 at cosine 0.99996 where native) and find the same top passage
+    (bench/retrieval.py)."""
     import torch
     from transformers import AutoModel, AutoTokenizer
 

@@ -45,17 +45,15 @@ class LexicalIndex:
         lengths = np.array([sum(d.values()) for d in docs], dtype=np.float32)
         mean = float(lengths.mean()) if len(docs) else 0.0
         mean = mean or 1.0  # no terms at all: every length term is 0 anyway
-        rows: dict[str, list[int]] = {}
-        counts: dict[str, list[int]] = {}
+        found: dict[str, list[tuple[int, int]]] = {}  # term -> (row, count in that row)
         for i, doc in enumerate(docs):
             for term, count in doc.items():
-                rows.setdefault(term, []).append(i)
-                counts.setdefault(term, []).append(count)
+                found.setdefault(term, []).append((i, count))
         self.size = len(texts)
         self.postings: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        for term, where in rows.items():
-            idx = np.asarray(where, dtype=np.int32)
-            tf = np.asarray(counts[term], dtype=np.float32)
+        for term, where in found.items():
+            idx = np.asarray([i for i, _ in where], dtype=np.int32)
+            tf = np.asarray([c for _, c in where], dtype=np.float32)
             idf = math.log(1 + (self.size - len(idx) + 0.5) / (len(idx) + 0.5))
             weight = idf * tf * (K1 + 1) / (tf + K1 * (1 - B + B * lengths[idx] / mean))
             self.postings[term] = (idx, weight.astype(np.float32))
