@@ -9,6 +9,10 @@ time is part of each tenant run's overhead.
   S3Resource in the prod profile, the MLflow run-end hook when a step ends).
 - **`datacreek --help`.** Candidate: the CLI as installed (commands import what they need when they
   run). Baseline: `python -c "import dagster"`, the floor for any command that imports Dagster.
+- **Opening a tenant's feature store** (as `datacreek tenant delete-document` or an embeddings step
+  does first). Candidate: a fresh Python opens the local profile's store, which imports feast
+  through `import_feast` (no typeguard instrumentation of feast's classes). Baseline: the same,
+  with `import feast` first, as feast instruments itself.
 
 The notes give each candidate's median seconds per process (the goal for `--help` is at most 1 s).
 """
@@ -30,6 +34,9 @@ LOAD = ("import sys; from pathlib import Path; {extra}"
         "from datacreek_assets.defs import build_definitions; from datacreek_assets.settings import LocalSettings; "
         "build_definitions('local', LocalSettings(state_dir=Path(sys.argv[1])))")
 EAGER_INTEGRATIONS = "import dagster_aws.s3, dagster_mlflow; "
+OPEN_FEATURES = ("import sys; from pathlib import Path; {extra}"
+                 "from datacreek_assets.settings import LocalSettings; from resources.factory import build_resources; "
+                 "build_resources('local', LocalSettings(state_dir=Path(sys.argv[1])))['feature_store'].for_tenant('bench')")
 
 
 def _processes(argv: list[str], n: int, seconds: list[float]):
@@ -58,6 +65,8 @@ def comparisons(quick: bool = False) -> list[Comparison]:
     datacreek = str(Path(python).parent / "datacreek")
     load_s: list[float] = []
     help_s: list[float] = []
+    features_s: list[float] = []
+    instrumented_s: list[float] = []
     return [
         Comparison("code location load (local profile)",
                    _processes([python, "-c", LOAD.format(extra=""), state], n, load_s),
@@ -68,6 +77,12 @@ def comparisons(quick: bool = False) -> list[Comparison]:
                    _processes([python, "-c", "import dagster"], n, []),
                    unit="processes", repeats=repeats,
                    notes=lambda: f"candidate median {_median(help_s)} per `datacreek --help` (goal ≤ 1 s)"),
+        Comparison("opening a feature store: feast without vs with typeguard",
+                   _processes([python, "-c", OPEN_FEATURES.format(extra=""), state], n, features_s),
+                   _processes([python, "-c", OPEN_FEATURES.format(extra="import feast; "), state], n, instrumented_s),
+                   unit="processes", repeats=repeats,
+                   notes=lambda: f"median per process: candidate {_median(features_s)}, "
+                                 f"baseline {_median(instrumented_s)}"),
     ]
 
 
