@@ -14,6 +14,8 @@ from __future__ import annotations
 import io
 import logging
 import os
+import sys
+import threading
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -71,24 +73,27 @@ def import_feast():
     """Import feast without typeguard's instrumentation of its classes.
 
     feast decorates its definition classes with typeguard's ``@typechecked``, which re-parses the
-    class's module for every method it instruments: 3.7 s of each process that imports feast on a
+    class's module for every method it instruments: 3.6 s of each process that imports feast on a
     2-core EPYC (4.6 s against 1.0 s, torch and pandas already loaded), so a CLI command that
-    touches a tenant's features spent more time there than at work. The checks only validate
-    arguments to constructors Datacreek calls with fixed definitions (feature_repo/features.py),
-    so they are skipped while feast's package loads; typeguard is left as it was found."""
-    import sys
+    touches a tenant's features spent more time there than at work. The checks validate the
+    arguments of those classes' methods (constructors, proto conversions), which Datacreek calls
+    with its fixed definitions (feature_repo/features.py) and the registry feast itself wrote; so
+    they are skipped while feast's package loads, and typeguard is left as it was found."""
+    with _FEAST_IMPORT:  # two threads patching at once could leave the pass-through in place
+        if "feast" in sys.modules:  # loaded already (instrumented or not): patching now changes nothing
+            return sys.modules["feast"]
+        import typeguard
 
-    if "feast" in sys.modules:
-        return sys.modules["feast"]
-    import typeguard
+        checked = typeguard.typechecked
+        typeguard.typechecked = _unchecked
+        try:
+            import feast
+        finally:
+            typeguard.typechecked = checked
+        return feast
 
-    checked = typeguard.typechecked
-    typeguard.typechecked = _unchecked
-    try:
-        import feast
-    finally:
-        typeguard.typechecked = checked
-    return feast
+
+_FEAST_IMPORT = threading.Lock()
 
 
 def _unchecked(target=None, **_settings):

@@ -8,16 +8,20 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 
-# Each in a fresh interpreter: the test process may have imported feast already.
+# Each in a fresh interpreter: the test process may have imported feast already. An instrumented
+# method's code imports typeguard's helpers, so its code object names `typeguard`.
 PLAIN = """
 import feast
 print("typeguard" in feast.FeatureView.__init__.__code__.co_names)
 """
 OURS = """
-import typeguard
+import sys, typeguard
 checked = typeguard.typechecked
-from datacreek_assets.embeddings.feature_store import import_feast
-feast = import_feast()
+import resources.factory, datacreek_assets.cli.tenant  # what the CLI loads before opening a store
+from datacreek_assets.embeddings.feature_store import FeatureStoreSettings, import_feast
+assert "feast" not in sys.modules, "feast imported before import_feast could skip the instrumentation"
+FeatureStoreSettings(registry="/tmp/registry.db", offline_dir="/tmp/offline").repo_config()
+feast = sys.modules["feast"]
 assert typeguard.typechecked is checked, "typeguard left patched"
 assert import_feast() is feast
 print("typeguard" in feast.FeatureView.__init__.__code__.co_names)
