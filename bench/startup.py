@@ -35,7 +35,8 @@ LOAD = ("import sys; from pathlib import Path; {extra}"
         "build_definitions('local', LocalSettings(state_dir=Path(sys.argv[1])))")
 EAGER_INTEGRATIONS = "import dagster_aws.s3, dagster_mlflow; "
 OPEN_FEATURES = ("import sys; from pathlib import Path; {extra}"
-                 "from datacreek_assets.settings import LocalSettings; from resources.factory import build_resources; "
+                 "from datacreek_assets.settings import LocalSettings; "
+                 "from resources.factory import build_resources; "
                  "build_resources('local', LocalSettings(state_dir=Path(sys.argv[1])))['feature_store'].for_tenant('bench')")
 
 

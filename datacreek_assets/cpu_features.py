@@ -1,6 +1,7 @@
 """What this CPU and torch do natively: for the bfloat16 and int8 choices, which are about speed
 only (the embedder's, the question encoder's and the CPU training's), and for where compiled CPU
-training is used (verified only with AVX-512 kernels). Exactness of int8 products is `embeddings.int8.int8_products_exact`."""
+training is used (verified only with AVX-512 kernels). Exactness of int8 products is
+`embeddings.int8.int8_products_exact`."""
 
 from __future__ import annotations
 

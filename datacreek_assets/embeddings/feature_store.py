@@ -69,6 +69,9 @@ class FeatureStoreSettings:
         )
 
 
+_FEAST_IMPORT = threading.Lock()
+
+
 def import_feast():
     """Import feast without typeguard's instrumentation of its classes.
 
@@ -91,9 +94,6 @@ def import_feast():
         finally:
             typeguard.typechecked = checked
         return feast
-
-
-_FEAST_IMPORT = threading.Lock()
 
 
 def _unchecked(target=None, **_settings):
