@@ -10,7 +10,8 @@ from datacreek_assets.local_services import (
 )
 from datacreek_assets.settings import LocalSettings
 
-pytestmark = pytest.mark.integration
+# a service stack of its own shares the download cache with the session's: one at a time
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("services")]
 
 
 @pytest.fixture
