@@ -57,7 +57,7 @@ demo: prereqs venv ## set up, start services, build every asset for the demo ten
 
 # every failure's traceback also goes to a file: a Ray worker shutting down can close the
 # session's stdout before pytest prints its summary
-# two workers (tests/conftest.py groups the tests of the shared services onto one of them);
+# two workers (tests/xdist_groups.py groups the tests of the shared services onto one of them);
 # PYTEST_WORKERS=0 runs everything in this one process
 PYTEST_WORKERS ?= 2
 test: prereqs venv ## set up and run the whole test suite against real services

@@ -15,6 +15,8 @@ from datacreek_assets.settings import LocalSettings
 
 REPO = Path(__file__).resolve().parent.parent
 
+pytest_plugins = ["tests.xdist_groups"]
+
 
 class HostileInputs:
     """Tally of the hostile inputs the tests throw at each surface (inbox, CLI, HTTP, config):
@@ -69,22 +71,6 @@ def pytest_configure(config):
     # A session started in the background (CI) ignores SIGINT; the Dagster processes the tests
     # start (`dagster dev`, its runs) must not inherit that (datacreek_assets/signals.py).
     let_children_take_default_signals()
-
-
-# `make test` runs two xdist workers (`--dist loadgroup`): the tests of the session's services
-# (and of the PostgreSQL started on demand) are one group, run in order on one worker, so one
-# set of services serves them; every other module runs whole on whichever worker is free.
-# The service tests mostly wait on their services, so the other worker's CPU work fits beside them.
-SERVICE_FIXTURES = frozenset({"services", "settings", "postgres", "sql_url"})
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if item.get_closest_marker("xdist_group"):
-            continue
-        group = "services" if SERVICE_FIXTURES & set(item.fixturenames) else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,77 @@
+"""How `make test`'s two xdist workers share the suite (`--dist loadgroup`).
+
+The tests of the session's services (and of the PostgreSQL started on demand) are one group, run
+in order on one worker, so one set of services serves them; every other module runs whole on
+whichever worker is free. The service tests mostly wait on their services, so the other worker's
+CPU work fits beside them.
+
+xdist 3.8 groups by appending ``@group`` to each test's node id, which pytest 9.2 no longer
+allows (the id is computed), so every test would be its own group and both workers would start
+the services. Here each worker writes the groups it collected to a file, and the controller's
+scheduler reads them from there."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+SERVICE_FIXTURES = frozenset({"services", "settings", "postgres", "sql_url"})
+GROUPS_FOLDER = pytest.StashKey[str]()
+
+
+def group_of(item: pytest.Item) -> str:
+    marker = item.get_closest_marker("xdist_group")
+    if marker:
+        return str(marker.args[0] if marker.args else marker.kwargs.get("name", "default"))
+    return "services" if SERVICE_FIXTURES & set(item.fixturenames) else item.nodeid.split("::")[0]
+
+
+@pytest.hookimpl(tryfirst=True)  # before deselection: the controller may ask for any collected test
+def pytest_collection_modifyitems(config, items):
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is None or "datacreek_groups" not in workerinput:
+        return
+    folder = Path(workerinput["datacreek_groups"])
+    written = folder / f"{workerinput['workerid']}.json.tmp"
+    written.write_text(json.dumps({item.nodeid: group_of(item) for item in items}))
+    written.replace(folder / f"{workerinput['workerid']}.json")  # whole, or not there
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    stash = node.config.stash
+    if GROUPS_FOLDER not in stash:
+        stash[GROUPS_FOLDER] = tempfile.mkdtemp(prefix="datacreek-xdist-groups-")
+    node.workerinput["datacreek_groups"] = stash[GROUPS_FOLDER]
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        """xdist's scope scheduling, with the groups the workers wrote as the scopes."""
+
+        groups: dict[str, str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.groups is None:  # first asked once every worker has collected
+                folder = Path(config.stash[GROUPS_FOLDER])
+                self.groups = json.loads(min(folder.glob("*.json")).read_text())
+            return self.groups.get(nodeid, nodeid)
+
+    return GroupScheduling(config, log)
+
+
+def pytest_unconfigure(config):
+    folder = config.stash.get(GROUPS_FOLDER, None)
+    if folder:
+        for path in Path(folder).iterdir():
+            path.unlink()
+        os.rmdir(folder)
