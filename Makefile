@@ -58,11 +58,10 @@ demo: prereqs venv ## set up, start services, build every asset for the demo ten
 # every failure's traceback also goes to a file: a Ray worker shutting down can close the
 # session's stdout before pytest prints its summary
 # two workers (tests/xdist_groups.py groups the tests of the shared services onto one of them);
-# PYTEST_WORKERS=0 runs everything in this one process
+# PYTEST_WORKERS=0 runs everything in this one process (for --pdb, or -s to see a test's output)
 PYTEST_WORKERS ?= 2
 test: prereqs venv ## set up and run the whole test suite against real services
-	$(BIN)/python -m pytest -p no:cacheprovider -ra -n $(PYTEST_WORKERS) --dist loadgroup \
-		--junitxml=test-artifacts/junit.xml $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -p no:cacheprovider -ra -n $(PYTEST_WORKERS) --junitxml=test-artifacts/junit.xml $(PYTEST_ARGS)
 
 test-cpu-variants: prereqs venv ## the numeric tests as other CPUs run them (torch's kernel sets, llama.cpp with AVX-512)
 	bash scripts/test-cpu-variants.sh

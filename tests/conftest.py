@@ -26,6 +26,7 @@ class HostileInputs:
     def __init__(self):
         self.tried: Counter[str] = Counter()
         self.handled: Counter[str] = Counter()
+        self.workers: set[str] = set()  # the xdist workers whose tallies are in
 
     @contextmanager
     def case(self, surface: str):
@@ -50,6 +51,9 @@ def pytest_sessionfinish(session):
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node, error):
+    if node.gateway.id in HOSTILE.workers:  # an interrupted worker is reported down twice
+        return
+    HOSTILE.workers.add(node.gateway.id)
     tally = getattr(node, "workeroutput", {}).get("hostile", {})
     HOSTILE.tried.update(tally.get("tried", {}))
     HOSTILE.handled.update(tally.get("handled", {}))

@@ -1,19 +1,21 @@
-"""How `make test`'s two xdist workers share the suite (`--dist loadgroup`).
+"""How `make test`'s two xdist workers share the suite (`--dist loadgroup`, pyproject's addopts).
 
 The tests of the session's services (and of the PostgreSQL started on demand) are one group, run
-in order on one worker, so one set of services serves them; every other module runs whole on
-whichever worker is free. The service tests mostly wait on their services, so the other worker's
-CPU work fits beside them.
+in order on one worker, so one set of services serves them; the rest of each module runs as one
+unit on whichever worker is free. The service tests mostly wait on their services (a one-process
+suite left the CPUs 38 % idle), so the other worker's CPU work fits beside them. A crashed worker
+ends the run (`--max-worker-restart=0`), as a crash of a one-process suite does: a replacement
+would find the services' ports held by the crashed worker's services.
 
-xdist 3.8 groups by appending ``@group`` to each test's node id, which pytest 9.2 no longer
-allows (the id is computed), so every test would be its own group and both workers would start
-the services. Here each worker writes the groups it collected to a file, and the controller's
-scheduler reads them from there."""
+xdist 3.8 groups by appending ``@group`` to each test's node id, which has no effect under
+pytest 9.2 (the id is computed), so every test would be its own group and both workers would
+start the services. Here each worker writes the groups it collected to a file, and the
+controller's scheduler reads them from there."""
 
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -24,10 +26,12 @@ GROUPS_FOLDER = pytest.StashKey[str]()
 
 
 def group_of(item: pytest.Item) -> str:
+    if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return "services"
     marker = item.get_closest_marker("xdist_group")
     if marker:
         return str(marker.args[0] if marker.args else marker.kwargs.get("name", "default"))
-    return "services" if SERVICE_FIXTURES & set(item.fixturenames) else item.nodeid.split("::")[0]
+    return item.nodeid.split("::")[0]
 
 
 @pytest.hookimpl(tryfirst=True)  # before deselection: the controller may ask for any collected test
@@ -52,7 +56,8 @@ def pytest_configure_node(node):
 @pytest.hookimpl(optionalhook=True, tryfirst=True)
 def pytest_xdist_make_scheduler(config, log):
     if config.getvalue("dist") != "loadgroup":
-        return None
+        raise pytest.UsageError("the tests of the shared services must run on one worker: "
+                                "distribute with --dist loadgroup (the default), or run with -n 0")
     from xdist.scheduler import LoadScopeScheduling
 
     class GroupScheduling(LoadScopeScheduling):
@@ -62,8 +67,10 @@ def pytest_xdist_make_scheduler(config, log):
 
         def _split_scope(self, nodeid: str) -> str:
             if self.groups is None:  # first asked once every worker has collected
-                folder = Path(config.stash[GROUPS_FOLDER])
-                self.groups = json.loads(min(folder.glob("*.json")).read_text())
+                written = sorted(Path(config.stash[GROUPS_FOLDER]).glob("*.json"))
+                if not written:
+                    raise RuntimeError("no worker wrote its test groups (is tests/xdist_groups.py loaded there?)")
+                self.groups = json.loads(written[0].read_text())
             return self.groups.get(nodeid, nodeid)
 
     return GroupScheduling(config, log)
@@ -72,6 +79,4 @@ def pytest_xdist_make_scheduler(config, log):
 def pytest_unconfigure(config):
     folder = config.stash.get(GROUPS_FOLDER, None)
     if folder:
-        for path in Path(folder).iterdir():
-            path.unlink()
-        os.rmdir(folder)
+        shutil.rmtree(folder, ignore_errors=True)
