@@ -1,6 +1,6 @@
 """What this CPU and torch do natively: for the bfloat16 and int8 choices, which are about speed
 only (the embedder's, the question encoder's and the CPU training's), and for where compiled CPU
-training is used (verified only with AVX-512 kernels). Exactness of int8 products is
+training is used (where inductor's kernels are the CPU's own). Exactness of int8 products is
 `embeddings.int8.int8_products_exact`."""
 
 from __future__ import annotations
@@ -31,11 +31,16 @@ def native_int8() -> bool:
 
 
 @functools.lru_cache(maxsize=1)
-def inductor_avx512() -> bool:
-    """Whether torch.compile (inductor) generates AVX-512 or AMX kernels for this CPU. Compiled
-    LoRA training is verified on those only: with torch 2.15, inductor's AVX2 kernels (a CPU
-    without AVX-512, or `ATEN_CPU_CAPABILITY=avx2` as the CI's AVX2 variant sets) gave NaN losses
-    from the first training step, and its unvectorised C++ did not compile."""
+def inductor_native_kernels() -> bool:
+    """Whether torch.compile (inductor) generates the widest vector kernels this CPU has: AVX-512
+    (or AMX) on such a CPU, AVX2 on a CPU without AVX-512. Compiled LoRA training is verified
+    there, the same losses as eager (`test_compiled_layers_train_on_cpu_what_eager_layers_train`,
+    on AMX Xeons and on an AVX2-only AMD EPYC). Held below the CPU's own, as
+    `ATEN_CPU_CAPABILITY=avx2` holds an AVX-512 CPU for the CI's AVX2 variant, inductor's AVX2
+    kernels gave NaN losses from the first step (torch 2.15); with `default` its unvectorised
+    C++ did not compile."""
+    import torch
     from torch._inductor.cpu_vec_isa import pick_vec_isa
 
-    return str(pick_vec_isa()).startswith("avx512")
+    isa = str(pick_vec_isa())  # follows ATEN_CPU_CAPABILITY; torch.cpu's checks ask the hardware
+    return isa.startswith("avx512") or (isa == "avx2" and not torch.cpu._is_avx512_supported())

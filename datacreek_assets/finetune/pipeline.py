@@ -64,7 +64,7 @@ def effective_config(device: str, load_in_8bit: bool, launched: bool, config: Tr
     rung, a CPU fallback node included:
     - ``compile_layers`` is off under `accelerate launch` (the launched processes run eager), on
       an int8 base (bitsandbytes' layers; compiled training is measured on fp32 bases only) and on
-      a CPU where inductor has no AVX-512 kernels (`cpu_features.inductor_avx512`);
+      a CPU where inductor's kernels are not the CPU's widest (`cpu_features.inductor_native_kernels`);
     - on CPU, "bf16" runs in fp32 on an int8 base (which computes in int8) and on a CPU without
       native bfloat16 (`cpu_features.native_bf16`: emulated there, several times slower)."""
     notes = []
@@ -74,10 +74,10 @@ def effective_config(device: str, load_in_8bit: bool, launched: bool, config: Tr
     if config.compile_layers and load_in_8bit:
         config = replace(config, compile_layers=False)
         notes.append("compile_layers does not apply to an int8 base")
-    if config.compile_layers and device == "cpu" and not cpu_features.inductor_avx512():
+    if config.compile_layers and device == "cpu" and not cpu_features.inductor_native_kernels():
         config = replace(config, compile_layers=False)
-        notes.append("compile_layers not used: compiled CPU training is verified with AVX-512 kernels only "
-                     "(inductor's AVX2 kernels gave NaN losses), eager used")
+        notes.append("compile_layers not used: compiled CPU training is verified with the CPU's own widest kernels "
+                     "only (inductor's AVX2 kernels on an AVX-512 CPU gave NaN losses), eager used")
     if device == "cpu" and config.cpu_precision == "bf16" and load_in_8bit:
         config = replace(config, cpu_precision="fp32")
         notes.append("cpu_precision bf16 does not apply to an int8 base")

@@ -69,7 +69,7 @@ class TrainConfig:
     # An int8 base computes in int8.
     cpu_precision: str = "fp32"
     # Compile each decoder layer with torch.compile (graphs shared by every layer), on CUDA or
-    # CPU (AVX-512 kernels), with an fp32 base, not under `accelerate launch`
+    # CPU (its own widest kernels), with an fp32 base, not under `accelerate launch`
     # (pipeline.effective_config). It costs about 90 s of compilation per process on a GPU
     # machine, so it pays on long trainings only. On CPU it fuses the elementwise work and
     # autocast's casts around the matmuls. The micro-batch is probed eager, before compiling: the

@@ -250,20 +250,20 @@ def test_cpu_bf16_autocast_keys_its_own_runs_and_is_used_only_where_it_applies(m
         assert used.cpu_precision == "fp32" and why == "cpu_precision bf16 does not apply to an int8 base"
         assert effective_config("cuda", False, False, bf16) == (bf16, "")
         assert effective_config("cpu", False, False, fp32) == (fp32, "")
-    # compiled layers: on an fp32 base, CPU (AVX-512 kernels) or CUDA; never on an int8 base, nor in
+    # compiled layers: on an fp32 base, CPU (its own widest kernels) or CUDA; never on an int8 base, nor in
     # launched processes
     compiled = TrainConfig(compile_layers=True)
-    monkeypatch.setattr(cpu_features, "inductor_avx512", lambda: True)
+    monkeypatch.setattr(cpu_features, "inductor_native_kernels", lambda: True)
     assert effective_config("cpu", False, False, compiled) == (compiled, "")
     assert effective_config("cuda", False, False, compiled) == (compiled, "")
     used, why = effective_config("cpu", True, False, compiled)
     assert not used.compile_layers and why == "compile_layers does not apply to an int8 base"
     used, why = effective_config("cuda", False, True, compiled)
     assert not used.compile_layers and why == "compile_layers does not apply under `accelerate launch`"
-    # inductor's AVX2 kernels gave NaN losses in training: eager there, and the plan says why
-    monkeypatch.setattr(cpu_features, "inductor_avx512", lambda: False)
+    # inductor's AVX2 kernels on an AVX-512 CPU gave NaN losses in training: eager there, and the plan says why
+    monkeypatch.setattr(cpu_features, "inductor_native_kernels", lambda: False)
     used, why = effective_config("cpu", False, False, compiled)
-    assert not used.compile_layers and "AVX-512 kernels only" in why
+    assert not used.compile_layers and "widest kernels only" in why
     assert effective_config("cuda", False, False, compiled) == (compiled, "")
 
 
@@ -284,7 +284,30 @@ def test_cpu_bf16_training_follows_the_fp32_loss_curve(tiny_dir, tmp_path):
     assert max(abs(a - b) / a for a, b in zip(curves["fp32"], curves["bf16"])) < 0.02  # 0.004 measured
 
 
-@pytest.mark.skipif(not cpu_features.inductor_avx512(), reason="compiled CPU training is used with AVX-512 kernels only")
+@pytest.mark.parametrize("capability", [None, "avx2", "default"])
+def test_compiled_cpu_training_is_used_with_the_cpu_s_own_widest_kernels_only(capability):
+    """Read from the CPU's flags, not from torch: AVX-512 (or AVX2 without AVX-512) as the CPU has
+    it; never when ATEN_CPU_CAPABILITY holds an AVX-512 CPU to AVX2 (NaN losses there), nor at
+    `default` (inductor's unvectorised C++ did not compile)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        pytest.skip("reads the CPU's flags from Linux's /proc/cpuinfo")
+    flags = set(next((line.split(":", 1)[1].split() for line in cpuinfo.read_text().splitlines()
+                      if line.startswith("flags")), []))
+    env = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
+    if capability:
+        env["ATEN_CPU_CAPABILITY"] = capability
+    answer = subprocess.run([sys.executable, "-c", "from datacreek_assets import cpu_features; "
+                             "print(cpu_features.inductor_native_kernels())"],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert answer.returncode == 0, answer.stderr[-2000:]
+    avx512, avx2 = "avx512f" in flags, "avx2" in flags
+    expected = {None: avx512 or avx2, "avx2": avx2 and not avx512, "default": False}[capability]
+    assert answer.stdout.strip() == str(expected)
+
+
+@pytest.mark.skipif(not cpu_features.inductor_native_kernels(),
+                    reason="compiled CPU training is used with the CPU's own widest kernels only")
 def test_compiled_layers_train_on_cpu_what_eager_layers_train(tiny_dir, tmp_path, monkeypatch):
     """torch.compile on CPU (inductor's C++ kernels, built for whatever CPU runs the test): the same
     losses as eager, over steps whose row widths differ (52 to 63 tokens)."""
