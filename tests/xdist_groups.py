@@ -31,10 +31,8 @@ GROUPS_FOLDER = pytest.StashKey[str]()
 def group_of(item: pytest.Item) -> str:
     if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
         return "services"
-    marker = item.get_closest_marker("xdist_group")
-    if marker:
-        return str(marker.args[0] if marker.args else marker.kwargs.get("name", "default"))
-    return item.nodeid.split("::")[0]
+    marker = item.get_closest_marker("xdist_group")  # `xdist_group("services")`: a stack of its own
+    return marker.args[0] if marker else item.nodeid.split("::")[0]
 
 
 @pytest.hookimpl(tryfirst=True)  # before deselection: the controller may ask for any collected test

@@ -23,6 +23,7 @@ from datacreek_assets.finetune.training import (  # noqa: E402
     TrainConfig, accumulation_steps, forward_precision, micro_batch_for, plan_device, precision_of, token_loss_sum,
     train_lora, wrap_lora,
 )
+from tests.cpu_flags import cpu_flags  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 FACTS = [("json", "encodes and decodes JSON documents"), ("csv", "reads and writes comma separated files"),
@@ -289,11 +290,7 @@ def test_compiled_cpu_training_is_used_with_the_cpu_s_own_widest_kernels_only(ca
     """Read from the CPU's flags, not from torch: AVX-512 (or AVX2 without AVX-512) as the CPU has
     it; never when ATEN_CPU_CAPABILITY holds an AVX-512 CPU to AVX2 (NaN losses there), nor at
     `default` (inductor's unvectorised C++ did not compile)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if not cpuinfo.exists():
-        pytest.skip("reads the CPU's flags from Linux's /proc/cpuinfo")
-    flags = set(next((line.split(":", 1)[1].split() for line in cpuinfo.read_text().splitlines()
-                      if line.startswith("flags")), []))
+    flags = cpu_flags()
     env = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
     if capability:
         env["ATEN_CPU_CAPABILITY"] = capability

@@ -12,6 +12,7 @@ from datacreek_assets.retrieval.index import (
 )
 from datacreek_assets.retrieval.lexical import B, K1, LexicalIndex, terms
 from datacreek_assets.retrieval.prompt import NOT_IN_DOCUMENTS, SYSTEM_PROMPT, messages_for, with_context
+from tests.cpu_flags import cpu_flags
 
 
 def unit_rows(n: int, d: int = 384, seed: int = 0) -> np.ndarray:
@@ -147,15 +148,9 @@ def test_a_served_question_is_embedded_close_to_its_fp32_vector():
 
 
 def test_the_served_encoder_is_int8_only_with_int8_dot_products_in_hardware(monkeypatch):
-    from pathlib import Path
-
     from datacreek_assets import cpu_features
     from datacreek_assets.embeddings import embedder
-    cpuinfo = Path("/proc/cpuinfo")
-    if not cpuinfo.exists():
-        pytest.skip("reads the CPU's flags from Linux's /proc/cpuinfo")
-    flags = set(next((line.split(":", 1)[1].split() for line in cpuinfo.read_text().splitlines()
-                      if line.startswith("flags")), []))
+    flags = cpu_flags()
     assert cpu_features.native_int8() == bool(flags & {"avx512_vnni", "amx_tile"})
     if not flags & {"avx512_vnni", "amx_tile"}:  # as on the AVX2-only EPYC where int8 was 10x slower
         assert embedder.question_encoder_precision() == "fp32"
