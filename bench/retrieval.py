@@ -2,10 +2,12 @@
 chunks.
 
 1. The question encoder, on the demo corpus and its 109 hand-written questions. Candidate:
-   `embed_question` (int8 linear layers, per-row activation scales, `embeddings/int8.py`, where
-   this CPU's int8 products are exact; else fp32, and the ratio is ~1).
-   Baseline: the same question through the fp32 encoder (the chunks are embedded as
-   `chunk_embeddings` does: bf16 where the CPU has it natively, else fp32). The notes
+   `question_encoder.embed_question`, as served: one sequence's forward written out, with int8
+   linear layers where this CPU has exact int8 products in hardware, else float16 weights (fbgemm),
+   else fp32. Baseline: the same question through transformers' fp32 BertModel (`embed_texts`);
+   the chunks are embedded as `chunk_embeddings` does (bf16 where the CPU has it natively, else
+   fp32). The notes also time the written-out forward in fp32 ("fp32 lean"), which separates what
+   the forward saves from what the weights' precision saves. The notes
    give a request's grounding (embed + exact search), p50/p99 in ms, on an idle machine and with
    the other core busy (as when a pool replica is decoding), the cosine of the int8 to the fp32
    vectors, how often both find the same top passage, and how often the top 3 hold the answer.
@@ -68,12 +70,14 @@ def question_encoder(quick: bool) -> Comparison:
     import subprocess
     import sys
 
-    from datacreek_assets.embeddings.embedder import embed_question, embed_texts, question_encoder_precision
+    from datacreek_assets.embeddings.embedder import embed_texts
+    from datacreek_assets.embeddings.question_encoder import embed_question, question_encoder_precision
 
     texts, index, rows = demo_index_and_questions(quick)
     questions = [r["question"] for r in rows]
-    encoders = {"served": embed_question, "fp32": lambda q: embed_texts([q])[0]}
-    vectors = {name: [encode(q) for q in questions] for name, encode in encoders.items()}  # also loads both
+    encoders = {"served": embed_question, "fp32": lambda q: embed_texts([q])[0],
+                "fp32 lean": lambda q: embed_question(q, precision="fp32")}
+    vectors = {name: [encode(q) for q in questions] for name, encode in encoders.items()}  # also loads each
     found = {name: [index.search(v, K, question=q) for q, v in zip(questions, vs)] for name, vs in vectors.items()}
     cosines = [float(a @ b) for a, b in zip(vectors["served"], vectors["fp32"])]
     same_top = np.mean([a[0].chunk_id == b[0].chunk_id for a, b in zip(found["served"], found["fp32"])])
@@ -97,14 +101,16 @@ def question_encoder(quick: bool) -> Comparison:
         return 2 * len(questions)
 
     def notes() -> str:
+        grounding("fp32 lean")
+
         def pct(values: list[float]) -> str:
             return f"p50 {np.percentile(values, 50) * 1000:.1f}/p99 {np.percentile(values, 99) * 1000:.1f} ms"
 
         spent = "; ".join(f"{name} idle {pct(v['idle'])}, other core busy {pct(v['busy'])}"
-                          for name, v in latencies.items())
+                          for name, v in latencies.items() if v["idle"])
         return (f"served encoder: {question_encoder_precision()}; {len(questions)} hand-written questions over "
                 f"{len(texts)} demo chunks; grounding (embed + search): "
-                f"{spent}; cosine served to fp32 min {min(cosines):.4f} mean {np.mean(cosines):.4f}; same top passage "
+                f"{spent}; cosine served to fp32 min {min(cosines):.6f} mean {np.mean(cosines):.6f}; same top passage "
                 f"{same_top:.3f}; answer in the top {K}: served {answered['served']:.3f}, fp32 {answered['fp32']:.3f}")
 
     return Comparison("retrieval: served question encoder vs fp32 (grounding a request)",
@@ -115,7 +121,7 @@ def question_encoder(quick: bool) -> Comparison:
 def search(quick: bool) -> Comparison:
     from pynndescent import NNDescent
 
-    from datacreek_assets.embeddings.embedder import embed_question
+    from datacreek_assets.embeddings.question_encoder import embed_question
     from datacreek_assets.retrieval.index import RetrievalIndex
 
     rng = np.random.default_rng(0)
@@ -159,7 +165,7 @@ def search(quick: bool) -> Comparison:
 
 
 def question_words(quick: bool) -> Comparison:
-    from datacreek_assets.embeddings.embedder import embed_question
+    from datacreek_assets.embeddings.question_encoder import embed_question
     from datacreek_assets.retrieval.index import RetrievalIndex
 
     texts, demo, rows = demo_index_and_questions(quick)
@@ -214,7 +220,8 @@ def sources(quick: bool) -> Comparison:
     from itertools import combinations
 
     from bench.embeddings import corpus_texts
-    from datacreek_assets.embeddings.embedder import embed_question, embed_texts
+    from datacreek_assets.embeddings.embedder import embed_texts
+    from datacreek_assets.embeddings.question_encoder import embed_question
     from datacreek_assets.graph.extraction import _tokens, entity_id_for, extract
 
     texts = corpus_texts(60 if quick else 240)

