@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -34,6 +35,19 @@ def services_left_as_found():
                 svc.down(lambda message: None)
 
 
+@contextmanager
+def scratch_folder():
+    """Every temporary folder the suites make (corpora, feature stores, trainer outputs: a
+    feature store alone is ~330 MB) goes under one folder, removed when the run ends, however it ends."""
+    before = tempfile.tempdir
+    with tempfile.TemporaryDirectory(prefix="datacreek-bench-") as scratch:
+        tempfile.tempdir = scratch
+        try:
+            yield
+        finally:
+            tempfile.tempdir = before
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--only", help="run only the suite (module) or the benchmarks whose name contains this text")
@@ -47,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     # --only naming a suite (e.g. "serving") prepares that suite alone: preparing the others
     # starts services and trains models for nothing
     named_suites = [m for m in SUITES if args.only and args.only in m]
-    with services_left_as_found():
+    with scratch_folder(), services_left_as_found():
         for module_name in named_suites or SUITES:
             module = importlib.import_module(module_name)
             with console.status(f"preparing {module_name}") as status:
