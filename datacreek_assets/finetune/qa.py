@@ -16,11 +16,26 @@ def normalize(text: str) -> list[str]:
     return _ARTICLES.sub(" ", text).split()
 
 
+def _visible(text: str) -> str:
+    return "".join(text.split())
+
+
+def _symbols_only(reference: str) -> bool:
+    """A reference such as '+' or (',', ':'): SQuAD's normalisation (no punctuation) leaves nothing
+    of it, and any prediction of symbols would then match it. Such answers compare as written,
+    blanks aside."""
+    return not normalize(reference) and bool(_visible(reference))
+
+
 def exact_match(prediction: str, reference: str) -> float:
+    if _symbols_only(reference):
+        return float(_visible(prediction) == _visible(reference))
     return float(normalize(prediction) == normalize(reference))
 
 
 def token_f1(prediction: str, reference: str) -> float:
+    if _symbols_only(reference):
+        return exact_match(prediction, reference)
     pred, ref = normalize(prediction), normalize(reference)
     if not pred or not ref:
         return float(pred == ref)
@@ -34,6 +49,8 @@ def token_f1(prediction: str, reference: str) -> float:
 def contains_answer(prediction: str, reference: str) -> float:
     """The reference's normalised tokens appear, in order and together, in the prediction: a
     correct answer said in a few more words ("It returns False." for "False")."""
+    if _symbols_only(reference):
+        return float(_visible(reference) in _visible(prediction))
     pred, ref = normalize(prediction), normalize(reference)
     if not ref:
         return float(not pred)

@@ -4,8 +4,10 @@ The grounded prompt asks for "the shortest exact phrase from the context"; a 135
 that most of the time and otherwise writes a plausible phrase that is nowhere in the passages.
 Greedy decoding here takes, at each step, the most likely of the model's top tokens that keeps
 the answer a span of the passages (ASCII case and runs of whitespace aside) or a beginning of
-NOT_IN_DOCUMENTS. The turn may end on a whole span with a word, or on the whole refusal. When no
-top token goes on, a whole span ends there; anything else becomes (or is finished as) the refusal.
+NOT_IN_DOCUMENTS. The turn may end on a whole span that says something (a word, or at least two
+visible characters: an operator such as '+' or a tuple such as (',', ':') is an answer, a lone "."
+is not), or on the whole refusal. When no top token goes on, an answer begun ends there (a
+beginning of the refusal is finished first); with nothing said yet, the answer is the refusal.
 The same choice serves evaluation (`llama_greedy`'s ``choose``) and serving (a llama.cpp logits
 processor at temperature 0), so a client gets what was measured.
 """
@@ -40,10 +42,15 @@ def _fits(text: bytes, context: bytes) -> bool:
     return not text or text in context or _REFUSAL.startswith(text)
 
 
+def says_something(answer: str) -> bool:
+    """A word, or at least two visible characters (an operator or a literal such as '/')."""
+    return any(ch.isalnum() for ch in answer) or sum(not ch.isspace() for ch in answer) >= 2
+
+
 def is_span(answer: str, passages: list[str]) -> bool:
-    """``answer`` has a word and is a span of one of the passages (ASCII case and runs of
+    """``answer`` says something and is a span of one of the passages (ASCII case and runs of
     whitespace aside) or a beginning of NOT_IN_DOCUMENTS (an answer cut by max_tokens)."""
-    return any(ch.isalnum() for ch in answer) and _fits(_normal(answer.encode()).strip(), _context(passages))
+    return says_something(answer) and _fits(_normal(answer.encode()).strip(), _context(passages))
 
 
 class SpanConstraint:
@@ -73,9 +80,9 @@ class SpanConstraint:
         text = _normal(answer).strip()
         if text == self.refusal:
             return self.end
-        has_word = any(ch.isalnum() for ch in answer.decode("utf-8", "ignore"))
-        # the turn ends on a whole span with a word: not on "Not in the", a beginning of the refusal
-        complete = has_word and text in self.context
+        # the turn ends on a whole span that says something: not on "Not in the", a beginning of
+        # the refusal, nor on a lone "("
+        complete = says_something(answer.decode("utf-8", "ignore")) and text in self.context
         top = np.argpartition(logits, -self.top)[-self.top:] if len(logits) > self.top else np.arange(len(logits))
         for token in top[np.argsort(-logits[top], kind="stable")]:
             token = int(token)
@@ -90,7 +97,8 @@ class SpanConstraint:
                 return token
         if complete:
             return self.end
-        if has_word:  # a beginning of the refusal (it fits, and is no span): finished
+        if text:  # an answer has begun: a beginning of the refusal is finished, anything else ends
+            # here (appending the refusal to "'/'" made "'/'Not in the documents.")
             for said in range(1, len(self.refusal_ids)):
                 if _normal(b"".join(map(self.token_bytes, self.refusal_ids[:said]))).strip() == text:
                     self.forced = self.refusal_ids[said + 1:]

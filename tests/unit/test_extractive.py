@@ -7,7 +7,7 @@ from datacreek_assets.retrieval.extractive import SpanConstraint, _normal, is_sp
 from datacreek_assets.retrieval.prompt import NOT_IN_DOCUMENTS
 
 VOCAB = ["<end>", " False", " True", "False", "sort", "_keys", " is", " Not", " in", " the", " documents", ".",
-         " dump", "s", " JSON", " Nobody", "  "]
+         " dump", "s", " JSON", " Nobody", "  ", " '", "/'", "("]
 END = 0
 PASSAGES = ["If sort_keys is true (default: False), the output of dictionaries will be sorted by key.",
             "Serialize obj to a JSON formatted str using this conversion table."]
@@ -66,6 +66,22 @@ def test_with_no_span_in_the_top_tokens_the_model_says_not_in_the_documents():
     assert _normal(NOT_IN_DOCUMENTS.encode()) == b"not in the documents."
 
 
+def test_an_answer_of_symbols_ends_as_a_span_and_is_never_joined_to_the_refusal():
+    passages = ["quote(string, safe='/') replaces special characters.", *PASSAGES]
+    refusal = [VOCAB.index(t) for t in (" Not", " in", " the", " documents", ".")]
+
+    def symbols(top: int) -> SpanConstraint:
+        return SpanConstraint(passages, lambda t: VOCAB[t].encode(), [END], refusal, top=top)
+
+    # two visible characters make an answer: the turn may end there
+    assert decode(symbols(top=1), [[" '"], ["/'"], ["<end>"]]) == " '/'"
+    # a dead end after symbols ends the answer; the refusal is not appended ("'/'Not in the documents.")
+    assert decode(symbols(top=1), [[" '"], ["/'"]] + [[" Nobody"]] * 6) == " '/'"
+    assert decode(symbols(top=1), [["("]] + [[" Nobody"]] * 6) == "("
+    # one symbol is not an answer yet: no end there
+    assert symbols(top=2).pick(logits(["<end>", "/'"]), [VOCAB.index(" '")]) == VOCAB.index("/'")
+
+
 def test_the_passages_are_read_as_the_prompt_holds_them():
     """Blank lines and runs of spaces collapse before the cut at MAX_PASSAGE_CHARS, as in the
     prompt: an answer near the end of a spaced-out passage is still a span."""
@@ -79,7 +95,8 @@ def test_the_passages_are_read_as_the_prompt_holds_them():
 
 def test_a_span_has_a_word_and_comes_from_one_passage():
     assert is_span(" FALSE ", PASSAGES) and is_span("sort_keys is  true", PASSAGES) and is_span("Not in the", PASSAGES)
-    assert not is_span(".", PASSAGES) and not is_span("", PASSAGES)
+    assert not is_span(".", PASSAGES) and not is_span("", PASSAGES) and not is_span(" ( ", PASSAGES)
+    assert is_span("(default:", PASSAGES) and not is_span("(default: True)", PASSAGES)
     assert not is_span("sorted by key. Serialize", PASSAGES) and not is_span("Nobody", PASSAGES)
 
 
