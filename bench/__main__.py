@@ -37,8 +37,9 @@ def services_left_as_found():
 
 @contextmanager
 def scratch_folder():
-    """Every temporary folder the suites make (corpora, feature stores, trainer outputs: a
-    feature store alone is ~330 MB) goes under one folder, removed when the run ends, however it ends."""
+    """The temporary folders the suites make in this process (corpora, feature stores, trainer
+    outputs: a feature store alone is ~330 MB) go under one folder, removed when the run ends,
+    however it ends. Processes the suites start keep their own temporary files."""
     before = tempfile.tempdir
     with tempfile.TemporaryDirectory(prefix="datacreek-bench-") as scratch:
         tempfile.tempdir = scratch

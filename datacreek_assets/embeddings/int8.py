@@ -9,9 +9,9 @@ Only where the CPU multiplies int8 exactly: with VNNI or AMX, oneDNN's int8 GEMM
 fast (one question embeds ~1.7x faster than fp32, since the weights read from memory per question
 are a quarter). Without them it shifts the activations to unsigned and sums pairs of products in
 16 bits, which saturate: the products are wrong, and slower than fp32 too. `int8_products_exact`
-checks the worst case once per process; the encoder stays fp32 where it fails, and on CPUs
+checks the worst case once per process; the encoder is not int8 where it fails, nor on CPUs
 without VNNI or AMX at all (`cpu_features.native_int8`), where torch's products measured exact
-but about 10x slower than fp32.
+but about 10x slower than fp32 (`question_encoder.question_encoder_precision`).
 """
 
 from __future__ import annotations
@@ -60,13 +60,3 @@ def int8_products_exact(depth: int = 1536) -> bool:
         if not torch.equal(torch._int_mm(a, b), a.long().mm(b.long()).int()):
             return False
     return True
-
-
-def quantize_linears(model: torch.nn.Module) -> torch.nn.Module:
-    """``model`` (in eval mode), every Linear replaced by an Int8Linear in place."""
-    model.eval()
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, torch.nn.Linear):
-                setattr(module, name, Int8Linear(child))
-    return model

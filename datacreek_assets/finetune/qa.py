@@ -24,7 +24,7 @@ def _symbols_only(reference: str) -> bool:
     """A reference such as '+' or (',', ':'): SQuAD's normalisation (no punctuation) leaves nothing
     of it, and any prediction of symbols would then match it. Such answers compare as written,
     blanks aside."""
-    return not normalize(reference) and bool(_visible(reference))
+    return not any(ch.isalnum() for ch in reference) and bool(_visible(reference))
 
 
 def exact_match(prediction: str, reference: str) -> float:

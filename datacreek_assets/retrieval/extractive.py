@@ -7,7 +7,8 @@ the answer a span of the passages (ASCII case and runs of whitespace aside) or a
 NOT_IN_DOCUMENTS. The turn may end on a whole span that says something (a word, or at least two
 visible characters: an operator such as '+' or a tuple such as (',', ':') is an answer, a lone "."
 is not), or on the whole refusal. When no top token goes on, an answer begun ends there (a
-beginning of the refusal is finished first); with nothing said yet, the answer is the refusal.
+beginning of the refusal is finished first), even a lone "(": the tokens said stay said, and "("
+is less wrong than "(Not in the documents."; with nothing said yet, the answer is the refusal.
 The same choice serves evaluation (`llama_greedy`'s ``choose``) and serving (a llama.cpp logits
 processor at temperature 0), so a client gets what was measured.
 """

@@ -21,6 +21,7 @@ def test_a_baseline_doing_other_work_than_its_candidate_is_refused():
 
 
 def test_a_bench_run_removes_every_temporary_folder_its_suites_made(monkeypatch, tmp_path):
+    import contextlib
     import sys
     import tempfile
     import types
@@ -40,6 +41,7 @@ def test_a_bench_run_removes_every_temporary_folder_its_suites_made(monkeypatch,
 
     monkeypatch.setitem(sys.modules, "bench_fake_suite", types.SimpleNamespace(comparisons=comparisons))
     monkeypatch.setattr(bench_main, "SUITES", ["bench_fake_suite"])
+    monkeypatch.setattr(bench_main, "services_left_as_found", contextlib.nullcontext)  # no service here
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the run's own folder goes
     assert bench_main.main(["--quick"]) == 0
     with pytest.raises(RuntimeError, match="half way"):

@@ -25,6 +25,7 @@ def test_an_answer_of_symbols_is_compared_as_written():
     assert exact_match("(',',  ':')", "(',', ':')") == 1.0 and token_f1("(',', ':')", "(',', ':')") == 1.0
     assert exact_match("'/'", "'/'") == 1.0 and exact_match("", "'/'") == 0.0
     assert contains_answer("nargs='+'", "'+'") == 1.0 and contains_answer("'*'", "'+'") == 0.0
+    assert exact_match("A", "a") == 1.0 and exact_match("the", "The") == 1.0  # words, even articles alone
 
 
 def test_scores_average_over_the_questions_and_refuse_unequal_lists():
