@@ -79,6 +79,7 @@ class ManagedProcess:
 
     name = ""
     marker = ""
+    stop_signal = signal.SIGTERM  # what `down` sends first; SIGKILL after its timeout
 
     def __init__(self, settings: LocalSettings):
         self.settings = settings
@@ -175,7 +176,7 @@ class ManagedProcess:
             progress(f"{self.name}: not running (nothing of ours to stop)")
             return False
         progress(f"{self.name}: stopping pid {pid}")
-        os.kill(pid, signal.SIGTERM)  # both servers shut down cleanly on SIGTERM
+        os.kill(pid, self.stop_signal)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and _process_cmdline(pid) is not None:
             try:  # reap if it is our child (tests start it in-process)
@@ -364,6 +365,11 @@ class PostgresService(ManagedProcess):
 
     name = "postgres"
     marker = "postgres"
+    # fast shutdown, as `pg_ctl stop` does by default: clients are disconnected and the server
+    # stops cleanly. SIGTERM is "smart" shutdown, which waits for every client to leave: with a
+    # router's pool still connected it waited out `down`'s 60 s and was killed (a test session's
+    # teardown spent that on the critical path).
+    stop_signal = signal.SIGINT
 
     @property
     def port(self) -> int:

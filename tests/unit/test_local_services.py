@@ -66,3 +66,30 @@ def test_stopping_ray_first_ends_this_process_s_own_driver(tmp_path):
                           env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "connected after down: False" in done.stdout
+
+
+def test_postgres_stops_cleanly_with_a_client_still_connected(tmp_path):
+    """`down` ends PostgreSQL by fast shutdown: a client left connected (a router's pool) is
+    disconnected and the server shuts down cleanly, not killed when `down` gives up."""
+    import shutil
+
+    import sqlalchemy
+
+    from datacreek_assets.local_services import PostgresService
+
+    service = PostgresService(LocalSettings(state_dir=tmp_path / "state", postgres_port=25433))
+    service.up(120, progress=lambda msg: None)
+    engine = sqlalchemy.create_engine(service.url())
+    try:
+        connection = engine.connect()
+        connection.execute(sqlalchemy.text("SELECT 1"))
+        assert service.down(lambda msg: None, timeout=30.0)
+        assert service.our_pid() is None
+        log = service.log_file.read_text()
+        assert "fast shutdown request" in log and "database system is shut down" in log, log[-2000:]
+        with pytest.raises(sqlalchemy.exc.OperationalError):
+            connection.execute(sqlalchemy.text("SELECT 1"))
+    finally:
+        engine.dispose()
+        service.down(lambda msg: None)
+        shutil.rmtree(service.data_dir, ignore_errors=True)  # outside tmp_path when run as root
