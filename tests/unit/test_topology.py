@@ -1,4 +1,10 @@
-"""Topology maths on point clouds with known shape. UMAP stays out of unit tests (numba compile)."""
+"""Topology maths on point clouds with known shape. UMAP fits only in the test of its kernel cache
+(numba compiles it)."""
+
+import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -88,3 +94,33 @@ def test_recall_comparison_reports_both_sides_and_the_control():
     assert 0 <= result["embedding_only"] <= 1 and 0 <= result["with_signature"] <= 1
     assert result["difference"] == pytest.approx(result["with_signature"] - result["embedding_only"])
     assert result["same_document_boost_control"] is not None
+
+
+UMAP_FIT = """
+import json, numpy as np
+from datacreek_assets.topology.lens import umap_lens
+import umap.umap_, umap.utils, umap.layouts
+coords = umap_lens(np.random.default_rng(3).normal(size=(40, 24)).astype(np.float32), 5, 0.0)
+kernels = {k.py_func.__name__: (sum(k.stats.cache_hits.values()), sum(k.stats.cache_misses.values())) for k in (
+    umap.utils.fast_knn_indices, umap.umap_.smooth_knn_dist, umap.umap_.compute_membership_strengths)}
+# one function jitted twice (parallel and not): one cache key for both, so neither may use the cache
+twice = [type(k._cache).__name__ for k in (umap.layouts._nb_optimize_layout_euclidean_single_epoch,
+                                           umap.layouts._nb_optimize_layout_euclidean_single_epoch_parallel)]
+print(json.dumps({"kernels": kernels, "twice": twice, "coordinates": coords.tolist()}))
+"""
+
+
+def test_a_second_process_loads_umaps_kernels_from_the_disk_cache_and_fits_the_same_lens():
+    """UMAP caches none of its numba kernels; without load_umap's cache every process compiled them
+    (about 16 s) before its first lens."""
+    def fit() -> dict:
+        out = subprocess.run([sys.executable, "-c", UMAP_FIT], capture_output=True, text=True, timeout=600,
+                             env={**os.environ, "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads(out.stdout.splitlines()[-1])
+
+    first, second = fit(), fit()  # the first compiles where this machine's cache is cold
+    for name, (hits, misses) in second["kernels"].items():
+        assert hits >= 1 and misses == 0, f"{name} was compiled again: {hits} hits, {misses} misses"
+    assert second["twice"] == ["NullCache", "NullCache"]
+    assert np.array_equal(np.array(first["coordinates"]), np.array(second["coordinates"]))

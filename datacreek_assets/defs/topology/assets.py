@@ -1,10 +1,8 @@
 """Topological sketches: persistence diagrams + MinHash signatures, a 2-D lens, a Mapper graph."""
 
 import io
-import os
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -103,8 +101,6 @@ def persistence_sketches(context: dg.AssetExecutionContext, config: SketchConfig
     description="Candidate 2-D lenses (PCA, UMAP) scored by trustworthiness; the best with T > 0.95 is chosen.",
 )
 def umap_lens(context: dg.AssetExecutionContext, config: LensConfig, object_store: ObjectStoreResource) -> dg.MaterializeResult:
-    # numba compiles UMAP once per process (~1 min): cache the machine code across processes
-    os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "datacreek" / "numba"))
     from datacreek_assets.topology.lens import choose_lens
 
     tenant = validate_tenant_id(context.partition_key)
