@@ -6,7 +6,7 @@ import time
 import pytest
 
 from datacreek_assets.local_services import (
-    FalkorDBService, ServiceError, _port_open, services_down, services_status, services_up,
+    FalkorDBService, RayService, ServiceError, _port_open, services_down, services_status, services_up,
 )
 from datacreek_assets.settings import LocalSettings
 
@@ -40,6 +40,9 @@ def test_up_is_idempotent_status_reports_and_down_stops_only_ours(fresh):
     # the Ray head's processes (GCS, raylet, agents) went with it
     leftovers = subprocess.run(["pgrep", "-f", f"datacreek-ray-{fresh.ray_port}"], capture_output=True, text=True)
     assert leftovers.stdout == ""
+    # and at once: a one-node head has nowhere to drain to (Ray's default drains for up to 30 s
+    # first, and with Serve's replicas running waited all of it)
+    assert "Draining for up to" not in RayService(fresh).log_file.read_text()
     # nor the stream job's gateway JVM and Python workers (its process group)
     group = subprocess.run(["pgrep", "-g", str(job)], capture_output=True, text=True)
     assert group.stdout == ""
