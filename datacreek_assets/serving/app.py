@@ -235,8 +235,14 @@ class Router:
             return error(400, "invalid_request", "X-Extractive must be 'on' or 'off'")
         grounding = await self._ground(tenant, body) if retrieval == "on" else {"status": "off", "chunks": []}
         passages = grounding.pop("passages", [])
-        return await self._forward(tenant, version, role, body, grounding, judged=pinned is None,
-                                   span_of=passages if extractive == "on" and body.temperature == 0 else [])
+        span_of = passages if extractive == "on" and body.temperature == 0 else []
+        reply = await self._forward(tenant, version, role, body, grounding, judged=pinned is None, span_of=span_of)
+        if reply.status_code == 503 and role == "canary" and pinned is None:
+            # the split's canary could not answer: failing, or its release ended (a rollback) before
+            # this replica re-read the routes. Its window counts the failure; the client, who asked
+            # for no version, gets production's answer
+            reply = await self._forward(tenant, route.production, "production", body, grounding, span_of=span_of)
+        return reply
 
     async def _ground(self, tenant: str, body: ChatRequest) -> dict:
         """Put the tenant's top passages for the last user turn into it; returns what was done."""

@@ -479,10 +479,15 @@ class ServingControl:
         return {"production": outcome.version, "retired": retired or "none", "reason": outcome.verdict.reason,
                 **{k: v for k, v in numbers.items() if v is not None}}
 
-    def remove_tenant(self, tenant: str) -> list[str]:
-        """Tenant removal: its live releases end and its routes go (the pools' replicas drop its
-        adapters at their next check of the store), then its keys and release history. Returns
-        the versions that were live."""
+    def remove_tenant(self, tenant: str, drop_timeout_s: float = 30.0) -> list[str]:
+        """Tenant removal: its live releases end and its routes go, the pools' replicas drop its
+        adapters, then its keys and release history go. Returns the versions that were live.
+
+        The history goes last: a replica drops the adapter of an ended release at its next check
+        of the store (`LIVE_CHECK_S`), but one with no record only after `LOAD_GRACE_S` (it may be
+        a release being recorded), so forgetting first kept a removed tenant's weights in memory
+        about 15 s. If they are still held after ``drop_timeout_s`` (a replica not answering), the
+        history goes anyway and that grace drops them."""
         validate_tenant_id(tenant)
         ended = []
         for release in self.store.live(tenant).values():
@@ -490,8 +495,21 @@ class ServingControl:
             ended.append(release.version)
         if self.store.releases(tenant):  # only then can Serve or the router hold something of it
             self.ensure_router()  # (reconcile: every route re-read)
+            self._wait_adapters_dropped(tenant, drop_timeout_s)
         self.store.forget_tenant(tenant)
         return ended
+
+    def _wait_adapters_dropped(self, tenant: str, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while any(held == tenant for held, _ in self.adapters_loaded()):
+            if time.monotonic() > deadline:
+                from datacreek_assets.serving.pool_server import LOAD_GRACE_S
+
+                LOG.warning("the base pools still hold adapters of %s after %.0f s; its release history "
+                            "goes now and the replicas drop them within %.0f s", tenant, timeout_s, LOAD_GRACE_S)
+                return False
+            time.sleep(0.5)
+        return True
 
     # -- canary health -----------------------------------------------------------------
     def judge(self, tenant: str, policy: CanaryPolicy) -> CanaryOutcome | None:
