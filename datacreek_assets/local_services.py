@@ -512,8 +512,8 @@ class RayService(ManagedProcess):
                 "OMP_NUM_THREADS": "1",
                 # on SIGTERM a head drains first, so that Serve can move its replicas to other nodes;
                 # this one-node head has none, and every `down` with Serve running waited out the
-                # 30 s default before stopping anything
-                "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+                # 30 s default before stopping anything (an operator's own setting is kept)
+                "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": os.environ.get("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")}
 
     def ready(self) -> bool:
         return _port_open(self.client_port)  # the client server comes up after the GCS and the raylet

@@ -33,6 +33,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 
 from datacreek_assets.api_errors import error
+from datacreek_assets.serving.adapter_pool import AdapterError
+from datacreek_assets.serving.model_files import ModelFileError
 from datacreek_assets.serving.pool_server import AdapterServer, adapter_model_id, pool_name
 from datacreek_assets.serving.router_stats import REPORT_EVERY_S, RequestSample
 from datacreek_assets.serving.routing import InvalidVersion, validate_version
@@ -236,13 +238,8 @@ class Router:
         grounding = await self._ground(tenant, body) if retrieval == "on" else {"status": "off", "chunks": []}
         passages = grounding.pop("passages", [])
         span_of = passages if extractive == "on" and body.temperature == 0 else []
-        reply = await self._forward(tenant, version, role, body, grounding, judged=pinned is None, span_of=span_of)
-        if reply.status_code == 503 and role == "canary" and pinned is None:
-            # the split's canary could not answer: failing, or its release ended (a rollback) before
-            # this replica re-read the routes. Its window counts the failure; the client, who asked
-            # for no version, gets production's answer
-            reply = await self._forward(tenant, route.production, "production", body, grounding, span_of=span_of)
-        return reply
+        return await self._forward(tenant, version, role, body, grounding, judged=pinned is None, span_of=span_of,
+                                   fallback=role == "canary" and pinned is None)
 
     async def _ground(self, tenant: str, body: ChatRequest) -> dict:
         """Put the tenant's top passages for the last user turn into it; returns what was done."""
@@ -297,15 +294,21 @@ class Router:
         return index
 
     async def _forward(self, tenant: str, version: str, role: str, body: ChatRequest, grounding: dict,
-                       judged: bool = True, span_of: list[str] | None = None):
+                       judged: bool = True, span_of: list[str] | None = None, fallback: bool = False):
         """``judged``: the request came through the split, so the canary verdict counts it. A request
         pinned with X-Model-Version (an evaluation, a client's test) is no sample of the split's
         traffic: it is in the metrics, not in the windows the canary is judged by. ``span_of``: the
-        passages an extractive answer is held to (none: free decoding)."""
+        passages an extractive answer is held to (none: free decoding). ``fallback``: the split sent
+        this request to the canary; if the canary's model is not servable (not ready, its adapter
+        refused by the pool: a rollback that ended its release before this replica re-read the
+        routes, a file that fails its digest), production answers it, outside the windows. A
+        replica that fails otherwise is not asked twice."""
         name = f"{tenant}-{version}"
         release = self.releases.get((tenant, version))
         if release is None or release.model is None:  # recorded, files not yet published: the next reconcile
             self._measured(tenant, version, role, 503, 0.0, judged=False)
+            if fallback and (production := self._production_besides(tenant, version)):
+                return await self._forward(tenant, production, "production", body, grounding, False, span_of)
             return error(503, "unavailable", f"model {name} is not ready yet; retry")
         handle = self.handles.get(name)
         if handle is None:
@@ -321,6 +324,10 @@ class Router:
             reply = await handle.remote(request)
         except Exception as err:  # the deployment failed or went away mid-request: no traceback to the client
             self._measured(tenant, version, role, 503, time.perf_counter() - started, judged)
+            # (Ray's error for a replica's exception is also an instance of that exception's class)
+            if (fallback and isinstance(err, (AdapterError, ModelFileError))
+                    and (production := self._production_besides(tenant, version))):
+                return await self._forward(tenant, production, "production", body, grounding, False, span_of)
             return error(503, "unavailable", f"model {name} could not answer ({type(err).__name__}); retry")
         latency = time.perf_counter() - started
         # (Serve's proxy already puts the request id on the request and echoes it in the response)
@@ -332,6 +339,12 @@ class Router:
         self._measured(tenant, version, role, 200, latency, judged)
         reply["retrieval"] = grounding  # which of the tenant's chunks the answer was grounded in
         return JSONResponse(reply, headers=headers)
+
+    def _production_besides(self, tenant: str, version: str) -> str | None:
+        """The tenant's production version as this replica routes now (a promotion may have landed
+        since the split chose), unless that is ``version``."""
+        route = self.routes.get(tenant)
+        return route.production if route is not None and route.production != version else None
 
     def _measured(self, tenant: str, version: str, role: str, code: int, latency_s: float, judged: bool) -> None:
         self.unreported.append(RequestSample(tenant, version, role, code, latency_s, judged, time.time()))

@@ -236,7 +236,7 @@ class ServingControl:
                 from err
         return name
 
-    def adapters_loaded(self) -> set[tuple[str, str]]:
+    def adapters_loaded(self, timeout_s: float = 60.0) -> set[tuple[str, str]]:
         """(tenant, version) of the adapters the base pools hold (asked of one replica per pool)."""
         from ray import serve
 
@@ -246,7 +246,7 @@ class ServingControl:
         for name, status in self.applications().items():
             if name.startswith(POOL_PREFIX) and status == "RUNNING":
                 handle = serve.get_deployment_handle(AdapterServer.name, app_name=name)
-                loaded.update(tuple(pair) for pair in handle.loaded.remote().result(timeout_s=60))
+                loaded.update(tuple(pair) for pair in handle.loaded.remote().result(timeout_s=timeout_s))
         return loaded
 
     @staticmethod
@@ -480,15 +480,18 @@ class ServingControl:
                 **{k: v for k, v in numbers.items() if v is not None}}
 
     def remove_tenant(self, tenant: str, drop_timeout_s: float = 30.0) -> list[str]:
-        """Tenant removal: its live releases end and its routes go, the pools' replicas drop its
-        adapters, then its keys and release history go. Returns the versions that were live.
+        """Tenant removal: its keys are revoked, its live releases end and its routes go, the pools'
+        replicas drop its adapters, then its release history goes. Returns the versions that were live.
 
         The history goes last: a replica drops the adapter of an ended release at its next check
         of the store (`LIVE_CHECK_S`), but one with no record only after `LOAD_GRACE_S` (it may be
         a release being recorded), so forgetting first kept a removed tenant's weights in memory
-        about 15 s. If they are still held after ``drop_timeout_s`` (a replica not answering), the
-        history goes anyway and that grace drops them."""
+        about 15 s. The wait asks one replica of each running pool (as `adapters_loaded` does);
+        if they still hold adapters after ``drop_timeout_s``, or cannot be asked, the history goes
+        anyway and that grace drops them."""
         validate_tenant_id(tenant)
+        for key_id, _ in self.store.keys(tenant):  # its clients are refused from now on
+            self.store.revoke_key(tenant, key_id)
         ended = []
         for release in self.store.live(tenant).values():
             self.store.end(tenant, release.version, "retired", "tenant removed")
@@ -500,16 +503,22 @@ class ServingControl:
         return ended
 
     def _wait_adapters_dropped(self, tenant: str, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while any(held == tenant for held, _ in self.adapters_loaded()):
-            if time.monotonic() > deadline:
-                from datacreek_assets.serving.pool_server import LOAD_GRACE_S
+        from datacreek_assets.serving.pool_server import LOAD_GRACE_S
 
-                LOG.warning("the base pools still hold adapters of %s after %.0f s; its release history "
-                            "goes now and the replicas drop them within %.0f s", tenant, timeout_s, LOAD_GRACE_S)
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                loaded = self.adapters_loaded(timeout_s=max(1.0, min(left, 10.0)))
+            except Exception as err:  # a pool not answering: the removal goes on without it
+                LOG.warning("could not ask the base pools whether they dropped the adapters of %s (%s); "
+                            "they drop them within %.0f s of its history going", tenant, err, LOAD_GRACE_S)
                 return False
+            if not any(held == tenant for held, _ in loaded):
+                return True
             time.sleep(0.5)
-        return True
+        LOG.warning("the base pools still held adapters of %s after %.0f s; they drop them within "
+                    "%.0f s of its history going", tenant, timeout_s, LOAD_GRACE_S)
+        return False
 
     # -- canary health -----------------------------------------------------------------
     def judge(self, tenant: str, policy: CanaryPolicy) -> CanaryOutcome | None:

@@ -43,14 +43,13 @@ def pca_lens(vectors: np.ndarray) -> np.ndarray:
     return coords if coords.shape[1] == 2 else np.pad(coords, ((0, 0), (0, 2 - coords.shape[1])))
 
 
-NUMBA_CACHE_DIR = Path.home() / ".cache" / "datacreek" / "numba"
-
-
 def cache_numba_kernels(package: str) -> int:
     """Turn numba's on-disk cache on for the jit functions of ``package`` (already imported) that
-    were compiled without it; returns how many. UMAP 0.5 caches none of its own kernels (pynndescent
-    caches its), so every new process spent about 16 s compiling them before its first fit; with
-    the cache that becomes a load of about 0.1 s after the first process. Must run before they compile.
+    were compiled without it; returns how many. UMAP 0.5 caches one small helper of its own
+    (pynndescent caches its kernels), so every new process spent about 16 s compiling the rest
+    before its first fit; with the cache that becomes a load of about 0.1 s after the first
+    process. Must run before they compile. Best effort: where no cache folder is writable, a
+    kernel stays uncached (and compiles, as before).
 
     A Python function jitted twice with different options (UMAP's layout epoch, parallel and not)
     is left alone: numba's cache key holds the signature and the bytecode, not the options, so the
@@ -70,14 +69,26 @@ def cache_numba_kernels(package: str) -> int:
     switched = 0
     for dispatchers in by_function.values():
         if len(dispatchers) == 1 and isinstance(dispatchers[0]._cache, NullCache):
-            dispatchers[0].enable_caching()
+            try:
+                dispatchers[0].enable_caching()
+            except RuntimeError:  # numba found no writable cache folder
+                continue
             switched += 1
     return switched
 
 
 def load_umap():
-    """The umap module, with its kernels cached on disk under NUMBA_CACHE_DIR (unless set)."""
-    os.environ.setdefault("NUMBA_CACHE_DIR", str(NUMBA_CACHE_DIR))  # read when numba is first imported
+    """The umap module, with its kernels cached on disk: under NUMBA_CACHE_DIR if set, else a folder
+    of this umap version's (numba checks each kernel's own source file, not the helpers it
+    inlined from others, so an upgraded umap must not find the old machine code)."""
+    from importlib.metadata import version
+
+    if "NUMBA_CACHE_DIR" not in os.environ:
+        os.environ["NUMBA_CACHE_DIR"] = str(Path.home() / ".cache" / "datacreek" / "numba" /
+                                            f"umap-{version('umap-learn')}-pynndescent-{version('pynndescent')}")
+    import numba
+
+    numba.config.reload_config()  # numba may have been imported before the variable was set
     import umap
 
     cache_numba_kernels("umap")

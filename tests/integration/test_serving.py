@@ -359,6 +359,12 @@ def test_a_model_file_changed_in_the_object_store_is_refused_by_the_replica(cont
         answered = chat(control, key, X_Request_Id=split)
         assert answered.status_code == 200, answered.text
         assert (answered.headers["X-Served-By"], answered.headers["X-Release-Role"]) == (f"{tenant}-base", "production")
+        deadline = time.monotonic() + 30  # the routers report every 0.5 s
+        while (control.window(tenant).get("canary") or {}).get("errors", 0) < 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        window = control.window(tenant)
+        assert window["canary"]["errors"] == 1 and window["canary"]["count"] == 1
+        assert not (window.get("production") or {}).get("count")  # the fallback is no sample of the split
         assert (tenant, "v1") not in control.adapters_loaded()
         assert not (Path(control.model_source.cache_dir) / ref.key).exists()
         reply = chat(control, key, X_Model_Version="base")
