@@ -308,7 +308,8 @@ class Router:
         if release is None or release.model is None:  # recorded, files not yet published: the next reconcile
             self._measured(tenant, version, role, 503, 0.0, judged=False)
             if fallback and (production := self._production_besides(tenant, version)):
-                return await self._forward(tenant, production, "production", body, grounding, False, span_of)
+                return await self._forward(tenant, production, "production", body, grounding,
+                                           judged=False, span_of=span_of)
             return error(503, "unavailable", f"model {name} is not ready yet; retry")
         handle = self.handles.get(name)
         if handle is None:
@@ -327,7 +328,8 @@ class Router:
             # (Ray's error for a replica's exception is also an instance of that exception's class)
             if (fallback and isinstance(err, (AdapterError, ModelFileError))
                     and (production := self._production_besides(tenant, version))):
-                return await self._forward(tenant, production, "production", body, grounding, False, span_of)
+                return await self._forward(tenant, production, "production", body, grounding,
+                                           judged=False, span_of=span_of)
             return error(503, "unavailable", f"model {name} could not answer ({type(err).__name__}); retry")
         latency = time.perf_counter() - started
         # (Serve's proxy already puts the request id on the request and echoes it in the response)
