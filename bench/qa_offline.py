@@ -269,6 +269,10 @@ def evaluate_adapters(args) -> dict:
         settings = {"compile_layers": args.compile_layers}  # the rest only when given: TrainConfig's own otherwise
         if args.cpu_precision:
             settings["cpu_precision"] = args.cpu_precision
+        if args.epochs is not None:
+            settings["epochs"] = args.epochs
+        if args.learning_rate is not None:
+            settings["learning_rate"] = args.learning_rate
         first_seed = args.seed if args.seed is not None else TrainConfig.seed
         trained = [gives_memory_back(train_cpu)(data, work, args.cpu_fallback, **settings, seed=first_seed + i)
                    for i in range(args.average_seeds)]
@@ -325,6 +329,19 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def positive(kind):
+    """An argparse type: a number of ``kind`` above zero."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+        return value
+    return parse
+
+
 def average_seeds(text: str) -> int:
     from datacreek_assets.finetune.training import MAX_AVERAGE_SEEDS
 
@@ -354,6 +371,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="--train-cpu with an fp32 base: fp32, or bf16 autocast (TrainConfig.cpu_precision)")
     ev.add_argument("--compile-layers", action="store_true", help="--train-cpu: compile the decoder layers")
     ev.add_argument("--seed", type=int, default=None, help="--train-cpu: TrainConfig.seed (default: its own)")
+    ev.add_argument("--epochs", type=positive(int), default=None,
+                    help="--train-cpu: TrainConfig.epochs (default: its own)")
+    ev.add_argument("--learning-rate", type=positive(float), default=None,
+                    help="--train-cpu: TrainConfig.learning_rate (default: its own)")
     ev.add_argument("--average-seeds", type=average_seeds, default=1, metavar="N",
                     help="--train-cpu: train N adapters (seeds SEED to SEED+N-1) and evaluate their average, "
                     "as TrainConfig.average_seeds does")
