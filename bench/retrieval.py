@@ -48,7 +48,7 @@ K = 3
 def comparisons(quick: bool = False) -> Iterator[Comparison]:
     # Each is prepared just before it runs (the harness iterates): timed after the search's
     # preparation (an ANN over 20,000 vectors, 200 groundings with BM25), the encoder's p99 with
-    # the other core busy read 160 to 215 ms, against 14 to 19 ms timed before it (2026-12-07, the
+    # the other core busy read 160 to 215 ms, against 14 to 17 ms timed before it (2026-12-07, the
     # cause not isolated). A router's process holds the tenant's index and the encoder, no ANN.
     yield question_encoder(quick)
     yield search(quick)
