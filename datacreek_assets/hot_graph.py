@@ -96,6 +96,33 @@ def hot_graph_name(tenant_id: str) -> str:
     return GRAPH_PREFIX + validate_tenant_id(tenant_id)
 
 
+# The longest one call waits on FalkorDB. Without it a server that stops answering hangs its
+# callers for good: FalkorDB 4.16.3 has been seen deadlocked on its graph registry, accepting
+# connections into its backlog and answering none.
+FALKORDB_TIMEOUT_S = 30.0
+
+
+def connect_hot_graph(host: str, port: int, username: str = "", password: str = "",
+                      timeout_s: float = FALKORDB_TIMEOUT_S) -> "HotGraphStore":
+    """A store on a FalkorDB that answered a PING within ``timeout_s``; every later call is bounded
+    by it too (redis' TimeoutError). ``ServiceError`` when it does not answer."""
+    import falkordb
+    import redis
+
+    from datacreek_assets.local_services import ServiceError
+
+    try:
+        client = falkordb.FalkorDB(host=host, port=port, username=username or None, password=password or None,
+                                   socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+        client.connection.ping()
+    except (redis.RedisError, OSError) as err:
+        waited = f" after {timeout_s:g} s" if isinstance(err, redis.TimeoutError) else ""
+        raise ServiceError(f"FalkorDB is not reachable at {host}:{port} ({err.__class__.__name__}{waited}); "
+                           "locally, start it with `datacreek services up` (`datacreek services down` "
+                           "first where it runs but stopped answering)") from None
+    return HotGraphStore(client)
+
+
 class HotGraphStore:
     def __init__(self, client):
         self.client = client  # falkordb.FalkorDB

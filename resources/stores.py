@@ -10,7 +10,7 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from datacreek_assets.graph_store import ISOLATION_MODES, GraphAdmin, TenantGraph
-from datacreek_assets.hot_graph import HotGraphStore
+from datacreek_assets.hot_graph import FALKORDB_TIMEOUT_S, HotGraphStore, connect_hot_graph
 from datacreek_assets.local_services import ServiceError
 from datacreek_assets.object_store import LocalObjectStore, S3ObjectStore, TenantObjectStore
 from datacreek_assets.tenant_registry import TenantRegistry
@@ -66,21 +66,10 @@ class HotGraphResource(dg.ConfigurableResource):
     port: int = 6380
     username: str = ""  # a tenant's pods connect as its ACL user (tenant-<id>); "" is Redis's default user
     password: str = ""
+    timeout_s: float = FALKORDB_TIMEOUT_S  # the longest one call waits on a FalkorDB that does not answer
 
     def store(self) -> HotGraphStore:
-        import falkordb
-        import redis
-
-        try:
-            client = falkordb.FalkorDB(host=self.host, port=self.port, username=self.username or None,
-                                       password=self.password or None)
-            client.connection.ping()
-        except (redis.RedisError, OSError) as err:
-            raise ServiceError(
-                f"FalkorDB is not reachable at {self.host}:{self.port} ({err.__class__.__name__}); "
-                "locally, start it with `datacreek services up`"
-            ) from None
-        return HotGraphStore(client)
+        return connect_hot_graph(self.host, self.port, self.username, self.password, self.timeout_s)
 
 
 class EventLogResource(dg.ConfigurableResource):

@@ -87,13 +87,10 @@ def tenant_graphs(neo4j_uri: str, isolation: str):
 
 def hot_graph_store(falkordb_host: str, falkordb_port: int):
     """The platform's FalkorDB user, from the environment as for Neo4j (none locally)."""
-    import falkordb
+    from datacreek_assets.hot_graph import connect_hot_graph
 
-    from datacreek_assets.hot_graph import HotGraphStore
-
-    return HotGraphStore(falkordb.FalkorDB(host=falkordb_host, port=falkordb_port,
-                                           username=os.environ.get("DATACREEK_FALKORDB_USER") or None,
-                                           password=os.environ.get("DATACREEK_FALKORDB_PASSWORD") or None))
+    return connect_hot_graph(falkordb_host, falkordb_port, os.environ.get("DATACREEK_FALKORDB_USER", ""),
+                             os.environ.get("DATACREEK_FALKORDB_PASSWORD", ""))
 
 
 class ValidateEvent(ProcessFunction):

@@ -29,14 +29,14 @@ from datacreek_assets.defs.ingest.assets import parsed_chunks, raw_documents
 from datacreek_assets.demo_corpus import write_demo_corpus
 from datacreek_assets.graph_store import TenantGraph
 from datacreek_assets.hot_graph import HotGraphStore
-from datacreek_assets.local_services import FalkorDBService, Neo4jService, _port_open, free_port
+from datacreek_assets.local_services import FalkorDBService, Neo4jService, ServiceError, _port_open, free_port
 from datacreek_assets.object_store import TenantObjectStore
 from datacreek_assets.partitions import TENANTS_PARTITION
 from datacreek_assets.tenant_credentials import falkordb_user, grant_falkordb_user, revoke_falkordb_user
 from datacreek_assets.tenant_lifecycle import add_tenant, remove_tenant
 from resources.factory import open_tenant_stores
-from resources.stores import (CreditLedgerResource, FineTuneResource, MlflowTrackingResource, ObjectStoreResource,
-                              TenantRegistryResource)
+from resources.stores import (CreditLedgerResource, FineTuneResource, HotGraphResource, MlflowTrackingResource,
+                              ObjectStoreResource, TenantRegistryResource)
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -158,6 +158,29 @@ def test_falkordb_killed_and_restarted_brings_every_tenant_graph_back(services, 
             revoke_falkordb_user(local_resources["hot_graph"].store().client.connection, "hot-a")
             for tenant in tenants:
                 local_resources["hot_graph"].store().drop_scope(tenant)
+
+
+def test_a_falkordb_that_stops_answering_fails_its_callers_within_the_timeout_and_they_recover(services):
+    """A server that accepts connections and answers none (as FalkorDB 4.16.3 deadlocked once in CI,
+    hanging a test for its whole 900 s): frozen for real with SIGSTOP, the store's calls and a new
+    connection fail within the resource's timeout_s with a clear error, and work again once it runs."""
+    import redis
+
+    hot_graph = HotGraphResource(port=services.falkordb_port, timeout_s=1.0)
+    store = hot_graph.store()
+    assert store.node_count("stall-a") == 0
+    pid = FalkorDBService(services).our_pid()
+    os.kill(pid, signal.SIGSTOP)
+    try:  # a hang would fail the test at pytest's timeout; the message names the 1 s waited
+        with pytest.raises(redis.TimeoutError):
+            store.node_count("stall-a")
+        with pytest.raises(ServiceError, match=r"FalkorDB is not reachable at 127\.0\.0\.1:\d+ "
+                                               r"\(TimeoutError after 1 s\).*datacreek services down"):
+            hot_graph.store()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert hot_graph.store().node_count("stall-a") == 0
+    assert store.node_count("stall-a") == 0  # the old client reconnects too
 
 
 TRAIN = {"epochs": 3, "learning_rate": 1e-2, "max_seq_len": 256, "effective_batch": 4, "checkpoint_every": 2}
