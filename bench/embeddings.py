@@ -81,7 +81,7 @@ def comparisons(quick: bool = False) -> list[Comparison]:
         name=f"embed: bf16 autocast vs fp32, same batches ({len(texts)} chunks)",
         candidate=lambda: len(embed_texts(texts, precision="bf16")),
         baseline=lambda: len(embed_texts(texts, precision="fp32")),
-        unit="chunks", repeats=1 if quick else 3, notes="oneDNN with native bfloat16 (AMX or AVX-512 BF16)",
+        unit="chunks", repeats=1 if quick else 3, notes="oneDNN with AMX",
     )] if precision == "bf16" else []
 
     # 90 % unchanged: the stored vectors cover all but every tenth chunk

@@ -9,15 +9,15 @@ import functools
 
 
 @functools.lru_cache(maxsize=1)
-def native_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 in hardware and oneDNN may use it: AMX or AVX-512 BF16,
-    with oneDNN not capped below AVX-512 (`ONEDNN_MAX_CPU_ISA=AVX2`, as the CI's AVX2 variant sets).
-    A cap between AVX512_CORE and AVX512_CORE_BF16 on such a CPU is not seen: oneDNN then emulates.
-    Emulated, bf16 embedding measured about 8x slower than fp32 (README, "Chunk embeddings")."""
+def fast_bf16() -> bool:
+    """Whether bfloat16 is faster than fp32 here: AMX tiles, with oneDNN not capped below AVX-512
+    (`ONEDNN_MAX_CPU_ISA=AVX2`, as the CI's AVX2 variant sets). A cap between AVX512_CORE and
+    AVX512_CORE_AMX on such a CPU is not seen. Where oneDNN emulates bfloat16, embedding measured
+    about 8x slower than fp32; with AVX-512 BF16 but no AMX (a 2-core Xeon, 2026-12-07) it is
+    native and still slower: embedding 0.6x fp32, LoRA training 0.5x (README, "Chunk embeddings")."""
     import torch
 
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()
-                and (torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()))
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported() and torch.cpu._is_amx_tile_supported())
 
 
 @functools.lru_cache(maxsize=1)

@@ -5,10 +5,11 @@ and cut batches by a token budget (not a fixed count) so short chunks travel
 in big batches and long ones in small, with padding only to each batch's own
 longest sequence. Mean pooling and L2 normalisation match sentence-transformers.
 
-The `chunk_embeddings` asset asks for precision "auto": where oneDNN multiplies bfloat16 natively
-(AMX or AVX-512 BF16) chunks are embedded under bfloat16 autocast, 2.2 to 2.8x the fp32 throughput
-on the demo chunks at a minimum cosine of 0.99996 to the fp32 vectors (bench/embeddings.py).
-Elsewhere bfloat16 is emulated, about 8x slower than fp32, so "auto" is fp32 there. Everything
+The `chunk_embeddings` asset asks for precision "auto": where oneDNN multiplies bfloat16 with AMX
+chunks are embedded under bfloat16 autocast, 2.2 to 2.8x the fp32 throughput on the demo chunks at
+a minimum cosine of 0.99996 to the fp32 vectors (bench/embeddings.py). Elsewhere bfloat16 is
+slower than fp32 (emulated, about 8x; with AVX-512 BF16 but no AMX, 0.6x the speed), so "auto" is
+fp32 there. Everything
 else (SFT retrieval, evaluation) embeds in fp32, the default here. A served request's question
 is embedded by `question_encoder.py`.
 """
@@ -43,11 +44,11 @@ def embedding_hash(text: str, model_id: str = MODEL_ID) -> str:
 
 
 def resolve_precision(precision: str = "auto") -> str:
-    """"fp32" or "bf16": what ``precision`` computes in here ("auto": bf16 only where it is native)."""
+    """"fp32" or "bf16": what ``precision`` computes in here ("auto": bf16 only where it is faster)."""
     if precision not in PRECISIONS:
         raise ValueError(f"embedding precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if precision == "auto":
-        return "bf16" if cpu_features.native_bf16() else "fp32"
+        return "bf16" if cpu_features.fast_bf16() else "fp32"
     return precision
 
 

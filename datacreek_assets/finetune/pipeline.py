@@ -66,7 +66,7 @@ def effective_config(device: str, load_in_8bit: bool, launched: bool, config: Tr
       an int8 base (bitsandbytes' layers; compiled training is measured on fp32 bases only) and on
       a CPU where inductor's kernels are not the CPU's widest (`cpu_features.inductor_native_kernels`);
     - on CPU, "bf16" runs in fp32 on an int8 base (which computes in int8) and on a CPU without
-      native bfloat16 (`cpu_features.native_bf16`: emulated there, several times slower)."""
+      AMX (`cpu_features.fast_bf16`: slower than fp32 there, emulated or not)."""
     notes = []
     if config.compile_layers and launched:
         config = replace(config, compile_layers=False)
@@ -81,9 +81,9 @@ def effective_config(device: str, load_in_8bit: bool, launched: bool, config: Tr
     if device == "cpu" and config.cpu_precision == "bf16" and load_in_8bit:
         config = replace(config, cpu_precision="fp32")
         notes.append("cpu_precision bf16 does not apply to an int8 base")
-    elif device == "cpu" and config.cpu_precision == "bf16" and not cpu_features.native_bf16():
+    elif device == "cpu" and config.cpu_precision == "bf16" and not cpu_features.fast_bf16():
         config = replace(config, cpu_precision="fp32")
-        notes.append("cpu_precision bf16 not used: this CPU has no native bfloat16 (AMX or AVX-512 BF16), fp32 used")
+        notes.append("cpu_precision bf16 not used: bfloat16 is slower than fp32 on a CPU without AMX, fp32 used")
     return config, "; ".join(notes)
 
 

@@ -63,9 +63,9 @@ class TrainConfig:
     # The precision a run computes in is part of its run key (pipeline.run_key's placement).
     gpu_precision: str = "fp32"
     # On CPU with an fp32 base (cpu_fallback "fp32", or the CPU accelerate launch): "fp32", or
-    # "bf16" to run forward passes under bfloat16 autocast, used only where the CPU multiplies
-    # bfloat16 natively (AMX, AVX-512 BF16; pipeline.effective_config). On AMX it gave 2.1x the
-    # loop's fp32 tokens/s, held-out loss 1.316 against 1.301 after one epoch (bench/finetune.py).
+    # "bf16" to run forward passes under bfloat16 autocast, used only where the CPU has AMX
+    # (pipeline.effective_config). On AMX it gave 2.1x the loop's fp32 tokens/s, held-out loss
+    # 1.316 against 1.301 after one epoch (bench/finetune.py); with AVX-512 BF16 alone 0.5x.
     # An int8 base computes in int8.
     cpu_precision: str = "fp32"
     # Compile each decoder layer with torch.compile (graphs shared by every layer), on CUDA or

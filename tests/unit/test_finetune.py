@@ -244,7 +244,7 @@ def test_cpu_bf16_autocast_keys_its_own_runs_and_is_used_only_where_it_applies(m
 
     # a speed setting: where it would not apply or would be emulated, the training runs in fp32 and says why
     for native in (True, False):
-        monkeypatch.setattr(cpu_features, "native_bf16", lambda native=native: native)
+        monkeypatch.setattr(cpu_features, "fast_bf16", lambda native=native: native)
         used, why = effective_config("cpu", False, False, bf16)
         assert (used.cpu_precision, bool(why)) == (("bf16", False) if native else ("fp32", True))
         used, why = effective_config("cpu", True, False, bf16)

@@ -26,7 +26,7 @@ DRIFT_CHECK = "embedding_drift"
 class EmbeddingConfig(dg.Config):
     threads: int = 1  # torch intra-op threads; two cores are shared by everything here
     token_budget: int = 2048  # tokens per batch (batch x longest); small batches stay in CPU cache (bench/embeddings.py)
-    # "auto": bfloat16 where this CPU multiplies it natively (AMX, AVX-512 BF16), else fp32; or "fp32", "bf16"
+    # "auto": bfloat16 where it is faster than fp32 (AMX), else fp32; or "fp32", "bf16"
     precision: str = "auto"
 
 
