@@ -4,7 +4,7 @@
   SentenceTransformer.encode with its defaults, same texts; its quality against the fp32 vectors
   (minimum cosine, and fp8 recall@10 of its stored vectors against the fp32 neighbours, with the
   stored rounding and with rounding to nearest);
-- the precision's own share: the embedder in bf16 vs in fp32, where bf16 is native;
+- the precision's own share: the embedder in bf16 vs in fp32, where bf16 is faster (AMX);
 - re-materialization with 90 % of chunks unchanged (hash, embed only the new) vs a full recompute;
 - online lookups (Feast SQLite online store, read through its online_read) of 1 and 100 keys, at
   100k stored vectors, vs reading the offline parquet file.

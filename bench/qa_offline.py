@@ -3,7 +3,7 @@
     python -m bench.qa_offline prepare DIR          # DIR/train_chats.json, val_chats.json, retrieval/
     python -m bench.qa_offline eval --adapter A [--adapter B ...] [--questions 40] [--out FILE]
     python -m bench.qa_offline eval --train-cpu [--prep DIR]   # also train one adapter on CPU first
-    python -m bench.qa_offline eval --train-cpu --cpu-fallback fp32 --cpu-precision bf16 --compile-layers
+    python -m bench.qa_offline eval --train-cpu --cpu-fallback fp32 --cpu-precision bf16 --compile-layers  # bf16: AMX only
 
 The demo tenant is what `datacreek demo` builds (default --max-docs 40): the demo corpus through
 the same functions as raw_documents, parsed_chunks and knowledge_graph (parse, chunk, drop exact

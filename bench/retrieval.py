@@ -5,7 +5,7 @@ chunks.
    `question_encoder.embed_question`, as served: one sequence's forward written out, with int8
    linear layers where this CPU has exact int8 products in hardware, else float16 weights (fbgemm),
    else fp32. Baseline: the same question through transformers' fp32 BertModel (`embed_texts`);
-   the chunks are embedded as `chunk_embeddings` does (bf16 where the CPU has it natively, else
+   the chunks are embedded as `chunk_embeddings` does (bf16 where the CPU has AMX, else
    fp32). The notes also time the written-out forward in fp32 ("fp32 lean"; one round, after the
    alternated ones), which separates what the forward saves from what the weights' precision saves. The notes
    give a request's grounding (embed + exact search), p50/p99 in ms, on an idle machine and with

@@ -14,7 +14,8 @@ def fast_bf16() -> bool:
     (`ONEDNN_MAX_CPU_ISA=AVX2`, as the CI's AVX2 variant sets). A cap between AVX512_CORE and
     AVX512_CORE_AMX on such a CPU is not seen. Where oneDNN emulates bfloat16, embedding measured
     about 8x slower than fp32; with AVX-512 BF16 but no AMX (a 2-core Xeon, 2026-12-07) it is
-    native and still slower: embedding 0.6x fp32, LoRA training 0.5x (README, "Chunk embeddings")."""
+    native and still slower: embedding 0.6x fp32, LoRA training 0.5x (README, "Chunk embeddings" and
+    "Longer training"). Only the AMX-TILE flag is read, not the OS's permission for tile state."""
     import torch
 
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported() and torch.cpu._is_amx_tile_supported())

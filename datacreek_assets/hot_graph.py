@@ -96,24 +96,31 @@ def hot_graph_name(tenant_id: str) -> str:
     return GRAPH_PREFIX + validate_tenant_id(tenant_id)
 
 
-# The longest one call waits on FalkorDB. Without it a server that stops answering hangs its
-# callers for good: FalkorDB 4.16.3 has been seen deadlocked on its graph registry, accepting
-# connections into its backlog and answering none.
+# The longest one FalkorDB command (or connect) waits. Without it a server that stops answering
+# hangs its callers for good: FalkorDB 4.16.3 has been seen deadlocked on its graph registry,
+# accepting connections into its backlog and answering none. The hot graph's commands take well
+# under a second (a window of 30,000 events folds in 2.7 s), so 30 s is far above a slow one.
 FALKORDB_TIMEOUT_S = 30.0
 
 
 def connect_hot_graph(host: str, port: int, username: str = "", password: str = "",
                       timeout_s: float = FALKORDB_TIMEOUT_S) -> "HotGraphStore":
-    """A store on a FalkorDB that answered a PING within ``timeout_s``; every later call is bounded
-    by it too (redis' TimeoutError). ``ServiceError`` when it does not answer."""
+    """A store on a FalkorDB that answered its first commands (INFO, PING) within ``timeout_s``
+    each; every later command is bounded by it too (redis' TimeoutError), tried once.
+    ``ServiceError`` when it does not answer."""
     import falkordb
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
     from datacreek_assets.local_services import ServiceError
 
-    try:
+    if not timeout_s > 0:
+        raise ValueError(f"the FalkorDB timeout must be above 0 s, not {timeout_s}")
+    try:  # no retries: a frozen server would otherwise cost each command several timeouts
         client = falkordb.FalkorDB(host=host, port=port, username=username or None, password=password or None,
-                                   socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+                                   socket_connect_timeout=timeout_s, socket_timeout=timeout_s,
+                                   retry=Retry(NoBackoff(), 0))
         client.connection.ping()
     except (redis.RedisError, OSError) as err:
         waited = f" after {timeout_s:g} s" if isinstance(err, redis.TimeoutError) else ""

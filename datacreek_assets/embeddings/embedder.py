@@ -5,13 +5,12 @@ and cut batches by a token budget (not a fixed count) so short chunks travel
 in big batches and long ones in small, with padding only to each batch's own
 longest sequence. Mean pooling and L2 normalisation match sentence-transformers.
 
-The `chunk_embeddings` asset asks for precision "auto": where oneDNN multiplies bfloat16 with AMX
+The `chunk_embeddings` asset asks for precision "auto": where oneDNN multiplies bfloat16 with AMX,
 chunks are embedded under bfloat16 autocast, 2.2 to 2.8x the fp32 throughput on the demo chunks at
 a minimum cosine of 0.99996 to the fp32 vectors (bench/embeddings.py). Elsewhere bfloat16 is
 slower than fp32 (emulated, about 8x; with AVX-512 BF16 but no AMX, 0.6x the speed), so "auto" is
-fp32 there. Everything
-else (SFT retrieval, evaluation) embeds in fp32, the default here. A served request's question
-is embedded by `question_encoder.py`.
+fp32 there. Everything else (SFT retrieval, evaluation) embeds in fp32, the default here. A served
+request's question is embedded by `question_encoder.py`.
 """
 
 from __future__ import annotations

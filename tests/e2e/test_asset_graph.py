@@ -109,7 +109,7 @@ def test_every_asset_materializes_for_a_small_tenant(services, local_resources, 
     emb = first.metadata["chunk_embeddings"]
     assert emb["vectors"] == first.metadata["parsed_chunks"]["chunks"] and emb["computed"] == emb["vectors"]
     assert emb["recall_at_10_fp8_vs_fp32"] >= 0.95
-    assert emb["precision"] == resolve_precision()  # bf16 where this CPU multiplies it natively
+    assert emb["precision"] == resolve_precision()  # bf16 only where this CPU has AMX
     assert second.metadata["chunk_embeddings"]["computed"] == 0
     assert second.metadata["chunk_embeddings"]["precision"] == "none computed"
     feats = first.metadata["embedding_features"]

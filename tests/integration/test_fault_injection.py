@@ -1,5 +1,6 @@
 """Faults injected into the real services and processes: each is killed for real (SIGKILL, no
-clean shutdown) at a chosen moment, brought back, and what it held is checked to the last row."""
+clean shutdown) at a chosen moment, brought back, and what it held is checked to the last row; and
+FalkorDB frozen (SIGSTOP), which its callers must survive."""
 
 from __future__ import annotations
 
@@ -170,6 +171,7 @@ def test_a_falkordb_that_stops_answering_fails_its_callers_within_the_timeout_an
     store = hot_graph.store()
     assert store.node_count("stall-a") == 0
     pid = FalkorDBService(services).our_pid()
+    assert pid, "the session's FalkorDB was not started by this session"
     os.kill(pid, signal.SIGSTOP)
     try:  # a hang would fail the test at pytest's timeout; the message names the 1 s waited
         with pytest.raises(redis.TimeoutError):

@@ -242,7 +242,7 @@ def test_cpu_bf16_autocast_keys_its_own_runs_and_is_used_only_where_it_applies(m
     command = launch_command(plan_device(0, "fp32", "accelerate"), fp32, tmp_path)
     assert command[command.index("--mixed_precision") + 1] == "no"
 
-    # a speed setting: where it would not apply or would be emulated, the training runs in fp32 and says why
+    # a speed setting: where it would not apply or would be slower than fp32, the training runs in fp32 and says why
     for native in (True, False):
         monkeypatch.setattr(cpu_features, "fast_bf16", lambda native=native: native)
         used, why = effective_config("cpu", False, False, bf16)

@@ -118,7 +118,7 @@ def chunk_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfig,
             "precision": precision if todo else "none computed",  # of the vectors this run computed
             "reused": len(matrix) - len([h for h in fresh if h in seen]),
             "dropped_not_live": len(set(known) - seen),
-            # the stored float32 vectors (computed in fp32, or bf16 where native) against their fp8 copies
+            # the stored float32 vectors (computed in fp32, or bf16 on AMX) against their fp8 copies
             "recall_at_10_fp8_vs_fp32": round(recall, 4),
             "bytes_per_vector_fp32": int(matrix.shape[1] * 4) if len(matrix) else 1536,
             "bytes_per_vector_fp8": int(matrix.shape[1] + 4) if len(matrix) else 388,  # + float32 scale
