@@ -18,7 +18,6 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import requests
-from falkordb import FalkorDB as falkordb_client
 
 from datacreek_assets.billing.ledger import CreditLedger
 from datacreek_assets.billing.prometheus import PrometheusServer
@@ -29,7 +28,7 @@ from datacreek_assets.defs.graph.assets import knowledge_graph
 from datacreek_assets.defs.ingest.assets import parsed_chunks, raw_documents
 from datacreek_assets.demo_corpus import write_demo_corpus
 from datacreek_assets.graph_store import TenantGraph
-from datacreek_assets.hot_graph import HotGraphStore
+from datacreek_assets.hot_graph import connect_hot_graph
 from datacreek_assets.local_services import FalkorDBService, Neo4jService, ServiceError, _port_open, free_port
 from datacreek_assets.object_store import TenantObjectStore
 from datacreek_assets.partitions import TENANTS_PARTITION
@@ -151,8 +150,7 @@ def test_falkordb_killed_and_restarted_brings_every_tenant_graph_back(services, 
         assert {"hot-a", "hot-b"} <= set(again.tenants())
         for tenant, n in tenants.items():
             assert again.node_count(tenant) == n + 1  # its Tenant node and every entity
-        own = HotGraphStore(falkordb_client(port=services.falkordb_port, username=falkordb_user("hot-a"),
-                                            password=password))
+        own = connect_hot_graph("127.0.0.1", services.falkordb_port, falkordb_user("hot-a"), password)
         assert own.node_count("hot-a") == tenants["hot-a"] + 1  # and the tenant's user came back with them
     finally:
         with contextlib.suppress(Exception):  # never hide why the test failed behind its cleanup

@@ -9,7 +9,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 
 from datacreek_assets.billing.ledger import CreditLedger
-from datacreek_assets.hot_graph import HotGraphStore
+from datacreek_assets.hot_graph import connect_hot_graph
 from datacreek_assets.serving.release_store import ServingStore
 from datacreek_assets.tenant_credentials import (
     CredentialError,
@@ -98,8 +98,7 @@ def test_a_tenant_falkordb_user_reaches_its_own_graph_only(services, local_resou
         platform.create_scope(tenant)
     try:
         password = grant_falkordb_user(admin, "cred-a")
-        mine = HotGraphStore(falkordb.FalkorDB(port=services.falkordb_port, username=falkordb_user("cred-a"),
-                                               password=password))
+        mine = connect_hot_graph("127.0.0.1", services.falkordb_port, falkordb_user("cred-a"), password)
         mine.graph("cred-a").query("CREATE (:Entity {tenant_id: 'cred-a', name: 'x'})")
         assert mine.scope_exists("cred-a") and mine.node_count("cred-a") == 2
         for attempt in (lambda: mine.graph("cred-b").ro_query("MATCH (n) RETURN count(n)"),
