@@ -6,6 +6,8 @@ import random
 import statistics
 import time
 
+from neo4j._codec.packstream.v1 import Packer, _rust_pack
+
 from bench.harness import Comparison
 from datacreek_assets.local_services import services_up
 from datacreek_assets.settings import LocalSettings
@@ -61,17 +63,37 @@ def comparisons(quick: bool = False) -> list[Comparison]:
         rates = sorted(e / s for e, s in written[-repeats:])
         return (f"batched writer: {statistics.median(rates):,.0f} graph elements/s (nodes + relationships "
                 f"created; median, spread {rates[0]:,.0f}-{rates[-1]:,.0f}); Neo4j Community 5.26 on 127.0.0.1, "
-                "both write documents, chunks, entities, mentions into an empty tenant; one warm-up round each first")
+                "both write documents, chunks, entities, mentions into an empty tenant; one warm-up round each first; "
+                f"messages packed in {'Rust (neo4j-rust-ext)' if _rust_pack else 'Python'}")
 
     def one_by_one() -> int:
         graph.merge_rows_one_by_one(docs)
         return n
 
-    return [Comparison(
+    def batched_python_packer() -> int:
+        # the same write with the driver's pure-Python packer, as without neo4j-rust-ext (results
+        # are decoded by the same unpacker on both sides)
+        rust = Packer.__dict__["_pack"]
+        Packer._pack = Packer._py_pack
+        try:
+            graph.replace_documents(docs)
+        finally:
+            Packer._pack = rust
+        return n
+
+    comparisons = [Comparison(
         name=f"graph writer: UNWIND batches vs 1 tx/row ({n} rows)",
         candidate=batched, baseline=one_by_one, unit="rows", repeats=repeats, warmup=0 if quick else 1,
         setup=graph.delete_everything, notes=elements_per_s,
     )]
+    if _rust_pack:
+        comparisons.append(Comparison(
+            name=f"graph writer: messages packed in Rust vs Python ({n} rows)",
+            candidate=lambda: graph.replace_documents(docs) and n, baseline=batched_python_packer, unit="rows",
+            repeats=repeats, warmup=0 if quick else 1, setup=graph.delete_everything,
+            notes="neo4j-rust-ext's packer against the driver's own; the same batched write",
+        ))
+    return comparisons
 
 
 def teardown() -> None:
