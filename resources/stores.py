@@ -176,15 +176,21 @@ class FeatureStoreResource(dg.ConfigurableResource):
     online_type: str = "sqlite"  # sqlite | redis
     online_path: str = ""  # sqlite file
     online_connection: str = ""  # redis "host:port[,password=...]"
+    online_timeout_s: float = 30.0  # redis: connect and command timeout, unless the connection string sets them
     s3: Optional[dg.ConfigurableResource] = None  # for an s3:// offline_dir: the object store's S3Resource
 
     def settings(self):
-        from datacreek_assets.embeddings.feature_store import FeatureStoreSettings
+        from datacreek_assets.embeddings.feature_store import FeatureStoreSettings, redis_connection_string
 
         if self.online_type == "sqlite":
             online = {"type": "sqlite", "path": self.online_path}
         elif self.online_type == "redis":
-            online = {"type": "redis", "connection_string": self.online_connection}
+            try:
+                connection = redis_connection_string(self.online_connection, self.online_timeout_s)
+            except ValueError as err:
+                raise dg.DagsterInvalidConfigError(f"feature store: {err} (DATACREEK_FEAST_REDIS)", [],
+                                                   self.online_connection) from None
+            online = {"type": "redis", "connection_string": connection}
         else:
             raise dg.DagsterInvalidConfigError(f"online store must be sqlite or redis, not {self.online_type!r}", [], self.online_type)
         s3 = s3_resource(self.s3, "an s3:// feature store") if self.s3 is not None else None

@@ -35,8 +35,8 @@ from datacreek_assets.partitions import TENANTS_PARTITION
 from datacreek_assets.tenant_credentials import falkordb_user, grant_falkordb_user, revoke_falkordb_user
 from datacreek_assets.tenant_lifecycle import add_tenant, remove_tenant
 from resources.factory import open_tenant_stores
-from resources.stores import (CreditLedgerResource, FineTuneResource, HotGraphResource, MlflowTrackingResource,
-                              ObjectStoreResource, TenantRegistryResource)
+from resources.stores import (CreditLedgerResource, FeatureStoreResource, FineTuneResource, HotGraphResource,
+                              MlflowTrackingResource, ObjectStoreResource, TenantRegistryResource)
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -181,6 +181,43 @@ def test_a_falkordb_that_stops_answering_fails_its_callers_within_the_timeout_an
         os.kill(pid, signal.SIGCONT)
     assert hot_graph.store().node_count("stall-a") == 0
     assert store.node_count("stall-a") == 0  # the old client reconnects too
+
+
+def test_a_redis_online_store_that_stops_answering_fails_lookups_within_the_timeout_and_they_recover(
+        services, tmp_path):
+    """Feast's Redis online store (the prod profile's; here the session's FalkorDB, a Redis server)
+    frozen with SIGSTOP: a lookup fails with redis' TimeoutError after the resource's
+    online_timeout_s instead of hanging its serving request, and works again once it runs."""
+    import numpy as np
+    import pandas as pd
+    import redis
+    from prometheus_client import CollectorRegistry
+
+    from datacreek_assets.embeddings.feature_store import TenantFeatures, open_feature_store
+    from datacreek_assets.embeddings.fp8 import quantize
+    from datacreek_assets.metrics import FeatureCacheMetrics
+
+    settings = FeatureStoreResource(registry=str(tmp_path / "registry.db"), offline_dir=str(tmp_path / "offline"),
+                                    online_type="redis", online_connection=f"127.0.0.1:{services.falkordb_port}",
+                                    online_timeout_s=1.0).settings()
+    store = open_feature_store(settings)
+    metrics = FeatureCacheMetrics.for_registry(CollectorRegistry())
+    vector = np.ones((1, 384), dtype=np.float32) / np.sqrt(384)
+    blobs, scales = quantize(vector)
+    key = "f" * 64
+    TenantFeatures(store, settings, "stall-feast", metrics).write(pd.DataFrame({
+        "embedding_hash": [key], "chunk_id": ["c0"], "doc_id": ["d.txt"], "vector_fp8": blobs, "scale": scales,
+        "deleted": False}))
+    pid = FalkorDBService(services).our_pid()
+    assert pid, "the session's FalkorDB was not started by this session"
+    os.kill(pid, signal.SIGSTOP)
+    try:  # a hang would fail the test at pytest's timeout
+        with pytest.raises(redis.TimeoutError):
+            TenantFeatures(store, settings, "stall-feast", metrics).lookup([key])
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    found = TenantFeatures(store, settings, "stall-feast", metrics).lookup([key])[key]
+    assert found is not None and float(found @ vector[0]) > 0.99
 
 
 TRAIN = {"epochs": 3, "learning_rate": 1e-2, "max_seq_len": 256, "effective_batch": 4, "checkpoint_every": 2}

@@ -93,6 +93,24 @@ def test_the_s3_field_takes_only_an_s3_resource(tmp_path):
         FeatureStoreResource(registry="r", offline_dir="s3://b/o", s3=not_s3).settings()
 
 
+def test_the_redis_online_store_gets_a_timeout_and_no_retries_unless_its_connection_sets_them():
+    from resources.stores import FeatureStoreResource
+
+    def connection(**fields) -> str:
+        settings = FeatureStoreResource(registry="r", offline_dir="o", online_type="redis", **fields).settings()
+        return settings.online["connection_string"]
+
+    assert connection(online_connection="redis:6379") == \
+        "redis:6379,socket_connect_timeout=30.0,socket_timeout=30.0,retry=null"
+    # an operator's own settings win; the rest are added
+    assert connection(online_connection="redis:6379,password=s3cr=t,socket_timeout=5", online_timeout_s=2) == \
+        "redis:6379,password=s3cr=t,socket_timeout=5,socket_connect_timeout=2.0,retry=null"
+    for bad in ({"online_connection": ""}, {"online_connection": "password=x"},
+                {"online_connection": "redis:6379", "online_timeout_s": 0}):
+        with pytest.raises(dg.DagsterInvalidConfigError, match="Redis online store.*DATACREEK_FEAST_REDIS"):
+            connection(**bad)
+
+
 def test_nothing_is_read_from_the_environment_at_import(monkeypatch):
     env = {**os.environ, "DATACREEK_PROFILE": "no-such-profile"}
     code = "import definitions, datacreek_assets.defs, resources; print('imported')"
