@@ -85,19 +85,19 @@ def comparisons(quick: bool = False) -> list[Comparison]:
             Packer._pack = rust
         return n
 
-    comparisons = [Comparison(
+    result = [Comparison(
         name=f"graph writer: UNWIND batches vs 1 tx/row ({n} rows)",
         candidate=batched, baseline=one_by_one, unit="rows", repeats=repeats, warmup=0 if quick else 1,
         setup=graph.delete_everything, notes=elements_per_s,
     )]
     if _rust_pack:
-        comparisons.append(Comparison(
+        result.append(Comparison(
             name=f"graph writer: messages packed in Rust vs Python ({n} rows)",
             candidate=batched_rust_packer, baseline=batched_python_packer, unit="rows",
             repeats=repeats, warmup=0 if quick else 1, setup=graph.delete_everything,
             notes="neo4j-rust-ext's packer against the driver's own; the same batched write",
         ))
-    return comparisons
+    return result
 
 
 def teardown() -> None:

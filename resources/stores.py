@@ -3,6 +3,7 @@ clients; what is done with the clients lives in ``datacreek_assets``."""
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
@@ -185,11 +186,14 @@ class FeatureStoreResource(dg.ConfigurableResource):
         if self.online_type == "sqlite":
             online = {"type": "sqlite", "path": self.online_path}
         elif self.online_type == "redis":
+            if not (math.isfinite(self.online_timeout_s) and self.online_timeout_s > 0):
+                raise dg.DagsterInvalidConfigError(f"feature store: online_timeout_s must be a number of seconds "
+                                                   f"above 0, not {self.online_timeout_s}", [], self.online_timeout_s)
             try:
                 connection = redis_connection_string(self.online_connection, self.online_timeout_s)
-            except ValueError as err:
-                raise dg.DagsterInvalidConfigError(f"feature store: {err} (DATACREEK_FEAST_REDIS)", [],
-                                                   self.online_connection) from None
+            except ValueError as err:  # the connection string (not echoed: it may hold a password)
+                raise dg.DagsterInvalidConfigError(f"feature store: {err} (online_connection, DATACREEK_FEAST_REDIS)",
+                                                   [], None) from None
             online = {"type": "redis", "connection_string": connection}
         else:
             raise dg.DagsterInvalidConfigError(f"online store must be sqlite or redis, not {self.online_type!r}", [], self.online_type)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import sys
 import threading
@@ -34,16 +35,18 @@ COMPACT_AT = 8  # offline files per tenant and view before a write folds them in
 
 
 def redis_connection_string(connection: str, timeout_s: float) -> str:
-    """Feast's Redis ``connection_string`` ("host:port[,key=value...]") with a connect and a
-    command timeout of ``timeout_s`` and no retries, where it does not set them itself: a server
-    that stops answering then fails a read or write with redis' TimeoutError instead of hanging it
-    (redis' default retries would cost each command several timeouts). Feast hands each key=value
-    to ``redis.Redis``, values read as JSON ("null": None, no retry)."""
+    """Feast's Redis ``connection_string`` ("host:port[,key=value...]", a standalone server, Feast's
+    default redis_type) with a connect and a command timeout of ``timeout_s`` and no retries,
+    where it does not set them itself: a server that stops answering then fails a read or write
+    with redis' TimeoutError instead of hanging it (redis' default retries would cost each command
+    several timeouts). Feast hands each key=value to ``redis.Redis``, values read as JSON ("null":
+    None, no retry)."""
     if not connection.strip() or "=" in connection.split(",", 1)[0]:
-        raise ValueError(f"the Redis online store needs a connection string \"host:port[,key=value...]\", "
-                         f"not {connection!r}")
-    if not timeout_s > 0:
-        raise ValueError(f"the Redis online store's timeout must be above 0 s, not {timeout_s}")
+        # the string itself is not echoed: it may hold a password
+        raise ValueError("the Redis online store needs a connection string that starts with host:port "
+                         "(\"host:port[,key=value...]\")")
+    if not (math.isfinite(timeout_s) and timeout_s > 0):
+        raise ValueError(f"the Redis online store's timeout must be a number of seconds above 0, not {timeout_s}")
     named = {part.split("=", 1)[0].strip() for part in connection.split(",") if "=" in part}
     defaults = {"socket_connect_timeout": timeout_s, "socket_timeout": timeout_s, "retry": "null"}
     return ",".join([connection, *(f"{key}={value}" for key, value in defaults.items() if key not in named)])

@@ -208,6 +208,10 @@ def test_a_redis_online_store_that_stops_answering_fails_lookups_within_the_time
     TenantFeatures(store, settings, "stall-feast", metrics).write(pd.DataFrame({
         "embedding_hash": [key], "chunk_id": ["c0"], "doc_id": ["d.txt"], "vector_fp8": blobs, "scale": scales,
         "deleted": False}))
+    # the client Feast made: each command waits 1 s and is tried once (redis' default would retry a
+    # timed-out command, several timeouts per lookup)
+    connection = store.provider.online_store._get_client(store.config.online_store).connection_pool.make_connection()
+    assert (connection.socket_timeout, connection.socket_connect_timeout, connection.retry.get_retries()) == (1.0, 1.0, 0)
     pid = FalkorDBService(services).our_pid()
     assert pid, "the session's FalkorDB was not started by this session"
     os.kill(pid, signal.SIGSTOP)

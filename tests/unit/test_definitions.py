@@ -100,15 +100,23 @@ def test_the_redis_online_store_gets_a_timeout_and_no_retries_unless_its_connect
         settings = FeatureStoreResource(registry="r", offline_dir="o", online_type="redis", **fields).settings()
         return settings.online["connection_string"]
 
-    assert connection(online_connection="redis:6379") == \
-        "redis:6379,socket_connect_timeout=30.0,socket_timeout=30.0,retry=null"
+    from feast.infra.online_stores.redis import RedisOnlineStore
+
+    plain = connection(online_connection="redis:6379")
+    assert plain == "redis:6379,socket_connect_timeout=30.0,socket_timeout=30.0,retry=null"
+    # what Feast hands to redis.Redis: numbers, and None for retry (no retries)
+    assert RedisOnlineStore._parse_connection_string(plain) == (
+        [{"host": "redis", "port": "6379"}], {"socket_connect_timeout": 30.0, "socket_timeout": 30.0, "retry": None})
     # an operator's own settings win; the rest are added
     assert connection(online_connection="redis:6379,password=s3cr=t,socket_timeout=5", online_timeout_s=2) == \
         "redis:6379,password=s3cr=t,socket_timeout=5,socket_connect_timeout=2.0,retry=null"
-    for bad in ({"online_connection": ""}, {"online_connection": "password=x"},
-                {"online_connection": "redis:6379", "online_timeout_s": 0}):
-        with pytest.raises(dg.DagsterInvalidConfigError, match="Redis online store.*DATACREEK_FEAST_REDIS"):
-            connection(**bad)
+    for bad in ("", "password=s3cr=t,redis:6379"):
+        with pytest.raises(dg.DagsterInvalidConfigError, match="starts with host:port.*DATACREEK_FEAST_REDIS") as err:
+            connection(online_connection=bad)
+        assert "s3cr" not in str(err.value)  # a password in a misordered string is not echoed
+    for timeout in (0, -1, float("inf"), float("nan")):
+        with pytest.raises(dg.DagsterInvalidConfigError, match="online_timeout_s must be a number of seconds above 0"):
+            connection(online_connection="redis:6379", online_timeout_s=timeout)
 
 
 def test_nothing_is_read_from_the_environment_at_import(monkeypatch):

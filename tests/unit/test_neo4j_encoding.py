@@ -20,8 +20,16 @@ def packed(value, python: bool) -> bytes:
 
 def test_the_driver_packs_in_rust_and_writes_the_python_packers_bytes():
     assert _rust_pack is not None, "neo4j-rust-ext is not installed: `make venv` installs requirements.lock"
-    rows = synthetic_docs(3, 4)
-    rows[0]["props"].update({"score": 0.125, "big": 2**40, "negative": -17, "flag": True, "none": None,
+    docs = synthetic_docs(100, 10)
+    docs[0]["props"].update({"score": 0.125, "big": 2**40, "negative": -17, "flag": True, "none": None,
                              "text": "naïve café 𝔘 ✓" * 300, "tags": ["a", "b"], "pair": ("x", 1)})
-    for value in (rows, {"rows": rows, "tenant": "acme"}, [], "", 0, -(2**63), 1.5e300):
+    # a statement's parameters as the writer sends them: 500-row batches, element ids (~45 bytes)
+    chunk_rows = [{"chunk_id": c["chunk_id"], "props": c["props"], "document": f"4:{'f' * 36}:{i}",
+                   "mentions": [{"node": f"4:{'e' * 36}:{i}", "count": 1}]}
+                  for i, c in enumerate(c for d in docs for c in d["chunks"])][:500]
+    # every size class of packstream's headers: lists, maps and strings of 8, 16 and 32-bit lengths,
+    # integers of each width, bytes
+    sizes = [list(range(70_000)), {str(i): i for i in range(300)}, {str(i): i for i in range(70_000)}, "x" * 200,
+             "y" * 70_000, 2**31 - 1, -(2**31), 2**15, -129, b"\x00" * 300, 1.5e300, -(2**63), 0, "", []]
+    for value in (docs, {"rows": chunk_rows, "tenant": "acme"}, *sizes):
         assert packed(value, python=False) == packed(value, python=True)
