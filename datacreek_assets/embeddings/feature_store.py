@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import os
 import sys
 import threading
@@ -40,13 +39,11 @@ def redis_connection_string(connection: str, timeout_s: float) -> str:
     where it does not set them itself: a server that stops answering then fails a read or write
     with redis' TimeoutError instead of hanging it (redis' default retries would cost each command
     several timeouts). Feast hands each key=value to ``redis.Redis``, values read as JSON ("null":
-    None, no retry)."""
+    None, no retry). ``timeout_s`` is the resource's checked setting (`FeatureStoreResource`)."""
     if not connection.strip() or "=" in connection.split(",", 1)[0]:
         # the string itself is not echoed: it may hold a password
         raise ValueError("the Redis online store needs a connection string that starts with host:port "
                          "(\"host:port[,key=value...]\")")
-    if not (math.isfinite(timeout_s) and timeout_s > 0):
-        raise ValueError(f"the Redis online store's timeout must be a number of seconds above 0, not {timeout_s}")
     named = {part.split("=", 1)[0].strip() for part in connection.split(",") if "=" in part}
     defaults = {"socket_connect_timeout": timeout_s, "socket_timeout": timeout_s, "retry": "null"}
     return ",".join([connection, *(f"{key}={value}" for key, value in defaults.items() if key not in named)])

@@ -94,13 +94,13 @@ def test_the_s3_field_takes_only_an_s3_resource(tmp_path):
 
 
 def test_the_redis_online_store_gets_a_timeout_and_no_retries_unless_its_connection_sets_them():
+    from feast.infra.online_stores.redis import RedisOnlineStore
+
     from resources.stores import FeatureStoreResource
 
     def connection(**fields) -> str:
         settings = FeatureStoreResource(registry="r", offline_dir="o", online_type="redis", **fields).settings()
         return settings.online["connection_string"]
-
-    from feast.infra.online_stores.redis import RedisOnlineStore
 
     plain = connection(online_connection="redis:6379")
     assert plain == "redis:6379,socket_connect_timeout=30.0,socket_timeout=30.0,retry=null"
