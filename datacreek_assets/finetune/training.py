@@ -3,8 +3,9 @@
 One optimizer step sees ``effective_batch`` packed rows. The micro-batch is a
 divisor of the effective batch whose forward+backward peak memory, measured on
 the longest rows, fits the budget: for eager steps on a CPU the largest within
-5 % of the fastest per token (timed), the largest otherwise; accumulation makes
-up the rest.
+5 % of the fastest per real token (timed, less the padding), the largest
+otherwise; accumulation makes up the rest. A step's rows go into micro-batches
+longest first, so that each is padded little.
 The loss of a step is the sum of token losses divided by the label tokens of the
 whole step, so accumulating micro-batches computes the same gradient as one big
 batch. Checkpoints (adapter, optimizer, scheduler, history) are written every
@@ -76,10 +77,11 @@ class TrainConfig:
     # compiled steps' memory and speed are not probed.
     compile_layers: bool = False
     # On CPU, eager: the micro-batch is the largest of the sizes that fit memory_budget_mb whose
-    # timed tokens/s is within 5 % of the fastest (an A/B of whole fp32 epochs on an AMX CPU: 2 rows
-    # 1.16x and 7 rows 1.12x the tokens/s of 14). False, on a GPU, or with compile_layers: the
-    # largest that fits (the probe runs eager; compiled bf16 ran 14 rows 1.11x faster than 7,
-    # which the eager timing ranked first).
+    # tokens/s is within 5 % of the fastest: timed on full rows, times the share of an epoch's
+    # positions that are real at that size (real_share). An A/B of whole fp32 epochs on an AMX CPU,
+    # before micro_batches grouped rows by length: 2 rows 1.16x and 7 rows 1.12x the tokens/s of 14.
+    # False, on a GPU, or with compile_layers: the largest that fits (the probe runs eager;
+    # compiled bf16 ran 14 rows 1.11x faster than 7, which the eager timing ranked first).
     micro_batch_by_speed: bool = True
     # Train this many adapters, with seeds seed, seed + 1, ..., and release the mean of their weight
     # updates (pipeline.fine_tune, averaging.py). On the demo tenant 3 averaged adapters answered
@@ -365,6 +367,30 @@ def step_rows(train_rows: list[PackedRow], step: int, config: TrainConfig, fill:
     return [train_rows[i] for i in picked]
 
 
+def micro_batches(picked: list[PackedRow], micro: int, rank: int = 0, ranks: int = 1) -> list[list[PackedRow]]:
+    """This process's micro-batches of one step's rows, longest rows first.
+
+    A micro-batch is padded to its longest row, so rows of like length go together: a step's
+    gradient is the same sum over its rows whatever their grouping, with less padding computed
+    (README, "LoRA training on CPU"). Sorted before the processes take every ``ranks``-th row: the
+    processes run their k-th micro-batches in lockstep (ZeRO-3 gathers each layer for all), and
+    these come from one band of lengths; each process's tokens differ by less than a row."""
+    ordered = sorted(picked, key=lambda r: -len(r.input_ids))  # stable: ties keep the permutation's order
+    mine = ordered[rank::ranks]
+    return [mine[i:i + micro] for i in range(0, len(mine), micro)]
+
+
+def real_share(train_rows: list[PackedRow], config: TrainConfig, micro: int, rank: int = 0, ranks: int = 1) -> float:
+    """The share of the positions an epoch computes (``micro_batches`` of ``micro`` rows, each
+    padded to its longest) that are real tokens."""
+    real = padded = 0
+    for step in range(math.ceil(len(train_rows) / config.effective_batch)):
+        for group in micro_batches(step_rows(train_rows, step, config, fill=False), micro, rank, ranks):
+            real += sum(len(r.input_ids) for r in group)
+            padded += len(group) * max(len(r.input_ids) for r in group)
+    return real / padded if padded else 1.0
+
+
 def train_lora(model, pad_id: int, train_rows: list[PackedRow], val_rows: list[PackedRow], config: TrainConfig,
                out_dir: Path, device: str = "cpu",
                on_step: Callable[[int, float], None] | None = None,
@@ -416,7 +442,11 @@ def train_lora(model, pad_id: int, train_rows: list[PackedRow], val_rows: list[P
     measured: dict[int, dict] = {}
     cached = json.loads(probe_cache.read_text()) if probe_cache and probe_cache.exists() else {}
     per_rank = config.effective_batch // ranks
-    micro = state["micro_batch"] if state else micro_batch_for(per_rank, fits, speed.get if timed else None)
+
+    def epoch_speed(m: int) -> float | None:  # the probe times full rows; an epoch's micro-batches compute padding too
+        return None if speed.get(m) is None else speed[m] * real_share(train_rows, config, m, rank, ranks)
+
+    micro = state["micro_batch"] if state else micro_batch_for(per_rank, fits, epoch_speed if timed else None)
     if accelerator is not None:  # the first process's measurement: every process runs the same micro-batches
         from accelerate.utils import broadcast_object_list
 
@@ -475,10 +505,9 @@ def train_lora(model, pad_id: int, train_rows: list[PackedRow], val_rows: list[P
             began = time.perf_counter()
             picked = step_rows(train_rows, step, config, fill=accelerator is not None)
             label_tokens = sum(r.label_tokens for r in picked) or 1
-            mine = picked[rank::ranks]
             step_loss = torch.zeros((), device=device)
-            for i in range(0, len(mine), micro):
-                batch = collate(mine[i:i + micro], pad_id, dtype, device)
+            for group in micro_batches(picked, micro, rank, ranks):
+                batch = collate(group, pad_id, dtype, device)
                 if accelerator is None:
                     with forward_precision(device, config):
                         loss, _ = token_loss_sum(model, batch)

@@ -18,10 +18,10 @@ torch = pytest.importorskip("torch")
 
 from datacreek_assets import cpu_features  # noqa: E402
 from datacreek_assets.finetune.base_model import load_base  # noqa: E402
-from datacreek_assets.finetune.packing import IGNORE, collate, encode, pack  # noqa: E402
+from datacreek_assets.finetune.packing import IGNORE, PackedRow, collate, encode, pack  # noqa: E402
 from datacreek_assets.finetune.training import (  # noqa: E402
-    TrainConfig, accumulation_steps, forward_precision, micro_batch_for, plan_device, precision_of, token_loss_sum,
-    train_lora, wrap_lora,
+    TrainConfig, accumulation_steps, forward_precision, micro_batch_for, micro_batches, plan_device, precision_of,
+    real_share, token_loss_sum, train_lora, wrap_lora,
 )
 from tests.cpu_flags import cpu_flags  # noqa: E402
 
@@ -119,6 +119,14 @@ def test_the_micro_batch_probe_is_measured_once_and_kept_with_its_speed(tiny, tm
     second = train_lora(wrap_lora(copy.deepcopy(model), config), tokenizer.pad_token_id, rows(tokenizer), [],
                         config, tmp_path / "b", probe_cache=cache)
     assert second.micro_batch == 2 and second.accumulation == 2
+    # the probe times full rows: an epoch's speed at each size is that times the share of its positions
+    # that are real, so a size that pads more loses to an equally fast one that pads less
+    cache.write_text(json.dumps({m: {**v, "tokens_per_s": 100.0} for m, v in kept.items()}))
+    shares = {1: 1.0, 2: 0.97, 4: 0.9}
+    monkeypatch.setattr(training, "real_share", lambda rows, config, m, rank, ranks: shares[m])
+    weighed = train_lora(wrap_lora(copy.deepcopy(model), config), tokenizer.pad_token_id, rows(tokenizer), [],
+                         config, tmp_path / "d", probe_cache=cache)
+    assert weighed.micro_batch == 2  # within 5 % of the fastest (1 row, 100 % real); 4 rows are 10 % padding
     # not timed (as for compiled layers, whose speed the eager probe does not measure): the largest
     untimed = dataclasses.replace(config, micro_batch_by_speed=False)
     third = train_lora(wrap_lora(copy.deepcopy(model), untimed), tokenizer.pad_token_id, rows(tokenizer), [],
@@ -147,6 +155,35 @@ def test_accumulated_micro_batches_give_the_gradient_of_one_big_batch(tiny):
     for name in one:  # relative to the gradient's scale: summation order differs with the CPU's kernels
         scale = float(one[name].abs().max())
         assert scale > 0 and torch.allclose(one[name], accumulated[name], rtol=0, atol=1e-4 * scale), name
+
+
+def test_a_steps_micro_batches_put_rows_of_like_length_together_and_keep_every_row_once():
+    lengths = [270, 512, 265, 505, 268, 511, 490, 260]  # a step's rows in its permutation's order
+    step = [PackedRow([1] * n, [IGNORE] * n, list(range(n)), [1] * n) for n in lengths]
+
+    def padded(groups):  # positions computed: each micro-batch is padded to its longest row
+        return sum(len(g) * max(len(r.input_ids) for r in g) for g in groups)
+
+    groups = micro_batches(step, 2)
+    assert [[len(r.input_ids) for r in g] for g in groups] == [[512, 511], [505, 490], [270, 268], [265, 260]]
+    in_order = [step[i:i + 2] for i in range(0, len(step), 2)]
+    assert padded(groups) == sum(lengths) + 1 + 15 + 2 + 5 < padded(in_order)
+    # two processes: each takes every other row of the sorted step, so each gets rows of like length
+    ranks = [micro_batches(step, 2, rank, 2) for rank in range(2)]
+    assert [[len(r.input_ids) for r in g] for g in ranks[0]] == [[512, 505], [270, 265]]
+    assert [[len(r.input_ids) for r in g] for g in ranks[1]] == [[511, 490], [268, 260]]
+    taken = [id(r) for groups in ranks for g in groups for r in g]
+    assert sorted(taken) == sorted(id(r) for r in step)
+    # an epoch of that one step: the real share of the positions its micro-batches compute
+    config = TrainConfig(effective_batch=len(step))
+    assert real_share(step, config, 1) == 1.0
+    assert real_share(step, config, 2) == pytest.approx(sum(lengths) / padded(groups))
+    assert real_share(step, config, 8) == pytest.approx(sum(lengths) / (8 * 512))
+    # equal lengths keep the permutation's order; an epoch's short last step ends with a smaller micro-batch
+    ties = [PackedRow([1] * 8, [IGNORE] * 8, list(range(8)), [1] * 8) for _ in range(5)]
+    groups = micro_batches(ties, 2)
+    assert [len(g) for g in groups] == [2, 2, 1]
+    assert [id(r) for g in groups for r in g] == [id(r) for r in ties]
 
 
 def test_device_plan():
