@@ -133,7 +133,7 @@ def comparisons(quick: bool = False) -> list[Comparison]:
 
     def comparison(loop_precision: str, compiled: bool, trainer_precision: str) -> Comparison:
         loop_config = dataclasses.replace(config, cpu_precision=loop_precision, compile_layers=compiled)
-        peaks, epoch_seconds = {"candidate": [], "baseline": []}, []
+        peaks, epoch_seconds, micro_batches = {"candidate": [], "baseline": []}, [], set()
         trained = {}  # the last model each side trained, for its held-out loss (after the timing)
 
         def candidate() -> int:
@@ -141,9 +141,10 @@ def comparisons(quick: bool = False) -> list[Comparison]:
             peft_model = wrap_lora(model, loop_config)
             with PeakMemory("cpu") as peak, tempfile.TemporaryDirectory() as out:
                 began = time.perf_counter()
-                train_lora(peft_model, tokenizer.pad_token_id, rows, [], loop_config, Path(out),
-                           probe_cache=probe_caches[loop_precision])
+                result = train_lora(peft_model, tokenizer.pad_token_id, rows, [], loop_config, Path(out),
+                                    probe_cache=probe_caches[loop_precision])
                 epoch_seconds.append(time.perf_counter() - began)
+            micro_batches.add(f"{result.micro_batch} × {result.accumulation}")
             peaks["candidate"].append(peak.peak / 2**20)
             trained["candidate"] = peft_model
             return real_tokens
@@ -164,7 +165,8 @@ def comparisons(quick: bool = False) -> list[Comparison]:
             trained.clear()  # the next comparison trains its own: two 135M models less held
             return (f"{name}, {len(examples)} examples, {real_tokens} real tokens, {len(rows)} packed rows "
                     f"({padded / (len(rows) * MAX_LEN):.0%} full), loop {steps} optimizer steps of "
-                    f"{config.effective_batch} rows, Trainer steps of {examples_per_trainer_step(examples)} examples; "
+                    f"{config.effective_batch} rows (micro-batch × accumulation: {', '.join(sorted(micro_batches))}), "
+                    f"Trainer steps of {examples_per_trainer_step(examples)} examples; "
                     f"held-out loss after training ({len(held_out)} rows): loop {losses['candidate']:.4f}, "
                     f"Trainer {losses['baseline']:.4f}; peak RSS above start: loop {max(peaks['candidate']):.0f} MiB, "
                     f"Trainer {max(peaks['baseline']):.0f} MiB"
