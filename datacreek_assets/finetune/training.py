@@ -17,6 +17,7 @@ weights as a run that was never interrupted.
 from __future__ import annotations
 
 import contextvars
+import functools
 import json
 import math
 import os
@@ -352,16 +353,22 @@ def compile_layers(model) -> int:
     return len(layers)
 
 
+@functools.lru_cache(maxsize=2)
+def epoch_order(rows: int, seed: int) -> tuple[int, ...]:
+    """The permutation of ``rows`` rows for an epoch seeded ``seed`` (kept: every step of the epoch reads it)."""
+    import torch
+
+    return tuple(torch.randperm(rows, generator=torch.Generator().manual_seed(seed)).tolist())
+
+
 def step_rows(train_rows: list[PackedRow], step: int, config: TrainConfig, fill: bool) -> list[PackedRow]:
     """The rows of optimizer step ``step``: a slice of the epoch's permutation, a pure function of
     (seed, epoch). ``fill``: an epoch's last, short step wraps around to the permutation's start, so
     that every step has ``effective_batch`` rows (launched processes must run the same micro-batches)."""
-    import torch
-
     per_epoch = math.ceil(len(train_rows) / config.effective_batch)
     epoch, offset = divmod(step, per_epoch)
-    order = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(config.seed + epoch)).tolist()
-    picked = order[offset * config.effective_batch:(offset + 1) * config.effective_batch]
+    order = epoch_order(len(train_rows), config.seed + epoch)
+    picked = list(order[offset * config.effective_batch:(offset + 1) * config.effective_batch])
     if fill:
         picked += [order[i % len(order)] for i in range(config.effective_batch - len(picked))]
     return [train_rows[i] for i in picked]
@@ -380,12 +387,13 @@ def micro_batches(picked: list[PackedRow], micro: int, rank: int = 0, ranks: int
     return [mine[i:i + micro] for i in range(0, len(mine), micro)]
 
 
-def real_share(train_rows: list[PackedRow], config: TrainConfig, micro: int, rank: int = 0, ranks: int = 1) -> float:
-    """The share of the positions an epoch computes (``micro_batches`` of ``micro`` rows, each
-    padded to its longest) that are real tokens."""
+def real_share(train_rows: list[PackedRow], config: TrainConfig, micro: int, rank: int = 0, ranks: int = 1,
+               fill: bool = False) -> float:
+    """The share of the positions the first epoch computes (``micro_batches`` of ``micro`` rows,
+    each padded to its longest) that are real tokens; ``fill`` as for ``step_rows``."""
     real = padded = 0
     for step in range(math.ceil(len(train_rows) / config.effective_batch)):
-        for group in micro_batches(step_rows(train_rows, step, config, fill=False), micro, rank, ranks):
+        for group in micro_batches(step_rows(train_rows, step, config, fill), micro, rank, ranks):
             real += sum(len(r.input_ids) for r in group)
             padded += len(group) * max(len(r.input_ids) for r in group)
     return real / padded if padded else 1.0
@@ -444,7 +452,9 @@ def train_lora(model, pad_id: int, train_rows: list[PackedRow], val_rows: list[P
     per_rank = config.effective_batch // ranks
 
     def epoch_speed(m: int) -> float | None:  # the probe times full rows; an epoch's micro-batches compute padding too
-        return None if speed.get(m) is None else speed[m] * real_share(train_rows, config, m, rank, ranks)
+        if speed.get(m) is None:
+            return None
+        return speed[m] * real_share(train_rows, config, m, rank, ranks, fill=accelerator is not None)
 
     micro = state["micro_batch"] if state else micro_batch_for(per_rank, fits, epoch_speed if timed else None)
     if accelerator is not None:  # the first process's measurement: every process runs the same micro-batches

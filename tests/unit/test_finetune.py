@@ -123,7 +123,7 @@ def test_the_micro_batch_probe_is_measured_once_and_kept_with_its_speed(tiny, tm
     # that are real, so a size that pads more loses to an equally fast one that pads less
     cache.write_text(json.dumps({m: {**v, "tokens_per_s": 100.0} for m, v in kept.items()}))
     shares = {1: 1.0, 2: 0.97, 4: 0.9}
-    monkeypatch.setattr(training, "real_share", lambda rows, config, m, rank, ranks: shares[m])
+    monkeypatch.setattr(training, "real_share", lambda rows, config, m, rank, ranks, fill: shares[m])
     weighed = train_lora(wrap_lora(copy.deepcopy(model), config), tokenizer.pad_token_id, rows(tokenizer), [],
                          config, tmp_path / "d", probe_cache=cache)
     assert weighed.micro_batch == 2  # within 5 % of the fastest (1 row, 100 % real); 4 rows are 10 % padding
