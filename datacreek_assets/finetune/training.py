@@ -321,7 +321,7 @@ def probe_micro_batch(model, rows: list[PackedRow], m: int, pad_id: int, device:
     """(peak memory in MiB, tokens/s) of a forward and backward over the ``m`` longest rows.
     Tokens/s only if ``timed`` and within the budget, from a second pass: the first pays for
     allocating the size's memory."""
-    longest = sorted(rows, key=lambda r: -len(r.input_ids))[:m]
+    longest = micro_batches(rows, m)[0]  # what an epoch's widest micro-batch holds
     batch = collate(longest, pad_id, mask_dtype(device, config), device)
 
     def forward_backward() -> None:

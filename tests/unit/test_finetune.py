@@ -172,7 +172,7 @@ def test_a_steps_micro_batches_put_rows_of_like_length_together_and_keep_every_r
     ranks = [micro_batches(step, 2, rank, 2) for rank in range(2)]
     assert [[len(r.input_ids) for r in g] for g in ranks[0]] == [[512, 505], [270, 265]]
     assert [[len(r.input_ids) for r in g] for g in ranks[1]] == [[511, 490], [268, 260]]
-    taken = [id(r) for groups in ranks for g in groups for r in g]
+    taken = [id(r) for shares in ranks for g in shares for r in g]
     assert sorted(taken) == sorted(id(r) for r in step)
     # an epoch of that one step: the real share of the positions its micro-batches compute
     config = TrainConfig(effective_batch=len(step))
