@@ -79,14 +79,14 @@ def handle_errors(func):
         from datacreek_assets.serving.release_store import ReleaseConflict
         from datacreek_assets.serving.routing import InvalidVersion
         from datacreek_assets.streaming.events import EventLogError
-        from datacreek_assets.tenant_lifecycle import TenantHasData, UnknownTenant
+        from datacreek_assets.tenant_lifecycle import TenantBusy, TenantHasData, UnknownTenant
 
         try:
             return func(*args, **kwargs)
         except (InvalidTenantId, UnknownTenant, UnknownAsset, InvalidObjectKey, LedgerError, InvalidVersion,
                 DecisionError) as err:
             fail(err, EXIT_BAD_INPUT)
-        except (TenantHasData, ReleaseConflict) as err:
+        except (TenantHasData, TenantBusy, ReleaseConflict) as err:
             fail(err, EXIT_REFUSED)
         except (ServiceError, ConfigError, WebserverUnavailable, ServingError, LifecycleError, EventLogError) as err:
             fail(err, EXIT_UNAVAILABLE)

@@ -51,9 +51,22 @@ class TenantTracking:
         found = self.client.get_experiment_by_name(self.experiment_name)
         if found is None and not create:
             raise NoExperiment(f"tenant {self.tenant!r} has no MLflow experiment")
-        self.experiment_id = found.experiment_id if found else self.client.create_experiment(
-            self.experiment_name, artifact_location=f"{artifact_root.rstrip('/')}/{self.tenant}",
-            tags={"datacreek/tenant": self.tenant})
+        self.experiment_id = found.experiment_id if found else self._create_experiment(artifact_root)
+
+    def _create_experiment(self, artifact_root: str) -> str:
+        """Make the tenant's experiment, or take the one another process made since this one looked
+        (seen in CI: a run started by automation and a tenant's removal both making it at once)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.create_experiment(
+                self.experiment_name, artifact_location=f"{artifact_root.rstrip('/')}/{self.tenant}",
+                tags={"datacreek/tenant": self.tenant})
+        except MlflowException as err:
+            found = self.client.get_experiment_by_name(self.experiment_name)
+            if err.error_code != "RESOURCE_ALREADY_EXISTS" or found is None:
+                raise
+            return found.experiment_id
 
     def start_run(self, run_name: str, params: dict, tags: dict | None = None) -> str:
         run = self.client.create_run(self.experiment_id, run_name=run_name,

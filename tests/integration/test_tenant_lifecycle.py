@@ -1,13 +1,17 @@
 """Tenant add/remove across every real store: Neo4j, FalkorDB, object store (local and S3), registry, Dagster."""
 
 import subprocess
+import uuid
 
+import dagster as dg
 import pytest
 
 from datacreek_assets.object_store import S3ObjectStore, TenantObjectStore
 from datacreek_assets.partitions import TENANTS_PARTITION
 from datacreek_assets.tenancy import InvalidTenantId
-from datacreek_assets.tenant_lifecycle import TenantHasData, UnknownTenant, add_tenant, remove_tenant
+from datacreek_assets.settings import ensure_dagster_home
+from datacreek_assets.tenancy import TENANT_TAG
+from datacreek_assets.tenant_lifecycle import TenantBusy, TenantHasData, UnknownTenant, add_tenant, remove_tenant
 from resources.factory import open_tenant_stores
 
 pytestmark = pytest.mark.integration
@@ -58,6 +62,54 @@ def test_removing_a_tenant_with_data_needs_force_and_removes_everything(stores, 
     remove_tenant("life-c", stores, instance)
     with pytest.raises(UnknownTenant):
         remove_tenant("life-c", stores, instance)
+
+
+@pytest.fixture
+def queued_instance(tmp_path):
+    """The project's own instance configuration (tenant-tagging queue, warm-process launcher) with no
+    daemon: a submitted run stays queued."""
+    with dg.DagsterInstance.from_config(str(ensure_dagster_home(tmp_path / "dagster_home"))) as inst:
+        yield inst
+
+
+def add_run(instance, tenant, status):
+    """A run record as the queue holds one (where its code location would serve the job from)."""
+    from dagster._core.remote_origin import GrpcServerCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
+
+    origin = RemoteJobOrigin(RemoteRepositoryOrigin(GrpcServerCodeLocationOrigin("localhost", 4266, location_name="datacreek"),
+                                                    "__repository__"), "__ASSET_JOB")
+    run = dg.DagsterRun(job_name="__ASSET_JOB", run_id=str(uuid.uuid4()), status=status, remote_job_origin=origin,
+                        tags={"dagster/partition": tenant, TENANT_TAG: tenant})
+    instance.add_run(run)
+    return run.run_id
+
+
+def test_removing_a_tenant_cancels_its_queued_runs_first(stores, queued_instance):
+    add_tenant("life-d", stores, queued_instance)
+    add_tenant("life-e", stores, queued_instance)
+    mine = add_run(queued_instance, "life-d", dg.DagsterRunStatus.QUEUED)
+    neighbour = add_run(queued_instance, "life-e", dg.DagsterRunStatus.QUEUED)
+    report = remove_tenant("life-d", stores, queued_instance)
+    assert "runs (1 cancelled)" in report.steps
+    assert queued_instance.get_run_by_id(mine).status == dg.DagsterRunStatus.CANCELED
+    assert queued_instance.get_run_by_id(neighbour).status == dg.DagsterRunStatus.QUEUED  # not its run
+    assert not any(scope_state(stores, queued_instance, "life-d").values())
+    remove_tenant("life-e", stores, queued_instance)
+
+
+def test_a_run_that_does_not_stop_keeps_the_tenants_data_until_it_ends(stores, queued_instance):
+    add_tenant("life-f", stores, queued_instance)
+    objects = TenantObjectStore(stores.objects, "life-f")
+    objects.put("inbox/a.txt", b"The json module provides functions.")
+    # started elsewhere (no run process of this host's launcher to interrupt): it runs on
+    stuck = add_run(queued_instance, "life-f", dg.DagsterRunStatus.STARTED)
+    with pytest.raises(TenantBusy, match=stuck):
+        remove_tenant("life-f", stores, queued_instance, force=True, run_stop_timeout_s=1)
+    assert objects.get("inbox/a.txt") == b"The json module provides functions."
+    assert stores.registry.get("life-f") is not None and stores.graph.tenant("life-f").scope_exists()
+    queued_instance.report_run_failed(queued_instance.get_run_by_id(stuck))  # it ends
+    remove_tenant("life-f", stores, queued_instance, force=True)  # the same command again finishes
+    assert not any(scope_state(stores, queued_instance, "life-f").values())
 
 
 @pytest.mark.parametrize("bad", ["../x", "A", "a_b", "-a", "a;b", "ünicode", "a" * 41, ""])

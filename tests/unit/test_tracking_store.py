@@ -41,3 +41,26 @@ def test_processes_opening_a_new_sqlite_store_together_all_succeed(tmp_path):
     for (_, err), code in results:
         assert code == 0, err[-2000:]
     assert [out.strip() for (out, _), _ in results] == [f"datacreek/{t}" for t in tenants]
+
+
+def test_an_experiment_made_by_another_process_meanwhile_is_taken_not_refused(tmp_path, monkeypatch):
+    """The window between looking the experiment up and making it (CI: an automation run and a
+    tenant's removal both made one): the second maker takes the first's experiment."""
+    from mlflow.tracking import MlflowClient
+
+    from datacreek_assets.finetune.tracking import TenantTracking, mlflow_client
+
+    uri, artifacts = f"sqlite:///{tmp_path / 'mlflow.db'}", str(tmp_path / "artifacts")
+    other = mlflow_client(uri)
+    looked_up = MlflowClient.get_experiment_by_name
+    made = []
+
+    def look_up_then_lose_the_race(self, name):
+        found = looked_up(self, name)
+        if not made:  # the other process makes it right after this one looked
+            made.append(other.create_experiment(name))
+        return found
+
+    monkeypatch.setattr(MlflowClient, "get_experiment_by_name", look_up_then_lose_the_race)
+    tracking = TenantTracking(uri, artifacts, "acme")
+    assert made and tracking.experiment_id == made[0]

@@ -17,6 +17,8 @@ from dagster._core.definitions.reconstruct import ReconstructableRepository
 from dagster._core.launcher import WorkerStatus
 
 from datacreek_assets.settings import ensure_dagster_home
+from datacreek_assets.tenancy import TENANT_TAG
+from datacreek_assets.tenant_lifecycle import stop_tenant_runs
 from datacreek_assets.warm_runs import PID_TAG, WarmProcessRunLauncher, proc_stat, source_fingerprint
 
 CODE = '''
@@ -73,14 +75,15 @@ def warm(tmp_path, monkeypatch):
             instance.run_launcher.dispose()
 
 
-def create(instance, code_file: Path, job: str) -> str:
+def create(instance, code_file: Path, job: str, tags: dict | None = None) -> str:
     # its own working directory, so that only this code location's files decide when to reload
     recon = ReconstructableRepository.for_file(str(code_file), "defs", str(code_file.parent)).get_reconstructable_job(job)
-    return instance.create_run_for_job(job_def=recon.get_definition(), job_code_origin=recon.get_python_origin()).run_id
+    return instance.create_run_for_job(job_def=recon.get_definition(), job_code_origin=recon.get_python_origin(),
+                                       tags=tags).run_id
 
 
-def launch(instance, code_file: Path, job: str, run_id: str | None = None) -> str:
-    run_id = run_id or create(instance, code_file, job)
+def launch(instance, code_file: Path, job: str, run_id: str | None = None, tags: dict | None = None) -> str:
+    run_id = run_id or create(instance, code_file, job, tags)
     instance.launch_run(run_id, None)  # the warm launcher needs no workspace
     return run_id
 
@@ -173,6 +176,17 @@ def test_the_local_dagster_home_forks_runs_from_a_warm_process(tmp_path):
         assert isinstance(launcher, WarmProcessRunLauncher)
         assert "neo4j" in launcher._preload
         assert instance.run_monitoring_enabled  # so a dead run process fails its run
+
+
+def test_removing_a_tenant_stops_its_running_run_and_no_other_tenant_s(warm):
+    instance, code_file, out = warm
+    mine, other = (launch(instance, code_file, "wait_job", tags={"dagster/partition": t, TENANT_TAG: t})
+                   for t in ("acme", "globex"))
+    for run_id in (mine, other):
+        started(instance, run_id)
+    assert stop_tenant_runs("acme", instance, timeout_s=60) == [mine]  # returns once it has ended
+    assert instance.get_run_by_id(mine).status == dg.DagsterRunStatus.CANCELED
+    assert instance.get_run_by_id(other).status == dg.DagsterRunStatus.STARTED
 
 
 def test_a_run_process_that_dies_without_a_word_fails_its_health_check_and_cancels_at_once(warm):
