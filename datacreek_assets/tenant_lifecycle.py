@@ -3,24 +3,28 @@
 Order matters: on add, every store's scope is created first and the Dagster
 partition last, so a half-onboarded tenant never shows up as runnable; every
 step is idempotent, so rerunning a failed add completes it. On remove, the
-partition goes first (no new runs), then the data, then the registry row.
+partition goes first (no new runs), then the tenant's runs are stopped, then
+the data, then the registry row.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
 
-from dagster import DagsterInstance
+from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
+from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 
 from datacreek_assets.graph.migrations import migrate_tenant
 from datacreek_assets.graph_store import GraphAdmin
 from datacreek_assets.hot_graph import HotGraphStore
 from datacreek_assets.object_store import ObjectStore, TenantObjectStore
 from datacreek_assets.partitions import TENANTS_PARTITION
-from datacreek_assets.tenancy import validate_tenant_id
+from datacreek_assets.run_coordinator import partition_of
+from datacreek_assets.tenancy import TENANT_TAG, validate_tenant_id
 from datacreek_assets.tenant_registry import TenantRegistry
 
 SCOPE_MARKER = "tenant.json"
@@ -38,7 +42,8 @@ class TenantBusy(RuntimeError):
     """The tenant's runs were cancelled but did not all end in time: its data was left alone."""
 
 
-# A cancelled run ends at its next Python instruction; a training step on a busy CPU takes longer.
+# A cancelled run is interrupted between Python instructions: what bounds its end is the longest
+# call that does not return to Python (a training step's products or an export on a busy CPU).
 RUN_STOP_TIMEOUT_S = 180.0
 
 
@@ -98,63 +103,83 @@ def tenant_data_summary(tenant_id: str, stores: TenantStores) -> dict[str, int]:
     }
 
 
+def refuse_if_holding_data(tenant_id: str, stores: TenantStores) -> None:
+    summary = tenant_data_summary(tenant_id, stores)
+    if any(summary.values()):
+        held = ", ".join(f"{v} {k}" for k, v in summary.items() if v)
+        raise TenantHasData(f"tenant {tenant_id!r} holds data ({held}); pass --force to delete it all")
+
+
+def tenant_runs_in_flight(tenant_id: str, instance: DagsterInstance) -> dict[str, DagsterRun]:
+    """The tenant's unfinished runs: tagged with the tenant by the run coordinator, or (run
+    in-process, never queued) carrying only its partition."""
+    return {run.run_id: run for run in instance.get_runs(RunsFilter(statuses=list(NOT_FINISHED_STATUSES)))
+            if run.tags.get(TENANT_TAG) == tenant_id or partition_of(run.tags) == tenant_id}
+
+
+def cancel_run(instance: DagsterInstance, run: DagsterRun) -> str | None:
+    """Ask the run to stop; None once asked, else why it could not be."""
+    try:
+        if instance.run_coordinator.cancel_run(run.run_id):
+            return None
+    except Exception as err:  # a launcher that cannot terminate (the in-memory one of tests)
+        return f"{err.__class__.__name__}: {err}"
+    now = instance.get_run_by_id(run.run_id)
+    if now is not None and now.status == DagsterRunStatus.NOT_STARTED:
+        # a record no launcher of this host holds: if a process picks it up, Dagster refuses to start it
+        instance.report_run_canceled(now, message="Its tenant is being removed.")
+        return None
+    return "no run process of this host's launcher runs it"
+
+
 def stop_tenant_runs(tenant_id: str, instance: DagsterInstance, timeout_s: float = RUN_STOP_TIMEOUT_S,
-                     poll_s: float = 0.5) -> list[str]:
-    """Cancel the tenant's queued and running Dagster runs and wait until each has ended; their ids.
-    A run still writing while its tenant's stores are deleted brings some of them back (seen in CI:
-    a fine-tune started by automation made the MLflow experiment that the removal was deleting).
-    Raises TenantBusy when a run is still going after ``timeout_s``."""
-    import time
-
-    from dagster import DagsterRunStatus, RunsFilter
-
-    from datacreek_assets.run_coordinator import PARTITION_TAG
-    from datacreek_assets.tenancy import TENANT_TAG
-
-    in_flight = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
-                 DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
-
-    def running() -> dict:
-        # the coordinator tags queued runs with the tenant; a run started in-process has only its partition
-        return {run.run_id: run for tags in ({TENANT_TAG: tenant_id}, {PARTITION_TAG: tenant_id})
-                for run in instance.get_runs(RunsFilter(tags=tags, statuses=in_flight))}
-
-    runs, refused = running(), {}
-    for run_id, run in runs.items():
-        if run.status == DagsterRunStatus.CANCELING:
-            continue
-        try:
-            instance.run_coordinator.cancel_run(run_id)
-        except Exception as err:  # a launcher that cannot terminate (the in-memory one of tests)
-            refused[run_id] = f"{err.__class__.__name__}: {err}"
+                     poll_s: float = 0.5, progress: Callable[[str], None] | None = None) -> list[str]:
+    """Cancel the tenant's unfinished Dagster runs, those that appear meanwhile too, and wait until
+    each has ended; the ids of the runs stopped. A run still writing while its tenant's stores are
+    deleted brings some of them back (seen in CI: a fine-tune started by automation made the
+    MLflow experiment that the removal was deleting). Raises TenantBusy when a run is still going
+    after ``timeout_s``."""
+    stopped: set[str] = set()
+    refused: dict[str, str] = {}
     deadline = time.monotonic() + timeout_s
-    while left := running():
+    while left := tenant_runs_in_flight(tenant_id, instance):
+        for run_id, run in left.items():
+            if run_id in stopped:
+                continue
+            stopped.add(run_id)
+            if progress:
+                progress(f"cancelling run {run_id} ({run.status.value}); waiting up to {timeout_s:.0f} s for it to end")
+            if run.status != DagsterRunStatus.CANCELING and (why := cancel_run(instance, run)):
+                refused[run_id] = why
         if time.monotonic() >= deadline:
-            why = "; ".join(f"{run_id} could not be cancelled ({err})" for run_id, err in refused.items()
-                            if run_id in left)
-            raise TenantBusy(f"tenant {tenant_id!r}: run(s) {', '.join(sorted(left))} still going after "
-                             f"{timeout_s:.0f} s{f' ({why})' if why else ''}; no data was deleted. Its partition "
-                             "is gone, so no new run starts: remove it again once they end")
+            reasons = [f"{run_id}: {refused[run_id]}" for run_id in sorted(left) if run_id in refused]
+            raise TenantBusy(
+                f"tenant {tenant_id!r}: run(s) {', '.join(sorted(left))} still going after {timeout_s:.0f} s"
+                + (f" ({'; '.join(reasons)})" if reasons else "")
+                + ". No data was deleted; the tenant's partition is gone, so no new run starts. Remove it again "
+                "once they end (a run whose process was killed can be ended in the Dagster UI: Terminate, "
+                "then force termination), or `datacreek tenant add` it to keep it")
         time.sleep(poll_s)
-    return sorted(runs)
+    return sorted(stopped)
 
 
 def remove_tenant(tenant_id: str, stores: TenantStores, instance: DagsterInstance, force: bool = False,
-                  run_stop_timeout_s: float = RUN_STOP_TIMEOUT_S) -> LifecycleReport:
+                  run_stop_timeout_s: float = RUN_STOP_TIMEOUT_S,
+                  progress: Callable[[str], None] | None = None) -> LifecycleReport:
     tenant_id = validate_tenant_id(tenant_id)
     report = LifecycleReport(tenant_id)
     known = stores.registry.get(tenant_id) is not None or instance.has_dynamic_partition(TENANTS_PARTITION, tenant_id)
     if not known:
         raise UnknownTenant(f"tenant {tenant_id!r} is not registered")
-    summary = tenant_data_summary(tenant_id, stores)
-    if any(summary.values()) and not force:
-        held = ", ".join(f"{v} {k}" for k, v in summary.items() if v)
-        raise TenantHasData(f"tenant {tenant_id!r} holds data ({held}); pass --force to delete it all")
+    if not force:
+        refuse_if_holding_data(tenant_id, stores)
     if instance.has_dynamic_partition(TENANTS_PARTITION, tenant_id):
         instance.delete_dynamic_partition(TENANTS_PARTITION, tenant_id)
     report.steps.append("dagster partition")  # first: no sensor or automation starts another run
-    stopped = stop_tenant_runs(tenant_id, instance, timeout_s=run_stop_timeout_s)
-    report.steps.append(f"runs ({len(stopped)} cancelled)")
+    stopped = stop_tenant_runs(tenant_id, instance, timeout_s=run_stop_timeout_s, progress=progress)
+    report.steps.append(f"runs ({len(stopped)} stopped)")
+    if not force:  # a run stopped just now may have written some
+        refuse_if_holding_data(tenant_id, stores)
     stores.graph.drop_scope(tenant_id)
     report.steps.append("neo4j scope")
     stores.hot_graph.drop_scope(tenant_id)

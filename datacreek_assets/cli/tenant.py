@@ -52,16 +52,22 @@ def tenant_list(obj: Context) -> None:
 @tenant.command("remove")
 @tenant_argument
 @click.option("--force", is_flag=True, help="Delete the tenant even if it holds data, in every store.")
+@click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="Seconds to wait for the tenant's cancelled runs to end before giving up (exit 4, no data "
+                   "deleted); default 180.")
 @click.pass_obj
 @handle_errors
-def tenant_remove(obj: Context, tenant_id: str, force: bool) -> None:
-    """Remove TENANT_ID: its partition, its data in every store, its registry entry."""
+def tenant_remove(obj: Context, tenant_id: str, force: bool, wait_s: float) -> None:
+    """Remove TENANT_ID: its partition, then its queued and running runs (cancelled, waited for),
+    its data in every store, its registry entry."""
     from datacreek_assets.tenant_lifecycle import remove_tenant
     from resources.factory import open_tenant_stores
 
     resources = obj.resources()
     with open_tenant_stores(resources) as stores:
-        report = remove_tenant(tenant_id, stores, obj.instance(), force=force)
+        waiting = {} if wait_s is None else {"run_stop_timeout_s": wait_s}  # else the library's default
+        report = remove_tenant(tenant_id, stores, obj.instance(), force=force,
+                               progress=lambda line: click.echo(line, err=True), **waiting)
     steps = list(report.steps)
     if obj.profile == "prod":  # locally there are no per-tenant credentials
         from datacreek_assets.tenant_credentials import revoke_credentials

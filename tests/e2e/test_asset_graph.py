@@ -13,6 +13,7 @@ from datacreek_assets.defs.embeddings.assets import read_vectors
 from datacreek_assets.demo_corpus import MODULES, demo_questions, module_text, write_demo_corpus
 from datacreek_assets.embeddings.embedder import resolve_precision
 from datacreek_assets.embeddings.feature_store import FEATURE_VIEWS
+from datacreek_assets.finetune.tracking import NoExperiment
 from datacreek_assets.object_store import TenantObjectStore
 from datacreek_assets.runner import TENANT_TAG, main_graph, materialize_tenant
 from datacreek_assets.serving.routing import Route
@@ -40,7 +41,8 @@ def tenant(local_resources, instance):
         assert features.live_count() == 0 and features.stored_rows().empty
         finetune = local_resources["finetune"]
         assert not finetune.tenant_dir(TENANT).exists()  # a reused id inherits no model
-        assert finetune.tracking(TENANT).client.search_runs([finetune.tracking(TENANT).experiment_id]) == []
+        with pytest.raises(NoExperiment):  # its runs went with it; removal made no new experiment
+            finetune.mlflow.for_tenant(TENANT, create=False)
         control = local_resources["serving"].control()
         assert not [pair for pair in control.adapters_loaded() if pair[0] == TENANT]  # dropped before removal returned
         assert control.store.releases(TENANT) == [] and control.store.keys(TENANT) == []

@@ -8,9 +8,8 @@ import pytest
 
 from datacreek_assets.object_store import S3ObjectStore, TenantObjectStore
 from datacreek_assets.partitions import TENANTS_PARTITION
-from datacreek_assets.tenancy import InvalidTenantId
 from datacreek_assets.settings import ensure_dagster_home
-from datacreek_assets.tenancy import TENANT_TAG
+from datacreek_assets.tenancy import TENANT_TAG, InvalidTenantId
 from datacreek_assets.tenant_lifecycle import TenantBusy, TenantHasData, UnknownTenant, add_tenant, remove_tenant
 from resources.factory import open_tenant_stores
 
@@ -73,7 +72,8 @@ def queued_instance(tmp_path):
 
 
 def add_run(instance, tenant, status):
-    """A run record as the queue holds one (where its code location would serve the job from)."""
+    """A run record as the queue holds one. No daemon runs here, so nothing dequeues or executes it:
+    only its record, with the code-location origin a queued record must name (nothing serves it)."""
     from dagster._core.remote_origin import GrpcServerCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
 
     origin = RemoteJobOrigin(RemoteRepositoryOrigin(GrpcServerCodeLocationOrigin("localhost", 4266, location_name="datacreek"),
@@ -89,8 +89,10 @@ def test_removing_a_tenant_cancels_its_queued_runs_first(stores, queued_instance
     add_tenant("life-e", stores, queued_instance)
     mine = add_run(queued_instance, "life-d", dg.DagsterRunStatus.QUEUED)
     neighbour = add_run(queued_instance, "life-e", dg.DagsterRunStatus.QUEUED)
-    report = remove_tenant("life-d", stores, queued_instance)
-    assert "runs (1 cancelled)" in report.steps
+    lines = []
+    report = remove_tenant("life-d", stores, queued_instance, progress=lines.append)
+    assert report.steps.index("runs (1 stopped)") < report.steps.index("neo4j scope")  # before any data goes
+    assert len(lines) == 1 and mine in lines[0]
     assert queued_instance.get_run_by_id(mine).status == dg.DagsterRunStatus.CANCELED
     assert queued_instance.get_run_by_id(neighbour).status == dg.DagsterRunStatus.QUEUED  # not its run
     assert not any(scope_state(stores, queued_instance, "life-d").values())
@@ -103,7 +105,7 @@ def test_a_run_that_does_not_stop_keeps_the_tenants_data_until_it_ends(stores, q
     objects.put("inbox/a.txt", b"The json module provides functions.")
     # started elsewhere (no run process of this host's launcher to interrupt): it runs on
     stuck = add_run(queued_instance, "life-f", dg.DagsterRunStatus.STARTED)
-    with pytest.raises(TenantBusy, match=stuck):
+    with pytest.raises(TenantBusy, match=f"{stuck}: no run process of this host's launcher runs it"):
         remove_tenant("life-f", stores, queued_instance, force=True, run_stop_timeout_s=1)
     assert objects.get("inbox/a.txt") == b"The json module provides functions."
     assert stores.registry.get("life-f") is not None and stores.graph.tenant("life-f").scope_exists()
