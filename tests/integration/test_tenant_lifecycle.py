@@ -88,12 +88,14 @@ def test_removing_a_tenant_cancels_its_queued_runs_first(stores, queued_instance
     add_tenant("life-d", stores, queued_instance)
     add_tenant("life-e", stores, queued_instance)
     mine = add_run(queued_instance, "life-d", dg.DagsterRunStatus.QUEUED)
+    never_started = add_run(queued_instance, "life-d", dg.DagsterRunStatus.NOT_STARTED)  # no launcher holds it
     neighbour = add_run(queued_instance, "life-e", dg.DagsterRunStatus.QUEUED)
     lines = []
     report = remove_tenant("life-d", stores, queued_instance, progress=lines.append)
-    assert report.steps.index("runs (1 stopped)") < report.steps.index("neo4j scope")  # before any data goes
-    assert len(lines) == 1 and mine in lines[0]
-    assert queued_instance.get_run_by_id(mine).status == dg.DagsterRunStatus.CANCELED
+    assert report.steps.index("runs (2 stopped)") < report.steps.index("neo4j scope")  # before any data goes
+    assert len(lines) == 2 and {mine, never_started} == {line.split()[2] for line in lines}
+    for run_id in (mine, never_started):
+        assert queued_instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.CANCELED
     assert queued_instance.get_run_by_id(neighbour).status == dg.DagsterRunStatus.QUEUED  # not its run
     assert not any(scope_state(stores, queued_instance, "life-d").values())
     remove_tenant("life-e", stores, queued_instance)
