@@ -20,6 +20,9 @@ STREAM_CONSUMER_GROUP = "datacreek-hot-graph"  # its Kafka group: the committed 
 # the ids each kind carries, all strings (what the stream job reads)
 KIND_IDS = {"document": (), "chunk": ("chunk_id",), "mention": ("chunk_id", "entity_id", "entity"),
             "fact": ("fact_id", "chunk_id", "subject", "predicate", "object")}
+# a document upsert may say how many row events follow it in its publish (a decimal string), so the
+# stream job writes the document only once they have all arrived; events written before it carry none
+ROWS_ID = "rows"
 MAX_EVENT_BYTES = 64 * 1024  # an event names ids and short strings; anything larger is hostile
 # Events quote entity names and facts: kept 7 days, well inside the 30 days after which erasure
 # promises a deleted document is gone. Neo4j, not the log, is what a replay rebuilds from.
@@ -59,9 +62,13 @@ class GraphEvent:
             raise EventLogError(f"not a graph event: revision {self.revision!r} is not a whole number in [0, 2**63)")
         if self.kind not in KIND_IDS or self.op not in ("upsert", "delete"):
             raise EventLogError(f"not a graph event: kind={self.kind!r} op={self.op!r}")
-        if set(self.ids) != set(KIND_IDS[self.kind]) or not all(isinstance(v, str) for v in self.ids.values()):
+        optional = {ROWS_ID} if (self.kind, self.op) == ("document", "upsert") else set()
+        if set(self.ids) - optional != set(KIND_IDS[self.kind]) or not all(isinstance(v, str) for v in self.ids.values()):
             raise EventLogError(f"not a graph event: a {self.kind} event carries the strings "
-                                f"{', '.join(KIND_IDS[self.kind]) or 'no ids'}")
+                                f"{', '.join(KIND_IDS[self.kind]) or 'no ids'}"
+                                f"{f' (and optionally {ROWS_ID})' if optional else ''}")
+        if not self.ids.get(ROWS_ID, "0").isascii() or not self.ids.get(ROWS_ID, "0").isdigit():
+            raise EventLogError(f"not a graph event: {ROWS_ID} {self.ids[ROWS_ID][:20]!r} is not a count")
         try:
             if datetime.fromisoformat(self.event_time).tzinfo is None:
                 raise ValueError("no time zone")
@@ -95,17 +102,21 @@ def document_events(tenant_id: str, chunks: list[dict], mentions: list[dict], fa
                     deleted: Iterable[str] = (), documents: Iterable[str] | None = None,
                     at: datetime | None = None, revisions: dict[str, int] | None = None) -> list[GraphEvent]:
     """For each written document (``documents``; by default those of the rows) a document upsert,
-    which replaces whatever the hot graph held of it (a document rewritten to no chunk included),
-    then the upserts of the given live rows (``TenantGraph.live_chunks/live_mentions/live_facts``);
-    and a delete per deleted document. Each event carries its document's revision (0 if not given)."""
+    which replaces whatever the hot graph held of it (a document rewritten to no chunk included)
+    and counts its row events, then the upserts of the given live rows
+    (``TenantGraph.live_chunks/live_mentions/live_facts``); and a delete per deleted document. Each
+    event carries its document's revision (0 if not given)."""
+    from collections import Counter
+
     when = (at or datetime.now(timezone.utc)).isoformat()
     revision = (revisions or {}).get
     written = sorted(set(documents) if documents is not None else {r["doc_id"] for r in (*chunks, *mentions, *facts)})
+    row_counts = Counter(r["doc_id"] for r in (*chunks, *mentions, *facts))
 
     def event(doc_id: str, kind: str, op: str, ids: dict | None = None) -> GraphEvent:
         return GraphEvent(tenant_id, doc_id, kind, op, when, ids or {}, revision(doc_id, 0))
 
-    events = [event(doc_id, "document", "upsert") for doc_id in written]
+    events = [event(doc_id, "document", "upsert", {ROWS_ID: str(row_counts[doc_id])}) for doc_id in written]
     events += [event(c["doc_id"], "chunk", "upsert", {"chunk_id": c["chunk_id"]}) for c in chunks]
     events += [event(m["doc_id"], "mention", "upsert", {k: _text(m[k]) for k in KIND_IDS["mention"]})
                for m in mentions]

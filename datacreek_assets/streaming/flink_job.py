@@ -7,7 +7,8 @@ graph (``HotGraphStore.apply_window``), which recomputes every touched weight fr
 a window written twice, or replayed from committed offsets after a crash, leaves the same graph.
 
 While a window is open, its events so far are written every ``EARLY_FIRE_S`` of wall clock (each
-firing writes only the events not written yet). A window closes when the watermark passes its end,
+firing writes only the events not written yet, and waits for a document whose rows are still on
+their way: ``windows.writable_prefix``). A window closes when the watermark passes its end,
 or, when a tenant's stream goes quiet and no later event moves the watermark, once the wall clock
 is ``CLOSE_GRACE_S`` past its end. Events up
 to ``ALLOWED_LATENESS_S`` behind the watermark re-fire their window and are written then; later
@@ -43,7 +44,7 @@ from pyflink.datastream.window import TimeWindow, Trigger, TriggerResult, Tumbli
 from datacreek_assets.streaming.event_auth import SIGNING_SECRET_ENV, KeyGenerations, verified
 from datacreek_assets.streaming.events import (DEAD_LETTER_TOPIC, EVENTS_TOPIC, STREAM_CONSUMER_GROUP,
                                                STREAM_JOB_NAME, EventLogError, GraphEvent)
-from datacreek_assets.streaming.windows import EARLY_FIRE_S, WINDOW_SECONDS, fold, window_id
+from datacreek_assets.streaming.windows import EARLY_FIRE_S, WINDOW_SECONDS, fold, window_id, writable_prefix
 
 OUT_OF_ORDER_S = 2  # how far behind the newest event an event may arrive and still be on time
 CLOSE_GRACE_S = 1  # a quiet tenant's window closes this long after its end, by the wall clock
@@ -208,6 +209,12 @@ class ApplyWindow(ProcessWindowFunction):
         if before == len(raw):  # e.g. the watermark's firing after the clock's: nothing new
             return
         events = [GraphEvent.from_bytes(r.encode()) for r in raw[before:]]  # each parsed once per window
+        closing = (context.current_watermark() >= window.max_timestamp()
+                   or context.current_processing_time() >= window.max_timestamp() + CLOSE_GRACE_S * 1000)
+        if not closing:  # an early firing waits for a document's rows still on their way (the next writes it)
+            events = events[:writable_prefix(events)]
+            if not events:
+                return
         # only the events not written yet: the graph already holds the rest, and apply_window
         # applies a delta on top of it as a later window would (re-folding the whole window on
         # each late firing made a window behind the watermark cost O(n^2): measured in bench/)
@@ -225,7 +232,7 @@ class ApplyWindow(ProcessWindowFunction):
         neo4j_done = time.time()
         latencies = [max(0, applied_ms - e.timestamp_ms) / 1000 for e in events]  # each event once
         self.store.record_window(key, delta.window_id, window.end, len(events), latencies, applied_ms)
-        applied.update(len(raw))
+        applied.update(before + len(events))
         yield json.dumps({"tenant": key, "window": delta.window_id, "events": len(events), **counts,
                           "max_latency_s": round(max(latencies, default=0.0), 3),
                           # where a firing's time goes (negative: an early firing, before the window's end)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from datacreek_assets.streaming.events import GraphEvent
+from datacreek_assets.streaming.events import ROWS_ID, GraphEvent
 
 WINDOW_SECONDS = 30
 # the stream job writes an open window's events so far this often: an event is queryable within
@@ -55,6 +55,28 @@ class WindowDelta:
         self.cleared_docs -= doc_ids
         self.deleted_docs -= doc_ids
         self.revisions = {d: r for d, r in self.revisions.items() if d not in doc_ids}
+
+
+def writable_prefix(events: list[GraphEvent]) -> int:
+    """How many of a firing's events, from the first, can be written now: all of them up to the first
+    document upsert whose row events (its ``rows`` count) have not all arrived. Written before its
+    rows, the upsert would clear the document from the hot graph until a later firing brings them
+    (seen in CI: a curator's decision republished a document and a query found none of its facts)."""
+    missing: dict[int, int] = {}  # a waiting upsert's index -> its rows still to come
+    waiting: dict[str, int] = {}  # doc_id -> the index of its waiting upsert
+    for i, event in enumerate(events):
+        if event.kind == "document":
+            if event.doc_id in waiting:  # a newer state of the document: the older one is not waited for
+                missing.pop(waiting.pop(event.doc_id))
+            rows = int(event.ids.get(ROWS_ID, "0"))
+            if event.op == "upsert" and rows:
+                waiting[event.doc_id], missing[i] = i, rows
+        elif event.doc_id in waiting:
+            at = waiting[event.doc_id]
+            missing[at] -= 1
+            if not missing[at]:
+                del missing[at], waiting[event.doc_id]
+    return min(missing, default=len(events))
 
 
 def fold(tenant_id: str, window_id: str, events: list[GraphEvent]) -> WindowDelta:

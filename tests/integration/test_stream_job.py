@@ -15,7 +15,7 @@ from datacreek_assets.streaming.windows import WINDOW_SECONDS, fold, window_of
 
 pytestmark = pytest.mark.integration
 TENANTS = ("stream-a", "stream-b", "stream-early", "stream-late", "stream-kill", "stream-ref", "stream-watch", "stream-idle",
-           "stream-curated")
+           "stream-curated", "stream-split")
 CLOSE_S = WINDOW_SECONDS + 15  # a window closes at its end plus a second's grace (its early firings come sooner)
 
 
@@ -127,10 +127,12 @@ def test_a_document_reaches_the_hot_graph_when_its_window_closes_and_its_delete_
     assert graph_of(hot, "stream-b")["edges"] == [("Budapest", "Danube", 1)]  # the neighbour keeps its own
 
 
-def test_an_open_window_s_events_are_queryable_before_it_closes(stream_job, hot, event_log):
-    def seconds_left() -> float:
-        return WINDOW_SECONDS - time.time() % WINDOW_SECONDS
+def seconds_left() -> float:
+    """Until the current window's end."""
+    return WINDOW_SECONDS - time.time() % WINDOW_SECONDS
 
+
+def test_an_open_window_s_events_are_queryable_before_it_closes(stream_job, hot, event_log):
     wait_until(lambda: seconds_left() >= 20, WINDOW_SECONDS + 1, "a window with 20 s left")
     now = datetime.now(timezone.utc)
     event_log.publish(document_events("stream-early", *rows("early.txt", {"c1": ["oder", "neisse"]}), at=now))
@@ -140,6 +142,25 @@ def test_an_open_window_s_events_are_queryable_before_it_closes(stream_job, hot,
     status = hot.status("stream-early")
     assert status["last_window"] == window_of(now)
     assert status["last_applied_ms"] < status["last_window_end_ms"]  # written while its window was open
+
+
+def test_an_early_firing_leaves_a_document_whole_until_all_its_rows_have_arrived(stream_job, hot, event_log):
+    tenant = "stream-split"
+    hot.apply_window(fold(tenant, "w0", document_events(tenant, *rows("a.txt", {"c1": ["oder", "neisse"]}))))
+    before = graph_of(hot, tenant)
+    wait_until(lambda: seconds_left() >= 20, WINDOW_SECONDS + 1, "a window with 20 s left")  # no close meanwhile
+    now = datetime.now(timezone.utc)
+    other = document_events(tenant, *rows("b.txt", {"c1": ["elbe", "dresden"]}), at=now)
+    rewrite = document_events(tenant, *rows("a.txt", {"c2": ["oder", "warta"]}), at=now)
+    # a complete document, then the rewrite's upsert and chunk, its mentions still on their way
+    event_log.publish(other + rewrite[:2])
+    wait_until(lambda: ("b.txt", "b.txt:c1") in graph_of(hot, tenant)["chunks"], seconds_left(), "an early firing")
+    assert [c for c in graph_of(hot, tenant)["chunks"] if c[0] == "a.txt"] == before["chunks"]  # whole, not cleared
+    assert ("Neisse", "Oder", 1) in graph_of(hot, tenant)["edges"]
+    event_log.publish(rewrite[2:])
+    wait_until(lambda: ("Oder", "Warta", 1) in graph_of(hot, tenant)["edges"], CLOSE_S, "the rewrite written")
+    assert graph_of(hot, tenant) == {"chunks": [("a.txt", "a.txt:c2"), ("b.txt", "b.txt:c1")],
+                                     "edges": [("Dresden", "Elbe", 1), ("Oder", "Warta", 1)]}
 
 
 def test_hostile_and_late_events_go_to_the_dead_letters_and_the_job_keeps_running(
