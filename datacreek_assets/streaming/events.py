@@ -67,8 +67,9 @@ class GraphEvent:
             raise EventLogError(f"not a graph event: a {self.kind} event carries the strings "
                                 f"{', '.join(KIND_IDS[self.kind]) or 'no ids'}"
                                 f"{f' (and optionally {ROWS_ID})' if optional else ''}")
-        if not self.ids.get(ROWS_ID, "0").isascii() or not self.ids.get(ROWS_ID, "0").isdigit():
-            raise EventLogError(f"not a graph event: {ROWS_ID} {self.ids[ROWS_ID][:20]!r} is not a count")
+        count = self.ids.get(ROWS_ID, "0")
+        if not (count.isascii() and count.isdigit() and len(count) <= 9):  # int() of 4,301 digits raises
+            raise EventLogError(f"not a graph event: {ROWS_ID} {count[:20]!r} is not a count below 10**9")
         try:
             if datetime.fromisoformat(self.event_time).tzinfo is None:
                 raise ValueError("no time zone")
@@ -103,24 +104,28 @@ def document_events(tenant_id: str, chunks: list[dict], mentions: list[dict], fa
                     at: datetime | None = None, revisions: dict[str, int] | None = None) -> list[GraphEvent]:
     """For each written document (``documents``; by default those of the rows) a document upsert,
     which replaces whatever the hot graph held of it (a document rewritten to no chunk included)
-    and counts its row events, then the upserts of the given live rows
-    (``TenantGraph.live_chunks/live_mentions/live_facts``); and a delete per deleted document. Each
-    event carries its document's revision (0 if not given)."""
-    from collections import Counter
-
+    and counts the row events that follow it: the document's live rows
+    (``TenantGraph.live_chunks/live_mentions/live_facts``), chunks, mentions, then facts. One
+    document's events come together, so the stream job can write each as soon as its rows are in
+    (``windows.writable_prefix``). Then a delete per deleted document. Each event carries its
+    document's revision (0 if not given)."""
     when = (at or datetime.now(timezone.utc)).isoformat()
     revision = (revisions or {}).get
-    written = sorted(set(documents) if documents is not None else {r["doc_id"] for r in (*chunks, *mentions, *facts)})
-    row_counts = Counter(r["doc_id"] for r in (*chunks, *mentions, *facts))
 
     def event(doc_id: str, kind: str, op: str, ids: dict | None = None) -> GraphEvent:
         return GraphEvent(tenant_id, doc_id, kind, op, when, ids or {}, revision(doc_id, 0))
 
-    events = [event(doc_id, "document", "upsert", {ROWS_ID: str(row_counts[doc_id])}) for doc_id in written]
-    events += [event(c["doc_id"], "chunk", "upsert", {"chunk_id": c["chunk_id"]}) for c in chunks]
-    events += [event(m["doc_id"], "mention", "upsert", {k: _text(m[k]) for k in KIND_IDS["mention"]})
-               for m in mentions]
-    events += [event(f["doc_id"], "fact", "upsert", {k: _text(f[k]) for k in KIND_IDS["fact"]}) for f in facts]
+    rows_of: dict[str, list[GraphEvent]] = {}
+    for kind, rows in (("chunk", chunks), ("mention", mentions), ("fact", facts)):
+        for row in rows:
+            rows_of.setdefault(row["doc_id"], []).append(
+                event(row["doc_id"], kind, "upsert", {k: _text(row[k]) for k in KIND_IDS[kind]}))
+    written = sorted(set(documents) if documents is not None else set(rows_of))
+    events = []
+    for doc_id in written:
+        doc_rows = rows_of.pop(doc_id, [])
+        events += [event(doc_id, "document", "upsert", {ROWS_ID: str(len(doc_rows))}), *doc_rows]
+    events += [e for doc_id in sorted(rows_of) for e in rows_of[doc_id]]  # rows of documents not named written
     events += [event(doc_id, "document", "delete") for doc_id in deleted]
     return events
 

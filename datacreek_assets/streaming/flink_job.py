@@ -7,8 +7,9 @@ graph (``HotGraphStore.apply_window``), which recomputes every touched weight fr
 a window written twice, or replayed from committed offsets after a crash, leaves the same graph.
 
 While a window is open, its events so far are written every ``EARLY_FIRE_S`` of wall clock (each
-firing writes only the events not written yet, and waits for a document whose rows are still on
-their way: ``windows.writable_prefix``). A window closes when the watermark passes its end,
+firing writes only the events not written yet; a document whose rows are still on their way waits,
+with the tenant's events behind it, for a firing that finds them in: ``windows.writable_prefix``).
+Closing, late and replayed firings write everything they have. A window closes when the watermark passes its end,
 or, when a tenant's stream goes quiet and no later event moves the watermark, once the wall clock
 is ``CLOSE_GRACE_S`` past its end. Events up
 to ``ALLOWED_LATENESS_S`` behind the watermark re-fire their window and are written then; later
@@ -208,10 +209,10 @@ class ApplyWindow(ProcessWindowFunction):
         before = applied.value() or 0
         if before == len(raw):  # e.g. the watermark's firing after the clock's: nothing new
             return
-        events = [GraphEvent.from_bytes(r.encode()) for r in raw[before:]]  # each parsed once per window
+        events = [GraphEvent.from_bytes(r.encode()) for r in raw[before:]]  # once, unless held back below
         closing = (context.current_watermark() >= window.max_timestamp()
                    or context.current_processing_time() >= window.max_timestamp() + CLOSE_GRACE_S * 1000)
-        if not closing:  # an early firing waits for a document's rows still on their way (the next writes it)
+        if not closing:  # an early firing leaves a document whose rows are on their way to a later firing
             events = events[:writable_prefix(events)]
             if not events:
                 return

@@ -59,20 +59,25 @@ class WindowDelta:
 
 def writable_prefix(events: list[GraphEvent]) -> int:
     """How many of a firing's events, from the first, can be written now: all of them up to the first
-    document upsert whose row events (its ``rows`` count) have not all arrived. Written before its
-    rows, the upsert would clear the document from the hot graph until a later firing brings them
-    (seen in CI: a curator's decision republished a document and a query found none of its facts)."""
+    document upsert whose row events (its ``rows`` count, of its own revision) have not all arrived.
+    Written before its rows, the upsert would clear the document from the hot graph until a later
+    firing brings them (seen in CI: a curator's decision republished a document and a query found
+    none of its facts). A newer state of the document (a document event of the same or a newer
+    revision) ends the wait; an older one is stale, as ``fold`` has it."""
     missing: dict[int, int] = {}  # a waiting upsert's index -> its rows still to come
-    waiting: dict[str, int] = {}  # doc_id -> the index of its waiting upsert
+    waiting: dict[str, tuple[int, int]] = {}  # doc_id -> (the index of its waiting upsert, its revision)
     for i, event in enumerate(events):
+        at, revision = waiting.get(event.doc_id, (None, -1))
         if event.kind == "document":
-            if event.doc_id in waiting:  # a newer state of the document: the older one is not waited for
-                missing.pop(waiting.pop(event.doc_id))
+            if event.revision < revision:
+                continue
+            if at is not None:
+                missing.pop(at)
+                del waiting[event.doc_id]
             rows = int(event.ids.get(ROWS_ID, "0"))
             if event.op == "upsert" and rows:
-                waiting[event.doc_id], missing[i] = i, rows
-        elif event.doc_id in waiting:
-            at = waiting[event.doc_id]
+                waiting[event.doc_id], missing[i] = (i, event.revision), rows
+        elif at is not None and event.revision == revision:
             missing[at] -= 1
             if not missing[at]:
                 del missing[at], waiting[event.doc_id]

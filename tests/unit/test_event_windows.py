@@ -27,6 +27,14 @@ def test_whole_publishes_are_all_writable():
     assert writable_prefix(events) == len(events)
 
 
+def test_one_publish_of_several_documents_becomes_writable_a_document_at_a_time():
+    rows = [{"chunk_id": f"{d}:0", "doc_id": d} for d in ("a.txt", "b.txt")]
+    events = document_events("acme", rows, [], [])
+    assert [(e.doc_id, e.kind) for e in events] == [("a.txt", "document"), ("a.txt", "chunk"),
+                                                     ("b.txt", "document"), ("b.txt", "chunk")]
+    assert [writable_prefix(events[:n]) for n in range(1, 5)] == [0, 2, 2, 4]
+
+
 def test_a_document_cut_short_waits_with_everything_after_it():
     a, b = publish("a.txt", 2), publish("b.txt", 1)
     assert writable_prefix(a + b[:2]) == len(a)  # b's upsert waits for its last row
@@ -41,13 +49,23 @@ def test_a_newer_state_replaces_the_one_waited_for():
     assert writable_prefix(old[:2] + gone) == 3
 
 
+def test_rows_of_another_revision_do_not_count_and_a_stale_state_does_not_end_the_wait():
+    new = publish("a.txt", 1, revision=2)
+    stale = publish("a.txt", 1, revision=1)
+    assert writable_prefix(new[:2] + stale[1:]) == 0  # a stale row is not one of the new upsert's
+    assert writable_prefix(new[:2] + stale[:1]) == 0  # nor does the stale upsert replace it
+    assert writable_prefix(new[:2] + stale + new[2:]) == len(new) + len(stale)
+
+
 def test_events_written_before_the_count_existed_are_writable():
     upsert = GraphEvent("acme", "a.txt", "document", "upsert", AT)  # no rows: an older publisher's
-    assert writable_prefix([upsert]) == 1
+    chunk = GraphEvent("acme", "a.txt", "chunk", "upsert", AT, {"chunk_id": "a.txt:0"})
+    assert writable_prefix([upsert]) == 1 and writable_prefix([upsert, chunk]) == 2
 
 
 @pytest.mark.parametrize("kind, op, ids", [
     ("document", "upsert", {ROWS_ID: "-1"}), ("document", "upsert", {ROWS_ID: "²"}),
+    ("document", "upsert", {ROWS_ID: "1" * 10}), ("document", "upsert", {ROWS_ID: "9" * 4301}),
     ("document", "upsert", {ROWS_ID: "3", "x": "1"}), ("document", "delete", {ROWS_ID: "0"}),
     ("chunk", "upsert", {"chunk_id": "c", ROWS_ID: "1"}),
 ])
