@@ -279,7 +279,7 @@ def reject_a_queued_fact(local_resources, queue_meta: dict, spared_docs: set[str
     queued = review.page(TENANT, 0, 500).edges
     assert queue_meta["queued"] == review.page(TENANT, 0, 1).total == len(queued) > 0 and queue_meta["tau"] == 0.0
     assert queue_meta["queued"] >= queue_meta["undecided_facts"]  # all of them, and the proposals
-    assert queue_meta["untrusted_estimates"] >= 0 and "data:image/png;base64," in queue_meta["delta_lambda"]
+    assert 0 <= queue_meta["untrusted_estimates"] <= queue_meta["queued"] and "data:image/png;base64," in queue_meta["delta_lambda"]
     assert queued[0].exact and [e.delta_lambda for e in queued if "structural" in e.reasons] == sorted(
         (e.delta_lambda for e in queued if "structural" in e.reasons), reverse=True)
     with local_resources["graph_store"].tenant(TENANT) as graph:

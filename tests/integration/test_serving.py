@@ -291,6 +291,7 @@ def test_a_healthy_canary_is_promoted_and_the_old_version_retired(control, servi
 
 def test_a_rollback_cut_off_half_way_is_finished_by_the_next_check(control, serving, tenants):
     tenant, key = tenants()
+    assert (tenant, "v1") in control.adapters_loaded()  # so that its drop below is a change
     # the control plane recorded the rollback, then died before telling the router or Serve
     control.store.end(tenant, "v1", "rolled_back", "recorded, then the process died", expect="canary")
     assert control.check_canaries(serving.policy()) == []  # no live canary left to judge

@@ -80,8 +80,11 @@ def test_mapper_separates_blobs_and_is_stable():
     graph = build_mapper(blobs, lens, resolution=4)
     members = [set(n.tolist()) for n in graph.nodes]
     assert not any(m & set(range(80)) and m & set(range(80, 160)) for m in members)
+    # both blobs are covered by clusters (an empty graph separates nothing)
+    covered = set().union(*members)
+    assert covered & set(range(80)) and covered & set(range(80, 160))
     counts = bootstrap_cluster_counts(blobs, lens, resamples=10, resolution=4)
-    assert coefficient_of_variation(counts) <= 0.05
+    assert min(counts) >= 2 and coefficient_of_variation(counts) <= 0.05
 
 
 def test_recall_comparison_reports_both_sides_and_the_control():

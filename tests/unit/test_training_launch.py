@@ -59,6 +59,7 @@ def test_a_launched_training_trains_what_the_in_process_loop_trains(tiny_dir, tm
     local = train_lora(wrap_lora(model, config), tokenizer.pad_token_id, train, train[:2], config, tmp_path / "local")
     assert [s for s, _ in seen] == [1, 2, 3] and seen == result.losses
     assert result.steps == 3 and result.micro_batch * result.accumulation == 2
+    assert len(local.losses) == len(result.losses)
     for (_, a), (_, b) in zip(result.losses, local.losses):
         assert a == pytest.approx(b, rel=1e-5)
     ours, theirs = adapter(tmp_path / "launched"), adapter(tmp_path / "local")
@@ -96,6 +97,7 @@ def test_a_stopped_launch_checkpoints_and_resumes_to_the_uninterrupted_result(ti
     assert resumed.resumed_from == 1 and resumed.steps == straight.steps == 7
     assert (resumed.micro_batch, resumed.accumulation) == (straight.micro_batch, straight.accumulation)
     assert [s for s, _ in resumed.losses] == list(range(1, 8))
+    assert len(straight.losses) == 7
     for (_, a), (_, b) in zip(resumed.losses, straight.losses):
         assert a == pytest.approx(b, rel=1e-5)
     a, b = adapter(tmp_path / "straight"), adapter(tmp_path / "resumed")
