@@ -42,12 +42,15 @@ def test_extraction_is_deterministic_across_processes():
     import subprocess
     import sys
 
-    text = "Git is a distributed version control system. Linus Torvalds created Git in 2005."
+    text = ("Git is a distributed version control system. Linus Torvalds created Git in 2005. "
+            "The Danube flows through Vienna and Budapest. Python is a programming language. "
+            "Neo4j stores data as nodes and relationships. The Rhine rises in the Swiss Alps.")
     here = repr(extract(text))
     entities, facts = extract(text)
-    assert len(entities) >= 2 and facts
+    # enough of each that an order following the hash seed would almost surely differ between seeds
+    assert len(entities) >= 8 and len(facts) >= 4
     code = f"from datacreek_assets.graph.extraction import extract; print(repr(extract({text!r})))"
-    for seed in ("1", "2"):
+    for seed in ("1", "2", "3", "4"):
         there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                env={**os.environ, "PYTHONHASHSEED": seed}).stdout.strip()
         assert there == here
